@@ -1,0 +1,126 @@
+"""The planner's inputs and outputs: what it observes, what it is told about the future, what it decides.
+
+`Observation` is built by the operator from Prometheus and the cluster (and by the simulator from its
+own event log), `LoadForecast` by the forecaster; `Decision` goes to the actuator, the status, the
+Events and the simulator. The planner's memory between ticks is `PlannerState`, which is the status
+type itself so it round-trips through the custom resource unchanged.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dopd_operator.api import PlannerStateStatus
+
+PlannerState = PlannerStateStatus
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RoleObservation(_Frozen):
+    """What the cluster says about one role's pods."""
+
+    current: int = Field(0, ge=0, description="spec.replicas of the role's Deployment.")
+    ready: int = Field(0, ge=0, description="Ready pods.")
+    pending: int = Field(0, ge=0, description="Pods not yet Ready (starting or waiting for a node).")
+    unschedulable: int = Field(0, ge=0, description="Pending pods the scheduler cannot place (no GPUs).")
+
+
+class Observation(_Frozen):
+    """Load over the metrics window. None means unknown, which is never treated as zero."""
+
+    arrival_rate_rps: float | None = Field(None, ge=0, description="Requests per second.")
+    input_tokens_mean: float | None = Field(None, ge=0, description="Mean prompt tokens.")
+    input_tokens_p90: float | None = Field(None, ge=0, description="P90 prompt tokens.")
+    output_tokens_mean: float | None = Field(None, ge=0, description="Mean output tokens.")
+    output_tokens_p90: float | None = Field(None, ge=0, description="P90 output tokens.")
+    prefill_queue_depth: float | None = Field(None, ge=0, description="Requests waiting for prefill.")
+    decode_kv_usage: float | None = Field(None, ge=0, le=1, description="Mean decode KV usage 0..1.")
+    decode_running: float | None = Field(None, ge=0, description="Sequences decoding, all replicas.")
+    ttft_seconds: float | None = Field(None, ge=0, description="Observed TTFT at the SLO percentile.")
+    tpot_seconds: float | None = Field(None, ge=0, description="Observed TPOT at the SLO percentile.")
+    ttft_attainment: float | None = Field(None, ge=0, le=1, description="Share meeting the TTFT SLO.")
+    tpot_attainment: float | None = Field(None, ge=0, le=1, description="Share meeting the TPOT SLO.")
+    prefill: RoleObservation = Field(default_factory=RoleObservation)
+    decode: RoleObservation = Field(default_factory=RoleObservation)
+    problems: tuple[str, ...] = Field((), description="Why some metric is unknown, for people.")
+
+    @property
+    def load_known(self) -> bool:
+        """True when everything the capacity model needs is known."""
+        return None not in (self.arrival_rate_rps, self.input_tokens_mean, self.output_tokens_mean)
+
+    def role(self, role: str) -> RoleObservation:
+        return self.prefill if role == "prefill" else self.decode
+
+
+class LoadForecast(_Frozen):
+    """The forecaster's answer for the planner's lead time."""
+
+    model: str = Field(..., description="Model that produced it (auto's pick, or the configured one).")
+    horizon_seconds: float = Field(..., ge=0, description="Lead time it is for.")
+    quantile: float = Field(..., gt=0, lt=1, description="Quantile of the upper value.")
+    arrival_rate_rps_mean: float = Field(..., ge=0, description="Point forecast.")
+    arrival_rate_rps_upper: float = Field(..., ge=0, description="Upper-quantile forecast.")
+    input_tokens_mean_upper: float | None = Field(
+        None, ge=0, description="Upper forecast of mean prompt tokens."
+    )
+    output_tokens_mean_upper: float | None = Field(
+        None, ge=0, description="Upper forecast of mean output tokens."
+    )
+
+
+class Clamp(_Frozen):
+    """One safety stage changing one role's replicas. `stage` is a CamelCase reason (HPA style)."""
+
+    stage: str
+    role: str
+    before: int
+    after: int
+    reason: str
+
+
+class CapacityEstimate(_Frozen):
+    """What the capacity model concluded, for status and for people."""
+
+    load_rps: float = Field(..., description="Arrival rate the decision provisions for.")
+    prefill_service_seconds_mean: float = Field(
+        ..., description="E[T_p(ISL)] over the prompt-length distribution."
+    )
+    prefill_rps_per_replica: float = Field(..., description="Service rate of one prefill replica (1/E[T_p]).")
+    decode_batch_size: int = Field(..., description="B*: largest batch meeting TPOT that fits KV.")
+    decode_step_seconds: float = Field(..., description="Step time at B*.")
+    decode_rps_per_replica: float = Field(..., description="Requests per second one decode replica sustains.")
+    sustainable_rps: float = Field(..., description="Highest rate the decided layout serves within the SLOs.")
+    ttft_reachable: bool = Field(
+        ..., description="False when one P90 prompt alone takes longer than the TTFT SLO."
+    )
+    tpot_reachable: bool = Field(..., description="False when a batch of one already misses the TPOT SLO.")
+
+
+class Decision(_Frozen):
+    """Everything one planning tick concluded."""
+
+    prefill: int
+    decode: int
+    raw_prefill: int
+    raw_decode: int
+    gpus: int
+    reasons: tuple[str, ...]
+    clamps: tuple[Clamp, ...]
+    capacity: CapacityEstimate | None
+    state: PlannerState
+    metrics_healthy: bool
+    scaling_limited: bool
+    capacity_blocked: bool
+
+    @property
+    def ratio(self) -> float | None:
+        """Prefill/decode replica ratio, None with no decode replicas."""
+        return self.prefill / self.decode if self.decode else None
+
+    @property
+    def changed(self) -> bool:
+        return self.prefill != self.raw_prefill or self.decode != self.raw_decode

@@ -1,0 +1,52 @@
+"""Shared builders for the operator tests: specs and observations from small dicts, validated for real."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from dopd_operator.api import DisaggregatedModelSpec
+from dopd_operator.planner_types import Observation, RoleObservation
+
+T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+
+
+def make_spec(**overrides: Any) -> DisaggregatedModelSpec:
+    """A spec with wide bounds and no smoothing unless overridden (camelCase keys, as in YAML)."""
+    base: dict[str, Any] = {
+        "model": "m",
+        "prefill": {"minReplicas": 1, "maxReplicas": 64},
+        "decode": {"minReplicas": 1, "maxReplicas": 64},
+        "profile": {"preset": "llama3-8b-h100"},
+        "scaling": {
+            "scaleUp": {"maxStepReplicas": 1000, "stabilizationSeconds": 0},
+            "scaleDown": {"maxStepReplicas": 1000, "maxStepPercent": 100, "stabilizationSeconds": 0},
+            "tolerance": 0,
+        },
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return DisaggregatedModelSpec.model_validate(base)
+
+
+def make_obs(
+    rate: float | None = 10.0,
+    isl: float | None = 1000.0,
+    osl: float | None = 200.0,
+    prefill: int = 1,
+    decode: int = 1,
+    **extra: Any,
+) -> Observation:
+    return Observation(
+        arrival_rate_rps=rate,
+        input_tokens_mean=isl,
+        input_tokens_p90=extra.pop("isl_p90", None if isl is None else isl * 2),
+        output_tokens_mean=osl,
+        output_tokens_p90=extra.pop("osl_p90", None if osl is None else osl * 2),
+        prefill=extra.pop("prefill_obs", RoleObservation(current=prefill, ready=prefill)),
+        decode=extra.pop("decode_obs", RoleObservation(current=decode, ready=decode)),
+        **extra,
+    )

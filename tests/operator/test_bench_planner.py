@@ -1,0 +1,21 @@
+"""Decision-time benchmark (pytest-benchmark). `make bench` records it; target: well under 1 ms of CPU."""
+
+from __future__ import annotations
+
+from dopd_builders import T0, make_obs, make_spec
+from dopd_operator.planner import plan
+from dopd_operator.planner_types import PlannerState
+from pytest_benchmark.fixture import BenchmarkFixture
+
+
+def test_one_decision(benchmark: BenchmarkFixture) -> None:
+    spec = make_spec()
+    obs = make_obs(rate=40, prefill=3, decode=2, ttft_seconds=0.8, tpot_seconds=0.03, decode_running=90)
+    decision = benchmark(plan, spec, obs, None, PlannerState(), T0)
+    assert decision.prefill >= 1
+
+
+def test_one_decision_with_binding_budget(benchmark: BenchmarkFixture) -> None:
+    spec = make_spec(scaling={"gpuBudget": 16})
+    decision = benchmark(plan, spec, make_obs(rate=400, prefill=3, decode=2), None, PlannerState(), T0)
+    assert decision.gpus == 16

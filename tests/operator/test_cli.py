@@ -1,0 +1,104 @@
+"""`dopd plan`, `dopd crds`, `dopd profiles` as a user runs them: real subprocesses, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "vllm-llama3-8b.yaml"
+
+
+def dopd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dopd_operator.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_plan_json_has_the_documented_keys() -> None:
+    out = dopd(
+        "plan",
+        "-f",
+        str(EXAMPLE),
+        "--rate",
+        "30",
+        "--isl",
+        "1200",
+        "--osl",
+        "250",
+        "--isl-p90",
+        "3000",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    decision = json.loads(out.stdout)
+    assert {"prefill", "decode", "ratio", "gpus", "reasons", "clamps"} <= decision.keys()
+    assert decision["prefill"] >= 1 and decision["decode"] >= 1
+    assert decision["ratio"] == pytest.approx(decision["prefill"] / decision["decode"])
+    assert decision["gpus"] == decision["prefill"] + decision["decode"]  # 1 GPU per replica in this example
+
+
+def test_plan_text_explains_itself() -> None:
+    out = dopd("plan", "-f", str(EXAMPLE), "--rate", "30", "--isl", "1200", "--osl", "250")
+    assert out.returncode == 0, out.stderr
+    assert "llama3-8b:" in out.stdout and "why:" in out.stdout and "decode: B*=" in out.stdout
+
+
+def test_plan_reports_budget_clamps() -> None:
+    out = dopd("plan", "-f", str(EXAMPLE), "--rate", "2000", "--isl", "1200", "--osl", "250", "--json")
+    decision = json.loads(out.stdout)
+    assert decision["gpus"] == 24  # the example's gpuBudget
+    assert "GpuBudget" in {c["stage"] for c in decision["clamps"]}
+
+
+BAD_DOCS = {
+    "unknown-field": ("spec:\n  model: m\n  prefil: {}\n", "spec.prefil: unknown field"),
+    "wrong-type": ("spec:\n  model: m\n  decode: {maxReplicas: lots}\n", "spec.decode.maxReplicas"),
+    "min-above-max": (
+        "spec:\n  model: m\n  prefill: {minReplicas: 9, maxReplicas: 2}\n",
+        "minReplicas (9) must be <= maxReplicas (2)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DOCS))
+def test_plan_rejects_bad_manifests_without_traceback(tmp_path: Path, case: str) -> None:
+    body, message = BAD_DOCS[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text("apiVersion: dopd.io/v1alpha1\nkind: DisaggregatedModel\nmetadata: {name: x}\n" + body)
+    out = dopd("plan", "-f", str(path), "--rate", "1", "--isl", "100", "--osl", "10")
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_plan_rejects_a_file_that_is_not_a_disaggregated_model(tmp_path: Path) -> None:
+    path = tmp_path / "deploy.yaml"
+    path.write_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n")
+    out = dopd("plan", "-f", str(path), "--rate", "1", "--isl", "100", "--osl", "10")
+    assert out.returncode != 0 and "not a dopd.io/v1alpha1 DisaggregatedModel" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_plan_rejects_negative_rate() -> None:
+    out = dopd("plan", "-f", str(EXAMPLE), "--rate", "-3", "--isl", "100", "--osl", "10")
+    assert out.returncode != 0 and "--rate" in out.stderr and "must be >= 0" in out.stderr
+
+
+def test_crds_prints_the_committed_crd() -> None:
+    out = dopd("crds")
+    assert out.returncode == 0
+    assert out.stdout == (ROOT / "crds" / "dopd.io_disaggregatedmodels.yaml").read_text()
+
+
+def test_profiles_lists_presets() -> None:
+    out = dopd("profiles")
+    assert out.returncode == 0 and "llama3-8b-h100" in out.stdout and "opt-13b-a100" in out.stdout
