@@ -32,6 +32,8 @@ MAX_REPLICAS_SEARCH = 100_000
 KV_HEADROOM = 0.9  # share of KV capacity planned for; the rest absorbs length variance
 OVERLOAD_UTILIZATION = 0.8  # prefill utilization target when the TTFT SLO is unreachable
 _EPS = 1e-9
+_GRID_POINTS = 200
+_GRID_Z = [NormalDist().inv_cdf((i + 0.5) / _GRID_POINTS) for i in range(_GRID_POINTS)]
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,20 @@ class LengthDistribution:
         return cls(mean_tokens=mean_tokens, mu=math.log(mean_tokens) - sigma * sigma / 2, sigma=sigma)
 
     def moment(self, k: int) -> float:
-        """E[L^k]."""
+        """E[L^k] over the distribution truncated at its 99.75th percentile.
+
+        Real prompts are bounded by the context window; an untruncated log-normal's fourth moment
+        (which the prefill-time variance needs, since T_p is quadratic in L) is dominated by prompts
+        that cannot exist. The quantile grid is rescaled so the mean stays exactly the observed mean.
+        """
         if self.mean_tokens <= 0:
             return 0.0
-        return math.exp(k * self.mu + k * k * self.sigma * self.sigma / 2)
+        return float(sum(length**k for length in self._grid()) / _GRID_POINTS)
+
+    def _grid(self) -> list[float]:
+        raw = [math.exp(self.mu + self.sigma * z) for z in _GRID_Z]
+        scale = self.mean_tokens * _GRID_POINTS / sum(raw)
+        return [length * scale for length in raw]
 
     def quantile(self, q: float) -> float:
         if self.mean_tokens <= 0:
@@ -109,7 +121,8 @@ class CapacityModel:
         # Prefill service time s(L) = a + bL + cL^2 and its first two moments over L.
         p = profile.prefill
         a, b, c = p.a_seconds, p.b_seconds_per_token, p.c_seconds_per_token2
-        m1, m2, m3, m4 = (isl.moment(k) for k in (1, 2, 3, 4))
+        grid = isl._grid() if isl.mean_tokens > 0 else [0.0]
+        m1, m2, m3, m4 = (sum(x**k for x in grid) / len(grid) for k in (1, 2, 3, 4))
         self.prefill_service_seconds_mean = a + b * m1 + c * m2
         second = a * a + b * b * m2 + c * c * m4 + 2 * a * b * m1 + 2 * a * c * m2 + 2 * b * c * m3
         variance = max(second - self.prefill_service_seconds_mean**2, 0.0)

@@ -42,7 +42,19 @@ def _check(name: str, *columns: Sequence[float]) -> list[np.ndarray]:
         raise ValueError(f"{name}: need at least 3 samples to fit 3 coefficients, got {n}")
     if any(not np.all(np.isfinite(a)) for a in arrays):
         raise ValueError(f"{name}: samples contain NaN or infinity")
+    if any(np.any(a < 0) for a in arrays):
+        raise ValueError(f"{name}: samples must not be negative")
+    if np.any(arrays[-1] <= 0):
+        raise ValueError(f"{name}: every timing must be > 0 seconds")
     return arrays
+
+
+def _check_rank(name: str, design: np.ndarray) -> None:
+    """Three coefficients need three independent columns: a sweep over one length cannot fit them."""
+    if np.linalg.matrix_rank(design / np.maximum(np.abs(design).max(axis=0), 1e-300)) < design.shape[1]:
+        raise ValueError(
+            f"{name}: samples do not vary enough to fit 3 coefficients; measure several lengths/batch sizes"
+        )
 
 
 def fit_prefill(
@@ -52,9 +64,16 @@ def fit_prefill(
     (secs,) = _check("fit_prefill", seconds)
     if len(batch_prompt_tokens) != len(secs):
         raise ValueError("fit_prefill: one list of prompt lengths per timing is needed")
-    sums = np.array([float(sum(b)) for b in batch_prompt_tokens])
-    squares = np.array([float(sum(x * x for x in b)) for b in batch_prompt_tokens])
+    try:
+        batches = [np.asarray(b, dtype=float).reshape(-1) for b in batch_prompt_tokens]
+    except (TypeError, ValueError):
+        raise ValueError("fit_prefill: each sample must be a list of prompt lengths (tokens)") from None
+    if any(len(b) == 0 or not np.all(np.isfinite(b)) or np.any(b < 0) for b in batches):
+        raise ValueError("fit_prefill: prompt lengths must be finite, >= 0 and at least one per batch")
+    sums = np.array([float(b.sum()) for b in batches])
+    squares = np.array([float((b * b).sum()) for b in batches])
     design = np.column_stack([np.ones_like(sums), sums, squares])
+    _check_rank("fit_prefill", design)
     coef = _nnls_scaled(design, secs)
     return (
         PrefillCoefficients(a_seconds=coef[0], b_seconds_per_token=coef[1], c_seconds_per_token2=coef[2]),
@@ -68,6 +87,7 @@ def fit_decode(
     """Fit `T = a + b*sum(ctx) + c*B` to decode steps (batch size, summed context tokens, seconds)."""
     batch, ctx, secs = _check("fit_decode", batch_sizes, total_context_tokens, seconds)
     design = np.column_stack([np.ones_like(batch), ctx, batch])
+    _check_rank("fit_decode", design)
     coef = _nnls_scaled(design, secs)
     return (
         DecodeCoefficients(
