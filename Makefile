@@ -40,5 +40,6 @@ lint: setup-python  ## ruff, mypy (strict) and the import-layer contracts
 crds: setup-python  ## regenerate crds/ and the chart's CRD template from the API types
 	$(VENV)/bin/dopd crds -o crds/dopd.io_disaggregatedmodels.yaml
 
-bench: setup-python  ## run the benchmarks and rewrite docs/benchmarks/*
-	$(PY) -m pytest tests/operator/test_bench_planner.py --benchmark-enable --benchmark-json=docs/benchmarks/planner.json -q
+bench: setup-python  ## run the benchmarks and rewrite docs/benchmarks/*.md
+	$(PY) bench/planner_bench.py
+	$(PY) -m pytest tests/operator/test_bench_planner.py --benchmark-enable -q
