@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import yaml
 from dopd_e2e.cluster import Cluster
-
 from dopd_operator.api import DisaggregatedModel, DisaggregatedModelSpec
 
 pytestmark = pytest.mark.e2e
