@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from dopd_operator.api import DecodeCoefficients, PrefillCoefficients
 from dopd_operator.profile_fit import FitQuality, fit_decode, fit_prefill
 

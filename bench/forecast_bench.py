@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import statsmodels
+
 from dopd_forecaster.cli import complete_buckets, max_gap_steps_for
 from dopd_forecaster.evaluate import Evaluation, evaluate
 from dopd_forecaster.forecaster import SeriesForecaster

@@ -16,7 +16,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from dopd_builders import T0, make_obs, make_spec
-
 from dopd_operator.planner import plan
 from dopd_operator.planner_types import LoadForecast, PlannerState, RoleObservation
 
@@ -28,9 +27,19 @@ SCENARIOS = {
     "forecast + correction factors": (
         make_spec(),
         make_obs(rate=40, prefill=3, decode=2, ttft_seconds=0.9, tpot_seconds=0.03, decode_running=90),
-        LoadForecast(model="arima", horizon_seconds=150, quantile=0.9, arrival_rate_rps_mean=55, arrival_rate_rps_upper=70),
+        LoadForecast(
+            model="arima",
+            horizon_seconds=150,
+            quantile=0.9,
+            arrival_rate_rps_mean=55,
+            arrival_rate_rps_upper=70,
+        ),
     ),
-    "GPU budget binds (frontier bisection)": (make_spec(scaling={"gpuBudget": 16}), make_obs(rate=400, prefill=3, decode=2), None),
+    "GPU budget binds (frontier bisection)": (
+        make_spec(scaling={"gpuBudget": 16}),
+        make_obs(rate=400, prefill=3, decode=2),
+        None,
+    ),
     "large cluster (200 rps, 1000 replicas max)": (
         make_spec(prefill={"maxReplicas": 1000}, decode={"maxReplicas": 1000}),
         make_obs(rate=200, isl=4000, osl=400, prefill=30, decode=20),
@@ -38,7 +47,11 @@ SCENARIOS = {
     ),
     "metrics unknown (hold)": (
         make_spec(),
-        make_obs(rate=None, prefill_obs=RoleObservation(current=3, ready=3), decode_obs=RoleObservation(current=2, ready=2)),
+        make_obs(
+            rate=None,
+            prefill_obs=RoleObservation(current=3, ready=3),
+            decode_obs=RoleObservation(current=2, ready=2),
+        ),
         None,
     ),
 }
@@ -56,7 +69,9 @@ def cpu_microseconds(fn: object, rounds: int) -> list[float]:
 def main() -> None:
     rows = []
     for name, (spec, obs, forecast) in SCENARIOS.items():
-        samples = cpu_microseconds(lambda s=spec, o=obs, f=forecast: plan(s, o, f, PlannerState(), T0), ROUNDS)
+        samples = cpu_microseconds(
+            lambda s=spec, o=obs, f=forecast: plan(s, o, f, PlannerState(), T0), ROUNDS
+        )
         samples.sort()
         rows.append((name, statistics.median(samples), samples[int(0.99 * len(samples)) - 1]))
     lines = [

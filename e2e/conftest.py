@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
+
 from dopd_e2e.cluster import Cluster, ClusterUnavailable, start_cluster
 from dopd_e2e.prometheus import Prometheus, PrometheusUnavailable, start_prometheus
 

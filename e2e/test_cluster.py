@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from dopd_e2e.cluster import Cluster, read_versions
 
 pytestmark = pytest.mark.e2e

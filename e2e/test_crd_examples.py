@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from dopd_e2e.cluster import Cluster
 from dopd_operator.api import DisaggregatedModel, DisaggregatedModelSpec
 

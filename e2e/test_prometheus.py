@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from dopd_e2e.prometheus import Prometheus, free_port
 from prometheus_api_client import PrometheusConnect
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from dopd_e2e.prometheus import Prometheus, free_port
 
 pytestmark = pytest.mark.e2e
 

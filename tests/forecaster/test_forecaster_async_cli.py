@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from dopd_forecaster.cli import forecast as forecast_command
 from dopd_forecaster.errors import ForecastError, ForecastTimeoutError
 from dopd_forecaster.forecaster import SeriesForecaster, forecast_async

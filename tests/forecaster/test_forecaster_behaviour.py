@@ -7,11 +7,12 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from dopd_forecaster.errors import ForecastError
 from dopd_forecaster.evaluate import evaluate
 from dopd_forecaster.forecaster import SeriesForecaster
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 STEP_S = 10.0
 

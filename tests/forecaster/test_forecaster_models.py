@@ -8,10 +8,11 @@ import warnings
 
 import numpy as np
 import pytest
+from statsmodels.tsa.holtwinters import ExponentialSmoothing
+
 from dopd_forecaster.backtest import mase, naive_scale, smape
 from dopd_forecaster.models import MODELS, FitContext, FitFailed, walk_forward_by_updates
 from dopd_forecaster.season import detect_season
-from statsmodels.tsa.holtwinters import ExponentialSmoothing
 
 
 def _seasonal(n: int, period: int, seed: int = 0) -> np.ndarray:

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from dopd_forecaster.series import SERIES_NAMES, regularize, trace_to_series
 from dopd_forecaster.traces import Trace
 

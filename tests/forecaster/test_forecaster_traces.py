@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from dopd_forecaster.traces import (
     Trace,
     TraceFormatError,

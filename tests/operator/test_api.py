@@ -6,11 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+
 from dopd_operator.api import DisaggregatedModelSpec, ScalingMode
 from dopd_operator.errors import SpecError
 from dopd_operator.manifest import load_model, load_models, parse_model
 from dopd_operator.profile import resolve_profile
-from pydantic import ValidationError
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 
@@ -128,8 +129,9 @@ def test_pydantic_and_k8s_shapes_round_trip() -> None:
 
 
 def test_every_field_has_a_description() -> None:
-    from dopd_operator import api
     from pydantic import BaseModel
+
+    from dopd_operator import api
 
     missing = [
         f"{cls.__name__}.{name}"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pytest_benchmark.fixture import BenchmarkFixture
+
 from dopd_builders import T0, make_obs, make_spec
 from dopd_operator.planner import plan
 from dopd_operator.planner_types import PlannerState
-from pytest_benchmark.fixture import BenchmarkFixture
 
 
 def test_one_decision(benchmark: BenchmarkFixture) -> None:

@@ -6,6 +6,7 @@ import itertools
 import math
 
 import pytest
+
 from dopd_operator.api import SloSpec
 from dopd_operator.capacity import CapacityModel, LengthDistribution, Workload, erlang_c
 from dopd_operator.profile_presets import PRESETS

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from dopd_operator.crd import build_crd, crd_yaml
 
 CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "dopd.io_disaggregatedmodels.yaml"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from dopd_builders import T0, make_obs, make_spec
 from dopd_operator.api import DisaggregatedModelSpec
 from dopd_operator.planner import plan
 from dopd_operator.planner_types import PlannerState
 from dopd_operator.safety import Layout, gpus
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 rates = st.floats(min_value=0.0, max_value=300.0, allow_nan=False)
 lengths = st.floats(min_value=1.0, max_value=16000.0, allow_nan=False)

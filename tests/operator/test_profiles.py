@@ -18,6 +18,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+
 from dopd_operator.api import ProfileSpec
 from dopd_operator.profile import PerformanceProfile, resolve_profile
 from dopd_operator.profile_fit import fit_decode, fit_prefill

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+
 from dopd_builders import T0, make_obs, make_spec
 from dopd_operator.api import Recommendation
 from dopd_operator.planner_types import Clamp, RoleObservation
