@@ -139,7 +139,10 @@ class SloSpec(ApiModel):
         description="Percentile of requests that must meet TTFT and TPOT (for example 90 = P90).",
     )
     attainment_target: float = Field(
-        0.99, gt=0, le=1, description="Share of requests (0..1) that should meet both objectives."
+        0.99,
+        gt=0,
+        le=1,
+        description="Share of requests (0..1) that should meet both objectives; dopd provisions for the higher of this and the percentile.",
     )
 
 

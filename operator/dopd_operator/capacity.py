@@ -5,8 +5,8 @@ Pure math over a performance profile (see docs/architecture.md, "Capacity model"
 - Prompt and output lengths are modelled as log-normal, fitted to the observed mean and P90. Prefill
   time is convex in prompt length, so the mean service time is E[T_p(L)] = a + b*E[L] + c*E[L^2],
   which grows with the variance of L, not T_p(E[L]) (the DOPD paper's point about variance).
-- Prefill is an M/G/c queue: the TTFT percentile is bounded by the wait percentile (Erlang C with an
-  Allen-Cunneen correction for the service-time variability) plus the service time of a percentile-
+- Prefill is a G/G/c queue: the TTFT percentile is bounded by the wait percentile (Erlang C with an
+  Allen-Cunneen correction for arrival burstiness and service-time variability) plus the service time of a percentile-
   length prompt plus its KV transfer. N_P is the fewest replicas meeting the TTFT SLO.
 - Decode: B* is the largest batch whose step time meets the TPOT SLO and whose KV fits; each sequence
   stays OSL x T_d(B*) seconds, so by Little's law the concurrency is lambda * E[OSL] * T_d(B*). A
@@ -84,15 +84,7 @@ class Workload:
     input_tokens_p90: float | None
     output_tokens_mean: float
     output_tokens_p90: float | None
-
-    def with_rate(self, rate_rps: float) -> Workload:
-        return Workload(
-            rate_rps,
-            self.input_tokens_mean,
-            self.input_tokens_p90,
-            self.output_tokens_mean,
-            self.output_tokens_p90,
-        )
+    arrival_scv: float = 1.0  # squared coefficient of variation of inter-arrival times; Poisson = 1
 
 
 def erlang_c(servers: int, offered_load: float) -> float:
@@ -114,8 +106,10 @@ class CapacityModel:
         self.profile = profile
         self.slo = slo
         self.workload = workload
-        self.percentile_q = slo.percentile / 100.0
-        self._z = NormalDist().inv_cdf(self.percentile_q)
+        # Provision so the SLO percentile holds *and* the attainment target's share of requests meets
+        # the objectives: with P90 objectives and a 99% target, size for the 99th percentile.
+        self.percentile_q = max(slo.percentile / 100.0, slo.attainment_target)
+        self._z = NormalDist().inv_cdf(min(self.percentile_q, 0.9999))
         isl = LengthDistribution.from_mean_p90(workload.input_tokens_mean, workload.input_tokens_p90)
         self.isl = isl
         # Prefill service time s(L) = a + bL + cL^2 and its first two moments over L.
@@ -176,7 +170,8 @@ class CapacityModel:
         tail = 1.0 - self.percentile_q
         wait_seconds = 0.0
         if wait_probability > tail:
-            decay_per_second = (replicas / service - rate_rps) * 2.0 / (1.0 + self.prefill_service_scv)
+            variability = (self.workload.arrival_scv + self.prefill_service_scv) / 2.0
+            decay_per_second = (replicas / service - rate_rps) / variability
             wait_seconds = math.log(wait_probability / tail) / decay_per_second
         return wait_seconds + self.prefill_tail_seconds
 

@@ -40,7 +40,10 @@ from dopd_operator.safety import (
     stabilize,
 )
 
-CORRECTION_BOUNDS = (0.5, 2.0)
+# Corrections below 1 shrink the modelled service time, i.e. the pool: learned at light load they
+# under-provision the next burst, so they are bounded closer to 1 than corrections upward.
+CORRECTION_BOUNDS = (0.8, 2.0)
+MIN_ARRIVAL_SCV, MAX_ARRIVAL_SCV = 0.5, 20.0
 CORRECTION_SMOOTHING = 0.5
 MAX_RECOMMENDATIONS = 200
 
@@ -150,7 +153,15 @@ def _workload(observation: Observation, forecast: LoadForecast | None, rate_rps:
     if forecast is not None:
         isl = max(isl, forecast.input_tokens_mean_upper or 0.0)
         osl = max(osl, forecast.output_tokens_mean_upper or 0.0)
-    return Workload(rate_rps, isl, observation.input_tokens_p90, osl, observation.output_tokens_p90)
+    burstiness = observation.arrival_scv if observation.arrival_scv is not None else 1.0
+    return Workload(
+        rate_rps,
+        isl,
+        observation.input_tokens_p90,
+        osl,
+        observation.output_tokens_p90,
+        arrival_scv=min(max(burstiness, MIN_ARRIVAL_SCV), MAX_ARRIVAL_SCV),
+    )
 
 
 def _update_corrections(
@@ -261,7 +272,8 @@ def _capacity_reasons(
             f"prefill: E[T_p] {model.prefill_service_seconds_mean * 1000:.1f} ms over prompts mean "
             f"{w.input_tokens_mean:.0f}/p90 {w.input_tokens_p90 or w.input_tokens_mean:.0f} tokens "
             f"({model.prefill_rps_per_replica:.2f} rps per replica); {raw.prefill} replica(s) keep TTFT "
-            f"P{model.slo.percentile:g} within {model.slo.ttft_seconds:g}s"
+            f"P{model.percentile_q * 100:g} within {model.slo.ttft_seconds:g}s"
+            + (f" with bursty arrivals (SCV {w.arrival_scv:.1f})" if w.arrival_scv > 1.5 else "")
             + (f" (incl. {queue_rps:.2f} rps to drain the queue)" if queue_rps > 0 else "")
         ),
         (
@@ -272,7 +284,7 @@ def _capacity_reasons(
     ]
     if not model.ttft_reachable:
         reasons.append(
-            f"TTFT SLO unreachable by scaling: a P{model.slo.percentile:g} prompt alone takes "
+            f"TTFT SLO unreachable by scaling: a P{model.percentile_q * 100:g} prompt alone takes "
             f"{model.prefill_tail_seconds:.2f}s > {model.slo.ttft_seconds:g}s; prefill sized for 80% utilization"
         )
     if not model.tpot_reachable:

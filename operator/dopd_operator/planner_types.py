@@ -36,6 +36,11 @@ class Observation(_Frozen):
     input_tokens_p90: float | None = Field(None, ge=0, description="P90 prompt tokens.")
     output_tokens_mean: float | None = Field(None, ge=0, description="Mean output tokens.")
     output_tokens_p90: float | None = Field(None, ge=0, description="P90 output tokens.")
+    arrival_scv: float | None = Field(
+        None,
+        ge=0,
+        description="Burstiness: squared coefficient of variation of inter-arrival times (Poisson = 1).",
+    )
     prefill_queue_depth: float | None = Field(None, ge=0, description="Requests waiting for prefill.")
     decode_kv_usage: float | None = Field(None, ge=0, le=1, description="Mean decode KV usage 0..1.")
     decode_running: float | None = Field(None, ge=0, description="Sequences decoding, all replicas.")

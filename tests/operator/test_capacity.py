@@ -88,7 +88,9 @@ def test_distserve_figure1_anchor_shape() -> None:
     prefill-only ~5.6 rps, decode-only ~10 rps per GPU, so prefill needs more GPUs than decode.
     Our model (docs/profiles.md) must show the same shape: the best layout has more prefill than decode."""
     model = CapacityModel(
-        PRESETS["opt-13b-a100"], SloSpec(ttft_seconds=0.4, tpot_seconds=0.04), Workload(1.0, 512, 512, 64, 64)
+        PRESETS["opt-13b-a100"],
+        SloSpec(ttft_seconds=0.4, tpot_seconds=0.04, attainment_target=0.9),
+        Workload(1.0, 512, 512, 64, 64),
     )
     prefill_only = model.sustainable_rps(1, 10_000)  # one prefill GPU, decode unconstrained
     decode_only = model.decode_rps_per_replica

@@ -127,3 +127,22 @@ def test_unschedulable_decode_pods_block_decode_scale_up() -> None:
     d = plan(make_spec(), obs, None, PlannerState(), T0)
     assert d.decode == 2
     assert d.capacity_blocked
+
+
+def test_bursty_arrivals_get_more_prefill_than_poisson() -> None:
+    spec = make_spec(slo={"ttftSeconds": 0.3})
+    poisson = plan(spec, make_obs(rate=150, arrival_scv=1.0), None, PlannerState(), T0)
+    bursty = plan(spec, make_obs(rate=150, arrival_scv=8.0), None, PlannerState(), T0)
+    # without the burstiness term both would get the same pool and the bursty one would queue
+    assert bursty.prefill > poisson.prefill
+    assert bursty.decode == poisson.decode
+
+
+def test_attainment_target_above_the_percentile_sizes_for_the_target() -> None:
+    loose = make_spec(slo={"percentile": 90, "attainmentTarget": 0.9, "ttftSeconds": 0.3})
+    strict = make_spec(slo={"percentile": 90, "attainmentTarget": 0.99, "ttftSeconds": 0.3})
+    obs = make_obs(rate=150)
+    assert (
+        plan(strict, obs, None, PlannerState(), T0).prefill
+        > plan(loose, obs, None, PlannerState(), T0).prefill
+    )

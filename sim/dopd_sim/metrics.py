@@ -1,0 +1,169 @@
+"""Per-request latencies and the numbers a run is judged by.
+
+Definitions (docs/simulator.md repeats them for readers of the benchmark):
+- TTFT = first token (end of the request's prefill batch) - arrival.
+- TPOT = (last token - first token) / (output tokens - 1); it includes the KV transfer and any wait for
+  decode KV room, because a user sees those as the gap after the first token. 0 for one-token outputs.
+- A request attains the SLO when TTFT <= ttft_seconds and TPOT <= tpot_seconds. Rejected requests (a
+  prompt that cannot fit a decode replica's KV) and requests left unfinished count as missing it.
+- slo_attainment = attaining requests / all requests; goodput_rps = attaining requests / trace seconds.
+- Percentiles are nearest-rank over completed requests.
+
+Callers: `cluster.Simulator` (recording), `run.simulate` (summary), `observe` (windowed views).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class RequestLog:
+    """What happened to each request, plus time-ordered event lists for windowed metrics."""
+
+    def __init__(self, requests: int) -> None:
+        self.first_token_s: list[float] = [math.nan] * requests
+        self.finish_s: list[float] = [math.nan] * requests
+        self.ttft_s: list[float] = [math.nan] * requests
+        self.tpot_s: list[float] = [math.nan] * requests
+        self.rejected: list[bool] = [False] * requests
+        self.finished = 0  # completed + rejected
+        self.completed = 0
+        # Time-ordered (events are processed in time order), for windowed percentiles.
+        self.first_token_times: list[float] = []
+        self.first_token_ttft: list[float] = []
+        self.finish_times: list[float] = []
+        self.finish_tpot: list[float] = []
+        self.finish_output_index: list[int] = []
+
+    def first_token(self, request: int, now_s: float, arrival_s: float) -> None:
+        self.first_token_s[request] = now_s
+        ttft = now_s - arrival_s
+        self.ttft_s[request] = ttft
+        self.first_token_times.append(now_s)
+        self.first_token_ttft.append(ttft)
+
+    def finish(self, request: int, now_s: float, tpot_s: float) -> None:
+        self.finish_s[request] = now_s
+        self.tpot_s[request] = tpot_s
+        self.finished += 1
+        self.completed += 1
+        self.finish_times.append(now_s)
+        self.finish_tpot.append(tpot_s)
+        self.finish_output_index.append(request)
+
+    def reject(self, request: int) -> None:
+        self.rejected[request] = True
+        self.finished += 1
+
+
+def percentile(values: FloatArray, q: float) -> float | None:
+    """Nearest-rank percentile (the smallest value with at least q% of values at or below it)."""
+    if len(values) == 0:
+        return None
+    ordered = np.sort(values)
+    rank = max(math.ceil(q / 100.0 * len(ordered)), 1)
+    return float(ordered[rank - 1])
+
+
+def slo_met(
+    ttft_s: FloatArray, tpot_s: FloatArray, ttft_slo_s: float, tpot_slo_s: float
+) -> npt.NDArray[np.bool_]:
+    """Per request: both objectives met (NaN, i.e. never served, is a miss)."""
+    with np.errstate(invalid="ignore"):
+        return (ttft_s <= ttft_slo_s) & (tpot_s <= tpot_slo_s)
+
+
+@dataclass(frozen=True)
+class TimelinePoint:
+    """The cluster at one controller tick, for the plots."""
+
+    time_s: float
+    arrival_rate_rps: float
+    target_prefill: int
+    target_decode: int
+    target_mixed: int
+    ready_prefill: int
+    ready_decode: int
+    ready_mixed: int
+    gpus: int
+    window_attainment: float | None
+
+
+@dataclass
+class RunSummary:
+    """`dopd simulate --json`: one object per run."""
+
+    policy: str
+    trace: str
+    rate_scale: float
+    seed: int
+    requests: int
+    completed: int
+    rejected: int
+    unfinished: int
+    slo_attainment: float
+    ttft_attainment: float
+    tpot_attainment: float
+    goodput_rps: float
+    goodput_rps_per_gpu: float
+    ttft_p50_s: float | None
+    ttft_p90_s: float | None
+    ttft_p99_s: float | None
+    tpot_p50_s: float | None
+    tpot_p90_s: float | None
+    tpot_p99_s: float | None
+    ttft_mean_s: float | None
+    tpot_mean_s: float | None
+    gpu_hours: float
+    mean_gpus: float
+    peak_gpus: int
+    scale_actions: int
+    duration_s: float
+    simulated_end_s: float
+    wall_seconds: float
+    layout: str = ""
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self, include_timeline: bool = False) -> dict[str, Any]:
+        data = asdict(self)
+        if not include_timeline:
+            data.pop("timeline")
+        return data
+
+
+def summarize_latencies(
+    ttft_s: FloatArray, tpot_s: FloatArray, ttft_slo_s: float, tpot_slo_s: float
+) -> dict[str, float | None]:
+    """Attainment shares and latency percentiles over all requests (unserved ones are NaN)."""
+    requests = len(ttft_s)
+    met = slo_met(ttft_s, tpot_s, ttft_slo_s, tpot_slo_s)
+    with np.errstate(invalid="ignore"):
+        ttft_ok = ttft_s <= ttft_slo_s
+        tpot_ok = tpot_s <= tpot_slo_s
+    served_ttft = ttft_s[np.isfinite(ttft_s)]
+    served_tpot = tpot_s[np.isfinite(tpot_s)]
+
+    def share(mask: npt.NDArray[np.bool_]) -> float:
+        return float(np.count_nonzero(mask)) / requests if requests else 0.0
+
+    return {
+        "slo_attainment": share(met),
+        "ttft_attainment": share(ttft_ok),
+        "tpot_attainment": share(tpot_ok),
+        "met": float(np.count_nonzero(met)),
+        "ttft_p50_s": percentile(served_ttft, 50),
+        "ttft_p90_s": percentile(served_ttft, 90),
+        "ttft_p99_s": percentile(served_ttft, 99),
+        "tpot_p50_s": percentile(served_tpot, 50),
+        "tpot_p90_s": percentile(served_tpot, 90),
+        "tpot_p99_s": percentile(served_tpot, 99),
+        "ttft_mean_s": float(np.mean(served_ttft)) if len(served_ttft) else None,
+        "tpot_mean_s": float(np.mean(served_tpot)) if len(served_tpot) else None,
+    }

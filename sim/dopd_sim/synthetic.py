@@ -1,0 +1,157 @@
+"""Synthetic request traces: Poisson, Gamma-bursty, diurnal (sinusoidal rate, any period) and step
+changes, returned as the shared `Trace` type so every consumer treats them like a real trace.
+
+Lengths are drawn from log-normals fitted to a mean and a median (defaults: the Azure 2023 conversation
+trace's 1155/1020 prompt and 211/129 output tokens), clipped to [1, max]. Everything is drawn from one
+seeded numpy Generator, so a (spec, seed) pair is one trace. Callers: workload, demo, bench, tests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from dopd_forecaster.traces import Trace
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class LengthModel:
+    """Log-normal prompt and output lengths, given as mean and median tokens."""
+
+    input_mean: float = 1155.0
+    input_median: float = 1020.0
+    output_mean: float = 211.0
+    output_median: float = 129.0
+    input_max: int = 16384
+    output_max: int = 2048
+
+    def sample(self, rng: np.random.Generator, n: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        def draw(mean: float, median: float, top: int) -> npt.NDArray[np.int64]:
+            sigma = math.sqrt(2 * math.log(max(mean / median, 1.0)))
+            values = rng.lognormal(math.log(median), sigma, n)
+            return np.clip(np.rint(values), 1, top).astype(np.int64)
+
+        return draw(self.input_mean, self.input_median, self.input_max), draw(
+            self.output_mean, self.output_median, self.output_max
+        )
+
+
+def _trace(arrivals: FloatArray, rng: np.random.Generator, lengths: LengthModel, name: str) -> Trace:
+    arrivals = np.sort(arrivals)
+    if len(arrivals):
+        arrivals = arrivals - arrivals[0]
+    inputs, outputs = lengths.sample(rng, len(arrivals))
+    return Trace(arrivals.astype(np.float64), inputs, outputs, f"synthetic:{name}", "synthetic")
+
+
+def poisson(rate_rps: float, duration_s: float, seed: int = 0, lengths: LengthModel | None = None) -> Trace:
+    """Homogeneous Poisson arrivals."""
+    return gamma_bursty(rate_rps, duration_s, cv=1.0, seed=seed, lengths=lengths, name="poisson")
+
+
+def gamma_bursty(
+    rate_rps: float,
+    duration_s: float,
+    cv: float = 3.0,
+    seed: int = 0,
+    lengths: LengthModel | None = None,
+    name: str = "gamma",
+) -> Trace:
+    """Renewal arrivals with Gamma inter-arrival times of coefficient of variation `cv` (1 = Poisson)."""
+    rng = np.random.default_rng(seed)
+    shape = 1.0 / (cv * cv)
+    expected = int(rate_rps * duration_s * 1.2) + 16
+    gaps = rng.gamma(shape, 1.0 / (rate_rps * shape), expected)
+    arrivals = np.cumsum(gaps)
+    while arrivals[-1] < duration_s:
+        more = np.cumsum(rng.gamma(shape, 1.0 / (rate_rps * shape), expected)) + arrivals[-1]
+        arrivals = np.concatenate([arrivals, more])
+    return _trace(arrivals[arrivals < duration_s], rng, lengths or LengthModel(), name)
+
+
+def _inhomogeneous(
+    rate_fn: object, peak_rps: float, duration_s: float, rng: np.random.Generator
+) -> FloatArray:
+    """Arrivals of a Poisson process with rate `rate_fn(t) <= peak_rps`, by thinning."""
+    assert callable(rate_fn)
+    n = rng.poisson(peak_rps * duration_s)
+    candidates = np.sort(rng.uniform(0.0, duration_s, n))
+    accept = rng.random(n) * peak_rps < rate_fn(candidates)
+    result: FloatArray = candidates[accept]
+    return result
+
+
+def diurnal(
+    mean_rps: float,
+    duration_s: float,
+    period_s: float = 3600.0,
+    peak_to_trough: float = 4.0,
+    seed: int = 0,
+    lengths: LengthModel | None = None,
+) -> Trace:
+    """Sinusoidal rate with the given period, mean and peak/trough ratio; starts at the trough."""
+    amplitude = (peak_to_trough - 1) / (peak_to_trough + 1)
+    rng = np.random.default_rng(seed)
+
+    def rate(t: FloatArray) -> FloatArray:
+        return mean_rps * (1 - amplitude * np.cos(2 * np.pi * t / period_s))
+
+    return _trace(
+        _inhomogeneous(rate, mean_rps * (1 + amplitude), duration_s, rng),
+        rng,
+        lengths or LengthModel(),
+        "diurnal",
+    )
+
+
+def steps(
+    rates_rps: list[float], step_seconds: float, seed: int = 0, lengths: LengthModel | None = None
+) -> Trace:
+    """Poisson arrivals whose rate jumps to each of `rates_rps` in turn, `step_seconds` each."""
+    rng = np.random.default_rng(seed)
+    pieces = []
+    for index, rate in enumerate(rates_rps):
+        n = rng.poisson(rate * step_seconds)
+        pieces.append(np.sort(rng.uniform(0.0, step_seconds, n)) + index * step_seconds)
+    arrivals = np.concatenate(pieces) if pieces else np.zeros(0)
+    return _trace(arrivals, rng, lengths or LengthModel(), "step")
+
+
+def generate_from_spec(spec: str, seed: int = 0) -> Trace:
+    """`KIND[,key=value...]`, e.g. `diurnal,mean_rps=40,duration_s=7200,period_s=3600`,
+    `gamma,rate_rps=20,cv=3,duration_s=600`, `step,rates=10/40/10,step_seconds=600`."""
+    kind, *pairs = [part.strip() for part in spec.split(",") if part.strip()]
+    args: dict[str, str] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        args[key.strip()] = value.strip()
+
+    def number(key: str, default: float) -> float:
+        return float(args.pop(key, default))
+
+    trace: Trace
+    if kind == "poisson":
+        trace = poisson(number("rate_rps", 10), number("duration_s", 600), seed)
+    elif kind == "gamma":
+        trace = gamma_bursty(number("rate_rps", 10), number("duration_s", 600), number("cv", 3.0), seed)
+    elif kind == "diurnal":
+        trace = diurnal(
+            number("mean_rps", 10),
+            number("duration_s", 7200),
+            number("period_s", 3600),
+            number("peak_to_trough", 4),
+            seed,
+        )
+    elif kind == "step":
+        rates = [float(x) for x in args.pop("rates", "10/40/10").split("/")]
+        trace = steps(rates, number("step_seconds", 600), seed)
+    else:
+        raise ValueError(f"unknown synthetic trace kind {kind!r}; use poisson, gamma, diurnal or step")
+    if args:
+        raise ValueError(f"unknown parameters for synthetic:{kind}: {', '.join(sorted(args))}")
+    return trace

@@ -1,0 +1,73 @@
+"""Turning a trace into the load a benchmark replays: rate scaling, time compression, and the
+`--trace` argument (a file in any format the shared loaders read, or a `synthetic:` generator spec).
+
+Rate scaling keeps the trace's span and its shape over time and multiplies its rate: the result is
+the superposition of floor(x) copies of the trace, each circularly shifted by a seeded offset, plus a
+seeded thinning of one more copy for the fractional part (x = 2.5 is two shifted copies and half of a
+third). Time compression (`Trace.scaled`) instead replays the same requests x times faster, which also
+compresses bursts and seasonality. Callers: cli, bench, tests.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from dopd_forecaster.traces import Trace, load_trace
+from dopd_sim.synthetic import generate_from_spec
+
+
+def scale_rate(trace: Trace, rate_scale: float, seed: int = 0) -> Trace:
+    """`rate_scale` times the arrival rate over the same span (see module docstring)."""
+    if not (rate_scale > 0 and math.isfinite(rate_scale)):
+        raise ValueError(f"rate_scale must be a positive finite number, got {rate_scale!r}")
+    if rate_scale == 1.0 or len(trace) == 0:
+        return trace
+    rng = np.random.default_rng(seed)
+    span = max(trace.duration_s, 1e-9)
+    whole = math.floor(rate_scale)
+    fraction = rate_scale - whole
+    arrivals, inputs, outputs = [], [], []
+    for copy in range(whole + (1 if fraction > 1e-12 else 0)):
+        offset = 0.0 if copy == 0 else float(rng.uniform(0.0, span))
+        keep = np.ones(len(trace), dtype=bool)
+        if copy == whole:  # the fractional copy
+            keep = rng.random(len(trace)) < fraction
+        arrivals.append(np.mod(trace.arrival_s[keep] + offset, span))
+        inputs.append(trace.input_tokens[keep])
+        outputs.append(trace.output_tokens[keep])
+    arrival = np.concatenate(arrivals)
+    order = np.argsort(arrival, kind="stable")
+    arrival = arrival[order]
+    arrival -= arrival[0]
+    return Trace(
+        arrival,
+        np.concatenate(inputs)[order],
+        np.concatenate(outputs)[order],
+        trace.source,
+        trace.format,
+    )
+
+
+def load_workload(
+    source: str,
+    rate_scale: float = 1.0,
+    time_compression: float = 1.0,
+    seed: int = 0,
+    duration_s: float | None = None,
+) -> Trace:
+    """A trace file path or `synthetic:KIND[,key=value...]`, optionally cut to `duration_s`,
+    time-compressed, then rate-scaled."""
+    if source.startswith("synthetic:"):
+        trace = generate_from_spec(source.removeprefix("synthetic:"), seed=seed)
+    else:
+        if not Path(source).exists():
+            raise FileNotFoundError(f"trace file not found: {source}")
+        trace = load_trace(source)
+    if duration_s is not None:
+        trace = trace.window(0.0, duration_s)
+    if time_compression != 1.0:
+        trace = trace.scaled(time_compression)
+    return scale_rate(trace, rate_scale, seed=seed)

@@ -1,0 +1,85 @@
+"""Policy arithmetic (tables with literal answers) and each policy's behaviour in a run."""
+
+from __future__ import annotations
+
+import pytest
+from sim_helpers import toy_profile
+
+from dopd_sim.config import SimConfig
+from dopd_sim.policies import FIXED_POLICIES, POLICY_NAMES, make_policy
+from dopd_sim.policies.dopd import DopdPolicy
+from dopd_sim.policies.dynamo_sla import best_decode_throughput_per_gpu
+from dopd_sim.policies.hpa import HpaBehavior, ratio_replicas
+from dopd_sim.run import simulate
+from dopd_sim.synthetic import steps
+
+
+@pytest.mark.parametrize(
+    ("current", "ratio", "expected"),
+    [
+        pytest.param(4, 1.05, 4, id="within-10%-tolerance-holds"),
+        pytest.param(4, 1.5, 6, id="ceil-of-current-times-ratio"),
+        pytest.param(4, 0.3, 2, id="scale-down-rounds-up"),
+        pytest.param(0, 2.5, 3, id="from-zero"),
+    ],
+)
+def test_hpa_ratio(current: int, ratio: float, expected: int) -> None:
+    assert ratio_replicas(current, ratio) == expected
+
+
+def test_hpa_scale_down_is_stabilized_and_scale_up_limited() -> None:
+    behavior = HpaBehavior(min_replicas=1, max_replicas=100)
+    # Two 15 s periods, each max(2x, +4): 2 -> 6 -> 12 (unlimited, it would be 40).
+    assert behavior.normalize(0.0, 2, 40, 30.0) == 12
+    # Scale-down takes the highest recommendation of the last 300 s (the 40), so it holds 12.
+    assert behavior.normalize(30.0, 12, 3, 30.0) == 12
+    assert behavior.normalize(400.0, 12, 3, 30.0) == 3  # the window has passed
+
+
+def test_dynamo_best_decode_throughput() -> None:
+    # Step = 0.01 + 0.0001*B (ctx cost folded: b*ctx = 1e-4 per sequence at context 100).
+    profile = toy_profile(decode_a=0.01, decode_b=1e-6, max_batch_size=1000)
+    # ITL 0.02 s: largest B with 0.01 + 1e-4*B <= 0.02 is 100 -> 100 / 0.02 = 5000 tokens/s.
+    assert best_decode_throughput_per_gpu(profile, 0.02, 100.0, gpus=1) == pytest.approx(5000.0)
+    assert best_decode_throughput_per_gpu(profile, 0.02, 100.0, gpus=2) == pytest.approx(2500.0)
+
+
+def test_unknown_policy_is_refused() -> None:
+    trace = steps([1.0], 10.0)
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("hpa-v3", trace, SimConfig())
+
+
+def _step_trace():  # type: ignore[no-untyped-def]
+    return steps([5.0, 60.0, 5.0], 300.0, seed=11)
+
+
+@pytest.mark.parametrize("name", [n for n in POLICY_NAMES if n not in FIXED_POLICIES])
+def test_autoscalers_follow_a_step_in_load(name: str) -> None:
+    trace = _step_trace()
+    config = SimConfig()
+    result = simulate(trace, make_policy(name, trace, config), config)
+    timeline = result.summary.timeline
+    before = timeline[0]["gpus"]  # oracle, knowing the future, grows before the step itself
+    during = max(p["gpus"] for p in timeline if 450 < p["time_s"] < 600)
+    assert during > before, name
+    assert result.summary.completed == len(trace)
+
+
+def test_dopd_drives_the_operator_planner_and_forecaster() -> None:
+    trace = _step_trace()
+    config = SimConfig()
+    policy = DopdPolicy()
+    simulate(trace, policy, config)
+    assert policy.last_decision is not None
+    assert policy.last_decision.capacity is not None  # the planner's capacity model ran
+    assert policy.forecasts > 0  # the forecaster produced forecasts once it had history
+    assert len(policy.state.recommendations) > 0  # planner state carried tick to tick
+
+
+def test_oracle_uses_no_more_gpus_than_dopd_on_a_step() -> None:
+    trace = _step_trace()
+    config = SimConfig()
+    oracle = simulate(trace, make_policy("oracle", trace, config), config).summary
+    dopd = simulate(trace, make_policy("dopd", trace, config), config).summary
+    assert oracle.gpu_hours <= dopd.gpu_hours

@@ -1,0 +1,62 @@
+"""Synthetic generators and rate scaling: the loads the benchmark replays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sim_helpers import make_trace
+
+from dopd_sim.synthetic import diurnal, gamma_bursty, generate_from_spec, poisson, steps
+from dopd_sim.workload import scale_rate
+
+
+def test_poisson_rate_and_determinism() -> None:
+    first, again = poisson(20.0, 1000.0, seed=5), poisson(20.0, 1000.0, seed=5)
+    assert len(first) == pytest.approx(20_000, rel=0.03)
+    assert np.array_equal(first.arrival_s, again.arrival_s)
+    assert np.array_equal(first.input_tokens, again.input_tokens)
+    assert not np.array_equal(first.arrival_s[:100], poisson(20.0, 1000.0, seed=6).arrival_s[:100])
+
+
+def test_gamma_bursty_is_burstier_than_poisson() -> None:
+    bursty = gamma_bursty(20.0, 2000.0, cv=3.0, seed=1)
+    gaps = np.diff(bursty.arrival_s)
+    assert np.std(gaps) / np.mean(gaps) == pytest.approx(3.0, rel=0.15)
+
+
+def test_diurnal_peak_to_trough_and_period() -> None:
+    trace = diurnal(mean_rps=50.0, duration_s=7200.0, period_s=3600.0, peak_to_trough=4.0, seed=2)
+    counts = np.bincount((trace.arrival_s // 300).astype(int), minlength=24)[:24]
+    # Trough at 0 and 3600 s, peak at 1800 and 5400 s; 5-minute buckets smooth the peak slightly.
+    assert counts[5] / counts[0] > 2.5
+    assert counts[17] / counts[12] > 2.5
+
+
+def test_step_changes_rate() -> None:
+    trace = steps([5.0, 50.0], 600.0, seed=3)
+    first = np.count_nonzero(trace.arrival_s < 590)
+    second = np.count_nonzero(trace.arrival_s > 610)
+    assert second / first == pytest.approx(10.0, rel=0.15)
+
+
+def test_generate_from_spec_rejects_unknown_parameters() -> None:
+    assert len(generate_from_spec("poisson,rate_rps=5,duration_s=100")) > 300
+    with pytest.raises(ValueError, match=r"unknown parameters.*: rat$"):
+        generate_from_spec("poisson,rat=5")
+    with pytest.raises(ValueError, match="unknown synthetic"):
+        generate_from_spec("weibull")
+
+
+def test_rate_scale_keeps_span_and_multiplies_requests() -> None:
+    trace = poisson(10.0, 600.0, seed=4)
+    scaled = scale_rate(trace, 2.5, seed=0)
+    assert len(scaled) == pytest.approx(2.5 * len(trace), rel=0.02)
+    assert scaled.arrival_s[0] == 0.0
+    assert np.all(np.diff(scaled.arrival_s) >= 0)
+    assert scaled.duration_s <= trace.duration_s
+    assert set(scaled.input_tokens.tolist()) <= set(trace.input_tokens.tolist())
+
+
+def test_rate_scale_one_is_identity() -> None:
+    trace = make_trace([0.0, 1.0], [5, 6], [7, 8])
+    assert scale_rate(trace, 1.0) is trace
