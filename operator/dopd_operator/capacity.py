@@ -30,8 +30,12 @@ _Z90 = NormalDist().inv_cdf(0.9)
 _MAX_P90_OVER_MEAN = math.exp(_Z90 * _Z90 / 2)
 MAX_REPLICAS_SEARCH = 100_000
 KV_HEADROOM = 0.9  # share of KV capacity planned for; the rest absorbs length variance
-OVERLOAD_UTILIZATION = 0.8  # prefill utilization target when the TTFT SLO is unreachable
 _EPS = 1e-9
+# Highest planned prefill utilization. M/G/c theory lets a pool with short prefills and a loose TTFT SLO
+# run at 95%, but then any forecast error is an overload: the queue grows until new replicas start,
+# `startup` seconds later. The same headroom the HPA's utilization targets give.
+PREFILL_MAX_UTILIZATION = 0.85
+DECODE_MAX_UTILIZATION = 0.85  # of B*, for the same reason
 _GRID_POINTS = 200
 _GRID_Z = [NormalDist().inv_cdf((i + 0.5) / _GRID_POINTS) for i in range(_GRID_POINTS)]
 
@@ -146,7 +150,7 @@ class CapacityModel:
         # Mean residents per replica such that mean + z*sqrt(mean) <= B* (Poisson batch fluctuation).
         z = max(self._z, 0.0)
         root = (-z + math.sqrt(z * z + 4 * self.decode_batch_size)) / 2
-        self.decode_mean_batch = max(root * root, 1e-3)
+        self.decode_mean_batch = max(min(root * root, DECODE_MAX_UTILIZATION * self.decode_batch_size), 1e-3)
         residency_seconds = self.output_tokens_mean * self.decode_step_seconds
         self.decode_rps_per_replica = self.decode_mean_batch / residency_seconds
 
@@ -156,10 +160,10 @@ class CapacityModel:
     def prefill_rps_per_replica(self) -> float:
         return 1.0 / max(self.prefill_service_seconds_mean, _EPS)
 
-    def ttft_percentile_seconds(self, replicas: int, rate_rps: float) -> float:
-        """Predicted TTFT at the SLO percentile (infinite when the replicas cannot keep up)."""
+    def wait_percentile_seconds(self, replicas: int, rate_rps: float) -> float:
+        """Predicted queueing wait before prefill at the provisioning percentile (inf when overloaded)."""
         if rate_rps <= 0:
-            return self.prefill_tail_seconds
+            return 0.0
         if replicas <= 0:
             return math.inf
         service = self.prefill_service_seconds_mean
@@ -168,23 +172,31 @@ class CapacityModel:
             return math.inf
         wait_probability = erlang_c(replicas, offered)
         tail = 1.0 - self.percentile_q
-        wait_seconds = 0.0
-        if wait_probability > tail:
-            variability = (self.workload.arrival_scv + self.prefill_service_scv) / 2.0
-            decay_per_second = (replicas / service - rate_rps) / variability
-            wait_seconds = math.log(wait_probability / tail) / decay_per_second
-        return wait_seconds + self.prefill_tail_seconds
+        if wait_probability <= tail:
+            return 0.0
+        variability = (self.workload.arrival_scv + self.prefill_service_scv) / 2.0
+        decay_per_second = (replicas / service - rate_rps) / variability
+        return math.log(wait_probability / tail) / decay_per_second
+
+    def ttft_percentile_seconds(self, replicas: int, rate_rps: float) -> float:
+        """Predicted TTFT at the provisioning percentile (infinite when the replicas cannot keep up)."""
+        return self.wait_percentile_seconds(replicas, rate_rps) + self.prefill_tail_seconds
 
     def prefill_replicas(self, rate_rps: float) -> int:
-        """Fewest prefill replicas that meet the TTFT SLO at `rate_rps` (0 at zero load)."""
+        """Fewest prefill replicas whose queueing wait fits in what the TTFT SLO leaves after the service
+        time of a percentile prompt (0 at zero load).
+
+        When that prompt alone exceeds the SLO, the budget for waiting is zero: the replicas are sized
+        so that at most (1 - percentile) of requests wait at all. The budget shrinks continuously as
+        prompts grow, so longer prompts never get fewer replicas.
+        """
         if rate_rps <= 0:
             return 0
+        wait_budget = max(self.slo.ttft_seconds - self.prefill_tail_seconds, 0.0)
         offered = rate_rps * self.prefill_service_seconds_mean
-        if not self.ttft_reachable:
-            return max(1, math.ceil(offered / OVERLOAD_UTILIZATION - _EPS))
-        replicas = max(1, math.floor(offered))
+        replicas = max(1, math.ceil(offered / PREFILL_MAX_UTILIZATION - _EPS))
         while replicas < MAX_REPLICAS_SEARCH:
-            if self.ttft_percentile_seconds(replicas, rate_rps) <= self.slo.ttft_seconds:
+            if self.wait_percentile_seconds(replicas, rate_rps) <= wait_budget:
                 return replicas
             replicas += 1
         return MAX_REPLICAS_SEARCH

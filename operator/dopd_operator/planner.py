@@ -132,19 +132,42 @@ def plan(
 def _provisioned_rate(
     spec: DisaggregatedModelSpec, observation: Observation, forecast: LoadForecast | None
 ) -> tuple[float, str]:
+    """The rate to provision for: the highest of the observed rate, the forecast's upper quantile at
+    the lead time, and the observed rate extrapolated along its current rise over that lead time.
+
+    The trend guard covers the moments a forecaster is least sure of, such as the turn of a daily
+    cycle, where a backtest still prefers the last value: a new replica takes `startup` seconds, so a
+    rise that is already under way must be provisioned for now, whatever the forecaster picked.
+    """
     observed = observation.arrival_rate_rps or 0.0
-    if forecast is None:
-        return observed, f"load {observed:.2f} rps observed; no forecast, so sizing for the current load"
-    upper = forecast.arrival_rate_rps_upper
-    if upper > observed:
-        return upper, (
-            f"load {upper:.2f} rps: forecast P{forecast.quantile * 100:g} at +{forecast.horizon_seconds:g}s by "
-            f"{forecast.model} (mean {forecast.arrival_rate_rps_mean:.2f}); {observed:.2f} rps now"
-        )
-    return observed, (
-        f"load {observed:.2f} rps observed, above the forecast P{forecast.quantile * 100:g} "
-        f"({upper:.2f} at +{forecast.horizon_seconds:g}s by {forecast.model})"
+    lead_seconds = (
+        max(spec.prefill.startup_seconds, spec.decode.startup_seconds) + spec.scaling.interval_seconds
     )
+    trend = max(observation.arrival_rate_trend_rps_per_s or 0.0, 0.0)
+    extrapolated = observed + trend * lead_seconds
+    candidates = [(observed, f"load {observed:.2f} rps observed")]
+    if forecast is not None:
+        candidates.append(
+            (
+                forecast.arrival_rate_rps_upper,
+                f"load {forecast.arrival_rate_rps_upper:.2f} rps: forecast P{forecast.quantile * 100:g} at "
+                f"+{forecast.horizon_seconds:g}s by {forecast.model} (mean {forecast.arrival_rate_rps_mean:.2f})",
+            )
+        )
+    if trend > 0:
+        candidates.append(
+            (
+                extrapolated,
+                f"load {extrapolated:.2f} rps: rising {trend * 60:.1f} rps/min, extrapolated over the "
+                f"{lead_seconds:g}s lead time",
+            )
+        )
+    rate, reason = max(candidates, key=lambda c: c[0])
+    if rate > observed:
+        reason += f"; {observed:.2f} rps now"
+    if forecast is None:
+        reason += "; no forecast"
+    return rate, reason
 
 
 def _workload(observation: Observation, forecast: LoadForecast | None, rate_rps: float) -> Workload:
@@ -285,7 +308,7 @@ def _capacity_reasons(
     if not model.ttft_reachable:
         reasons.append(
             f"TTFT SLO unreachable by scaling: a P{model.percentile_q * 100:g} prompt alone takes "
-            f"{model.prefill_tail_seconds:.2f}s > {model.slo.ttft_seconds:g}s; prefill sized for 80% utilization"
+            f"{model.prefill_tail_seconds:.2f}s > {model.slo.ttft_seconds:g}s; prefill sized so almost no request waits"
         )
     if not model.tpot_reachable:
         reasons.append(

@@ -36,6 +36,9 @@ class Observation(_Frozen):
     input_tokens_p90: float | None = Field(None, ge=0, description="P90 prompt tokens.")
     output_tokens_mean: float | None = Field(None, ge=0, description="Mean output tokens.")
     output_tokens_p90: float | None = Field(None, ge=0, description="P90 output tokens.")
+    arrival_rate_trend_rps_per_s: float | None = Field(
+        None, description="Slope of the arrival rate over the recent past (PromQL deriv), rps per second."
+    )
     arrival_scv: float | None = Field(
         None,
         ge=0,

@@ -41,6 +41,9 @@ def _interarrival_scv(arrival_s: FloatArray) -> float | None:
     return float(np.var(gaps) / (mean * mean)) if mean > 0 else None
 
 
+TREND_WINDOW_S = 120.0
+
+
 class ObservationBuilder:
     """Windowed metrics over one run."""
 
@@ -59,6 +62,16 @@ class ObservationBuilder:
         self._bucket_rps = np.bincount(index, minlength=buckets).astype(np.float64) / self.step_s
         self._output_f = trace.output_tokens.astype(np.float64)
         self._input_f = trace.input_tokens.astype(np.float64)
+
+    def _trend(self, now_s: float) -> float | None:
+        """Least-squares slope of the bucketed arrival rate over the last TREND_WINDOW_S, as PromQL's
+        `deriv()` gives it to the operator."""
+        stamps, rates = self.arrival_history(now_s)
+        keep = max(int(TREND_WINDOW_S // self.step_s), 4)
+        if len(rates) < 4:
+            return None
+        slope = np.polyfit(stamps[-keep:], rates[-keep:], 1)[0]
+        return float(slope)
 
     def arrival_history(self, now_s: float) -> tuple[FloatArray, FloatArray]:
         """Complete forecast-step buckets before `now_s`: start times and arrival rates."""
@@ -87,6 +100,7 @@ class ObservationBuilder:
         return Observation(
             arrival_rate_rps=(hi - lo) / span,
             arrival_scv=_interarrival_scv(arrivals[lo:hi]),
+            arrival_rate_trend_rps_per_s=None if warm_start else self._trend(now_s),
             input_tokens_mean=input_mean,
             input_tokens_p90=input_p90,
             output_tokens_mean=output_mean,
