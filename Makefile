@@ -42,4 +42,7 @@ crds: setup-python  ## regenerate crds/ and the chart's CRD template from the AP
 
 bench: setup-python  ## run the benchmarks and rewrite docs/benchmarks/*.md
 	$(PY) bench/planner_bench.py
+	$(PY) bench/forecast_bench.py
+	$(PY) bench/worker_bench.py
+	$(PY) bench/sim_bench.py
 	$(PY) -m pytest tests/operator/test_bench_planner.py --benchmark-enable -q

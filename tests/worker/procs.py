@@ -1,0 +1,107 @@
+"""Process helpers for the worker tests: real worker/router subprocesses on 127.0.0.1 free ports."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+@dataclass
+class Cluster:
+    """Starts processes, waits for their /health, and kills every one of them at the end."""
+
+    tmp: Path
+    procs: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, args: list[str], env: dict[str, str] | None = None, wait: bool = True) -> Proc:
+        port = free_port()
+        log_path = self.tmp / f"{name}.log"
+        cmd = [
+            sys.executable,
+            "-m",
+            "dopd_worker",
+            *args,
+            "--port",
+            str(port),
+            "--log-level",
+            os.environ.get("DOPD_TEST_LOG_LEVEL", "warning"),
+        ]
+        if args[0] == "worker":
+            cmd += ["--transfer-timeout-seconds", "8"]
+        if args[0] == "worker" and "decode" in args:
+            cmd += ["--kv-port", str(free_port())]
+        full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+        popen = subprocess.Popen(
+            cmd, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+        )
+        proc = Proc(name, popen, f"http://127.0.0.1:{port}", log_path)
+        self.procs.append(proc)
+        if wait:
+            self.wait_healthy(proc)
+        return proc
+
+    def wait_healthy(self, proc: Proc, timeout_seconds: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log()}")
+            try:
+                if httpx.get(f"{proc.url}/health", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{proc.name} not healthy after {timeout_seconds}s:\n{proc.log()}")
+
+    def wait_router_sees(self, router: Proc, healthy_urls: set[str], timeout_seconds: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            workers = httpx.get(f"{router.url}/workers", timeout=2.0).json()
+            seen = {u for u, w in workers.items() if w["healthy"] and w["present"]}
+            if healthy_urls <= seen:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"router does not see {healthy_urls} healthy: {workers}")
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.popen.poll() is None:
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=10)
+
+
+def write_workers_file(
+    path: Path, prefill: list[str], decode: list[str], prefill_long: list[str] | None = None
+) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"prefill": prefill, "decode": decode, "prefill_long": prefill_long or []}))
+    tmp.replace(path)

@@ -1,0 +1,271 @@
+"""`dopd worker`, `dopd router` and `dopd profile`: the CLI edge of dopd_worker.
+
+Loaded lazily by the main `dopd` CLI ("dopd_worker.cli:worker" ...). Nothing heavy is imported at module
+import time (torch, starlette, uvicorn load inside the commands), so `dopd --help` stays fast. The
+environment is read here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import click
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.command()
+@click.option("--role", type=click.Choice(["prefill", "decode"]), required=True)
+@click.option(
+    "--model", required=True, help="A local HF model directory (config.json + *.safetensors) or a preset."
+)
+@click.option(
+    "--served-model-name", default=None, help="Model name in the API and metrics (default: from --model)."
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option(
+    "--kv-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Decode: address the KV TCPStore listens on and publishes to prefill workers (the pod IP).",
+)
+@click.option("--kv-port", type=int, default=29600, show_default=True, help="Decode: KV TCPStore port.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option(
+    "--dtype", default="auto", show_default=True, help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16."
+)
+@click.option("--block-size", type=int, default=16, show_default=True, help="Tokens per KV block.")
+@click.option(
+    "--kv-cache-tokens", type=int, default=None, help="KV capacity in tokens (default: from free memory)."
+)
+@click.option("--token-budget", type=int, default=4096, show_default=True, help="Prefill: tokens per batch.")
+@click.option("--max-batch-size", type=int, default=64, show_default=True, help="Decode: sequences per step.")
+@click.option("--max-model-len", type=int, default=None, help="Longest prompt + output, tokens.")
+@click.option("--transfer-timeout-seconds", type=float, default=30.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of a random preset's weights.")
+@click.option("--log-level", default="info", show_default=True)
+def worker(
+    role: str,
+    model: str,
+    served_model_name: str | None,
+    host: str,
+    port: int,
+    kv_host: str,
+    kv_port: int,
+    device: str,
+    dtype: str,
+    block_size: int,
+    kv_cache_tokens: int | None,
+    token_budget: int,
+    max_batch_size: int,
+    max_model_len: int | None,
+    transfer_timeout_seconds: float,
+    seed: int,
+    log_level: str,
+) -> None:
+    """Run a prefill or decode worker."""
+    _logging(log_level)
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack
+    from dopd_worker.runtime import WorkerOptions, load
+    from dopd_worker.serving import serve
+
+    fault = os.environ.get("DOPD_FAULT_EXIT_DURING_TRANSFER")
+    options = WorkerOptions(
+        role=role,
+        model=model,
+        served_model_name=served_model_name,
+        host=host,
+        port=port,
+        kv_host=kv_host,
+        kv_port=kv_port,
+        device=device,
+        dtype=dtype,
+        block_size=block_size,
+        kv_cache_tokens=kv_cache_tokens,
+        token_budget=token_budget,
+        max_batch_size=max_batch_size,
+        max_model_len=max_model_len,
+        transfer_timeout_seconds=transfer_timeout_seconds,
+        seed=seed,
+        fault_exit_during_transfer=int(fault) if fault else None,
+        ordered_transfers=os.environ.get("DOPD_KV_ORDERED_TRANSFERS") == "1",
+    )
+    try:
+        loaded = load(options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if role == "prefill":
+        from dopd_worker.prefill_server import build_prefill_app
+
+        app, state, engine = build_prefill_app(options, loaded)
+        engine.start()
+        serve(app, host, port, state)
+        engine.stop()
+    else:
+        from dopd_worker.decode_server import build_decode_app
+
+        app, state, dengine, pairs = build_decode_app(options, loaded)
+        pairs.start()
+        dengine.start()
+        serve(app, host, port, state)
+        dengine.stop()
+
+
+@click.command()
+@click.option("--model", required=True, help="Model directory (for tokenizer.json) or preset name.")
+@click.option("--served-model-name", default=None)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--prefill", "prefill_urls", multiple=True, help="Static prefill worker URL (repeatable).")
+@click.option(
+    "--long-prefill",
+    "long_prefill_urls",
+    multiple=True,
+    help="Static prefill worker URL dedicated to long prompts (repeatable).",
+)
+@click.option("--decode", "decode_urls", multiple=True, help="Static decode worker URL (repeatable).")
+@click.option(
+    "--workers-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help='JSON {"prefill": [...], "prefill_long": [...], "decode": [...]}, re-read on change.',
+)
+@click.option("--k8s-namespace", default=None, help="Discover workers from Endpoints in this namespace.")
+@click.option("--k8s-prefill-service", default=None)
+@click.option("--k8s-long-prefill-service", default=None)
+@click.option("--k8s-decode-service", default=None)
+@click.option("--k8s-port-name", default="http", show_default=True)
+@click.option(
+    "--policy", type=click.Choice(["length-aware", "fifo"]), default="length-aware", show_default=True
+)
+@click.option("--aging-seconds", type=float, default=5.0, show_default=True)
+@click.option("--long-prompt-tokens", type=int, default=1024, show_default=True)
+@click.option("--prefill-token-budget", type=int, default=4096, show_default=True)
+@click.option("--max-model-len", type=int, default=None, help="Reject prompt + max_tokens above this.")
+@click.option(
+    "--max-retries",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Retries of a request that failed before its first token.",
+)
+@click.option(
+    "--queue-timeout-seconds",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Fail a request (503) that no prefill worker took within this time.",
+)
+@click.option("--log-level", default="info", show_default=True)
+def router(
+    model: str,
+    served_model_name: str | None,
+    host: str,
+    port: int,
+    prefill_urls: tuple[str, ...],
+    long_prefill_urls: tuple[str, ...],
+    decode_urls: tuple[str, ...],
+    workers_file: Path | None,
+    k8s_namespace: str | None,
+    k8s_prefill_service: str | None,
+    k8s_long_prefill_service: str | None,
+    k8s_decode_service: str | None,
+    k8s_port_name: str,
+    policy: str,
+    aging_seconds: float,
+    long_prompt_tokens: int,
+    prefill_token_budget: int,
+    max_model_len: int | None,
+    max_retries: int,
+    queue_timeout_seconds: float,
+    log_level: str,
+) -> None:
+    """Run the OpenAI-compatible router with length-aware prefill scheduling."""
+    _logging(log_level)
+    from dopd_worker.discovery import Discovery, FileDiscovery, KubernetesDiscovery, StaticDiscovery
+    from dopd_worker.router_main import RouterOptions, run_router
+    from dopd_worker.scheduler import Policy, SchedulerConfig
+
+    discovery: Discovery
+    if k8s_namespace:
+        if not (k8s_prefill_service and k8s_decode_service):
+            raise click.UsageError("--k8s-namespace needs --k8s-prefill-service and --k8s-decode-service")
+        discovery = KubernetesDiscovery(
+            k8s_namespace, k8s_prefill_service, k8s_decode_service, k8s_long_prefill_service, k8s_port_name
+        )
+    elif workers_file is not None:
+        discovery = FileDiscovery(workers_file)
+    else:
+        if (not prefill_urls and not long_prefill_urls) or not decode_urls:
+            raise click.UsageError("give --prefill/--decode URLs, --workers-file, or --k8s-namespace")
+        discovery = StaticDiscovery(list(prefill_urls), list(long_prefill_urls), list(decode_urls))
+    options = RouterOptions(
+        model=model,
+        served_model_name=served_model_name,
+        host=host,
+        port=port,
+        max_model_len=max_model_len,
+        max_retries=max_retries,
+        queue_timeout_seconds=queue_timeout_seconds,
+        scheduler=SchedulerConfig(
+            policy=Policy(policy),
+            aging_seconds=aging_seconds,
+            long_prompt_tokens=long_prompt_tokens,
+            token_budget=prefill_token_budget,
+        ),
+    )
+    run_router(options, discovery)
+
+
+@click.command()
+@click.option("--model", required=True, help="Model directory or preset.")
+@click.option(
+    "--out", "out_path", type=click.Path(path_type=Path), required=True, help="Profile file (.yaml/.json)."
+)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", default="auto", show_default=True)
+@click.option("--name", default=None, help="Profile name (default: <model>-<device>).")
+@click.option("--prompt-lengths", default="32,64,128,256,512,1024", show_default=True)
+@click.option("--batch-sizes", default="1,4,16,32", show_default=True)
+@click.option("--context-lengths", default="64,256,1024", show_default=True)
+@click.option("--kv-cache-tokens", type=int, default=None)
+@click.option("--repeats", type=int, default=3, show_default=True)
+def profile(
+    model: str,
+    out_path: Path,
+    device: str,
+    dtype: str,
+    name: str | None,
+    prompt_lengths: str,
+    batch_sizes: str,
+    context_lengths: str,
+    kv_cache_tokens: int | None,
+    repeats: int,
+) -> None:
+    """Measure this worker (TTFT vs prompt length, step time vs batch and context) and write a profile."""
+    from dopd_worker.profiler import ProfileRequest, run_profile
+
+    def ints(text: str) -> list[int]:
+        return [int(x) for x in text.split(",") if x.strip()]
+
+    request = ProfileRequest(
+        model=model,
+        device=device,
+        dtype=dtype,
+        name=name,
+        prompt_lengths=ints(prompt_lengths),
+        batch_sizes=ints(batch_sizes),
+        context_lengths=ints(context_lengths),
+        kv_cache_tokens=kv_cache_tokens,
+        repeats=repeats,
+    )
+    result = run_profile(request, out_path)
+    click.echo(result)

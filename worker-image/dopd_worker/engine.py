@@ -1,0 +1,367 @@
+"""The two engines: prefill (batches prompts under a token budget, ships KV layer by layer) and decode
+(continuous batching over the paged cache). Each runs its step loop on one dedicated thread; the HTTP
+adapters (`prefill_server.py`, `decode_server.py`) talk to them through `submit`/`admit` and callbacks.
+All writes to a cache's tensors happen on its engine thread; the allocator is shared under a lock.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from dopd_worker.kv_cache import OutOfBlocks, PagedKVCache, SequenceSlice, build_batch
+from dopd_worker.metrics import Metrics
+from dopd_worker.model import LlamaForCausalLM
+from dopd_worker.sampling import SamplingParams, is_stop, sample
+from dopd_worker.transfer import PairGroup, TransferError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrefillJob:
+    request_id: str
+    prompt: list[int]
+    sampling: SamplingParams
+    group: PairGroup
+    tag_base: int
+    on_done: Callable[[int | BaseException], None]  # first token, or the failure
+    arrival_seconds: float = field(default_factory=time.monotonic)
+
+
+class EngineThread:
+    """A step loop on a daemon thread that sleeps on a condition when it has nothing to do."""
+
+    def __init__(self, name: str) -> None:
+        self.cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self.cond:
+            self._stop = True
+            self.cond.notify_all()
+        self._thread.join(timeout=10)
+
+    def wake(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+    def has_work(self) -> bool:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self.cond:
+                while not self._stop and not self.has_work():
+                    self.cond.wait(timeout=1.0)
+                if self._stop:
+                    return
+            try:
+                self.step()
+            except Exception:  # a bug in one step must not kill the worker silently; step fails its jobs
+                log.exception("engine step failed")
+
+
+class PrefillEngine(EngineThread):
+    def __init__(
+        self, model: LlamaForCausalLM, cache: PagedKVCache, token_budget: int, metrics: Metrics
+    ) -> None:
+        super().__init__("prefill-engine")
+        self.model = model
+        self.cache = cache
+        self.token_budget = token_budget
+        self.metrics = metrics
+        self.lock = threading.Lock()
+        self._queue: collections.deque[PrefillJob] = collections.deque()
+        self.running = 0
+        self.eos_ids = model.config.eos_token_ids
+
+    def submit(self, job: PrefillJob) -> None:
+        with self.cond:
+            self._queue.append(job)
+            self.cond.notify_all()
+        self._gauges()
+
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    def has_work(self) -> bool:
+        return bool(self._queue)
+
+    def _gauges(self) -> None:
+        labels = {"role": self.metrics.role, "model": self.metrics.model}
+        self.metrics.requests_waiting.labels(**labels).set(len(self._queue))
+        self.metrics.requests_running.labels(**labels).set(self.running)
+        self.metrics.kv_cache_usage_ratio.labels(**labels).set(self.cache.allocator.usage())
+
+    def _take_batch(self) -> list[tuple[PrefillJob, list[int]]]:
+        batch: list[tuple[PrefillJob, list[int]]] = []
+        tokens = 0
+        with self.cond, self.lock:
+            while self._queue:
+                job = self._queue[0]
+                if batch and tokens + len(job.prompt) > self.token_budget:
+                    break
+                try:
+                    table = self.cache.allocator.allocate(job.request_id, len(job.prompt))
+                except OutOfBlocks as exc:
+                    if batch or self.cache.allocator.usage() > 0:
+                        break
+                    self._queue.popleft()
+                    job.on_done(exc)
+                    continue
+                except ValueError as exc:  # the same request id twice: refuse the second
+                    self._queue.popleft()
+                    job.on_done(exc)
+                    continue
+                self._queue.popleft()
+                batch.append((job, table))
+                tokens += len(job.prompt)
+        return batch
+
+    def step(self) -> None:
+        batch = self._take_batch()
+        if not batch:
+            return
+        log.debug("prefill batch: %s", [job.request_id for job, _ in batch])
+        try:
+            self._run_batch(batch)
+        except Exception as exc:  # a bug, not a transfer failure: fail the batch, never strand its jobs
+            log.exception("prefill batch failed")
+            with self.lock:
+                for job, _ in batch:
+                    self.cache.allocator.free(job.request_id)
+            self.running = 0
+            for job, _ in batch:
+                job.on_done(exc)  # settling twice is harmless: the server side is idempotent
+
+    def _run_batch(self, batch: list[tuple[PrefillJob, list[int]]]) -> None:
+        self.running = len(batch)
+        self._gauges()
+        sends: dict[str, list[tuple[int, object]]] = {job.request_id: [] for job, _ in batch}
+        failed: dict[str, BaseException] = {}
+        started = time.monotonic()
+        labels = {"role": self.metrics.role, "model": self.metrics.model}
+
+        def send(job: PrefillJob, table: list[int], layer: int) -> None:
+            try:
+                kv = self.cache.read_layer(layer, table, len(job.prompt))
+                work = job.group.send(kv, job.tag_base + layer)
+                sends[job.request_id].append((kv.numel() * kv.element_size(), work))
+            except Exception as exc:
+                failed[job.request_id] = TransferError(f"KV send of layer {layer} failed: {exc}")
+
+        def ship_layer(layer: int) -> None:
+            # Tagged (gloo) pairs: each layer leaves as soon as it is computed, overlapping the next one.
+            for job, table in batch:
+                if job.request_id not in failed and not job.group.ordered:
+                    send(job, table, layer)
+
+        def ship_ordered() -> None:
+            # Ordered (NCCL) pairs: whole transfers, one after another, in the order announced.
+            for job, table in batch:
+                if job.request_id in failed or not job.group.ordered:
+                    continue
+                try:
+                    job.group.announce(job.tag_base)
+                except Exception as exc:
+                    failed[job.request_id] = TransferError(f"announcing the KV transfer failed: {exc}")
+                    continue
+                for layer in range(self.cache.num_layers):
+                    send(job, table, layer)
+
+        try:
+            slices = [SequenceSlice(table, 0, job.prompt) for job, table in batch]
+            logits = self.model.forward_paged(
+                build_batch(slices, self.cache.block_size, self.cache.device),
+                self.cache.k,
+                self.cache.v,
+                layer_done=ship_layer,
+            )
+            ship_ordered()
+            firsts = [sample(logits[i], job.sampling, 0) for i, (job, _) in enumerate(batch)]
+        except Exception as exc:
+            for job, _ in batch:
+                failed.setdefault(job.request_id, exc)
+            firsts = [-1] * len(batch)
+        for job, _ in batch:
+            nbytes = 0
+            if job.request_id not in failed:
+                try:
+                    for size, work in sends[job.request_id]:
+                        job.group.wait(work, f"KV send of request {job.request_id}")
+                        nbytes += size
+                except TransferError as exc:
+                    failed[job.request_id] = exc
+            if job.request_id in failed:
+                self.metrics.kv_transfer_failures_total.labels(**labels).inc()
+                job.group.broken = True
+            else:
+                self.metrics.kv_transfer_bytes_total.labels(**labels).inc(nbytes)
+                self.metrics.kv_transfer_seconds.labels(**labels).observe(time.monotonic() - started)
+        with self.lock:
+            for job, _ in batch:
+                self.cache.allocator.free(job.request_id)
+        self.running = 0
+        self._gauges()
+        for (job, _), first in zip(batch, firsts, strict=True):
+            error = failed.get(job.request_id)
+            if error is None:
+                self.metrics.ttft_seconds.labels(**labels).observe(time.monotonic() - job.arrival_seconds)
+                self.metrics.prompt_tokens_total.labels(**labels).inc(len(job.prompt))
+                self.metrics.prompt_tokens.labels(**labels).observe(len(job.prompt))
+                self.metrics.status("ok")
+            else:
+                self.metrics.status("error")
+            log.debug("prefill %s settled: %s", job.request_id, "ok" if error is None else error)
+            job.on_done(first if error is None else error)
+
+
+@dataclass
+class DecodeSequence:
+    request_id: str
+    prompt_len: int
+    first_token: int
+    sampling: SamplingParams
+    staged_kv: list[torch.Tensor] | None  # per layer [2, prompt_len, kv, D] until written into blocks
+    emit: Callable[[int | None, str | None], None]  # (token, finish_reason); token None with reason = failure
+    generated: list[int] = field(default_factory=list)
+    last_emit_seconds: float = 0.0
+
+
+class DecodeEngine(EngineThread):
+    """Continuous batching: sequences join after their KV arrives and leave when they stop."""
+
+    def __init__(
+        self, model: LlamaForCausalLM, cache: PagedKVCache, max_batch_size: int, metrics: Metrics
+    ) -> None:
+        super().__init__("decode-engine")
+        self.model = model
+        self.cache = cache
+        self.max_batch_size = max_batch_size
+        self.metrics = metrics
+        self.lock = threading.Lock()
+        self._joining: collections.deque[DecodeSequence] = collections.deque()
+        self._cancelled: set[str] = set()
+        self.active: list[DecodeSequence] = []
+        self.eos_ids = model.config.eos_token_ids
+        self.pending_transfers = 0
+
+    def admit(self, seq: DecodeSequence) -> None:
+        with self.cond:
+            self._joining.append(seq)
+            self.cond.notify_all()
+
+    def cancel(self, request_id: str) -> None:
+        with self.cond:
+            self._cancelled.add(request_id)
+            self.cond.notify_all()
+
+    def in_flight(self) -> int:
+        return len(self.active) + len(self._joining) + self.pending_transfers
+
+    def has_work(self) -> bool:
+        return bool(self.active or self._joining or self._cancelled)
+
+    def gauges(self) -> None:
+        labels = {"role": self.metrics.role, "model": self.metrics.model}
+        self.metrics.requests_waiting.labels(**labels).set(len(self._joining) + self.pending_transfers)
+        self.metrics.requests_running.labels(**labels).set(len(self.active))
+        self.metrics.kv_cache_usage_ratio.labels(**labels).set(self.cache.allocator.usage())
+
+    def _finish(self, seq: DecodeSequence, reason: str) -> None:
+        labels = {"role": self.metrics.role, "model": self.metrics.model}
+        with self.lock:
+            self.cache.allocator.free(seq.request_id)
+        self.metrics.generation_tokens.labels(**labels).observe(len(seq.generated))
+        self.metrics.status("ok" if reason in ("stop", "length") else reason)
+        seq.emit(None, reason)
+
+    def _emit(self, seq: DecodeSequence, token: int) -> str | None:
+        now = time.monotonic()
+        labels = {"role": self.metrics.role, "model": self.metrics.model}
+        if seq.generated:
+            self.metrics.inter_token_latency_seconds.labels(**labels).observe(now - seq.last_emit_seconds)
+        seq.last_emit_seconds = now
+        seq.generated.append(token)
+        self.metrics.generation_tokens_total.labels(**labels).inc()
+        seq.emit(token, None)
+        return is_stop(token, len(seq.generated), seq.sampling, self.eos_ids)
+
+    def _join(self) -> None:
+        with self.cond:
+            room = self.max_batch_size - len(self.active)
+            joining = [self._joining.popleft() for _ in range(min(room, len(self._joining)))]
+            cancelled, self._cancelled = self._cancelled, set()
+        for seq in joining:
+            try:
+                with self.lock:
+                    table = self.cache.allocator.table(seq.request_id)
+                assert seq.staged_kv is not None
+                for layer, kv in enumerate(seq.staged_kv):
+                    self.cache.write_layer(layer, table, kv.to(self.cache.device))
+            except Exception as exc:  # a bug, not a transfer failure: fail this sequence, keep the rest
+                log.exception("writing the received KV of %s failed", seq.request_id)
+                with self.lock:
+                    self.cache.allocator.free(seq.request_id)
+                seq.emit(None, f"error: writing the received KV failed: {exc}")
+                continue
+            seq.staged_kv = None
+            reason = self._emit(seq, seq.first_token)
+            if reason is not None:
+                self._finish(seq, reason)
+            else:
+                self.active.append(seq)
+        for seq in [s for s in self.active if s.request_id in cancelled]:
+            self.active.remove(seq)
+            self._finish(seq, "cancelled")
+
+    def step(self) -> None:
+        self._join()
+        if not self.active:
+            self.gauges()
+            return
+        slices = [
+            SequenceSlice(
+                self.cache.allocator.table(s.request_id),
+                s.prompt_len + len(s.generated) - 1,
+                [s.generated[-1]],
+            )
+            for s in self.active
+        ]
+        try:
+            logits = self.model.forward_paged(
+                build_batch(slices, self.cache.block_size, self.cache.device), self.cache.k, self.cache.v
+            )
+        except Exception as exc:
+            log.exception("decode step failed")
+            for seq in self.active:
+                seq.emit(None, f"error: decode step failed: {exc}")
+                with self.lock:
+                    self.cache.allocator.free(seq.request_id)
+            self.active = []
+            return
+        still: list[DecodeSequence] = []
+        for i, seq in enumerate(self.active):
+            token = sample(logits[i], seq.sampling, len(seq.generated))
+            reason = self._emit(seq, token)
+            if reason is None:
+                still.append(seq)
+            else:
+                self._finish(seq, reason)
+        self.active = still
+        self.gauges()

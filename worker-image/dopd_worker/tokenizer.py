@@ -1,0 +1,87 @@
+"""Tokenizers: the model directory's tokenizer.json through `tokenizers`, or a byte-level fallback.
+
+Used by the router (prompt length for scheduling, detokenization for streaming) and by `dopd profile`.
+The byte-level tokenizer maps UTF-8 bytes to ids 0..255 and reserves 256 (BOS) and 257 (EOS), which the
+random presets' vocabularies cover; it never fails on any text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from dopd_worker.config import BYTE_BOS_ID, BYTE_EOS_ID
+
+
+class Tokenizer(Protocol):
+    bos_id: int | None
+    eos_ids: tuple[int, ...]
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens; ids above 255 (BOS, EOS, random-model noise) decode to nothing."""
+
+    bos_id: int | None = BYTE_BOS_ID
+    eos_ids: tuple[int, ...] = (BYTE_EOS_ID,)
+
+    def encode(self, text: str) -> list[int]:
+        return [BYTE_BOS_ID, *text.encode("utf-8")]
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
+
+class HFTokenizer:
+    """A tokenizer.json loaded with the `tokenizers` library (local file only)."""
+
+    def __init__(self, path: Path, bos_id: int | None, eos_ids: tuple[int, ...]) -> None:
+        from tokenizers import Tokenizer as RustTokenizer
+
+        self._tok = RustTokenizer.from_file(str(path))
+        self.bos_id = bos_id
+        self.eos_ids = eos_ids
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self._tok.encode(text).ids
+        if self.bos_id is not None and (not ids or ids[0] != self.bos_id):
+            ids = [self.bos_id, *ids]
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self._tok.decode(ids, skip_special_tokens=True))
+
+
+def load_tokenizer(model: str, bos_id: int | None, eos_ids: tuple[int, ...]) -> Tokenizer:
+    """tokenizer.json from a model directory when it has one, else the byte-level tokenizer."""
+    path = Path(model) / "tokenizer.json"
+    if path.is_file():
+        return HFTokenizer(path, bos_id, eos_ids)
+    return ByteTokenizer()
+
+
+class IncrementalDecoder:
+    """Turns a growing list of ids into text deltas, holding back incomplete UTF-8 / merged pieces."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tok = tokenizer
+        self._ids: list[int] = []
+        self._emitted = ""
+
+    def push(self, token: int) -> str:
+        self._ids.append(token)
+        text = self._tok.decode(self._ids)
+        if text.endswith("\ufffd"):
+            return ""
+        delta = text[len(self._emitted) :]
+        self._emitted = text
+        return delta
+
+    def flush(self) -> str:
+        text = self._tok.decode(self._ids)
+        delta = text[len(self._emitted) :]
+        self._emitted = text
+        return delta
