@@ -31,11 +31,13 @@ test: setup  ## run the whole suite (unit, property, integration, e2e against th
 test-unit: setup-python  ## only the tests that need no cluster and no Prometheus
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
-lint: setup-python  ## ruff, mypy (strict) and the import-layer contracts
+lint: setup-python  ## ruff, mypy (strict), the import-layer contracts, shellcheck and hadolint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/shellcheck -x -S warning e2e/cluster/*.sh e2e/cluster/gomod/*/gen.sh scripts/*.sh worker-image/gpu-check.sh .ci/run
+	$(VENV)/bin/hadolint worker-image/Dockerfile worker-image/Dockerfile.cpu
 
 crds: setup-python  ## regenerate crds/ and the chart's CRD template from the API types
 	$(VENV)/bin/dopd crds -o crds/dopd.io_disaggregatedmodels.yaml

@@ -18,5 +18,5 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && "$VENV/bin/python" -c 'i
   exit 0
 fi
 echo "setup-venv: installing dopd[dev,worker] into $VENV (torch is large; first run takes minutes)" >&2
-"$VENV/bin/pip" install -q -e "$ROOT[dev,worker]"
+"$VENV/bin/pip" install -q -e "${ROOT}[dev,worker]"
 echo "$want" > "$stamp"

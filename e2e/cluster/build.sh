@@ -83,14 +83,14 @@ fi
 
 if need kwok; then
   log "building kwok $KWOK_VERSION"
-  GOBIN="$DOPD_BIN_DIR" GOFLAGS= go install -p "$PAR" -trimpath \
+  GOBIN="$DOPD_BIN_DIR" GOFLAGS='' go install -p "$PAR" -trimpath \
     -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 fi
 
 if need helm; then
   log "building helm $HELM_VERSION"
   kv=${K8S_VERSION#v}; major=${kv%%.*}; rest=${kv#*.}; minor=${rest%%.*}
-  GOBIN="$DOPD_BIN_DIR" GOFLAGS= go install -p "$PAR" -trimpath \
+  GOBIN="$DOPD_BIN_DIR" GOFLAGS='' go install -p "$PAR" -trimpath \
     -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=$major -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=$major -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor" \
     "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 fi

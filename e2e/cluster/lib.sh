@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for e2e/cluster/*.sh (sourced, not executed).
 CLUSTER_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env
