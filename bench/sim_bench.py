@@ -169,130 +169,53 @@ def targets(rows_list: list[dict[str, Any]]) -> list[str]:
 # --------------------------------------------------------------------------------------------- fidelity
 
 
-def _start(args: list[str], log: Path) -> tuple[Any, str]:
-    """A dopd_worker process on a free 127.0.0.1 port; returns (Popen, base URL)."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    extra: list[str] = []
-    if args[0] == "worker" and "decode" in args:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            extra = ["--kv-port", str(sock.getsockname()[1])]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "dopd_worker", *args, *extra, "--port", str(port), "--log-level", "warning"]
-    popen = subprocess.Popen(
-        cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
-    return popen, f"http://127.0.0.1:{port}"
-
-
-def _wait_healthy(url: str, timeout_s: float = 180.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} not healthy after {timeout_s:.0f} s")
-
-
-def fidelity(model: str = "small", requests_per_s: float = 0.5, duration_s: float = 120.0) -> dict[str, Any]:
+def fidelity(
+    model: str = "small",
+    requests_per_s: float = 0.5,
+    duration_s: float = 120.0,
+    seed: int = 3,
+    profile_out: Path | None = None,
+) -> dict[str, Any]:
     """Real CPU workers (router -> prefill -> KV transfer -> decode, dopd_worker) against the simulator
-    driven by the profile `dopd profile` measures on the same machine, on the same small Poisson trace.
-    Returns mean/P90 TTFT and TPOT of both and their relative errors."""
+    driven by the profile `dopd profile --served` measures through the same router, on the same small
+    Poisson trace. Returns mean/P90 TTFT and TPOT of both and their relative errors."""
     import asyncio
-    import os
-    import signal
-    import subprocess
-    import sys
     import tempfile
 
     import httpx
     import numpy as np
 
-    from dopd_sim.config import load_profile
+    from dopd_operator.profile import PerformanceProfile
     from dopd_sim.metrics import percentile
     from dopd_sim.policies.static import StaticPolicy
     from dopd_sim.synthetic import LengthModel, poisson
+    from dopd_worker.profiler import write_document
+    from dopd_worker.served_profile import ServedProfileRequest, complete, profile_document, served_cluster
 
     tmp = Path(tempfile.mkdtemp(prefix="dopd-fidelity-"))
     kv_tokens, budget, max_batch = 32768, 1024, 16
-    profile_path = tmp / "profile.yaml"
-    # `dopd profile` in its own single-threaded process, as the workers run.
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dopd_worker",
-            "profile",
-            "--model",
-            model,
-            "--out",
-            str(profile_path),
-            "--device",
-            "cpu",
-            "--dtype",
-            "fp32",
-            "--prompt-lengths",
-            "32,64,128,256,512",
-            "--batch-sizes",
-            "1,2,4,8,16",
-            "--context-lengths",
-            "64,256,512",
-            "--kv-cache-tokens",
-            str(kv_tokens),
-        ],
-        check=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    profile = load_profile(str(profile_path))
     lengths = LengthModel(
         input_mean=160, input_median=128, output_mean=24, output_median=20, input_max=480, output_max=48
     )
-    trace = poisson(requests_per_s, duration_s, seed=3, lengths=lengths)
-    common = ["--model", model, "--device", "cpu", "--dtype", "fp32", "--kv-cache-tokens", str(kv_tokens)]
-    procs = []
-    try:
-        prefill, prefill_url = _start(
-            ["worker", "--role", "prefill", *common, "--token-budget", str(budget)], tmp / "prefill.log"
-        )
-        decode, decode_url = _start(
-            ["worker", "--role", "decode", *common, "--max-batch-size", str(max_batch)], tmp / "decode.log"
-        )
-        procs += [prefill, decode]
-        _wait_healthy(prefill_url)
-        _wait_healthy(decode_url)
-        router, router_url = _start(
-            [
-                "router",
-                "--model",
-                model,
-                "--served-model-name",
-                "fidelity",
-                "--prefill",
-                prefill_url,
-                "--decode",
-                decode_url,
-                "--policy",
-                "fifo",
-                "--prefill-token-budget",
-                str(budget),
-            ],
-            tmp / "router.log",
-        )
-        procs.append(router)
-        _wait_healthy(router_url)
-        rng = np.random.default_rng(0)
+    trace = poisson(requests_per_s, duration_s, seed=seed, lengths=lengths)
+    request = ServedProfileRequest(
+        model=model,
+        device="cpu",
+        dtype="fp32",
+        kv_cache_tokens=kv_tokens,
+        token_budget=budget,
+        max_batch_size=max_batch,
+        served_model_name="fidelity",
+    )
+    rng = np.random.default_rng(0)
+    with served_cluster(
+        model, "cpu", "fp32", kv_tokens, budget, max_batch, served_model_name="fidelity", logs=tmp
+    ) as cluster:
+        profile_started = time.perf_counter()
+        document = profile_document(cluster.router_url, cluster.served_model_name, request)
+        profile_seconds = time.perf_counter() - profile_started
+        if profile_out is not None:
+            write_document(document, profile_out)
 
         async def replay() -> tuple[list[float], list[float]]:
             ttft = [float("nan")] * len(trace)
@@ -304,37 +227,26 @@ def fidelity(model: str = "small", requests_per_s: float = 0.5, duration_s: floa
                     await asyncio.sleep(max(float(trace.arrival_s[i]) - (time.perf_counter() - start), 0.0))
                     prompt = rng.integers(3, 300, int(trace.input_tokens[i])).tolist()
                     outputs = int(trace.output_tokens[i])
-                    sent = time.perf_counter()
-                    response = await client.post(
-                        f"{router_url}/v1/completions",
-                        json={
-                            "model": "fidelity",
-                            "prompt": prompt,
-                            "max_tokens": outputs,
-                            "ignore_eos": True,
-                            "temperature": 0,
-                        },
+                    run = await complete(
+                        client, cluster.router_url, cluster.served_model_name, prompt, outputs
                     )
-                    done = time.perf_counter()
-                    response.raise_for_status()
-                    first = float(response.headers["x-dopd-ttft-seconds"])
-                    ttft[i] = first
+                    ttft[i] = run.ttft_s
                     if outputs > 1:
-                        tpot[i] = (done - sent - first) / (outputs - 1)
+                        tpot[i] = run.tpot_s
 
                 await asyncio.gather(*(one(i) for i in range(len(trace))))
             return ttft, tpot
 
         measured_ttft, measured_tpot = asyncio.run(replay())
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            proc.wait(timeout=30)
+    profile = PerformanceProfile.model_validate(document)
     config = SimConfig(spec=default_spec(), profile=profile, prefill_token_budget=budget)
     result = simulate(trace, StaticPolicy(1, 1), config)
-    rows: dict[str, Any] = {"requests": len(trace), "model": model, "profile": profile.description}
+    rows: dict[str, Any] = {
+        "requests": len(trace),
+        "model": model,
+        "profile": profile.description,
+        "profile_seconds": profile_seconds,
+    }
     pairs = (
         ("ttft", np.asarray(measured_ttft), result.ttft_s),
         ("tpot", np.asarray(measured_tpot), result.tpot_s),

@@ -50,3 +50,12 @@ def test_profile_writes_a_loadable_performance_profile(tmp_path: Path) -> None:
     from dopd_sim.config import load_profile
 
     assert load_profile(str(out)).kv_capacity_tokens == 4096
+
+
+def test_served_profile_counts_staggered_streams_by_time_overlap() -> None:
+    from dopd_worker.served_profile import Completion, effective_batch
+
+    # Two requests decode over [1, 3] and [2, 3]: the first shares half its span, the second all of it.
+    runs = [Completion(0.0, 1.0, 3.0, 11), Completion(0.5, 1.5, 3.0, 6)]
+    assert effective_batch(runs) == [1.5, 2.0]
+    assert runs[0].tpot_s == 0.2  # (end - sent - TTFT) / (tokens - 1)

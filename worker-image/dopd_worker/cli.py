@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -233,39 +234,90 @@ def router(
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--name", default=None, help="Profile name (default: <model>-<device>).")
-@click.option("--prompt-lengths", default="32,64,128,256,512,1024", show_default=True)
-@click.option("--batch-sizes", default="1,4,16,32", show_default=True)
-@click.option("--context-lengths", default="64,256,1024", show_default=True)
+@click.option(
+    "--prompt-lengths", default=None, help="Comma-separated (in-process default 32,64,128,256,512,1024)."
+)
+@click.option("--batch-sizes", default=None, help="Comma-separated (in-process default 1,4,16,32).")
+@click.option("--context-lengths", default=None, help="Comma-separated (in-process default 64,256,1024).")
 @click.option("--kv-cache-tokens", type=int, default=None)
 @click.option("--repeats", type=int, default=3, show_default=True)
+@click.option(
+    "--served",
+    is_flag=True,
+    help="Measure end to end through the router's HTTP API (starts a prefill worker, a decode worker and "
+    "a router unless --router is given) instead of in-process kernel time.",
+)
+@click.option("--router", "router_url", default=None, help="--served: measure this running router instead.")
+@click.option(
+    "--served-model-name", default="profile", show_default=True, help="--served: model name to request."
+)
+@click.option(
+    "--output-tokens", type=int, default=24, show_default=True, help="--served: tokens per decode probe."
+)
+@click.option(
+    "--token-budget", type=int, default=4096, show_default=True, help="--served: prefill token budget."
+)
+@click.option("--max-batch-size", type=int, default=64, show_default=True)
 def profile(
     model: str,
     out_path: Path,
     device: str,
     dtype: str,
     name: str | None,
-    prompt_lengths: str,
-    batch_sizes: str,
-    context_lengths: str,
+    prompt_lengths: str | None,
+    batch_sizes: str | None,
+    context_lengths: str | None,
     kv_cache_tokens: int | None,
     repeats: int,
+    served: bool,
+    router_url: str | None,
+    served_model_name: str,
+    output_tokens: int,
+    token_budget: int,
+    max_batch_size: int,
 ) -> None:
-    """Measure this worker (TTFT vs prompt length, step time vs batch and context) and write a profile."""
+    """Measure this worker (TTFT vs prompt length, step time vs batch and context) and write a profile.
+
+    In-process by default (kernel time); --served measures the served path through the router."""
     from dopd_worker.profiler import ProfileRequest, run_profile
 
-    def ints(text: str) -> list[int]:
+    def ints(text: str | None, default: Sequence[int]) -> list[int]:
+        if text is None:
+            return list(default)
         return [int(x) for x in text.split(",") if x.strip()]
 
+    if served or router_url is not None:
+        from dopd_worker.served_profile import ServedProfileRequest, run_served_profile
+
+        served_request = ServedProfileRequest(
+            model=model,
+            device=device,
+            dtype=dtype,
+            name=name,
+            router_url=router_url,
+            prompt_lengths=ints(prompt_lengths, ServedProfileRequest.prompt_lengths),
+            batch_sizes=ints(batch_sizes, ServedProfileRequest.batch_sizes),
+            context_lengths=ints(context_lengths, ServedProfileRequest.context_lengths),
+            output_tokens=output_tokens,
+            repeats=repeats,
+            kv_cache_tokens=kv_cache_tokens,
+            token_budget=token_budget,
+            max_batch_size=max_batch_size,
+            served_model_name=served_model_name,
+        )
+        click.echo(run_served_profile(served_request, out_path))
+        return
     request = ProfileRequest(
         model=model,
         device=device,
         dtype=dtype,
         name=name,
-        prompt_lengths=ints(prompt_lengths),
-        batch_sizes=ints(batch_sizes),
-        context_lengths=ints(context_lengths),
+        prompt_lengths=ints(prompt_lengths, ProfileRequest.prompt_lengths),
+        batch_sizes=ints(batch_sizes, ProfileRequest.batch_sizes),
+        context_lengths=ints(context_lengths, ProfileRequest.context_lengths),
         kv_cache_tokens=kv_cache_tokens,
         repeats=repeats,
+        max_batch_size=max_batch_size,
     )
     result = run_profile(request, out_path)
     click.echo(result)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -189,7 +190,17 @@ def run_profile(request: ProfileRequest, out_path: Path) -> str:
         kv_bytes_per_token=loaded.config.kv_bytes_per_token(dtype_bytes),
         kv_transfer_bytes_per_second=bandwidth,
     )
-    document = profile.model_dump(mode="json", by_alias=True)
+    write_document(profile.model_dump(mode="json", by_alias=True), out_path)
+    return (
+        f"wrote {out_path}: prefill a={prefill.a_seconds:.3g}s b={prefill.b_seconds_per_token:.3g}s/token "
+        f"c={prefill.c_seconds_per_token2:.3g}s/token^2; decode a={decode.a_seconds:.3g}s "
+        f"b={decode.b_seconds_per_context_token:.3g}s/ctx-token c={decode.c_seconds_per_sequence:.3g}s/seq; "
+        f"KV capacity {profile.kv_capacity_tokens} tokens"
+    )
+
+
+def write_document(document: dict[str, Any], out_path: Path) -> None:
+    """Write a profile document as JSON (`.json`) or YAML (anything else)."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if out_path.suffix == ".json":
         out_path.write_text(json.dumps(document, indent=2) + "\n")
@@ -197,9 +208,3 @@ def run_profile(request: ProfileRequest, out_path: Path) -> str:
         import yaml
 
         out_path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return (
-        f"wrote {out_path}: prefill a={prefill.a_seconds:.3g}s b={prefill.b_seconds_per_token:.3g}s/token "
-        f"c={prefill.c_seconds_per_token2:.3g}s/token^2; decode a={decode.a_seconds:.3g}s "
-        f"b={decode.b_seconds_per_context_token:.3g}s/ctx-token c={decode.c_seconds_per_sequence:.3g}s/seq; "
-        f"KV capacity {profile.kv_capacity_tokens} tokens"
-    )
