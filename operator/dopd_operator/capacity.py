@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from statistics import NormalDist
 
 from dopd_operator.api import SloSpec
@@ -66,9 +67,13 @@ class LengthDistribution:
         """
         if self.mean_tokens <= 0:
             return 0.0
-        return float(sum(length**k for length in self._grid()) / _GRID_POINTS)
+        return float(sum(length**k for length in self.grid) / _GRID_POINTS)
 
-    def _grid(self) -> list[float]:
+    @cached_property
+    def grid(self) -> list[float]:
+        """Equally likely lengths at the grid's quantiles, scaled to the mean."""
+        if self.mean_tokens <= 0:
+            return [0.0] * _GRID_POINTS
         raw = [math.exp(self.mu + self.sigma * z) for z in _GRID_Z]
         scale = self.mean_tokens * _GRID_POINTS / sum(raw)
         return [length * scale for length in raw]
@@ -119,8 +124,7 @@ class CapacityModel:
         # Prefill service time s(L) = a + bL + cL^2 and its first two moments over L.
         p = profile.prefill
         a, b, c = p.a_seconds, p.b_seconds_per_token, p.c_seconds_per_token2
-        grid = isl._grid() if isl.mean_tokens > 0 else [0.0]
-        m1, m2, m3, m4 = (sum(x**k for x in grid) / len(grid) for k in (1, 2, 3, 4))
+        m1, m2, m3, m4 = (isl.moment(k) for k in (1, 2, 3, 4))
         self.prefill_service_seconds_mean = a + b * m1 + c * m2
         second = a * a + b * b * m2 + c * c * m4 + 2 * a * b * m1 + 2 * a * c * m2 + 2 * b * c * m3
         variance = max(second - self.prefill_service_seconds_mean**2, 0.0)

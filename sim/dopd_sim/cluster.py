@@ -199,15 +199,21 @@ class Simulator:
         if not self._place_decode(request):
             self.decode_waiting.append(request)
 
-    def _place_decode(self, request: int) -> bool:
-        kv = self._kv_tokens(request)
+    def _least_reserved(self, role: str, kv_tokens: int) -> DecodeInstance | None:
+        """The ready, non-draining instance of `role` that can admit `kv_tokens` with the least KV
+        reserved (the router's least-KV-usage choice); None when none can."""
         best: DecodeInstance | None = None
-        for instance in self.pools["decode"]:
+        for instance in self.pools[role]:
             assert isinstance(instance, DecodeInstance)
-            if not instance.ready or instance.draining or not instance.can_admit(kv):
+            if not instance.ready or instance.draining or not instance.can_admit(kv_tokens):
                 continue
             if best is None or instance.kv_reserved_tokens < best.kv_reserved_tokens:
                 best = instance
+        return best
+
+    def _place_decode(self, request: int) -> bool:
+        kv = self._kv_tokens(request)
+        best = self._least_reserved("decode", kv)
         if best is None:
             return False
         self._join(best, request, kv, self.input_tokens[request] + 1, self.output_tokens[request] - 1)
@@ -299,15 +305,10 @@ class Simulator:
         while waiting:
             request = waiting[0]
             kv = self._kv_tokens(request)
-            best: MixedInstance | None = None
-            for instance in self.pools["mixed"]:
-                assert isinstance(instance, MixedInstance)
-                if not instance.ready or instance.draining or not instance.can_admit(kv):
-                    continue
-                if best is None or instance.kv_reserved_tokens < best.kv_reserved_tokens:
-                    best = instance
+            best = self._least_reserved("mixed", kv)
             if best is None:
                 return
+            assert isinstance(best, MixedInstance)
             waiting.popleft()
             best.kv_reserved_tokens += kv
             best.prefills.append(
