@@ -35,6 +35,7 @@ from dopd_forecaster.models import (
     FloatArray,
     ModelSpec,
     register,
+    walk_forward_by_updates,
 )
 
 # A stationary ARMA around the mean, and two integrated forms for level shifts and drifts. The stationary
@@ -79,14 +80,7 @@ class HoltWintersModel:
         self.season = np.asarray(season, dtype=np.float64)
 
     def walk_forward(self, values: FloatArray, steps: int) -> FloatArray:
-        n = len(values)
-        forecasts = np.empty(max(n - steps + 1, 0))
-        for i in range(n + 1):
-            if i <= n - steps:
-                forecasts[i] = self.forecast(steps)
-            if i < n:
-                self.update(values[i : i + 1])
-        return forecasts
+        return walk_forward_by_updates(self, values, steps)
 
 
 def _hw_min_points(season_steps: int | None) -> int:
