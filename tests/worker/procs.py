@@ -99,6 +99,14 @@ class Cluster:
                 proc.popen.wait(timeout=10)
 
 
+SERVED_MODEL_NAME = "tiny-test"
+
+
+def router_args(model: str, *flags: str) -> list[str]:
+    """`dopd router` serving `model` as SERVED_MODEL_NAME, plus the test's own flags."""
+    return ["router", "--model", model, "--served-model-name", SERVED_MODEL_NAME, *flags]
+
+
 def write_workers_file(
     path: Path, prefill: list[str], decode: list[str], prefill_long: list[str] | None = None
 ) -> None:

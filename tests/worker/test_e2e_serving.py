@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .procs import Cluster, Proc, free_port
+from .procs import Cluster, Proc, free_port, router_args
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -30,21 +30,11 @@ def serving(cluster: Cluster, tiny_checkpoint: Path) -> Iterator[Proc]:
     cluster.wait_healthy(decode)
     router = cluster.start(
         "router",
-        [
-            "router",
-            "--model",
+        router_args(
             ckpt,
-            "--served-model-name",
-            "tiny-test",
-            "--prefill",
-            prefill.url,
-            "--decode",
-            decode.url,
-            "--max-model-len",
-            str(MAX_MODEL_LEN),
-            "--max-retries",
-            "0",
-        ],
+            *("--prefill", prefill.url, "--decode", decode.url),
+            *("--max-model-len", str(MAX_MODEL_LEN), "--max-retries", "0"),
+        ),
     )
     cluster.wait_router_sees(router, {prefill.url, decode.url})
     yield router

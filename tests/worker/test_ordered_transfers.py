@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .procs import Cluster, Proc
+from .procs import Cluster, Proc, router_args
 from .test_e2e_serving import PROMPTS, _complete_ids, _reference
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -24,19 +24,7 @@ def ordered_router(cluster: Cluster, tiny_checkpoint: Path) -> Iterator[Proc]:
     cluster.wait_healthy(decode)
     router = cluster.start(
         "router",
-        [
-            "router",
-            "--model",
-            ckpt,
-            "--served-model-name",
-            "tiny-test",
-            "--prefill",
-            prefill.url,
-            "--decode",
-            decode.url,
-            "--max-retries",
-            "0",
-        ],
+        router_args(ckpt, "--prefill", prefill.url, "--decode", decode.url, "--max-retries", "0"),
     )
     cluster.wait_router_sees(router, {prefill.url, decode.url})
     yield router

@@ -15,7 +15,7 @@ import pytest
 
 from dopd_worker.drain import drain as prestop_drain
 
-from .procs import Cluster, Proc, write_workers_file
+from .procs import Cluster, Proc, router_args, write_workers_file
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -54,17 +54,7 @@ def scale(cluster: Cluster, tiny_checkpoint: Path) -> Iterator[Scale]:
     write_workers_file(workers_file, [prefill.url], [d1.url])
     router = cluster.start(
         "router",
-        [
-            "router",
-            "--model",
-            ckpt,
-            "--served-model-name",
-            "tiny-test",
-            "--workers-file",
-            str(workers_file),
-            "--max-retries",
-            "0",
-        ],
+        router_args(ckpt, "--workers-file", str(workers_file), "--max-retries", "0"),
     )
     cluster.wait_router_sees(router, {prefill.url, d1.url})
     yield Scale(cluster, ckpt, workers_file, router, prefill, [d1])
@@ -182,17 +172,7 @@ async def test_router_retries_a_request_whose_decode_worker_died_before_its_firs
     retrying = await asyncio.to_thread(
         scale.cluster.start,
         "router-retry",
-        [
-            "router",
-            "--model",
-            scale.ckpt,
-            "--served-model-name",
-            "tiny-test",
-            "--workers-file",
-            str(scale.workers_file),
-            "--max-retries",
-            "1",
-        ],
+        router_args(scale.ckpt, "--workers-file", str(scale.workers_file), "--max-retries", "1"),
     )
     await asyncio.to_thread(scale.cluster.wait_router_sees, retrying, {d2.url, d4.url})
     results = await _burst(retrying, 6, 16)
