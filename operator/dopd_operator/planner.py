@@ -81,8 +81,8 @@ def plan(
     raw = raw_at(rate_rps)
     reasons = [load_reason, *_capacity_reasons(model, raw, rate_rps, queue_rps, state)]
     clamps: list[Clamp] = []
-    target = apply_ratio_band(clamp_bounds(raw, spec, clamps), spec, clamps)
-    target, sustained_rps = fit_budget(shaped_at, rate_rps, spec, clamps)
+    shaped = apply_ratio_band(clamp_bounds(raw, spec, clamps), spec, clamps)
+    target, sustained_rps = fit_budget(shaped, shaped_at, rate_rps, spec, clamps)
     target, blocked = hold_unschedulable(target, current, observation, clamps)
 
     # The window remembers what was recommended, not what smoothing made of it (as the HPA does).

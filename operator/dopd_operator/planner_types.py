@@ -101,7 +101,11 @@ class CapacityEstimate(_Frozen):
     decode_batch_size: int = Field(..., description="B*: largest batch meeting TPOT that fits KV.")
     decode_step_seconds: float = Field(..., description="Step time at B*.")
     decode_rps_per_replica: float = Field(..., description="Requests per second one decode replica sustains.")
-    sustainable_rps: float = Field(..., description="Highest rate the decided layout serves within the SLOs.")
+    sustainable_rps: float = Field(
+        ...,
+        description="A rate the decided layout serves within the SLOs: the provisioned load, or the budget "
+        "frontier's rate when the GPU budget binds (a lower bound on the layout's capacity).",
+    )
     ttft_reachable: bool = Field(
         ..., description="False when one P90 prompt alone takes longer than the TTFT SLO."
     )
@@ -128,7 +132,3 @@ class Decision(_Frozen):
     def ratio(self) -> float | None:
         """Prefill/decode replica ratio, None with no decode replicas."""
         return self.prefill / self.decode if self.decode else None
-
-    @property
-    def changed(self) -> bool:
-        return self.prefill != self.raw_prefill or self.decode != self.raw_decode

@@ -91,6 +91,7 @@ def apply_ratio_band(layout: Layout, spec: DisaggregatedModelSpec, clamps: list[
 
 
 def fit_budget(
+    wanted: Layout,
     layout_at: Callable[[float], Layout],
     rate_rps: float,
     spec: DisaggregatedModelSpec,
@@ -98,13 +99,13 @@ def fit_budget(
 ) -> tuple[Layout, float]:
     """The layout on the GPU-budget frontier that sustains the highest rate, and that rate.
 
-    `layout_at(rate)` is the shaped (bounded, ratio-banded) requirement at a rate; it is monotone, so
+    `wanted` is `layout_at(rate_rps)`, already computed by the caller. `layout_at(rate)` is the shaped
+    (bounded, ratio-banded) requirement at a rate; it is monotone, so
     the highest rate whose requirement fits the budget is found by bisection. That maximizes
     min(mu_P(N_P), mu_D(N_D)) subject to the budget: producer and consumer balanced. GPUs left over
     go to the role that binds first above that rate.
     """
     budget = spec.scaling.gpu_budget
-    wanted = layout_at(rate_rps)
     if budget is None or gpus(wanted, spec) <= budget:
         return wanted, rate_rps
     low, high = 0.0, rate_rps

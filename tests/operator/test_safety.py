@@ -65,7 +65,7 @@ def test_budget_picks_the_frontier_layout_that_sustains_the_most() -> None:
         return Layout(max(1, -(-int(rate * 100) // 200)), max(1, -(-int(rate * 100) // 400)))
 
     clamps: list[Clamp] = []
-    best, sustained = fit_budget(layout_at, 100.0, spec, clamps)
+    best, sustained = fit_budget(layout_at(100.0), layout_at, 100.0, spec, clamps)
     assert best.prefill + best.decode == 10
     # 2:1 matches 2 rps vs 4 rps per replica: 7 prefill + 3 decode would leave decode short at 14 rps
     assert best == Layout(7, 3)
@@ -75,7 +75,7 @@ def test_budget_picks_the_frontier_layout_that_sustains_the_most() -> None:
 
 def test_budget_untouched_when_it_fits() -> None:
     spec = make_spec(scaling={"gpuBudget": 10})
-    best, rate = fit_budget(lambda r: Layout(2, 2), 5.0, spec, [])
+    best, rate = fit_budget(Layout(2, 2), lambda r: Layout(2, 2), 5.0, spec, [])
     assert (best, rate) == (Layout(2, 2), 5.0)
 
 
