@@ -48,5 +48,9 @@ def make_obs(
         output_tokens_p90=extra.pop("osl_p90", None if osl is None else osl * 2),
         prefill=extra.pop("prefill_obs", RoleObservation(current=prefill, ready=prefill)),
         decode=extra.pop("decode_obs", RoleObservation(current=decode, ready=decode)),
+        latency_percentile=extra.pop(
+            "latency_percentile",
+            90.0 if "ttft_seconds" in extra or "tpot_seconds" in extra else None,
+        ),
         **extra,
     )

@@ -26,7 +26,7 @@ KIND = "DisaggregatedModel"
 PLURAL = "disaggregatedmodels"
 SINGULAR = "disaggregatedmodel"
 SHORT_NAMES = ("dm",)
-CATEGORIES = ("dopd", "all")
+CATEGORIES = ("dopd", "llm")
 
 Role = Literal["prefill", "decode"]
 ROLES: tuple[Role, ...] = ("prefill", "decode")
@@ -367,10 +367,24 @@ class MetricsSpec(ApiModel):
     """How dopd finds this model's series in Prometheus. The Prometheus URL is operator configuration."""
 
     namespace_label: str = Field(
-        "namespace", description="Label that carries the Kubernetes namespace on the engine's series."
+        "namespace",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$",
+        description="Label that carries the Kubernetes namespace on the engine's series.",
+    )
+    role_label: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$",
+        description="Label whose value (prefill or decode) tells the two pools' series apart; omit for the "
+        "engine's default: `role` for dopd (the worker sets it) and vllm (relabel the pod label "
+        "dopd.io/role to `role` in the scrape config; the chart's PodMonitor does), `engine_type` for sglang.",
     )
     selector: dict[str, str] = Field(
         default_factory=dict,
+        max_length=16,
         description="Extra label matchers (exact values) that pick this model's series, for example {model_name: llama-3-8b}.",
     )
     window_seconds: float = Field(

@@ -164,8 +164,9 @@ class CapacityModel:
     def prefill_rps_per_replica(self) -> float:
         return 1.0 / max(self.prefill_service_seconds_mean, _EPS)
 
-    def wait_percentile_seconds(self, replicas: int, rate_rps: float) -> float:
-        """Predicted queueing wait before prefill at the provisioning percentile (inf when overloaded)."""
+    def wait_percentile_seconds(self, replicas: int, rate_rps: float, quantile: float | None = None) -> float:
+        """Predicted queueing wait before prefill at `quantile` (default: the provisioning percentile);
+        infinite when overloaded."""
         if rate_rps <= 0:
             return 0.0
         if replicas <= 0:
@@ -175,7 +176,7 @@ class CapacityModel:
         if offered >= replicas * (1 - 1e-6):
             return math.inf
         wait_probability = erlang_c(replicas, offered)
-        tail = 1.0 - self.percentile_q
+        tail = 1.0 - (self.percentile_q if quantile is None else quantile)
         if wait_probability <= tail:
             return 0.0
         variability = (self.workload.arrival_scv + self.prefill_service_scv) / 2.0
@@ -185,6 +186,14 @@ class CapacityModel:
     def ttft_percentile_seconds(self, replicas: int, rate_rps: float) -> float:
         """Predicted TTFT at the provisioning percentile (infinite when the replicas cannot keep up)."""
         return self.wait_percentile_seconds(replicas, rate_rps) + self.prefill_tail_seconds
+
+    def ttft_quantile_seconds(self, replicas: int, rate_rps: float, quantile: float) -> float:
+        """Predicted TTFT at `quantile` (0..1): the wait at that quantile plus the prefill and KV transfer
+        of a prompt at that quantile of the length distribution. The online correction compares an
+        observed percentile with this prediction at the same percentile, never a different one."""
+        prompt = self.isl.quantile(quantile)
+        service = self.profile.prefill_seconds(prompt) + self.profile.kv_transfer_seconds(prompt)
+        return self.wait_percentile_seconds(replicas, rate_rps, quantile) + service
 
     def prefill_replicas(self, rate_rps: float) -> int:
         """Fewest prefill replicas whose queueing wait fits in what the TTFT SLO leaves after the service
@@ -219,6 +228,13 @@ class CapacityModel:
 
     def predicted_tpot_seconds(self, batch_size: float) -> float:
         return self.profile.decode_step_seconds(max(batch_size, 1.0), self.context_tokens_mean)
+
+    def tpot_quantile_seconds(self, mean_batch_size: float, quantile: float) -> float:
+        """Predicted inter-token latency at `quantile` for replicas holding `mean_batch_size` sequences on
+        average: the step time at that quantile of a Poisson-fluctuating batch (normal approximation)."""
+        z = NormalDist().inv_cdf(min(max(quantile, 0.5), 0.9999))
+        batch = max(mean_batch_size, 0.0)
+        return self.predicted_tpot_seconds(batch + z * math.sqrt(batch))
 
     # ------------------------------------------------------------------------------------ layouts
 

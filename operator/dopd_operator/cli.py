@@ -24,6 +24,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "bench": "dopd_sim.cli:bench",
     "demo": "dopd_sim.cli:demo",
     "run": "dopd_operator.cli_run:run",
+    "emulate": "dopd_emulator.cli:emulate",
 }
 
 _HELP = {
@@ -38,6 +39,7 @@ _HELP = {
     "bench": "Run every policy on the same trace and write a report.",
     "demo": "Run the local demo.",
     "run": "Run the operator (Kopf) against the current kubeconfig.",
+    "emulate": "Serve engine metrics (dopd, vLLM or SGLang) from the simulator's engines in wall-clock time.",
 }
 
 

@@ -13,6 +13,7 @@ from dopd_operator.api import DisaggregatedModelSpec
 from dopd_operator.crd import crd_yaml
 from dopd_operator.errors import SpecError
 from dopd_operator.manifest import load_model
+from dopd_operator.planner import lead_time_seconds
 from dopd_operator.planner import plan as run_planner
 from dopd_operator.planner_types import Decision, LoadForecast, Observation, PlannerState, RoleObservation
 
@@ -97,7 +98,7 @@ def plan(
     )
     forecast = None
     if forecast_rate is not None:
-        lead = max(spec.prefill.startup_seconds, spec.decode.startup_seconds) + spec.scaling.interval_seconds
+        lead = lead_time_seconds(spec, observation)
         forecast = LoadForecast(
             model="given",
             horizon_seconds=lead,

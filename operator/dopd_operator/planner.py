@@ -129,6 +129,21 @@ def plan(
 # ------------------------------------------------------------------------------------------ inputs
 
 
+def lead_time_seconds(spec: DisaggregatedModelSpec, observation: Observation | None = None) -> float:
+    """How far ahead a decision must look: a replica ordered now serves from `startup` seconds on, and
+    the next decision comes one interval later. The one place this is computed (the tick's forecast
+    horizon, the trend guard below, `dopd plan --forecast-rate`, the simulator's oracle).
+
+    Startup per role is the time learned from the role's pods (creation to Ready) when the observation
+    carries it, else the spec's `startupSeconds` prior; the slower role sets the lead time.
+    """
+    startups = []
+    for role in ("prefill", "decode"):
+        learned = observation.role(role).startup_seconds if observation is not None else None
+        startups.append(learned if learned is not None else spec.role(role).startup_seconds)
+    return max(startups) + spec.scaling.interval_seconds
+
+
 def _provisioned_rate(
     spec: DisaggregatedModelSpec, observation: Observation, forecast: LoadForecast | None
 ) -> tuple[float, str]:
@@ -140,9 +155,7 @@ def _provisioned_rate(
     rise that is already under way must be provisioned for now, whatever the forecaster picked.
     """
     observed = observation.arrival_rate_rps or 0.0
-    lead_seconds = (
-        max(spec.prefill.startup_seconds, spec.decode.startup_seconds) + spec.scaling.interval_seconds
-    )
+    lead_seconds = lead_time_seconds(spec, observation)
     trend = max(observation.arrival_rate_trend_rps_per_s or 0.0, 0.0)
     extrapolated = observed + trend * lead_seconds
     candidates = [(observed, f"load {observed:.2f} rps observed")]
@@ -190,18 +203,25 @@ def _workload(observation: Observation, forecast: LoadForecast | None, rate_rps:
 def _update_corrections(
     spec: DisaggregatedModelSpec, observation: Observation, state: PlannerState, base: PerformanceProfile
 ) -> PlannerState:
-    """Move the correction factors toward observed/predicted latency at the current layout."""
+    """Move the correction factors toward observed/predicted latency at the current layout.
+
+    Like is compared with like: the prediction is made at the percentile the observation was measured
+    at (`Observation.latency_percentile`), not at the provisioning percentile. Dividing an observed P90
+    by a predicted P99 would read a correct profile as too slow-to-fast and drive the factor to its floor.
+    """
     rate = observation.arrival_rate_rps or 0.0
     model = CapacityModel(base, spec.slo, _workload(observation, None, rate))
     prefill_factor, decode_factor = state.prefill_correction, state.decode_correction
     low, high = CORRECTION_BOUNDS
+    quantile = (observation.latency_percentile or 0.0) / 100.0
     if observation.ttft_seconds is not None and observation.prefill.ready > 0 and rate > 0:
-        predicted = model.ttft_percentile_seconds(observation.prefill.ready, rate)
+        predicted = model.ttft_quantile_seconds(observation.prefill.ready, rate, quantile)
         if 0 < predicted < float("inf"):
             wanted = min(max(observation.ttft_seconds / predicted, low), high)
             prefill_factor += CORRECTION_SMOOTHING * (wanted - prefill_factor)
     if observation.tpot_seconds is not None and observation.decode_running and observation.decode.ready > 0:
-        predicted = model.predicted_tpot_seconds(observation.decode_running / observation.decode.ready)
+        mean_batch = observation.decode_running / observation.decode.ready
+        predicted = model.tpot_quantile_seconds(mean_batch, quantile)
         if predicted > 0:
             wanted = min(max(observation.tpot_seconds / predicted, low), high)
             decode_factor += CORRECTION_SMOOTHING * (wanted - decode_factor)

@@ -8,7 +8,7 @@ type itself so it round-trips through the custom resource unchanged.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dopd_operator.api import PlannerStateStatus
 
@@ -26,6 +26,12 @@ class RoleObservation(_Frozen):
     ready: int = Field(0, ge=0, description="Ready pods.")
     pending: int = Field(0, ge=0, description="Pods not yet Ready (starting or waiting for a node).")
     unschedulable: int = Field(0, ge=0, description="Pending pods the scheduler cannot place (no GPUs).")
+    startup_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="Learned seconds from pod creation to Ready (recent pods); None: use the spec's "
+        "startupSeconds prior.",
+    )
 
 
 class Observation(_Frozen):
@@ -47,13 +53,35 @@ class Observation(_Frozen):
     prefill_queue_depth: float | None = Field(None, ge=0, description="Requests waiting for prefill.")
     decode_kv_usage: float | None = Field(None, ge=0, le=1, description="Mean decode KV usage 0..1.")
     decode_running: float | None = Field(None, ge=0, description="Sequences decoding, all replicas.")
-    ttft_seconds: float | None = Field(None, ge=0, description="Observed TTFT at the SLO percentile.")
-    tpot_seconds: float | None = Field(None, ge=0, description="Observed TPOT at the SLO percentile.")
+    latency_percentile: float | None = Field(
+        None,
+        gt=0,
+        lt=100,
+        description="Percentile (for example 90) at which ttft_seconds and tpot_seconds were measured; "
+        "the planner predicts latency at this same percentile when it corrects the profile.",
+    )
+    ttft_seconds: float | None = Field(
+        None, ge=0, description="Observed TTFT at `latency_percentile` (end to end: queue + prefill)."
+    )
+    tpot_seconds: float | None = Field(
+        None, ge=0, description="Observed TPOT (inter-token latency) at `latency_percentile`."
+    )
     ttft_attainment: float | None = Field(None, ge=0, le=1, description="Share meeting the TTFT SLO.")
     tpot_attainment: float | None = Field(None, ge=0, le=1, description="Share meeting the TPOT SLO.")
     prefill: RoleObservation = Field(default_factory=RoleObservation)
     decode: RoleObservation = Field(default_factory=RoleObservation)
     problems: tuple[str, ...] = Field((), description="Why some metric is unknown, for people.")
+
+    @model_validator(mode="after")
+    def _percentile_given_with_latency(self) -> Observation:
+        if (
+            self.ttft_seconds is not None or self.tpot_seconds is not None
+        ) and self.latency_percentile is None:
+            raise ValueError(
+                "latency_percentile is required with ttft_seconds/tpot_seconds: say at which percentile "
+                "the latencies were measured, so the planner predicts at the same one"
+            )
+        return self
 
     @property
     def load_known(self) -> bool:

@@ -108,6 +108,7 @@ class ObservationBuilder:
             prefill_queue_depth=sim.queue_depth(),
             decode_kv_usage=None if warm_start else sim.decode_kv_usage(),
             decode_running=sim.decode_running(),
+            latency_percentile=self.quantile,
             ttft_seconds=ttft_p,
             tpot_seconds=tpot_p,
             ttft_attainment=ttft_ok,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from dopd_builders import T0, make_obs, make_spec
 from dopd_operator.planner import plan
-from dopd_operator.planner_types import LoadForecast, PlannerState, RoleObservation
+from dopd_operator.planner_types import LoadForecast, Observation, PlannerState, RoleObservation
 
 
 def test_steady_load_gets_a_balanced_layout_with_reasons() -> None:
@@ -98,6 +100,27 @@ def test_slow_observed_ttft_raises_the_prefill_correction() -> None:
     uncorrected = plan(spec, make_obs(rate=20, prefill=2, decode=2), None, PlannerState(), T0)
     assert d.prefill >= uncorrected.prefill
     assert any("corrected by observed latency" in r for r in d.reasons)
+
+
+def test_a_profile_that_matches_the_engine_keeps_its_corrections_at_one() -> None:
+    """The engine behaves exactly as the profile says: at 20 rps on 3 ready prefill replicas (prompts mean
+    1000 / P90 2000 tokens) the profile predicts a P90 TTFT of 0.0724 s, and 2 decode replicas holding 80
+    sequences give a P90 inter-token latency of 9.75 ms. Observing those very numbers at P90 must leave
+    both factors at 1. Comparing the observed P90 with the predicted P99 TTFT (0.227 s), as the planner
+    once did, reads the profile as 3x too slow and drives the prefill factor to its 0.8 floor; comparing
+    the P90 inter-token latency with the step time at the mean batch (9.24 ms) drifts decode to 1.055."""
+    spec = make_spec()
+    obs = make_obs(rate=20, prefill=3, decode=2, ttft_seconds=0.0724, tpot_seconds=0.00975, decode_running=80)
+    state = PlannerState()
+    for _ in range(10):
+        state = plan(spec, obs, None, state, T0).state
+    assert state.prefill_correction == pytest.approx(1.0, abs=0.01)
+    assert state.decode_correction == pytest.approx(1.0, abs=0.01)
+
+
+def test_latencies_without_their_percentile_are_rejected() -> None:
+    with pytest.raises(ValueError, match="latency_percentile is required"):
+        Observation(arrival_rate_rps=1.0, ttft_seconds=0.5)
 
 
 def test_correction_is_bounded() -> None:

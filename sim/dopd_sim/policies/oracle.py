@@ -20,6 +20,7 @@ import numpy as np
 
 from dopd_forecaster.traces import Trace
 from dopd_operator.capacity import CapacityModel, Workload
+from dopd_operator.planner import lead_time_seconds
 from dopd_sim.metrics import percentile
 from dopd_sim.policies.base import Architecture, Layout, TickInput
 
@@ -68,8 +69,9 @@ class OraclePolicy:
 
     def decide(self, tick: TickInput) -> Layout:
         spec, config, now = tick.config.spec, tick.config, tick.now_s
-        startup = max(spec.prefill.startup_seconds, spec.decode.startup_seconds)
-        end = now + startup + config.interval_seconds
+        lead = lead_time_seconds(spec)
+        startup = lead - spec.scaling.interval_seconds
+        end = now + lead
         window = config.window_seconds
         grow = self._size(self._workload(now + startup, end, window), tick)
         keep = self._size(self._workload(now, end, window), tick)
@@ -81,5 +83,4 @@ class OraclePolicy:
 
     def initial_layout(self, tick: TickInput) -> Layout:
         spec, config = tick.config.spec, tick.config
-        startup = max(spec.prefill.startup_seconds, spec.decode.startup_seconds)
-        return self._size(self._workload(0.0, startup + config.interval_seconds, config.window_seconds), tick)
+        return self._size(self._workload(0.0, lead_time_seconds(spec), config.window_seconds), tick)
