@@ -1,7 +1,7 @@
 """Forecaster benchmark: accuracy, 0.9-quantile coverage and CPU cost per model, written to
 docs/benchmarks/forecast.md.
 
-Traces: the public ones in ../shared/traces (read in place) and two generated diurnal traces (a real
+Traces: the public ones vendored in data/traces (data/README.md) and two generated diurnal traces (a real
 24-hour day seen through a 1-hour window, and a day compressed to 10 minutes so a 1-hour window holds
 six cycles). Every model is replayed tick by tick as the operator runs it (`dopd_forecaster.evaluate`):
 10 s steps, 1 hour of history per forecast, refit every 600 s. CPU cost is measured separately on
@@ -26,13 +26,13 @@ import numpy as np
 import statsmodels
 
 from dopd_forecaster.cli import complete_buckets, max_gap_steps_for
+from dopd_forecaster.datasets import AZURE_CONV_2023, MOONCAKE_SYNTHETIC, data_path
 from dopd_forecaster.evaluate import Evaluation, evaluate
 from dopd_forecaster.forecaster import SeriesForecaster
 from dopd_forecaster.series import trace_to_series
 from dopd_forecaster.traces import Trace, load_trace
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_TRACES = REPO.parent / "shared" / "traces"
 STEP_S = 10.0
 HORIZONS_S = (30.0, 60.0, 180.0)
 MODELS = ("naive", "seasonal-naive", "ewma", "holt-winters", "arima", "auto")
@@ -57,11 +57,9 @@ def diurnal_trace(name: str, period_s: float, start_s: float, duration_s: float,
 
 
 def load_traces(quick: bool) -> dict[str, Trace]:
-    if not (SHARED_TRACES / "README.md").is_file():
-        raise SystemExit(f"shared traces not found at {SHARED_TRACES}")
     traces = {
-        "azure-conv-2023": load_trace(SHARED_TRACES / "azure-llm-2023" / "AzureLLMInferenceTrace_conv.csv"),
-        "mooncake-fast25": load_trace(SHARED_TRACES / "mooncake-fast25" / "synthetic_trace.jsonl"),
+        "azure-conv-2023": load_trace(data_path(AZURE_CONV_2023)),
+        "mooncake-fast25": load_trace(data_path(MOONCAKE_SYNTHETIC)),
         # 06:00-09:00 of a real day: the morning ramp, a slow trend inside any 1-hour window.
         "diurnal-24h (generated)": diurnal_trace("diurnal-24h", 86400.0, 6 * 3600.0, 3 * 3600.0, seed=1),
         # A day compressed to 10 minutes: six full cycles in every 1-hour window.

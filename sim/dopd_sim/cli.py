@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from dopd_forecaster.datasets import AZURE_CONV_2023, DataNotFoundError, data_path
 from dopd_forecaster.traces import Trace, TraceFormatError
 from dopd_operator.api import InlineProfile, ProfileSpec
 from dopd_sim.config import QueuePolicy, SimConfig, default_spec, load_profile, load_spec
@@ -20,15 +21,6 @@ from dopd_sim.report import markdown_table, write_report
 from dopd_sim.run import RunResult
 from dopd_sim.run import simulate as run_simulation
 from dopd_sim.workload import load_workload
-
-AZURE_CONV = (
-    Path(__file__).resolve().parents[2]
-    / ".."
-    / "shared"
-    / "traces"
-    / "azure-llm-2023"
-    / "AzureLLMInferenceTrace_conv.csv"
-)
 
 
 def _config(manifest: str | None, profile: str | None, seed: int, queue: str | None) -> SimConfig:
@@ -253,26 +245,22 @@ def bench(
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="dopd-demo", show_default=True)
 @click.option("--minutes", type=float, default=20.0, show_default=True, help="Minutes of trace to replay.")
 def demo(out_dir: str, minutes: float) -> None:
-    """Replay a slice of the Azure conversation trace (or a generated diurnal trace) through dopd and
-    two baselines, print the comparison and write the report."""
+    """Replay a slice of the Azure conversation trace (vendored in data/traces) through dopd and the
+    baselines, print the comparison and write the report."""
     from dopd_sim.benchmark import run_policies
 
     started = time.perf_counter()
     config = SimConfig()
-    trace_path = AZURE_CONV.resolve()
-    if trace_path.exists():
-        source, rate_scale = str(trace_path), 8.0
-        trace = load_workload(source, rate_scale=rate_scale, duration_s=minutes * 60)
-        described = (
-            f"the first {minutes:g} min of the Azure 2023 conversation trace at {rate_scale:g}x its rate"
-        )
-    else:
-        source, rate_scale = (
-            f"synthetic:diurnal,mean_rps=40,duration_s={minutes * 60:g},period_s={minutes * 30:g}",
-            1.0,
-        )
-        trace = load_workload(source)
-        described = f"a generated diurnal trace ({minutes:g} min, two periods, mean 40 rps)"
+    try:
+        trace_path = data_path(AZURE_CONV_2023)
+    except DataNotFoundError as exc:  # no stand-in trace: the demo's table is about this one
+        raise click.ClickException(
+            f"{exc} (Or replay a generated load instead: "
+            "`dopd bench --trace synthetic:diurnal,mean_rps=40,duration_s=1200,period_s=600`.)"
+        ) from exc
+    source, rate_scale = str(trace_path), 8.0
+    trace = load_workload(source, rate_scale=rate_scale, duration_s=minutes * 60)
+    described = f"the first {minutes:g} min of the Azure 2023 conversation trace at {rate_scale:g}x its rate"
     click.echo(
         f"dopd demo: {described}: {len(trace)} requests, Llama-3-8B on H100 profile, SLO TTFT 1.5 s / TPOT 50 ms at P90."
     )

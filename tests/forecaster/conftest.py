@@ -1,4 +1,7 @@
-"""Fixtures for the forecaster tests: the shared public traces, read in place."""
+"""Fixtures for the forecaster tests: the public traces vendored in data/traces, read in place.
+
+A missing trace raises `DataNotFoundError` (the test errors, naming the path and the fix); never a skip.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +9,17 @@ from pathlib import Path
 
 import pytest
 
-SHARED_TRACES = Path(__file__).resolve().parents[2].parent / "shared" / "traces"
+from dopd_forecaster.datasets import AZURE_CONV_2023, MOONCAKE_SYNTHETIC, data_path
 
 
 @pytest.fixture(scope="session")
-def shared_traces() -> Path:
-    """`../shared/traces` beside the repository; a missing directory fails the test, never skips it."""
-    if not (SHARED_TRACES / "README.md").is_file():
-        pytest.fail(f"shared traces not found at {SHARED_TRACES}; they are read in place, not copied")
-    return SHARED_TRACES
+def azure_trace_path() -> Path:
+    return data_path(AZURE_CONV_2023)
 
 
 @pytest.fixture(scope="session")
-def azure_trace_path(shared_traces: Path) -> Path:
-    return shared_traces / "azure-llm-2023" / "AzureLLMInferenceTrace_conv.csv"
-
-
-@pytest.fixture(scope="session")
-def mooncake_trace_path(shared_traces: Path) -> Path:
-    return shared_traces / "mooncake-fast25" / "synthetic_trace.jsonl"
+def mooncake_trace_path() -> Path:
+    return data_path(MOONCAKE_SYNTHETIC)
 
 
 @pytest.fixture(scope="session")

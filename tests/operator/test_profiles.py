@@ -2,7 +2,7 @@
 
 Why these tests: the planner sizes replicas straight from a preset, so a preset that is non-monotone,
 drifts from its documented derivation, or a fitter that silently accepts garbage turns into a wrong
-replica count. The derivation tests read ../shared/perf-models and FAIL (not skip) without it: the
+replica count. The derivation tests read data/perf-models and FAIL (not skip) without it: the
 presets are only trustworthy while they can be re-derived.
 """
 
@@ -19,13 +19,14 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from dopd_forecaster.datasets import PERF_MODELS, data_dir, data_path
 from dopd_operator.api import ProfileSpec
 from dopd_operator.profile import PerformanceProfile, resolve_profile
 from dopd_operator.profile_fit import fit_decode, fit_prefill
 from dopd_operator.profile_presets import PRESETS
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = Path(__file__).resolve().parents[3] / "shared" / "perf-models"
+DATA = data_dir() / PERF_MODELS  # `_derive_module` checks it exists
 
 # Documented in docs/profiles.md (llama2-70b-h100-tp8): mean abs error against every raw Splitwise row.
 SPLITWISE_TP8_PREFILL_MEAN_BOUND = 0.20
@@ -33,8 +34,7 @@ SPLITWISE_TP8_DECODE_MEAN_BOUND = 0.03
 
 
 def _derive_module() -> ModuleType:
-    if not DATA.is_dir():
-        pytest.fail(f"performance data not found at {DATA}: the presets cannot be re-derived without it")
+    data_path(PERF_MODELS)  # raises DataNotFoundError, naming the path and the fix, when it is missing
     spec = importlib.util.spec_from_file_location("derive_profiles", REPO / "bench" / "derive_profiles.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
