@@ -37,10 +37,12 @@ lint: setup-python  ## ruff, mypy (strict), the import-layer contracts, shellche
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/shellcheck -x -S warning e2e/cluster/*.sh e2e/cluster/gomod/*/gen.sh scripts/*.sh worker-image/gpu-check.sh .ci/run
-	$(VENV)/bin/hadolint worker-image/Dockerfile worker-image/Dockerfile.cpu
+	$(VENV)/bin/hadolint worker-image/Dockerfile worker-image/Dockerfile.cpu operator/Dockerfile
 
-crds: setup-python  ## regenerate crds/ and the chart's CRD template from the API types
+crds: setup-python  ## regenerate crds/ from the API types and the chart's generated files (CRD template, values schema, README)
 	$(VENV)/bin/dopd crds -o crds/dopd.io_disaggregatedmodels.yaml
+	$(PY) scripts/chart_crd.py
+	$(PY) scripts/chart_values.py
 
 bench: setup-python  ## run the benchmarks and rewrite docs/benchmarks/*.md
 	$(PY) bench/planner_bench.py

@@ -1,4 +1,8 @@
-"""Session fixtures for the end-to-end tests: a real control plane and real Prometheus instances.
+"""Session fixtures for every test that needs real parts: a control plane and Prometheus instances.
+
+Loaded as a pytest plugin for the whole suite (`-p dopd_e2e.fixtures` in pyproject.toml), so e2e/,
+tests/chart/ and any other folder share ONE cluster per session (a conftest.py fixture would be
+keyed by directory and start one per folder).
 
 ``k8s_cluster`` starts e2e/cluster/up.sh once per session in a temp dir (or uses KUBECONFIG with
 DOPD_E2E_CLUSTER=external) and stops exactly its processes at the end, even when tests fail.
