@@ -1,8 +1,20 @@
-"""Builds the operator's `Observation` from the simulated cluster, as the operator builds it from
-Prometheus: rates and length statistics over the metrics window, queue depth and KV usage as gauges at
-the tick, latency percentiles and SLO attainment over the requests that produced a first token (TTFT)
-or finished (TPOT, output lengths) in the window. Nothing here looks past `now` except the warm start,
-which shows every policy the first window of load so all of them start from a sized cluster.
+"""Builds the operator's `Observation` from the simulated cluster the way the operator builds it from
+Prometheus: through `dopd_operator.metrics.estimators`, over the metrics window, from what the dopd
+worker and router would expose, so that the planner never sees in simulation what it could not see in
+production.
+
+- Arrivals: the router's arrival counter as a 1 s scrape sees it (requests per 1 s bin): rate,
+  burstiness (index of dispersion of the per-bin counts) and trend (least-squares slope over the
+  last two minutes), with `summarize_arrivals`.
+- Prompt lengths: the router's `dopd_prompt_tokens` histogram, observed at arrival (the demand);
+  output lengths: the decode workers' `dopd_generation_tokens`, observed at the last token; mean from
+  the sum, P90 from the buckets (the worker's bucket boundaries, `dopd_worker.metrics`).
+- TTFT at the SLO percentile and its attainment: `dopd_time_to_first_token_seconds` over the first
+  tokens of the window; TPOT: `dopd_inter_token_latency_seconds`, where each finished request adds its
+  output tokens - 1 gaps at its mean gap (the simulator does not time single tokens).
+- Queue depth, KV usage and running sequences: gauges read at the tick.
+Nothing here looks past `now` except the warm start, which shows every policy the first window of
+load (arrivals and their lengths) so all of them start from a sized cluster.
 
 Callers: `cluster.Simulator` at each controller tick.
 """
@@ -16,32 +28,30 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dopd_forecaster.traces import Trace
+from dopd_operator.metrics.estimators import (
+    TREND_WINDOW_SECONDS,
+    ArrivalSummary,
+    HistogramSummary,
+    Intervals,
+    histogram_from_values,
+    summarize_arrivals,
+    summarize_histogram,
+)
 from dopd_operator.planner_types import Observation, RoleObservation
 from dopd_sim.config import SimConfig
-from dopd_sim.metrics import FloatArray, RequestLog, TimelinePoint, percentile
+from dopd_sim.metrics import FloatArray, RequestLog, TimelinePoint
 from dopd_sim.policies.base import Layout
+from dopd_worker.metrics import ITL_BUCKETS_SECONDS, LATENCY_BUCKETS_SECONDS, LENGTH_BUCKETS_TOKENS
 
 if TYPE_CHECKING:
     from dopd_sim.cluster import Simulator
 
-
-def _mean_p90(values: FloatArray) -> tuple[float | None, float | None]:
-    if len(values) == 0:
-        return None, None
-    return float(np.mean(values)), percentile(values, 90)
+ARRIVAL_BIN_SECONDS = 1.0  # the arrival counter as a 1 s scrape interval resolves it
 
 
-def _interarrival_scv(arrival_s: FloatArray) -> float | None:
-    """Squared coefficient of variation of the gaps between arrivals (1 for Poisson), as the operator
-    derives it from the request counter; None with too few arrivals to say."""
-    if len(arrival_s) < 20:
-        return None
-    gaps = np.diff(arrival_s)
-    mean = float(np.mean(gaps))
-    return float(np.var(gaps) / (mean * mean)) if mean > 0 else None
-
-
-TREND_WINDOW_S = 120.0
+def _lengths(name: str, values: FloatArray) -> HistogramSummary:
+    buckets = histogram_from_values(values, LENGTH_BUCKETS_TOKENS)
+    return summarize_histogram(name, buckets, float(np.sum(values)), q=0.9)
 
 
 class ObservationBuilder:
@@ -56,22 +66,15 @@ class ObservationBuilder:
         slo = config.spec.slo
         self.ttft_slo_s = slo.ttft_seconds
         self.tpot_slo_s = slo.tpot_seconds
-        self.quantile = slo.percentile
+        self.percentile = slo.percentile
         buckets = math.floor(trace.duration_s / self.step_s) + 1 if len(trace) else 1
         index = np.minimum((trace.arrival_s // self.step_s).astype(np.int64), buckets - 1)
         self._bucket_rps = np.bincount(index, minlength=buckets).astype(np.float64) / self.step_s
+        seconds = (trace.arrival_s // ARRIVAL_BIN_SECONDS).astype(np.int64)
+        self._arrivals_per_bin = np.bincount(seconds, minlength=1).astype(np.float64)
         self._output_f = trace.output_tokens.astype(np.float64)
         self._input_f = trace.input_tokens.astype(np.float64)
-
-    def _trend(self, now_s: float) -> float | None:
-        """Least-squares slope of the bucketed arrival rate over the last TREND_WINDOW_S, as PromQL's
-        `deriv()` gives it to the operator."""
-        stamps, rates = self.arrival_history(now_s)
-        keep = max(int(TREND_WINDOW_S // self.step_s), 4)
-        if len(rates) < 4:
-            return None
-        slope = np.polyfit(stamps[-keep:], rates[-keep:], 1)[0]
-        return float(slope)
+        self._gaps_f = np.maximum(self._output_f - 1.0, 0.0)  # inter-token gaps of each request
 
     def arrival_history(self, now_s: float) -> tuple[FloatArray, FloatArray]:
         """Complete forecast-step buckets before `now_s`: start times and arrival rates."""
@@ -79,42 +82,78 @@ class ObservationBuilder:
         stamps = np.arange(complete, dtype=np.float64) * self.step_s
         return stamps, self._bucket_rps[:complete].copy()
 
+    def _arrivals(self, now_s: float, warm_start: bool) -> ArrivalSummary:
+        if warm_start:  # the first window, seen from its end
+            end = max(int(self.window_s // ARRIVAL_BIN_SECONDS), 1)
+            first = 0
+        else:
+            end = int(now_s // ARRIVAL_BIN_SECONDS)  # bins before it are complete
+            first = max(end - round(max(self.window_s, TREND_WINDOW_SECONDS) / ARRIVAL_BIN_SECONDS), 0)
+        counts = self._arrivals_per_bin[first:end]
+        counts = np.concatenate([counts, np.zeros(end - first - len(counts))])  # after the last arrival
+        bins = Intervals.bins(counts, first * ARRIVAL_BIN_SECONDS, ARRIVAL_BIN_SECONDS)
+        summary = summarize_arrivals([bins], self.window_s)
+        if warm_start:  # no trend from the future
+            return ArrivalSummary(summary.rate_rps, summary.scv, None, summary.problems)
+        return summary
+
     def observe(self, now_s: float, sim: Simulator, warm_start: bool = False) -> Observation:
-        start, end = (0.0, self.window_s) if warm_start else (max(now_s - self.window_s, 0.0), now_s)
-        span = end - start if end > start else self.window_s
-        arrivals = self.trace.arrival_s
-        lo = int(np.searchsorted(arrivals, start, side="left"))
-        hi = int(np.searchsorted(arrivals, end, side="right"))
-        input_mean, input_p90 = _mean_p90(self._input_f[lo:hi])
+        start = 0.0 if warm_start else max(now_s - self.window_s, 0.0)
+        arrivals = self._arrivals(now_s, warm_start)
+        problems = list(arrivals.problems)
+        q = self.percentile / 100.0
         if warm_start:
-            output_mean, output_p90 = _mean_p90(self._output_f[lo:hi])
+            lo = int(np.searchsorted(self.trace.arrival_s, 0.0, side="left"))
+            hi = int(np.searchsorted(self.trace.arrival_s, self.window_s, side="left"))
+            inputs = _lengths("dopd_prompt_tokens", self._input_f[lo:hi])
+            outputs = _lengths("dopd_generation_tokens", self._output_f[lo:hi])
+            ttft = tpot = HistogramSummary(None, None, None, None, None)
         else:
             log = self.log
+            first = bisect.bisect_left(log.first_token_times, start)
+            # The router records each prompt's length when it arrives (dopd_worker.openai_api): the
+            # demand's mix, shed requests included (admission sheds long prompts first, so what the
+            # prefill workers serve is shorter than what is asked).
+            lo, hi = np.searchsorted(self.trace.arrival_s, (start, now_s), side="left")
+            inputs = _lengths("dopd_prompt_tokens", self._input_f[lo:hi])
+            ttft = summarize_histogram(
+                "dopd_time_to_first_token_seconds",
+                histogram_from_values(np.asarray(log.first_token_ttft[first:]), LATENCY_BUCKETS_SECONDS),
+                q=q,
+                threshold=self.ttft_slo_s,
+            )
             first = bisect.bisect_left(log.finish_times, start)
             finished = np.asarray(log.finish_output_index[first:], dtype=np.int64)
-            output_mean, output_p90 = _mean_p90(self._output_f[finished])
-        ttft_p, tpot_p, ttft_ok, tpot_ok = self._latency(start, end, warm_start)
-        layout = sim.current_layout()
-        ready = sim.ready_counts()
-        roles = self._roles(layout, ready, sim)
+            outputs = _lengths("dopd_generation_tokens", self._output_f[finished])
+            tpot = summarize_histogram(
+                "dopd_inter_token_latency_seconds",
+                histogram_from_values(
+                    np.asarray(log.finish_tpot[first:]), ITL_BUCKETS_SECONDS, weights=self._gaps_f[finished]
+                ),
+                q=q,
+                threshold=self.tpot_slo_s,
+            )
+        problems.extend(s.problem for s in (inputs, outputs, ttft, tpot) if s.problem)
+        prefill, decode = self._roles(sim.current_layout(), sim.ready_counts(), sim)
         return Observation(
-            arrival_rate_rps=(hi - lo) / span,
-            arrival_scv=_interarrival_scv(arrivals[lo:hi]),
-            arrival_rate_trend_rps_per_s=None if warm_start else self._trend(now_s),
-            input_tokens_mean=input_mean,
-            input_tokens_p90=input_p90,
-            output_tokens_mean=output_mean,
-            output_tokens_p90=output_p90,
+            arrival_rate_rps=arrivals.rate_rps,
+            arrival_scv=arrivals.scv,
+            arrival_rate_trend_rps_per_s=arrivals.trend_rps_per_s,
+            input_tokens_mean=inputs.mean,
+            input_tokens_p90=inputs.quantile,
+            output_tokens_mean=outputs.mean,
+            output_tokens_p90=outputs.quantile,
             prefill_queue_depth=sim.queue_depth(),
             decode_kv_usage=None if warm_start else sim.decode_kv_usage(),
             decode_running=sim.decode_running(),
-            latency_percentile=self.quantile,
-            ttft_seconds=ttft_p,
-            tpot_seconds=tpot_p,
-            ttft_attainment=ttft_ok,
-            tpot_attainment=tpot_ok,
-            prefill=roles[0],
-            decode=roles[1],
+            latency_percentile=self.percentile,
+            ttft_seconds=ttft.quantile,
+            tpot_seconds=tpot.quantile,
+            ttft_attainment=ttft.share_at_or_below,
+            tpot_attainment=tpot.share_at_or_below,
+            prefill=prefill,
+            decode=decode,
+            problems=tuple(problems),
         )
 
     def _roles(
@@ -132,20 +171,6 @@ class ObservationBuilder:
             current=layout.decode, ready=ready["decode"], pending=max(layout.decode - ready["decode"], 0)
         )
         return prefill, decode
-
-    def _latency(
-        self, start: float, end: float, warm_start: bool
-    ) -> tuple[float | None, float | None, float | None, float | None]:
-        if warm_start:
-            return None, None, None, None
-        log = self.log
-        first = bisect.bisect_left(log.first_token_times, start)
-        ttft = np.asarray(log.first_token_ttft[first:], dtype=np.float64)
-        first = bisect.bisect_left(log.finish_times, start)
-        tpot = np.asarray(log.finish_tpot[first:], dtype=np.float64)
-        ttft_ok = float(np.mean(ttft <= self.ttft_slo_s)) if len(ttft) else None
-        tpot_ok = float(np.mean(tpot <= self.tpot_slo_s)) if len(tpot) else None
-        return percentile(ttft, self.quantile), percentile(tpot, self.quantile), ttft_ok, tpot_ok
 
     def timeline_point(
         self, now_s: float, observation: Observation, target: Layout, sim: Simulator

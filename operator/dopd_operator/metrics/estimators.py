@@ -1,0 +1,308 @@
+"""Every estimate the planner's `Observation` carries, written once, for the operator and the simulator.
+
+The operator feeds these with what Prometheus returns (per-bucket increases over the metrics window,
+raw counter and gauge samples); the simulator (`dopd_sim.observe`) feeds them with its own counters
+and histograms over the same window and the same bucket boundaries. So the planner sees in simulation
+exactly what these functions can make of production metrics, and no more.
+
+- `bucket_quantile`: PromQL `histogram_quantile` (Prometheus 2.x classic histograms): buckets sorted
+  and coalesced by bound, counts made monotonic, linear interpolation inside the bucket holding the
+  rank (the first bucket starts at 0), the second-highest bound when the rank falls in +Inf, NaN with
+  no observations or no +Inf bucket.
+- `bucket_share_at_or_below`: share of observations at or below a threshold (SLO attainment), linear
+  inside the bucket holding the threshold; observations in the +Inf bucket count as above any finite
+  threshold past the last finite bound (a lower bound on attainment).
+- `summarize_histogram` / `summarize_arrivals`: the Observation fields from a histogram (mean from the
+  sum and count increases, a quantile, an attainment) and from arrivals per short interval (rate;
+  burstiness as the index of dispersion variance/mean of the per-interval counts, 1 for Poisson, which
+  the planner uses as the squared coefficient of variation of inter-arrival times; trend as the
+  least-squares slope of the rate, what PromQL `deriv()` of a rate computes). Each says why a value is
+  unknown instead of guessing one.
+- `Intervals`, `counter_increments`, `arrivals_until`: raw samples to arrivals per scrape interval
+  (counter resets handled as Prometheus does: a drop means the counter restarted from zero), and the
+  arrivals up to any time with each interval's count spread evenly over it, so that pods scraped at
+  different moments add up without aligning their samples.
+
+Pure: numpy only. Callers: `dopd_operator.metrics.readings`, `dopd_sim.observe`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+Bucket = tuple[float, float]  # (upper bound `le`, cumulative count of observations <= le)
+
+TREND_WINDOW_SECONDS = 120.0  # the arrival-rate trend is fitted over this much recent time
+MIN_TREND_BINS = 4
+MIN_DISPERSION_BINS = 10  # fewer counts than this say little about their variance
+MIN_DISPERSION_ARRIVALS = 20.0
+
+
+# --------------------------------------------------------------------------------------- histograms
+
+
+def _prepared(buckets: Iterable[Bucket]) -> list[Bucket] | None:
+    """Sorted by bound, equal bounds summed, counts made non-decreasing; None without a +Inf bucket."""
+    ordered = sorted(buckets, key=lambda b: b[0])
+    if not ordered or not math.isinf(ordered[-1][0]) or ordered[-1][0] < 0:
+        return None
+    merged: list[list[float]] = []
+    for bound, count in ordered:
+        if merged and merged[-1][0] == bound:
+            merged[-1][1] += count
+        else:
+            merged.append([bound, count])
+    running = -math.inf
+    for entry in merged:  # increase() over a window can leave small dips; Prometheus evens them out
+        if entry[1] > running:
+            running = entry[1]
+        elif entry[1] < running:
+            entry[1] = running  # (a NaN count stays NaN, as in Prometheus)
+    return [(b, c) for b, c in merged]
+
+
+def bucket_quantile(q: float, buckets: Iterable[Bucket]) -> float:
+    """The q-quantile (0 <= q <= 1) as PromQL's histogram_quantile computes it; NaN when undefined."""
+    if math.isnan(q):
+        return math.nan
+    if q < 0:
+        return -math.inf
+    if q > 1:
+        return math.inf
+    prepared = _prepared(buckets)
+    if prepared is None or len(prepared) < 2:
+        return math.nan
+    observations = prepared[-1][1]
+    if not observations > 0:  # zero, or NaN
+        return math.nan
+    rank = q * observations
+    index = next(i for i in range(len(prepared)) if i == len(prepared) - 1 or prepared[i][1] >= rank)
+    if index == len(prepared) - 1:
+        return prepared[-2][0]
+    if index == 0 and prepared[0][0] <= 0:
+        return prepared[0][0]
+    start, below = (0.0, 0.0) if index == 0 else prepared[index - 1]
+    end, count = prepared[index]
+    if count == below:  # only when rank is 0 and the bucket is empty: Go's 0/0
+        return math.nan
+    return start + (end - start) * ((rank - below) / (count - below))
+
+
+def bucket_share_at_or_below(threshold: float, buckets: Iterable[Bucket]) -> float:
+    """Share of observations <= threshold, interpolated linearly inside its bucket; NaN when undefined."""
+    prepared = _prepared(buckets)
+    if prepared is None or len(prepared) < 2 or math.isnan(threshold):
+        return math.nan
+    observations = prepared[-1][1]
+    if not observations > 0:
+        return math.nan
+    lower, below = 0.0, 0.0
+    for bound, count in prepared[:-1]:
+        if threshold <= bound:
+            if bound <= lower:  # a first bucket at or below zero: no width to interpolate in
+                return (count if threshold >= bound else below) / observations
+            fraction = max(threshold - lower, 0.0) / (bound - lower)
+            return (below + (count - below) * fraction) / observations
+        lower, below = bound, count
+    return below / observations  # past the last finite bound: +Inf observations count as misses
+
+
+def histogram_from_values(
+    values: FloatArray, upper_bounds: Sequence[float], weights: FloatArray | None = None
+) -> list[Bucket]:
+    """Cumulative buckets (`le` semantics, +Inf appended) of `values`, each counted `weights` times."""
+    bounds = np.asarray(upper_bounds, dtype=np.float64)
+    index = np.searchsorted(bounds, values, side="left")  # first bound >= value: the `le` bucket
+    counts = np.bincount(index, weights=weights, minlength=len(bounds) + 1).astype(np.float64)
+    cumulative = np.cumsum(counts)
+    return [(float(b), float(c)) for b, c in zip([*bounds.tolist(), math.inf], cumulative, strict=True)]
+
+
+@dataclass(frozen=True)
+class HistogramSummary:
+    """What one histogram over the window says; None fields are unknown, `problem` says why."""
+
+    observations: float | None
+    mean: float | None
+    quantile: float | None
+    share_at_or_below: float | None
+    problem: str | None
+
+
+def summarize_histogram(
+    name: str,
+    buckets: Sequence[Bucket] | None,
+    sum_increase: float | None = None,
+    q: float | None = None,
+    threshold: float | None = None,
+) -> HistogramSummary:
+    """Mean (from the sum and the +Inf count), the q-quantile and the share <= threshold of `name`."""
+    if not buckets:
+        return HistogramSummary(None, None, None, None, f"{name}: no series")
+    prepared = _prepared(buckets)
+    if prepared is None:
+        return HistogramSummary(None, None, None, None, f"{name}: no +Inf bucket")
+    count = prepared[-1][1]
+    if not math.isfinite(count) or any(not math.isfinite(c) for _, c in prepared):
+        return HistogramSummary(None, None, None, None, f"{name}: bucket counts are NaN or infinite")
+    if count <= 0:
+        return HistogramSummary(count, None, None, None, f"{name}: no observations in the window")
+    problem = None
+    mean = None
+    if sum_increase is not None:
+        if math.isfinite(sum_increase):
+            mean = sum_increase / count
+        else:
+            problem = f"{name}: the sum of observations is {sum_increase}"
+    quantile = bucket_quantile(q, prepared) if q is not None else None
+    share = bucket_share_at_or_below(threshold, prepared) if threshold is not None else None
+    return HistogramSummary(
+        observations=count,
+        mean=mean,
+        quantile=quantile if quantile is not None and math.isfinite(quantile) else None,
+        share_at_or_below=share if share is not None and math.isfinite(share) else None,
+        problem=problem,
+    )
+
+
+# ----------------------------------------------------------------------------------------- arrivals
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """One source's arrivals between consecutive samples (one pod's counter, or the simulator's 1 s
+    bins): how many arrived in each interval (start, end], oldest first."""
+
+    starts_s: FloatArray
+    ends_s: FloatArray
+    amounts: FloatArray
+
+    @classmethod
+    def bins(cls, counts: FloatArray, first_start_s: float, bin_seconds: float) -> Intervals:
+        starts = first_start_s + np.arange(len(counts), dtype=np.float64) * bin_seconds
+        return cls(starts, starts + bin_seconds, np.asarray(counts, dtype=np.float64))
+
+
+def counter_increments(values: FloatArray) -> FloatArray:
+    """Increase between consecutive samples of one counter; a drop is a restart from zero (Prometheus)."""
+    step = np.diff(values)
+    restarted = step < 0
+    step[restarted] = values[1:][restarted]
+    return step
+
+
+def arrivals_until(sources: Sequence[Intervals], times_s: FloatArray) -> FloatArray:
+    """Arrivals up to each time, each interval's amount spread evenly over the interval."""
+    total = np.zeros(len(times_s), dtype=np.float64)
+    for source in sources:
+        length = np.maximum(source.ends_s - source.starts_s, 1e-9)
+        share = np.clip((times_s[:, None] - source.starts_s[None, :]) / length[None, :], 0.0, 1.0)
+        total += share @ source.amounts
+    return total
+
+
+def least_squares_slope(times_s: FloatArray, values: FloatArray) -> float:
+    """Slope of the least-squares line through (time, value), per second (PromQL `deriv`)."""
+    if len(values) < 2:
+        return math.nan
+    centred = times_s - np.mean(times_s)
+    spread = float(np.dot(centred, centred))
+    return float(np.dot(centred, values - np.mean(values))) / spread if spread > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class ArrivalSummary:
+    rate_rps: float | None
+    scv: float | None
+    trend_rps_per_s: float | None
+    problems: tuple[str, ...]
+
+
+def _dispersion(
+    sources: Sequence[Intervals], since_s: float, until_s: float
+) -> tuple[float, float, int, float]:
+    """Summed variance and mean of per-interval counts over the sources, degrees of freedom, arrivals.
+
+    Each source on its own intervals (no alignment across pods needed), only those of its usual
+    length (a missed scrape makes one twice as long); for independent sources the dispersion of the
+    sum is sum(variance) / sum(mean)."""
+    variance = mean = arrivals = 0.0
+    freedom = 0
+    for source in sources:
+        recent = (source.ends_s > since_s) & (source.ends_s <= until_s)
+        length = (source.ends_s - source.starts_s)[recent]
+        if len(length) < 2:
+            continue
+        usual = np.abs(length - np.median(length)) <= 0.1 * np.median(length)
+        counts = source.amounts[recent][usual]
+        if len(counts) < 2:
+            continue
+        variance += float(np.var(counts, ddof=1))
+        mean += float(np.mean(counts))
+        freedom += len(counts) - 1
+        arrivals += float(np.sum(counts))
+    return variance, mean, freedom, arrivals
+
+
+def summarize_arrivals(
+    sources: Sequence[Intervals], window_seconds: float, trend_seconds: float = TREND_WINDOW_SECONDS
+) -> ArrivalSummary:
+    """Rate and burstiness over the last `window_seconds` of data, trend over the last `trend_seconds`.
+
+    The data ends where every live source has reported: pods are scraped at different moments, so the
+    newest sample of one is up to an interval ahead of the others (a source more than 1.5 usual
+    intervals behind the newest has stopped and does not hold the end back); it starts where every
+    source present from the beginning has (a pod started later adds what it saw). rate: arrivals in the
+    window / its length (shorter while the data is younger); burstiness: index of dispersion of the
+    per-interval counts; trend: least-squares slope of the rate in bins of the usual interval."""
+    sources = [s for s in sources if len(s.amounts)]
+    if not sources:
+        return ArrivalSummary(None, None, None, ("arrival rate: fewer than two samples per series yet",))
+    width = float(np.median(np.concatenate([s.ends_s - s.starts_s for s in sources])))
+    newest = max(float(s.ends_s[-1]) for s in sources)
+    end_s = min(float(s.ends_s[-1]) for s in sources if float(s.ends_s[-1]) >= newest - 1.5 * width)
+    oldest = min(float(s.starts_s[0]) for s in sources)  # likewise at the start: pods begin at their scrape
+    covered_s = end_s - max(
+        float(s.starts_s[0]) for s in sources if float(s.starts_s[0]) <= oldest + 1.5 * width
+    )
+    span = min(window_seconds, covered_s)
+    if span <= 0:
+        return ArrivalSummary(None, None, None, ("arrival rate: no interval ends in the window",))
+    at = arrivals_until(sources, np.asarray([end_s - span, end_s], dtype=np.float64))
+    rate = float(at[1] - at[0]) / span
+    problems: list[str] = []
+    variance, mean, freedom, arrivals = _dispersion(sources, end_s - span, end_s)
+    scv: float | None = None
+    if freedom < MIN_DISPERSION_BINS - 1:
+        problems.append(
+            f"arrival burstiness: {freedom + 1} intervals in the {span:g} s window, {MIN_DISPERSION_BINS} "
+            "needed (shorten the scrape interval or lengthen the window)"
+        )
+    elif arrivals < MIN_DISPERSION_ARRIVALS:
+        problems.append(
+            f"arrival burstiness: {arrivals:g} arrivals in the window, {MIN_DISPERSION_ARRIVALS:g} needed"
+        )
+    elif mean > 0:
+        scv = variance / mean
+    # The trend needs the whole trend window: a series younger than that is a model (or a scrape) that
+    # just started, whose first bins read as a rise and would be extrapolated over the lead time.
+    bins = int(trend_seconds / width + 1e-9) if covered_s >= trend_seconds - width else 0
+    trend: float | None = None
+    if covered_s < trend_seconds - width:
+        problems.append(
+            f"arrival trend: {covered_s:.0f} s of data, the {trend_seconds:g} s trend window needed"
+        )
+    elif bins >= MIN_TREND_BINS:
+        edges = end_s - width * np.arange(bins, -1, -1, dtype=np.float64)
+        per_bin = np.diff(arrivals_until(sources, edges))
+        slope = least_squares_slope((edges[1:] + edges[:-1]) / 2.0, per_bin / width)
+        trend = slope if math.isfinite(slope) else None
+    else:
+        problems.append(f"arrival trend: {bins} intervals in the trend window, {MIN_TREND_BINS} needed")
+    return ArrivalSummary(rate, scv, trend, tuple(problems))

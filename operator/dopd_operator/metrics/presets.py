@@ -1,0 +1,263 @@
+"""Engine presets: which series carry each `Observation` field for dopd, vLLM and SGLang (as data), and
+the query set built once from a spec, the shape of a KEDA scaler (typed metadata, one query set).
+
+Where each field comes from (docs/metrics.md has the PromQL and the reasons):
+
+| field | dopd (`role`) | vllm (`role`, relabeled) | sglang (`engine_type`) |
+|---|---|---|---|
+| arrival rate, burstiness, trend | `dopd_requests_arrived_total` router (counted at admission) | prefill completions `vllm:request_success_total` + growth of `vllm:num_requests_waiting` + `vllm:num_requests_running` (estimate) | prefill `sglang:num_requests_total` + growth of `sglang:num_queue_reqs` + `sglang:num_running_reqs` (estimate) |
+| prompt tokens (mean, P90) | `dopd_prompt_tokens` router (at arrival: the demand) | `vllm:request_prompt_tokens` prefill | `sglang:prompt_tokens_histogram` prefill; mean from `sglang:prompt_tokens_total` / `sglang:num_requests_total` without it |
+| output tokens (mean, P90) | `dopd_generation_tokens` decode | `vllm:request_generation_tokens` decode | `sglang:generation_tokens_histogram` decode; mean from the totals without it |
+| prefill queue depth | `dopd_requests_waiting` router + prefill | `vllm:num_requests_waiting` prefill | `sglang:num_queue_reqs` prefill |
+| decode KV usage (mean) | `dopd_kv_cache_usage_ratio` decode | `vllm:kv_cache_usage_perc` decode (`vllm:gpu_cache_usage_perc` fallback) | `sglang:token_usage` decode |
+| decode running | `dopd_requests_running` decode | `vllm:num_requests_running` decode | `sglang:num_running_reqs` decode |
+| TTFT at the SLO percentile, attainment | `dopd_time_to_first_token_seconds` router (end to end) | `vllm:time_to_first_token_seconds` prefill (queue + prefill) | `sglang:time_to_first_token_seconds` prefill |
+| TPOT at the SLO percentile, attainment | `dopd_inter_token_latency_seconds` router | `vllm:inter_token_latency_seconds` decode (`vllm:time_per_output_token_seconds` fallback) | `sglang:inter_token_latency_seconds` decode |
+
+Three queries per model and tick: `aggregate` (one instant query: per-bucket increases of every
+histogram and counter increases, each part tagged with the `dopd_q` label), `raw` (one instant query
+of a range vector: the raw samples of the gauges and arrival counters, so that staleness, NaN,
+counter resets and per-interval arrivals are seen) and `history(range)` (the arrival-rate range query
+for the forecaster). Pure. Callers: `source.MetricsSource`, `readings`, the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from dopd_operator.api import DisaggregatedModelSpec, Engine
+from dopd_operator.metrics.estimators import TREND_WINDOW_SECONDS
+from dopd_operator.metrics.promql import Selector, build_selector, duration, quote
+
+RoleName = Literal["router", "prefill", "decode"]
+TAG_LABEL = "dopd_q"  # label the aggregate query tags its parts with (label_replace)
+
+
+@dataclass(frozen=True)
+class HistogramRead:
+    family: str  # base name, without _bucket/_sum/_count
+    role: RoleName
+    fallback: str | None = None  # a deprecated name, read only when `family` has no series
+
+
+@dataclass(frozen=True)
+class GaugeRead:
+    families: tuple[str, ...]  # preferred first; later ones are deprecated fallbacks
+    roles: tuple[RoleName, ...]  # every role listed must report (their values add up)
+    combine: Literal["sum", "mean"]
+
+
+@dataclass(frozen=True)
+class ArrivalRead:
+    role: RoleName
+    counters: tuple[str, ...]  # their increases are arrivals (dopd) or completions (vllm, sglang)
+    in_system: tuple[str, ...] = ()  # gauges whose growth adds to the completions: conservation
+
+    @property
+    def estimated(self) -> bool:
+        return bool(self.in_system)
+
+
+@dataclass(frozen=True)
+class LengthRead:
+    histogram: HistogramRead
+    totals: tuple[str, str] | None = None  # (tokens, requests) counters: the mean without the histogram
+
+
+@dataclass(frozen=True)
+class EnginePreset:
+    engine: Engine
+    default_role_label: str
+    model_label: str  # where the engine puts the served model name (for spec.metrics.selector)
+    arrival: ArrivalRead
+    queue_depth: GaugeRead
+    kv_usage: GaugeRead
+    running: GaugeRead
+    input_tokens: LengthRead
+    output_tokens: LengthRead
+    ttft: HistogramRead
+    tpot: HistogramRead
+
+    def histograms(self) -> dict[str, tuple[HistogramRead, bool]]:
+        """Key -> (read, whether its mean is needed)."""
+        return {
+            "ttft": (self.ttft, False),
+            "tpot": (self.tpot, False),
+            "input": (self.input_tokens.histogram, True),
+            "output": (self.output_tokens.histogram, True),
+        }
+
+    def gauges(self) -> dict[str, GaugeRead]:
+        return {"queue_depth": self.queue_depth, "kv_usage": self.kv_usage, "running": self.running}
+
+    def raw_families(self) -> tuple[str, ...]:
+        names = [*self.arrival.counters, *self.arrival.in_system]
+        for read in self.gauges().values():
+            names.extend(read.families)
+        return tuple(dict.fromkeys(names))
+
+    def raw_roles(self) -> tuple[RoleName, ...]:
+        roles: list[RoleName] = [self.arrival.role]
+        for read in self.gauges().values():
+            roles.extend(read.roles)
+        return tuple(dict.fromkeys(roles))
+
+
+DOPD = EnginePreset(
+    engine=Engine.DOPD,
+    default_role_label="role",
+    model_label="model",
+    arrival=ArrivalRead("router", ("dopd_requests_arrived_total",)),
+    queue_depth=GaugeRead(("dopd_requests_waiting",), ("router", "prefill"), "sum"),
+    kv_usage=GaugeRead(("dopd_kv_cache_usage_ratio",), ("decode",), "mean"),
+    running=GaugeRead(("dopd_requests_running",), ("decode",), "sum"),
+    # the router records prompt lengths at arrival: the demand's mix, shed requests included (the
+    # prefill workers only see the admitted mix, which admission makes shorter than the demand)
+    input_tokens=LengthRead(HistogramRead("dopd_prompt_tokens", "router")),
+    output_tokens=LengthRead(HistogramRead("dopd_generation_tokens", "decode")),
+    ttft=HistogramRead("dopd_time_to_first_token_seconds", "router"),
+    tpot=HistogramRead("dopd_inter_token_latency_seconds", "router"),
+)
+
+VLLM = EnginePreset(
+    engine=Engine.VLLM,
+    default_role_label="role",
+    model_label="model_name",
+    arrival=ArrivalRead(
+        "prefill", ("vllm:request_success_total",), ("vllm:num_requests_waiting", "vllm:num_requests_running")
+    ),
+    queue_depth=GaugeRead(("vllm:num_requests_waiting",), ("prefill",), "sum"),
+    kv_usage=GaugeRead(("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"), ("decode",), "mean"),
+    running=GaugeRead(("vllm:num_requests_running",), ("decode",), "sum"),
+    input_tokens=LengthRead(HistogramRead("vllm:request_prompt_tokens", "prefill")),
+    output_tokens=LengthRead(HistogramRead("vllm:request_generation_tokens", "decode")),
+    ttft=HistogramRead("vllm:time_to_first_token_seconds", "prefill"),
+    tpot=HistogramRead(
+        "vllm:inter_token_latency_seconds", "decode", fallback="vllm:time_per_output_token_seconds"
+    ),
+)
+
+SGLANG = EnginePreset(
+    engine=Engine.SGLANG,
+    default_role_label="engine_type",
+    model_label="model_name",
+    arrival=ArrivalRead(
+        "prefill", ("sglang:num_requests_total",), ("sglang:num_queue_reqs", "sglang:num_running_reqs")
+    ),
+    queue_depth=GaugeRead(("sglang:num_queue_reqs",), ("prefill",), "sum"),
+    kv_usage=GaugeRead(("sglang:token_usage",), ("decode",), "mean"),
+    running=GaugeRead(("sglang:num_running_reqs",), ("decode",), "sum"),
+    input_tokens=LengthRead(
+        HistogramRead("sglang:prompt_tokens_histogram", "prefill"),
+        totals=("sglang:prompt_tokens_total", "sglang:num_requests_total"),
+    ),
+    output_tokens=LengthRead(
+        HistogramRead("sglang:generation_tokens_histogram", "decode"),
+        totals=("sglang:generation_tokens_total", "sglang:num_requests_total"),
+    ),
+    ttft=HistogramRead("sglang:time_to_first_token_seconds", "prefill"),
+    tpot=HistogramRead("sglang:inter_token_latency_seconds", "decode"),
+)
+
+PRESETS: dict[Engine, EnginePreset] = {p.engine: p for p in (DOPD, VLLM, SGLANG)}
+
+
+@dataclass(frozen=True)
+class QuerySet:
+    """One model's queries, built once from its spec and namespace."""
+
+    preset: EnginePreset
+    namespace: str
+    role_label: str
+    window_seconds: float
+    raw_range_seconds: float
+    percentile: float  # spec.slo.percentile: latencies are read at it
+    ttft_slo_seconds: float
+    tpot_slo_seconds: float
+    parts: tuple[tuple[str, str], ...]  # (tag, instant-vector expression) of the aggregate query
+    raw: str  # instant query of a range vector
+    arrival_counters: str  # selector of the arrival (or completion) counters
+    # one selector per in-system gauge (conservation), empty for dopd: delta() drops the metric name,
+    # so two families in one selector would collide on the same labels
+    arrival_in_system: tuple[str, ...]
+    role_selectors: dict[RoleName, Selector]
+
+    @property
+    def aggregate(self) -> str:
+        return " or ".join(
+            f"label_replace({expr}, {quote(TAG_LABEL)}, {quote(tag)}, {quote('')}, {quote('')})"
+            for tag, expr in self.parts
+        )
+
+    def pod_load(self, role: RoleName) -> str:
+        """Per pod of `role`: requests in flight (running + waiting), tagged `inflight`, and KV-cache usage
+        (decode), tagged `kv`: what the operator ranks scale-down victims by. Needs a `pod` label on the
+        engine series (Prometheus' Kubernetes service discovery gives it)."""
+        selector = self.role_selectors[role]
+        inflight = f"sum by (pod) ({selector.render([*self.preset.running.families, *self.preset.queue_depth.families])})"
+        parts = [("inflight", inflight)]
+        if role == "decode":
+            parts.append(("kv", f"max by (pod) ({selector.render(self.preset.kv_usage.families)})"))
+        return " or ".join(
+            f"label_replace({expr}, {quote(TAG_LABEL)}, {quote(tag)}, {quote('')}, {quote('')})"
+            for tag, expr in parts
+        )
+
+    def history(self, range_seconds: float) -> str:
+        """Arrival rate (requests per second) over `range_seconds` before each evaluation time."""
+        span = duration(range_seconds)
+        terms = [f"sum(rate({self.arrival_counters}[{span}]))"]
+        terms += [f"sum(delta({gauge}[{span}])) / {range_seconds:g}" for gauge in self.arrival_in_system]
+        return " + ".join(terms)
+
+
+def query_set(spec: DisaggregatedModelSpec, namespace: str) -> QuerySet:
+    """The preset's queries for `spec`; SpecError when the spec's label names cannot be used."""
+    preset = PRESETS[spec.engine]
+    metrics = spec.metrics
+    role_label = metrics.role_label or preset.default_role_label
+
+    def selector(*roles: RoleName) -> Selector:
+        return build_selector(metrics.namespace_label, namespace, metrics.selector, role_label, roles)
+
+    window = duration(metrics.window_seconds)
+    parts: list[tuple[str, str]] = []
+    for key, (read, with_sum) in preset.histograms().items():
+        chosen = selector(read.role)
+        for tag, family in ((key, read.family), (f"{key}.fallback", read.fallback)):
+            if family is None:
+                continue
+            buckets = chosen.render([family], "_bucket")
+            parts.append((f"{tag}/bucket", f"sum by (le) (increase({buckets}[{window}]))"))
+            if with_sum:
+                parts.append((f"{tag}/sum", f"sum(increase({chosen.render([family], '_sum')}[{window}]))"))
+    for key, read_length in (("input", preset.input_tokens), ("output", preset.output_tokens)):
+        if read_length.totals is not None:
+            chosen = selector(read_length.histogram.role)
+            for part, family in zip(("tokens", "requests"), read_length.totals, strict=True):
+                parts.append((f"{key}.totals/{part}", f"sum(increase({chosen.render([family])}[{window}]))"))
+    raw_range = max(metrics.window_seconds, TREND_WINDOW_SECONDS)
+    arrival = preset.arrival
+    return QuerySet(
+        preset=preset,
+        namespace=namespace,
+        role_label=role_label,
+        window_seconds=metrics.window_seconds,
+        raw_range_seconds=raw_range,
+        percentile=spec.slo.percentile,
+        ttft_slo_seconds=spec.slo.ttft_seconds,
+        tpot_slo_seconds=spec.slo.tpot_seconds,
+        parts=tuple(parts),
+        raw=f"{selector(*preset.raw_roles()).render(preset.raw_families())}[{duration(raw_range)}]",
+        arrival_counters=selector(arrival.role).render(arrival.counters),
+        arrival_in_system=tuple(
+            selector(arrival.role).render([family]) for family in arrival.in_system or ()
+        ),
+        role_selectors={role: selector(role) for role in ("prefill", "decode")},
+    )
+
+
+def check_metrics_spec(spec: DisaggregatedModelSpec) -> None:
+    """Raise SpecError when spec.metrics cannot make queries (bad or reserved label names)."""
+    query_set(spec, "namespace")

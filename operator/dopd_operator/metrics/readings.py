@@ -1,0 +1,312 @@
+"""Prometheus answers -> the planner's `Observation`, for one model and tick. Unknown is never zero.
+
+Input: the two instant answers of a `presets.QuerySet` (the tagged aggregate vector and the raw
+matrix), the evaluation time, and what the cluster says about each role's pods. Every field is either
+estimated (`estimators`, the code the simulator uses too) or None with a line in
+`Observation.problems` saying which series and why:
+- no series (an empty vector: a family the engine does not expose, a selector that matches nothing);
+- NaN or infinite values;
+- stale: a gauge or arrival counter whose newest raw sample is older than `stale_after_seconds`
+  (a target that stopped answering keeps its old samples in the range vector);
+- too few pods: fewer pods report a gauge than the role has Ready (a sum over the others would
+  undercount the queue);
+- out of range (a KV usage above 1, a negative queue, a negative estimated arrival rate).
+A name that Prometheus stores with both spellings of one series (colon and underscore) counts once.
+
+Pure. Callers: `source.MetricsSource.observe`, the tests (with literal answers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dopd_operator.metrics.estimators import (
+    ArrivalSummary,
+    Bucket,
+    FloatArray,
+    HistogramSummary,
+    Intervals,
+    counter_increments,
+    summarize_arrivals,
+    summarize_histogram,
+)
+from dopd_operator.metrics.presets import TAG_LABEL, GaugeRead, HistogramRead, LengthRead, QuerySet
+from dopd_operator.metrics.promql import InstantSample, RangeSeries, canonical_names
+from dopd_operator.planner_types import Observation, RoleObservation
+
+
+@dataclass(frozen=True)
+class _Series:
+    family: str  # canonical name (colon spelling)
+    role: str
+    source: str  # the pod (or target) it comes from
+    times_s: FloatArray
+    values: FloatArray
+
+    @property
+    def last_time_s(self) -> float:
+        return float(self.times_s[-1])
+
+    @property
+    def last_value(self) -> float:
+        return float(self.values[-1])
+
+
+@dataclass
+class _Aggregates:
+    buckets: dict[str, list[Bucket]]
+    scalars: dict[str, float]
+
+
+def _aggregates(samples: Sequence[InstantSample], problems: list[str]) -> _Aggregates:
+    found = _Aggregates({}, {})
+    for sample in samples:
+        tag = sample.metric.get(TAG_LABEL)
+        if tag is None:
+            continue
+        key, _, part = tag.partition("/")
+        if part == "bucket":
+            try:
+                bound = float(sample.metric.get("le", ""))
+            except ValueError:
+                problems.append(f"{key}: a bucket without a numeric le label ({sample.metric})")
+                continue
+            found.buckets.setdefault(key, []).append((bound, sample.number))
+        elif tag in found.scalars:  # `sum` returns one series; two mean the answer is not understood
+            problems.append(f"{tag}: several series where one was expected")
+            found.scalars[tag] = math.nan
+        else:
+            found.scalars[tag] = sample.number
+    return found
+
+
+def _raw(queries: QuerySet, matrix: Sequence[RangeSeries]) -> dict[tuple[str, str], list[_Series]]:
+    spellings = canonical_names(queries.preset.raw_families())
+    unique: dict[tuple[str, tuple[tuple[str, str], ...]], _Series] = {}
+    for entry in matrix:
+        family = spellings.get(entry.metric.get("__name__", ""))
+        if family is None or not entry.values:
+            continue
+        labels = tuple(sorted((k, v) for k, v in entry.metric.items() if k != "__name__"))
+        series = _Series(
+            family=family,
+            role=entry.metric.get(queries.role_label, ""),
+            source=entry.metric.get("pod") or entry.metric.get("instance") or str(labels),
+            times_s=np.asarray([t for t, _ in entry.values], dtype=np.float64),
+            values=np.asarray([v for _, v in entry.values], dtype=np.float64),
+        )
+        key = (family, labels)
+        known = unique.get(key)  # the same series under both spellings: keep the newer one
+        if known is None or series.last_time_s > known.last_time_s:
+            unique[key] = series
+    grouped: dict[tuple[str, str], list[_Series]] = {}
+    for series in unique.values():
+        grouped.setdefault((series.family, series.role), []).append(series)
+    return grouped
+
+
+def _unknown(reason: str) -> ArrivalSummary:
+    return ArrivalSummary(None, None, None, (reason,))
+
+
+class _Reader:
+    def __init__(
+        self,
+        queries: QuerySet,
+        aggregates: _Aggregates,
+        raw: dict[tuple[str, str], list[_Series]],
+        evaluated_at_s: float,
+        stale_after_seconds: float,
+        ready: Mapping[str, int],
+        problems: list[str],
+    ) -> None:
+        self.queries = queries
+        self.aggregates = aggregates
+        self.raw = raw
+        self.now_s = evaluated_at_s
+        self.stale_after_s = stale_after_seconds
+        self.ready = ready
+        self.problems = problems
+
+    def _name(self, family: str, *roles: str) -> str:
+        return f'{family}{{{self.queries.role_label}=~"{"|".join(roles)}"}}'
+
+    def histogram(self, key: str, read: HistogramRead, with_sum: bool, **kwargs: float) -> HistogramSummary:
+        family, tag = read.family, key
+        if (
+            not self.aggregates.buckets.get(tag)
+            and read.fallback
+            and self.aggregates.buckets.get(f"{key}.fallback")
+        ):
+            family, tag = read.fallback, f"{key}.fallback"
+        name = self._name(family, read.role)
+        total = self.aggregates.scalars.get(f"{tag}/sum") if with_sum else None
+        summary = summarize_histogram(name, self.aggregates.buckets.get(tag), total, **kwargs)
+        if summary.problem is None and with_sum and total is None and summary.observations:
+            summary = HistogramSummary(
+                summary.observations, None, summary.quantile, None, f"{name}_sum: no series"
+            )
+        return summary
+
+    def lengths(self, key: str, read: LengthRead) -> tuple[float | None, float | None]:
+        summary = self.histogram(key, read.histogram, True, q=0.9)
+        if summary.observations is None and read.totals is not None:
+            tokens = self.aggregates.scalars.get(f"{key}.totals/tokens")
+            requests = self.aggregates.scalars.get(f"{key}.totals/requests")
+            if tokens is not None and requests is not None and math.isfinite(tokens) and requests > 0:
+                self.problems.append(
+                    f"{key} tokens P90: {read.histogram.family} is not exposed (SGLang: "
+                    "--collect-tokens-histogram); the mean comes from the token and request counters"
+                )
+                return tokens / requests, None
+        if summary.problem:
+            self.problems.append(summary.problem)
+        return summary.mean, summary.quantile
+
+    def gauge(self, field: str, read: GaugeRead, upper: float = math.inf) -> float | None:
+        family = next((f for f in read.families if all(self.raw.get((f, r)) for r in read.roles)), None)
+        if family is None:
+            missing = [r for r in read.roles if not self.raw.get((read.families[0], r))]
+            self.problems.append(f"{field}: no series of {self._name(read.families[0], *missing)}")
+            return None
+        values: list[float] = []
+        for role in read.roles:
+            series = self.raw[(family, role)]
+            fresh = [s for s in series if self.now_s - s.last_time_s <= self.stale_after_s]
+            name = self._name(family, role)
+            if not fresh:
+                age = self.now_s - max(s.last_time_s for s in series)
+                self.problems.append(
+                    f"{field}: {name} is stale: newest sample {age:.0f} s old (limit {self.stale_after_s:g} s)"
+                )
+                return None
+            bad = next((s for s in fresh if not math.isfinite(s.last_value)), None)
+            if bad is not None:
+                self.problems.append(f"{field}: {name} is {bad.last_value} on {bad.source}")
+                return None
+            wrong = next((s for s in fresh if s.last_value < 0 or s.last_value > upper), None)
+            if wrong is not None:
+                self.problems.append(
+                    f"{field}: {name} is {wrong.last_value:g} on {wrong.source}, outside [0, {upper:g}]"
+                )
+                return None
+            sources = {s.source for s in fresh}
+            ready = self.ready.get(role)
+            if ready is not None and len(sources) < ready:
+                self.problems.append(
+                    f"{field}: {len(sources)} of {ready} ready {role} pods report a fresh {name}"
+                )
+                return None
+            values.extend(s.last_value for s in fresh)
+        return sum(values) if read.combine == "sum" else sum(values) / len(values)
+
+    def arrivals(self) -> ArrivalSummary:
+        read = self.queries.preset.arrival
+        pieces: list[tuple[bool, list[_Series]]] = []
+        for family in (*read.counters, *read.in_system):
+            found = self.raw.get((family, read.role), [])
+            if not found:
+                return _unknown(f"arrival rate: no series of {self._name(family, read.role)}")
+            pieces.append((family in read.counters, found))
+        every = [s for _, group in pieces for s in group]
+        # every family must be fresh on its own: a counter that stopped being exposed while the gauges
+        # go on would read as arrivals stopping (zero load), the one thing unknown must never be
+        for family, (_, group) in zip((*read.counters, *read.in_system), pieces, strict=True):
+            age = self.now_s - max(s.last_time_s for s in group)
+            if age > self.stale_after_s:
+                return _unknown(
+                    f"arrival rate: {self._name(family, read.role)} is stale: newest sample {age:.0f} s old"
+                )
+        broken = next((s for s in every if not np.all(np.isfinite(s.values))), None)
+        if broken is not None:
+            return _unknown(
+                f"arrival rate: {self._name(broken.family, read.role)} has NaN or infinite samples on {broken.source}"
+            )
+        # per pod: the counters' increases plus the in-system gauges' changes between its scrapes (all of
+        # a pod's series share its scrape timestamps)
+        per_pod: dict[str, dict[float, list[float]]] = {}
+        for is_counter, group in pieces:
+            for series in group:
+                if len(series.values) < 2:
+                    continue
+                amounts = counter_increments(series.values) if is_counter else np.diff(series.values)
+                intervals = per_pod.setdefault(series.source, {})
+                for begin, end, amount in zip(series.times_s[:-1], series.times_s[1:], amounts, strict=True):
+                    entry = intervals.setdefault(round(float(end), 3), [float(begin), 0.0])
+                    entry[0] = min(entry[0], float(begin))
+                    entry[1] += float(amount)
+        sources = []
+        for intervals in per_pod.values():
+            ends = sorted(intervals)
+            sources.append(
+                Intervals(
+                    np.asarray([intervals[e][0] for e in ends], dtype=np.float64),
+                    np.asarray(ends, dtype=np.float64),
+                    np.asarray([intervals[e][1] for e in ends], dtype=np.float64),
+                )
+            )
+        summary = summarize_arrivals(sources, self.queries.window_seconds)
+        if summary.rate_rps is not None and summary.rate_rps < 0:
+            return _unknown(
+                f"arrival rate: the estimate by conservation is negative ({summary.rate_rps:.3g} rps): "
+                "completions and queue gauges disagree"
+            )
+        return summary
+
+
+def build_observation(
+    queries: QuerySet,
+    aggregate: Sequence[InstantSample],
+    raw: Sequence[RangeSeries],
+    evaluated_at_s: float,
+    stale_after_seconds: float,
+    prefill: RoleObservation,
+    decode: RoleObservation,
+) -> Observation:
+    """The Observation these answers support; every unknown field None, with its reason in problems."""
+    problems: list[str] = []
+    reader = _Reader(
+        queries,
+        _aggregates(aggregate, problems),
+        _raw(queries, raw),
+        evaluated_at_s,
+        stale_after_seconds,
+        {"prefill": prefill.ready, "decode": decode.ready},
+        problems,
+    )
+    preset = queries.preset
+    arrivals = reader.arrivals()
+    problems.extend(arrivals.problems)
+    input_mean, input_p90 = reader.lengths("input", preset.input_tokens)
+    output_mean, output_p90 = reader.lengths("output", preset.output_tokens)
+    q = queries.percentile / 100.0
+    ttft = reader.histogram("ttft", preset.ttft, False, q=q, threshold=queries.ttft_slo_seconds)
+    tpot = reader.histogram("tpot", preset.tpot, False, q=q, threshold=queries.tpot_slo_seconds)
+    problems.extend(s.problem for s in (ttft, tpot) if s.problem)
+    queue_depth = reader.gauge("prefill queue depth", preset.queue_depth)
+    kv_usage = reader.gauge("decode KV usage", preset.kv_usage, upper=1.0)
+    running = reader.gauge("decode running", preset.running)
+    return Observation(
+        arrival_rate_rps=arrivals.rate_rps,
+        arrival_scv=arrivals.scv,
+        arrival_rate_trend_rps_per_s=arrivals.trend_rps_per_s,
+        input_tokens_mean=input_mean,
+        input_tokens_p90=input_p90,
+        output_tokens_mean=output_mean,
+        output_tokens_p90=output_p90,
+        prefill_queue_depth=queue_depth,
+        decode_kv_usage=kv_usage,
+        decode_running=running,
+        latency_percentile=queries.percentile,
+        ttft_seconds=ttft.quantile,
+        tpot_seconds=tpot.quantile,
+        ttft_attainment=ttft.share_at_or_below,
+        tpot_attainment=tpot.share_at_or_below,
+        prefill=prefill,
+        decode=decode,
+        problems=tuple(problems),
+    )

@@ -1,0 +1,206 @@
+"""The estimators the operator and the simulator share, with hand-computed answers.
+
+Quantiles follow Prometheus' histogram_quantile (e2e/test_metrics_presets.py compares them with a
+real Prometheus on live data); the rest is checked against arithmetic done by hand in the comments.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from dopd_operator.metrics.estimators import (
+    Intervals,
+    arrivals_until,
+    bucket_quantile,
+    bucket_share_at_or_below,
+    counter_increments,
+    histogram_from_values,
+    least_squares_slope,
+    summarize_arrivals,
+    summarize_histogram,
+)
+
+INF = math.inf
+# 10 observations <= 0.1, 20 in (0.1, 0.5], 10 in (0.5, 1.0], 10 above 1.0
+BUCKETS = [(0.1, 10.0), (0.5, 30.0), (1.0, 40.0), (INF, 50.0)]
+
+
+@pytest.mark.parametrize(
+    ("q", "buckets", "expected"),
+    [
+        pytest.param(0.5, BUCKETS, 0.1 + 0.4 * (15 / 20), id="rank-25-inside-the-second-bucket"),
+        pytest.param(0.2, BUCKETS, 0.1, id="rank-on-a-bound-ends-the-first-bucket"),
+        pytest.param(0.1, BUCKETS, 0.05, id="first-bucket-starts-at-zero"),
+        pytest.param(0.7, BUCKETS, 0.5 + 0.5 * (5 / 10), id="third-bucket"),
+        pytest.param(0.9, BUCKETS, 1.0, id="rank-in-+Inf-gives-the-highest-finite-bound"),
+        pytest.param(1.0, BUCKETS, 1.0, id="q-one"),
+        pytest.param(-0.1, BUCKETS, -INF, id="q-below-zero"),
+        pytest.param(1.1, BUCKETS, INF, id="q-above-one"),
+        pytest.param(
+            0.5, [(INF, 50.0), (1.0, 40.0), (0.1, 10.0), (0.5, 30.0)], 0.1 + 0.4 * (15 / 20), id="unsorted"
+        ),
+        pytest.param(
+            0.5,
+            [(0.1, 4.0), (0.1, 6.0), (0.5, 30.0), (INF, 30.0)],
+            0.1 + 0.4 * (5 / 20),
+            id="equal-bounds-add",
+        ),
+        # increase() can leave a bucket below its predecessor: evened out to 30, so rank 25 is in (0.1, 0.5]
+        pytest.param(
+            0.5,
+            [(0.1, 10.0), (0.5, 30.0), (1.0, 29.0), (INF, 50.0)],
+            0.1 + 0.4 * (15 / 20),
+            id="made-monotonic",
+        ),
+    ],
+)
+def test_bucket_quantile(q: float, buckets: list[tuple[float, float]], expected: float) -> None:
+    assert bucket_quantile(q, buckets) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "buckets",
+    [
+        pytest.param([(0.1, 10.0), (1.0, 20.0)], id="no-+Inf-bucket"),
+        pytest.param([(0.1, 0.0), (INF, 0.0)], id="no-observations"),
+        pytest.param([(INF, 5.0)], id="only-+Inf"),
+        pytest.param([], id="empty"),
+    ],
+)
+def test_bucket_quantile_is_nan_where_prometheus_gives_nan(buckets: list[tuple[float, float]]) -> None:
+    assert math.isnan(bucket_quantile(0.9, buckets))
+
+
+@pytest.mark.parametrize(
+    ("threshold", "expected"),
+    [
+        pytest.param(0.3, (10 + 20 * 0.5) / 50, id="half-way-through-the-second-bucket"),
+        pytest.param(0.5, 30 / 50, id="on-a-bound-is-exact"),
+        pytest.param(0.05, 5 / 50, id="first-bucket-from-zero"),
+        pytest.param(2.0, 40 / 50, id="past-the-last-bound-+Inf-counts-as-misses"),
+        pytest.param(0.0, 0.0, id="zero"),
+    ],
+)
+def test_share_at_or_below(threshold: float, expected: float) -> None:
+    assert bucket_share_at_or_below(threshold, BUCKETS) == pytest.approx(expected)
+
+
+def test_histogram_from_values_uses_le_semantics_and_weights() -> None:
+    values = np.asarray([0.1, 0.1, 0.2, 5.0])
+    assert histogram_from_values(values, (0.1, 1.0)) == [(0.1, 2.0), (1.0, 3.0), (INF, 4.0)]  # 0.1 <= 0.1
+    weights = np.asarray([1.0, 2.0, 0.0, 3.0])
+    assert histogram_from_values(values, (0.1, 1.0), weights) == [(0.1, 3.0), (1.0, 3.0), (INF, 6.0)]
+
+
+@pytest.mark.parametrize(
+    ("buckets", "total", "problem"),
+    [
+        pytest.param(None, None, "x: no series", id="absent"),
+        pytest.param([(1.0, 0.0), (INF, 0.0)], 0.0, "x: no observations in the window", id="idle"),
+        pytest.param(
+            [(1.0, 2.0), (INF, math.nan)], 1.0, "x: bucket counts are NaN or infinite", id="nan-count"
+        ),
+        pytest.param([(1.0, 2.0)], 1.0, "x: no +Inf bucket", id="no-inf"),
+    ],
+)
+def test_summarize_histogram_says_why_it_knows_nothing(
+    buckets: list[tuple[float, float]] | None, total: float | None, problem: str
+) -> None:
+    summary = summarize_histogram("x", buckets, total, q=0.9, threshold=1.0)
+    assert (summary.mean, summary.quantile, summary.share_at_or_below) == (None, None, None)
+    assert summary.problem == problem
+
+
+def test_summarize_histogram_mean_comes_from_the_sum_not_the_buckets() -> None:
+    summary = summarize_histogram("x", BUCKETS, 42.0, q=0.5, threshold=0.5)
+    assert summary.mean == pytest.approx(42.0 / 50)  # midpoints would give 0.05*10+0.3*20+0.75*10+1*10 / 50
+    assert summary.quantile == pytest.approx(0.4)
+    assert summary.share_at_or_below == pytest.approx(0.6)
+    nan_sum = summarize_histogram("x", BUCKETS, math.nan, q=0.5)
+    assert nan_sum.mean is None and nan_sum.quantile == pytest.approx(0.4)
+    assert nan_sum.problem == "x: the sum of observations is nan"
+
+
+def test_counter_increments_treat_a_drop_as_a_restart() -> None:
+    # 5 -> 8 (+3), restart, 2 (+2 since the restart), 4 (+2)
+    assert counter_increments(np.asarray([5.0, 8.0, 2.0, 4.0])).tolist() == [3.0, 2.0, 2.0]
+
+
+def test_arrivals_until_spreads_each_interval_evenly() -> None:
+    # 10 arrivals in (0, 10], 4 in (10, 12]
+    source = Intervals(np.asarray([0.0, 10.0]), np.asarray([10.0, 12.0]), np.asarray([10.0, 4.0]))
+    assert arrivals_until([source], np.asarray([0.0, 5.0, 10.0, 11.0, 20.0])).tolist() == [0, 5, 10, 12, 14]
+    other = Intervals.bins(np.asarray([1.0, 1.0]), 10.0, 1.0)  # one each in (10, 11] and (11, 12]
+    assert arrivals_until([source, other], np.asarray([12.0])).tolist() == [16.0]
+
+
+def test_dispersion_and_slope_by_hand() -> None:
+    # ten 1 s counts 2, 4, 2, 4, ...: mean 3, sample variance 10 * 1 / 9, dispersion (10/9) / 3
+    summary = summarize_arrivals([Intervals.bins(np.asarray([2.0, 4.0] * 5), 0.0, 1.0)], window_seconds=10.0)
+    assert summary.scv == pytest.approx((10 / 9) / 3)
+    assert least_squares_slope(np.asarray([0.0, 1.0, 2.0, 3.0]), np.asarray([1.0, 3.0, 5.0, 7.0])) == 2.0
+    assert math.isnan(least_squares_slope(np.asarray([1.0]), np.asarray([1.0])))
+
+
+def test_poisson_arrivals_have_dispersion_near_one() -> None:
+    counts = np.random.default_rng(7).poisson(20.0, size=20_000).astype(np.float64)
+    summary = summarize_arrivals([Intervals.bins(counts, 0.0, 1.0)], window_seconds=20_000.0)
+    assert summary.scv == pytest.approx(1.0, abs=0.03)  # a steady count would give 0
+    assert summary.rate_rps == pytest.approx(20.0, rel=0.01)
+
+
+def test_summarize_arrivals_rate_burstiness_and_trend() -> None:
+    # 150 one-second bins: the rate climbs 10 -> 10 + 149*0.5 per second, counts exactly on the line
+    counts = 10.0 + 0.5 * np.arange(150, dtype=np.float64)
+    summary = summarize_arrivals([Intervals.bins(counts, 1000.0, 1.0)], window_seconds=30.0)
+    assert summary.rate_rps == pytest.approx(float(np.mean(counts[-30:])))  # the last 30 s only
+    assert summary.trend_rps_per_s == pytest.approx(0.5)
+    # the ramp itself is the only variance over the window: var of 0.5*k over 30 bins / mean
+    assert summary.scv == pytest.approx(float(np.var(counts[-30:], ddof=1) / np.mean(counts[-30:])))
+    assert summary.problems == ()
+
+
+@pytest.mark.parametrize(
+    ("counts", "window_s", "problem"),
+    [
+        pytest.param(
+            [5.0] * 8, 60.0, "arrival burstiness: 8 intervals in the 8 s window", id="too-few-intervals"
+        ),
+        pytest.param(
+            [1.0] * 15, 60.0, "arrival burstiness: 15 arrivals in the window", id="too-few-arrivals"
+        ),
+        # a series younger than the 120 s trend window: a model that just started, whose first bins
+        # would read as a rise and be extrapolated over the lead time (seen in the demo: 2x over-sizing)
+        pytest.param(
+            [5.0] * 3, 60.0, "arrival trend: 3 s of data, the 120 s trend window needed", id="no-trend-yet"
+        ),
+        pytest.param(
+            [5.0] * 100, 60.0, "arrival trend: 100 s of data", id="no-trend-before-the-window-is-full"
+        ),
+    ],
+)
+def test_summarize_arrivals_refuses_to_guess(counts: list[float], window_s: float, problem: str) -> None:
+    source = Intervals.bins(np.asarray(counts), 0.0, 1.0)
+    summary = summarize_arrivals([source], window_s)
+    assert summary.rate_rps == pytest.approx(counts[0])  # the rate is still known
+    assert any(p.startswith(problem) for p in summary.problems), summary.problems
+
+
+def test_summarize_arrivals_of_pods_scraped_at_different_moments() -> None:
+    # two pods, 2 arrivals per second each, scraped every second half a second apart
+    a = Intervals.bins(np.full(130, 2.0), 0.0, 1.0)
+    b = Intervals.bins(np.full(130, 2.0), 0.5, 1.0)
+    summary = summarize_arrivals([a, b], window_seconds=20.0)
+    # over (110, 130], where both have reported: 3.95 if the window ended at b's newer sample (130.5)
+    assert summary.rate_rps == pytest.approx(4.0)
+    assert summary.scv == 0.0  # steady pods: no dispersion (binning across pods would invent some)
+    assert summary.trend_rps_per_s == pytest.approx(0.0, abs=1e-9)
+    assert summarize_arrivals([], 20.0).rate_rps is None
+    # a pod that stopped 10 s ago does not hold the end back: the window ends at a's newest sample
+    stopped = Intervals.bins(np.full(10, 2.0), 110.0, 1.0)
+    assert summarize_arrivals([a, stopped], window_seconds=20.0).rate_rps == pytest.approx(
+        2.0 + 2.0 * 10 / 20
+    )

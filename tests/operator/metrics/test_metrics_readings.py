@@ -1,0 +1,366 @@
+"""Prometheus answers (written out literally, as the HTTP API returns them) -> Observation.
+
+One healthy answer per engine, then one fault per case: each must leave exactly the affected fields
+None with a problem naming the series, and everything else as it was.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from dopd_builders import make_spec
+from dopd_operator.metrics.presets import QuerySet, query_set
+from dopd_operator.metrics.promql import InstantSample, RangeSeries
+from dopd_operator.metrics.readings import build_observation
+from dopd_operator.planner_types import Observation, RoleObservation
+
+NOW = 1_800_000_000.0
+INF = math.inf
+
+
+def tagged(tag: str, value: float, le: float | None = None) -> InstantSample:
+    metric = {"dopd_q": tag}
+    if le is not None:
+        metric["le"] = "+Inf" if le == INF else f"{le:g}"
+    return InstantSample(metric=metric, value=(NOW, value))
+
+
+def histogram(
+    key: str, buckets: list[tuple[float, float]], total: float | None = None
+) -> list[InstantSample]:
+    samples = [tagged(f"{key}/bucket", count, le) for le, count in buckets]
+    return samples + ([tagged(f"{key}/sum", total)] if total is not None else [])
+
+
+def series(
+    name: str, pod: str, role: str, values: list[float], end: float = NOW, step: float = 1.0, **labels: str
+) -> RangeSeries:
+    times = [end - step * (len(values) - 1 - i) for i in range(len(values))]
+    metric = {"__name__": name, "pod": pod, "role": role, "namespace": "llm", **labels}
+    return RangeSeries(metric=metric, values=tuple(zip(times, values, strict=True)))
+
+
+def steady(per_second: float, samples: int = 121, start: float = 1000.0) -> list[float]:
+    return [start + per_second * i for i in range(samples)]
+
+
+DOPD_AGGREGATE = [
+    *histogram("ttft", [(1.0, 60.0), (2.0, 100.0), (INF, 100.0)]),
+    *histogram("tpot", [(0.02, 50.0), (0.05, 100.0), (INF, 100.0)]),
+    *histogram("input", [(1024.0, 0.0), (2048.0, 10.0), (INF, 10.0)], total=15_000.0),
+    *histogram("output", [(128.0, 0.0), (256.0, 20.0), (INF, 20.0)], total=4_000.0),
+]
+DOPD_RAW = [
+    series("dopd_requests_arrived_total", "router-0", "router", steady(5.0)),
+    series("dopd_requests_waiting", "router-0", "router", [2.0] * 121),
+    series("dopd_requests_waiting", "prefill-0", "prefill", [3.0] * 121),
+    series("dopd_kv_cache_usage_ratio", "decode-0", "decode", [0.2] * 121),
+    series("dopd_kv_cache_usage_ratio", "decode-1", "decode", [0.6] * 121),
+    series("dopd_requests_running", "decode-0", "decode", [8.0] * 121),
+    series("dopd_requests_running", "decode-1", "decode", [12.0] * 121),
+]
+
+
+def dopd_queries() -> QuerySet:
+    spec = make_spec(slo={"ttftSeconds": 1.5, "tpotSeconds": 0.05, "percentile": 90})
+    return query_set(spec, "llm")
+
+
+def observe(
+    queries: QuerySet,
+    aggregate: list[InstantSample],
+    raw: list[RangeSeries],
+    ready: tuple[int, int] = (1, 2),
+) -> Observation:
+    return build_observation(
+        queries,
+        aggregate,
+        raw,
+        NOW + 0.5,
+        45.0,
+        RoleObservation(current=ready[0], ready=ready[0]),
+        RoleObservation(current=ready[1], ready=ready[1]),
+    )
+
+
+HEALTHY = {
+    "arrival_rate_rps": 5.0,
+    "arrival_scv": 0.0,  # a perfectly steady counter: no dispersion at all (Poisson would be 1)
+    "arrival_rate_trend_rps_per_s": 0.0,
+    "input_tokens_mean": 1500.0,  # 15000 / 10, from _sum, not from the buckets (1536)
+    "input_tokens_p90": 1024.0 + 1024.0 * 0.9,
+    "output_tokens_mean": 200.0,
+    "output_tokens_p90": 128.0 + 128.0 * 0.9,
+    "prefill_queue_depth": 5.0,  # router 2 + prefill 3
+    "decode_kv_usage": 0.4,  # mean of 0.2 and 0.6
+    "decode_running": 20.0,
+    "ttft_seconds": 1.0 + 1.0 * 30.0 / 40.0,  # rank 90 in (1, 2]
+    "ttft_attainment": 0.8,  # 60 + 40 * (1.5 - 1) / (2 - 1), of 100
+    "tpot_seconds": 0.02 + 0.03 * 40.0 / 50.0,
+    "tpot_attainment": 1.0,
+    "latency_percentile": 90.0,
+}
+
+
+def test_healthy_dopd_answer() -> None:
+    obs = observe(dopd_queries(), DOPD_AGGREGATE, DOPD_RAW)
+    assert obs.problems == ()
+    for name, expected in HEALTHY.items():
+        assert getattr(obs, name) == pytest.approx(expected, abs=1e-9), name
+
+
+def _without(name: str, pod: str | None = None) -> Callable[[list[RangeSeries]], list[RangeSeries]]:
+    return lambda raw: [
+        s for s in raw if not (s.metric["__name__"] == name and (pod is None or s.metric["pod"] == pod))
+    ]
+
+
+def _replace(
+    name: str, pod: str, values: list[float], end: float = NOW
+) -> Callable[[list[RangeSeries]], list[RangeSeries]]:
+    def change(raw: list[RangeSeries]) -> list[RangeSeries]:
+        kept = _without(name, pod)(raw)
+        role = next(s.metric["role"] for s in raw if s.metric["pod"] == pod)
+        return [*kept, series(name, pod, role, values, end=end)]
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "unknown", "problem"),
+    [
+        pytest.param(
+            _replace("dopd_kv_cache_usage_ratio", "decode-1", [0.6] * 120 + [math.nan]),
+            {"decode_kv_usage"},
+            'decode KV usage: dopd_kv_cache_usage_ratio{role=~"decode"} is nan on decode-1',
+            id="nan-gauge",
+        ),
+        pytest.param(
+            _replace("dopd_kv_cache_usage_ratio", "decode-1", [1.3] * 121),
+            {"decode_kv_usage"},
+            'decode KV usage: dopd_kv_cache_usage_ratio{role=~"decode"} is 1.3 on decode-1, outside [0, 1]',
+            id="kv-usage-above-one",
+        ),
+        pytest.param(
+            lambda raw: [
+                series(
+                    s.metric["__name__"], s.metric["pod"], "decode", [v for _, v in s.values], end=NOW - 100
+                )
+                if s.metric["role"] == "decode"
+                else s
+                for s in raw
+            ],
+            {"decode_kv_usage", "decode_running"},
+            'decode KV usage: dopd_kv_cache_usage_ratio{role=~"decode"} is stale: newest sample 100 s old '
+            "(limit 45 s)",
+            id="stale-target",
+        ),
+        pytest.param(
+            _without("dopd_requests_waiting", "router-0"),
+            {"prefill_queue_depth"},
+            'prefill queue depth: no series of dopd_requests_waiting{role=~"router"}',
+            id="router-queue-missing-is-not-prefill-only",
+        ),
+        pytest.param(
+            _without("dopd_requests_arrived_total"),
+            {"arrival_rate_rps", "arrival_scv", "arrival_rate_trend_rps_per_s"},
+            'arrival rate: no series of dopd_requests_arrived_total{role=~"router"}',
+            id="no-arrival-counter",
+        ),
+        pytest.param(
+            _replace("dopd_requests_arrived_total", "router-0", [*steady(5.0)[:120], math.nan]),
+            {"arrival_rate_rps", "arrival_scv", "arrival_rate_trend_rps_per_s"},
+            'arrival rate: dopd_requests_arrived_total{role=~"router"} has NaN or infinite samples on router-0',
+            id="nan-counter",
+        ),
+        pytest.param(
+            _replace("dopd_requests_arrived_total", "router-0", steady(5.0), end=NOW - 60),
+            {"arrival_rate_rps", "arrival_scv", "arrival_rate_trend_rps_per_s"},
+            'arrival rate: dopd_requests_arrived_total{role=~"router"} is stale: newest sample 60 s old',
+            id="stale-counter",
+        ),
+    ],
+)
+def test_one_fault_makes_exactly_its_fields_unknown(
+    change: Callable[[list[RangeSeries]], list[RangeSeries]], unknown: set[str], problem: str
+) -> None:
+    obs = observe(dopd_queries(), DOPD_AGGREGATE, change(list(DOPD_RAW)))
+    assert problem in obs.problems, obs.problems
+    for name, expected in HEALTHY.items():
+        if name in unknown:
+            assert getattr(obs, name) is None, name
+        else:
+            assert getattr(obs, name) == pytest.approx(expected, abs=1e-9), name
+
+
+def test_fewer_reporting_pods_than_ready_pods_is_unknown() -> None:
+    obs = observe(dopd_queries(), DOPD_AGGREGATE, DOPD_RAW, ready=(1, 3))
+    assert obs.decode_running is None and obs.decode_kv_usage is None  # 20 would undercount 3 pods
+    assert (
+        'decode running: 2 of 3 ready decode pods report a fresh dopd_requests_running{role=~"decode"}'
+        in obs.problems
+    )
+
+
+def test_a_counter_restart_is_not_a_drop_in_load() -> None:
+    restarted = steady(5.0, 90) + steady(5.0, 31, start=0.0)  # the router restarted 30 s ago: 1445 -> 0
+    raw = _replace("dopd_requests_arrived_total", "router-0", restarted)(DOPD_RAW)
+    obs = observe(dopd_queries(), DOPD_AGGREGATE, raw)
+    # 60 s window: 59 steps of +5 and the restart counted as +0 (its new value); plain differences
+    # would count it as -1445 and give a negative rate
+    assert obs.arrival_rate_rps == pytest.approx(5.0 * 59 / 60)
+
+
+def test_missing_histograms_and_an_empty_answer() -> None:
+    obs = observe(dopd_queries(), [], [])
+    assert obs.problems == (
+        'arrival rate: no series of dopd_requests_arrived_total{role=~"router"}',
+        'dopd_prompt_tokens{role=~"router"}: no series',
+        'dopd_generation_tokens{role=~"decode"}: no series',
+        'dopd_time_to_first_token_seconds{role=~"router"}: no series',
+        'dopd_inter_token_latency_seconds{role=~"router"}: no series',
+        'prefill queue depth: no series of dopd_requests_waiting{role=~"router|prefill"}',
+        'decode KV usage: no series of dopd_kv_cache_usage_ratio{role=~"decode"}',
+        'decode running: no series of dopd_requests_running{role=~"decode"}',
+    )
+    known = {
+        k: v
+        for k, v in obs.model_dump().items()
+        if v is not None and k not in ("prefill", "decode", "problems")
+    }
+    assert known == {"latency_percentile": 90.0}  # nothing else is claimed
+
+
+def test_an_idle_window_has_no_latency_but_a_zero_rate() -> None:
+    idle = [
+        *histogram("ttft", [(1.0, 0.0), (INF, 0.0)]),
+        *histogram("tpot", [(0.05, 0.0), (INF, 0.0)]),
+        *histogram("input", [(1024.0, 0.0), (INF, 0.0)], total=0.0),
+        *histogram("output", [(128.0, 0.0), (INF, 0.0)], total=0.0),
+    ]
+    raw = _replace("dopd_requests_arrived_total", "router-0", [42.0] * 121)(DOPD_RAW)
+    obs = observe(dopd_queries(), idle, raw)
+    assert obs.arrival_rate_rps == 0.0  # the counter is there and flat: zero is known
+    assert obs.ttft_seconds is None and obs.input_tokens_mean is None  # no requests: no lengths
+    assert 'dopd_time_to_first_token_seconds{role=~"router"}: no observations in the window' in obs.problems
+
+
+def vllm(raw_extra: list[RangeSeries], aggregate_extra: list[InstantSample] | None = None) -> Observation:
+    spec = make_spec(engine="vllm", slo={"percentile": 90}, metrics={"selector": {"model_name": "m"}})
+    aggregate = [
+        *histogram("ttft", [(0.5, 10.0), (INF, 10.0)]),
+        *histogram("input", [(1000.0, 10.0), (INF, 10.0)], total=5000.0),
+        *histogram("output", [(100.0, 10.0), (INF, 10.0)], total=500.0),
+        *(aggregate_extra or []),
+    ]
+    labels: dict[str, Any] = {"model_name": "m", "engine": "0"}
+    raw = [
+        series("vllm:request_success_total", "p-0", "prefill", steady(3.0), finished_reason="stop", **labels),
+        series(
+            "vllm:request_success_total", "p-0", "prefill", steady(1.0), finished_reason="length", **labels
+        ),
+        series("vllm:num_requests_waiting", "p-0", "prefill", [4.0 + 0.5 * i for i in range(121)], **labels),
+        series("vllm:num_requests_running", "p-0", "prefill", [2.0] * 121, **labels),
+        series("vllm:num_requests_running", "d-0", "decode", [7.0] * 121, **labels),
+        *raw_extra,
+    ]
+    return observe(query_set(spec, "llm"), aggregate, raw, ready=(1, 1))
+
+
+def test_vllm_arrivals_by_conservation_and_the_deprecated_fallbacks() -> None:
+    tpot_deprecated = histogram("tpot.fallback", [(0.025, 0.0), (0.05, 10.0), (INF, 10.0)])
+    obs = vllm([series("vllm_gpu_cache_usage_perc", "d-0", "decode", [0.3] * 121)], tpot_deprecated)
+    # completions 3 + 1 per second (both finish reasons) + the waiting queue growing 0.5 per second
+    assert obs.arrival_rate_rps == pytest.approx(4.5)
+    assert obs.decode_kv_usage == 0.3  # vllm:gpu_cache_usage_perc, stored with '_': the fallback
+    assert obs.tpot_seconds == pytest.approx(0.025 + 0.025 * 0.9)  # vllm:time_per_output_token_seconds
+    assert obs.prefill_queue_depth == 64.0  # 4 + 0.5 * 120
+    assert obs.decode_running == 7.0
+
+
+def test_vllm_prefers_current_names_and_counts_a_series_stored_under_both_spellings_once() -> None:
+    current = histogram("tpot", [(0.01, 0.0), (0.02, 10.0), (INF, 10.0)])
+    deprecated = histogram("tpot.fallback", [(0.025, 0.0), (0.05, 10.0), (INF, 10.0)])
+    twice = series(
+        "vllm_num_requests_running", "d-0", "decode", [7.0] * 60, end=NOW, model_name="m", engine="0"
+    )
+    obs = vllm(
+        [
+            series("vllm:kv_cache_usage_perc", "d-0", "decode", [0.5] * 121),
+            series("vllm:gpu_cache_usage_perc", "d-0", "decode", [0.9] * 121),
+            twice,
+        ],
+        current + deprecated,
+    )
+    assert obs.decode_kv_usage == 0.5  # not the deprecated 0.9, not their mean 0.7
+    assert obs.tpot_seconds == pytest.approx(0.01 + 0.01 * 0.9)
+    assert obs.decode_running == 7.0  # 14 if both spellings of the one series were summed
+
+
+def test_vllm_negative_conservation_is_unknown() -> None:
+    draining = [series("vllm:num_requests_waiting", "p-0", "prefill", [200.0 - 2.0 * i for i in range(121)])]
+    spec = make_spec(engine="vllm")
+    raw = [
+        series("vllm:request_success_total", "p-0", "prefill", [10.0] * 121),  # nothing completes
+        series("vllm:num_requests_running", "p-0", "prefill", [0.0] * 121),
+        *draining,
+    ]
+    obs = observe(query_set(spec, "llm"), [], raw, ready=(1, 1))
+    assert obs.arrival_rate_rps is None
+    assert any("estimate by conservation is negative (-2 rps)" in p for p in obs.problems), obs.problems
+
+
+def test_sglang_means_from_the_token_counters_without_length_histograms() -> None:
+    spec = make_spec(engine="sglang")
+    aggregate = [
+        tagged("input.totals/tokens", 24_000.0),
+        tagged("input.totals/requests", 20.0),
+        tagged("output.totals/tokens", 5_000.0),
+        tagged("output.totals/requests", 20.0),
+    ]
+    obs = observe(query_set(spec, "llm"), aggregate, [], ready=(1, 1))
+    assert obs.input_tokens_mean == 1200.0 and obs.input_tokens_p90 is None
+    assert obs.output_tokens_mean == 250.0 and obs.output_tokens_p90 is None
+    assert any(
+        p.startswith("input tokens P90: sglang:prompt_tokens_histogram is not exposed") for p in obs.problems
+    )
+
+
+def test_an_ambiguous_aggregate_is_unknown() -> None:
+    doubled = [*DOPD_AGGREGATE, tagged("input/sum", 15_000.0)]  # two series where `sum` gives one
+    obs = observe(dopd_queries(), doubled, DOPD_RAW)
+    assert obs.input_tokens_mean is None
+    assert "input/sum: several series where one was expected" in obs.problems
+
+
+def test_a_counter_gone_while_the_gauges_go_on_is_unknown_not_zero_arrivals() -> None:
+    """vLLM's arrival estimate needs the completions counter AND the in-system gauges. Once the counter
+    stops being exposed, its old samples stay in the raw window; judged by the freshest series of all
+    (the gauges), it looked current and its flat tail read as arrivals stopping: a scale-down to the
+    minimum under full load (seen end to end before this check)."""
+    queries = query_set(make_spec(engine="vllm", metrics={"windowSeconds": 15}), "ns")
+    now = 1_000.0
+    stamps = tuple(float(t) for t in range(880, 1000))
+    series = [
+        RangeSeries(
+            metric={"__name__": "vllm_request_success_total", "role": "prefill", "pod": "p0"},
+            values=tuple((t, 10.0 * t) for t in stamps if t <= 940),  # stopped 60 s ago
+        ),
+        RangeSeries(
+            metric={"__name__": "vllm_num_requests_waiting", "role": "prefill", "pod": "p0"},
+            values=tuple((t, 2.0) for t in stamps),
+        ),
+        RangeSeries(
+            metric={"__name__": "vllm_num_requests_running", "role": "prefill", "pod": "p0"},
+            values=tuple((t, 1.0) for t in stamps),
+        ),
+    ]
+    obs = build_observation(
+        queries, [], series, now, 3.0, RoleObservation(current=1, ready=1), RoleObservation()
+    )
+    assert obs.arrival_rate_rps is None
+    assert any("vllm:request_success_total" in p and "stale" in p for p in obs.problems), obs.problems
