@@ -1,0 +1,155 @@
+"""The dopd worker's and router's families (worker-image/dopd_worker/metrics.py), per role as those
+processes expose them. Labels: `role` (or spec.metrics.roleLabel) = prefill | decode | router, `model`,
+plus the namespace label and `pod` that Prometheus' pod discovery adds in a cluster.
+
+- router (one pod, `<name>-router`): counts each request when it is admitted
+  (`dopd_requests_arrived_total`), holds the prefill queue (`dopd_requests_waiting`) and the requests in
+  flight (`dopd_requests_running`), and sees the stream end to end: TTFT when the first token reaches it
+  (the decode worker emits the prefill's token when the sequence joins its batch; a one-token output
+  ends at prefill), every inter-token gap, prompt lengths at arrival (the demand, shed requests
+  included) and generation lengths and status at completion.
+- prefill worker: TTFT from the moment the router hands it the prompt (its batch start) to the first
+  token; prompt tokens; the KV it ships (bytes, seconds); `requests_total{status="ok"}` per prompt.
+- decode worker: the prefill's first token at join, then one token per sequence per step
+  (`dopd_inter_token_latency_seconds` observed per step with weight B); the KV it receives; lengths and
+  status at completion.
+Bucket bounds are the worker's own (imported from dopd_worker.metrics, as the simulator's observer does).
+Callers: `engines.make_recorder`.
+"""
+
+from __future__ import annotations
+
+from dopd_emulator.engines.base import EngineRecorder, PodState, RequestTrack
+from dopd_emulator.store import Family, FloatArray
+from dopd_operator.api import Engine
+from dopd_worker.metrics import ITL_BUCKETS_SECONDS, LATENCY_BUCKETS_SECONDS, LENGTH_BUCKETS_TOKENS
+
+WAITING = Family("dopd_requests_waiting", "gauge", "Requests queued and not yet being processed.")
+RUNNING = Family("dopd_requests_running", "gauge", "Requests being processed (in a batch).")
+KV_USAGE = Family("dopd_kv_cache_usage_ratio", "gauge", "Fraction of KV-cache blocks in use, 0..1.")
+TTFT = Family(
+    "dopd_time_to_first_token_seconds", "histogram", "Time to first token.", LATENCY_BUCKETS_SECONDS
+)
+ITL = Family(
+    "dopd_inter_token_latency_seconds",
+    "histogram",
+    "Time between consecutive output tokens.",
+    ITL_BUCKETS_SECONDS,
+)
+PROMPT_LENGTH = Family(
+    "dopd_prompt_tokens", "histogram", "Prompt length per request, tokens.", LENGTH_BUCKETS_TOKENS
+)
+OUTPUT_LENGTH = Family(
+    "dopd_generation_tokens", "histogram", "Generated tokens per finished request.", LENGTH_BUCKETS_TOKENS
+)
+KV_SECONDS = Family(
+    "dopd_kv_transfer_seconds", "histogram", "Duration of one KV transfer.", LATENCY_BUCKETS_SECONDS
+)
+PROMPT_TOKENS = Family("dopd_prompt_tokens_total", "counter", "Prompt tokens processed.")
+OUTPUT_TOKENS = Family("dopd_generation_tokens_total", "counter", "Tokens generated.")
+REQUESTS = Family("dopd_requests_total", "counter", "Finished requests by status.")
+KV_BYTES = Family("dopd_kv_transfer_bytes_total", "counter", "KV-cache bytes sent or received.")
+ARRIVED = Family("dopd_requests_arrived_total", "counter", "Requests admitted by the router (at arrival).")
+
+_BY_ROLE: dict[str, tuple[Family, ...]] = {
+    "router": (
+        WAITING,
+        RUNNING,
+        TTFT,
+        ITL,
+        PROMPT_LENGTH,
+        OUTPUT_LENGTH,
+        PROMPT_TOKENS,
+        OUTPUT_TOKENS,
+        ARRIVED,
+    ),
+    "prefill": (WAITING, RUNNING, KV_USAGE, TTFT, PROMPT_LENGTH, PROMPT_TOKENS, KV_BYTES, KV_SECONDS),
+    "decode": (WAITING, RUNNING, KV_USAGE, ITL, OUTPUT_LENGTH, OUTPUT_TOKENS, KV_BYTES, KV_SECONDS),
+}
+
+
+class DopdRecorder(EngineRecorder):
+    engine = Engine.DOPD
+    families = (
+        WAITING,
+        RUNNING,
+        KV_USAGE,
+        TTFT,
+        ITL,
+        PROMPT_LENGTH,
+        OUTPUT_LENGTH,
+        KV_SECONDS,
+        PROMPT_TOKENS,
+        OUTPUT_TOKENS,
+        REQUESTS,
+        KV_BYTES,
+        ARRIVED,
+    )
+
+    def families_for(self, role: str) -> tuple[Family, ...]:
+        return _BY_ROLE[role]
+
+    def labels(self, family: Family, role: str) -> dict[str, str]:
+        return {self.scheme.role_label: role, "model": self.scheme.model}
+
+    @property
+    def _router(self) -> str:
+        assert self.router_pod is not None
+        return self.router_pod
+
+    def _first_token_at_router(self, track: RequestTrack, now_s: float) -> None:
+        self.observe(TTFT.name, self._router, now_s - track.arrival_s)
+        self.inc(OUTPUT_TOKENS.name, self._router)
+
+    def on_arrived(self, track: RequestTrack) -> None:
+        # the router records the demand at arrival: admitted or shed, every prompt's length counts
+        router = self._router
+        self.inc(ARRIVED.name, router)
+        self.inc(PROMPT_TOKENS.name, router, track.input_tokens)
+        self.observe(PROMPT_LENGTH.name, router, track.input_tokens)
+
+    def on_rejected(self, track: RequestTrack) -> None:
+        self.inc(REQUESTS.name, self._router, status="rejected")
+
+    def on_first_token(self, pod: str, track: RequestTrack) -> None:
+        assert track.first_token_s is not None and track.prefill_start_s is not None
+        self.observe(TTFT.name, pod, track.first_token_s - track.prefill_start_s)
+        self.inc(PROMPT_TOKENS.name, pod, track.input_tokens)
+        self.observe(PROMPT_LENGTH.name, pod, track.input_tokens)
+        self.inc(REQUESTS.name, pod, status="ok")
+        if track.output_tokens > 1:  # the simulator ships KV only for sequences that go on decoding
+            self.inc(KV_BYTES.name, pod, track.input_tokens * self.kv_bytes_per_token)
+            self.observe(KV_SECONDS.name, pod, track.input_tokens * self.kv_seconds_per_token)
+        else:
+            self._first_token_at_router(track, track.first_token_s)
+
+    def on_joined(self, pod: str, track: RequestTrack) -> None:
+        assert track.join_s is not None
+        self.inc(KV_BYTES.name, pod, track.input_tokens * self.kv_bytes_per_token)
+        self.observe(KV_SECONDS.name, pod, track.input_tokens * self.kv_seconds_per_token)
+        self.inc(OUTPUT_TOKENS.name, pod)  # the prefill's token, emitted when the sequence joins
+        self._first_token_at_router(track, track.join_s)
+
+    def on_steps(self, pod: str, step_seconds: FloatArray, sequences: int) -> None:
+        tokens = float(len(step_seconds) * sequences)
+        for where in (pod, self._router):
+            self.observe(ITL.name, where, step_seconds, weight=sequences)
+            self.inc(OUTPUT_TOKENS.name, where, tokens)
+
+    def on_finished(self, pod: str, role: str, track: RequestTrack) -> None:
+        if role == "decode":
+            self.observe(OUTPUT_LENGTH.name, pod, track.output_tokens)
+            self.inc(REQUESTS.name, pod, status="ok")
+        router = self._router
+        self.observe(OUTPUT_LENGTH.name, router, track.output_tokens)
+        self.inc(REQUESTS.name, router, status="ok")
+
+    def on_gauges(self, pod: str, role: str, state: PodState) -> None:
+        # The router hands a prompt to a prefill worker only when it has room: the rest queue at the router.
+        self.set(WAITING.name, pod, state.assigned if role == "prefill" else state.waiting)
+        self.set(RUNNING.name, pod, state.running)
+        self.set(KV_USAGE.name, pod, state.kv_usage)
+
+    def on_router_gauges(self, queued: int, in_flight: int) -> None:
+        self.set(WAITING.name, self._router, queued)
+        self.set(RUNNING.name, self._router, in_flight)

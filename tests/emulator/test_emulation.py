@@ -1,0 +1,110 @@
+"""The emulator's core in virtual time: replicas really change the load each engine carries, drained pods
+finish their work before their series vanish, and the trace loops or stops as asked."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+from emulator_helpers import emulation, pods, pods_with, run_to, scrape
+from sim_helpers import make_trace, toy_profile
+
+from dopd_emulator.config import EmulatorConfig, StaticReplicas, TraceLoad
+from dopd_emulator.core import Emulation
+from dopd_emulator.replicas import ReplicaSnapshot
+from dopd_operator.manifest import load_model
+from dopd_sim.workload import load_workload
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+# 25 rps of Azure-like requests (prompts ~1.1k, outputs ~210 tokens) on the Llama-3-8B/H100 profile.
+LOAD = load_workload("synthetic:poisson,rate_rps=25,duration_s=240", seed=1)
+
+
+def decode_itl(em: Emulation, pod: str) -> tuple[float, float]:
+    """(sum, count) of the pod's vLLM inter-token latency histogram."""
+    for series in em.recorder.store.series("vllm:inter_token_latency_seconds"):
+        if series.pod == pod:
+            return series.value.sum, series.value.count  # type: ignore[union-attr]
+    raise AssertionError(f"no histogram for {pod}")
+
+
+def run_window(em: Emulation, end_s: float) -> tuple[float, float]:
+    """Advance to `end_s`; (mean running sequences per ready decode replica, mean ITL on decode-0)."""
+    start_sum, start_count = decode_itl(em, "m1-decode-0")
+    running: list[float] = []
+    while em.sim.now_s < end_s - 1e-9:
+        em.advance_to(min(em.sim.now_s + 0.1, end_s))
+        per_replica = em.truth().decode_running_per_replica
+        assert per_replica is not None
+        running.append(per_replica)
+    end_sum, end_count = decode_itl(em, "m1-decode-0")
+    return statistics.fmean(running), (end_sum - start_sum) / (end_count - start_count)
+
+
+def test_more_decode_replicas_lower_the_running_sequences_and_the_latency_fewer_raise_them() -> None:
+    em = emulation("vllm", LOAD, prefill=2, decode=1)
+    one_running, one_itl = run_window(em, 60.0)
+    em.apply_replicas(pods(2, 4))
+    four_running, four_itl = run_window(em, 120.0)
+    em.apply_replicas(pods(2, 1))
+    again_running, again_itl = run_window(em, 180.0)
+    # Measured 52.4 / 10.4 / 52.3 sequences per replica and 10.9 / 7.9 / 10.8 ms between tokens. An
+    # emulator that ignored its replicas would show the first numbers in all three windows.
+    assert one_running == pytest.approx(52.4, rel=0.05)
+    assert four_running == pytest.approx(10.4, rel=0.1)
+    assert again_running == pytest.approx(52.3, rel=0.05)
+    assert one_itl == pytest.approx(0.0109, rel=0.05)
+    assert four_itl == pytest.approx(0.0079, rel=0.05)
+    assert again_itl == pytest.approx(0.0108, rel=0.05)
+
+
+def test_a_pod_that_leaves_drains_its_replica_before_its_series_vanish() -> None:
+    em = emulation("sglang", LOAD, prefill=2, decode=3)
+    run_to(em, 30.0)
+    em.apply_replicas(pods(2, 1))
+    run_to(em, 30.2)
+    truth = em.truth()
+    assert truth.ready["decode"] == ["m1-decode-0"]
+    assert truth.draining["decode"] == ["m1-decode-1", "m1-decode-2"]
+    assert all(truth.pods[p].running > 0 for p in truth.draining["decode"])  # still decoding
+    assert pods_with(scrape(em), "sglang:num_running_reqs") == {
+        "m1-prefill-0", "m1-prefill-1", "m1-decode-0", "m1-decode-1", "m1-decode-2"
+    }  # fmt: skip
+    # Outputs are at most 2048 tokens of at most ~25 ms steps here: drained within a minute.
+    run_to(em, 90.0)
+    truth = em.truth()
+    assert truth.draining == {"prefill": [], "decode": []}
+    assert pods_with(scrape(em), "sglang:num_running_reqs") == {"m1-prefill-0", "m1-prefill-1", "m1-decode-0"}
+    assert truth.arrivals_total - truth.completed_total < 200  # nothing stranded on the drained pods
+
+
+@pytest.mark.parametrize(
+    ("at_end", "arrivals", "copies", "ended"), [("loop", 9, 23, False), ("stop", 3, 1, True)]
+)
+def test_the_trace_loops_or_stops_at_its_end(at_end: str, arrivals: int, copies: int, ended: bool) -> None:
+    # Arrivals at 0, 1 and 2 s: a loop period of 2 s span + one 1 s mean gap = 3 s, so copies start at
+    # 0, 3 and 6 s and 8.95 s has seen nine arrivals; copies are queued a minute ahead (ceil(68.95 / 3)).
+    trace = make_trace([0.0, 1.0, 2.0], [10, 10, 10], [5, 5, 5])
+    em = emulation("dopd", trace, profile=toy_profile(prefill_a=0.1, decode_a=0.01), at_end=at_end)
+    run_to(em, 8.95)
+    truth = em.truth()
+    assert (truth.arrivals_total, truth.trace_copies, truth.trace_ended) == (arrivals, copies, ended)
+    assert truth.completed_total == arrivals
+
+
+def test_a_manifest_configures_engine_labels_and_names() -> None:
+    model = load_model(EXAMPLES / "vllm-llama3-8b.yaml")
+    config = EmulatorConfig.for_model(
+        model, load=TraceLoad(trace="synthetic:poisson,rate_rps=5,duration_s=60"), replicas=StaticReplicas()
+    )
+    em = Emulation(config)
+    em.apply_replicas(
+        ReplicaSnapshot((f"{model.metadata.name}-prefill-x",), (f"{model.metadata.name}-decode-y",))
+    )
+    run_to(em, 2.0)
+    sample = next(s for m in scrape(em) for s in m.samples if s.name == "vllm:num_requests_running")
+    assert sample.labels["model_name"] == model.spec.model == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert sample.labels["namespace"] == model.metadata.namespace == "llm"
+    assert em.truth().name == "llama3-8b"
