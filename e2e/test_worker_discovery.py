@@ -1,4 +1,8 @@
-"""The router's Kubernetes discovery against a real API server: it follows the role Services' Endpoints."""
+"""The router's Kubernetes discovery against a real API server: it follows the EndpointSlices of the role
+Services, ready endpoints taking new work and terminating ones draining. The slices here are written by
+the test (as a controller other than Kubernetes' own may write them); e2e/test_drain.py has the
+EndpointSlice controller write them for real pods. Addresses are in 198.18.0.0/15 and never contacted.
+"""
 
 from __future__ import annotations
 
@@ -17,23 +21,34 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def workers_namespace(k8s_cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("KUBECONFIG", str(k8s_cluster.kubeconfig))
+def workers_namespace(k8s_cluster: Cluster) -> Iterator[str]:
     name = f"disc-{uuid.uuid4().hex[:8]}"
     k8s_cluster.kubectl("create", "namespace", name)
     yield name
     k8s_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-def endpoints(name: str, ready: list[str], not_ready: list[str] = []) -> str:  # noqa: B006
-    subset: dict[str, Any] = {"ports": [{"name": "http", "port": 8000}]}
-    if ready:
-        subset["addresses"] = [{"ip": ip} for ip in ready]
-    if not_ready:
-        subset["notReadyAddresses"] = [{"ip": ip} for ip in not_ready]
-    return yaml.safe_dump(
-        {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name}, "subsets": [subset]}
-    )
+def endpoint_slice(name: str, service: str, endpoints: list[tuple[str, dict[str, bool]]]) -> str:
+    doc: dict[str, Any] = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "dopd-e2e",  # not the controller's: it leaves it
+            },
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip], "conditions": conditions} for ip, conditions in endpoints],
+        "ports": [{"name": "http", "port": 8000, "protocol": "TCP"}],
+    }
+    return yaml.safe_dump(doc)
+
+
+READY = {"ready": True, "serving": True, "terminating": False}
+STARTING = {"ready": False, "serving": False, "terminating": False}
+TERMINATING = {"ready": False, "serving": True, "terminating": True}
 
 
 async def wait_for(seen: list[WorkerSet], expected: WorkerSet, timeout_s: float = 30.0) -> None:
@@ -44,38 +59,65 @@ async def wait_for(seen: list[WorkerSet], expected: WorkerSet, timeout_s: float 
         await asyncio.sleep(0.1)
 
 
-def test_discovery_follows_ready_endpoints_of_the_role_services(
+def test_discovery_follows_the_endpoint_slices_of_the_role_services(
     k8s_cluster: Cluster, workers_namespace: str
 ) -> None:
     ns = workers_namespace
+    p1, d1, d2, d3 = (f"http://198.18.7.{i}:8000" for i in (1, 2, 3, 9))
 
     def apply(doc: str) -> None:
         k8s_cluster.kubectl("-n", ns, "apply", "-f", "-", input=doc)
 
     async def scenario() -> None:
         seen: list[WorkerSet] = []
-        discovery = KubernetesDiscovery(ns, "tiny-prefill", "tiny-decode", None, "http")
+        discovery = KubernetesDiscovery(
+            ns,
+            "tiny-prefill",
+            "tiny-decode",
+            None,
+            "http",
+            watch_timeout_seconds=5,
+            kubeconfig=str(k8s_cluster.kubeconfig),
+        )
+        # a slice that exists before the router starts is found by the first list
+        await asyncio.to_thread(
+            apply, endpoint_slice("tiny-prefill-a", "tiny-prefill", [("198.18.7.1", READY)])
+        )
         task = asyncio.create_task(discovery.run(seen.append))
         try:
-            await asyncio.to_thread(apply, endpoints("tiny-prefill", ["10.1.0.1"]))
-            await asyncio.to_thread(apply, endpoints("tiny-decode", ["10.1.0.2"], not_ready=["10.1.0.9"]))
-            # a starting (not ready) decode pod gets no requests
-            await wait_for(
-                seen, WorkerSet(prefill=("http://10.1.0.1:8000",), decode=("http://10.1.0.2:8000",))
-            )
-            # the operator scales decode out: the new ready pod joins
-            await asyncio.to_thread(apply, endpoints("tiny-decode", ["10.1.0.2", "10.1.0.3"]))
-            await wait_for(
-                seen,
-                WorkerSet(
-                    prefill=("http://10.1.0.1:8000",), decode=("http://10.1.0.2:8000", "http://10.1.0.3:8000")
+            await asyncio.to_thread(
+                apply,
+                endpoint_slice(
+                    "tiny-decode-a", "tiny-decode", [("198.18.7.2", READY), ("198.18.7.9", STARTING)]
                 ),
             )
-            # Endpoints of unrelated Services change nothing
-            await asyncio.to_thread(apply, endpoints("something-else", ["10.9.9.9"]))
-            # the Service goes away: its workers leave
-            await asyncio.to_thread(k8s_cluster.kubectl, "-n", ns, "delete", "endpoints", "tiny-prefill")
-            await wait_for(seen, WorkerSet(decode=("http://10.1.0.2:8000", "http://10.1.0.3:8000")))
+            # a starting (not ready) decode pod gets no requests
+            await wait_for(seen, WorkerSet(prefill=(p1,), decode=(d1,)))
+            # the operator scales decode out: the new ready pod, in a second slice, joins
+            await asyncio.to_thread(
+                apply, endpoint_slice("tiny-decode-b", "tiny-decode", [("198.18.7.3", READY)])
+            )
+            await wait_for(seen, WorkerSet(prefill=(p1,), decode=(d1, d2)))
+            # scale-down: the victim's endpoint turns terminating (still serving while its preStop runs):
+            # no new work, and the router learns it drains rather than vanished
+            await asyncio.to_thread(
+                apply,
+                endpoint_slice(
+                    "tiny-decode-a", "tiny-decode", [("198.18.7.2", TERMINATING), ("198.18.7.9", READY)]
+                ),
+            )
+            await wait_for(seen, WorkerSet(prefill=(p1,), decode=(d2, d3), draining=(d1,)))
+            # slices of unrelated Services change nothing; the watch outlives its 5 s expiry (re-list)
+            await asyncio.to_thread(
+                apply, endpoint_slice("other-a", "something-else", [("198.18.7.99", READY)])
+            )
+            await asyncio.sleep(6)
+            assert seen[-1] == WorkerSet(prefill=(p1,), decode=(d2, d3), draining=(d1,))
+            # the prefill Service's slice goes away: its workers leave
+            await asyncio.to_thread(
+                k8s_cluster.kubectl, "-n", ns, "delete", "endpointslice", "tiny-prefill-a"
+            )
+            await wait_for(seen, WorkerSet(decode=(d2, d3), draining=(d1,)))
         finally:
             task.cancel()
 

@@ -188,9 +188,12 @@ start kube-scheduler "$DOPD_BIN_DIR/kube-scheduler" \
   --cert-dir "$W/pki/scheduler-generated" --profiling=false
 
 # --- KWOK: fake kubelets for nodes annotated kwok.x-k8s.io/node=fake ---------------------------
+# Pod and node addresses come from 198.18.0.0/15 (RFC 2544 benchmarking range): never a private range
+# that may be a real network here. The e2e harness (e2e/dopd_e2e/netns.py) gives the pods it runs these
+# addresses in network namespaces; 198.19.255.254 is its host side.
 start kwok "$DOPD_BIN_DIR/kwok" --kubeconfig "$KC" --config "$CLUSTER_DIR/kwok/stages.yaml" \
   --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
-  --cidr 10.244.0.0/16 --node-ip 10.255.0.1 --node-lease-duration-seconds 40
+  --cidr 198.18.0.0/16 --node-ip 198.19.0.1 --node-lease-duration-seconds 40
 
 # --- fake GPU nodes ----------------------------------------------------------------------------
 : > "$W/nodes.yaml"

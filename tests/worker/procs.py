@@ -40,8 +40,15 @@ class Cluster:
     tmp: Path
     procs: list[Proc] = field(default_factory=list)
 
-    def start(self, name: str, args: list[str], env: dict[str, str] | None = None, wait: bool = True) -> Proc:
-        port = free_port()
+    def start(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        port: int | None = None,  # a given port: a new process at an old process's address
+    ) -> Proc:
+        port = port or free_port()
         log_path = self.tmp / f"{name}.log"
         cmd = [
             sys.executable,

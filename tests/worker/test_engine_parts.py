@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dopd_worker.config import PRESETS, ModelConfig, config_from_hf, load_model_config
-from dopd_worker.discovery import parse_workers_file, urls_from_endpoints
+from dopd_worker.discovery import parse_workers_file
 from dopd_worker.kv_cache import BlockAllocator, OutOfBlocks, PagedKVCache, SequenceSlice, build_batch
 from dopd_worker.model import build_model, greedy_reference, load_safetensors, save_checkpoint
 from dopd_worker.runtime import pick_dtype
@@ -150,21 +150,6 @@ def test_sampling() -> None:
     assert is_stop(6, 4, SamplingParams(max_tokens=4), eos_ids=(5,)) == "length"
     with pytest.raises(ValueError, match="max_tokens"):
         SamplingParams(max_tokens=0)
-
-
-def test_endpoints_parsing_keeps_ready_addresses_on_the_named_port() -> None:
-    endpoints = {
-        "subsets": [
-            {
-                "addresses": [{"ip": "10.0.0.2"}, {"ip": "10.0.0.1"}],
-                "notReadyAddresses": [{"ip": "10.0.0.9"}],
-                "ports": [{"name": "metrics", "port": 9000}, {"name": "http", "port": 8000}],
-            },
-            {"addresses": [{"ip": "10.0.0.5"}], "ports": [{"name": "other", "port": 1}]},
-        ]
-    }
-    assert urls_from_endpoints(endpoints, "http") == ("http://10.0.0.1:8000", "http://10.0.0.2:8000")
-    assert urls_from_endpoints({"subsets": None}, "http") == ()
 
 
 def test_workers_file() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dopd_worker.scheduler import (
     Assignment,
@@ -140,3 +142,53 @@ def test_aged_long_prompt_may_take_the_worker_kept_free_for_short_ones() -> None
     q.push(QueuedPrompt("long", 1500, 0.0))
     assert q.next_assignment(1.9, workers) is None  # p1 is kept free of long prompts ...
     assert q.next_assignment(2.0, workers) == Assignment("long", "p1")  # ... until the aging bound
+
+
+def _reference_assignment(q: PrefillQueue, now: float, workers: list[PrefillWorkerLoad]) -> Assignment | None:
+    """The policy's definition, written plainly: walk `ordered(now)` and take the first prompt some
+    worker it may use has room for (the least loaded one); an aged prompt that finds none reserves them."""
+    reserved: set[str] = set()
+    for item in q.ordered(now):
+        aged = now - item.arrival_seconds >= q.config.aging_seconds
+        pool = [w for w in q._pool(item, workers, aged) if w.name not in reserved]
+        fits = [w for w in pool if q._fits(item, w)]
+        if fits:
+            return Assignment(item.request_id, min(fits, key=lambda w: (w.inflight_tokens, w.name)).name)
+        if q.config.policy is Policy.FIFO:
+            return None
+        if aged:
+            reserved.update(w.name for w in pool)
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    policy=st.sampled_from(list(Policy)),
+    prompts=st.lists(st.tuples(st.integers(1, 5000), st.floats(0.0, 10.0)), min_size=1, max_size=12),
+    workers=st.lists(
+        st.tuples(st.sampled_from(list(Lane)), st.integers(0, 5000), st.integers(0, 2)),
+        min_size=1,
+        max_size=4,
+    ),
+    now=st.floats(0.0, 15.0),
+)
+def test_indexed_dispatch_equals_the_policys_definition(
+    policy: Policy,
+    prompts: list[tuple[int, float]],
+    workers: list[tuple[Lane, int, int]],
+    now: float,
+) -> None:
+    """The heaps the queue keeps (so the simulator can dispatch hundreds of thousands of prompts) pick
+    exactly what walking the whole ordered queue would, for every queue and worker state drawn."""
+    loads = [PrefillWorkerLoad(f"w{i}", lane, tokens, long) for i, (lane, tokens, long) in enumerate(workers)]
+    fast, plain = queue(policy, aging=5.0, long_tokens=1000), queue(policy, aging=5.0, long_tokens=1000)
+    for i, (tokens, arrival) in enumerate(prompts):
+        for q in (fast, plain):
+            q.push(QueuedPrompt(f"r{i}", tokens, arrival))
+    for _ in range(len(prompts) + 1):
+        expected = _reference_assignment(plain, now, loads)
+        got = fast.next_assignment(now, loads)
+        assert got == expected
+        if expected is None:
+            break
+        plain.remove(expected.request_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,7 +34,9 @@ def _logging(level: str) -> None:
     "--kv-host",
     default="127.0.0.1",
     show_default=True,
-    help="Decode: address the KV TCPStore listens on and publishes to prefill workers (the pod IP).",
+    envvar="POD_IP",
+    help="Decode: address the KV TCPStore listens on and publishes to prefill workers (the pod IP; "
+    "read from $POD_IP when set, as the downward API sets it).",
 )
 @click.option("--kv-port", type=int, default=29600, show_default=True, help="Decode: KV TCPStore port.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
@@ -48,6 +51,14 @@ def _logging(level: str) -> None:
 @click.option("--max-batch-size", type=int, default=64, show_default=True, help="Decode: sequences per step.")
 @click.option("--max-model-len", type=int, default=None, help="Longest prompt + output, tokens.")
 @click.option("--transfer-timeout-seconds", type=float, default=30.0, show_default=True)
+@click.option(
+    "--drain-timeout-seconds",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="On SIGTERM or POST /drain: seconds to finish in-flight work (sequences, prefills and their KV "
+    "transfers) before what is left ends with an error. The operator sets it from spec.<role>.drainSeconds.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of a random preset's weights.")
 @click.option("--log-level", default="info", show_default=True)
 def worker(
@@ -66,6 +77,7 @@ def worker(
     max_batch_size: int,
     max_model_len: int | None,
     transfer_timeout_seconds: float,
+    drain_timeout_seconds: float,
     seed: int,
     log_level: str,
 ) -> None:
@@ -79,6 +91,7 @@ def worker(
     from dopd_worker.serving import serve
 
     fault = os.environ.get("DOPD_FAULT_EXIT_DURING_TRANSFER")
+    pause = os.environ.get("DOPD_FAULT_PAUSE_DURING_TRANSFER")
     options = WorkerOptions(
         role=role,
         model=model,
@@ -95,8 +108,10 @@ def worker(
         max_batch_size=max_batch_size,
         max_model_len=max_model_len,
         transfer_timeout_seconds=transfer_timeout_seconds,
+        drain_timeout_seconds=drain_timeout_seconds,
         seed=seed,
         fault_exit_during_transfer=int(fault) if fault else None,
+        fault_pause_during_transfer=int(pause) if pause else None,
         ordered_transfers=os.environ.get("DOPD_KV_ORDERED_TRANSFERS") == "1",
     )
     try:
@@ -108,7 +123,7 @@ def worker(
 
         app, state, engine = build_prefill_app(options, loaded)
         engine.start()
-        serve(app, host, port, state)
+        exit_code = serve(app, host, port, state)
         engine.stop()
     else:
         from dopd_worker.decode_server import build_decode_app
@@ -116,8 +131,9 @@ def worker(
         app, state, dengine, pairs = build_decode_app(options, loaded)
         pairs.start()
         dengine.start()
-        serve(app, host, port, state)
+        exit_code = serve(app, host, port, state)
         dengine.stop()
+    sys.exit(exit_code)  # 0 once drained; 3 when the drain timeout ended work with errors
 
 
 @click.command()
@@ -139,7 +155,12 @@ def worker(
     default=None,
     help='JSON {"prefill": [...], "prefill_long": [...], "decode": [...]}, re-read on change.',
 )
-@click.option("--k8s-namespace", default=None, help="Discover workers from Endpoints in this namespace.")
+@click.option(
+    "--k8s-namespace",
+    default=None,
+    help="Discover workers from the role Services' EndpointSlices in this namespace (ready endpoints "
+    "take new work; terminating ones drain).",
+)
 @click.option("--k8s-prefill-service", default=None)
 @click.option("--k8s-long-prefill-service", default=None)
 @click.option("--k8s-decode-service", default=None)
@@ -165,6 +186,34 @@ def worker(
     show_default=True,
     help="Fail a request (503) that no prefill worker took within this time.",
 )
+@click.option(
+    "--ttft-slo-seconds",
+    type=float,
+    default=None,
+    help="Admission: shed (429, Retry-After) a request whose predicted TTFT exceeds its class's share of "
+    "this SLO, and drop a queued one that can no longer meet it. Without it every request is queued.",
+)
+@click.option(
+    "--admission-slo-fraction",
+    "admission_slo_fractions",
+    multiple=True,
+    metavar="CLASS=FRACTION",
+    help="Share of the TTFT SLO a class's predicted TTFT may reach (x-dopd-priority header: interactive, "
+    "standard, batch; defaults 0.95, 0.8, 0.5). Repeatable.",
+)
+@click.option(
+    "--queue-ttl-seconds",
+    type=float,
+    default=None,
+    help="Admission: longest wait plus own prefill before a queued request is dropped (default: the TTFT SLO).",
+)
+@click.option(
+    "--tpot-slo-seconds",
+    type=float,
+    default=None,
+    help="Admission: also shed new requests while the decode workers' measured inter-token latency is "
+    "above a class's share of this SLO (interactive 1.0, standard 0.95, batch 0.9).",
+)
 @click.option("--log-level", default="info", show_default=True)
 def router(
     model: str,
@@ -187,11 +236,16 @@ def router(
     max_model_len: int | None,
     max_retries: int,
     queue_timeout_seconds: float,
+    ttft_slo_seconds: float | None,
+    admission_slo_fractions: tuple[str, ...],
+    queue_ttl_seconds: float | None,
+    tpot_slo_seconds: float | None,
     log_level: str,
 ) -> None:
     """Run the OpenAI-compatible router with length-aware prefill scheduling."""
     _logging(log_level)
     from dopd_worker.discovery import Discovery, FileDiscovery, KubernetesDiscovery, StaticDiscovery
+    from dopd_worker.router_admission import admission_config
     from dopd_worker.router_main import RouterOptions, run_router
     from dopd_worker.scheduler import Policy, SchedulerConfig
 
@@ -200,7 +254,12 @@ def router(
         if not (k8s_prefill_service and k8s_decode_service):
             raise click.UsageError("--k8s-namespace needs --k8s-prefill-service and --k8s-decode-service")
         discovery = KubernetesDiscovery(
-            k8s_namespace, k8s_prefill_service, k8s_decode_service, k8s_long_prefill_service, k8s_port_name
+            k8s_namespace,
+            k8s_prefill_service,
+            k8s_decode_service,
+            k8s_long_prefill_service,
+            k8s_port_name,
+            kubeconfig=os.environ.get("KUBECONFIG"),  # unset in a pod: its ServiceAccount
         )
     elif workers_file is not None:
         discovery = FileDiscovery(workers_file)
@@ -208,6 +267,12 @@ def router(
         if (not prefill_urls and not long_prefill_urls) or not decode_urls:
             raise click.UsageError("give --prefill/--decode URLs, --workers-file, or --k8s-namespace")
         discovery = StaticDiscovery(list(prefill_urls), list(long_prefill_urls), list(decode_urls))
+    try:
+        admission = admission_config(
+            ttft_slo_seconds, admission_slo_fractions, queue_ttl_seconds, tpot_slo_seconds
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     options = RouterOptions(
         model=model,
         served_model_name=served_model_name,
@@ -216,6 +281,7 @@ def router(
         max_model_len=max_model_len,
         max_retries=max_retries,
         queue_timeout_seconds=queue_timeout_seconds,
+        admission=admission,
         scheduler=SchedulerConfig(
             policy=Policy(policy),
             aging_seconds=aging_seconds,

@@ -5,7 +5,12 @@ decode worker), make sure a pair group with the chosen prefill worker exists (th
 master and rank 0), call the prefill worker's /prefill, post one receive per layer once it accepts, wait
 for every layer (with the transfer timeout), then hand the sequence to the continuous-batching engine and
 stream `{"token": id}` lines and a final `{"finish_reason": ...}`. Any failure before the first token
-frees the blocks and answers 502 with the reason; the router may retry.
+frees the blocks and answers 502 with the reason; the router may retry. Once every layer has arrived, it
+confirms receipt to the prefill worker (`POST /prefill/ack`), which keeps the transfer pending until then.
+
+Draining (docs/drain.md): new requests get 503 `worker_draining`; running sequences and KV receives in
+progress finish; at the drain timeout the rest end with an error naming it (a receive in progress with a
+503 the router re-routes, a sequence already streaming with an `error:` finish reason).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from dopd_worker.kv_cache import OutOfBlocks
 from dopd_worker.metrics import create_metrics
 from dopd_worker.runtime import LoadedModel, WorkerOptions
 from dopd_worker.sampling import SamplingParams
-from dopd_worker.serving import ProcessState, error_response
+from dopd_worker.serving import DRAINING_ERROR, PREFILL_REFUSED_ERROR, ProcessState, error_response
 from dopd_worker.transfer import (
     DeviceIdentity,
     PairGroup,
@@ -68,20 +73,27 @@ class DecodePairs:
         self._transfers = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
         self._kinds: dict[str, TransportKind] = {}
-        self._peer_devices: dict[str, DeviceIdentity] = {}
+        # prefill URL -> (device, process id) from its /info. The process id is in the pair id, so a new
+        # pod that reuses a gone pod's IP never meets the group its predecessor left behind.
+        self._peers: dict[str, tuple[DeviceIdentity, str]] = {}
 
     async def peer_device(self, prefill_url: str, client: httpx.AsyncClient) -> DeviceIdentity:
         """The prefill worker's device identity (from its /info, cached): the backend depends on it."""
-        known = self._peer_devices.get(prefill_url)
+        known = self._peers.get(prefill_url)
         if known is None:
             try:
                 resp = await client.get(f"{prefill_url}/info", timeout=self.options.transfer_timeout_seconds)
                 resp.raise_for_status()
-                known = DeviceIdentity.from_json(resp.json()["device"])
+                info = resp.json()
+                known = (DeviceIdentity.from_json(info["device"]), str(info["worker_id"]))
             except (httpx.HTTPError, ValueError, KeyError) as exc:
                 raise PrefillRefused(f"prefill worker {prefill_url} /info failed: {exc}") from exc
-            self._peer_devices[prefill_url] = known
-        return known
+            self._peers[prefill_url] = known
+        return known[0]
+
+    def peer_worker_id(self, prefill_url: str) -> str:
+        known = self._peers.get(prefill_url)
+        return known[1] if known is not None else "unknown"
 
     def ordered(self, kind: TransportKind) -> bool:
         return self.options.ordered_transfers or kind is TransportKind.NCCL
@@ -90,7 +102,8 @@ class DecodePairs:
         self.store = master_store(self.options.kv_host, self.options.kv_port, self.timeout)
 
     def pair_id(self, prefill_url: str) -> str:
-        return f"{self.options.worker_id}/{self._epochs.get(prefill_url, 0)}/{prefill_url}"
+        epoch = self._epochs.get(prefill_url, 0)
+        return f"{self.options.worker_id}/{epoch}/{prefill_url}/{self.peer_worker_id(prefill_url)}"
 
     def rendezvous(self, prefill_url: str) -> Rendezvous:
         kind = self._kinds.get(prefill_url, TransportKind.GLOO)
@@ -159,9 +172,11 @@ class DecodePairs:
         return pending
 
     def fail(self, prefill_url: str) -> None:
-        """Forget this prefill's group: the next request forms a fresh one under a new pair id."""
+        """Forget this prefill's group (and who it was): the next request asks its /info again and forms
+        a fresh group under a new pair id."""
         self.groups.drop(self.pair_id(prefill_url))
         self._epochs[prefill_url] = self._epochs.get(prefill_url, 0) + 1
+        self._peers.pop(prefill_url, None)
 
 
 def build_decode_app(
@@ -183,11 +198,22 @@ def build_decode_app(
     )
     transfers_started = itertools.count(1)
     labels = {"role": "decode", "model": options.model_name}
+    metrics.kv_transfers_pending.labels(**labels).set_function(lambda: float(engine.pending_transfers))
+    receiving: dict[str, asyncio.Task[tuple[int, list[Any]]]] = {}  # KV receives in progress
+    acks: set[asyncio.Task[None]] = set()  # receipts on their way to prefill workers
+    counts = {"kv_transfers_received": 0, "kv_acks_failed": 0}
+    aborted: list[str] = []  # the drain timeout's reason, once it passed
+
+    def abort(reason: str) -> int:
+        aborted.append(reason)
+        for task in receiving.values():
+            task.cancel()
+        return len(receiving) + engine.abort_all(reason)
 
     state = ProcessState(
         role="decode",
         metrics=metrics,
-        in_flight=engine.in_flight,
+        in_flight=lambda: engine.in_flight() + len(acks),
         details=lambda: {
             "kv_usage": cache.allocator.usage(),
             "running": len(engine.active),
@@ -196,7 +222,26 @@ def build_decode_app(
             "model": options.model_name,
             "pending_transfers": engine.pending_transfers,
         },
+        drain_timeout_seconds=options.drain_timeout_seconds,
+        abort=abort,
+        summary=lambda: {"kv_transfers_pending": engine.pending_transfers, **counts},
     )
+
+    async def acknowledge(prefill_url: str, request_id: str) -> None:
+        """Tell the prefill worker every layer arrived: its side of the transfer is then complete."""
+        try:
+            resp = await client.post(
+                f"{prefill_url}/prefill/ack",
+                json={"request_id": request_id},
+                timeout=options.transfer_timeout_seconds,
+            )
+            if resp.status_code == 200:
+                return
+            problem = f"answered {resp.status_code}: {resp.text[:200]}"
+        except httpx.HTTPError as exc:
+            problem = f"failed: {type(exc).__name__}: {exc}"
+        counts["kv_acks_failed"] += 1
+        log.error("confirming the KV of %s to %s %s", request_id, prefill_url, problem)
 
     async def receive_kv(
         request_id: str, prompt: list[int], sampling: SamplingParams, prefill_url: str
@@ -213,6 +258,8 @@ def build_decode_app(
             "rendezvous": rdv.to_json(),
             "tag_base": base,
             "kv_layout": layout,
+            "ack": True,
+            "prefill_worker_id": pairs.peer_worker_id(prefill_url),
         }
         started = time.monotonic()
         works: list[Any] = []
@@ -220,6 +267,8 @@ def build_decode_app(
         async with client.stream("POST", f"{prefill_url}/prefill", json=body) as resp:
             if resp.status_code != 200:
                 text = (await resp.aread()).decode(errors="replace")[:500]
+                if resp.status_code == 409:  # another process now answers at that URL (a new pod)
+                    pairs.fail(prefill_url)
                 raise PrefillRefused(f"prefill worker {prefill_url} answered {resp.status_code}: {text}")
             lines = resp.aiter_lines()
             first = json.loads(await anext(lines))
@@ -240,6 +289,11 @@ def build_decode_app(
                 await asyncio.to_thread(group.wait, works[0], "layer 0")
                 log.error("fault injection: exiting during KV transfer %d", number)
                 os._exit(17)
+            if options.fault_pause_during_transfer == number and works:
+                # Fault injection for the chaos tests: hold a transfer half received until SIGKILLed.
+                await asyncio.to_thread(group.wait, works[0], "layer 0")
+                log.error("fault injection: KV transfer %d paused after layer 0", number)
+                await asyncio.Event().wait()
             for layer, work in enumerate(works):
                 await asyncio.to_thread(group.wait, work, f"KV receive of layer {layer} from {prefill_url}")
             last = json.loads(await anext(lines))
@@ -252,7 +306,7 @@ def build_decode_app(
 
     async def generate(request: Request) -> Response:
         if state.draining:
-            return error_response(503, "decode worker is draining", "unavailable")
+            return error_response(503, "decode worker is draining", DRAINING_ERROR)
         try:
             body = await request.json()
             request_id = str(body["request_id"])
@@ -275,23 +329,41 @@ def build_decode_app(
             return error_response(503, f"decode worker cannot take the request: {exc}", "unavailable")
         engine.pending_transfers += 1
         engine.gauges()
+        receive = asyncio.ensure_future(receive_kv(request_id, prompt, sampling, prefill_url))
+        receiving[request_id] = receive
         try:
-            first_token, staged = await receive_kv(request_id, prompt, sampling, prefill_url)
+            first_token, staged = await receive
+        except asyncio.CancelledError:
+            # The drain timeout, or the router hung up: either way the blocks go back (the layers land
+            # in staging buffers, never in the blocks, until the transfer completes).
+            with engine.lock:
+                engine.cache.allocator.free(request_id)
+            current = asyncio.current_task()
+            if not aborted or (current is not None and current.cancelling()):
+                raise  # the router hung up: nothing to answer
+            pairs.fail(prefill_url)  # its receives may still be posted: this pair group is done
+            log.error("%s: KV receive from %s ended by the drain timeout", request_id, prefill_url)
+            return error_response(503, aborted[0], DRAINING_ERROR)
         except PrefillRefused as exc:
             with engine.lock:
                 engine.cache.allocator.free(request_id)
-            return error_response(503, str(exc), "unavailable")
+            return error_response(503, str(exc), PREFILL_REFUSED_ERROR)
         except (TimeoutError, TransferError, httpx.HTTPError, StopAsyncIteration, ValueError) as exc:
             pairs.fail(prefill_url)
             with engine.lock:
                 engine.cache.allocator.free(request_id)
             metrics.kv_transfer_failures_total.labels(**labels).inc()
             metrics.status("transfer_error")
-            message = f"KV transfer from {prefill_url} failed: {exc or type(exc).__name__}"
+            message = f"KV transfer from {prefill_url} failed: {type(exc).__name__}: {exc}"
             log.warning("%s: %s", request_id, message)
             return error_response(502, message, "kv_transfer_error")
         finally:
+            receiving.pop(request_id, None)
             engine.pending_transfers -= 1
+        counts["kv_transfers_received"] += 1
+        ack = asyncio.ensure_future(acknowledge(prefill_url, request_id))
+        acks.add(ack)
+        ack.add_done_callback(acks.discard)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[int | None, str | None]] = asyncio.Queue()
 

@@ -78,7 +78,12 @@ class EngineThread:
 
 class PrefillEngine(EngineThread):
     def __init__(
-        self, model: LlamaForCausalLM, cache: PagedKVCache, token_budget: int, metrics: Metrics
+        self,
+        model: LlamaForCausalLM,
+        cache: PagedKVCache,
+        token_budget: int,
+        metrics: Metrics,
+        fault_pause_during_transfer: int | None = None,
     ) -> None:
         super().__init__("prefill-engine")
         self.model = model
@@ -89,6 +94,20 @@ class PrefillEngine(EngineThread):
         self._queue: collections.deque[PrefillJob] = collections.deque()
         self.running = 0
         self.eos_ids = model.config.eos_token_ids
+        # Fault injection for the chaos tests: the N-th transfer stops after its first layer, so a test
+        # can SIGKILL this process with a transfer genuinely half sent.
+        self._fault_pause_during_transfer = fault_pause_during_transfer
+        self._jobs_taken = 0
+        self._pause_request_id: str | None = None
+
+    def abort_queued(self, error: BaseException) -> int:
+        """Fail every job not yet in a batch (the drain timeout); a running batch finishes or fails."""
+        with self.cond:
+            jobs, self._queue = list(self._queue), collections.deque()
+        for job in jobs:
+            job.on_done(error)
+        self._gauges()
+        return len(jobs)
 
     def submit(self, job: PrefillJob) -> None:
         with self.cond:
@@ -131,6 +150,9 @@ class PrefillEngine(EngineThread):
                 self._queue.popleft()
                 batch.append((job, table))
                 tokens += len(job.prompt)
+                self._jobs_taken += 1
+                if self._jobs_taken == self._fault_pause_during_transfer:
+                    self._pause_request_id = job.request_id
         return batch
 
     def step(self) -> None:
@@ -164,6 +186,10 @@ class PrefillEngine(EngineThread):
                 sends[job.request_id].append((kv.numel() * kv.element_size(), work))
             except Exception as exc:
                 failed[job.request_id] = TransferError(f"KV send of layer {layer} failed: {exc}")
+                return
+            if job.request_id == self._pause_request_id and layer == 0:
+                log.error("fault injection: transfer of %s paused after layer 0", job.request_id)
+                threading.Event().wait()  # until the test kills this process
 
         def ship_layer(layer: int) -> None:
             # Tagged (gloo) pairs: each layer leaves as soon as it is computed, overlapping the next one.
@@ -260,6 +286,7 @@ class DecodeEngine(EngineThread):
         self.active: list[DecodeSequence] = []
         self.eos_ids = model.config.eos_token_ids
         self.pending_transfers = 0
+        self._aborting: str | None = None
 
     def admit(self, seq: DecodeSequence) -> None:
         with self.cond:
@@ -274,8 +301,33 @@ class DecodeEngine(EngineThread):
     def in_flight(self) -> int:
         return len(self.active) + len(self._joining) + self.pending_transfers
 
+    def abort_all(self, reason: str) -> int:
+        """End every sequence (batched or joining) with `error: reason` (the drain timeout); their
+        streams end with that error, and their blocks are freed. Runs on the engine thread's lock."""
+        with self.cond:
+            self._aborting = reason
+            count = len(self.active) + len(self._joining)
+            self.cond.notify_all()
+        return count
+
     def has_work(self) -> bool:
         return bool(self.active or self._joining or self._cancelled)
+
+    def _abort_pending(self) -> bool:
+        """On the engine thread, between steps: end every sequence when an abort was asked for."""
+        with self.cond:
+            reason, self._aborting = self._aborting, None
+            if reason is None:
+                return False
+            doomed = self.active + list(self._joining)
+            self.active, self._joining = [], collections.deque()
+        for seq in doomed:
+            with self.lock:
+                self.cache.allocator.free(seq.request_id)
+            self.metrics.status("error")
+            seq.emit(None, f"error: {reason}")
+        self.gauges()
+        return True
 
     def gauges(self) -> None:
         labels = {"role": self.metrics.role, "model": self.metrics.model}
@@ -331,6 +383,8 @@ class DecodeEngine(EngineThread):
             self._finish(seq, "cancelled")
 
     def step(self) -> None:
+        if self._abort_pending():
+            return
         self._join()
         if not self.active:
             self.gauges()

@@ -20,8 +20,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from dopd_worker.admission import PRIORITY_HEADER
 from dopd_worker.metrics import Metrics
 from dopd_worker.router import Generation, Router, RouterError
+from dopd_worker.router_admission import AdmissionError, parse_priority, rejection_body, rejection_response
 from dopd_worker.sampling import SamplingParams
 from dopd_worker.serving import ProcessState, error_response
 from dopd_worker.tokenizer import IncrementalDecoder, Tokenizer
@@ -171,6 +173,8 @@ class OpenAIServer:
                     self.metrics.ttft_seconds.labels(**self.labels).observe(gen.first_token_seconds)
                 else:
                     self.metrics.inter_token_latency_seconds.labels(**self.labels).observe(now - last)
+                    if self.router.admission is not None:  # the decode pace admission reads
+                        self.router.admission.pace.observe(now - last, 1.0, now)
                 last = now
                 self.metrics.generation_tokens_total.labels(**self.labels).inc()
                 delta = decoder.push(token)
@@ -190,8 +194,6 @@ class OpenAIServer:
             await tokens.aclose()
 
     def _account(self, gen: Generation, completion_tokens: int, status: str) -> None:
-        self.metrics.prompt_tokens_total.labels(**self.labels).inc(len(gen.prompt_ids))
-        self.metrics.prompt_tokens.labels(**self.labels).observe(len(gen.prompt_ids))
         self.metrics.generation_tokens.labels(**self.labels).observe(completion_tokens)
         self.metrics.status(status)
 
@@ -203,10 +205,22 @@ class OpenAIServer:
             except ValueError as exc:
                 raise RouterError(400, f"invalid JSON body: {exc}", "invalid_request_error") from exc
             parsed = self.parse(body, chat)
+            try:
+                priority = parse_priority(request.headers.get(PRIORITY_HEADER))
+            except ValueError as exc:
+                raise RouterError(400, str(exc), "invalid_request_error") from exc
         except RouterError as err:
             self.metrics.status("rejected")
             return error_response(err.status, err.message, err.kind)
-        gen = Generation(parsed.prompt_ids, parsed.sampling)
+        gen = Generation(parsed.prompt_ids, parsed.sampling, priority=priority)
+        # Every valid request is an arrival, shed or not: the router's arrival rate and prompt lengths are
+        # the demand's (admission sheds long prompts first, so the prefill workers' lengths are not).
+        self.metrics.requests_arrived_total.labels(**self.labels).inc()
+        self.metrics.prompt_tokens_total.labels(**self.labels).inc(len(gen.prompt_ids))
+        self.metrics.prompt_tokens.labels(**self.labels).observe(len(gen.prompt_ids))
+        verdict = self.router.admit(gen)
+        if verdict is not None and not verdict.admitted:
+            return rejection_response(verdict)  # at once, before any queueing
         created = int(time.time())
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         if parsed.stream:
@@ -215,6 +229,8 @@ class OpenAIServer:
         try:
             async for delta in self._texts(gen, parsed.stop):
                 pieces.append(delta)
+        except AdmissionError as shed:  # expired in the queue: counted by the router, not an error
+            return rejection_response(shed.verdict)
         except RouterError as err:
             self._account(gen, 0, "error")
             return error_response(err.status, err.message, err.kind)
@@ -289,6 +305,8 @@ class OpenAIServer:
                 yield chunk(delta, None)
             yield chunk(None if chat else "", gen.finish_reason)
             self._account(gen, len(gen.tokens), "ok")
+        except AdmissionError as shed:  # expired in the queue after the stream began
+            yield {"data": json.dumps({"error": rejection_body(shed.verdict)})}
         except RouterError as err:
             self._account(gen, 0, "error")
             yield {

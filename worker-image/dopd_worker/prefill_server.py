@@ -4,7 +4,10 @@ Protocol (decode -> prefill): the body carries the prompt ids, sampling paramete
 rendezvous (TCPStore address, pair id, device) and the transfer's first tag. The prefill worker joins
 the pair group, answers `{"accepted": true}` (the decode side then posts its receives), runs the prompt
 in its next batch, sends the KV layer by layer, and ends with `{"first_token": id}` or `{"error": msg}`.
-Refusals before acceptance are plain JSON errors (400 bad request, 503 draining).
+Refusals before acceptance are plain JSON errors (400 bad request, 503 `worker_draining`). With
+`"ack": true` the decode side confirms receipt of every layer with `POST /prefill/ack`, and the transfer
+stays pending here until then (`handover.HandoverLedger`): a draining prefill worker exits only when no
+transfer is pending (docs/drain.md).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import datetime
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,10 +26,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from dopd_worker.engine import PrefillEngine, PrefillJob
+from dopd_worker.handover import HandoverLedger
 from dopd_worker.metrics import create_metrics
 from dopd_worker.runtime import LoadedModel, WorkerOptions
 from dopd_worker.sampling import SamplingParams
-from dopd_worker.serving import ProcessState, error_response
+from dopd_worker.serving import DRAINING_ERROR, ProcessState, error_response
 from dopd_worker.transfer import (
     DeviceIdentity,
     PairGroup,
@@ -78,13 +83,18 @@ def build_prefill_app(
     options: WorkerOptions, loaded: LoadedModel
 ) -> tuple[Starlette, ProcessState, PrefillEngine]:
     metrics = create_metrics("prefill", options.model_name)
-    engine = PrefillEngine(loaded.model, loaded.cache, options.token_budget, metrics)
+    labels = {"role": "prefill", "model": options.model_name}
+    engine = PrefillEngine(
+        loaded.model, loaded.cache, options.token_budget, metrics, options.fault_pause_during_transfer
+    )
     pairs = PrefillPairs(
         DeviceIdentity.of(loaded.device),
         loaded.device,
         datetime.timedelta(seconds=options.transfer_timeout_seconds),
     )
-    accepted: set[str] = set()  # request ids from acceptance until their job settles
+    # Request ids from acceptance until the decode side confirms receipt (or the job fails).
+    ledger = HandoverLedger(ack_timeout_seconds=options.transfer_timeout_seconds)
+    metrics.kv_transfers_pending.labels(**labels).set_function(lambda: float(ledger.pending()))
     cache = loaded.cache
     expected_layer = {
         "layers": cache.num_layers,
@@ -93,10 +103,28 @@ def build_prefill_app(
         "dtype": str(loaded.dtype),
     }
 
+    def expire_acks() -> None:
+        for rid in ledger.expire(time.monotonic()):
+            metrics.kv_transfers_unconfirmed_total.labels(**labels).inc()
+            log.error(
+                "KV transfer of %s was sent but the decode side never confirmed it within %gs",
+                rid,
+                options.transfer_timeout_seconds,
+            )
+
+    def abort(reason: str) -> int:
+        """Drain timeout: fail the prompts not yet prefilled (their decode side answers 502 before any
+        token, so the router retries them elsewhere) and stop waiting for acknowledgements."""
+        failed = engine.abort_queued(RuntimeError(reason))
+        for rid in ledger.give_up():
+            metrics.kv_transfers_unconfirmed_total.labels(**labels).inc()
+            log.error("KV transfer of %s unconfirmed at the drain timeout", rid)
+        return failed
+
     state = ProcessState(
         role="prefill",
         metrics=metrics,
-        in_flight=lambda: len(accepted),
+        in_flight=ledger.pending,
         details=lambda: {
             "kv_usage": cache.allocator.usage(),
             "waiting": engine.waiting(),
@@ -105,13 +133,17 @@ def build_prefill_app(
             "model": options.model_name,
             "token_budget": options.token_budget,
             "forming_groups": len(pairs._pending),
-            "in_flight_ids": sorted(accepted)[:20],
+            "pending_transfers": ledger.pending(),
+            "in_flight_ids": sorted(ledger.accepted | set(ledger.awaiting_ack))[:20],
         },
+        drain_timeout_seconds=options.drain_timeout_seconds,
+        abort=abort,
+        summary=ledger.counts,
     )
 
     async def prefill(request: Request) -> Response:
         if state.draining:
-            return error_response(503, "prefill worker is draining", "unavailable")
+            return error_response(503, "prefill worker is draining", DRAINING_ERROR)
         try:
             body = await request.json()
             prompt = [int(t) for t in body["prompt_token_ids"]]
@@ -120,6 +152,7 @@ def build_prefill_app(
             tag_base = int(body["tag_base"])
             layout = dict(body["kv_layout"])
             request_id = str(body["request_id"])
+            wants_ack = bool(body.get("ack", False))
         except (ValueError, KeyError, TypeError) as exc:
             return error_response(400, f"bad /prefill request: {exc}")
         if layout != expected_layer:
@@ -132,14 +165,18 @@ def build_prefill_app(
             return error_response(400, f"prompt of {len(prompt)} tokens; allowed 1..{loaded.max_model_len}")
         if max(prompt) >= loaded.config.vocab_size or min(prompt) < 0:
             return error_response(400, f"prompt token ids must be in [0, {loaded.config.vocab_size})")
-        if request_id in accepted:
+        peer_id = body.get("prefill_worker_id")
+        if peer_id is not None and peer_id != options.worker_id:
+            return error_response(
+                409, f"this prefill process is {options.worker_id}, not {peer_id} (a new pod at this address)"
+            )
+        if not ledger.accept(request_id):
             return error_response(409, f"request {request_id} is already being prefilled here")
-        accepted.add(request_id)
         log.debug("prefill %s accepted for %s", request_id, rdv.pair_id)
         try:
             group = await pairs.ensure(rdv)
         except BaseException as exc:
-            accepted.discard(request_id)
+            ledger.settle(request_id, sent=False, wants_ack=wants_ack, now=time.monotonic())
             if isinstance(exc, TransferError):
                 return error_response(502, str(exc), "kv_transfer_error")
             raise
@@ -147,9 +184,13 @@ def build_prefill_app(
         done: asyncio.Future[int | BaseException] = loop.create_future()
 
         def settle(result: int | BaseException) -> None:
-            # In flight until the job settles, whatever the client does: when the decode worker hangs up,
-            # Starlette cancels the stream, and with it `done`, so do not make this depend on `done`.
-            accepted.discard(request_id)
+            # Pending until the job settles (and then until the decode side acknowledges), whatever the
+            # client does: when the decode worker hangs up, Starlette cancels the stream, and with it
+            # `done`, so do not make this depend on `done`.
+            sent = not isinstance(result, BaseException)
+            ledger.settle(request_id, sent=sent, wants_ack=wants_ack, now=time.monotonic())
+            if sent and wants_ack:
+                loop.call_later(options.transfer_timeout_seconds + 0.01, expire_acks)
             if isinstance(result, BaseException) and group.broken:
                 pairs.groups.drop(rdv.pair_id)
             if not done.done():
@@ -172,10 +213,21 @@ def build_prefill_app(
 
         return StreamingResponse(stream(), media_type="application/x-ndjson")
 
+    async def acknowledge(request: Request) -> JSONResponse:
+        """The decode side received every layer of this request's KV: the hand-over is complete."""
+        try:
+            request_id = str((await request.json())["request_id"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return error_response(400, f"bad /prefill/ack request: {exc}")
+        if not ledger.acknowledge(request_id):
+            return error_response(404, f"no KV transfer of {request_id} awaits an acknowledgement here")
+        return JSONResponse({"confirmed": True})
+
     async def info(request: Request) -> JSONResponse:
         return JSONResponse(
             {
                 "role": "prefill",
+                "worker_id": options.worker_id,
                 "model": options.model_name,
                 "kv_layout": expected_layer,
                 "device": pairs.device.to_json(),
@@ -183,6 +235,11 @@ def build_prefill_app(
         )
 
     app = Starlette(
-        routes=[Route("/prefill", prefill, methods=["POST"]), Route("/info", info), *state.routes()]
+        routes=[
+            Route("/prefill", prefill, methods=["POST"]),
+            Route("/prefill/ack", acknowledge, methods=["POST"]),
+            Route("/info", info),
+            *state.routes(),
+        ]
     )
     return app, state, engine

@@ -5,8 +5,9 @@ token ids. The OpenAI HTTP surface on top of it lives in `openai_api.py`.
 A request waits in the prefill queue until the policy gives it a prefill worker; the router then picks
 the decode worker with the least KV usage and calls its /generate with that prefill worker's URL (the
 decode worker pulls the prefill and the KV transfer). The prefill worker's slot is released when the
-first token arrives. Failures before the first token are retried up to `max_retries` times; later ones
-end the stream with an error.
+first token arrives. Before the first token a request may move (`generate`): refusals by a draining or
+vanished worker go elsewhere without using a retry, failures are retried up to `max_retries` times;
+after it, a failure ends the stream with an error (docs/drain.md).
 """
 
 from __future__ import annotations
@@ -21,10 +22,16 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from dopd_worker.admission import DEFAULT_PRIORITY, Priority, Verdict
 from dopd_worker.discovery import Discovery, WorkerSet
 from dopd_worker.metrics import Metrics
+from dopd_worker.router_admission import AdmissionError, RouterAdmission
 from dopd_worker.sampling import SamplingParams
 from dopd_worker.scheduler import Lane, PrefillQueue, PrefillWorkerLoad, QueuedPrompt, SchedulerConfig
+from dopd_worker.serving import DRAINING_ERROR, PREFILL_REFUSED_ERROR
+
+# Refusals: the worker did no work for the request, so sending it elsewhere costs nothing and is safe.
+_REFUSALS = frozenset({DRAINING_ERROR, PREFILL_REFUSED_ERROR})
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,9 @@ class Generation:
     decode_url: str | None = None
     prefill_url: str | None = None
     tokens: list[int] = field(default_factory=list)
+    # admission (router_admission): the request's class, and when it leaves the queue unserved
+    priority: Priority = DEFAULT_PRIORITY
+    queue_deadline_seconds: float | None = None
 
 
 class Router:
@@ -81,8 +91,10 @@ class Router:
         max_retries: int,
         health_interval_seconds: float = 0.2,
         queue_timeout_seconds: float = 600.0,
+        admission: RouterAdmission | None = None,
     ) -> None:
         self.queue_timeout_seconds = queue_timeout_seconds
+        self.admission = admission  # None: every request is queued (no SLO given)
         self.queue = PrefillQueue(scheduler)
         self.metrics = metrics
         self.max_retries = max_retries
@@ -112,7 +124,11 @@ class Router:
                 task.add_done_callback(self._tasks.discard)
             else:
                 known.lane = lane
-        log.info("workers: %s", {u: s.role for u, s in self.workers.items() if s.present})
+        log.info(
+            "workers: %s; draining: %s",
+            {u: s.role for u, s in self.workers.items() if s.present},
+            list(workers.draining),
+        )
         self.dispatch()
 
     async def _poll_one(self, state: WorkerState) -> None:
@@ -163,6 +179,8 @@ class Router:
                 state.inflight_tokens += prompt_tokens
                 state.inflight_long += int(self.queue.is_long(prompt_tokens))
                 state.inflight_requests += 1
+                if self.admission is not None:
+                    self.admission.meter.started(state.url, assignment.request_id, now)
                 waiter.set_result(assignment.worker)
         self._gauges()
 
@@ -171,21 +189,60 @@ class Router:
         self.metrics.requests_waiting.labels(**labels).set(len(self.queue))
         self.metrics.requests_running.labels(**labels).set(self.running)
 
+    # ---- admission (router_admission, the pure policy in admission.py) --------------------------------
+    def admit(self, gen: Generation) -> Verdict | None:
+        """Admit or shed a new request before it is queued; None when admission is off. A shed request
+        is counted by reason; an admitted one carries its queue deadline."""
+        if self.admission is None:
+            return None
+        verdict = self.admission.admit(
+            self.workers.values(),
+            len(gen.prompt_ids),
+            len(gen.prompt_ids) + gen.sampling.max_tokens,
+            gen.priority,
+            gen.arrival_seconds,
+        )
+        gen.queue_deadline_seconds = verdict.queue_deadline_seconds
+        return verdict
+
+    def _queue_wait_seconds(self, gen: Generation, now: float) -> tuple[float, bool]:
+        """How long the request may wait for a prefill worker, and whether its admission deadline (not
+        the queue timeout) sets that."""
+        if gen.queue_deadline_seconds is None:
+            return self.queue_timeout_seconds, False
+        left = gen.queue_deadline_seconds - now
+        return (left, True) if left < self.queue_timeout_seconds else (self.queue_timeout_seconds, False)
+
     async def _acquire_prefill(self, gen: Generation) -> WorkerState:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[str] = loop.create_future()
         self._waiters[gen.request_id] = (waiter, len(gen.prompt_ids))
         queued = time.monotonic()
         self.queue.push(QueuedPrompt(gen.request_id, len(gen.prompt_ids), queued))
+        if self.admission is not None:
+            self.admission.queued.add(len(gen.prompt_ids))
         self.dispatch()
+        wait_seconds, by_deadline = self._queue_wait_seconds(gen, queued)
         try:
             # shield: on timeout the waiter must stay inspectable (it may have been assigned just then)
-            url = await asyncio.wait_for(asyncio.shield(waiter), self.queue_timeout_seconds)
+            url = await asyncio.wait_for(asyncio.shield(waiter), wait_seconds)
         except TimeoutError:
             if waiter.done():
                 self._release_prefill(gen, self.workers[waiter.result()])
             else:
                 waiter.cancel()
+            if by_deadline and self.admission is not None:
+                now = time.monotonic()
+                raise AdmissionError(
+                    self.admission.expire(
+                        self.workers.values(),
+                        len(gen.prompt_ids),
+                        len(gen.prompt_ids) + gen.sampling.max_tokens,
+                        gen.priority,
+                        now - gen.arrival_seconds,
+                        now,
+                    )
+                ) from None
             raise RouterError(
                 503,
                 f"no prefill worker took the request within {self.queue_timeout_seconds:.0f}s "
@@ -200,22 +257,30 @@ class Router:
         finally:
             self._waiters.pop(gen.request_id, None)
             self.queue.remove(gen.request_id)
+            if self.admission is not None:
+                self.admission.queued.remove(len(gen.prompt_ids))
             self._gauges()
         gen.queue_seconds += time.monotonic() - queued
         return self.workers[url]
 
-    def _release_prefill(self, gen: Generation, state: WorkerState) -> None:
+    def _release_prefill(self, gen: Generation, state: WorkerState, served: bool = False) -> None:
+        """Give the prefill slot back: at the first token (`served`) or when the attempt failed."""
         state.inflight_tokens -= len(gen.prompt_ids)
         state.inflight_long -= int(self.queue.is_long(len(gen.prompt_ids)))
         state.inflight_requests -= 1
+        if self.admission is not None:
+            self.admission.meter.finished(
+                state.url, gen.request_id, len(gen.prompt_ids), served, time.monotonic()
+            )
         self.dispatch()
 
-    def _pick_decode(self, exclude: set[str]) -> WorkerState:
-        candidates = [
-            s for s in self.workers.values() if s.role == "decode" and s.usable and s.url not in exclude
-        ]
+    def _pick_decode(self, exclude: set[str]) -> WorkerState | None:
+        """The usable decode worker with the least KV usage, one not tried yet (`exclude`) if there is
+        any (else a tried one: a retry on the same worker beats failing); None when none is usable."""
+        usable = [s for s in self.workers.values() if s.role == "decode" and s.usable]
+        candidates = [s for s in usable if s.url not in exclude] or usable
         if not candidates:
-            raise RouterError(503, "no decode worker is available", "unavailable")
+            return None
         return min(
             candidates,
             key=lambda s: (
@@ -225,19 +290,42 @@ class Router:
             ),
         )
 
+    async def _await_decode(self, gen: Generation, exclude: set[str]) -> WorkerState:
+        """A decode worker for `gen`, waiting while none is usable (a rollout can retire the last old pod
+        a moment before the router has seen its replacement answer), until the queue timeout since the
+        request arrived."""
+        deadline = gen.arrival_seconds + self.queue_timeout_seconds
+        while (decode := self._pick_decode(exclude)) is None:
+            if time.monotonic() >= deadline:
+                raise RouterError(
+                    503,
+                    f"no decode worker became available within {self.queue_timeout_seconds:.0f}s",
+                    "unavailable",
+                )
+            await asyncio.sleep(self.health_interval_seconds / 4)
+        return decode
+
     # ---- one request -----------------------------------------------------------------------------
     async def generate(self, gen: Generation) -> AsyncGenerator[int, None]:
-        """Token ids of one request; raises RouterError with a clear message when it fails."""
+        """Token ids of one request; raises RouterError with a clear message when it fails.
+
+        Before its first token a request may move, and nothing was sent to the client yet, so nothing is
+        duplicated: a refusal (a draining decode worker, a prefill peer that is draining or gone, a decode
+        worker that no longer accepts connections) goes to another worker without using a retry, at most
+        once per known worker; a failure (a KV transfer broken by a dying worker) is retried up to
+        `max_retries` times on another decode worker. After the first token nothing moves: a failure ends
+        the stream with an error.
+        """
         tried_decode: set[str] = set()
+        failures = refusals = 0
         self.running += 1
         try:
-            for attempt in range(self.max_retries + 1):
-                last = attempt == self.max_retries
+            while True:
                 prefill = await self._acquire_prefill(gen)
                 released = False
                 try:
-                    decode = self._pick_decode(tried_decode)
-                except RouterError:
+                    decode = await self._await_decode(gen, tried_decode)
+                except BaseException:
                     self._release_prefill(gen, prefill)
                     raise
                 gen.prefill_url, gen.decode_url = prefill.url, decode.url
@@ -245,7 +333,7 @@ class Router:
                 decode.inflight_tokens += reserved
                 decode.inflight_requests += 1
                 body = {
-                    "request_id": f"{gen.request_id}-{attempt}",
+                    "request_id": f"{gen.request_id}-{failures + refusals}",
                     "prompt_token_ids": gen.prompt_ids,
                     "sampling": gen.sampling.to_json(),
                     "prefill_url": prefill.url,
@@ -264,7 +352,7 @@ class Router:
                             if "token" in event:
                                 if not released:
                                     released = True
-                                    self._release_prefill(gen, prefill)
+                                    self._release_prefill(gen, prefill, served=True)
                                 got_token = True
                                 gen.tokens.append(int(event["token"]))
                                 yield gen.tokens[-1]
@@ -282,23 +370,29 @@ class Router:
                         "upstream_error",
                     )
                 except (httpx.HTTPError, RouterError) as exc:
-                    err = (
-                        exc
-                        if isinstance(exc, RouterError)
-                        else RouterError(
-                            502,
-                            f"decode worker {decode.url} failed: {type(exc).__name__}: {exc}",
-                            "upstream_error",
-                        )
-                    )
+                    err = _as_router_error(exc, decode.url)
                     if isinstance(exc, httpx.TransportError):
                         self._mark_unhealthy(decode.url)
-                    if got_token or last or err.status not in (502, 503):
+                    if got_token or err.status not in (502, 503):
                         raise err from exc
-                    log.warning(
-                        "request %s attempt %d failed, retrying: %s", gen.request_id, attempt, err.message
-                    )
+                    if err.kind in _REFUSALS and refusals < len(self.workers):
+                        refusals += 1
+                        if err.kind == PREFILL_REFUSED_ERROR:
+                            self._mark_unhealthy(prefill.url)  # until its next health poll says otherwise
+                        else:
+                            self._mark_unhealthy(decode.url)
+                            tried_decode.add(decode.url)
+                        log.info("request %s refused, re-routing: %s", gen.request_id, err.message)
+                        continue
+                    if failures >= self.max_retries:
+                        raise err from exc
+                    failures += 1
+                    if err.kind == "kv_transfer_error":
+                        self._mark_unhealthy(prefill.url)  # either end may have died; the poll tells
                     tried_decode.add(decode.url)
+                    log.warning(
+                        "request %s attempt %d failed, retrying: %s", gen.request_id, failures, err.message
+                    )
                 finally:
                     if not released:
                         self._release_prefill(gen, prefill)
@@ -314,13 +408,27 @@ class Router:
 
 def _upstream_error(status: int, text: str, url: str) -> RouterError:
     try:
-        message = json.loads(text)["error"]["message"]
+        error = json.loads(text)["error"]
+        message, kind = str(error["message"]), str(error.get("type", ""))
     except (ValueError, KeyError, TypeError):
-        message = text[:300]
+        message, kind = text[:300], ""
     if status == 400:
         return RouterError(400, message, "invalid_request_error")
+    if status == 503 and kind in _REFUSALS:
+        return RouterError(503, f"decode worker {url}: {message}", kind)
+    if status == 503:
+        return RouterError(503, f"decode worker {url}: {message}", "unavailable")
+    transfer_failed = kind == "kv_transfer_error"
     return RouterError(
-        503 if status == 503 else 502,
-        f"decode worker {url}: {message}",
-        "unavailable" if status == 503 else "upstream_error",
+        502, f"decode worker {url}: {message}", "kv_transfer_error" if transfer_failed else "upstream_error"
     )
+
+
+def _as_router_error(exc: httpx.HTTPError | RouterError, url: str) -> RouterError:
+    """What the client would get; a decode worker that refuses connections (it exited after draining,
+    before discovery caught up) is a refusal: the request never reached it."""
+    if isinstance(exc, RouterError):
+        return exc
+    if isinstance(exc, httpx.ConnectError):
+        return RouterError(503, f"decode worker {url} refused the connection: {exc}", DRAINING_ERROR)
+    return RouterError(502, f"decode worker {url} failed: {type(exc).__name__}: {exc}", "upstream_error")

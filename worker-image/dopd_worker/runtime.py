@@ -37,7 +37,11 @@ class WorkerOptions:
     transfer_timeout_seconds: float = 30.0
     seed: int = 0
     served_model_name: str | None = None
+    # Seconds a draining worker (SIGTERM or POST /drain) gets before what is left ends with an error;
+    # the operator sets it from spec.<role>.drainSeconds (whose default it matches). None: no limit.
+    drain_timeout_seconds: float | None = 120.0
     fault_exit_during_transfer: int | None = None
+    fault_pause_during_transfer: int | None = None  # chaos tests: hold the N-th transfer after layer 0
     ordered_transfers: bool = False  # force NCCL's in-order transfer protocol on any backend (tests)
     worker_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 

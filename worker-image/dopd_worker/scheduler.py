@@ -1,5 +1,9 @@
 """The router's prefill scheduling policy (DOPD's length-aware scheduling), pure: no clock, no I/O.
 
+One implementation, two callers: the router (`router.Router.dispatch`, workers are HTTP endpoints) and
+the simulator (`dopd_sim.queues`, workers are simulated prefill replicas, request ids their trace
+indices as strings), so a simulated run schedules prompts exactly as the router would.
+
 Requests wait in one queue and are handed to prefill workers as they have room. Under `length-aware`:
 - shortest prompt first, so short prompts are not stuck behind long ones (prefill time is convex in
   length, so SJF minimizes mean TTFT);
@@ -11,13 +15,21 @@ Under `fifo` (the baseline): arrival order, head of line, no lanes.
 
 A worker has room when it holds no in-flight prompt or the in-flight tokens plus this prompt fit its
 token budget (the prefill worker batches what it holds under the same budget).
+
+`next_assignment` costs O(workers) per call plus O(log n) per prompt it looks at, not O(n log n): the
+order above is kept in three heaps (arrival order, short prompts by length, long prompts by length).
+Only aged prompts and one prompt per class are looked at, because a prompt that finds no room means
+every longer prompt of its class finds none either (the same workers, room being monotone in length).
 """
 
 from __future__ import annotations
 
 import enum
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import count
+from typing import Protocol
 
 
 class Policy(enum.Enum):
@@ -37,9 +49,23 @@ class QueuedPrompt:
     arrival_seconds: float
 
 
+class WorkerLoad(Protocol):
+    """What the policy needs to know about one prefill worker (the router's snapshot, or a simulated
+    replica's live fields)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def lane(self) -> Lane: ...
+    @property
+    def inflight_tokens(self) -> int: ...
+    @property
+    def inflight_long(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class PrefillWorkerLoad:
-    """What the policy needs to know about one prefill worker."""
+    """The router's snapshot of one prefill worker."""
 
     name: str
     lane: Lane
@@ -65,51 +91,75 @@ class SchedulerConfig:
             raise ValueError("aging_seconds, long_prompt_tokens and token_budget must be positive")
 
 
+# Heap entries: (key..., insertion number, prompt); the insertion number makes ties deterministic.
+_ArrivalEntry = tuple[float, int, QueuedPrompt]
+_LengthEntry = tuple[int, float, int, QueuedPrompt]
+
+
+def _least_loaded(worker: WorkerLoad) -> tuple[int, str]:
+    return (worker.inflight_tokens, worker.name)
+
+
 class PrefillQueue:
     """The waiting prompts and the policy that picks the next (prompt, worker) pair."""
 
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
         self._waiting: dict[str, QueuedPrompt] = {}
+        self._by_arrival: list[_ArrivalEntry] = []
+        self._short: list[_LengthEntry] = []
+        self._long: list[_LengthEntry] = []
+        self._inserted = count()
 
     def __len__(self) -> int:
         return len(self._waiting)
 
     def push(self, item: QueuedPrompt) -> None:
         self._waiting[item.request_id] = item
+        number = next(self._inserted)
+        heapq.heappush(self._by_arrival, (item.arrival_seconds, number, item))
+        if self.config.policy is Policy.LENGTH_AWARE:
+            by_length = self._long if self.is_long(item.prompt_tokens) else self._short
+            heapq.heappush(by_length, (item.prompt_tokens, item.arrival_seconds, number, item))
 
     def remove(self, request_id: str) -> None:
-        self._waiting.pop(request_id, None)
+        self._waiting.pop(request_id, None)  # the heaps drop it lazily
 
     def is_long(self, prompt_tokens: int) -> bool:
         return prompt_tokens > self.config.long_prompt_tokens
 
+    def _live(self, item: QueuedPrompt) -> bool:
+        return self._waiting.get(item.request_id) is item
+
+    def _aged(self, item: QueuedPrompt, now_seconds: float) -> bool:
+        return now_seconds - item.arrival_seconds >= self.config.aging_seconds
+
     def ordered(self, now_seconds: float) -> list[QueuedPrompt]:
-        """Waiting prompts in the order the policy serves them."""
+        """Waiting prompts in the order the policy serves them (for inspection; dispatch does not sort)."""
         items = list(self._waiting.values())
         if self.config.policy is Policy.FIFO:
             return sorted(items, key=lambda q: q.arrival_seconds)
 
         def key(q: QueuedPrompt) -> tuple[int, float, float]:
-            aged = now_seconds - q.arrival_seconds >= self.config.aging_seconds
+            aged = self._aged(q, now_seconds)
             return (0, q.arrival_seconds, 0.0) if aged else (1, float(q.prompt_tokens), q.arrival_seconds)
 
         return sorted(items, key=key)
 
-    def _fits(self, item: QueuedPrompt, worker: PrefillWorkerLoad) -> bool:
+    def _fits(self, item: QueuedPrompt, worker: WorkerLoad) -> bool:
         return (
             worker.inflight_tokens == 0
             or worker.inflight_tokens + item.prompt_tokens <= self.config.token_budget
         )
 
-    def _pool(
-        self, item: QueuedPrompt, workers: Sequence[PrefillWorkerLoad], aged: bool
-    ) -> list[PrefillWorkerLoad]:
+    def _pool(self, item: QueuedPrompt, workers: Sequence[WorkerLoad], aged: bool) -> list[WorkerLoad]:
         """Workers this prompt may use right now (lanes and the long-prompt limit), room aside. An aged long
         prompt may use any shared worker: the aging bound outranks keeping one free for short prompts."""
         if self.config.policy is Policy.FIFO:
             return list(workers)
         long_lane = [w for w in workers if w.lane is Lane.LONG]
+        if not long_lane and not self.is_long(item.prompt_tokens):
+            return list(workers)  # the common case: every worker is shared
         shared = [w for w in workers if w.lane is Lane.SHARED]
         if not self.is_long(item.prompt_tokens):
             return shared or long_lane
@@ -121,23 +171,91 @@ class PrefillQueue:
             return shared
         return [w for w in shared if w.inflight_long > 0]
 
-    def next_assignment(self, now_seconds: float, workers: Sequence[PrefillWorkerLoad]) -> Assignment | None:
+    def _place(
+        self, item: QueuedPrompt, workers: Sequence[WorkerLoad], aged: bool, reserved: set[str]
+    ) -> tuple[WorkerLoad | None, list[WorkerLoad]]:
+        """The worker this prompt goes to (least in-flight tokens among those with room), or None, and
+        the pool it may use. The least-loaded worker of the pool has room if any has: room is monotone
+        in the in-flight tokens."""
+        pool = self._pool(item, workers, aged)
+        if reserved:
+            pool = [w for w in pool if w.name not in reserved]
+        if not pool:
+            return None, pool
+        best = min(pool, key=_least_loaded)
+        return (best if self._fits(item, best) else None), pool
+
+    def _assign(self, item: QueuedPrompt, worker: WorkerLoad) -> Assignment:
+        del self._waiting[item.request_id]
+        return Assignment(item.request_id, worker.name)
+
+    def next_assignment(self, now_seconds: float, workers: Sequence[WorkerLoad]) -> Assignment | None:
         """The next prompt to dispatch and where, or None when nothing can go now. Removes it from the queue.
 
-        An aged prompt that finds no room reserves the workers it may use: younger prompts cannot take
-        them, so it gets the first one that frees up (the aging bound), while other workers keep serving.
+        Equivalent to walking `ordered(now)` and taking the first prompt some worker has room for. An aged
+        prompt that finds no room reserves the workers it may use: younger prompts cannot take them, so it
+        gets the first one that frees up (the aging bound), while other workers keep serving.
         """
+        if not self._waiting or not workers:
+            return None
+        if self.config.policy is Policy.FIFO:
+            head = self._head(self._by_arrival)
+            if head is None:
+                return None
+            worker, _ = self._place(head, workers, False, set())
+            return None if worker is None else self._assign(head, worker)
         reserved: set[str] = set()
-        for item in self.ordered(now_seconds):
-            aged = now_seconds - item.arrival_seconds >= self.config.aging_seconds
-            pool = [w for w in self._pool(item, workers, aged) if w.name not in reserved]
-            candidates = [w for w in pool if self._fits(item, w)]
-            if candidates:
-                best = min(candidates, key=lambda w: (w.inflight_tokens, w.name))
-                del self._waiting[item.request_id]
-                return Assignment(item.request_id, best.name)
-            if self.config.policy is Policy.FIFO:
-                return None  # head of line: nobody overtakes
-            if aged:
-                reserved.update(w.name for w in pool)
+        # Aged prompts first, oldest first; each one that finds no room reserves its workers (once every
+        # worker is reserved, nothing else can go).
+        skipped: list[_ArrivalEntry] = []
+        found: Assignment | None = None
+        while self._by_arrival and len(reserved) < len(workers):
+            entry = self._by_arrival[0]
+            item = entry[2]
+            if not self._live(item):
+                heapq.heappop(self._by_arrival)
+                continue
+            if not self._aged(item, now_seconds):
+                break
+            worker, pool = self._place(item, workers, True, reserved)
+            if worker is not None:
+                found = self._assign(item, worker)
+                break
+            reserved.update(w.name for w in pool)
+            skipped.append(heapq.heappop(self._by_arrival))
+        for entry in skipped:
+            heapq.heappush(self._by_arrival, entry)
+        if found is not None or len(reserved) >= len(workers):
+            return found
+        # Then the shortest young prompt of each class; if it has no room, no longer one of its class has.
+        for by_length in (self._short, self._long):
+            item_or_none = self._shortest_young(by_length, now_seconds)
+            if item_or_none is None:
+                continue
+            worker, _ = self._place(item_or_none, workers, False, reserved)
+            if worker is not None:
+                return self._assign(item_or_none, worker)
         return None
+
+    def _head(self, heap: list[_ArrivalEntry]) -> QueuedPrompt | None:
+        while heap and not self._live(heap[0][2]):
+            heapq.heappop(heap)
+        return heap[0][2] if heap else None
+
+    def _shortest_young(self, heap: list[_LengthEntry], now_seconds: float) -> QueuedPrompt | None:
+        """The shortest live prompt of a class that has not aged (aged ones were served above)."""
+        aged: list[_LengthEntry] = []
+        found: QueuedPrompt | None = None
+        while heap:
+            item = heap[0][3]
+            if not self._live(item):
+                heapq.heappop(heap)
+                continue
+            if self._aged(item, now_seconds):
+                aged.append(heapq.heappop(heap))
+                continue
+            found = item
+            break
+        for entry in aged:
+            heapq.heappush(heap, entry)
+        return found
