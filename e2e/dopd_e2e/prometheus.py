@@ -122,6 +122,12 @@ class Prometheus:
         except OSError:
             return ""
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill leaves it (the data dir stays; `stop` removes it)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
     def stop(self) -> None:
         """Stop the process and delete its data dir."""
         if self.process.poll() is None:
@@ -143,8 +149,10 @@ def start_prometheus(
     extra_config: Mapping[str, Any] | None = None,
     work_dir: Path | None = None,
     ready_timeout: float = 30.0,
+    port: int | None = None,
 ) -> Prometheus:
-    """Start Prometheus on a free 127.0.0.1 port scraping ``targets``; returns once /-/ready answers."""
+    """Start Prometheus on a free 127.0.0.1 port (or `port`, to restart one where clients expect it)
+    scraping ``targets``; returns once /-/ready answers."""
     binary = find_prometheus()
     work = work_dir or Path(tempfile.mkdtemp(prefix="dopd-e2e-prometheus-"))
     config = scrape_config(targets, scrape_interval)
@@ -153,14 +161,14 @@ def start_prometheus(
     (work / "data").mkdir(exist_ok=True)
     last_error = ""
     for _attempt in range(3):  # the free port can be taken between probe and bind: retry
-        port = free_port()
+        listen = port if port is not None else free_port()
         log = (work / "prometheus.log").open("wb")
         proc = subprocess.Popen(
             [
                 binary,
                 f"--config.file={work / 'prometheus.yml'}",
                 f"--storage.tsdb.path={work / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
+                f"--web.listen-address=127.0.0.1:{listen}",
                 "--storage.tsdb.retention.time=1d",
                 "--web.enable-lifecycle",
                 "--log.level=warn",
@@ -170,7 +178,9 @@ def start_prometheus(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        prom = Prometheus(url=f"http://127.0.0.1:{port}", port=port, work_dir=work, process=proc, _log=log)
+        prom = Prometheus(
+            url=f"http://127.0.0.1:{listen}", port=listen, work_dir=work, process=proc, _log=log
+        )
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline and proc.poll() is None:
             try:

@@ -109,6 +109,14 @@ class RoleSpec(ApiModel):
         le=7200,
         description="Expected seconds from pod creation to Ready; dopd scales for the load at now + startup + interval.",
     )
+    drain_seconds: float = Field(
+        120.0,
+        ge=0,
+        le=3600,
+        description="Seconds a pod being removed (scale-down or rollout) gets to finish its work before it is "
+        "killed: decode its sequences, prefill its prompts and their KV transfers. Sets the pods' "
+        "terminationGracePeriodSeconds; the engine drains on SIGTERM.",
+    )
     template: dict[str, Any] | None = Field(
         None,
         description="Pod template (a core/v1 PodTemplateSpec) for this role's Deployment; the engine preset fills it when omitted.",
@@ -453,6 +461,10 @@ class RoleStatus(ApiModel):
     desired: int = Field(0, ge=0, description="Replicas dopd decided on.")
     current: int = Field(0, ge=0, description="Replicas the Deployment has (spec.replicas).")
     ready: int = Field(0, ge=0, description="Ready replicas.")
+    unschedulable: int = Field(0, ge=0, description="Pods the scheduler cannot place (not enough GPUs).")
+    startup_seconds: float | None = Field(
+        None, description="Learned seconds from pod creation to Ready (recent pods); sets the lead time."
+    )
     summary: str = Field("0/0", description="ready/desired, for kubectl get.")
 
 

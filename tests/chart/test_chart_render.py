@@ -31,7 +31,6 @@ NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
     ("events.k8s.io", "events"): {"create", "patch"},
     ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch"},
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch"},
-    ("keda.sh", "scaledobjects"): {"get", "list", "watch"},
     ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
 }
 CLUSTER_RULES: dict[tuple[str, str], set[str]] = {

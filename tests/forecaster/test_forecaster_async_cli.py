@@ -24,9 +24,13 @@ def _history(n: int = 120) -> tuple[np.ndarray, np.ndarray]:
 
 async def test_forecast_async_matches_the_synchronous_call() -> None:
     stamps, values = _history()
-    expected = SeriesForecaster().forecast(stamps, values, horizon_s=60.0)
+    # a generous per-fit limit: a fit cut short on a busy machine in one call but not the other would
+    # make the two differ for a reason that has nothing to do with the executor
+    expected = SeriesForecaster(fit_timeout_s=120.0).forecast(stamps, values, horizon_s=60.0)
     with ThreadPoolExecutor(max_workers=1) as executor:
-        result = await forecast_async(SeriesForecaster(), stamps, values, 60.0, executor=executor)
+        result = await forecast_async(
+            SeriesForecaster(fit_timeout_s=120.0), stamps, values, 60.0, executor=executor, timeout_s=240.0
+        )
     assert result == expected
 
 
