@@ -22,8 +22,8 @@ setup-python:  ## create/reuse the venv in $(VENV) and install dopd[dev,worker] 
 
 setup: setup-python cluster-build prometheus-install  ## everything the tests need: venv, Kubernetes binaries, Prometheus
 
-demo: setup-python  ## replay a real trace through dopd and two baselines in the simulator and print the table
-	$(VENV)/bin/dopd demo
+demo: setup-python prometheus-install  ## dopd live on a local cluster (built and cached on first use): helm install, a day of load in minutes, a report
+	$(PY) scripts/demo.py $(DEMO_ARGS)
 
 test: setup  ## run the whole suite (unit, property, integration, e2e against the local control plane)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -49,4 +49,7 @@ bench: setup-python  ## run the benchmarks and rewrite docs/benchmarks/*.md
 	$(PY) bench/forecast_bench.py
 	$(PY) bench/worker_bench.py
 	$(PY) bench/sim_bench.py
+	$(PY) bench/overload_bench.py
+	$(MAKE) cluster-build prometheus-install
+	$(PY) bench/operator_bench.py
 	$(PY) -m pytest tests/operator/test_bench_planner.py --benchmark-enable -q
