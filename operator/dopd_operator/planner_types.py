@@ -50,6 +50,13 @@ class Observation(_Frozen):
         ge=0,
         description="Burstiness: squared coefficient of variation of inter-arrival times (Poisson = 1).",
     )
+    prefix_cache_hit_rate: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Share of prompt tokens served from the prefix cache over the window (vLLM "
+        "prefix_cache_hits/prefix_cache_queries, SGLang cache_hit_rate); None: unknown, sized as no hits.",
+    )
     prefill_queue_depth: float | None = Field(None, ge=0, description="Requests waiting for prefill.")
     decode_kv_usage: float | None = Field(None, ge=0, le=1, description="Mean decode KV usage 0..1.")
     decode_running: float | None = Field(None, ge=0, description="Sequences decoding, all replicas.")
@@ -85,11 +92,41 @@ class Observation(_Frozen):
 
     @property
     def load_known(self) -> bool:
-        """True when everything the capacity model needs is known."""
-        return None not in (self.arrival_rate_rps, self.input_tokens_mean, self.output_tokens_mean)
+        """True when everything the capacity model needs is known. With no arrivals at all (a known
+        zero rate) there is nothing to size, so unknown lengths (no request in the window to measure)
+        do not make the load unknown."""
+        if self.arrival_rate_rps is None:
+            return False
+        return self.arrival_rate_rps == 0 or None not in (self.input_tokens_mean, self.output_tokens_mean)
+
+    @property
+    def unknown_reason(self) -> str:
+        """Why the load is unknown, for people: the metrics layer's problems, else the missing inputs."""
+        missing = [
+            name
+            for name, value in (
+                ("arrival rate", self.arrival_rate_rps),
+                ("prompt length", self.input_tokens_mean),
+                ("output length", self.output_tokens_mean),
+            )
+            if value is None
+        ]
+        return "; ".join(self.problems) or "unknown: " + ", ".join(missing)
+
+    @property
+    def idle(self) -> bool:
+        """No request arrived in the window and none left a length to measure."""
+        return self.arrival_rate_rps == 0 and None in (self.input_tokens_mean, self.output_tokens_mean)
 
     def role(self, role: str) -> RoleObservation:
         return self.prefill if role == "prefill" else self.decode
+
+
+class PodLoad(_Frozen):
+    """One pod's work right now: what removing it would cost (scale-down victims are the cheapest)."""
+
+    inflight: float = Field(..., ge=0, description="Requests running or waiting on the pod.")
+    kv_usage: float | None = Field(None, ge=0, le=1, description="KV-cache usage 0..1 (decode pods).")
 
 
 class LoadForecast(_Frozen):

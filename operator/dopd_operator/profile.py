@@ -19,6 +19,12 @@ from pydantic import Field
 from dopd_operator.api import InlineProfile, ProfileSpec
 from dopd_operator.errors import SpecError
 
+# Most prompt tokens one prefill iteration computes: vLLM's `max_num_batched_tokens` and SGLang's
+# `chunked_prefill_size` default to 8192 on 80 GB GPUs. Prompts are batched under it (the per-batch fixed
+# cost `a` is shared) and a longer prompt is computed in chunks of it (each chunk pays `a`). The capacity
+# model and the simulated prefill replica both read this one value.
+PREFILL_TOKEN_BUDGET_TOKENS = 8192
+
 
 class PerformanceProfile(InlineProfile):
     """A named, documented per-replica profile."""

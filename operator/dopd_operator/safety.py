@@ -200,10 +200,19 @@ def stabilize(
     spec: DisaggregatedModelSpec,
     now: datetime,
     clamps: list[Clamp] | None,
+    scale_down_window_seconds: float | None = None,
 ) -> Layout:
-    """HPA stabilization: scale up to the lowest, down to the highest recommendation in the window."""
+    """HPA stabilization: scale up to the lowest, down to the highest recommendation in the window.
+
+    `scale_down_window_seconds` overrides the spec's scale-down window (the planner shortens it while
+    its forecasts have covered the load; see `planner._scale_down_window`)."""
+    down_seconds = (
+        spec.scaling.scale_down.stabilization_seconds
+        if scale_down_window_seconds is None
+        else scale_down_window_seconds
+    )
     up_cutoff = now - timedelta(seconds=spec.scaling.scale_up.stabilization_seconds)
-    down_cutoff = now - timedelta(seconds=spec.scaling.scale_down.stabilization_seconds)
+    down_cutoff = now - timedelta(seconds=down_seconds)
     out = layout
     for role in ROLES:
         proposed = layout.get(role)
@@ -220,9 +229,7 @@ def stabilize(
         if result != proposed:
             stage = "ScaleUpStabilized" if proposed > current.get(role) else "ScaleDownStabilized"
             window = (
-                spec.scaling.scale_up.stabilization_seconds
-                if stage == "ScaleUpStabilized"
-                else spec.scaling.scale_down.stabilization_seconds
+                spec.scaling.scale_up.stabilization_seconds if stage == "ScaleUpStabilized" else down_seconds
             )
             _record(
                 clamps,
@@ -233,6 +240,31 @@ def stabilize(
                 f"recommendations in the last {window:g}s allow {result}",
             )
             out = out.replace(role, result)
+    return out
+
+
+def hold_found_replicas(
+    layout: Layout, current: Layout, spec: DisaggregatedModelSpec, clamps: list[Clamp] | None
+) -> Layout:
+    """A fresh planner (no recommendation history) does not scale down before its scale-down window has
+    seen the load: the replicas it finds count as a recommendation, as the HPA's do. No-op with no
+    scale-down window."""
+    window = spec.scaling.scale_down.stabilization_seconds
+    if window <= 0:
+        return layout
+    out = layout
+    for role in ROLES:
+        if layout.get(role) < current.get(role):
+            _record(
+                clamps,
+                "ScaleDownStabilized",
+                role,
+                layout.get(role),
+                current.get(role),
+                f"first decision: the {current.get(role)} replicas found count as a recommendation "
+                f"for the next {window:g}s",
+            )
+            out = out.replace(role, current.get(role))
     return out
 
 

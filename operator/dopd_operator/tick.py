@@ -89,11 +89,11 @@ def make_forecaster(
     fit_timeout_s: float = OPERATOR_FIT_TIMEOUT_SECONDS,
 ) -> SeriesForecaster | None:
     """The forecaster a spec asks for; None for `forecast.model: none` (size for the observed load)."""
-    if spec.forecast.model is ForecastModelName.NONE:
+    if spec.forecast.model == ForecastModelName.NONE:
         return None
     season = spec.forecast.season_seconds
     return SeriesForecaster(
-        model=spec.forecast.model.value,
+        model=str(spec.forecast.model),
         quantile=spec.forecast.quantile,
         step_s=step_s,
         season_steps=max(round(season / step_s), 2) if season else None,

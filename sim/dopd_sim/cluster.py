@@ -3,9 +3,11 @@
 One heap of timed events (prefill batch done, KV transfer done, decode step boundary, replica ready,
 controller tick); arrivals are merged in from the sorted trace instead of being pushed. Ties are broken
 by insertion order, so a run is a pure function of (trace, policy, config): no wall clock, no unseeded
-randomness. A request's life: arrival -> shared prefill queue (FIFO or length-aware) -> a prefill batch
-under the token budget -> first token (TTFT) -> KV transfer (bytes/token x tokens / bandwidth) -> a decode
-replica with KV room (else the shared decode wait queue) -> last token. Scaling up creates replicas that
+randomness. A request's life: arrival -> the router's prefill queue (`dopd_worker.scheduler`: FIFO or
+length-aware), which assigns it to a prefill replica with room under its token budget -> that replica's
+next batch (a cached prefix, when the trace carries block hashes, is not recomputed) -> first token
+(TTFT) -> KV transfer (bytes/token x tokens / bandwidth) -> a decode replica with KV room (else the
+shared decode wait queue) -> last token. Scaling up creates replicas that
 take work only after their startup delay; scaling down cancels starting replicas first, then drains the
 least-loaded ready ones, which finish everything they hold before their GPUs are released.
 
@@ -23,13 +25,15 @@ from typing import Any
 import numpy as np
 
 from dopd_forecaster.traces import Trace
+from dopd_sim.admission import attach_admission  # issue 13
 from dopd_sim.config import SimConfig
 from dopd_sim.instances import DecodeInstance, Instance, MixedInstance, PrefillInstance
-from dopd_sim.metrics import RequestLog, TimelinePoint
+from dopd_sim.metrics import RequestLog, TimelinePoint, interval_averages
 from dopd_sim.observe import ObservationBuilder
 from dopd_sim.policies.base import Layout, Policy, TickInput
 from dopd_sim.policies.sizing import warm_start_layout
-from dopd_sim.queues import PrefillQueue
+from dopd_sim.prefix_cache import PrefixCache, PrefixTrace
+from dopd_sim.queues import PrefillQueue, scheduler_config
 
 _PREFILL_DONE, _KV_ARRIVED, _DECODE_BOUNDARY, _READY, _TICK = range(5)
 MAX_DRAIN_SECONDS = 6 * 3600.0  # after the last arrival, give up on requests no replica will ever serve
@@ -55,7 +59,17 @@ class Simulator:
         self.output_tokens: list[int] = trace.output_tokens.tolist()
         self.log = RequestLog(len(trace))
         queue_policy = getattr(policy, "prefill_queue", None) or config.prefill_queue
-        self.prefill_queue = PrefillQueue(queue_policy, config.starvation_seconds, self.input_tokens)
+        self.prefill_queue = PrefillQueue(scheduler_config(config, queue_policy), self.input_tokens)
+        # --- admission (issue 13): the router's admission in simulated time; swaps in its queue ---
+        self.admission = attach_admission(self)
+        self._prefill_startable: list[PrefillInstance] = []  # idle replicas just given work (dispatch)
+        self.prefix_cache: PrefixCache | None = None
+        self.prefix_blocks: tuple[tuple[int, ...], ...] = ()
+        if isinstance(trace, PrefixTrace):
+            self.prefix_blocks = trace.prefix_blocks
+            self.prefix_cache = PrefixCache(
+                trace.block_tokens, self.profile.kv_capacity_tokens // trace.block_tokens
+            )
         self.decode_waiting: deque[int] = deque()
         self.mixed_waiting: deque[int] = deque()
         self.pools: dict[str, list[Instance]] = {"prefill": [], "decode": [], "mixed": []}
@@ -100,9 +114,10 @@ class Simulator:
         total = len(self.arrival_s)
         first = self._tick_input(0.0, warm_start=True)
         initial = getattr(self.policy, "initial_layout", None)
-        self._apply(
-            initial(first) if callable(initial) else warm_start_layout(first, self.aggregated), warm=True
-        )
+        layout = initial(first) if callable(initial) else None
+        if layout is None:
+            layout = warm_start_layout(self.trace, self.config, self.profile, self.aggregated)
+        self._apply(layout, warm=True)
         self._push(self.config.interval_seconds, _TICK)
         arrivals = self.arrival_s
         events = self._events
@@ -149,43 +164,81 @@ class Simulator:
             self.mixed_waiting.append(request)
             self._dispatch_mixed()
             return
+        # --- admission (issue 13): shed before queueing, as the router does (dopd_sim.admission) ---
+        if self.admission is not None and not self.admission.admit(request, self.now_s):
+            return
         self.prefill_queue.push(request, self.now_s)
         self._dispatch_prefill()
 
     # ---------------------------------------------------------------------------------- prefill
 
     def _dispatch_prefill(self) -> None:
-        queue = self.prefill_queue
-        if not queue:
-            return
+        """Assign queued prompts to prefill replicas as the router's policy picks them, then start a batch
+        on every idle replica holding assigned prompts (a worker batches what it holds)."""
+        queue, startable = self.prefill_queue, self._prefill_startable
+        if queue:
+            workers = [
+                i
+                for i in self.pools["prefill"]
+                if isinstance(i, PrefillInstance) and i.ready and not i.draining
+            ]
+            by_name = {i.name: i for i in workers}
+            while workers:
+                picked = queue.next_assignment(self.now_s, workers)
+                if picked is None:
+                    break
+                request, name = picked
+                instance = by_name[name]
+                tokens = self.input_tokens[request]
+                instance.held.append(request)
+                instance.inflight_tokens += tokens
+                instance.inflight_long += queue.is_long(tokens)
+                if not instance.batch:
+                    startable.append(instance)
+        while startable:
+            replica = startable.pop()
+            if replica.held and not replica.batch:
+                self._start_prefill_batch(replica)
+
+    def _start_prefill_batch(self, instance: PrefillInstance) -> None:
+        """Run everything the replica holds as one batch: the fixed cost once per token budget's worth of
+        new tokens (chunked prefill), then each prompt's new tokens (a cached prefix is not recomputed)."""
         a, b, c = self._prefill_coeffs
-        for instance in self.pools["prefill"]:
-            if not queue:
-                return
-            assert isinstance(instance, PrefillInstance)
-            if instance.batch or not instance.ready or instance.draining:
-                continue
-            batch = queue.pop_batch(self.config.prefill_token_budget, self.now_s)
-            lengths = [self.input_tokens[r] for r in batch]
-            total = sum(lengths)
-            seconds = a + b * total + c * sum(x * x for x in lengths)
-            instance.batch = batch
-            instance.version += 1
-            self.prefill_busy_seconds += seconds
-            self._push(self.now_s + seconds, _PREFILL_DONE, instance, instance.version)
+        batch, instance.held = instance.held, []
+        new_tokens, squares = 0, 0
+        for request in batch:
+            length = self.input_tokens[request]
+            cached = 0
+            if self.prefix_cache is not None:
+                cached = self.prefix_cache.cached_tokens(self.prefix_blocks[request], length, self.now_s)
+            new_tokens += length - cached
+            squares += length * length - cached * cached
+        chunks = max(1, math.ceil(new_tokens / self.config.prefill_token_budget))
+        seconds = a * chunks + b * new_tokens + c * squares
+        instance.batch = batch
+        instance.version += 1
+        self.prefill_busy_seconds += seconds
+        self._push(self.now_s + seconds, _PREFILL_DONE, instance, instance.version)
 
     def _on_prefill_done(self, instance: PrefillInstance, version: int) -> None:
         if version != instance.version:
             return
         now = self.now_s
         for request in instance.batch:
+            tokens = self.input_tokens[request]
+            instance.inflight_tokens -= tokens
+            instance.inflight_long -= self.prefill_queue.is_long(tokens)
+            if self.prefix_cache is not None:
+                self.prefix_cache.insert(self.prefix_blocks[request])
             self.log.first_token(request, now, self.arrival_s[request])
             if self.output_tokens[request] <= 1:
                 self.log.finish(request, now, 0.0)
                 continue
-            self._push(now + self.input_tokens[request] * self._kv_seconds_per_token, _KV_ARRIVED, request)
+            self._push(now + tokens * self._kv_seconds_per_token, _KV_ARRIVED, request)
         instance.batch = []
-        if instance.draining:
+        if instance.held:
+            self._prefill_startable.append(instance)
+        elif instance.draining:
             self._remove(instance)
         self._dispatch_prefill()
 
@@ -321,6 +374,7 @@ class Simulator:
     def _tick_input(self, now_s: float, warm_start: bool = False) -> TickInput:
         observation = self.observer.observe(now_s, self, warm_start=warm_start)
         stamps, rates = self.observer.arrival_history(now_s)
+        window_s = self.config.window_seconds
         return TickInput(
             now_s,
             observation,
@@ -330,6 +384,8 @@ class Simulator:
             self.config,
             self.profile,
             self._prefill_utilization(now_s),
+            None if warm_start else self.prefix_cache_hit_rate(now_s - window_s, now_s),
+            lambda seconds: interval_averages(self.log, self.trace, now_s - seconds, now_s),
         )
 
     def _prefill_utilization(self, now_s: float) -> float | None:
@@ -388,6 +444,7 @@ class Simulator:
             return  # cancelled while starting
         instance.ready = True
         if instance.role == "prefill":
+            self._resize_prefix_cache()
             self._dispatch_prefill()
         elif instance.role == "decode":
             self._drain_decode_waiting()
@@ -411,6 +468,18 @@ class Simulator:
         self.pools[instance.role].remove(instance)
         self._release(instance)
         self.retired.append(instance)
+        if instance.role == "prefill":
+            self._resize_prefix_cache()
+
+    def _resize_prefix_cache(self) -> None:
+        """The cache holds what the ready prefill replicas' KV memory holds (draining ones included)."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.resize(sum(1 for i in self.pools["prefill"] if i.ready))
+
+    def prefix_cache_hit_rate(self, start_s: float, end_s: float) -> float | None:
+        """Prompt tokens served from the prefix cache over those looked up in [start_s, end_s); None when
+        the trace carries no block hashes or nothing was looked up."""
+        return None if self.prefix_cache is None else self.prefix_cache.hit_rate(start_s, end_s)
 
     def _release(self, instance: Instance) -> None:
         if instance.removed_s is None:
@@ -419,12 +488,16 @@ class Simulator:
 
     # ---------------------------------------------------------------------------------- results
 
-    def gpu_seconds(self) -> float:
+    def gpu_seconds(self, until_s: float | None = None) -> float:
+        """GPU-seconds held by every replica from creation to release, counted up to `until_s` (default:
+        the end of the run; the benchmark counts the trace's span, not the drain after its last arrival)."""
         everything = self.retired + [i for pool in self.pools.values() for i in pool]
-        end = self.now_s
+        end = self.now_s if until_s is None else until_s
         return float(
             sum(
-                i.gpus * ((i.removed_s if i.removed_s is not None else end) - i.created_s) for i in everything
+                i.gpus
+                * max(min(i.removed_s if i.removed_s is not None else self.now_s, end) - i.created_s, 0.0)
+                for i in everything
             )
         )
 
@@ -451,10 +524,37 @@ class Simulator:
             return float(len(self.mixed_waiting) + queued)
         return float(len(self.prefill_queue))
 
+    # ------------------------------------------------- driven from outside (dopd_sim.stepping)
+    # Additive: run() never calls these two. `stepping.SteppedSimulator` (the engine emulator's clock and
+    # replica follower) builds its stepping API on them.
+
+    def _handle_engine_event(self, event: tuple[Any, ...]) -> None:
+        """One popped heap event other than a controller tick, handled exactly as run() handles it
+        (run() keeps its own inlined copy of this dispatch: it is the simulator's hot loop)."""
+        self.now_s = event[0]
+        kind = event[2]
+        if kind == _DECODE_BOUNDARY:
+            self._on_decode_boundary(event[3], event[4], event[5])
+        elif kind == _PREFILL_DONE:
+            self._on_prefill_done(event[3], event[4])
+        elif kind == _KV_ARRIVED:
+            self._route_decode(event[3])
+        elif kind == _READY:
+            self._on_ready(event[3])
+        else:
+            raise ValueError(f"not an engine event: kind {kind} at {event[0]} s")
+
+    def _drain_instance(self, instance: Instance) -> None:
+        """Scale down exactly this replica, as `_shrink` does for the ones it picks: a starting one is
+        cancelled, a ready one takes no new work and is released once it has finished what it holds."""
+        instance.draining = True
+        if not instance.ready or _load(instance) == 0:
+            self._remove(instance)
+
 
 def _load(instance: Instance) -> int:
     if isinstance(instance, PrefillInstance):
-        return len(instance.batch)
+        return len(instance.batch) + len(instance.held)
     if isinstance(instance, MixedInstance):
         return instance.batch_size + len(instance.pending) + len(instance.prefills)
     if isinstance(instance, DecodeInstance):

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
 from dopd_operator.api import DisaggregatedModel, DisaggregatedModelSpec, ProfileSpec
 from dopd_operator.profile import PerformanceProfile, resolve_profile
+
+if TYPE_CHECKING:
+    from dopd_sim.admission import SimAdmissionConfig
 
 QueuePolicy = Literal["fifo", "length-aware"]
 
@@ -78,6 +81,8 @@ class SimConfig:
     metrics_window_seconds: float | None = None  # None: spec.metrics.window_seconds
     forecast_step_seconds: float = 10.0
     timeline_step_seconds: float = 10.0
+    # The router's SLO-aware admission (issue 13, `dopd_sim.admission`); None: every request is queued.
+    admission: SimAdmissionConfig | None = None
 
     def resolved_profile(self) -> PerformanceProfile:
         return self.profile if self.profile is not None else resolve_profile(self.spec.profile)

@@ -16,6 +16,7 @@ import math
 from collections import deque
 
 from dopd_operator.profile import PerformanceProfile
+from dopd_worker.scheduler import Lane
 
 _EPS = 1e-12
 
@@ -37,13 +38,21 @@ class Instance:
 
 
 class PrefillInstance(Instance):
-    """Runs one prefill batch at a time; the batch comes from the shared prefill queue."""
+    """A prefill worker as the router sees it: the router assigns it prompts while their tokens fit its
+    budget (`inflight_tokens`, the running batch included); it runs one batch at a time, of everything
+    assigned to it that is not yet running (`held`). Its `name`, `lane`, `inflight_tokens` and
+    `inflight_long` are what `dopd_worker.scheduler` reads of a worker."""
 
-    __slots__ = ("batch", "version")
+    __slots__ = ("batch", "held", "inflight_long", "inflight_tokens", "lane", "name", "version")
 
     def __init__(self, instance_id: int, gpus: int, created_s: float, ready_s: float) -> None:
         super().__init__(instance_id, "prefill", gpus, created_s, ready_s)
-        self.batch: list[int] = []
+        self.name = f"prefill-{instance_id:07d}"
+        self.lane = Lane.SHARED
+        self.batch: list[int] = []  # running
+        self.held: list[int] = []  # assigned, waiting for the next batch
+        self.inflight_tokens = 0
+        self.inflight_long = 0
         self.version = 0
 
     @property

@@ -9,17 +9,22 @@ Definitions (docs/simulator.md repeats them for readers of the benchmark):
 - slo_attainment = attaining requests / all requests; goodput_rps = attaining requests / trace seconds.
 - Percentiles are nearest-rank over completed requests.
 
-Callers: `cluster.Simulator` (recording), `run.simulate` (summary), `observe` (windowed views).
+Callers: `cluster.Simulator` (recording), `run.simulate` (summary), `observe` (windowed views),
+`policies.dynamo_sla` (interval averages).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from dopd_forecaster.traces import Trace
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -38,6 +43,7 @@ class RequestLog:
         # Time-ordered (events are processed in time order), for windowed percentiles.
         self.first_token_times: list[float] = []
         self.first_token_ttft: list[float] = []
+        self.first_token_index: list[int] = []  # request of each first token (its prompt length)
         self.finish_times: list[float] = []
         self.finish_tpot: list[float] = []
         self.finish_output_index: list[int] = []
@@ -48,6 +54,7 @@ class RequestLog:
         self.ttft_s[request] = ttft
         self.first_token_times.append(now_s)
         self.first_token_ttft.append(ttft)
+        self.first_token_index.append(request)
 
     def finish(self, request: int, now_s: float, tpot_s: float) -> None:
         self.finish_s[request] = now_s
@@ -167,3 +174,37 @@ def summarize_latencies(
         "ttft_mean_s": float(np.mean(served_ttft)) if len(served_ttft) else None,
         "tpot_mean_s": float(np.mean(served_tpot)) if len(served_tpot) else None,
     }
+
+
+@dataclass(frozen=True)
+class IntervalAverages:
+    """What NVIDIA Dynamo's planner reads each adjustment interval: averages over the interval, not
+    percentiles. None: nothing was observed in the interval."""
+
+    seconds: float
+    requests: int  # arrivals in the interval
+    ttft_mean_s: float | None  # over first tokens in the interval
+    itl_mean_s: float | None  # mean TPOT over requests finished in the interval
+    isl_mean: float | None  # over arrivals
+    osl_mean: float | None  # over requests finished in the interval
+
+
+def interval_averages(log: RequestLog, trace: Trace, start_s: float, end_s: float) -> IntervalAverages:
+    """Dynamo's interval averages over [start_s, end_s) from a run's request log."""
+    lo = int(np.searchsorted(trace.arrival_s, start_s, side="left"))
+    hi = int(np.searchsorted(trace.arrival_s, end_s, side="left"))
+    first = bisect.bisect_left(log.first_token_times, start_s)
+    last = bisect.bisect_left(log.first_token_times, end_s)
+    ttft = log.first_token_ttft[first:last]
+    first = bisect.bisect_left(log.finish_times, start_s)
+    last = bisect.bisect_left(log.finish_times, end_s)
+    itl = [tpot for tpot in log.finish_tpot[first:last] if tpot > 0]  # one-token outputs have no ITL
+    finished = log.finish_output_index[first:last]
+    return IntervalAverages(
+        seconds=end_s - start_s,
+        requests=hi - lo,
+        ttft_mean_s=float(np.mean(ttft)) if ttft else None,
+        itl_mean_s=float(np.mean(itl)) if itl else None,
+        isl_mean=float(np.mean(trace.input_tokens[lo:hi])) if hi > lo else None,
+        osl_mean=float(np.mean(trace.output_tokens[finished])) if finished else None,
+    )

@@ -1,97 +1,59 @@
-"""The shared prefill queue: FIFO, or length-aware (shortest prompt first, with a starvation bound).
+"""The simulator's prefill queue: the router's own scheduler (`dopd_worker.scheduler`) over trace indices.
 
-Length-aware is the DOPD paper's scheduling idea in its simplest form: a short prompt should not wait
-behind a long one, since prefill time is convex in length. Pure shortest-first would starve long
-prompts under load, so a prompt that has waited `starvation_seconds` is served in arrival order before
-any shorter newcomer. Callers: `cluster.Simulator`.
+The simulator does not schedule prompts itself. `cluster.Simulator` pushes each arriving request here and
+asks, as the router's dispatch loop does, for the next (request, prefill worker) pair until there is none;
+the simulated prefill replicas are the workers (`instances.PrefillInstance` carries the fields the policy
+reads). Length-aware (DOPD's shortest-prompt-first with the aging bound and the long-prompt rule) or
+FIFO, with the simulator's aging bound (`SimConfig.starvation_seconds`) and token budget
+(`SimConfig.prefill_token_budget`, the prefill replica's own). Callers: `cluster.Simulator`, `stepping`.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections import deque
+from collections.abc import Sequence
 
-from dopd_sim.config import QueuePolicy
+from dopd_sim.config import QueuePolicy, SimConfig
+from dopd_worker.scheduler import Policy, QueuedPrompt, SchedulerConfig, WorkerLoad
+from dopd_worker.scheduler import PrefillQueue as RouterQueue
+
+
+def scheduler_config(config: SimConfig, policy: QueuePolicy) -> SchedulerConfig:
+    """The router's scheduler configured as the simulated engine: its policy, aging bound and budget. A
+    prompt counts as long (kept off one replica, so short prompts always find room) when it would take
+    more than half a batch: the router's own default of 1024 tokens is sized for the CPU worker's
+    4096-token budget and would call half of the Azure conversation prompts long on an 8192-token
+    engine, queueing them on all but one replica for nothing."""
+    return SchedulerConfig(
+        policy=Policy(policy),
+        aging_seconds=config.starvation_seconds,
+        long_prompt_tokens=max(config.prefill_token_budget // 2, 1),
+        token_budget=config.prefill_token_budget,
+    )
 
 
 class PrefillQueue:
-    """Requests waiting for prefill, by index into the trace."""
+    """Requests waiting for a prefill worker, by index into the trace."""
 
-    def __init__(self, policy: QueuePolicy, starvation_seconds: float, input_tokens: list[int]) -> None:
-        self.policy = policy
-        self.starvation_seconds = starvation_seconds
-        self.input_tokens = input_tokens
-        self._fifo: deque[tuple[float, int]] = deque()  # (enqueued at, request)
-        self._shortest: list[tuple[int, int]] = []  # (prompt tokens, request)
-        self._taken = bytearray(len(input_tokens))  # 1 once served (lazy deletion from both views)
-        self._size = 0
+    def __init__(self, config: SchedulerConfig, input_tokens: list[int]) -> None:
+        self.config = config
+        self.input_tokens = input_tokens  # shared with the simulator (which may extend it)
+        self._router = RouterQueue(config)
 
     def __len__(self) -> int:
-        return self._size
+        return len(self._router)
+
+    def grow(self, requests: int) -> None:
+        """Called by `stepping.SteppedSimulator` when it appends requests. The queue keeps nothing sized
+        by the number of requests (prompt lengths are read from the shared list at push), so it is a
+        no-op."""
 
     def push(self, request: int, now_s: float) -> None:
-        self._fifo.append((now_s, request))
-        if self.policy == "length-aware":
-            heapq.heappush(self._shortest, (self.input_tokens[request], request))
-        self._size += 1
+        self._router.push(QueuedPrompt(str(request), self.input_tokens[request], now_s))
 
-    def pop_batch(self, token_budget: int, now_s: float) -> list[int]:
-        """The next batch: requests in queue order while their prompts fit in `token_budget` (one always)."""
-        if self.policy == "fifo":
-            return self._pop_fifo(token_budget)
-        return self._pop_length_aware(token_budget, now_s)
+    def is_long(self, prompt_tokens: int) -> bool:
+        return self._router.is_long(prompt_tokens)
 
-    def _pop_fifo(self, token_budget: int) -> list[int]:
-        fifo, tokens = self._fifo, self.input_tokens
-        batch: list[int] = []
-        used = 0
-        while fifo:
-            request = fifo[0][1]
-            length = tokens[request]
-            if batch and used + length > token_budget:
-                break
-            fifo.popleft()
-            batch.append(request)
-            used += length
-        self._size -= len(batch)
-        return batch
-
-    def _drop_taken_heads(self) -> None:
-        fifo, taken = self._fifo, self._taken
-        while fifo and taken[fifo[0][1]]:
-            fifo.popleft()
-
-    def _take(self, request: int, batch: list[int]) -> None:
-        self._taken[request] = 1
-        batch.append(request)
-
-    def _pop_length_aware(self, token_budget: int, now_s: float) -> list[int]:
-        tokens, taken = self.input_tokens, self._taken
-        batch: list[int] = []
-        used = 0
-        self._drop_taken_heads()
-        # Starved prompts first, in arrival order.
-        fifo = self._fifo
-        while fifo and now_s - fifo[0][0] >= self.starvation_seconds:
-            request = fifo[0][1]
-            if batch and used + tokens[request] > token_budget:
-                break
-            fifo.popleft()
-            self._take(request, batch)
-            used += tokens[request]
-            self._drop_taken_heads()
-        else:
-            shortest = self._shortest
-            while shortest:
-                length, request = shortest[0]
-                if taken[request]:
-                    heapq.heappop(shortest)
-                    continue
-                if batch and used + length > token_budget:
-                    break
-                heapq.heappop(shortest)
-                self._take(request, batch)
-                used += length
-            self._drop_taken_heads()
-        self._size -= len(batch)
-        return batch
+    def next_assignment(self, now_s: float, workers: Sequence[WorkerLoad]) -> tuple[int, str] | None:
+        """The next (request, worker name) the router's policy dispatches, or None; removes the request."""
+        assignment = self._router.next_assignment(now_s, workers)
+        return None if assignment is None else (int(assignment.request_id), assignment.worker)

@@ -1,18 +1,49 @@
 """Benchmark output: results.json (one summary object per policy), report.md (a side-by-side table)
 and PNG plots (per policy: load, replicas per role and windowed SLO attainment over time; all policies:
-TTFT and TPOT CDFs). Callers: `cli.bench`, `cli.demo`, bench/sim_bench.py.
+TTFT and TPOT CDFs), and the statistics of repeated runs (`MeanCI`: mean and 95% interval over seeds).
+Callers: `cli.bench`, `cli.demo`, bench/sim_bench.py.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from dopd_sim.run import RunResult
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    """Mean of repeated runs and the half-width of its 95% confidence interval (Student's t; 0 for one
+    run, where no interval can be given)."""
+
+    mean: float
+    half_width: float
+    runs: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> MeanCI:
+        data = np.asarray(values, dtype=np.float64)
+        if len(data) == 0:
+            return cls(math.nan, math.nan, 0)
+        if len(data) == 1:
+            return cls(float(data[0]), 0.0, 1)
+        spread = float(np.std(data, ddof=1)) / math.sqrt(len(data))
+        return cls(float(np.mean(data)), float(stats.t.ppf(0.975, len(data) - 1)) * spread, len(data))
+
+    def format(self, spec: str = ".2f", scale: float = 1.0, suffix: str = "") -> str:
+        if math.isnan(self.mean):
+            return "-"
+        text = f"{self.mean * scale:{spec}}{suffix}"
+        return text if self.runs < 2 else text + f" ± {self.half_width * scale:{spec}}"
+
 
 TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("policy", "policy"),

@@ -39,8 +39,10 @@ def simulate(
     slo = config.spec.slo
     stats = summarize_latencies(ttft, tpot, slo.ttft_seconds, slo.tpot_seconds)
     duration = max(trace.duration_s, 1e-9)
-    gpu_seconds = sim.gpu_seconds()
-    mean_gpus = gpu_seconds / max(sim.end_s, 1e-9)
+    # Cost is counted over the trace's span: a policy is not charged for draining after the last arrival
+    # (nor credited for releasing replicas then).
+    gpu_seconds = sim.gpu_seconds(until_s=duration)
+    mean_gpus = gpu_seconds / duration
     goodput = (stats["met"] or 0.0) / duration
     requests = len(trace)
     rejected = sum(log.rejected)

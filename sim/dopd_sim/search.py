@@ -1,12 +1,14 @@
 """Offline searches that use the simulator itself: the best static P/D layout at a GPU count
-(DistServe's placement search) and DistServe's per-GPU goodput (the highest rate scale at which SLO
-attainment stays at the target, divided by the GPUs used). Callers: policies (static), bench, cli.
+(DistServe's placement search), DistServe's per-GPU goodput (the highest rate scale at which SLO
+attainment stays at the target, divided by the GPUs used) and the oracle's calibration (the fewest
+replicas, with perfect foresight, that meet the target). Callers: policies (static), benchmark, cli.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,7 +39,10 @@ def trace_workload(trace: Trace, window_s: float = 60.0, rate_percentile: float 
 def default_static_gpus(trace: Trace, config: SimConfig) -> int:
     """GPUs a user would provision by hand: the capacity model's layout for the trace's P90 minute."""
     model = CapacityModel(
-        config.resolved_profile(), config.spec.slo, trace_workload(trace, rate_percentile=90)
+        config.resolved_profile(),
+        config.spec.slo,
+        trace_workload(trace, rate_percentile=90),
+        config.prefill_token_budget,
     )
     rate = model.workload.arrival_rate_rps
     return max(2, model.prefill_replicas(rate) + model.decode_replicas(rate))
@@ -45,7 +50,9 @@ def default_static_gpus(trace: Trace, config: SimConfig) -> int:
 
 def balanced_split(trace: Trace, config: SimConfig, gpus: int) -> int:
     """Prefill replicas maximizing the capacity model's sustainable rate min(mu_P, mu_D) at `gpus`."""
-    model = CapacityModel(config.resolved_profile(), config.spec.slo, trace_workload(trace))
+    model = CapacityModel(
+        config.resolved_profile(), config.spec.slo, trace_workload(trace), config.prefill_token_budget
+    )
     best_prefill, best_rate = 1, -1.0
     for prefill in range(1, gpus):
         rate = model.sustainable_rps(prefill, gpus - prefill)
@@ -102,36 +109,113 @@ def max_rate_meeting_target(
     return best
 
 
-def calibrate_oracle(
-    trace: Trace, config: SimConfig, target: float | None = None, iterations: int = 4
-) -> tuple[float, float, RunResult]:
-    """The smallest per-role factors on the capacity model's sizes at which the foresighted oracle still
-    meets the attainment target (bisection on prefill, then on decode). Returns (prefill, decode, run)."""
-    from dopd_sim.policies.oracle import OraclePolicy
+@dataclass(frozen=True)
+class OracleCalibration:
+    """The oracle's search result. `target` is the attainment it was calibrated to: the spec's target,
+    or, where no layout reaches it (`feasible` False: prompts that cannot prefill within the SLO at any
+    size), that share of the ceiling `ceiling` (the attainment with ample replicas). `calibrated` is False
+    when even the widest factors searched miss the target; the ratio to dopd then means nothing."""
 
-    goal = target if target is not None else config.spec.slo.attainment_target
+    prefill_scale: float
+    decode_scale: float
+    result: RunResult
+    model_result: RunResult  # the oracle at factors 1.0: the capacity model's own sizes, told the load
+    target: float
+    ceiling: float
+    feasible: bool
+    calibrated: bool
+
+
+# The factors searched: wide enough that a capacity model 4x too generous or 4x too stingy is still
+# found out, and reported, rather than clipped to the range.
+ORACLE_SCALE_RANGE = (0.25, 4.0)
+_CEILING_SCALE = 3.0
+
+
+def oracle_calibration(
+    trace: Trace,
+    config: SimConfig,
+    target: float | None = None,
+    iterations: int = 5,
+    start: tuple[float, float] = (1.0, 1.0),
+    step: float = 2.0,
+) -> OracleCalibration:
+    """The smallest per-role factors on the capacity model's sizes at which the foresighted oracle still
+    meets the attainment target: prefill first (decode ample), then decode. Each search brackets
+    around `start` by multiplying or dividing by `step` within ORACLE_SCALE_RANGE, then bisects in log
+    space `iterations` times (a search started from a known calibration, as for a trace's later seeds,
+    can take a small step and no bisection)."""
+    from dopd_sim.policies.oracle import OraclePolicy
 
     def run_with(prefill: float, decode: float) -> RunResult:
         return simulate(trace, OraclePolicy(trace, prefill_scale=prefill, decode_scale=decode), config)
 
-    def bisect(
-        meets: Callable[[float], RunResult | None], low: float, high: float
-    ) -> tuple[float, RunResult | None]:
-        best: tuple[float, RunResult | None] = (high, meets(high))
+    goal = target if target is not None else config.spec.slo.attainment_target
+    model_result = run_with(1.0, 1.0)
+    ample = run_with(_CEILING_SCALE, _CEILING_SCALE)
+    ceiling = ample.summary.slo_attainment
+    feasible = ceiling >= goal
+    if not feasible:
+        goal *= ceiling  # the same share of what any layout can reach
+
+    def meets(result: RunResult) -> bool:
+        return result.summary.slo_attainment >= goal - 1e-12
+
+    def smallest(run: Callable[[float], RunResult], first: float) -> tuple[float, RunResult | None]:
+        low_bound, high_bound = ORACLE_SCALE_RANGE
+        best: tuple[float, RunResult | None] = (high_bound, None)
+        scale = min(max(first, low_bound), high_bound)
+        result = run(scale)
+        if meets(result):  # walk down until it misses
+            best, high = (scale, result), scale
+            low = high / step
+            while low > low_bound:
+                result = run(low)
+                if not meets(result):
+                    break
+                best, high, low = (low, result), low, low / step
+            low = max(low, low_bound)
+        else:  # walk up until it meets
+            low, high = scale, scale * step
+            while True:
+                high = min(high, high_bound)
+                result = run(high)
+                if meets(result):
+                    best = (high, result)
+                    break
+                if high >= high_bound:
+                    return best
+                low, high = high, high * step
         for _ in range(iterations):
-            mid = (low + high) / 2
-            result = meets(mid)
-            if result is not None:
+            mid = math.sqrt(low * high)
+            result = run(mid)
+            if meets(result):
                 best, high = (mid, result), mid
             else:
                 low = mid
         return best
 
-    def meeting(result: RunResult) -> RunResult | None:
-        return result if result.summary.slo_attainment >= goal else None
-
-    prefill_scale, _ = bisect(lambda k: meeting(run_with(k, 1.0)), 0.25, 1.0)
-    decode_scale, result = bisect(lambda k: meeting(run_with(prefill_scale, k)), 0.25, 1.0)
+    prefill_scale, found = smallest(lambda k: run_with(k, _CEILING_SCALE), start[0])
+    calibrated = found is not None
+    decode_scale, result = smallest(lambda k: run_with(prefill_scale, k), start[1])
+    calibrated = calibrated and result is not None
     if result is None:
         result = run_with(prefill_scale, decode_scale)
-    return prefill_scale, decode_scale, result
+    return OracleCalibration(
+        prefill_scale,
+        decode_scale,
+        result,
+        model_result,
+        goal,
+        ceiling,
+        feasible,
+        calibrated and meets(result),
+    )
+
+
+def calibrate_oracle(
+    trace: Trace, config: SimConfig, target: float | None = None, iterations: int = 5
+) -> tuple[float, float, RunResult]:
+    """(prefill factor, decode factor, run) of `oracle_calibration`."""
+    found = oracle_calibration(trace, config, target, iterations)
+    return found.prefill_scale, found.decode_scale, found.result

@@ -1,9 +1,15 @@
-"""Synthetic request traces: Poisson, Gamma-bursty, diurnal (sinusoidal rate, any period) and step
-changes, returned as the shared `Trace` type so every consumer treats them like a real trace.
+"""Synthetic request traces, returned as the shared `Trace` type so every consumer treats them like a
+real trace. Arrival shapes: Poisson, Gamma-bursty renewal, diurnal (sinusoidal rate, any period), step
+changes, bursts (a Poisson base with episodes at a multiple of its rate, at random times) and a slow
+linear trend. Length mixes (`LENGTH_MIXES`): `azure` (the Azure 2023 conversation trace's 1155/1020
+prompt and 211/129 output tokens, mean/median), `long-mix` (85% of those and 15% long-document prompts,
+12k/10k tokens up to 32k) and `code` (code completion: 2k/1.5k-token prompts of context, 30/20-token
+completions).
 
-Lengths are drawn from log-normals fitted to a mean and a median (defaults: the Azure 2023 conversation
-trace's 1155/1020 prompt and 211/129 output tokens), clipped to [1, max]. Everything is drawn from one
-seeded numpy Generator, so a (spec, seed) pair is one trace. Callers: workload, demo, bench, tests.
+Lengths are drawn from log-normals fitted to a mean and a median, clipped to [1, max] (the capacity
+model fits a gamma, so the benchmark's generated traces are not drawn from the model's own family).
+Everything is drawn from one seeded numpy Generator, so a (spec, seed) pair is one trace. Callers:
+workload, demo, bench, tests.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ FloatArray = npt.NDArray[np.float64]
 
 @dataclass(frozen=True)
 class LengthModel:
-    """Log-normal prompt and output lengths, given as mean and median tokens."""
+    """Log-normal prompt and output lengths, given as mean and median tokens; optionally a share of the
+    prompts drawn from a second, long-document log-normal."""
 
     input_mean: float = 1155.0
     input_median: float = 1020.0
@@ -29,6 +36,10 @@ class LengthModel:
     output_median: float = 129.0
     input_max: int = 16384
     output_max: int = 2048
+    long_share: float = 0.0
+    long_input_mean: float = 12000.0
+    long_input_median: float = 10000.0
+    long_input_max: int = 32768
 
     def sample(self, rng: np.random.Generator, n: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         def draw(mean: float, median: float, top: int) -> npt.NDArray[np.int64]:
@@ -36,9 +47,28 @@ class LengthModel:
             values = rng.lognormal(math.log(median), sigma, n)
             return np.clip(np.rint(values), 1, top).astype(np.int64)
 
-        return draw(self.input_mean, self.input_median, self.input_max), draw(
-            self.output_mean, self.output_median, self.output_max
-        )
+        inputs = draw(self.input_mean, self.input_median, self.input_max)
+        outputs = draw(self.output_mean, self.output_median, self.output_max)
+        if self.long_share > 0:
+            long = rng.random(n) < self.long_share
+            inputs = np.where(
+                long, draw(self.long_input_mean, self.long_input_median, self.long_input_max), inputs
+            )
+        return inputs, outputs
+
+
+LENGTH_MIXES: dict[str, LengthModel] = {
+    "azure": LengthModel(),
+    "long-mix": LengthModel(long_share=0.15),
+    "code": LengthModel(
+        input_mean=2000.0,
+        input_median=1500.0,
+        input_max=8192,
+        output_mean=30.0,
+        output_median=20.0,
+        output_max=256,
+    ),
+}
 
 
 def _trace(arrivals: FloatArray, rng: np.random.Generator, lengths: LengthModel, name: str) -> Trace:
@@ -109,6 +139,47 @@ def diurnal(
     )
 
 
+def bursts(
+    base_rps: float,
+    duration_s: float,
+    factor: float = 3.0,
+    burst_s: float = 120.0,
+    per_hour: float = 6.0,
+    seed: int = 0,
+    lengths: LengthModel | None = None,
+) -> Trace:
+    """Poisson arrivals at `base_rps`, with burst episodes (at `factor` times the base rate, `burst_s`
+    long) starting as a Poisson process of `per_hour` a hour: a flash crowd, a batch job, a retry storm."""
+    rng = np.random.default_rng(seed)
+    starts = np.cumsum(rng.exponential(3600.0 / per_hour, int(per_hour * duration_s / 3600.0 * 3) + 4))
+    starts = starts[starts < duration_s]
+
+    def rate(t: FloatArray) -> FloatArray:
+        inside = np.zeros(len(t), dtype=bool)
+        for start in starts:
+            inside |= (t >= start) & (t < start + burst_s)
+        out: FloatArray = np.where(inside, base_rps * factor, base_rps)
+        return out
+
+    return _trace(
+        _inhomogeneous(rate, base_rps * factor, duration_s, rng), rng, lengths or LengthModel(), "bursts"
+    )
+
+
+def trend(
+    start_rps: float, end_rps: float, duration_s: float, seed: int = 0, lengths: LengthModel | None = None
+) -> Trace:
+    """Poisson arrivals whose rate moves linearly from `start_rps` to `end_rps` (a slow trend)."""
+    rng = np.random.default_rng(seed)
+
+    def rate(t: FloatArray) -> FloatArray:
+        out: FloatArray = start_rps + (end_rps - start_rps) * t / duration_s
+        return out
+
+    peak = max(start_rps, end_rps)
+    return _trace(_inhomogeneous(rate, peak, duration_s, rng), rng, lengths or LengthModel(), "trend")
+
+
 def steps(
     rates_rps: list[float], step_seconds: float, seed: int = 0, lengths: LengthModel | None = None
 ) -> Trace:
@@ -124,7 +195,9 @@ def steps(
 
 def generate_from_spec(spec: str, seed: int = 0) -> Trace:
     """`KIND[,key=value...]`, e.g. `diurnal,mean_rps=40,duration_s=7200,period_s=3600`,
-    `gamma,rate_rps=20,cv=3,duration_s=600`, `step,rates=10/40/10,step_seconds=600`."""
+    `gamma,rate_rps=20,cv=3,duration_s=600`, `step,rates=10/40/10,step_seconds=600`,
+    `bursts,base_rps=60,factor=3,burst_s=120,per_hour=6,duration_s=3600`,
+    `trend,start_rps=30,end_rps=200,duration_s=3600`; any kind takes `lengths=azure|long-mix|code`."""
     kind, *pairs = [part.strip() for part in spec.split(",") if part.strip()]
     args: dict[str, str] = {}
     for pair in pairs:
@@ -134,11 +207,17 @@ def generate_from_spec(spec: str, seed: int = 0) -> Trace:
     def number(key: str, default: float) -> float:
         return float(args.pop(key, default))
 
+    mix = args.pop("lengths", "azure")
+    if mix not in LENGTH_MIXES:
+        raise ValueError(f"unknown length mix {mix!r}; use one of: {', '.join(LENGTH_MIXES)}")
+    lengths = LENGTH_MIXES[mix]
     trace: Trace
     if kind == "poisson":
-        trace = poisson(number("rate_rps", 10), number("duration_s", 600), seed)
+        trace = poisson(number("rate_rps", 10), number("duration_s", 600), seed, lengths)
     elif kind == "gamma":
-        trace = gamma_bursty(number("rate_rps", 10), number("duration_s", 600), number("cv", 3.0), seed)
+        trace = gamma_bursty(
+            number("rate_rps", 10), number("duration_s", 600), number("cv", 3.0), seed, lengths
+        )
     elif kind == "diurnal":
         trace = diurnal(
             number("mean_rps", 10),
@@ -146,12 +225,29 @@ def generate_from_spec(spec: str, seed: int = 0) -> Trace:
             number("period_s", 3600),
             number("peak_to_trough", 4),
             seed,
+            lengths,
         )
     elif kind == "step":
         rates = [float(x) for x in args.pop("rates", "10/40/10").split("/")]
-        trace = steps(rates, number("step_seconds", 600), seed)
+        trace = steps(rates, number("step_seconds", 600), seed, lengths)
+    elif kind == "bursts":
+        trace = bursts(
+            number("base_rps", 10),
+            number("duration_s", 3600),
+            number("factor", 3.0),
+            number("burst_s", 120),
+            number("per_hour", 6),
+            seed,
+            lengths,
+        )
+    elif kind == "trend":
+        trace = trend(
+            number("start_rps", 10), number("end_rps", 40), number("duration_s", 3600), seed, lengths
+        )
     else:
-        raise ValueError(f"unknown synthetic trace kind {kind!r}; use poisson, gamma, diurnal or step")
+        raise ValueError(
+            f"unknown synthetic trace kind {kind!r}; use poisson, gamma, diurnal, step, bursts or trend"
+        )
     if args:
         raise ValueError(f"unknown parameters for synthetic:{kind}: {', '.join(sorted(args))}")
     return trace

@@ -5,7 +5,10 @@ Rate scaling keeps the trace's span and its shape over time and multiplies its r
 the superposition of floor(x) copies of the trace, each circularly shifted by a seeded offset, plus a
 seeded thinning of one more copy for the fractional part (x = 2.5 is two shifted copies and half of a
 third). Time compression (`Trace.scaled`) instead replays the same requests x times faster, which also
-compresses bursts and seasonality. Callers: cli, bench, tests.
+compresses bursts and seasonality. Traces that carry prompt block hashes (Mooncake) are loaded as a
+`prefix_cache.PrefixTrace`, so the simulator can model the prefix cache; each superposed copy gets its own
+hash space (its own users), so copies share no prefixes and the cache hit rate stays the trace's own.
+Callers: cli, bench, tests.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dopd_forecaster.traces import Trace, load_trace
+from dopd_sim.prefix_cache import PrefixTrace, read_mooncake_blocks
 from dopd_sim.synthetic import generate_from_spec
 
 
@@ -30,6 +34,12 @@ def scale_rate(trace: Trace, rate_scale: float, seed: int = 0) -> Trace:
     whole = math.floor(rate_scale)
     fraction = rate_scale - whole
     arrivals, inputs, outputs = [], [], []
+    blocks: list[tuple[int, ...]] = []
+    hash_space = (
+        1 + max((max(b, default=0) for b in trace.prefix_blocks), default=0)
+        if isinstance(trace, PrefixTrace)
+        else 0
+    )
     for copy in range(whole + (1 if fraction > 1e-12 else 0)):
         offset = 0.0 if copy == 0 else float(rng.uniform(0.0, span))
         keep = np.ones(len(trace), dtype=bool)
@@ -38,17 +48,20 @@ def scale_rate(trace: Trace, rate_scale: float, seed: int = 0) -> Trace:
         arrivals.append(np.mod(trace.arrival_s[keep] + offset, span))
         inputs.append(trace.input_tokens[keep])
         outputs.append(trace.output_tokens[keep])
+        if isinstance(trace, PrefixTrace):
+            shift = copy * hash_space
+            blocks += [
+                tuple(h + shift for h in b) for b, k in zip(trace.prefix_blocks, keep, strict=True) if k
+            ]
     arrival = np.concatenate(arrivals)
     order = np.argsort(arrival, kind="stable")
     arrival = arrival[order]
     arrival -= arrival[0]
-    return Trace(
-        arrival,
-        np.concatenate(inputs)[order],
-        np.concatenate(outputs)[order],
-        trace.source,
-        trace.format,
-    )
+    columns = (arrival, np.concatenate(inputs)[order], np.concatenate(outputs)[order])
+    if isinstance(trace, PrefixTrace):
+        ordered = tuple(blocks[i] for i in order)
+        return PrefixTrace(*columns, trace.source, trace.format, ordered, trace.block_tokens)
+    return Trace(*columns, trace.source, trace.format)
 
 
 def load_workload(
@@ -66,6 +79,8 @@ def load_workload(
         if not Path(source).exists():
             raise FileNotFoundError(f"trace file not found: {source}")
         trace = load_trace(source)
+        if trace.format == "mooncake":
+            trace = read_mooncake_blocks(source, trace)
     if duration_s is not None:
         trace = trace.window(0.0, duration_s)
     if time_compression != 1.0:

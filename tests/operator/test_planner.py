@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from dopd_builders import T0, make_obs, make_spec
+from dopd_operator.api import Recommendation
 from dopd_operator.planner import plan
 from dopd_operator.planner_types import LoadForecast, Observation, PlannerState, RoleObservation
 
@@ -84,19 +85,25 @@ def test_budget_binds_and_is_reported() -> None:
     assert any(c.stage == "GpuBudget" for c in d.clamps)
 
 
-def test_prefill_queue_adds_prefill_capacity() -> None:
+def test_a_prefill_backlog_is_drained_over_the_lead_time_by_both_pools() -> None:
+    # 60 rps needs 2P/2D. 9000 queued prompts, drained over the 150 s lead time (new replicas start
+    # working only then), add 60 rps to both pools, what leaves prefill arriving at decode: 4P/3D, as
+    # for 120 rps. Drained within one 30 s interval it would be 300 rps more (12P), for a queue those
+    # replicas cannot reach before it has grown further; ignoring it at decode leaves decode at 2.
     spec = make_spec()
-    calm = plan(spec, make_obs(rate=20), None, PlannerState(), T0)
-    queued = plan(spec, make_obs(rate=20, prefill_queue_depth=600), None, PlannerState(), T0)
-    assert queued.prefill > calm.prefill
-    assert queued.decode == calm.decode
+    calm = plan(spec, make_obs(rate=60), None, PlannerState(), T0)
+    queued = plan(spec, make_obs(rate=60, prefill_queue_depth=9000), None, PlannerState(), T0)
+    assert (calm.prefill, calm.decode) == (2, 2)
+    assert (queued.prefill, queued.decode) == (4, 3)
 
 
 def test_slow_observed_ttft_raises_the_prefill_correction() -> None:
+    # 2 replicas at 20 rps: the profile predicts a P90 TTFT of 0.075 s, an engine 1.4x slower 0.124 s.
+    # Observing 0.124 s, the factor moves halfway from 1 to 1.4 (smoothing 0.5).
     spec = make_spec()
-    obs = make_obs(rate=20, prefill=2, decode=2, ttft_seconds=5.0)
+    obs = make_obs(rate=20, prefill=2, decode=2, ttft_seconds=0.124)
     d = plan(spec, obs, None, PlannerState(), T0)
-    assert d.state.prefill_correction > 1.0
+    assert d.state.prefill_correction == pytest.approx(1.2, abs=0.005)
     uncorrected = plan(spec, make_obs(rate=20, prefill=2, decode=2), None, PlannerState(), T0)
     assert d.prefill >= uncorrected.prefill
     assert any("corrected by observed latency" in r for r in d.reasons)
@@ -104,13 +111,13 @@ def test_slow_observed_ttft_raises_the_prefill_correction() -> None:
 
 def test_a_profile_that_matches_the_engine_keeps_its_corrections_at_one() -> None:
     """The engine behaves exactly as the profile says: at 20 rps on 3 ready prefill replicas (prompts mean
-    1000 / P90 2000 tokens) the profile predicts a P90 TTFT of 0.0724 s, and 2 decode replicas holding 80
-    sequences give a P90 inter-token latency of 9.75 ms. Observing those very numbers at P90 must leave
-    both factors at 1. Comparing the observed P90 with the predicted P99 TTFT (0.227 s), as the planner
-    once did, reads the profile as 3x too slow and drives the prefill factor to its 0.8 floor; comparing
-    the P90 inter-token latency with the step time at the mean batch (9.24 ms) drifts decode to 1.055."""
+    1000 / P90 2000 tokens) the profile predicts a P90 TTFT of 0.0641 s, and 2 decode replicas holding 80
+    sequences give a P90 inter-token latency of 9.89 ms. Observing those very numbers at P90 must leave
+    both factors at 1. Comparing the observed P90 with the predicted P99 TTFT (0.138 s), as the planner
+    once did, reads the profile as 3x too slow and drives the prefill factor to its floor; comparing the P90
+    inter-token latency with the step time at the mean batch (9.35 ms) drifts decode to 1.06."""
     spec = make_spec()
-    obs = make_obs(rate=20, prefill=3, decode=2, ttft_seconds=0.0724, tpot_seconds=0.00975, decode_running=80)
+    obs = make_obs(rate=20, prefill=3, decode=2, ttft_seconds=0.0641, tpot_seconds=0.00989, decode_running=80)
     state = PlannerState()
     for _ in range(10):
         state = plan(spec, obs, None, state, T0).state
@@ -123,11 +130,14 @@ def test_latencies_without_their_percentile_are_rejected() -> None:
         Observation(arrival_rate_rps=1.0, ttft_seconds=0.5)
 
 
-def test_correction_is_bounded() -> None:
+def test_correction_converges_to_the_slowdown_and_stays_within_its_bounds() -> None:
+    # 0.24 s is about the P90 TTFT an engine 2x slower than the profile shows at 20 rps on 2 replicas: the
+    # factor climbs to 2.0, its upper bound, and no further (a slower one would not be learned at all).
     state = PlannerState()
     for _ in range(20):
-        d = plan(make_spec(), make_obs(rate=20, prefill=2, decode=2, ttft_seconds=500.0), None, state, T0)
+        d = plan(make_spec(), make_obs(rate=20, prefill=2, decode=2, ttft_seconds=0.24), None, state, T0)
         state = d.state
+    assert state.prefill_correction == pytest.approx(2.0, abs=0.02)
     assert state.prefill_correction <= 2.0
 
 
@@ -156,16 +166,94 @@ def test_bursty_arrivals_get_more_prefill_than_poisson() -> None:
     spec = make_spec(slo={"ttftSeconds": 0.3})
     poisson = plan(spec, make_obs(rate=150, arrival_scv=1.0), None, PlannerState(), T0)
     bursty = plan(spec, make_obs(rate=150, arrival_scv=8.0), None, PlannerState(), T0)
-    # without the burstiness term both would get the same pool and the bursty one would queue
-    assert bursty.prefill > poisson.prefill
-    assert bursty.decode == poisson.decode
+    # 5 prefill replicas for Poisson arrivals, 7 for bursty ones (SCV 8); without the burstiness term both
+    # would get 5 and the bursty one would queue. Decode slots see the same bursts (never fewer).
+    assert (poisson.prefill, bursty.prefill) == (5, 7)
+    assert bursty.decode >= poisson.decode
 
 
 def test_attainment_target_above_the_percentile_sizes_for_the_target() -> None:
-    loose = make_spec(slo={"percentile": 90, "attainmentTarget": 0.9, "ttftSeconds": 0.3})
-    strict = make_spec(slo={"percentile": 90, "attainmentTarget": 0.99, "ttftSeconds": 0.3})
+    # TTFT 0.2 s at 150 rps: 6 prefill replicas keep 99% of prompts within it, 5 only 90%.
+    loose = make_spec(slo={"percentile": 90, "attainmentTarget": 0.9, "ttftSeconds": 0.2})
+    strict = make_spec(slo={"percentile": 90, "attainmentTarget": 0.99, "ttftSeconds": 0.2})
     obs = make_obs(rate=150)
     assert (
         plan(strict, obs, None, PlannerState(), T0).prefill
         > plan(loose, obs, None, PlannerState(), T0).prefill
     )
+
+
+def test_no_arrivals_shrink_to_the_minimum_even_though_no_length_was_measured() -> None:
+    """An idle window has a known arrival rate of zero and no request to measure lengths from. That is
+    no load, not unknown load: holding there (as the planner once did) keeps a peak's replicas forever."""
+    spec = make_spec()
+    idle = make_obs(rate=0.0, isl=None, osl=None, prefill=5, decode=4)
+    d = plan(spec, idle, None, PlannerState(), T0)
+    assert d.metrics_healthy
+    assert (d.prefill, d.decode) == (1, 1)
+    assert d.reasons[0] == "no request arrived in the metrics window: sizing for no load"
+    unknown = make_obs(rate=None, isl=None, osl=None, prefill=5, decode=4)
+    held = plan(spec, unknown, None, PlannerState(), T0)
+    assert (held.prefill, held.decode) == (5, 4) and not held.metrics_healthy
+
+
+def test_first_decision_sizes_a_standing_load_at_once() -> None:
+    """From minReplicas (1P/1D) at 200 rps, the first decision of a fresh planner asks for the whole
+    layout the load needs; with the default step limits (+4 or +100%) it would stop at 5P/5D and the
+    standing load would queue for another interval plus a startup."""
+    spec = make_spec(scaling={"scaleUp": {"maxStepReplicas": 4, "maxStepPercent": 100}})
+    obs = make_obs(rate=200, prefill=1, decode=1)
+    first = plan(spec, obs, None, PlannerState(), T0)
+    assert (first.prefill, first.decode) == (first.raw_prefill, first.raw_decode)
+    assert first.prefill > 5
+    assert any("first decision" in r for r in first.reasons)
+    later = plan(spec, obs, None, first.state, T0 + timedelta(seconds=30))
+    assert later.prefill == 5  # afterwards the step limits apply as configured
+    assert any(c.stage == "ScaleUpLimit" for c in later.clamps)
+
+
+def _recommendation_at(seconds_ago: float, prefill: int, decode: int) -> Recommendation:
+    return Recommendation(time=T0 - timedelta(seconds=seconds_ago), prefill=prefill, decode=decode)
+
+
+@pytest.mark.parametrize(
+    ("earlier", "forecast", "held"),
+    [
+        # The layout recommended 150 s ago (the lead time: 120 s startup + 30 s interval) was 12P/8D and
+        # covers what 40 rps needs now: the forecasts held, so the window shortens to 150 s and the 12P/8D
+        # recommended 200 s ago no longer holds the pool up.
+        pytest.param((2, 2), True, False, id="forecast-right-window-shortened"),
+        # The same history without a forecast keeps the spec's 300 s window: the pool stays at 12P/8D.
+        pytest.param((2, 2), False, True, id="no-forecast-spec-window"),
+        # 150 s ago only 1P/1D was recommended, less than 40 rps needs now: the forecast fell short.
+        pytest.param((1, 1), True, True, id="forecast-wrong-spec-window"),
+    ],
+)
+def test_scale_down_window_shortens_when_the_forecasts_held(
+    earlier: tuple[int, int], forecast: bool, held: bool
+) -> None:
+    spec = make_spec(scaling={"scaleDown": {"stabilizationSeconds": 300, "maxStepReplicas": 1000}})
+    state = PlannerState(recommendations=[_recommendation_at(200, 12, 8), _recommendation_at(150, *earlier)])
+    obs = make_obs(rate=40, prefill=12, decode=8)
+    upcoming = LoadForecast(
+        model="naive", horizon_seconds=150, quantile=0.9, arrival_rate_rps_mean=40, arrival_rate_rps_upper=42
+    )
+    d = plan(spec, obs, upcoming if forecast else None, state, T0)
+    assert ((d.prefill, d.decode) == (12, 8)) is held
+    assert any("scale-down window 150s" in r for r in d.reasons) is (not held)
+
+
+def test_a_backlog_teaches_the_corrections_nothing() -> None:
+    """600 prompts queued at 20 rps is 30 s of arrivals, far more than the 1.5 s TTFT SLO's worth: the
+    40 s P90 TTFT is the backlog's, not a slow engine's. Dividing it by the predicted 0.07 s would drive
+    the prefill factor to its 2.0 bound and double the pool after the backlog is gone."""
+    obs = make_obs(rate=20, prefill=3, decode=2, ttft_seconds=40.0, prefill_queue_depth=600)
+    d = plan(make_spec(), obs, None, PlannerState(), T0)
+    assert (d.state.prefill_correction, d.state.decode_correction) == (1.0, 1.0)
+
+
+def test_an_observation_no_factor_explains_is_not_learned() -> None:
+    """Without a backlog, a 30 s P90 TTFT at 20 rps on 3 replicas is more than even an engine 2x slower
+    than the profile would show (0.2 s): it is left alone rather than clamped to 2.0."""
+    obs = make_obs(rate=20, prefill=3, decode=2, ttft_seconds=30.0)
+    assert plan(make_spec(), obs, None, PlannerState(), T0).state.prefill_correction == 1.0

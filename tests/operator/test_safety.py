@@ -16,6 +16,7 @@ from dopd_operator.safety import (
     clamp_bounds,
     enforce_budget,
     fit_budget,
+    hold_found_replicas,
     hold_unschedulable,
     limit_steps,
     stabilize,
@@ -152,3 +153,24 @@ def test_scale_up_window_takes_the_lowest_recommendation() -> None:
 def test_tolerance(current: Layout, wanted: Layout, expected: Layout) -> None:
     spec = make_spec(scaling={"tolerance": 0.1})
     assert apply_tolerance(wanted, current, spec, []) == expected
+
+
+@pytest.mark.parametrize(
+    ("window", "layout", "expected", "stages"),
+    [
+        # A fresh planner finding 3P/2D at a load that needs 1P/1D keeps them while its 300 s window fills:
+        # the trace of a rising load it has not yet seen would otherwise cost a scale-down and a restart.
+        pytest.param(
+            300, Layout(1, 1), Layout(3, 2), ["ScaleDownStabilized", "ScaleDownStabilized"], id="kept"
+        ),
+        pytest.param(300, Layout(5, 2), Layout(5, 2), [], id="scale-up-untouched"),
+        pytest.param(0, Layout(1, 1), Layout(1, 1), [], id="no-window-no-hold"),
+    ],
+)
+def test_a_fresh_planner_holds_the_replicas_it_finds(
+    window: int, layout: Layout, expected: Layout, stages: list[str]
+) -> None:
+    spec = make_spec(scaling={"scaleDown": {"stabilizationSeconds": window}})
+    clamps: list[Clamp] = []
+    assert hold_found_replicas(layout, Layout(3, 2), spec, clamps) == expected
+    assert [c.stage for c in clamps] == stages

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sim_helpers import make_trace
 
-from dopd_sim.synthetic import diurnal, gamma_bursty, generate_from_spec, poisson, steps
+from dopd_sim.synthetic import bursts, diurnal, gamma_bursty, generate_from_spec, poisson, steps, trend
 from dopd_sim.workload import scale_rate
 
 
@@ -60,3 +60,35 @@ def test_rate_scale_keeps_span_and_multiplies_requests() -> None:
 def test_rate_scale_one_is_identity() -> None:
     trace = make_trace([0.0, 1.0], [5, 6], [7, 8])
     assert scale_rate(trace, 1.0) is trace
+
+
+def test_bursts_raise_the_rate_inside_episodes_only() -> None:
+    trace = bursts(50.0, 3600.0, factor=3.0, burst_s=120.0, per_hour=6.0, seed=4)
+    per_minute = np.bincount((trace.arrival_s // 60).astype(int), minlength=60)[:60] / 60
+    # Outside bursts the rate is 50 rps; inside 150. Without bursts no minute would exceed ~60.
+    assert np.median(per_minute) == pytest.approx(50.0, rel=0.1)
+    assert per_minute.max() == pytest.approx(150.0, rel=0.1)
+
+
+def test_trend_rises_linearly() -> None:
+    trace = trend(30.0, 210.0, 3600.0, seed=5)
+    per_ten_minutes = np.bincount((trace.arrival_s // 600).astype(int), minlength=6)[:6] / 600
+    # Midpoints of the six ten-minute spans: 45, 75, ..., 195 rps.
+    assert per_ten_minutes.tolist() == pytest.approx([45, 75, 105, 135, 165, 195], rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("mix", "input_mean", "output_mean"),
+    [
+        pytest.param("azure", 1155, 211, id="azure-conversation"),
+        # 85% x 1155 + 15% x 12000 (capped at 32k)
+        pytest.param("long-mix", 2780, 211, id="long-prompt-mix"),
+        pytest.param("code", 2000, 30, id="code-completion"),
+    ],
+)
+def test_length_mixes(mix: str, input_mean: float, output_mean: float) -> None:
+    trace = generate_from_spec(f"poisson,rate_rps=50,duration_s=600,lengths={mix}", seed=6)
+    assert float(np.mean(trace.input_tokens)) == pytest.approx(input_mean, rel=0.06)
+    assert float(np.mean(trace.output_tokens)) == pytest.approx(output_mean, rel=0.06)
+    with pytest.raises(ValueError, match="unknown length mix"):
+        generate_from_spec("poisson,lengths=chat")

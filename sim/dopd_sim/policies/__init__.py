@@ -1,7 +1,8 @@
 """Scaling policies behind one Protocol (`base.Policy`), one small module each, and their registry.
 
 `make_policy(name, trace, config)` builds a fresh policy for one run (policies keep per-run state).
-`static` needs a layout: pass `static_layout`, or let `search.best_static_layout` find one.
+`static` needs a layout: pass `static_layout`, or let `search.best_static_layout` find one; `static-peak`
+is the fixed layout `peak.static_peak_layout` sizes for the trace's busiest minute.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ POLICY_NAMES: tuple[str, ...] = (
     "dopd",
     "dopd-fifo",
     "static",
+    "static-peak",
     "aggregated",
     "aggregated-static",
     "reactive",
     "dynamo-sla",
     "oracle",
 )
-FIXED_POLICIES: tuple[str, ...] = ("static", "aggregated-static")  # layouts that never change
+FIXED_POLICIES: tuple[str, ...] = ("static", "static-peak", "aggregated-static")  # layouts that never change
 
 __all__ = ["FIXED_POLICIES", "POLICY_NAMES", "Layout", "Policy", "TickInput", "make_policy"]
 
@@ -54,6 +56,12 @@ def make_policy(
 
             static_layout = (default_static_gpus(trace, config), 0)
         return FixedAggregatedPolicy(static_layout[0])
+    if name == "static-peak":
+        if static_layout is None:
+            from dopd_sim.peak import static_peak_layout
+
+            static_layout = static_peak_layout(trace, config)
+        return StaticPolicy(*static_layout, name="static-peak")
     if name == "static":
         if static_layout is None:
             from dopd_sim.search import best_static_layout

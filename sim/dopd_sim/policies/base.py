@@ -8,6 +8,7 @@ Callers: `cluster.Simulator` (each tick), `policies.make_policy` (construction).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -18,6 +19,7 @@ from dopd_operator.api import DisaggregatedModelSpec
 from dopd_operator.planner_types import Observation
 from dopd_operator.profile import PerformanceProfile
 from dopd_sim.config import SimConfig
+from dopd_sim.metrics import IntervalAverages
 
 Architecture = Literal["disaggregated", "aggregated"]
 FloatArray = npt.NDArray[np.float64]
@@ -53,6 +55,12 @@ class TickInput:
     # Busy share of ready prefill replicas since the last tick (a DCGM-utilization-like gauge that the
     # operator's Observation does not carry; only the HPA-style baselines read it). None: unknown.
     prefill_utilization: float | None = None
+    # Prefix-cache hit rate over the metrics window (cached / queried prompt tokens, vLLM's counters);
+    # None when the trace carries no block hashes. The oracle reads it.
+    prefix_cache_hit_rate: float | None = None
+    # Averages over the last `seconds` as Dynamo's planner queries them from the frontend's histograms
+    # (mean TTFT and ITL, request count, mean ISL and OSL); only `dynamo-sla` reads them.
+    averages: Callable[[float], IntervalAverages] | None = None
 
 
 class Policy(Protocol):

@@ -4,7 +4,9 @@ Each controller tick hands the tick what the Kopf loop hands it: the Observation
 history (here bucketed from the simulated counters, there a Prometheus range query), the per-model
 forecaster and the planner state carried from the last tick. The Decision's replicas are applied and its
 state is kept for the next tick. dopd also brings its length-aware prefill queue (the DOPD paper's
-scheduling), which `dopd-fifo` leaves out so the two contributions can be told apart.
+scheduling), which `dopd-fifo` leaves out so the two contributions can be told apart. With `cold_start`
+the run starts from the spec's minReplicas instead of the warm start every policy shares (the cluster a
+new DisaggregatedModel gets before its first decision).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class DopdPolicy:
     name: str = "dopd"
     architecture: Architecture = "disaggregated"
     prefill_queue: QueuePolicy = "length-aware"
+    cold_start: bool = False
     state: PlannerState = field(default_factory=PlannerState)
     forecasts: int = 0
     forecast_failures: int = 0
@@ -35,6 +38,13 @@ class DopdPolicy:
     last_result: TickResult | None = None
     _forecaster: SeriesForecaster | None = None
     _forecaster_made: bool = False
+
+    def initial_layout(self, tick: TickInput) -> Layout | None:
+        """minReplicas with `cold_start`; else None, the warm start every policy shares."""
+        if not self.cold_start:
+            return None
+        spec = tick.config.spec
+        return Layout(prefill=spec.prefill.min_replicas, decode=spec.decode.min_replicas)
 
     def decide(self, tick: TickInput) -> Layout:
         spec = tick.config.spec

@@ -1,9 +1,16 @@
-"""dynamo-sla: NVIDIA Dynamo's SLA planner (throughput-based scaling), with its documented formulas.
+"""dynamo-sla: NVIDIA Dynamo's SLA planner (throughput-based scaling), with its documented formulas and
+the inputs it really has.
 
-From Dynamo's planner design doc ("Scaling Algorithm", steps 2-5):
+Every `adjustment_interval_s` (Dynamo's default: 180 s) Dynamo queries Prometheus for *averages over
+the interval* from the frontend's histograms and counters: mean TTFT, mean ITL, the request count, mean
+ISL and OSL (`TickInput.averages`; not the P90 the operator's Observation carries). Then, per its
+planner design doc ("Scaling Algorithm", steps 2-5):
 - correction factors: prefill = observed TTFT / expected TTFT (the profiled TTFT of one prompt of the
   observed mean ISL); decode = observed ITL / expected ITL (the profiled step time at the observed
   per-replica concurrency and context);
+- the next interval's request count, ISL and OSL from its load predictor: `constant` (the last
+  interval's value) or `arima` (fitted to the history of interval values; here dopd's own ARIMA from
+  `dopd_forecaster`, as Dynamo uses pmdarima's);
 - prefill: `load = next_requests * next_isl / interval * min(1, prefill_correction)`,
   `N_P = ceil(load / profiled_prefill_throughput_per_gpu(isl) / gpus_per_engine)`, where the profiled
   throughput is isl / TTFT(isl) for one prompt;
@@ -11,17 +18,28 @@ From Dynamo's planner design doc ("Scaling Algorithm", steps 2-5):
   best_throughput_per_gpu(itl=corrected_itl, context=isl + osl/2)` (the largest B/T_d(B) whose step time
   meets the ITL and whose KV fits), `N_D = ceil(next_requests * next_osl / interval / throughput_per_gpu
   / gpus_per_engine)`.
-The next interval's load is predicted with Dynamo's `constant` predictor (the last interval's value).
-Dynamo applies its decision directly, without stabilization; min 1 replica per role.
+Between adjustments it holds. Dynamo applies its decision directly, without stabilization; min 1 replica
+per role. The benchmark runs both intervals and both predictors and reports the best configuration.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
+import numpy as np
+
+from dopd_forecaster.errors import ForecastError
+from dopd_forecaster.forecaster import SeriesForecaster
 from dopd_operator.profile import PerformanceProfile
+from dopd_sim.metrics import IntervalAverages
 from dopd_sim.policies.base import Architecture, Layout, TickInput
+
+Predictor = Literal["constant", "arima"]
+DYNAMO_DEFAULT_INTERVAL_SECONDS = 180.0
+# A fit limit far above any real fit: a wall-clock limit hit on a busy machine would make runs differ.
+_FIT_TIMEOUT_S = 120.0
 
 
 def best_decode_throughput_per_gpu(
@@ -41,36 +59,88 @@ def best_decode_throughput_per_gpu(
 
 
 @dataclass
+class _Series:
+    """One predicted quantity: its per-interval history and, for `arima`, a forecaster."""
+
+    interval_s: float
+    predictor: Predictor
+    history: list[float] = field(default_factory=list)
+    forecaster: SeriesForecaster | None = None
+
+    def next(self, value: float) -> float:
+        self.history.append(value)
+        if self.predictor == "constant" or len(self.history) < 4:
+            return value
+        if self.forecaster is None:
+            self.forecaster = SeriesForecaster(
+                model="arima", quantile=0.5, step_s=self.interval_s, fit_timeout_s=_FIT_TIMEOUT_S
+            )
+        stamps = np.arange(len(self.history), dtype=np.float64) * self.interval_s
+        try:
+            forecast = self.forecaster.forecast(stamps, np.asarray(self.history), self.interval_s)
+        except ForecastError:
+            return value
+        return max(float(forecast.mean), 0.0)
+
+
+@dataclass
 class DynamoSlaPolicy:
     min_replicas: int = 1
     max_replicas: int = 256
+    adjustment_interval_s: float = DYNAMO_DEFAULT_INTERVAL_SECONDS
+    predictor: Predictor = "constant"
     name: str = "dynamo-sla"
     architecture: Architecture = "disaggregated"
     prefill_correction: float = 1.0
     decode_correction: float = 1.0
+    _last_adjustment_s: float | None = None
+    _series: dict[str, _Series] = field(default_factory=dict)
+
+    def _predict(self, key: str, value: float) -> float:
+        series = self._series.setdefault(key, _Series(self.adjustment_interval_s, self.predictor))
+        return series.next(value)
 
     def decide(self, tick: TickInput) -> Layout:
-        obs, profile, spec = tick.observation, tick.profile, tick.config.spec
-        if not obs.load_known:
+        if tick.averages is None:
+            raise ValueError("dynamo-sla needs interval averages (TickInput.averages)")
+        due = self._last_adjustment_s is None or tick.now_s - self._last_adjustment_s >= (
+            self.adjustment_interval_s - 1e-9
+        )
+        if not due:
             return tick.current
-        assert obs.arrival_rate_rps is not None and obs.input_tokens_mean is not None
-        assert obs.output_tokens_mean is not None
-        isl, osl, rate = obs.input_tokens_mean, max(obs.output_tokens_mean, 1.0), obs.arrival_rate_rps
-        expected_ttft = profile.prefill_seconds(isl)
-        if obs.ttft_seconds is not None and expected_ttft > 0:
-            self.prefill_correction = obs.ttft_seconds / expected_ttft
-        context = isl + osl / 2
-        if obs.tpot_seconds is not None and obs.decode_running is not None and tick.current.decode > 0:
+        interval = min(self.adjustment_interval_s, tick.now_s)
+        averages = tick.averages(interval)
+        if averages.isl_mean is None or averages.osl_mean is None:
+            return tick.current  # nothing observed yet: Dynamo keeps the replicas
+        self._last_adjustment_s = tick.now_s
+        self._correct(averages, tick)
+        requests = self._predict("requests", averages.requests)
+        isl = max(self._predict("isl", averages.isl_mean), 1.0)
+        osl = max(self._predict("osl", averages.osl_mean), 1.0)
+        return self._replicas(requests / interval, isl, osl, tick)
+
+    def _correct(self, averages: IntervalAverages, tick: TickInput) -> None:
+        profile = tick.profile
+        assert averages.isl_mean is not None and averages.osl_mean is not None
+        expected_ttft = profile.prefill_seconds(averages.isl_mean)
+        if averages.ttft_mean_s is not None and expected_ttft > 0:
+            self.prefill_correction = averages.ttft_mean_s / expected_ttft
+        obs = tick.observation
+        context = averages.isl_mean + averages.osl_mean / 2
+        if averages.itl_mean_s is not None and obs.decode_running is not None and tick.current.decode > 0:
             concurrency = max(obs.decode_running / tick.current.decode, 1.0)
             expected_itl = profile.decode_step_seconds(concurrency, context)
-            if expected_itl > 0 and obs.tpot_seconds > 0:
-                self.decode_correction = obs.tpot_seconds / expected_itl
+            if expected_itl > 0 and averages.itl_mean_s > 0:
+                self.decode_correction = averages.itl_mean_s / expected_itl
+
+    def _replicas(self, rate: float, isl: float, osl: float, tick: TickInput) -> Layout:
+        profile, spec = tick.profile, tick.config.spec
         prefill_tokens_per_s = rate * isl * min(1.0, self.prefill_correction)
-        prefill_throughput = isl / max(expected_ttft, 1e-9) / spec.prefill.gpus_per_replica
+        prefill_throughput = isl / max(profile.prefill_seconds(isl), 1e-9) / spec.prefill.gpus_per_replica
         prefill = math.ceil(prefill_tokens_per_s / prefill_throughput / spec.prefill.gpus_per_replica - 1e-9)
         corrected_itl = spec.slo.tpot_seconds / max(self.decode_correction, 1e-9)
         decode_throughput = best_decode_throughput_per_gpu(
-            profile, corrected_itl, context, spec.decode.gpus_per_replica
+            profile, corrected_itl, isl + osl / 2, spec.decode.gpus_per_replica
         )
         decode = math.ceil(rate * osl / decode_throughput / spec.decode.gpus_per_replica - 1e-9)
         return Layout(

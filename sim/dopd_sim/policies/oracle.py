@@ -4,11 +4,12 @@ At each tick it reads the trace itself. Replicas it adds now serve from now + st
 decision's replicas are ready (one interval later), so growth is sized for the busiest metrics-window
 of [now + startup, now + startup + interval]; replicas it already has are kept only while the busiest
 window of [now, now + startup + interval] needs them (a released replica cannot come back in time).
-Sizes come from the operator's capacity model (`dopd_operator.capacity`) times per-role factors
-`prefill_scale` / `decode_scale`: `search.calibrate_oracle` bisects those factors with the simulator
-to the fewest replicas that still meet the attainment target, because the capacity model alone is
-conservative (it sizes prefill as an M/G/c queue of single prompts, while replicas batch). No forecast
-error, no stabilization, no step limits.
+Sizes come from the operator's capacity model (`dopd_operator.capacity`) given that window's true load
+(rate, the lengths themselves, burstiness, the prefix-cache hit rate being observed) times per-role factors
+`prefill_scale` / `decode_scale`: `search.calibrate_oracle` searches those factors with the simulator,
+over a range wide enough not to confine it to the model's sizes, for the fewest replicas that still
+meet the attainment target. The factors it finds are the capacity model's calibration: 1.0 means the
+model, told the load exactly, sizes exactly. No forecast error, no stabilization, no step limits.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dopd_operator.capacity import CapacityModel, Workload
 from dopd_operator.planner import lead_time_seconds
 from dopd_sim.metrics import percentile
 from dopd_sim.policies.base import Architecture, Layout, TickInput
+from dopd_sim.policies.sizing import busiest_window
 
 
 @dataclass
@@ -33,32 +35,33 @@ class OraclePolicy:
     name: str = "oracle"
     architecture: Architecture = "disaggregated"
 
-    def _workload(self, start_s: float, end_s: float, window_s: float) -> Workload | None:
-        """Lengths over [start, end + window) and the busiest window's rate among windows starting in it."""
-        arrivals = self.trace.arrival_s
-        lo = int(np.searchsorted(arrivals, start_s, side="left"))
-        hi = int(np.searchsorted(arrivals, end_s + window_s, side="left"))
-        if hi <= lo:
+    def _workload(self, start_s: float, end_s: float, window_s: float, hit_rate: float) -> Workload | None:
+        """The busiest window's rate and burstiness among those overlapping [start, end + window)
+        (`sizing.busiest_window`), with the lengths of the requests arriving there."""
+        found = busiest_window(self.trace, start_s, end_s, window_s)
+        if found is None:
             return None
-        span = arrivals[lo:hi]
-        starts = np.searchsorted(span, end_s, side="right")
-        ends = np.searchsorted(span, span[:starts] + window_s, side="left")
-        peak = int(np.max(ends - np.arange(starts))) if starts else len(span)
+        rate, scv, lo, hi = found
         inputs = self.trace.input_tokens[lo:hi].astype(np.float64)
         outputs = self.trace.output_tokens[lo:hi].astype(np.float64)
         return Workload(
-            arrival_rate_rps=peak / window_s,
+            arrival_rate_rps=rate,
             input_tokens_mean=float(np.mean(inputs)),
             input_tokens_p90=percentile(inputs, 90),
             output_tokens_mean=float(np.mean(outputs)),
             output_tokens_p90=percentile(outputs, 90),
+            arrival_scv=scv,
+            prefix_cache_hit_rate=hit_rate,
+            # Perfect knowledge includes the lengths themselves, not a fit to two of their statistics.
+            input_tokens_known=tuple(inputs.tolist()),
+            output_tokens_known=tuple(outputs.tolist()),
         )
 
     def _size(self, workload: Workload | None, tick: TickInput) -> Layout:
         spec = tick.config.spec
         if workload is None:
             return Layout(prefill=max(spec.prefill.min_replicas, 1), decode=max(spec.decode.min_replicas, 1))
-        model = CapacityModel(tick.profile, spec.slo, workload)
+        model = CapacityModel(tick.profile, spec.slo, workload, tick.config.prefill_token_budget)
         rate = workload.arrival_rate_rps
         prefill = math.ceil(model.prefill_replicas(rate) * self.prefill_scale - 1e-9)
         decode = math.ceil(model.decode_replicas(rate) * self.decode_scale - 1e-9)
@@ -73,8 +76,9 @@ class OraclePolicy:
         startup = lead - spec.scaling.interval_seconds
         end = now + lead
         window = config.window_seconds
-        grow = self._size(self._workload(now + startup, end, window), tick)
-        keep = self._size(self._workload(now, end, window), tick)
+        hits = tick.prefix_cache_hit_rate or 0.0
+        grow = self._size(self._workload(now + startup, end, window, hits), tick)
+        keep = self._size(self._workload(now, end, window, hits), tick)
         current = tick.current
         return Layout(
             prefill=max(grow.prefill, min(current.prefill, keep.prefill)),
@@ -83,4 +87,4 @@ class OraclePolicy:
 
     def initial_layout(self, tick: TickInput) -> Layout:
         spec, config = tick.config.spec, tick.config
-        return self._size(self._workload(0.0, lead_time_seconds(spec), config.window_seconds), tick)
+        return self._size(self._workload(0.0, lead_time_seconds(spec), config.window_seconds, 0.0), tick)

@@ -1,17 +1,25 @@
 """Sizing a layout from a known load with the operator's capacity model (`dopd_operator.capacity`).
 
-Used for the warm start every policy shares (the cluster the capacity model sizes for the first window
-of load, ready at time 0, so runs compare scaling rather than a cold first minute) and by `oracle`.
+Used for the warm start every policy shares (the cluster the capacity model sizes for the first lead
+time of load, ready at time 0, so runs compare scaling rather than a cold first minute), by `oracle`
+(the busiest window ahead) and by the peak-layout searches.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from dopd_forecaster.traces import Trace
 from dopd_operator.capacity import CapacityModel, Workload
+from dopd_operator.planner import lead_time_seconds
 from dopd_operator.profile import PerformanceProfile
 from dopd_sim.config import SimConfig
-from dopd_sim.policies.base import Layout, TickInput
+from dopd_sim.metrics import percentile
+from dopd_sim.policies.base import Layout
+
+_MIN_ARRIVALS_FOR_SCV = 20
 
 
 def layout_for_workload(
@@ -19,7 +27,7 @@ def layout_for_workload(
 ) -> Layout:
     """Fewest replicas the capacity model says meet the SLOs at this workload, within the spec's bounds."""
     spec = config.spec
-    model = CapacityModel(profile, spec.slo, workload)
+    model = CapacityModel(profile, spec.slo, workload, config.prefill_token_budget)
     rate = workload.arrival_rate_rps
     prefill = min(max(model.prefill_replicas(rate), spec.prefill.min_replicas, 1), spec.prefill.max_replicas)
     decode = min(max(model.decode_replicas(rate), spec.decode.min_replicas, 1), spec.decode.max_replicas)
@@ -28,18 +36,56 @@ def layout_for_workload(
     return Layout(prefill=prefill, decode=decode)
 
 
-def warm_start_layout(tick: TickInput, aggregated: bool) -> Layout:
-    obs = tick.observation
-    if not obs.load_known:
+def busiest_window(
+    trace: Trace, start_s: float, end_s: float, window_s: float
+) -> tuple[float, float, int, int] | None:
+    """The busiest `window_s` of arrivals among the windows overlapping [start_s, end_s + window_s)
+    (those starting from one window before `start_s`, so the window covering `start_s` counts in full;
+    windows past the trace's end stand for the last full one): its rate (rps), the squared coefficient
+    of variation of its inter-arrival gaps (1 with too few arrivals to say), and the index range of the
+    requests arriving in [start, end + window). None when none arrives there."""
+    arrivals = trace.arrival_s
+    last_start = max(trace.duration_s - window_s, 0.0)
+    start_s, end_s = min(max(start_s - window_s, 0.0), last_start), min(end_s, last_start)
+    lo = int(np.searchsorted(arrivals, start_s, side="left"))
+    hi = int(np.searchsorted(arrivals, end_s + window_s, side="left"))
+    if hi <= lo:
+        return None
+    span = arrivals[lo:hi]
+    starts = int(np.searchsorted(span, end_s, side="right"))
+    ends = np.searchsorted(span, span[:starts] + window_s, side="left")
+    counts = ends - np.arange(starts)
+    busiest = int(np.argmax(counts)) if starts else 0
+    peak = int(counts[busiest]) if starts else len(span)
+    gaps = np.diff(span[busiest : busiest + peak])
+    scv = 1.0
+    if len(gaps) >= _MIN_ARRIVALS_FOR_SCV and float(np.mean(gaps)) > 0:
+        scv = float(np.var(gaps) / np.mean(gaps) ** 2)
+    return peak / window_s, scv, lo, hi
+
+
+def warm_start_layout(
+    trace: Trace, config: SimConfig, profile: PerformanceProfile, aggregated: bool
+) -> Layout:
+    """The cluster a run starts from: the capacity model's sizes for the busiest window of the first lead
+    time (startup + interval), from the lengths' mean and P90, as a planner running before the trace
+    began would have ordered; ready at time 0. The same for every policy but `static` and `oracle`
+    (which bring their own) and a cold-started dopd, so runs compare scaling, not a cold first minute."""
+    if len(trace) == 0:
         return Layout(mixed=2) if aggregated else Layout(prefill=1, decode=1)
+    found = busiest_window(trace, 0.0, lead_time_seconds(config.spec), config.window_seconds)
+    assert found is not None
+    rate, _, lo, hi = found
+    inputs = trace.input_tokens[lo:hi].astype(np.float64)
+    outputs = trace.output_tokens[lo:hi].astype(np.float64)
     workload = Workload(
-        arrival_rate_rps=obs.arrival_rate_rps or 0.0,
-        input_tokens_mean=obs.input_tokens_mean or 0.0,
-        input_tokens_p90=obs.input_tokens_p90,
-        output_tokens_mean=obs.output_tokens_mean or 0.0,
-        output_tokens_p90=obs.output_tokens_p90,
+        arrival_rate_rps=rate,
+        input_tokens_mean=float(np.mean(inputs)),
+        input_tokens_p90=percentile(inputs, 90),
+        output_tokens_mean=float(np.mean(outputs)),
+        output_tokens_p90=percentile(outputs, 90),
     )
-    return layout_for_workload(workload, tick.profile, tick.config, aggregated)
+    return layout_for_workload(workload, profile, config, aggregated)
 
 
 def ceil_div(numerator: float, denominator: float) -> int:

@@ -1,0 +1,154 @@
+"""Fixed layouts sized for a trace's busiest minute: what people deploy without an autoscaler.
+
+`static_peak_layout` finds the fewest prefill and decode replicas that meet the attainment target for
+the requests of the busiest minute; `aggregated_peak_layout` the fewest colocated (chunked-prefill)
+replicas, with the chunk size swept. Both are searched with the simulator on a slice of the trace around
+that minute (two minutes before it, so queues are in steady state when it starts, and two after, so its
+requests finish), scoring only the minute's own requests: cheap, since a slice is a few minutes of
+requests. Where the target cannot be met at any size (prompts too long to prefill within the SLO), the
+search aims at the same share of what ample replicas reach there. Callers: benchmark, bench/sim_bench.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from dopd_forecaster.traces import Trace
+from dopd_sim.config import SimConfig
+from dopd_sim.metrics import slo_met
+from dopd_sim.policies.aggregated import FixedAggregatedPolicy
+from dopd_sim.policies.base import Policy
+from dopd_sim.policies.sizing import layout_for_workload
+from dopd_sim.policies.static import StaticPolicy
+from dopd_sim.run import simulate
+from dopd_sim.search import trace_workload
+
+PEAK_WINDOW_SECONDS = 60.0
+PEAK_MARGIN_SECONDS = 120.0
+CHUNK_SIZES_TOKENS = (512, 1024, 2048)
+_AMPLE = 3.0
+
+
+@dataclass(frozen=True)
+class PeakSlice:
+    """The busiest minute of a trace and the slice around it that is simulated."""
+
+    trace: Trace  # the slice, re-based to start at 0
+    scored_from_s: float  # the busiest minute, in the slice's time
+    scored_to_s: float
+    rate_rps: float  # the minute's arrival rate
+
+
+def busiest_minute(trace: Trace, window_s: float = PEAK_WINDOW_SECONDS) -> PeakSlice:
+    arrivals = trace.arrival_s
+    ends = np.searchsorted(arrivals, arrivals + window_s, side="left")
+    counts = ends - np.arange(len(arrivals))
+    first = int(np.argmax(counts))
+    start = float(arrivals[first])
+    begin = max(start - PEAK_MARGIN_SECONDS, 0.0)
+    piece = trace.window(begin, start + window_s + PEAK_MARGIN_SECONDS)
+    offset = float(arrivals[int(np.searchsorted(arrivals, begin, side="left"))])
+    return PeakSlice(piece, start - offset, start - offset + window_s, int(counts[first]) / window_s)
+
+
+def _peak_attainment(peak: PeakSlice, policy: Policy, config: SimConfig) -> float:
+    result = simulate(peak.trace, policy, config)
+    arrivals = peak.trace.arrival_s
+    scored = (arrivals >= peak.scored_from_s) & (arrivals < peak.scored_to_s)
+    slo = config.spec.slo
+    met = slo_met(result.ttft_s[scored], result.tpot_s[scored], slo.ttft_seconds, slo.tpot_seconds)
+    return float(np.mean(met)) if len(met) else 1.0
+
+
+def _fewest(meets: Callable[[int], bool], start: int, ceiling: int) -> int:
+    """The smallest n in [1, ceiling] with meets(n), searched from `start` (monotone predicate)."""
+    low, high = 0, max(1, min(start, ceiling))
+    if meets(high):
+        while high > 1:
+            probe = max(1, high // 2)
+            if not meets(probe):
+                low = probe
+                break
+            high = probe
+    else:
+        low = high
+        while True:
+            high = min(high * 2, ceiling)
+            if meets(high):
+                break
+            if high >= ceiling:
+                return ceiling
+            low = high
+    while high - low > 1:
+        mid = (low + high) // 2
+        if meets(mid):
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def _goal(peak: PeakSlice, ample: Policy, config: SimConfig) -> float:
+    """The target, or the same share of what ample replicas reach at the peak where that is less."""
+    target = config.spec.slo.attainment_target
+    ceiling = _peak_attainment(peak, ample, config)
+    return target if ceiling >= target else target * ceiling
+
+
+def static_peak_layout(trace: Trace, config: SimConfig) -> tuple[int, int]:
+    """The fewest (prefill, decode) replicas meeting the target for the busiest minute's requests:
+    prefill searched with ample decode, then decode with that prefill."""
+    peak = busiest_minute(trace)
+    sized = layout_for_workload(
+        dataclasses.replace(trace_workload(peak.trace, rate_percentile=100), arrival_rate_rps=peak.rate_rps),
+        config.resolved_profile(),
+        config,
+        aggregated=False,
+    )
+    spec = config.spec
+    ample_p = min(max(round(sized.prefill * _AMPLE), 2), spec.prefill.max_replicas)
+    ample_d = min(max(round(sized.decode * _AMPLE), 2), spec.decode.max_replicas)
+    goal = _goal(peak, StaticPolicy(ample_p, ample_d), config)
+
+    def prefill_meets(n: int) -> bool:
+        return _peak_attainment(peak, StaticPolicy(n, ample_d), config) >= goal
+
+    prefill = _fewest(prefill_meets, sized.prefill, spec.prefill.max_replicas)
+
+    def decode_meets(n: int) -> bool:
+        return _peak_attainment(peak, StaticPolicy(prefill, n), config) >= goal
+
+    return prefill, _fewest(decode_meets, sized.decode, spec.decode.max_replicas)
+
+
+def aggregated_peak_layout(
+    trace: Trace, config: SimConfig, chunks: tuple[int, ...] = CHUNK_SIZES_TOKENS
+) -> tuple[int, int]:
+    """The fewest colocated replicas meeting the target for the busiest minute's requests, and the chunk
+    size (tokens per iteration) that needs the fewest (ties: the default chunk)."""
+    peak = busiest_minute(trace)
+    sized = layout_for_workload(
+        dataclasses.replace(trace_workload(peak.trace, rate_percentile=100), arrival_rate_rps=peak.rate_rps),
+        config.resolved_profile(),
+        config,
+        aggregated=True,
+    )
+    ceiling = 2 * max(config.spec.prefill.max_replicas, config.spec.decode.max_replicas)
+    best: tuple[int, int] | None = None
+    for chunk in chunks:
+        chunked = dataclasses.replace(config, aggregated_token_budget=chunk)
+        ample = min(max(round(sized.mixed * _AMPLE), 2), ceiling)
+        goal = _goal(peak, FixedAggregatedPolicy(ample), chunked)
+
+        def meets(n: int, chunked: SimConfig = chunked, goal: float = goal) -> bool:
+            return _peak_attainment(peak, FixedAggregatedPolicy(n), chunked) >= goal
+
+        replicas = _fewest(meets, sized.mixed, ceiling)
+        if best is None or replicas < best[0]:
+            best = (replicas, chunk)
+    assert best is not None
+    return best

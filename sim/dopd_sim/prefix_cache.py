@@ -1,0 +1,156 @@
+"""The simulated prefix cache of the prefill pool, and the block hashes it is keyed by.
+
+Traces that carry prompt block hashes (Mooncake FAST'25: `hash_ids`, one per 512-token block; equal ids
+are reusable prefix KV) let the simulator credit what prefix caching saves. The model: one LRU cache of
+blocks for the whole prefill pool, holding as many blocks as the ready prefill replicas' KV capacity
+(each replica's HBM, with a cache-aware router sending a prompt to where its prefix is, as Dynamo's KV
+router and Mooncake's store do). A prompt's cached prefix is its longest run of leading blocks in the
+cache when its batch starts (at most all but its last token, which is always computed); its blocks
+enter the cache when its prefill ends. The hit rate this produces is what vLLM reports as
+prefix_cache_hits / prefix_cache_queries (tokens).
+
+`PrefixTrace` is a `Trace` that also carries each request's block hashes; `read_mooncake_blocks` reads
+them beside the shared loader, which keeps only arrival times and lengths. Callers: `workload` (loading,
+windowing and rate-scaling such traces), `cluster.Simulator` (the cache).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dopd_forecaster.traces import Trace, TraceFormatError
+
+MOONCAKE_BLOCK_TOKENS = 512
+
+BlockHashes = tuple[int, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class PrefixTrace(Trace):
+    """A trace whose requests carry their prompts' prefix block hashes (`block_tokens` tokens each)."""
+
+    prefix_blocks: tuple[BlockHashes, ...] = ()
+    block_tokens: int = MOONCAKE_BLOCK_TOKENS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.prefix_blocks) != len(self.arrival_s):
+            raise ValueError(f"{len(self.prefix_blocks)} block-hash lists for {len(self.arrival_s)} requests")
+
+    def _slice(self, lo: int, hi: int) -> PrefixTrace:
+        base = super()._slice(lo, hi)
+        return PrefixTrace(
+            base.arrival_s,
+            base.input_tokens,
+            base.output_tokens,
+            base.source,
+            base.format,
+            self.prefix_blocks[lo:hi],
+            self.block_tokens,
+        )
+
+    def scaled(self, rate_scale: float) -> PrefixTrace:
+        base = super().scaled(rate_scale)
+        return PrefixTrace(
+            base.arrival_s,
+            base.input_tokens,
+            base.output_tokens,
+            base.source,
+            base.format,
+            self.prefix_blocks,
+            self.block_tokens,
+        )
+
+
+def read_mooncake_blocks(path: str | Path, trace: Trace) -> PrefixTrace:
+    """`trace` (as `load_trace` read it from a Mooncake JSON-lines file) with each request's `hash_ids`.
+
+    Requests are matched to lines the way the loader orders them (a stable sort on the timestamp), and
+    every matched line's `input_length` must equal the trace's, so a mismatch cannot go unnoticed.
+    """
+    stamps: list[float] = []
+    blocks: list[BlockHashes] = []
+    lengths: list[int] = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            hashes = record.get("hash_ids")
+            if not isinstance(hashes, list) or not all(isinstance(h, int) for h in hashes):
+                raise TraceFormatError(path, number, "hash_ids is missing or not a list of integers")
+            stamps.append(float(record["timestamp"]))
+            lengths.append(int(record["input_length"]))
+            blocks.append(tuple(hashes))
+    order = np.argsort(np.asarray(stamps), kind="stable")
+    if len(order) != len(trace) or any(
+        lengths[i] != int(t) for i, t in zip(order, trace.input_tokens, strict=True)
+    ):
+        raise TraceFormatError(path, 0, "hash_ids do not line up with the requests the trace loader read")
+    return PrefixTrace(
+        trace.arrival_s,
+        trace.input_tokens,
+        trace.output_tokens,
+        trace.source,
+        trace.format,
+        tuple(blocks[i] for i in order),
+    )
+
+
+class PrefixCache:
+    """An LRU cache of prompt blocks sized by the ready prefill replicas' KV capacity."""
+
+    def __init__(self, block_tokens: int, blocks_per_replica: int) -> None:
+        self.block_tokens = block_tokens
+        self.blocks_per_replica = blocks_per_replica
+        self.capacity_blocks = 0
+        self._blocks: OrderedDict[int, None] = OrderedDict()
+        # Per lookup, in time order: (time, prompt tokens, cached tokens), for windowed hit rates.
+        self.lookup_s: list[float] = []
+        self.queried_tokens: list[int] = []
+        self.hit_tokens: list[int] = []
+
+    def resize(self, replicas: int) -> None:
+        """Capacity for `replicas` ready prefill replicas; a shrinking pool loses its oldest blocks."""
+        self.capacity_blocks = replicas * self.blocks_per_replica
+        self._evict()
+
+    def cached_tokens(self, blocks: Sequence[int], prompt_tokens: int, now_s: float) -> int:
+        """Tokens of this prompt's prefix found in the cache (touched as recently used), recorded for the
+        hit rate. The last token is always computed."""
+        hits = 0
+        for block in blocks:
+            if block not in self._blocks:
+                break
+            self._blocks.move_to_end(block)
+            hits += 1
+        cached = min(hits * self.block_tokens, max(prompt_tokens - 1, 0))
+        self.lookup_s.append(now_s)
+        self.queried_tokens.append(prompt_tokens)
+        self.hit_tokens.append(cached)
+        return cached
+
+    def hit_rate(self, start_s: float, end_s: float) -> float | None:
+        """Cached over queried prompt tokens of the lookups in [start_s, end_s); None without lookups."""
+        lo = bisect.bisect_left(self.lookup_s, start_s)
+        hi = bisect.bisect_left(self.lookup_s, end_s)
+        queried = sum(self.queried_tokens[lo:hi])
+        return sum(self.hit_tokens[lo:hi]) / queried if queried > 0 else None
+
+    def insert(self, blocks: Sequence[int]) -> None:
+        """A prefilled prompt's blocks become (most recently used) cache entries."""
+        for block in blocks:
+            self._blocks[block] = None
+            self._blocks.move_to_end(block)
+        self._evict()
+
+    def _evict(self) -> None:
+        while len(self._blocks) > self.capacity_blocks:
+            self._blocks.popitem(last=False)

@@ -1,0 +1,74 @@
+"""The prefill pool's prefix cache: LRU by blocks, sized by the ready replicas, credited in prefill time,
+and the Mooncake trace's block hashes carried through loading, windowing and rate scaling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sim_helpers import make_trace, toy_config, toy_profile
+
+from dopd_forecaster.datasets import MOONCAKE_SYNTHETIC, data_path
+from dopd_sim.cluster import Simulator
+from dopd_sim.policies.static import StaticPolicy
+from dopd_sim.prefix_cache import PrefixCache, PrefixTrace
+from dopd_sim.run import simulate
+from dopd_sim.workload import load_workload, scale_rate
+
+
+def test_leading_blocks_hit_and_the_least_recently_used_go_first() -> None:
+    cache = PrefixCache(block_tokens=10, blocks_per_replica=3)
+    cache.resize(1)
+    cache.insert([1, 2, 3])
+    # Leading blocks only: 1 and 2 hit, 9 breaks the prefix, so 3 does not count although cached.
+    assert cache.cached_tokens([1, 2, 9, 3], 40, 0.0) == 20
+    cache.insert([4])  # capacity 3: evicts 3, the least recently used (1 and 2 were just touched)
+    assert cache.cached_tokens([3], 10, 1.0) == 0
+    assert cache.cached_tokens([1, 2], 20, 2.0) == 19  # a whole prompt cached still computes its last token
+    assert cache.hit_rate(0.0, 3.0) == pytest.approx((20 + 0 + 19) / (40 + 10 + 20))
+    cache.resize(0)  # no ready prefill replica: nothing cached
+    assert cache.cached_tokens([1], 10, 3.0) == 0
+
+
+def _prefixed(arrivals: list[float], prompts: list[int], blocks: list[tuple[int, ...]]) -> PrefixTrace:
+    base = make_trace(arrivals, prompts, [2] * len(prompts))
+    return PrefixTrace(
+        base.arrival_s, base.input_tokens, base.output_tokens, "test", "canonical", tuple(blocks), 100
+    )
+
+
+def test_a_cached_prefix_is_not_recomputed() -> None:
+    # Prefill a + b*new + c*(l^2 - cached^2) with a = 0.01, b = 1e-4: the second 400-token prompt shares
+    # its first 300 tokens (3 blocks of 100) with the first, so it computes 100 new tokens: 0.02 s
+    # instead of 0.05 s. Without the block hashes both would take 0.05 s.
+    profile = toy_profile(prefill_a=0.01, prefill_b=1e-4)
+    trace = _prefixed([0.0, 1.0], [400, 400], [(1, 2, 3, 4), (1, 2, 3, 5)])
+    result = simulate(trace, StaticPolicy(1, 1), toy_config(profile))
+    assert result.ttft_s.tolist() == pytest.approx([0.05, 0.02])
+    plain = simulate(make_trace([0.0, 1.0], [400, 400], [2, 2]), StaticPolicy(1, 1), toy_config(profile))
+    assert plain.ttft_s.tolist() == pytest.approx([0.05, 0.05])
+
+
+def test_the_simulator_reports_its_windowed_hit_rate() -> None:
+    profile = toy_profile(prefill_a=0.01, prefill_b=1e-4)
+    trace = _prefixed([0.0, 1.0], [400, 400], [(1, 2, 3, 4), (1, 2, 3, 5)])
+    sim = Simulator(trace, StaticPolicy(1, 1), toy_config(profile))
+    sim.run()
+    assert sim.prefix_cache_hit_rate(0.0, 2.0) == pytest.approx(300 / 800)
+    assert sim.prefix_cache_hit_rate(0.5, 2.0) == pytest.approx(300 / 400)
+
+
+def test_mooncake_blocks_follow_windowing_and_rate_scaling() -> None:
+    trace = load_workload(str(data_path(MOONCAKE_SYNTHETIC)), duration_s=60.0)
+    assert isinstance(trace, PrefixTrace)
+    # 512-token blocks: a prompt has ceil(length / 512) of them.
+    assert all(
+        len(b) == -(-int(n) // 512) for b, n in zip(trace.prefix_blocks, trace.input_tokens, strict=True)
+    )
+    doubled = scale_rate(trace, 2.0, seed=1)
+    assert isinstance(doubled, PrefixTrace) and len(doubled) == 2 * len(trace)
+    # The second copy has its own hash space: its requests share no block with the first's, so the
+    # cache credits the trace's own reuse, not a copy of every prompt.
+    original = {h for b in trace.prefix_blocks for h in b}
+    shifted = {h for b in doubled.prefix_blocks for h in b} - original
+    assert len(shifted) == len(original)
+    assert np.array_equal(np.sort(doubled.input_tokens), np.sort(np.tile(trace.input_tokens, 2)))

@@ -1,0 +1,85 @@
+"""The published benchmark's verdicts are computed from the numbers: met/not-met, the ratios, and what
+is dropped when the oracle's calibration fails."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dopd_sim.publish import best_tuned_baseline, render_readme, targets
+
+
+@dataclass(frozen=True)
+class Trace:
+    name: str
+    title: str
+
+
+def _row(policy: str, attainment: float, gpu_hours: float, **extra: Any) -> dict[str, Any]:
+    return {"policy": policy, "slo_attainment": attainment, "gpu_hours": gpu_hours, "setting": "", **extra}
+
+
+def _oracle(
+    gpu_hours: float, calibrated: bool = True, scales: tuple[float, float] = (1.0, 1.0)
+) -> dict[str, Any]:
+    return _row(
+        "oracle",
+        0.995,
+        gpu_hours,
+        prefill_scale=scales[0],
+        decode_scale=scales[1],
+        model_gpu_hours=gpu_hours,
+        model_attainment=0.995,
+        calibrated=calibrated,
+        feasible=True,
+        ceiling=1.0,
+        target=0.99,
+    )
+
+
+def _seeds(dopd_gpu_hours: float, oracle: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = [
+        _row("dopd", 0.995, dopd_gpu_hours),
+        oracle,
+        _row("static-peak", 1.0, 20.0),
+        _row("reactive", 0.999, 14.0),
+        _row("dynamo-sla", 0.90, 8.0),
+    ]
+    return [{"seed": seed, "requests": 100, "rows": rows} for seed in (0, 1)]
+
+
+def _verdict(raw: dict[str, Any], target: str) -> tuple[str, bool]:
+    """(reached, met) of the target starting with `target`."""
+    found = [(reached, met) for t, _, reached, met in targets(raw, [Trace("t", "t")]) if t.startswith(target)]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_dopd_above_115_percent_of_the_oracle_is_not_met() -> None:
+    # dopd at 12 GPU-h against an oracle at 10: 1.20x, over the 1.15x target even at 99.5% attainment.
+    raw = {"suite": {"t": _seeds(12.0, _oracle(10.0))}}
+    reached, met = _verdict(raw, "dopd GPU-hours")
+    assert reached.startswith("99.50%") and "1.20x" in reached
+    assert not met
+    raw = {"suite": {"t": _seeds(11.0, _oracle(10.0))}}
+    assert _verdict(raw, "dopd GPU-hours")[1]  # 1.10x: met
+
+
+def test_a_failed_calibration_drops_the_ratio_and_fails_the_calibration_target() -> None:
+    raw = {"suite": {"t": _seeds(9.0, _oracle(10.0, calibrated=False))}}
+    reached, met = _verdict(raw, "dopd GPU-hours")
+    assert "oracle calibration failed" in reached and not met  # no ratio to an oracle that misses
+    assert not _verdict(raw, "capacity model")[1]
+    assert "oracle calibration failed" in render_readme(raw, [Trace("t", "t")])
+
+
+def test_calibration_factors_outside_ten_percent_are_not_met() -> None:
+    inside = {"suite": {"t": _seeds(11.0, _oracle(10.0, scales=(0.95, 1.08)))}}
+    outside = {"suite": {"t": _seeds(11.0, _oracle(10.0, scales=(0.85, 1.0)))}}
+    assert _verdict(inside, "capacity model")[1]
+    assert not _verdict(outside, "capacity model")[1]
+
+
+def test_the_best_tuned_baseline_is_the_cheapest_that_meets_the_target() -> None:
+    # dynamo-sla is cheaper (8 GPU-h) but misses (90%); reactive meets at 14.
+    assert best_tuned_baseline(_seeds(11.0, _oracle(10.0))) == "reactive"
