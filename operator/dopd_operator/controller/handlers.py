@@ -72,6 +72,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.reporting_component = "dopd"  # the "From" column of `kubectl describe dm`
     settings.posting.reporting_instance = socket.gethostname()
     settings.peering.lifetime = PEERING_LIFETIME_SECONDS
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # retries log whole query URLs
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 30
 

@@ -154,3 +154,6 @@ def configure_logging(json_format: bool, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # urllib3 logs each retried Prometheus request with its whole URL (the query, kilobytes); the
+    # failure itself reaches the log, the condition and the Event once, from dopd, in a sentence
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -92,6 +93,19 @@ class MetricsOptions(BaseModel):
     @property
     def stale_after(self) -> float:
         return self.stale_after_seconds or 3.0 * self.scrape_interval_seconds
+
+
+_URL_IN_ERROR = re.compile(r" with url: \S+")
+_ROOT_CAUSE = re.compile(r"\[Errno \d+\] [^'\")]+")
+
+
+def _without_url(text: str) -> str:
+    """A requests error without the request URL (which carries the whole query, kilobytes of it): the
+    root cause when one is named ("[Errno 111] Connection refused"), else the text, cut short."""
+    cause = _ROOT_CAUSE.search(text)
+    if cause is not None:
+        return cause.group(0).strip()
+    return _URL_IN_ERROR.sub("", text)[:300]
 
 
 class _BearerAuth(requests.auth.AuthBase):
@@ -233,7 +247,8 @@ class MetricsSource:
             ) from exc
         except requests.RequestException as exc:
             raise MetricsUnavailable(
-                f"Prometheus at {self.url} did not answer the {what} query: {type(exc).__name__}: {exc}"
+                f"Prometheus at {self.url} did not answer the {what} query: {type(exc).__name__}: "
+                f"{_without_url(str(exc))}"
             ) from exc
         except (ValueError, KeyError, TypeError) as exc:
             raise MetricsUnavailable(

@@ -89,8 +89,11 @@ def test_nothing_listening_is_metrics_unavailable() -> None:
         url = f"http://127.0.0.1:{probe.getsockname()[1]}"
     with pytest.raises(
         MetricsUnavailable, match=r"did not answer the (aggregate|raw) query: ConnectionError"
-    ):
+    ) as failure:
         _observe(Endpoint(url))
+    # the cause, not the request URL (the whole query, which would fill the condition and the Event)
+    assert str(failure.value).endswith("Connection refused"), str(failure.value)
+    assert "query=" not in str(failure.value)
 
 
 def test_a_refused_query_is_metrics_unavailable_with_the_cause(fake: FakePrometheus) -> None:
