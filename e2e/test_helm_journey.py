@@ -10,15 +10,24 @@ of the Deployment the chart rendered in the cluster, so a `helm upgrade` really 
 journey has a cluster of its own: a first install meets a cluster that has never seen dopd (the session's
 cluster gets the CRD from other tests' `kubectl apply`, which Helm would refuse to adopt). The tests run in
 file order, one journey; each waits, bounded, for the state it needs.
+
+With DOPD_README_CAPTURE=FILE the journey also records, in FILE (JSON), the command lines and output of
+the steps README's "Your first hour" shows, raw, as named blocks; `python scripts/readme_samples.py
+--journey FILE` trims them as README does and rewrites its blocks. Capturing only observes: it records
+what the journey ran, and runs the two listings README adds (`kubectl get pods`, `kubectl get
+deployments`); the file is written only when every test of the journey passed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,6 +53,45 @@ VLLM = "llama3-8b"  # examples/vllm-llama3-8b.yaml, namespace llm: the one the e
 SGLANG = "llama2-70b"  # examples/sglang-llama2-70b.yaml, namespace llm, Advisory mode
 # The example decides every 30 s; a decision after a change is at most one interval and a restart away.
 DECISION_BOUND_SECONDS = 120.0
+CAPTURE_ENV = "DOPD_README_CAPTURE"  # names the file the README's transcripts go to (module docstring)
+
+
+@dataclass
+class Transcripts:
+    """The console transcripts README's "Your first hour" shows, block name -> steps, each the command
+    line as typed from the repository root (tool name, paths relative to it) and its raw stdout/stderr.
+    Inactive (records nothing, runs nothing) unless `path` is set."""
+
+    path: Path | None
+    blocks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def record(
+        self, block: str, done: subprocess.CompletedProcess[str], shown: Sequence[str] | None = None
+    ) -> None:
+        """Record a command the journey ran (`done.args`), or what README shows for it (`shown`)."""
+        if self.path is None:
+            return
+        argv = list(shown) if shown is not None else [Path(done.args[0]).name, *done.args[1:]]
+        command = [arg.replace(f"{REPO}/", "") for arg in argv]
+        step = {"command": command, "stdout": done.stdout, "stderr": done.stderr}
+        self.blocks.setdefault(block, []).append(step)
+
+    def save(self) -> None:
+        assert self.path is not None
+        captured = {"captured_at": datetime.now(UTC).isoformat(), "blocks": self.blocks}
+        self.path.write_text(json.dumps(captured, indent=2) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def transcripts(request: pytest.FixtureRequest) -> Iterator[Transcripts]:
+    named = os.environ.get(CAPTURE_ENV)
+    path = Path(named).resolve() if named else None
+    if path is not None:
+        path.unlink(missing_ok=True)  # a failed journey must not leave an older capture looking fresh
+    recorder = Transcripts(path)
+    yield recorder
+    if path is not None and request.session.testsfailed == 0:
+        recorder.save()
 
 
 @dataclass
@@ -54,10 +102,13 @@ class Journey:
     emulator_port: int
     values: tuple[str, ...]  # the `--set` flags of the install
     emulators: list[Emulator]
+    transcripts: Transcripts
 
 
 @pytest.fixture(scope="module")
-def journey(prometheus_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
+def journey(
+    prometheus_factory: Any, tmp_path_factory: pytest.TempPathFactory, transcripts: Transcripts
+) -> Iterator[Journey]:
     try:
         cluster = start_cluster(tmp_path_factory.mktemp("journey-cluster"))
     except ClusterUnavailable as exc:
@@ -73,7 +124,7 @@ def journey(prometheus_factory: Any, tmp_path_factory: pytest.TempPathFactory) -
             # user sets the same way for a fast scrape)
             *("--set-json", 'extraEnv=[{"name":"DOPD_SCRAPE_INTERVAL_SECONDS","value":"1"}]'),
         )
-        yield Journey(cluster, prometheus, release, port, values, emulators)
+        yield Journey(cluster, prometheus, release, port, values, emulators, transcripts)
     finally:
         for emulator in emulators:
             emulator.stop()
@@ -83,6 +134,16 @@ def journey(prometheus_factory: Any, tmp_path_factory: pytest.TempPathFactory) -
 
 def _dm(j: Journey, namespace: str, name: str) -> dict[str, Any]:
     return dict(get_json(j.cluster, "-n", namespace, "get", "dm", name))
+
+
+def _replicas(j: Journey, deployment: str) -> int | None:
+    """The Deployment's spec.replicas, None while the operator has not created it yet (it creates the
+    children a moment after `kubectl apply`)."""
+    done = j.cluster.kubectl("-n", "llm", "get", "deployment", deployment, "-o", "json", check=False)
+    if done.returncode != 0:
+        assert "NotFound" in done.stderr, done.stderr
+        return None
+    return int(json.loads(done.stdout)["spec"]["replicas"])
 
 
 def _decided_at(j: Journey) -> datetime | None:
@@ -127,6 +188,9 @@ def events_table(text: str) -> list[list[str]]:
 def test_install_apply_every_example_and_read_them_back(journey: Journey) -> None:
     j = journey
     installed = j.release.install(*j.values)
+    j.transcripts.record("install", installed)
+    if j.transcripts.path is not None:
+        j.transcripts.record("install", j.cluster.kubectl("-n", j.release.namespace, "get", "pods"))
     assert "STATUS: deployed" in installed.stdout
     assert "kubectl apply -f examples/vllm-llama3-8b.yaml" in installed.stdout  # NOTES: what to do next
     operator = j.release.process
@@ -136,12 +200,14 @@ def test_install_apply_every_example_and_read_them_back(journey: Journey) -> Non
     starting = [r for r in operator.log_records() if "dopd operator starting" in str(r.get("message"))]
     assert starting and f"prometheus {j.prometheus.url}" in starting[0]["message"]
 
-    def explained() -> str | None:
+    def explained() -> subprocess.CompletedProcess[str] | None:
         done = j.cluster.kubectl("explain", "dm.spec.slo", check=False)
-        return done.stdout if done.returncode == 0 else None
+        return done if done.returncode == 0 else None
 
     # the API server publishes a new CRD's schema to `explain` a moment after the CRD is established
-    explain = wait_until(explained, 60, "kubectl explain dm.spec.slo")
+    explained_done = wait_until(explained, 60, "kubectl explain dm.spec.slo")
+    j.transcripts.record("explain", explained_done)
+    explain = explained_done.stdout
     for documented in (
         "ttftSeconds",
         "Time-to-first-token objective, in seconds.",
@@ -152,9 +218,9 @@ def test_install_apply_every_example_and_read_them_back(journey: Journey) -> Non
         assert documented in explain, f"`kubectl explain dm.spec.slo` lacks {documented!r}:\n{explain}"
 
     for namespace in sorted({ns for ns, _ in EXAMPLE_MODELS} - {"default"}):
-        j.cluster.kubectl("create", "namespace", namespace)
+        j.transcripts.record("apply", j.cluster.kubectl("create", "namespace", namespace))
     for example in EXAMPLES:
-        j.cluster.kubectl("apply", "-f", str(example))
+        j.transcripts.record("apply", j.cluster.kubectl("apply", "-f", str(example)))
     doc = yaml.safe_load((REPO / "examples" / "vllm-llama3-8b.yaml").read_text())
     config = EmulatorConfig.for_model(
         DisaggregatedModel.model_validate(doc),
@@ -166,16 +232,15 @@ def test_install_apply_every_example_and_read_them_back(journey: Journey) -> Non
     emulator.start()
     # 50 rps need more than the example's one prefill replica (`dopd plan` says 2 at ~30 rps each)
     wait_until(
-        lambda: (
-            int(get_json(j.cluster, "-n", "llm", "get", "deployment", f"{VLLM}-prefill")["spec"]["replicas"])
-            >= 2
-        ),
+        lambda: (_replicas(j, f"{VLLM}-prefill") or 0) >= 2,
         180,
         "the operator to scale the vLLM example's prefill pool",
         interval_s=2.0,
     )
 
-    table = j.cluster.kubectl("get", "dm", "-A").stdout.splitlines()
+    listing = j.cluster.kubectl("get", "dm", "-A")
+    j.transcripts.record("get-dm", listing)
+    table = listing.stdout.splitlines()
     assert table[0].split() == [
         "NAMESPACE", "NAME", "PREFILL", "DECODE", "RATIO", "GPUS", "LOAD-RPS", "SLO", "MODE", "AGE",
     ]  # fmt: skip
@@ -187,7 +252,9 @@ def test_install_apply_every_example_and_read_them_back(journey: Journey) -> Non
     listed = j.cluster.kubectl("get", "llm", "-A", "-o", "name").stdout.split()  # the `llm` category
     assert sorted(listed) == sorted(f"disaggregatedmodel.dopd.io/{name}" for _, name in EXAMPLE_MODELS)
 
-    text = j.cluster.kubectl("-n", "llm", "describe", "dm", VLLM).stdout
+    description = j.cluster.kubectl("describe", "dm", VLLM, "-n", "llm")
+    j.transcripts.record("describe", description)
+    text = description.stdout
     conditions = {c["Type"]: c for c in described(text, "Conditions")}
     for kind, status, reason in (
         ("SpecValid", "True", "SpecValid"),
@@ -214,7 +281,8 @@ def test_helm_upgrade_changes_a_setting_of_the_running_operator(journey: Journey
         "dopd operator starting" in str(r.get("message")) for r in before.log_records()
     )
     upgraded_at = datetime.now(UTC)
-    j.release.upgrade("--set", "logFormat=text")
+    upgraded = j.release.upgrade("--set", "logFormat=text")
+    j.transcripts.record("upgrade", upgraded)
     assert j.release.container is not None and j.release.container.env["DOPD_LOG_FORMAT"] == "text"
     after = j.release.process
     assert after is not None and after is not before and not before.alive()  # rolled, as a rollout would
@@ -223,6 +291,10 @@ def test_helm_upgrade_changes_a_setting_of_the_running_operator(journey: Journey
         60,
         "the restarted operator's start-up line",
     )
+    # README shows the log as `kubectl logs` would; KWOK's pod runs nothing, the host process logs it
+    logged = subprocess.CompletedProcess(after.log_path, 0, after.logs(), "")
+    shown = ("kubectl", "-n", j.release.namespace, "logs", f"deployment/{j.release.name}")
+    j.transcripts.record("upgrade", logged, shown=shown)
     # `logFormat: text` is "%(asctime)s %(levelname)s %(name)s: %(message)s"; json would be an object
     assert re.match(
         r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO dopd\.run: dopd operator starting", starting[0]
@@ -239,7 +311,10 @@ def test_uninstall_keeps_the_crd_and_the_models_and_a_reinstall_picks_them_up(jo
         role: int(get_json(j.cluster, "-n", "llm", "get", "deployment", f"{VLLM}-{role}")["spec"]["replicas"])
         for role in ("prefill", "decode")
     }
-    j.release.uninstall()
+    uninstalled = j.release.uninstall()
+    j.transcripts.record("uninstall", uninstalled)
+    if j.transcripts.path is not None:  # the engines after it, as README shows them
+        j.transcripts.record("uninstall", j.cluster.kubectl("-n", "llm", "get", "deployments"))
     assert j.release.process is None  # its Deployment is gone, and with it the operator
     for kind, name, namespace in (
         ("deployment", "dopd", "dopd-system"),
