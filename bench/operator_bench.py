@@ -10,21 +10,28 @@ under one core on average, p99 tick under 2 s, memory under 1 GiB.
 Everything shares the machine's cores (API server, etcd, KWOK, Prometheus, the emulators), as it
 would not in production: the report says so. The emulators serve fixed replica counts
 (`StaticReplicas`) rather than following the pods: MODELS pod listers would load the API server for
-nothing the operator's cost depends on.
+nothing the operator's cost depends on. EMULATORS engines (20 by default) serve the series: model i
+selects engine i mod EMULATORS's `model_name`, so several models read the same series. The operator's
+work per model is the same either way (its own queries, history, forecaster and status); 200 emulators
+in one Python process on two cores answer scrapes too late (Prometheus times them out, and they pile up
+threads), which would measure the emulators, not dopd.
 
-    python bench/operator_bench.py [--models 200] [--warmup-seconds 180] [--measure-seconds 300]
+    python bench/operator_bench.py [--models 200] [--emulators 20] [--warmup-seconds 180] [--measure-seconds 300]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +43,7 @@ import yaml  # noqa: E402
 
 from dopd_e2e.cluster import start_cluster  # noqa: E402
 from dopd_e2e.operator import install_crd, start_operator, wait_until  # noqa: E402
-from dopd_e2e.prometheus import free_port, start_prometheus  # noqa: E402
+from dopd_e2e.prometheus import start_prometheus  # noqa: E402
 from dopd_emulator.config import EmulatorConfig, StaticReplicas, TraceLoad  # noqa: E402
 from dopd_emulator.emulator import Emulator  # noqa: E402
 from dopd_operator.api import DisaggregatedModel  # noqa: E402
@@ -49,7 +56,12 @@ SCRAPE = "15s"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def manifest(index: int) -> dict[str, Any]:
+def engine_name(engine: int) -> str:
+    return f"org/engine-{engine:03d}"
+
+
+def manifest(index: int, engine: int) -> dict[str, Any]:
+    """Model `index`, reading the series of emulator `engine`."""
     name = f"m{index:03d}"
     return {
         "apiVersion": "dopd.io/v1alpha1",
@@ -57,12 +69,12 @@ def manifest(index: int) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {
             "engine": "vllm",
-            "model": f"org/{name}",
+            "model": engine_name(engine),
             "prefill": {"minReplicas": 1, "maxReplicas": 4, "startupSeconds": 60},
             "decode": {"minReplicas": 1, "maxReplicas": 4, "startupSeconds": 60},
             "scaling": {"intervalSeconds": INTERVAL_SECONDS},
             "profile": {"preset": "llama3-8b-h100"},
-            "metrics": {"selector": {"model_name": f"org/{name}"}},
+            "metrics": {"selector": {"model_name": engine_name(engine)}},
         },
     }
 
@@ -91,6 +103,18 @@ def scrape(url: str) -> dict[str, float]:
     return samples
 
 
+def scrapes_up(prometheus_url: str, window_s: float) -> float | None:
+    """The mean of `up` over the engines' targets in the last `window_s` (1.0: every scrape answered)."""
+    query = urllib.parse.urlencode({"query": f'avg(avg_over_time(up{{job="engines"}}[{window_s:.0f}s]))'})
+    try:
+        with urllib.request.urlopen(f"{prometheus_url.rstrip('/')}/api/v1/query?{query}", timeout=30) as resp:
+            found = json.loads(resp.read())["data"]["result"]
+    except (OSError, ValueError, KeyError) as exc:  # the report says "unknown"; the run's numbers stand
+        print(f"could not read the engines' scrape health from Prometheus: {exc}", flush=True)
+        return None
+    return float(found[0]["value"][1]) if found else None
+
+
 def delta(after: dict[str, float], before: dict[str, float], prefix: str) -> dict[str, float]:
     return {k: v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix)}
 
@@ -111,6 +135,8 @@ def histogram_quantile(samples: dict[str, float], family: str, q: float) -> floa
 @dataclass
 class Result:
     models: int
+    engines: int
+    scrapes_up: float | None  # the share of the engines' scrapes that succeeded in the window
     ticks: float
     measure_s: float
     cores: float
@@ -125,7 +151,7 @@ class Result:
     machine_load: float
 
 
-def run(models: int, warmup_s: float, measure_s: float) -> Result:
+def run(models: int, engines: int, warmup_s: float, measure_s: float) -> Result:
     work = Path(tempfile.mkdtemp(prefix="dopd-operator-bench-"))
     gpus_needed = models * 2 * 4  # the maxima, so the scheduler never decides the result
     nodes = max(4, -(-gpus_needed // 256))
@@ -136,20 +162,22 @@ def run(models: int, warmup_s: float, measure_s: float) -> Result:
     try:
         install_crd(cluster)
         cluster.kubectl("create", "namespace", NAMESPACE)
-        ports = [free_port() for _ in range(models)]
-        prometheus = start_prometheus({"engines": [f"127.0.0.1:{p}" for p in ports]}, scrape_interval=SCRAPE)
-        print(f"cluster ({nodes} nodes) and Prometheus up; starting {models} emulators", flush=True)
-        for index, port in enumerate(ports):
-            doc = manifest(index)
+        # Each emulator binds a port of its own (0: the kernel picks a free one) before Prometheus is told
+        # it: ports chosen ahead could be taken meanwhile, by another emulator or by an outgoing connection.
+        print(f"cluster ({nodes} nodes) up; starting {engines} emulators", flush=True)
+        ports: list[int] = []
+        for index in range(engines):
+            doc = manifest(index, index)
             rate = 2.0 + (index % 10)  # 2..11 rps: some models need more than the minimum
             config = EmulatorConfig.for_model(
                 DisaggregatedModel.model_validate(doc),
                 load=TraceLoad(trace=f"synthetic:poisson,rate_rps={rate:g},duration_s=3600", seed=index),
                 replicas=StaticReplicas(prefill=1, decode=1),
-            ).model_copy(update={"port": port, "step_seconds": 1.0, "log_every_seconds": 3600.0})
+            ).model_copy(update={"port": 0, "step_seconds": 1.0, "log_every_seconds": 3600.0})
             emulator = Emulator(config)
-            emulator.start()
+            ports.append(emulator.start())
             emulators.append(emulator)
+        prometheus = start_prometheus({"engines": [f"127.0.0.1:{p}" for p in ports]}, scrape_interval=SCRAPE)
         operator = start_operator(
             cluster,
             prometheus.url,
@@ -157,7 +185,7 @@ def run(models: int, warmup_s: float, measure_s: float) -> Result:
             env={"DOPD_SCRAPE_INTERVAL_SECONDS": "15", "DOPD_LOG_FORMAT": "json"},
             ready_timeout_s=120,
         )
-        docs = "\n---\n".join(yaml.safe_dump(manifest(i)) for i in range(models))
+        docs = "\n---\n".join(yaml.safe_dump(manifest(i, i % engines)) for i in range(models))
         cluster.kubectl("apply", "-f", "-", input=docs, timeout=300)
         print(f"{models} models applied; warming up {warmup_s:g}s", flush=True)
 
@@ -195,6 +223,8 @@ def run(models: int, warmup_s: float, measure_s: float) -> Result:
         errors = {k: v for k, v in window.items() if k.startswith("dopd_operator_errors_total") and v}
         return Result(
             models=models,
+            engines=engines,
+            scrapes_up=scrapes_up(prometheus.url, t1 - t0),
             ticks=ticks,
             measure_s=t1 - t0,
             cores=(cpu1 - cpu0) / (t1 - t0),
@@ -211,11 +241,16 @@ def run(models: int, warmup_s: float, measure_s: float) -> Result:
     finally:
         if operator is not None:
             operator.stop()
-        for emulator in emulators:
-            emulator.stop()
+        # Concurrently: one by one, each stop waits out a serve loop's poll while the others load the GIL.
+        with ThreadPoolExecutor(max_workers=32) as stopping:
+            list(stopping.map(Emulator.stop, emulators))
         if prometheus is not None:
             prometheus.stop()
         cluster.stop()
+
+
+def _share(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.1%}"
 
 
 def _fmt(value: float | None, unit: str = "s") -> str:
@@ -262,8 +297,10 @@ Machine: {platform.machine()}, {os.cpu_count()} cores shared by everything below
 One `dopd run` process (standalone, JSON logs) manages {result.models} DisaggregatedModels (vLLM preset,
 `intervalSeconds: {INTERVAL_SECONDS}`, forecast `auto`, default windows) in one namespace of the local
 control plane (kube-apiserver, etcd, controller-manager, scheduler, KWOK nodes), reading a real
-Prometheus (scrape interval {SCRAPE}) that scrapes {result.models} engine emulators (Poisson load of
-2-11 rps each, fixed 1P/1D replicas). Measured over {result.measure_s:.0f} s after every model had
+Prometheus (scrape interval {SCRAPE}) that scrapes {result.engines} engine emulators (Poisson load of
+2-11 rps each, fixed 1P/1D replicas; model i reads engine i mod {result.engines}'s series, so each
+engine's series serve {result.models / result.engines:g} models). Engine scrapes answered in the
+window: {_share(result.scrapes_up)}. Measured over {result.measure_s:.0f} s after every model had
 ticked and a warm-up: {result.ticks:.0f} ticks ({expected:.0f} expected at the interval).
 
 | measure | value | target | |
@@ -303,11 +340,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", type=int, default=200)
+    parser.add_argument("--emulators", type=int, default=20, help="engines whose series the models share")
     parser.add_argument("--warmup-seconds", type=float, default=180.0)
     parser.add_argument("--measure-seconds", type=float, default=300.0)
     args = parser.parse_args()
-    result = run(args.models, args.warmup_seconds, args.measure_seconds)
-    command = f"python bench/operator_bench.py --models {args.models} --warmup-seconds {args.warmup_seconds:g} --measure-seconds {args.measure_seconds:g}"
+    if not 1 <= args.emulators <= args.models:
+        parser.error(f"--emulators must be between 1 and --models ({args.models}), got {args.emulators}")
+    result = run(args.models, args.emulators, args.warmup_seconds, args.measure_seconds)
+    command = f"python bench/operator_bench.py --models {args.models} --emulators {args.emulators} --warmup-seconds {args.warmup_seconds:g} --measure-seconds {args.measure_seconds:g}"
     write_report(result, command)
 
 

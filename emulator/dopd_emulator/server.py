@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -119,3 +120,11 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
     def __init__(self, port: int, emulator: Emulator) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         self.emulator = emulator
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up before its answer (a scrape past Prometheus's timeout) is a debug line,
+        not a traceback on stderr; anything else is logged with its traceback."""
+        if isinstance(sys.exc_info()[1], ConnectionError):  # BrokenPipeError, ConnectionResetError
+            log.debug("client %s hung up before its answer", client_address)
+            return
+        log.exception("error serving %s", client_address)

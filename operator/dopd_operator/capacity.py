@@ -136,15 +136,28 @@ def erlang_c(servers: float, offered_load: float) -> float:
     return servers * erlang_b / (servers - offered_load * (1.0 - erlang_b))
 
 
-def _fewest(meets: Callable[[int], bool], start: int) -> int:
-    """The smallest n >= start with meets(n), for a predicate monotone in n (doubling, then bisection)."""
-    if meets(start):
-        return start
-    low, high = start, max(start * 2, start + 1)
-    while not meets(high):
-        if high >= MAX_REPLICAS_SEARCH:
-            return MAX_REPLICAS_SEARCH
-        low, high = high, min(high * 2, MAX_REPLICAS_SEARCH)
+def fewest_meeting(meets: Callable[[int], bool], start: int, ceiling: int, floor: int) -> int:
+    """The smallest n in [floor, ceiling] with meets(n), for a predicate monotone in n; `ceiling` when
+    none meets. Searched from `start`: halving down while it meets, else doubling up, then bisection, so a
+    good guess costs a few evaluations. (Callers: the pools' sizes here, the simulator's peak layouts.)"""
+    high = min(max(start, floor), ceiling)
+    low = floor - 1  # below the range: taken as not meeting
+    if meets(high):
+        while high > floor:
+            probe = max(floor, high // 2)
+            if not meets(probe):
+                low = probe
+                break
+            high = probe
+    else:
+        low = high
+        while True:
+            if high >= ceiling:
+                return ceiling
+            high = min(max(high * 2, high + 1), ceiling)
+            if meets(high):
+                break
+            low = high
     while high - low > 1:
         mid = (low + high) // 2
         if meets(mid):
@@ -407,7 +420,12 @@ class CapacityModel:
             return 0
         stable = max(rate_rps * self.prefill_service_seconds_mean, rate_rps * self._work_mean)
         start = max(1, math.floor(stable + _EPS) + 1)
-        return _fewest(lambda n: self.prefill_attainment(n, rate_rps) >= self.percentile_q - _EPS, start)
+        return fewest_meeting(
+            lambda n: self.prefill_attainment(n, rate_rps) >= self.percentile_q - _EPS,
+            start,
+            MAX_REPLICAS_SEARCH,
+            floor=start,
+        )
 
     # ------------------------------------------------------------------------------------- decode
 
@@ -475,7 +493,12 @@ class CapacityModel:
             return 1
         offered_slots = rate_rps * self._residency_seconds
         start = max(1, math.floor(offered_slots / self._slots + _EPS) + 1)
-        slots = _fewest(lambda n: self.decode_attainment(n, rate_rps) >= self.percentile_q - _EPS, start)
+        slots = fewest_meeting(
+            lambda n: self.decode_attainment(n, rate_rps) >= self.percentile_q - _EPS,
+            start,
+            MAX_REPLICAS_SEARCH,
+            floor=start,
+        )
         if self.decode_batch_limited_by != "tpot":
             return min(slots, MAX_REPLICAS_SEARCH)
         fluctuation = math.ceil(offered_slots / self._fluctuating_mean - _EPS)

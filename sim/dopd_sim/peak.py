@@ -12,12 +12,12 @@ search aims at the same share of what ample replicas reach there. Callers: bench
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from dopd_forecaster.traces import Trace
+from dopd_operator.capacity import fewest_meeting
 from dopd_sim.config import SimConfig
 from dopd_sim.metrics import slo_met
 from dopd_sim.policies.aggregated import FixedAggregatedPolicy
@@ -64,34 +64,6 @@ def _peak_attainment(peak: PeakSlice, policy: Policy, config: SimConfig) -> floa
     return float(np.mean(met)) if len(met) else 1.0
 
 
-def _fewest(meets: Callable[[int], bool], start: int, ceiling: int) -> int:
-    """The smallest n in [1, ceiling] with meets(n), searched from `start` (monotone predicate)."""
-    low, high = 0, max(1, min(start, ceiling))
-    if meets(high):
-        while high > 1:
-            probe = max(1, high // 2)
-            if not meets(probe):
-                low = probe
-                break
-            high = probe
-    else:
-        low = high
-        while True:
-            high = min(high * 2, ceiling)
-            if meets(high):
-                break
-            if high >= ceiling:
-                return ceiling
-            low = high
-    while high - low > 1:
-        mid = (low + high) // 2
-        if meets(mid):
-            high = mid
-        else:
-            low = mid
-    return high
-
-
 def _goal(peak: PeakSlice, ample: Policy, config: SimConfig) -> float:
     """The target, or the same share of what ample replicas reach at the peak where that is less."""
     target = config.spec.slo.attainment_target
@@ -117,12 +89,12 @@ def static_peak_layout(trace: Trace, config: SimConfig) -> tuple[int, int]:
     def prefill_meets(n: int) -> bool:
         return _peak_attainment(peak, StaticPolicy(n, ample_d), config) >= goal
 
-    prefill = _fewest(prefill_meets, sized.prefill, spec.prefill.max_replicas)
+    prefill = fewest_meeting(prefill_meets, sized.prefill, spec.prefill.max_replicas, floor=1)
 
     def decode_meets(n: int) -> bool:
         return _peak_attainment(peak, StaticPolicy(prefill, n), config) >= goal
 
-    return prefill, _fewest(decode_meets, sized.decode, spec.decode.max_replicas)
+    return prefill, fewest_meeting(decode_meets, sized.decode, spec.decode.max_replicas, floor=1)
 
 
 def aggregated_peak_layout(
@@ -147,7 +119,7 @@ def aggregated_peak_layout(
         def meets(n: int, chunked: SimConfig = chunked, goal: float = goal) -> bool:
             return _peak_attainment(peak, FixedAggregatedPolicy(n), chunked) >= goal
 
-        replicas = _fewest(meets, sized.mixed, ceiling)
+        replicas = fewest_meeting(meets, sized.mixed, ceiling, floor=1)
         if best is None or replicas < best[0]:
             best = (replicas, chunk)
     assert best is not None

@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dopd_operator.api import SloSpec
-from dopd_operator.capacity import CapacityModel, Workload, erlang_c
+from dopd_operator.capacity import CapacityModel, Workload, erlang_c, fewest_meeting
 from dopd_operator.lengths import LengthDistribution
 from dopd_operator.profile_presets import PRESETS
 
@@ -187,3 +189,28 @@ def test_distserve_figure1_anchor_shape() -> None:
     assert model.sustainable_rps(2, 1) > model.sustainable_rps(1, 2)
     for rate in (5.0, 10.0, 20.0, 40.0):
         assert model.prefill_replicas(rate) >= model.decode_replicas(rate)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    threshold=st.integers(min_value=0, max_value=600),
+    start=st.integers(min_value=0, max_value=600),
+    floor=st.integers(min_value=0, max_value=50),
+    span=st.integers(min_value=0, max_value=550),
+)
+def test_fewest_meeting_finds_the_threshold_from_any_start(
+    threshold: int, start: int, floor: int, span: int
+) -> None:
+    """The search behind every pool size and the simulator's peak layouts: the smallest n in [floor,
+    ceiling] meeting a monotone predicate, whatever the guess; the ceiling when nothing meets."""
+    ceiling = floor + span
+    calls: list[int] = []
+
+    def meets(n: int) -> bool:
+        assert floor <= n <= ceiling, f"probed {n} outside [{floor}, {ceiling}]"
+        calls.append(n)
+        return n >= threshold
+
+    found = fewest_meeting(meets, start, ceiling, floor=floor)
+    assert found == min(max(threshold, floor), ceiling)
+    assert len(calls) <= 4 * (ceiling - floor + 1).bit_length() + 2
