@@ -177,9 +177,10 @@ class NetnsKubelet:
                 for r in self.runs.values()
                 if not r.pod_deleted
             ]
-        tmp = self.scrape_targets_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(groups))
-        tmp.replace(self.scrape_targets_path)
+            # Under the lock: pods terminating at once each rewrite the file through the same temp name.
+            tmp = self.scrape_targets_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(groups))
+            tmp.replace(self.scrape_targets_path)
 
     def stop(self) -> None:
         """Kill every process still running and remove its namespace (the pods are left to the test)."""
