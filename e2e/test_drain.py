@@ -35,7 +35,7 @@ import yaml
 from dopd_e2e.cluster import Cluster
 from dopd_e2e.kubelet import KUBELET_LABEL, KUBELET_LABEL_VALUE, NetnsKubelet
 from dopd_e2e.netns import NetnsUnavailable, PodNetwork
-from dopd_e2e.operator import OperatorProcess, get_json, install_crd, start_operator, wait_until
+from dopd_e2e.operator import OperatorProcess, get_json, install_crd, patch_dm, start_operator, wait_until
 from dopd_e2e.prometheus import Prometheus, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -352,22 +352,16 @@ def test_scale_down_and_rollout_under_load_lose_nothing(h: Harness) -> None:
     try:
         wait_until(lambda: len(load.outcomes) >= 40, 120, "steady load")
         t_scale = time.monotonic()
-        h.cluster.kubectl(
-            "-n",
+        patch_dm(
+            h.cluster,
             h.namespace,
-            "patch",
-            "dm",
             MODEL,
-            "--type=merge",
-            "-p",
-            json.dumps(
-                {
-                    "spec": {
-                        "prefill": {"minReplicas": 1, "maxReplicas": 1},
-                        "decode": {"minReplicas": 1, "maxReplicas": 1},
-                    }
+            {
+                "spec": {
+                    "prefill": {"minReplicas": 1, "maxReplicas": 1},
+                    "decode": {"minReplicas": 1, "maxReplicas": 1},
                 }
-            ),
+            },
         )
         wait_until(lambda: _settled(h, 1, 1), 240, "the operator's scale-down to 1 + 1", interval_s=1.0)
         t_scaled = time.monotonic()
@@ -375,16 +369,7 @@ def test_scale_down_and_rollout_under_load_lose_nothing(h: Harness) -> None:
         assert sorted(r.role for r in scaled_down) == ["decode"] * 3 + ["prefill"] * 2
 
         rollout = {"template": {"metadata": {"annotations": {"e2e.dopd.io/rollout": "2"}}}}
-        h.cluster.kubectl(
-            "-n",
-            h.namespace,
-            "patch",
-            "dm",
-            MODEL,
-            "--type=merge",
-            "-p",
-            json.dumps({"spec": {"prefill": rollout, "decode": rollout}}),
-        )
+        patch_dm(h.cluster, h.namespace, MODEL, {"spec": {"prefill": rollout, "decode": rollout}})
         wait_until(
             lambda: len(h.kubelet.finished()) == 7 and _settled(h, 1, 1),
             300,

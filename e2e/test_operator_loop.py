@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from dopd_e2e.cluster import Cluster
-from dopd_e2e.operator import condition, get_json, wait_until
+from dopd_e2e.operator import condition, get_json, patch_dm, wait_until
 from dopd_e2e.scenario import Scenario, model, scenario, write_trace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -127,17 +127,11 @@ def test_children_are_owned_rolled_on_template_change_and_garbage_collected(s: S
 
     decode_before, prefill_before = generation("decode"), generation("prefill")
     # a template change rolls the pods (a new ReplicaSet); the same spec again changes nothing
-    s.cluster.kubectl(
-        "-n",
-        s.namespace,
-        "patch",
-        "dm",
-        name,
-        "--type=merge",
-        "-p",
-        '{"spec":{"decode":{"template":{"metadata":{"annotations":{"rollout":"2"}},'
-        '"spec":{"containers":[{"name":"vllm","image":"vllm/vllm-openai:v0.11.1"}]}}}}}',
-    )
+    template = {
+        "metadata": {"annotations": {"rollout": "2"}},
+        "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai:v0.11.1"}]},
+    }
+    patch_dm(s.cluster, s.namespace, name, {"spec": {"decode": {"template": template}}})
     wait_until(
         lambda: generation("decode") > decode_before, 60, "the decode Deployment to take the new template"
     )

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from dopd_e2e.cluster import Cluster
-from dopd_e2e.operator import REPO, get_json, serviceaccount_kubeconfig, wait_until
+from dopd_e2e.operator import REPO, get_json, patch_dm, serviceaccount_kubeconfig, wait_until
 from dopd_e2e.scenario import Scenario, model, scenario, write_trace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -131,16 +131,7 @@ def test_the_operator_does_its_job_with_exactly_the_charts_rbac_and_no_more(
         for key in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
             role["metadata"].pop(key, None)
         s.cluster.kubectl("replace", "-f", "-", input=yaml.safe_dump(role))
-        s.cluster.kubectl(
-            "-n",
-            s.namespace,
-            "patch",
-            "dm",
-            "scoped",
-            "--type=merge",
-            "-p",
-            '{"spec":{"decode":{"minReplicas":6}}}',
-        )
+        patch_dm(s.cluster, s.namespace, "scoped", {"spec": {"decode": {"minReplicas": 6}}})
         failed = wait_until(
             lambda: [e for e in s.events("scoped") if e.get("reason") == "ScaleFailed"],
             60,

@@ -204,6 +204,11 @@ def get_json(cluster: Cluster, *args: str) -> Any:
     return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
 
 
+def patch_dm(cluster: Cluster, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+    """`kubectl patch dm NAME --type=merge`: what a user does to change a model's spec."""
+    cluster.kubectl("-n", namespace, "patch", "dm", name, "--type=merge", "-p", json.dumps(patch))
+
+
 def condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
     for cond in (obj.get("status") or {}).get("conditions") or []:
         if cond.get("type") == type_:
