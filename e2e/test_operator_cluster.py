@@ -79,6 +79,7 @@ def test_unschedulable_pods_block_scaling_report_the_gpu_deficit_and_recover_wit
     )
     assert "decode pod(s) cannot be scheduled: the cluster is" in blocked["message"], blocked["message"]
     assert "nvidia.com/gpu short" in blocked["message"]
+    s.wait_event("big", "CapacityBlocked")
     assert _reasons(s, "big").count("CapacityBlocked") == 1
     status = s.dm("big")["status"]
     assert status["decode"]["unschedulable"] >= 1
@@ -132,7 +133,7 @@ def test_an_hpa_on_a_pool_is_reported_and_never_fought(s: Scenario, tmp_path: Pa
         "contested", "ScalingConflict", "True", 60, "ScalingConflict=True for the HPA"
     )
     assert "HorizontalPodAutoscaler legacy-hpa scales Deployment contested-decode" in conflict["message"]
-    assert "ScalingConflict" in _reasons(s, "contested")
+    s.wait_event("contested", "ScalingConflict")
     assert s.condition("contested", "ScalingActive")["reason"] == "ScalingConflict"
     # while the HPA exists dopd patches nothing: the replicas are whatever the HPA leaves them at
     scale_events = _reasons(s, "contested").count("ScaledUp") + _reasons(s, "contested").count("ScaledDown")

@@ -87,7 +87,7 @@ def test_a_prometheus_outage_holds_replicas_says_why_and_recovers_by_itself(
         s.wait_condition(
             "steady", "MetricsHealthy", "True", 90, "MetricsHealthy=True once Prometheus is back"
         )
-        assert "MetricsRecovered" in _reasons(s, "steady")
+        s.wait_event("steady", "MetricsRecovered")
     finally:
         s.prometheus.stop()
 

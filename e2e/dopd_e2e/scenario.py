@@ -99,6 +99,16 @@ class Scenario:
         )
         return sorted(found["items"], key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
 
+    def wait_event(self, name: str, reason: str, timeout_s: float = 30) -> list[dict[str, Any]]:
+        """Poll until an Event with `reason` is recorded for the model; returns all its Events.
+        Kopf posts Events from a background queue, so one can land after the status it goes with."""
+
+        def recorded() -> list[dict[str, Any]] | None:
+            found = self.events(name)
+            return found if any(e.get("reason") == reason for e in found) else None
+
+        return wait_until(recorded, timeout_s, f"a {reason} Event for {name}")
+
     def has_children(self, name: str) -> bool:
         found = self.cluster.kubectl(
             "-n", self.namespace, "get", "deployments", "-l", f"dopd.io/model={name}", "-o", "name"
