@@ -55,6 +55,7 @@ NAMESPACE = "bench"
 INTERVAL_SECONDS = 15
 SCRAPE = "15s"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+STAGE = "dopd_operator_tick_stage_seconds"
 
 
 def engine_name(engine: int) -> str:
@@ -120,10 +121,11 @@ def delta(after: dict[str, float], before: dict[str, float], prefix: str) -> dic
     return {k: v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix)}
 
 
-def histogram_quantile(samples: dict[str, float], family: str, q: float) -> float | None:
+def histogram_quantile(samples: dict[str, float], family: str, q: float, label: str = "") -> float | None:
+    """The q-quantile of the histogram `family` (of its series with `label`, e.g. 'stage="act"')."""
     buckets = []
     for key, count in samples.items():
-        if key.startswith(f"{family}_bucket{{"):
+        if key.startswith(f"{family}_bucket{{") and label in key:
             bound = key.split('le="')[1].split('"')[0]
             buckets.append((float("inf") if bound == "+Inf" else float(bound), count))
     buckets.sort()
@@ -152,6 +154,10 @@ class Result:
     tick_p99_s: float | None
     fit_p50_s: float | None
     fit_p99_s: float | None
+    metrics_p50_s: float | None
+    metrics_p99_s: float | None
+    act_p50_s: float | None
+    act_p99_s: float | None
     api_per_tick: dict[str, float]
     prom_per_tick: dict[str, float]
     errors: dict[str, float]
@@ -240,6 +246,10 @@ def run(models: int, engines: int, warmup_s: float, measure_s: float) -> Result:
             tick_p99_s=histogram_quantile(window, "dopd_operator_tick_duration_seconds", 0.99),
             fit_p50_s=histogram_quantile(window, "dopd_operator_forecast_fit_seconds", 0.5),
             fit_p99_s=histogram_quantile(window, "dopd_operator_forecast_fit_seconds", 0.99),
+            metrics_p50_s=histogram_quantile(window, STAGE, 0.5, 'stage="metrics"'),
+            metrics_p99_s=histogram_quantile(window, STAGE, 0.99, 'stage="metrics"'),
+            act_p50_s=histogram_quantile(window, STAGE, 0.5, 'stage="act"'),
+            act_p99_s=histogram_quantile(window, STAGE, 0.99, 'stage="act"'),
             api_per_tick=api,
             prom_per_tick=prom,
             errors=errors,
@@ -283,8 +293,12 @@ def write_report(result: Result, command: str) -> None:
             "< 2 s",
             result.tick_p99_s is not None and result.tick_p99_s < 2.0,
         ),
+        ("Prometheus reads per tick (waiting included), p50", _fmt(result.metrics_p50_s), "", None),
+        ("Prometheus reads per tick (waiting included), p99", _fmt(result.metrics_p99_s), "", None),
         ("forecast + plan per tick, p50", _fmt(result.fit_p50_s), "", None),
         ("forecast + plan per tick, p99", _fmt(result.fit_p99_s), "", None),
+        ("status and scale writes per tick, p50", _fmt(result.act_p50_s), "", None),
+        ("status and scale writes per tick, p99", _fmt(result.act_p99_s), "", None),
         ("resident memory, peak", f"{result.rss_peak_mib:.0f} MiB", "< 1024 MiB", result.rss_peak_mib < 1024),
     ]
     table = "\n".join(
@@ -292,8 +306,12 @@ def write_report(result: Result, command: str) -> None:
         for name, value, target, ok in rows
     )
     api = "\n".join(f"| {k} | {v:.2f} |" for k, v in sorted(result.api_per_tick.items())) or "| (none) | 0 |"
+    per_second = result.ticks / result.measure_s
     prom = (
-        "\n".join(f"| {k} | {v:.2f} |" for k, v in sorted(result.prom_per_tick.items())) or "| (none) | 0 |"
+        "\n".join(
+            f"| {k} | {v:.3f} | {v * per_second:.2f} |" for k, v in sorted(result.prom_per_tick.items())
+        )
+        or "| (none) | 0 | 0 |"
     )
     expected = result.models * result.measure_s / INTERVAL_SECONDS
     OUT.write_text(
@@ -322,8 +340,8 @@ Requests per tick that dopd itself sends (Kopf's watch streams and Event posts a
 |---|---|
 {api}
 
-| Prometheus (purpose) | queries per tick |
-|---|---|
+| Prometheus (purpose) | queries per tick | queries per second |
+|---|---|---|
 {prom}
 
 Errors during the window: {result.errors or "none"}.

@@ -31,9 +31,9 @@ from dopd_builders import make_spec
 from dopd_e2e.prometheus import Prometheus, free_port
 from dopd_operator.api import DisaggregatedModelSpec
 from dopd_operator.metrics.estimators import bucket_quantile
-from dopd_operator.metrics.promql import quote
+from dopd_operator.metrics.promql import one_of, quote
 from dopd_operator.metrics.source import MetricsOptions, MetricsSource
-from dopd_operator.planner_types import Observation, RoleObservation
+from dopd_operator.planner_types import Observation, PodLoad, RoleObservation
 
 pytestmark = pytest.mark.e2e
 
@@ -131,15 +131,15 @@ def _labels(
     return {"namespace": namespace, "pod": pod, role_label: role, model_label: model}
 
 
-def dopd_pods(namespace: str) -> list[Pod]:
+def dopd_pods(namespace: str, model: str = "llama", arrival_rps: float = 6.0) -> list[Pod]:
     def labels(pod: str, role: str) -> dict[str, str]:
-        return _labels(namespace, pod, "role", role, "model", "llama")
+        return _labels(namespace, pod, "role", role, "model", model)
 
     return [
         Pod(
             labels("router-0", "router"),
             gauges={"dopd_requests_waiting": 4.0},
-            counters={"dopd_requests_arrived_total": 6.0},
+            counters={"dopd_requests_arrived_total": arrival_rps},
             histograms={
                 # 60% in (0.4, 0.5], 40% in (1.0, 1.25]
                 "dopd_time_to_first_token_seconds": (
@@ -262,6 +262,8 @@ class Fixture:
 def world(prometheus_factory: Callable[..., Prometheus]) -> Iterator[Fixture]:
     pods = {
         "dopd": dopd_pods("dopd-e2e"),
+        # a second model beside it, 9 requests/s: the batch test reads both with shared queries
+        "dopd-mistral": dopd_pods("dopd-e2e", model="mistral", arrival_rps=9.0),
         "vllm": vllm_pods("vllm-e2e"),
         "sglang": sglang_pods("sglang-e2e"),
         "stale": dopd_pods("stale-e2e"),
@@ -440,12 +442,78 @@ def test_arrival_history_is_a_rate_per_aligned_bucket(world: Fixture) -> None:
     assert fine.arrival_rate_rps[-1] == pytest.approx(6.0, rel=0.05)  # rate over 4 scrape intervals
 
 
+def test_models_of_one_batch_share_each_query_and_read_only_their_own_series(world: Fixture) -> None:
+    """Ticks of many models at once cost one query of each kind, not one per model; what each model
+    reads is what it reads alone (a third, unrelated model is not in the batch)."""
+    specs = {
+        name: make_spec(
+            engine="dopd",
+            model=name,
+            metrics={"selector": {"model": name}, "windowSeconds": WINDOW_SECONDS},
+        )
+        for name in ("llama", "mistral")
+    }
+    sent: list[str] = []
+    shared = MetricsSource(Endpoint(world.prom.url), OPTIONS, on_query=sent.append)
+    ready = (RoleObservation(current=1, ready=1), RoleObservation(current=2, ready=2))
+
+    async def together() -> list[tuple[Observation, Any]]:
+        now = datetime.fromtimestamp(time.time() - 3.0, tz=UTC)  # every scrape before it is stored
+
+        async def one(spec: DisaggregatedModelSpec) -> tuple[Observation, Any]:
+            observation = await shared.observe(spec, "dopd-e2e", *ready)
+            history = await shared.arrival_history(spec, "dopd-e2e", now, 120.0, 5.0)
+            return observation, history
+
+        return list(await asyncio.gather(*(one(spec) for spec in specs.values())))
+
+    try:
+        # the first round meets each model as it comes; from the second on, the batch knows both
+        asyncio.run(together())
+        # the next round in a new answer slice and history step (so it cannot reuse the first's answers):
+        # 3.1 s past a multiple of 5 s, `now` is just past it, the end of a bucket the first round lacked
+        time.sleep(5.0 - time.time() % 5.0 + 3.1)
+        sent.clear()
+        (llama, llama_history), (mistral, mistral_history) = asyncio.run(together())
+    finally:
+        shared.close()
+    assert sorted(sent) == ["history", "observe", "observe"], sent
+    assert llama.arrival_rate_rps == pytest.approx(6.0, rel=0.05)
+    assert mistral.arrival_rate_rps == pytest.approx(9.0, rel=0.05)
+    assert llama_history.arrival_rate_rps[-1] == pytest.approx(6.0, rel=0.05)
+    assert mistral_history.arrival_rate_rps[-1] == pytest.approx(9.0, rel=0.05)
+    alone = _observe(world.prom, specs["llama"], "dopd-e2e", ready=(1, 2))
+    for field_name in ("prefill_queue_depth", "decode_kv_usage", "decode_running", "input_tokens_mean"):
+        assert getattr(llama, field_name) == getattr(alone, field_name), field_name
+    assert llama.problems == alone.problems
+
+
+def test_pod_loads_are_the_models_own_pods(world: Fixture) -> None:
+    """What the operator ranks scale-down victims by: each decode pod's requests in flight and KV usage,
+    of this model only (the other model in the namespace has pods of the same names)."""
+    spec = make_spec(engine="dopd", model="llama", metrics={"selector": {"model": "llama"}})
+    source = MetricsSource(Endpoint(world.prom.url), OPTIONS)
+    try:
+        loads = asyncio.run(source.pod_loads(spec, "dopd-e2e", "decode"))
+    finally:
+        source.close()
+    assert loads == {
+        "decode-0": PodLoad(inflight=10.0, kv_usage=0.25),
+        "decode-1": PodLoad(inflight=14.0, kv_usage=0.75),
+    }
+
+
 def test_label_values_select_exactly_their_own_series(world: Fixture) -> None:
     for index, value in enumerate(ESCAPES):
         found = world.prom.query(f'dopd_e2e_escape{{namespace="escape-e2e",value={quote(value)}}}')
         # Prometheus drops empty label values: the series with value="" has no `value` label at all
         assert [r["metric"].get("value", "") for r in found] == [value], (index, value)
         assert float(found[0]["value"][1]) == index
+    # a batch's matcher (one regex over several models' values) selects exactly those values' series
+    chosen = ESCAPES[::3]
+    batch = one_of("value", chosen).render()
+    found = world.prom.query(f'dopd_e2e_escape{{namespace="escape-e2e",{batch}}}')
+    assert sorted(r["metric"].get("value", "") for r in found) == sorted(set(chosen))
 
 
 def test_bucket_quantile_equals_prometheus_histogram_quantile(world: Fixture) -> None:

@@ -102,6 +102,7 @@ def build_runtime(settings: OperatorSettings) -> Any:
         metrics=MetricsSource(
             settings.prometheus,
             MetricsOptions(scrape_interval_seconds=settings.prometheus.scrape_interval_seconds),
+            on_query=lambda purpose: telemetry.prometheus_queries.labels(purpose=purpose).inc(),
         ),
         telemetry=telemetry,
     )

@@ -182,7 +182,6 @@ async def _gather(
     now: datetime,
 ) -> tuple[Observation, LoadHistory, Health]:
     try:
-        runtime.telemetry.prometheus_queries.labels(purpose="observe").inc(2)
         observation = await runtime.metrics.observe(spec, ref.namespace, prefill, decode)
     except MetricsUnavailable as exc:
         runtime.telemetry.errors.labels(kind="MetricsUnavailable").inc()
@@ -190,7 +189,6 @@ async def _gather(
         unknown = Observation(prefill=prefill, decode=decode, problems=(message,))
         return unknown, LoadHistory.empty(), Health(False, "PrometheusUnavailable", message)
     try:
-        runtime.telemetry.prometheus_queries.labels(purpose="history").inc()
         history = await runtime.metrics.arrival_history(
             spec, ref.namespace, now, spec.forecast.history_seconds, FORECAST_STEP_SECONDS
         )
@@ -213,7 +211,6 @@ async def _mark_victims(
 ) -> str:
     """Mark the `count` cheapest pods of `role` for the ReplicaSet to remove; say which (or why not)."""
     try:
-        runtime.telemetry.prometheus_queries.labels(purpose="pod_load").inc()
         loads: dict[str, PodLoad] | None = await runtime.metrics.pod_loads(spec, ref.namespace, role)
     except MetricsUnavailable as exc:
         log.warning("no per-pod load for %s: %s", ref, exc, extra={"model": str(ref)})
@@ -307,12 +304,15 @@ async def tick_once(
         except SpecError as exc:
             return await _report_invalid(runtime, ref, previous, str(exc), generation, now, post, extra)
         return TickReport("children_applied", metrics_healthy=False)
+    started = time.perf_counter()
     observation, history, health = await _gather(runtime, spec, ref, prefill, decode, now)
+    runtime.telemetry.tick_stage_seconds.labels(stage="metrics").observe(time.perf_counter() - started)
     forecaster = runtime.forecaster_for(ref.uid, spec)
     state = previous.planner if previous is not None else PlannerState()
     started = time.perf_counter()
     result = await asyncio.to_thread(run_tick, spec, observation, history, forecaster, state, now)
     runtime.telemetry.forecast_seconds.observe(time.perf_counter() - started)
+    started = time.perf_counter()
 
     active = spec.scaling.mode is ScalingMode.ACTIVE
     conflict = find_conflict(conflicts, spec, by_role, previous) if active else None
@@ -344,6 +344,7 @@ async def tick_once(
         await asyncio.to_thread(runtime.writer.write_status, ref.namespace, ref.name, status)
     for event in events:
         post(event)
+    runtime.telemetry.tick_stage_seconds.labels(stage="act").observe(time.perf_counter() - started)
     decision = result.decision
     changed = (decision.prefill, decision.decode) != (prefill.current, decode.current)
     runtime.telemetry.decisions.labels(changed=str(changed).lower()).inc()

@@ -6,10 +6,14 @@ Metrics (served by `serve_metrics` on the operator's metrics port, never on the 
 - `dopd_operator_decisions_total{changed}`: planner decisions, and whether they changed replicas;
 - `dopd_operator_scale_actions_total{role,direction}`: scale-subresource patches;
 - `dopd_operator_forecast_fit_seconds`: the forecast part of a tick;
+- `dopd_operator_tick_stage_seconds{stage}`: the other parts: `metrics` (waiting for Prometheus: the
+  model's share of its batch's queries, and the queue for the query pool), `act` (victims, status,
+  scale patches);
 - `dopd_operator_errors_total{kind}`: errors by class of the dopd error hierarchy (`errors.py`);
 - `dopd_operator_api_requests_total{verb,resource}`: what dopd itself asks of the API server;
-- `dopd_operator_prometheus_queries_total{purpose}`: observe (2 instant queries), history (1 range
-  query), pod_load (1 instant query, on scale-down);
+- `dopd_operator_prometheus_queries_total{purpose}`: queries sent: observe (2 instant queries per
+  batch of models and half scrape interval), history (1 range query per batch and forecast step),
+  pod_load (1 instant query per model, on scale-down);
 - `dopd_operator_models{condition,status}`: models by condition (SpecValid, MetricsHealthy, ...).
 Logs: one JSON object per line with `time`, `level`, `logger`, `message` and, when the record carries
 them, `model` (namespace/name) and `tick` (the tick's sequence number for that model).
@@ -78,6 +82,13 @@ class Telemetry:
         self.forecast_seconds = Histogram(
             "dopd_operator_forecast_fit_seconds",
             "Wall time of the forecast and plan part of a tick.",
+            buckets=_TICK_BUCKETS,
+            registry=r,
+        )
+        self.tick_stage_seconds = Histogram(
+            "dopd_operator_tick_stage_seconds",
+            "Wall time of the parts of a tick: metrics (Prometheus reads), act (status and scale writes).",
+            ["stage"],
             buckets=_TICK_BUCKETS,
             registry=r,
         )

@@ -14,21 +14,32 @@ Where each field comes from (docs/metrics.md has the PromQL and the reasons):
 | TTFT at the SLO percentile, attainment | `dopd_time_to_first_token_seconds` router (end to end) | `vllm:time_to_first_token_seconds` prefill (queue + prefill) | `sglang:time_to_first_token_seconds` prefill |
 | TPOT at the SLO percentile, attainment | `dopd_inter_token_latency_seconds` router | `vllm:inter_token_latency_seconds` decode (`vllm:time_per_output_token_seconds` fallback) | `sglang:inter_token_latency_seconds` decode |
 
-Three queries per model and tick: `aggregate` (one instant query: per-bucket increases of every
-histogram and counter increases, each part tagged with the `dopd_q` label), `raw` (one instant query
-of a range vector: the raw samples of the gauges and arrival counters, so that staleness, NaN,
-counter resets and per-interval arrivals are seen) and `history(range)` (the arrival-rate range query
-for the forecaster). Pure. Callers: `source.MetricsSource`, `readings`, the tests.
+Three queries per batch of models (`Batch`: models whose queries differ only in label values):
+`aggregate` (one instant query: per-bucket increases of every histogram and counter increases, each
+part tagged with the `dopd_q` label), `raw` (one instant query of a range vector: the raw samples of
+the gauges and arrival counters, so that staleness, NaN, counter resets and per-interval arrivals are
+seen) and `history(range)` (the arrival-rate range query for the forecaster). Every aggregate is
+grouped `by` the batch's labels, so each answer says whose it is (`QuerySet.member_of`). Pure.
+Callers: `source.MetricsSource`, `readings`, the tests.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from dopd_operator.api import DisaggregatedModelSpec, Engine
 from dopd_operator.metrics.estimators import TREND_WINDOW_SECONDS
-from dopd_operator.metrics.promql import Selector, build_selector, duration, quote
+from dopd_operator.metrics.promql import (
+    Member,
+    Selector,
+    check_selector_labels,
+    duration,
+    group_selector,
+    member_of,
+    quote,
+)
 
 RoleName = Literal["router", "prefill", "decode"]
 TAG_LABEL = "dopd_q"  # label the aggregate query tags its parts with (label_replace)
@@ -164,11 +175,34 @@ PRESETS: dict[Engine, EnginePreset] = {p.engine: p for p in (DOPD, VLLM, SGLANG)
 
 
 @dataclass(frozen=True)
+class Batch:
+    """Models whose queries differ only in the values of their labels share one query set: the same
+    engine, label names and windows (the SLOs and percentile are read per model, not queried)."""
+
+    key: str  # everything that shapes the query text but the label values
+    labels: tuple[str, ...]  # the namespace label, then the selector's label names, sorted
+    member: Member  # this model's values of `labels`
+
+
+def batch_of(spec: DisaggregatedModelSpec, namespace: str) -> Batch:
+    """The batch `spec`'s model belongs to; SpecError when its label names cannot be used."""
+    metrics = spec.metrics
+    preset = PRESETS[spec.engine]
+    role_label = metrics.role_label or preset.default_role_label
+    labels = check_selector_labels(metrics.namespace_label, metrics.selector, role_label)
+    key = "|".join((spec.engine.value, role_label, ",".join(labels), f"{metrics.window_seconds:g}"))
+    return Batch(key, labels, (namespace, *(metrics.selector[name] for name in labels[1:])))
+
+
+@dataclass(frozen=True)
 class QuerySet:
-    """One model's queries, built once from its spec and namespace."""
+    """The queries of one batch of models (`Batch`), built once for its members; every aggregate is
+    grouped `by` the batch's labels, so each answer carries the member it belongs to (`member_of`).
+    Read with one model's spec, it is that model's query set (a batch of one)."""
 
     preset: EnginePreset
-    namespace: str
+    labels: tuple[str, ...]
+    members: tuple[Member, ...]
     role_label: str
     window_seconds: float
     raw_range_seconds: float
@@ -184,11 +218,18 @@ class QuerySet:
     role_selectors: dict[RoleName, Selector]
 
     @property
+    def by(self) -> str:
+        return ", ".join(self.labels)
+
+    @property
     def aggregate(self) -> str:
         return " or ".join(
             f"label_replace({expr}, {quote(TAG_LABEL)}, {quote(tag)}, {quote('')}, {quote('')})"
             for tag, expr in self.parts
         )
+
+    def member_of(self, metric: Mapping[str, str]) -> Member:
+        return member_of(self.labels, metric)
 
     def pod_load(self, role: RoleName) -> str:
         """Per pod of `role`: requests in flight (running + waiting), tagged `inflight`, and KV-cache usage
@@ -205,21 +246,31 @@ class QuerySet:
         )
 
     def history(self, range_seconds: float) -> str:
-        """Arrival rate (requests per second) over `range_seconds` before each evaluation time."""
+        """Arrival rate (requests per second) of each member over `range_seconds` before each evaluation
+        time."""
         span = duration(range_seconds)
-        terms = [f"sum(rate({self.arrival_counters}[{span}]))"]
-        terms += [f"sum(delta({gauge}[{span}])) / {range_seconds:g}" for gauge in self.arrival_in_system]
+        terms = [f"sum by ({self.by}) (rate({self.arrival_counters}[{span}]))"]
+        terms += [
+            f"sum by ({self.by}) (delta({gauge}[{span}])) / {range_seconds:g}"
+            for gauge in self.arrival_in_system
+        ]
         return " + ".join(terms)
 
 
-def query_set(spec: DisaggregatedModelSpec, namespace: str) -> QuerySet:
-    """The preset's queries for `spec`; SpecError when the spec's label names cannot be used."""
+def query_set(
+    spec: DisaggregatedModelSpec, namespace: str, members: Sequence[Member] | None = None
+) -> QuerySet:
+    """The preset's queries for `spec`'s batch with `members` (default: the model alone); SpecError when
+    the spec's label names cannot be used."""
     preset = PRESETS[spec.engine]
     metrics = spec.metrics
     role_label = metrics.role_label or preset.default_role_label
+    batch = batch_of(spec, namespace)
+    chosen_members = tuple(members) if members is not None else (batch.member,)
+    by = ", ".join(batch.labels)
 
     def selector(*roles: RoleName) -> Selector:
-        return build_selector(metrics.namespace_label, namespace, metrics.selector, role_label, roles)
+        return group_selector(batch.labels, chosen_members, role_label, roles)
 
     window = duration(metrics.window_seconds)
     parts: list[tuple[str, str]] = []
@@ -229,19 +280,23 @@ def query_set(spec: DisaggregatedModelSpec, namespace: str) -> QuerySet:
             if family is None:
                 continue
             buckets = chosen.render([family], "_bucket")
-            parts.append((f"{tag}/bucket", f"sum by (le) (increase({buckets}[{window}]))"))
+            parts.append((f"{tag}/bucket", f"sum by (le, {by}) (increase({buckets}[{window}]))"))
             if with_sum:
-                parts.append((f"{tag}/sum", f"sum(increase({chosen.render([family], '_sum')}[{window}]))"))
+                sums = chosen.render([family], "_sum")
+                parts.append((f"{tag}/sum", f"sum by ({by}) (increase({sums}[{window}]))"))
     for key, read_length in (("input", preset.input_tokens), ("output", preset.output_tokens)):
         if read_length.totals is not None:
             chosen = selector(read_length.histogram.role)
             for part, family in zip(("tokens", "requests"), read_length.totals, strict=True):
-                parts.append((f"{key}.totals/{part}", f"sum(increase({chosen.render([family])}[{window}]))"))
+                parts.append(
+                    (f"{key}.totals/{part}", f"sum by ({by}) (increase({chosen.render([family])}[{window}]))")
+                )
     raw_range = max(metrics.window_seconds, TREND_WINDOW_SECONDS)
     arrival = preset.arrival
     return QuerySet(
         preset=preset,
-        namespace=namespace,
+        labels=batch.labels,
+        members=chosen_members,
         role_label=role_label,
         window_seconds=metrics.window_seconds,
         raw_range_seconds=raw_range,

@@ -12,7 +12,9 @@ PromQL string literal or parses the HTTP API's JSON.
 - `name_regex("vllm:num_requests_waiting")` is `vllm[:_]num_requests_waiting`: Prometheus 2.x stores a
   colon name scraped through OpenMetrics negotiation with its colons turned into underscores
   (prometheus_client's escaping), so a preset matches both spellings of each family.
-- `Selector` renders `{__name__=~"...",label="value",...}` for one set of families.
+- `Selector` renders `{__name__=~"...",label="value",...}` for one set of families; `group_selector`
+  builds one for several models at once (`one_of`: `label=~"v1|v2"`, each value matched literally)
+  and `member_of` tells from a series' labels which model it belongs to.
 - `InstantSample` / `RangeSeries` are the shapes of `/api/v1/query` results (vector and matrix); values
   keep NaN and +-Inf as Prometheus sends them, for the callers to refuse explicitly.
 
@@ -30,6 +32,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dopd_operator.errors import SpecError
 
+Member = tuple[str, ...]  # one model's values of the labels that tell it from the others of its batch
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 
@@ -139,6 +142,59 @@ class Selector:
         return "{" + ",".join(m.render() for m in parts) + "}"
 
 
+def one_of(name: str, values: Iterable[str]) -> Matcher:
+    """`name="v"` for one distinct value, else `name=~"v1|v2|..."` (in first-seen order) with each value
+    matched literally."""
+    distinct = list(dict.fromkeys(values))
+    if not distinct:
+        raise ValueError(f"a matcher on {name!r} needs at least one value")
+    if len(distinct) == 1:
+        return Matcher(name, distinct[0])
+    return Matcher(name, "|".join(regex_literal(v) for v in distinct), regex=True)
+
+
+def check_selector_labels(
+    namespace_label: str, selector_labels: Iterable[str], role_label: str
+) -> tuple[str, ...]:
+    """The labels that tell one model's series from another's: the namespace label, then the selector's
+    label names, sorted. SpecError for a name Prometheus refuses or one dopd sets itself."""
+    check_label_name(namespace_label, "spec.metrics.namespaceLabel")
+    check_label_name(role_label, "spec.metrics.roleLabel")
+    names = []
+    for name in sorted(selector_labels):
+        check_label_name(name, "spec.metrics.selector")
+        if name in (namespace_label, role_label):
+            raise SpecError(
+                "spec.metrics.selector",
+                f"{name!r} is the namespace or role label, which dopd sets itself; remove it from the "
+                "selector",
+            )
+        names.append(name)
+    return (namespace_label, *names)
+
+
+def group_selector(
+    labels: Sequence[str], members: Sequence[Sequence[str]], role_label: str, roles: Sequence[str]
+) -> Selector:
+    """Matchers for the series of several models at once: for each of `labels` (from
+    `check_selector_labels`) the values the members give it, then the roles. A member is one model's
+    values of `labels`, in order. The matchers select the product of the values; callers keep each
+    model's own series by its labels (`member_of`)."""
+    if not members:
+        raise ValueError("a selector needs at least one member")
+    if not roles:
+        raise ValueError("a selector needs at least one role")
+    matchers = [one_of(label, (member[i] for member in members)) for i, label in enumerate(labels)]
+    matchers.append(one_of(role_label, roles))
+    return Selector(tuple(matchers))
+
+
+def member_of(labels: Sequence[str], metric: Mapping[str, str]) -> Member:
+    """The member a series (or a `sum by (labels)` result) belongs to: its values of `labels` (a label
+    a series lacks reads as "", as Prometheus matches it)."""
+    return tuple(metric.get(label, "") for label in labels)
+
+
 def build_selector(
     namespace_label: str,
     namespace: str,
@@ -147,25 +203,9 @@ def build_selector(
     roles: Sequence[str],
 ) -> Selector:
     """Matchers for one model's series: namespace, every pair of `spec.metrics.selector`, the roles."""
-    check_label_name(namespace_label, "spec.metrics.namespaceLabel")
-    check_label_name(role_label, "spec.metrics.roleLabel")
-    matchers = [Matcher(namespace_label, namespace)]
-    for name, value in sorted(selector.items()):
-        check_label_name(name, "spec.metrics.selector")
-        if name in (namespace_label, role_label):
-            raise SpecError(
-                "spec.metrics.selector",
-                f"{name!r} is the namespace or role label, which dopd sets itself; remove it from the "
-                "selector",
-            )
-        matchers.append(Matcher(name, value))
-    if not roles:
-        raise ValueError("a selector needs at least one role")
-    if len(roles) == 1:
-        matchers.append(Matcher(role_label, roles[0]))
-    else:
-        matchers.append(Matcher(role_label, "|".join(regex_literal(r) for r in roles), regex=True))
-    return Selector(tuple(matchers))
+    labels = check_selector_labels(namespace_label, selector, role_label)
+    member = (namespace, *(selector[name] for name in labels[1:]))
+    return group_selector(labels, [member], role_label, roles)
 
 
 # ------------------------------------------------------------------------------------------ answers

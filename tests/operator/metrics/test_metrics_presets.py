@@ -93,11 +93,12 @@ def test_vllm_queries() -> None:
     selector = 'namespace="llm",model_name="meta-llama/Meta-Llama-3-8B-Instruct",role="prefill"'
     parts = dict(queries.parts)
     assert parts["ttft/bucket"] == (
-        "sum by (le) (increase({__name__=~"
+        "sum by (le, namespace, model_name) (increase({__name__=~"
         f'"vllm[:_]time_to_first_token_seconds_bucket",{selector}}}[60000ms]))'
     )
     assert parts["input/sum"] == (
-        f'sum(increase({{__name__=~"vllm[:_]request_prompt_tokens_sum",{selector}}}[60000ms]))'
+        "sum by (namespace, model_name) "
+        f'(increase({{__name__=~"vllm[:_]request_prompt_tokens_sum",{selector}}}[60000ms]))'
     )
     assert set(parts) == {
         "ttft/bucket",
@@ -109,7 +110,8 @@ def test_vllm_queries() -> None:
         "output/sum",
     }
     assert queries.aggregate.startswith(
-        'label_replace(sum by (le) (increase({__name__=~"vllm[:_]time_to_first_token_seconds_bucket",'
+        "label_replace(sum by (le, namespace, model_name) "
+        '(increase({__name__=~"vllm[:_]time_to_first_token_seconds_bucket",'
     )
     assert queries.aggregate.count(" or label_replace(") == 6
     assert ', "dopd_q", "tpot.fallback/bucket", "", "")' in queries.aggregate
@@ -122,22 +124,24 @@ def test_vllm_queries() -> None:
     # one delta() per gauge: delta drops the metric name, so one selector over both gauges gives two
     # series with the same labels per pod and Prometheus refuses the query (HTTP 422)
     assert queries.history(60.0) == (
-        f'sum(rate({{__name__=~"vllm[:_]request_success_total",{selector}}}[60000ms])) + '
-        f'sum(delta({{__name__=~"vllm[:_]num_requests_waiting",{selector}}}[60000ms])) / 60 + '
-        f'sum(delta({{__name__=~"vllm[:_]num_requests_running",{selector}}}[60000ms])) / 60'
+        f'sum by (namespace, model_name) (rate({{__name__=~"vllm[:_]request_success_total",{selector}}}[60000ms])) + '
+        f'sum by (namespace, model_name) (delta({{__name__=~"vllm[:_]num_requests_waiting",{selector}}}[60000ms])) / 60 + '
+        f'sum by (namespace, model_name) (delta({{__name__=~"vllm[:_]num_requests_running",{selector}}}[60000ms])) / 60'
     )
 
 
 def test_dopd_and_sglang_queries() -> None:
     dopd = query_set(make_spec(engine="dopd", metrics={"selector": {"model": "m"}}), "ns")
     assert dopd.history(40.0) == (
-        'sum(rate({__name__=~"dopd_requests_arrived_total",namespace="ns",model="m",role="router"}[40000ms]))'
+        "sum by (namespace, model) "
+        '(rate({__name__=~"dopd_requests_arrived_total",namespace="ns",model="m",role="router"}[40000ms]))'
     )
     assert "sglang" not in dopd.aggregate and "totals" not in dopd.aggregate
     sglang = query_set(make_spec(engine="sglang", metrics={"windowSeconds": 30}), "ns")
     parts = dict(sglang.parts)
     assert parts["input.totals/tokens"] == (
-        'sum(increase({__name__=~"sglang[:_]prompt_tokens_total",namespace="ns",engine_type="prefill"}[30000ms]))'
+        "sum by (namespace) "
+        '(increase({__name__=~"sglang[:_]prompt_tokens_total",namespace="ns",engine_type="prefill"}[30000ms]))'
     )
     assert sglang.raw.endswith('engine_type=~"prefill|decode"}[120000ms]')
     relabeled = query_set(make_spec(engine="sglang", metrics={"roleLabel": "dopd_role"}), "ns")

@@ -16,11 +16,16 @@ from hypothesis import strategies as st
 
 from dopd_operator.errors import SpecError
 from dopd_operator.metrics.promql import (
+    Matcher,
     build_selector,
     canonical_names,
     check_label_name,
+    check_selector_labels,
     duration,
+    group_selector,
+    member_of,
     name_regex,
+    one_of,
     quote,
     regex_literal,
 )
@@ -182,3 +187,28 @@ def test_regex_literal_and_duration() -> None:
     assert duration(12.5) == "12500ms"
     with pytest.raises(ValueError, match="positive"):
         duration(0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(), min_size=1, max_size=6), st.text())
+def test_a_batch_matcher_matches_exactly_its_members_values(values: list[str], other: str) -> None:
+    """The shared query of a batch selects each member's value literally, and nothing else (Prometheus
+    anchors a regex matcher at both ends, as fullmatch does)."""
+    matcher = one_of("model", values)
+    if len(set(values)) == 1:
+        assert matcher == Matcher("model", values[0])
+        return
+    assert matcher.regex
+    assert all(re.fullmatch(matcher.value, value) for value in values)
+    assert (re.fullmatch(matcher.value, other) is not None) == (other in values)
+
+
+def test_a_batch_selector_and_its_members() -> None:
+    labels = check_selector_labels("namespace", {"model": "x"}, "role")
+    assert labels == ("namespace", "model")
+    selector = group_selector(labels, [("a", "m.1"), ("b", "m.1"), ("a", "m2")], "role", ["prefill"])
+    assert selector.render(["dopd_x"]) == (
+        '{__name__=~"dopd_x",namespace=~"a|b",model=~"m\\\\.1|m2",role="prefill"}'
+    )
+    assert member_of(labels, {"namespace": "b", "model": "m2", "pod": "p"}) == ("b", "m2")
+    assert member_of(labels, {"namespace": "b"}) == ("b", "")  # a missing label reads as ""
