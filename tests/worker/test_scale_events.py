@@ -167,6 +167,9 @@ async def test_decode_killed_mid_transfer_fails_only_its_requests(scale: Scale) 
 
 async def test_router_retries_a_request_whose_decode_worker_died_before_its_first_token(scale: Scale) -> None:
     (d2,) = scale.decodes
+    # d4 exits once the first of its transfers to receive a layer has one, so none of its requests has a
+    # token yet, whatever order they reach the prefill worker in. (Counted by start, a transfer that
+    # overtook the first could finish and stream tokens before d4 died: past retrying, that one failed.)
     d4 = await asyncio.to_thread(scale.decode, "d4", {"DOPD_FAULT_EXIT_DURING_TRANSFER": "1"})
     scale.publish([d2, d4])
     retrying = await asyncio.to_thread(

@@ -197,6 +197,11 @@ def build_decode_app(
         timeout=httpx.Timeout(options.transfer_timeout_seconds * 20, connect=options.transfer_timeout_seconds)
     )
     transfers_started = itertools.count(1)
+    # Fault injection (DOPD_FAULT_EXIT_DURING_TRANSFER=N) counts transfers in the order their first layer
+    # arrives, not the order they started: a transfer that started later can be prefilled first (its
+    # /info or /prefill overtook an earlier one's), and if the count were by start, that later transfer
+    # could finish and stream tokens before the N-th one's first layer arrived and the process exited.
+    first_layers_received = itertools.count(1)
     labels = {"role": "decode", "model": options.model_name}
     metrics.kv_transfers_pending.labels(**labels).set_function(lambda: float(engine.pending_transfers))
     receiving: dict[str, asyncio.Task[tuple[int, list[Any]]]] = {}  # KV receives in progress
@@ -284,11 +289,6 @@ def build_decode_app(
                 await asyncio.wait_for(done, options.transfer_timeout_seconds * 2)
             else:
                 works = [group.recv(buf, base + layer) for layer, buf in enumerate(buffers)]
-            if options.fault_exit_during_transfer == number and works:
-                # Fault injection for the scale-event tests: die with a transfer half received.
-                await asyncio.to_thread(group.wait, works[0], "layer 0")
-                log.error("fault injection: exiting during KV transfer %d", number)
-                os._exit(17)
             if options.fault_pause_during_transfer == number and works:
                 # Fault injection for the chaos tests: hold a transfer half received until SIGKILLed.
                 await asyncio.to_thread(group.wait, works[0], "layer 0")
@@ -296,6 +296,18 @@ def build_decode_app(
                 await asyncio.Event().wait()
             for layer, work in enumerate(works):
                 await asyncio.to_thread(group.wait, work, f"KV receive of layer {layer} from {prefill_url}")
+                if layer == 0 and options.fault_exit_during_transfer is not None:
+                    # Fault injection for the scale-event tests: die with a transfer half received. Every
+                    # transfer passes here before it can finish, so with N transfers having received
+                    # their first layer, at most N - 1 finished: with N = 1, none (no request got a token).
+                    arrived = next(first_layers_received)
+                    if arrived == options.fault_exit_during_transfer:
+                        log.error(
+                            "fault injection: exiting during KV transfer %d (layer 0 in, transfer %d to get one)",
+                            number,
+                            arrived,
+                        )
+                        os._exit(17)
             last = json.loads(await anext(lines))
         if "error" in last:
             raise TransferError(f"prefill worker {prefill_url}: {last['error']}")

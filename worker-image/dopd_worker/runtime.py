@@ -40,7 +40,7 @@ class WorkerOptions:
     # Seconds a draining worker (SIGTERM or POST /drain) gets before what is left ends with an error;
     # the operator sets it from spec.<role>.drainSeconds (whose default it matches). None: no limit.
     drain_timeout_seconds: float | None = 120.0
-    fault_exit_during_transfer: int | None = None
+    fault_exit_during_transfer: int | None = None  # scale-event tests: exit at the N-th first layer received
     fault_pause_during_transfer: int | None = None  # chaos tests: hold the N-th transfer after layer 0
     ordered_transfers: bool = False  # force NCCL's in-order transfer protocol on any backend (tests)
     worker_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
