@@ -56,6 +56,8 @@ INTERVAL_SECONDS = 15
 SCRAPE = "15s"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STAGE = "dopd_operator_tick_stage_seconds"
+REFIT = "dopd_operator_forecast_refit_seconds"
+WAITING = "dopd_operator_forecast_refits_waiting"
 
 
 def engine_name(engine: int) -> str:
@@ -158,6 +160,10 @@ class Result:
     metrics_p99_s: float | None
     act_p50_s: float | None
     act_p99_s: float | None
+    refits: float
+    refit_p50_s: float | None
+    refit_p99_s: float | None
+    refits_waiting_peak: float
     api_per_tick: dict[str, float]
     prom_per_tick: dict[str, float]
     errors: dict[str, float]
@@ -215,10 +221,12 @@ def run(models: int, engines: int, warmup_s: float, measure_s: float) -> Result:
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
         load0 = os.getloadavg()[0]
         peak = rss_bytes(pid)
+        waiting_peak = before.get(WAITING, 0.0)
         print(f"measuring {measure_s:g}s", flush=True)
         while time.monotonic() - t0 < measure_s:
             time.sleep(5)
             peak = max(peak, rss_bytes(pid))
+            waiting_peak = max(waiting_peak, scrape(operator.metrics_url).get(WAITING, 0.0))
         cpu1, t1 = cpu_seconds(pid), time.monotonic()
         after = scrape(operator.metrics_url)
         window = delta(after, before, "dopd_operator_")
@@ -250,6 +258,10 @@ def run(models: int, engines: int, warmup_s: float, measure_s: float) -> Result:
             metrics_p99_s=histogram_quantile(window, STAGE, 0.99, 'stage="metrics"'),
             act_p50_s=histogram_quantile(window, STAGE, 0.5, 'stage="act"'),
             act_p99_s=histogram_quantile(window, STAGE, 0.99, 'stage="act"'),
+            refits=window.get(f"{REFIT}_count", 0.0),
+            refit_p50_s=histogram_quantile(window, REFIT, 0.5),
+            refit_p99_s=histogram_quantile(window, REFIT, 0.99),
+            refits_waiting_peak=waiting_peak,
             api_per_tick=api,
             prom_per_tick=prom,
             errors=errors,
@@ -299,6 +311,13 @@ def write_report(result: Result, command: str) -> None:
         ("forecast + plan per tick, p99", _fmt(result.fit_p99_s), "", None),
         ("status and scale writes per tick, p50", _fmt(result.act_p50_s), "", None),
         ("status and scale writes per tick, p99", _fmt(result.act_p99_s), "", None),
+        (
+            "forecast refits (beside the ticks, one worker), count / p50 / p99",
+            f"{result.refits:.0f} / {_fmt(result.refit_p50_s)} / {_fmt(result.refit_p99_s)}",
+            "",
+            None,
+        ),
+        ("forecast refits waiting, peak", f"{result.refits_waiting_peak:.0f}", "", None),
         ("resident memory, peak", f"{result.rss_peak_mib:.0f} MiB", "< 1024 MiB", result.rss_peak_mib < 1024),
     ]
     table = "\n".join(

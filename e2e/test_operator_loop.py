@@ -25,7 +25,7 @@ def s(
     k8s_cluster: Cluster, prometheus_factory: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Scenario]:
     with scenario(
-        k8s_cluster, prometheus_factory, tmp_path_factory.mktemp("loop"), emulators=4, prefix="loop"
+        k8s_cluster, prometheus_factory, tmp_path_factory.mktemp("loop"), emulators=5, prefix="loop"
     ) as found:
         found.start_operator()
         yield found
@@ -160,3 +160,37 @@ def test_children_are_owned_rolled_on_template_change_and_garbage_collected(s: S
         90,
         "the children to be garbage-collected",
     )
+
+
+def test_the_loop_forecasts_from_prometheus_history_and_refits_beside_the_ticks(
+    s: Scenario, tmp_path: Path
+) -> None:
+    """Forecasting in the real loop: the arrival-rate history comes from a Prometheus range query; the
+    first fit runs in the refit worker (the tick meanwhile sizes for the observed load), and from then
+    on status carries the forecast the decision used."""
+    name = "forecast"
+    doc = model(name, s.namespace, "Advisory", forecast={"model": "ewma"})
+    s.apply(doc)
+    s.wait_children(name)
+    s.emulate(doc, write_trace(tmp_path / "steady.csv", [(6, 420)], isl=400, osl=40, seed=11))
+
+    def with_forecast() -> dict[str, Any] | None:
+        status: dict[str, Any] = s.dm(name).get("status") or {}
+        return status if status.get("forecast") else None
+
+    # 17 points at 10 s steps: the shortest history a 15 s horizon can be backtested on
+    status = wait_until(with_forecast, 330, "a forecast in status", interval_s=5.0)
+    forecast = status["forecast"]
+    assert forecast["model"] == "ewma", forecast
+    # the lead time: the slower role's startup (learned from its pods, 10 s prior) plus the 5 s interval
+    assert 5.0 <= forecast["horizonSeconds"] <= 15.0, forecast
+    assert 3.0 < forecast["arrivalRateRpsMean"] < 10.0, forecast  # the emulator sends 6 rps
+    assert forecast["arrivalRateRpsUpper"] >= forecast["arrivalRateRpsMean"], forecast
+    # the decision recorded with it was made with it
+    assert not any("no forecast" in r for r in status["lastDecision"]["reasons"]), status["lastDecision"]
+    refits = [
+        float(line.split()[-1])
+        for line in s.operator.metrics_text().splitlines()
+        if line.startswith("dopd_operator_forecast_refit_seconds_count")
+    ]
+    assert refits and refits[0] >= 1, "the first fit ran in the refit worker"

@@ -176,6 +176,7 @@ def start_operator(
         run_env["KUBECONFIG"] = str(kubeconfig)
     run_env.pop("KUBERNETES_SERVICE_HOST", None)
     run_env["PYTHONUNBUFFERED"] = "1"
+    run_env["OPENBLAS_NUM_THREADS"] = "1"  # as the operator image sets it
     run_env.update(env or {})
     log_path = work / "operator.log"
     log = log_path.open("wb")

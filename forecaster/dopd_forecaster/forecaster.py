@@ -12,6 +12,13 @@ recent horizon errors, which keep coming in as forecasts fall due between refits
 Nothing here reads the clock for decisions: time comes in as the series' timestamps and `now_s`, so the
 simulator runs it in virtual time. Wall time is read only to enforce the per-fit time limit.
 
+With `background_refits` (the operator's setting) a call never waits for a fit once there is one: a
+due refit is recorded as a request, the call answers from the current fit updated with the new points,
+and the caller runs `run_requested_refit` in a worker thread of its own, which installs the new fit for
+the next call. The first call, with nothing fitted yet, raises `ForecastPendingError` after recording
+its request. Without it (the simulator's setting) every refit happens inside the call, so a simulated
+run does not depend on thread timing.
+
 `forecast_async` runs a call in an executor thread (fits hold the GIL; on one core a thread pool costs
 nothing over a process pool, and the fitted state stays in process) under an overall time limit.
 """
@@ -26,7 +33,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, Literal, get_args
 
 import numpy as np
@@ -41,7 +48,7 @@ from dopd_forecaster.backtest import (
     spread_offset,
     upper_offset,
 )
-from dopd_forecaster.errors import ForecastError, ForecastTimeoutError
+from dopd_forecaster.errors import ForecastError, ForecastPendingError, ForecastTimeoutError
 from dopd_forecaster.models import FitContext, FitRecord, FittedModel, FloatArray
 from dopd_forecaster.season import detect_season
 from dopd_forecaster.series import regularize
@@ -99,6 +106,16 @@ class _FittedState:
     picked_history_points: int
 
 
+@dataclass(frozen=True)
+class _RefitRequest:
+    """A refit a call found due but left to `run_requested_refit` (background refits only)."""
+
+    history: FloatArray
+    steps: int
+    now_s: float
+    last_timestamp_s: float
+
+
 class SeriesForecaster:
     """Forecasts one series (e.g. one DisaggregatedModel's arrival rate) at the planner's horizon."""
 
@@ -116,6 +133,7 @@ class SeriesForecaster:
         backtest_max_points: int = 120,
         max_gap_steps: int = 3,
         nonnegative: bool = True,
+        background_refits: bool = False,
     ) -> None:
         if model not in MODEL_NAMES:
             raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODEL_NAMES)}")
@@ -143,8 +161,11 @@ class SeriesForecaster:
         self.max_gap_steps = max_gap_steps
         self.nonnegative = nonnegative
         self.stats = ForecasterStats()
+        self.background_refits = background_refits
         self._state: _FittedState | None = None
-        self._lock = threading.Lock()
+        self._refit_request: _RefitRequest | None = None
+        self._lock = threading.Lock()  # guards _state and _refit_request; never held during a refit
+        self._refitting = threading.Lock()  # one background refit at a time
 
     def horizon_steps(self, horizon_s: float) -> int:
         """The horizon in steps, rounded up: forecasting short of the lead time would under-provision."""
@@ -169,7 +190,8 @@ class SeriesForecaster:
         """Forecast the value `horizon_s` after the last sample.
 
         Raises `ForecastError` only when the usable history is too short (empty, all NaN, or cut short
-        behind a long gap); the message says how many points it has and needs.
+        behind a long gap); the message says how many points it has and needs. With background refits,
+        `ForecastPendingError` while the first fit has not run yet.
         """
         if not (horizon_s > 0 and math.isfinite(horizon_s)):
             raise ValueError(f"horizon_s must be a positive finite number, got {horizon_s!r}")
@@ -198,16 +220,64 @@ class SeriesForecaster:
         last_timestamp_s = float(regular.timestamps_s[-1])
         now = last_timestamp_s if now_s is None else now_s
         state = self._state
-        if state is not None and self._can_update(state, steps, now, len(history)):
-            new_points = round((last_timestamp_s - state.last_timestamp_s) / self.step_s)
-            new_values = history[len(history) - new_points :] if new_points > 0 else history[:0]
-            if 0 <= new_points < len(history) and self._update(state, new_values):
-                self._score_due_forecasts(state, new_values, last_timestamp_s)
-                state.last_timestamp_s = last_timestamp_s
-                return self._emit(state, horizon_s, f"updated with {new_points} point(s)")
-        state = self._refit(history, steps, now, last_timestamp_s)
+        due = state is None or not self._can_update(state, steps, now, len(history))
+        if state is not None and (not due or self.background_refits):
+            action = "updated" if state.steps == steps else f"at the previous {state.steps}-step horizon"
+            emitted = self._absorb(state, history, last_timestamp_s, horizon_s, action)
+            if emitted is not None:
+                if due:  # the caller runs the refit off this call; the next call gets its result
+                    self._refit_request = _RefitRequest(history, steps, now, last_timestamp_s)
+                    emitted = replace(emitted, reason=f"{emitted.reason}; refit requested")
+                return emitted
+        if state is None and self.background_refits:
+            self._refit_request = _RefitRequest(history, steps, now, last_timestamp_s)
+            raise ForecastPendingError(f"first fit on {len(history)} points is running in the background")
+        state = self._refit(history, steps, now, last_timestamp_s, self._state)
         self._state = state
+        self._refit_request = None
         return self._emit(state, horizon_s, "refitted")
+
+    def _absorb(
+        self, state: _FittedState, history: FloatArray, last_timestamp_s: float, horizon_s: float, action: str
+    ) -> Forecast | None:
+        """Update `state` with the points after its last one and emit; None when it cannot (a gap longer
+        than the history, or the model rejects the points): then the caller refits."""
+        new_points = round((last_timestamp_s - state.last_timestamp_s) / self.step_s)
+        if not 0 <= new_points < len(history):
+            return None
+        new_values = history[len(history) - new_points :] if new_points > 0 else history[:0]
+        if not self._update(state, new_values):
+            return None
+        self._score_due_forecasts(state, new_values, last_timestamp_s)
+        state.last_timestamp_s = last_timestamp_s
+        return self._emit(state, horizon_s, f"{action} with {new_points} point(s)")
+
+    @property
+    def refit_requested(self) -> bool:
+        """A call found a refit due and left it to `run_requested_refit` (background refits only)."""
+        return self._refit_request is not None
+
+    def run_requested_refit(self) -> bool:
+        """Run the requested refit (blocking: call it in a worker thread) and install it for the next
+        call; False when there was nothing to do or a newer fit was installed meanwhile. Calls to
+        `forecast` proceed on the current fit while this runs."""
+        with self._refitting:
+            with self._lock:
+                request, self._refit_request = self._refit_request, None
+                previous = self._state
+            if request is None:
+                return False
+            fitted = self._refit(
+                request.history, request.steps, request.now_s, request.last_timestamp_s, previous
+            )
+            with self._lock:
+                if self._state is not previous:
+                    return False
+                # Points the current fit absorbed since the request are absorbed again by the next call;
+                # a request made meanwhile was made of the fit this one replaces: the next call decides anew.
+                self._state = fitted
+                self._refit_request = None
+                return True
 
     def _can_update(self, state: _FittedState, steps: int, now: float, history_points: int) -> bool:
         """Update rather than refit: same horizon, refit not yet due, and the history has not doubled
@@ -243,8 +313,14 @@ class SeriesForecaster:
         self.stats.updates += 1
         return bool(np.isfinite(state.fitted.forecast(state.steps)))
 
-    def _refit(self, history: FloatArray, steps: int, now: float, last_timestamp_s: float) -> _FittedState:
-        previous = self._state
+    def _refit(
+        self,
+        history: FloatArray,
+        steps: int,
+        now: float,
+        last_timestamp_s: float,
+        previous: _FittedState | None,
+    ) -> _FittedState:
         # Re-selection (auto's pick, ARIMA's order) on its own, slower schedule; refits in between keep
         # the selection and warm-start from the previous parameters.
         reselect = (

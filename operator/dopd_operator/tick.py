@@ -7,7 +7,9 @@ much history to fit on (`spec.forecast.historySeconds`), and how the forecaster'
 planner's `LoadForecast`. It reads no clock and does no I/O: the operator gives it the arrival-rate
 history of a Prometheus range query and wall-clock `now`; the simulator gives it the same history
 bucketed from its own counters and simulated `now`. The forecaster may block for a fit (statsmodels),
-so the operator calls `run_tick` off its event loop.
+so the operator calls `run_tick` off its event loop, and asks for background refits: then only a break in
+the data (a gap longer than the history, points the model rejects) is fitted inside a tick, and a model
+with nothing fitted yet is planned for its observed load until its first fit lands.
 
 A forecast that cannot be made (too little history, a timeout) is not an error of the tick: the
 planner sizes for the observed load and the reason is carried in `TickResult.forecast_problem`.
@@ -87,8 +89,12 @@ def make_forecaster(
     spec: DisaggregatedModelSpec,
     step_s: float = FORECAST_STEP_SECONDS,
     fit_timeout_s: float = OPERATOR_FIT_TIMEOUT_SECONDS,
+    background_refits: bool = False,
 ) -> SeriesForecaster | None:
-    """The forecaster a spec asks for; None for `forecast.model: none` (size for the observed load)."""
+    """The forecaster a spec asks for; None for `forecast.model: none` (size for the observed load).
+
+    The operator asks for background refits (its ticks never wait for a fit, see `SeriesForecaster`);
+    the simulator does not (its results must not depend on thread timing)."""
     if spec.forecast.model == ForecastModelName.NONE:
         return None
     season = spec.forecast.season_seconds
@@ -98,6 +104,7 @@ def make_forecaster(
         step_s=step_s,
         season_steps=max(round(season / step_s), 2) if season else None,
         fit_timeout_s=fit_timeout_s,
+        background_refits=background_refits,
     )
 
 

@@ -77,6 +77,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 30
 
 
+@kopf.on.cleanup()
+async def stop_refits(memo: kopf.Memo, **_: Any) -> None:
+    """Drop queued forecast refits at shutdown (their fits are a cache: a successor refits), so a
+    terminating operator exits within its grace period instead of working through the queue."""
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is not None:
+        runtime.refit_pool.shutdown(wait=False, cancel_futures=True)
+
+
 # ------------------------------------------------------------------------------------------ indexes
 
 

@@ -4,8 +4,10 @@
   history from Prometheus (`MetricsReader`, off the event loop). Prometheus down is not an error of the
   tick: the Observation is all-unknown with the cause, the planner holds (or falls back), and
   MetricsHealthy=False says why; the next attempt comes sooner, with backoff, until it recovers.
-- tick: `dopd_operator.tick.run_tick` in a worker thread (forecast fits block), with the planner state
-  taken from the object's status, so a restarted operator continues its windows and corrections.
+- tick: `dopd_operator.tick.run_tick` in a worker thread, with the planner state taken from the
+  object's status, so a restarted operator continues its windows and corrections. The tick updates the
+  model's fitted forecaster with the new points; a refit it finds due (every ten minutes, at once for
+  every model started together) runs in the one refit worker beside the ticks, never inside one.
 - act: Active mode patches the scale subresource of the roles whose replicas change. Advisory and
   Paused never do. A Deployment whose replicas another controller owns is never fought.
 - status: one merge patch of the status subresource, plus the Events that explain the tick.
@@ -20,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -105,6 +108,12 @@ class Runtime:
     telemetry: Telemetry
     forecasters: dict[str, _ForecasterSlot] = field(default_factory=dict)
     ticks: dict[str, int] = field(default_factory=dict)
+    # Refits run one at a time (statsmodels holds the GIL; one worker leaves the event loop and the
+    # status writes their share of two cores), oldest request first.
+    refit_pool: Executor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="dopd-refit")
+    )
+    _refits: dict[int, Future[bool]] = field(default_factory=dict)
 
     def forecaster_for(self, uid: str, spec: DisaggregatedModelSpec) -> SeriesForecaster | None:
         """One forecaster per model, rebuilt when its forecast settings change (the fitted state is a
@@ -112,9 +121,37 @@ class Runtime:
         key = spec.forecast.model_dump_json()
         slot = self.forecasters.get(uid)
         if slot is None or slot.key != key:
-            slot = _ForecasterSlot(key, make_forecaster(spec))
+            slot = _ForecasterSlot(key, make_forecaster(spec, background_refits=True))
             self.forecasters[uid] = slot
         return slot.forecaster
+
+    def refit_later(self, ref: ModelRef, forecaster: SeriesForecaster) -> None:
+        """Queue the refit the forecaster asked for, unless one of its own is queued or running."""
+        key = id(forecaster)
+        if key in self._refits or not forecaster.refit_requested:
+            return
+        telemetry = self.telemetry
+
+        def refit() -> bool:
+            started = time.perf_counter()
+            try:
+                return forecaster.run_requested_refit()
+            finally:
+                telemetry.refit_seconds.observe(time.perf_counter() - started)
+
+        future = self.refit_pool.submit(refit)
+        self._refits[key] = future
+        telemetry.refits_waiting.set(len(self._refits))
+
+        def done(finished: Future[bool]) -> None:
+            self._refits.pop(key, None)
+            telemetry.refits_waiting.set(len(self._refits))
+            error = None if finished.cancelled() else finished.exception()
+            if error is not None:  # the tick goes on with the current fit and asks again when due
+                telemetry.errors.labels(kind=type(error).__name__).inc()
+                log.warning("forecast refit failed: %s", error, extra={"model": str(ref)})
+
+        future.add_done_callback(done)
 
     def forget(self, ref: ModelRef) -> None:
         self.forecasters.pop(ref.uid, None)
@@ -311,6 +348,8 @@ async def tick_once(
     state = previous.planner if previous is not None else PlannerState()
     started = time.perf_counter()
     result = await asyncio.to_thread(run_tick, spec, observation, history, forecaster, state, now)
+    if forecaster is not None:
+        runtime.refit_later(ref, forecaster)
     runtime.telemetry.forecast_seconds.observe(time.perf_counter() - started)
     started = time.perf_counter()
 

@@ -5,7 +5,10 @@ Metrics (served by `serve_metrics` on the operator's metrics port, never on the 
 - `dopd_operator_tick_duration_seconds`: wall time of one tick (gather, forecast, plan, act, status);
 - `dopd_operator_decisions_total{changed}`: planner decisions, and whether they changed replicas;
 - `dopd_operator_scale_actions_total{role,direction}`: scale-subresource patches;
-- `dopd_operator_forecast_fit_seconds`: the forecast part of a tick;
+- `dopd_operator_forecast_fit_seconds`: the forecast and plan part of a tick (an update of the fitted
+  model with the new points; refits run beside the ticks, below);
+- `dopd_operator_forecast_refit_seconds`: one background refit (backtest and fit), in the refit worker;
+- `dopd_operator_forecast_refits_waiting`: refits requested and not finished (queued or running);
 - `dopd_operator_tick_stage_seconds{stage}`: the other parts: `metrics` (waiting for Prometheus: the
   model's share of its batch's queries, and the queue for the query pool), `act` (victims, status,
   scale patches);
@@ -83,6 +86,17 @@ class Telemetry:
             "dopd_operator_forecast_fit_seconds",
             "Wall time of the forecast and plan part of a tick.",
             buckets=_TICK_BUCKETS,
+            registry=r,
+        )
+        self.refit_seconds = Histogram(
+            "dopd_operator_forecast_refit_seconds",
+            "Wall time of one background forecast refit.",
+            buckets=_TICK_BUCKETS,
+            registry=r,
+        )
+        self.refits_waiting = Gauge(
+            "dopd_operator_forecast_refits_waiting",
+            "Forecast refits requested and not finished (queued or running).",
             registry=r,
         )
         self.tick_stage_seconds = Histogram(
