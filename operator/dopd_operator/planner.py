@@ -6,9 +6,11 @@ No I/O, no clock reads, no globals (the Kopf timer and the simulator both call i
 1. Paused or metrics unknown: hold (or fall back), and say so. Unknown is never zero.
 2. Online correction: observed/predicted TTFT and TPOT at the current layout (bounded, smoothed)
    scale the profile, so a wrong profile heals (as Dynamo's SLA planner does).
-3. Load: the largest of the observed rate, the forecast's upper quantile at the lead time and the
-   observed trend extrapolated over it, plus the rate that drains the prefill queue over the lead time
-   (for both pools).
+3. Load: the largest of the observed rate plus the surge headroom (the upper quantile of the rises
+   within a lead time that neither the observed rate nor its trend foresaw, measured on the arrival
+   history by the tick, `surge.py`), the forecast's upper quantile at the lead time and the observed
+   trend extrapolated over it, plus the rate that drains the prefill queue over the lead time (for
+   both pools).
 4. Capacity model (`capacity.py`): raw N_P, N_D, with service times 5% above the corrected profile.
 5. Safety layer (`safety.py`), every change recorded as a Clamp. The first decision of a fresh planner
    (no recommendation history) is not step-limited, so from minReplicas at a standing load it sizes for
@@ -45,6 +47,7 @@ from dopd_operator.safety import (
     limit_steps,
     stabilize,
 )
+from dopd_operator.surge import SurgeHeadroom
 
 # Corrections below 1 shrink the modelled service time, i.e. the pool, and a prefill pool sized for a
 # loose TTFT runs close to saturation, where a service time 10% too short is an overload: factors below
@@ -67,8 +70,13 @@ def plan(
     forecast: LoadForecast | None,
     state: PlannerState,
     now: datetime,
+    surge: SurgeHeadroom | None = None,
 ) -> Decision:
-    """Decide prefill and decode replicas for one tick."""
+    """Decide prefill and decode replicas for one tick.
+
+    `surge` is the headroom the load's past unforeseen rises call for (`surge.surge_headroom`, from the
+    tick's arrival-rate history); None: none.
+    """
     current = Layout(observation.prefill.current, observation.decode.current)
     if spec.scaling.mode is ScalingMode.PAUSED:
         return _hold(
@@ -84,6 +92,7 @@ def plan(
         if forecast is not None:
             idle_reason += f" (the forecast of {forecast.arrival_rate_rps_upper:.2f} rps waits for lengths)"
         forecast = None
+        surge = None
         observation = observation.model_copy(update={"input_tokens_mean": 0.0, "output_tokens_mean": 0.0})
 
     base_profile = resolve_profile(spec.profile)
@@ -91,7 +100,7 @@ def plan(
     profile = base_profile.scaled(
         state.prefill_correction * SERVICE_TIME_HEADROOM, state.decode_correction * SERVICE_TIME_HEADROOM
     )
-    rate_rps, load_reason = _provisioned_rate(spec, observation, forecast)
+    rate_rps, load_reason = _provisioned_rate(spec, observation, forecast, surge)
     workload = _workload(observation, forecast, rate_rps)
     model = CapacityModel(profile, spec.slo, workload)
     # A prefill backlog is drained over the lead time (replicas ordered now start working only then, so
@@ -184,10 +193,18 @@ def lead_time_seconds(spec: DisaggregatedModelSpec, observation: Observation | N
 
 
 def _provisioned_rate(
-    spec: DisaggregatedModelSpec, observation: Observation, forecast: LoadForecast | None
+    spec: DisaggregatedModelSpec,
+    observation: Observation,
+    forecast: LoadForecast | None,
+    surge: SurgeHeadroom | None = None,
 ) -> tuple[float, str]:
     """The rate to provision for: the highest of the observed rate, the forecast's upper quantile at
-    the lead time, and the observed rate extrapolated along its current rise over that lead time.
+    the lead time, and the observed rate extrapolated along its current rise over that lead time. The
+    surge headroom (`surge.py`: the upper quantile of how far the load rose, within a lead time, above
+    both the observed rate and its extrapolation) is added to the observed rate only: not to the
+    extrapolation, which while a rise is under way carries it forward for a whole lead time and so
+    already overshoots (its past errors there are negative), nor to the forecast, whose upper quantile
+    is its own allowance for what it cannot foresee.
 
     The trend guard covers the moments a forecaster is least sure of, such as the turn of a daily
     cycle, where a backtest still prefers the last value: a new replica takes `startup` seconds, so a
@@ -197,7 +214,9 @@ def _provisioned_rate(
     lead_seconds = lead_time_seconds(spec, observation)
     trend = max(observation.arrival_rate_trend_rps_per_s or 0.0, 0.0)
     extrapolated = observed + trend * lead_seconds
-    candidates = [(observed, f"load {observed:.2f} rps observed")]
+    extra = surge.rps if surge is not None and observed > 0 else 0.0
+    note = f" + {extra:.2f} rps {surge.describe()}" if surge is not None and extra > 0 else ""
+    candidates = [(observed + extra, f"load {observed:.2f} rps observed{note}")]
     if forecast is not None:
         candidates.append(
             (

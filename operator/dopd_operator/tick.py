@@ -3,13 +3,14 @@
     (spec, observation, load history, forecaster, planner state, now) -> TickResult(decision, forecast, ...)
 
 The tick is the only place that knows how far ahead to forecast (`planner.lead_time_seconds`), how
-much history to fit on (`spec.forecast.historySeconds`), and how the forecaster's `Forecast` becomes the
-planner's `LoadForecast`. It reads no clock and does no I/O: the operator gives it the arrival-rate
-history of a Prometheus range query and wall-clock `now`; the simulator gives it the same history
-bucketed from its own counters and simulated `now`. The forecaster may block for a fit (statsmodels),
-so the operator calls `run_tick` off its event loop, and asks for background refits: then only a break in
-the data (a gap longer than the history, points the model rejects) is fitted inside a tick, and a model
-with nothing fitted yet is planned for its observed load until its first fit lands.
+much history to fit on (`spec.forecast.historySeconds`), how the forecaster's `Forecast` becomes the
+planner's `LoadForecast`, and how much surge headroom that history calls for (`surge.py`). It reads
+no clock and does no I/O: the operator gives it the arrival-rate history of a Prometheus range query
+and wall-clock `now`; the simulator gives it the same history bucketed from its own counters and
+simulated `now`. The forecaster may block for a fit (statsmodels), so the operator calls `run_tick`
+off its event loop, and asks for background refits: then only a break in the data (a gap longer than
+the history, points the model rejects) is fitted inside a tick, and a model with nothing fitted yet is
+planned for its observed load until its first fit lands.
 
 A forecast that cannot be made (too little history, a timeout) is not an error of the tick: the
 planner sizes for the observed load and the reason is carried in `TickResult.forecast_problem`.
@@ -28,8 +29,10 @@ import numpy.typing as npt
 from dopd_forecaster.errors import ForecastError as ForecasterError
 from dopd_forecaster.forecaster import Forecast, SeriesForecaster
 from dopd_operator.api import DisaggregatedModelSpec, ForecastModelName
+from dopd_operator.metrics.estimators import TREND_WINDOW_SECONDS
 from dopd_operator.planner import lead_time_seconds, plan
 from dopd_operator.planner_types import Decision, LoadForecast, Observation, PlannerState
+from dopd_operator.surge import SurgeHeadroom, surge_headroom
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -39,6 +42,8 @@ FORECAST_STEP_SECONDS = 10.0
 # Per-fit time limit: the operator's default keeps a tick responsive; the simulator passes a generous
 # one, since a wall-clock limit hit on a busy machine would make a run non-deterministic.
 OPERATOR_FIT_TIMEOUT_SECONDS = 2.0
+# With fewer than 10,000 past moments (a week of 10 s buckets is 60,480), this is their largest rise.
+SURGE_QUANTILE_MAX = 0.9999
 
 
 class Forecaster(Protocol):
@@ -83,6 +88,7 @@ class TickResult:
     forecast: LoadForecast | None
     forecast_problem: str | None  # why there is no forecast, for status and Events; None when there is
     lead_time_seconds: float
+    surge: SurgeHeadroom | None = None  # the headroom for unforeseen rises the planner was given
 
 
 def make_forecaster(
@@ -142,6 +148,40 @@ def forecast_load(
     )
 
 
+def surge_quantile(spec: DisaggregatedModelSpec) -> float:
+    """The quantile of past rises to keep headroom for: the capacity model's provisioning quantile (the
+    higher of the SLO percentile and the attainment target). A lead time whose rise the headroom does
+    not cover is served by too few replicas, and nearly every request of it misses while the queue
+    stands, so the share of such lead times bounds the attainment: to reach the target, at most
+    1 - target of them may go uncovered. (A target of 1 takes the largest rise: `SURGE_QUANTILE_MAX`.)"""
+    return min(max(spec.slo.percentile / 100.0, spec.slo.attainment_target), SURGE_QUANTILE_MAX)
+
+
+def load_surge(
+    spec: DisaggregatedModelSpec,
+    observation: Observation,
+    history: LoadHistory,
+    forecaster: Forecaster | None,
+    lead_s: float,
+    step_s: float = FORECAST_STEP_SECONDS,
+) -> SurgeHeadroom | None:
+    """The headroom for rises no predictor saw coming, from the history the forecaster is fitted on
+    (`surge.py`), with the observed burstiness for the noise it discounts; None with
+    `forecast.model: none`, which sizes for the observed load only."""
+    if forecaster is None:
+        return None
+    recent = history.last(spec.forecast.history_seconds, step_s)
+    return surge_headroom(
+        recent.arrival_rate_rps,
+        step_s,
+        lead_s,
+        surge_quantile(spec),
+        spec.metrics.window_seconds,
+        TREND_WINDOW_SECONDS,
+        observation.arrival_scv if observation.arrival_scv is not None else 1.0,
+    )
+
+
 def run_tick(
     spec: DisaggregatedModelSpec,
     observation: Observation,
@@ -151,10 +191,16 @@ def run_tick(
     now: datetime,
     step_s: float = FORECAST_STEP_SECONDS,
 ) -> TickResult:
-    """Forecast at the lead time, then plan. Pure apart from the forecaster's own fitted state."""
+    """Forecast at the lead time and measure the surge headroom, then plan. Pure apart from the
+    forecaster's own fitted state."""
     lead_s = lead_time_seconds(spec, observation)
     forecast, problem = forecast_load(spec, history, forecaster, lead_s, now.timestamp(), step_s)
-    decision = plan(spec, observation, forecast, state, now)
+    surge = load_surge(spec, observation, history, forecaster, lead_s, step_s)
+    decision = plan(spec, observation, forecast, state, now, surge)
     return TickResult(
-        decision=decision, forecast=forecast, forecast_problem=problem, lead_time_seconds=lead_s
+        decision=decision,
+        forecast=forecast,
+        forecast_problem=problem,
+        lead_time_seconds=lead_s,
+        surge=surge,
     )

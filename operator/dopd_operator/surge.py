@@ -1,0 +1,143 @@
+"""Surge headroom: how far the load has risen, within one lead time, above what could be seen coming.
+
+A replica ordered now serves only a lead time later (startup + interval), so a jump in load that no
+forecast announced is served by the replicas already there. The planner's simple predictors of the
+load a lead time ahead are the observed rate and that rate extrapolated along its current rise (the
+trend guard); the forecaster adds its own upper quantile. This module measures, on the arrival-rate
+history the forecaster is fitted on, how wrong the simple predictors have been: for every past moment
+`t` whose lead time has been seen in full,
+
+    residual(t) = max over (t, t + lead] of rate  -  max(rate(t), rate(t) + max(slope(t), 0) * lead)
+
+(rates as the planner observes them: means over the metrics window; slope the least-squares slope
+over the trend window). The headroom is the upper quantile of those residuals, at the quantile the
+capacity model provisions for (the higher of the SLO percentile and the attainment target, see
+`tick.surge_quantile`), less what the rate's own noise explains, floored at zero: `predictor +
+headroom` covered the load of the next lead time in that share of the past. It is additive (rps): a
+surge is extra traffic arriving on top of the standing load, and a rise measured at one level is not
+scaled up at a higher one. The planner adds it to the observed rate (`planner._provisioned_rate`).
+
+On a smooth load (a diurnal cycle, a trend) the trend guard covers the rises and what is left is the
+rate's noise, which is discounted, so the headroom stays near zero; a load that jumps leaves residuals
+as large as its jumps,
+held for as long as the jumps stay in the history window (`forecast.historySeconds`). Nothing here is
+tuned on a trace: the window, the trend window, the lead time and the quantile are the planner's own.
+
+Pure: numpy only. Caller: `dopd_operator.tick.run_tick`, which hands the result to `planner.plan`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+
+# A window mean needs at least this share of its buckets (Prometheus gaps are NaN).
+MIN_WINDOW_COVERAGE = 0.5
+
+
+@dataclass(frozen=True)
+class SurgeHeadroom:
+    """Extra arrival rate to provision for, over the observed (or trend-extrapolated) rate."""
+
+    rps: float
+    quantile: float
+    samples: int  # past moments whose whole lead time was seen
+    largest_rps: float  # the largest residual seen (for people)
+    lead_seconds: float
+
+    def describe(self) -> str:
+        return (
+            f"surge headroom {self.rps:.2f} rps: P{self.quantile * 100:g} of the rise above the observed "
+            f"rate and its trend within {self.lead_seconds:g}s, over {self.samples} past moments "
+            f"(largest {self.largest_rps:.2f} rps)"
+        )
+
+
+def _window_means(values: FloatArray, buckets: int) -> FloatArray:
+    """Mean of each bucket's last `buckets` values (NaN where fewer than MIN_WINDOW_COVERAGE are known)."""
+    known = np.isfinite(values)
+    filled = np.where(known, values, 0.0)
+    sums = np.convolve(filled, np.ones(buckets), mode="full")[: len(values)]
+    counts = np.convolve(known.astype(np.float64), np.ones(buckets), mode="full")[: len(values)]
+    full = np.arange(len(values)) >= buckets - 1
+    enough = full & (counts >= MIN_WINDOW_COVERAGE * buckets)
+    out: FloatArray = np.where(enough, sums / np.maximum(counts, 1.0), np.nan)
+    return out
+
+
+def _window_slopes(values: FloatArray, buckets: int, step_s: float) -> FloatArray:
+    """Least-squares slope (per second) of each bucket's last `buckets` values (NaN if any is unknown)."""
+    n = len(values)
+    out: FloatArray = np.full(n, np.nan)
+    if buckets < 2 or n < buckets:
+        return out
+    x = (np.arange(buckets, dtype=np.float64) - (buckets - 1) / 2.0) * step_s
+    weights = x / float(np.sum(x * x))
+    # slope_i = sum_j weights[j] * values[i - buckets + 1 + j]
+    windows = np.lib.stride_tricks.sliding_window_view(values, buckets)
+    out[buckets - 1 :] = windows @ weights
+    return out
+
+
+def surge_headroom(
+    rates_rps: FloatArray,
+    step_s: float,
+    lead_s: float,
+    quantile: float,
+    window_s: float,
+    trend_s: float,
+    arrival_scv: float = 1.0,
+) -> SurgeHeadroom | None:
+    """The upper `quantile` of the load's rises above the simple predictors within `lead_s`.
+
+    `rates_rps` is the arrival rate per `step_s` bucket, oldest first (NaN: no data). None when no past
+    moment has both its predictors and its whole lead time known.
+    """
+    if not (step_s > 0 and lead_s > 0 and 0 < quantile < 1):
+        raise ValueError(f"bad surge parameters: step {step_s}, lead {lead_s}, quantile {quantile}")
+    values = np.asarray(rates_rps, dtype=np.float64)
+    window = max(round(window_s / step_s), 1)
+    ahead = max(round(lead_s / step_s), 1)
+    n = len(values)
+    if n < window + ahead:
+        return None
+    level = _window_means(values, window)
+    slope = _window_slopes(values, max(round(trend_s / step_s), 2), step_s)  # as the observation's trend
+    predicted = level + np.maximum(slope, 0.0) * lead_s  # NaN (skipped) where either is unknown
+    # The peak of the window means over the next `ahead` buckets, for each moment that has them all.
+    future = np.lib.stride_tricks.sliding_window_view(level[1:], ahead)  # row i: level[i+1 .. i+ahead]
+    with np.errstate(invalid="ignore"):
+        peak = np.max(future, axis=1)  # NaN where any window mean is unknown
+    # What the rate's own fluctuation explains is not a surge: the capacity model already queues for
+    # arrivals as bursty as observed. For a renewal process at rate r with inter-arrival SCV c2, a
+    # bucket's rate has variance c2*r/step, a window mean c2*r/W, and the least-squares slope over n
+    # buckets c2*r/(step * sum(x^2)); a residual (a window mean ahead minus the mean and the slope
+    # extrapolated over the lead time) so has variance about c2*r*(2/W + lead^2/(step*sum(x^2))).
+    # Its upper `quantile` under that noise alone is discounted from each rise.
+    trend_buckets = max(round(trend_s / step_s), 2)
+    x = (np.arange(trend_buckets, dtype=np.float64) - (trend_buckets - 1) / 2.0) * step_s
+    per_rate = 2.0 / (window * step_s) + lead_s**2 / (step_s * float(np.sum(x * x)))
+    z = NormalDist().inv_cdf(quantile)
+    noise = z * np.sqrt(max(arrival_scv, 0.0) * np.maximum(level[: len(peak)], 0.0) * per_rate)
+    residuals = peak - predicted[: len(peak)] - noise
+    residuals = residuals[np.isfinite(residuals)]
+    if len(residuals) == 0:
+        return None
+    # "higher": never interpolate below an observed rise (few samples make the quantile the maximum).
+    upper = float(np.quantile(residuals, quantile, method="higher"))
+    largest = float(np.max(residuals))
+    if not math.isfinite(upper):
+        return None
+    return SurgeHeadroom(
+        rps=max(upper, 0.0),
+        quantile=quantile,
+        samples=len(residuals),
+        largest_rps=max(largest, 0.0),
+        lead_seconds=lead_s,
+    )

@@ -1,0 +1,124 @@
+"""Surge headroom: the upper quantile of how far the load rose, within a lead time, above the observed
+rate and its trend (`dopd_operator.surge`), and how the tick and the planner use it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dopd_builders import T0, make_obs, make_spec
+from dopd_operator.planner import lead_time_seconds, plan
+from dopd_operator.planner_types import PlannerState
+from dopd_operator.surge import surge_headroom
+from dopd_operator.tick import FORECAST_STEP_SECONDS, LoadHistory, load_surge, make_forecaster, surge_quantile
+
+STEP = 10.0
+LEAD = 150.0
+WINDOW = 60.0
+TREND = 120.0
+
+
+def _headroom(rates: np.ndarray, quantile: float = 0.99, scv: float = 1.0) -> float:
+    result = surge_headroom(rates, STEP, LEAD, quantile, WINDOW, TREND, scv)
+    assert result is not None
+    return result.rps
+
+
+def test_a_flat_load_needs_no_headroom() -> None:
+    assert _headroom(np.full(360, 100.0)) == 0.0
+
+
+def test_poisson_noise_is_discounted() -> None:
+    # An hour of 10 s buckets of a 100 rps Poisson load: its window means wander by about a rps, which
+    # the capacity model already queues for; the headroom stays within a few percent of the rate.
+    rng = np.random.default_rng(0)
+    rates = rng.poisson(100.0 * STEP, 360) / STEP
+    assert _headroom(rates) < 3.0
+
+
+def test_a_smooth_rise_is_the_trend_guards_not_the_headroom() -> None:
+    # A linear rise of 6 rps a minute: the trend extrapolated over the lead time foresees it.
+    rates = 50.0 + np.arange(360) * STEP * 0.1
+    assert _headroom(rates) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_step_is_remembered_as_headroom_of_its_size() -> None:
+    rates = np.concatenate([np.full(60, 80.0), np.full(60, 160.0)])
+    result = surge_headroom(rates, STEP, LEAD, 0.99, WINDOW, TREND)
+    assert result is not None
+    # 80 rps rise, less the noise allowance at the quantile (a few rps at 80 rps)
+    assert 65.0 < result.rps <= 80.0
+    assert result.largest_rps == pytest.approx(result.rps, rel=0.2)
+    assert "surge headroom" in result.describe()
+
+
+def test_headroom_is_additive_in_rps_not_scaled_by_the_level() -> None:
+    low = _headroom(np.concatenate([np.full(60, 80.0), np.full(60, 160.0)]), scv=0.0)
+    high = _headroom(np.concatenate([np.full(60, 800.0), np.full(60, 880.0)]), scv=0.0)
+    assert low == pytest.approx(80.0) and high == pytest.approx(80.0)
+
+
+def test_the_quantile_decides_whether_a_rare_jump_counts() -> None:
+    # One jump in an hour: ~15 of ~340 lead times saw it (4%). P99 keeps headroom for it, P90 does not.
+    rates = np.concatenate([np.full(200, 100.0), np.full(160, 200.0)])
+    assert _headroom(rates, quantile=0.99, scv=0.0) == pytest.approx(100.0)
+    assert _headroom(rates, quantile=0.9, scv=0.0) == 0.0
+
+
+def test_falls_are_not_surges() -> None:
+    rates = np.concatenate([np.full(60, 200.0), np.full(60, 100.0)])
+    assert _headroom(rates, scv=0.0) == 0.0
+
+
+def test_gaps_are_skipped_and_too_little_history_gives_none() -> None:
+    assert surge_headroom(np.full(10, 100.0), STEP, LEAD, 0.99, WINDOW, TREND) is None
+    rates = np.concatenate([np.full(60, 80.0), np.full(60, 160.0)])
+    rates[5:9] = np.nan  # a Prometheus gap well before the step
+    assert _headroom(rates, scv=0.0) == pytest.approx(80.0)
+    assert surge_headroom(np.full(100, np.nan), STEP, LEAD, 0.99, WINDOW, TREND) is None
+
+
+def test_bad_parameters_are_refused() -> None:
+    with pytest.raises(ValueError):
+        surge_headroom(np.full(100, 1.0), STEP, LEAD, 1.0, WINDOW, TREND)
+
+
+def test_the_tick_uses_the_provisioning_quantile_and_the_forecast_history() -> None:
+    spec = make_spec(forecast={"model": "naive", "historySeconds": 600})
+    assert surge_quantile(spec) == pytest.approx(0.99)  # P90 objectives, 99% attainment target
+    lenient = make_spec(slo={"attainmentTarget": 0.8, "percentile": 90})
+    assert surge_quantile(lenient) == pytest.approx(0.9)
+    # A step 20 minutes ago: outside a 10-minute forecast history, inside a 30-minute one.
+    rates = np.concatenate([np.full(60, 80.0), np.full(120, 160.0)])
+    history = LoadHistory(np.arange(len(rates)) * FORECAST_STEP_SECONDS, rates)
+    forecaster = make_forecaster(spec)
+    short = load_surge(spec, make_obs(rate=160.0), history, forecaster, LEAD)
+    assert short is not None and short.rps == 0.0
+    longer = spec.model_copy(
+        update={"forecast": spec.forecast.model_copy(update={"history_seconds": 1800.0})}
+    )
+    remembered = load_surge(longer, make_obs(rate=160.0), history, forecaster, LEAD)
+    assert remembered is not None and remembered.rps > 60.0
+    # `forecast.model: none` sizes for the observed load only
+    assert load_surge(longer, make_obs(rate=160.0), history, None, LEAD) is None
+
+
+def test_the_planner_adds_the_headroom_to_the_observed_rate() -> None:
+    spec = make_spec()
+    obs = make_obs(rate=100.0, prefill=4, decode=4)
+    rates = np.concatenate([np.full(60, 50.0), np.full(60, 100.0)])
+    surge = surge_headroom(rates, STEP, LEAD, 0.99, WINDOW, TREND, 0.0)
+    plain = plan(spec, obs, None, PlannerState(), T0)
+    guarded = plan(spec, obs, None, PlannerState(), T0, surge)
+    assert plain.capacity is not None and guarded.capacity is not None
+    assert guarded.capacity.load_rps == pytest.approx(150.0)
+    assert guarded.raw_prefill > plain.raw_prefill
+    assert any("surge headroom" in r for r in guarded.reasons)
+    # not stacked on the trend extrapolation: while a rise is under way, that already overshoots
+    rising = make_obs(rate=100.0, prefill=4, decode=4, arrival_rate_trend_rps_per_s=1.0)
+    steep = plan(spec, rising, None, PlannerState(), T0, surge)
+    assert steep.capacity is not None
+    assert steep.capacity.load_rps == pytest.approx(100.0 + 1.0 * lead_time_seconds(spec, rising))
+    # no arrivals: nothing to add headroom to (the idle path sizes for no load)
+    idle = plan(spec, make_obs(rate=0.0, isl=None, osl=None), None, PlannerState(), T0, surge)
+    assert idle.capacity is not None and idle.capacity.load_rps == 0.0
