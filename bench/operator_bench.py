@@ -298,6 +298,7 @@ def write_report(result: Result, command: str) -> None:
     stamp = f"{commit}{' (uncommitted changes)' if dirty else ''}"
     rows = [
         ("CPU, average over the window", f"{result.cores:.2f} cores", "< 1 core", result.cores < 1.0),
+        ("CPU per tick", f"{result.cores * result.measure_s / max(result.ticks, 1) * 1e3:.1f} ms", "", None),
         ("tick latency p50", _fmt(result.tick_p50_s), "", None),
         (
             "tick latency p99",
