@@ -71,11 +71,13 @@ def plan(
     state: PlannerState,
     now: datetime,
     surge: SurgeHeadroom | None = None,
+    no_forecast_why: str | None = None,
 ) -> Decision:
     """Decide prefill and decode replicas for one tick.
 
     `surge` is the headroom the load's past unforeseen rises call for (`surge.surge_headroom`, from the
-    tick's arrival-rate history); None: none.
+    tick's arrival-rate history); None: none. `no_forecast_why`: why `forecast` is None, for the
+    decision's reasons.
     """
     current = Layout(observation.prefill.current, observation.decode.current)
     if spec.scaling.mode is ScalingMode.PAUSED:
@@ -100,7 +102,7 @@ def plan(
     profile = base_profile.scaled(
         state.prefill_correction * SERVICE_TIME_HEADROOM, state.decode_correction * SERVICE_TIME_HEADROOM
     )
-    rate_rps, load_reason = _provisioned_rate(spec, observation, forecast, surge)
+    rate_rps, load_reason = _provisioned_rate(spec, observation, forecast, surge, no_forecast_why)
     workload = _workload(observation, forecast, rate_rps)
     model = CapacityModel(profile, spec.slo, workload)
     # A prefill backlog is drained over the lead time (replicas ordered now start working only then, so
@@ -197,6 +199,7 @@ def _provisioned_rate(
     observation: Observation,
     forecast: LoadForecast | None,
     surge: SurgeHeadroom | None = None,
+    no_forecast_why: str | None = None,
 ) -> tuple[float, str]:
     """The rate to provision for: the highest of the observed rate, the forecast's upper quantile at
     the lead time, and the observed rate extrapolated along its current rise over that lead time. The
@@ -237,7 +240,7 @@ def _provisioned_rate(
     if rate > observed:
         reason += f"; {observed:.2f} rps now"
     if forecast is None:
-        reason += "; no forecast"
+        reason += f"; no forecast ({no_forecast_why})" if no_forecast_why else "; no forecast"
     return rate, reason
 
 

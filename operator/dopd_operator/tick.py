@@ -196,7 +196,8 @@ def run_tick(
     lead_s = lead_time_seconds(spec, observation)
     forecast, problem = forecast_load(spec, history, forecaster, lead_s, now.timestamp(), step_s)
     surge = load_surge(spec, observation, history, forecaster, lead_s, step_s)
-    decision = plan(spec, observation, forecast, state, now, surge)
+    why = problem.removeprefix("no forecast: ") if problem is not None else None
+    decision = plan(spec, observation, forecast, state, now, surge, no_forecast_why=why)
     return TickResult(
         decision=decision,
         forecast=forecast,

@@ -92,3 +92,8 @@ def test_no_forecast_says_why_and_the_planner_sizes_for_the_observed_load() -> N
     )
     assert short.forecast is None and short.forecast_problem is not None
     assert short.forecast_problem.startswith("no forecast: ")
+    # the decision says why it had no forecast, not only that it had none
+    assert "; no forecast (history too short: 1 usable points" in short.decision.reasons[0]
+    assert (
+        "; no forecast (forecast.model is none: sizing for the observed load)" in result.decision.reasons[0]
+    )

@@ -58,6 +58,7 @@ def test_the_first_tick_plans_for_observed_load_and_the_next_forecasts_from_the_
     first = _tick(runtime, forecaster, 900.0)
     assert first.forecast is None
     assert first.forecast_problem.endswith("first fit on 90 points is running in the background")
+    assert "; no forecast (first fit on 90 points is running in the background)" in first.decision.reasons[0]
     _drain(runtime)
     second = _tick(runtime, forecaster, 915.0)
     assert second.forecast is not None and second.forecast.model == "ewma"
