@@ -2,6 +2,7 @@
 Services, ready endpoints taking new work and terminating ones draining. The slices here are written by
 the test (as a controller other than Kubernetes' own may write them); e2e/test_drain.py has the
 EndpointSlice controller write them for real pods. Addresses are in 198.18.0.0/15 and never contacted.
+The router runs as the ServiceAccount of examples/router/tiny-router.yaml, with exactly its Role.
 """
 
 from __future__ import annotations
@@ -9,15 +10,20 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from dopd_e2e.cluster import Cluster
+from dopd_e2e.operator import serviceaccount_kubeconfig
 from dopd_worker.discovery import KubernetesDiscovery, WorkerSet
 
 pytestmark = pytest.mark.e2e
+
+ROUTER_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "router" / "tiny-router.yaml"
+ROUTER_ACCOUNT = "tiny-router"
 
 
 @pytest.fixture
@@ -59,10 +65,50 @@ async def wait_for(seen: list[WorkerSet], expected: WorkerSet, timeout_s: float 
         await asyncio.sleep(0.1)
 
 
-def test_discovery_follows_the_endpoint_slices_of_the_role_services(
-    k8s_cluster: Cluster, workers_namespace: str
+def router_account(cluster: Cluster, namespace: str, work_dir: Path) -> Path:
+    """The example router's ServiceAccount, Role and RoleBinding, applied in `namespace`; a kubeconfig
+    with a bound token of that ServiceAccount."""
+    docs = [d for d in yaml.safe_load_all(ROUTER_EXAMPLE.read_text()) if d]
+    access = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+    assert len(access) == 3, [d["kind"] for d in docs]
+    for doc in access:
+        doc["metadata"]["namespace"] = namespace
+        for subject in doc.get("subjects", []):
+            subject["namespace"] = namespace
+    cluster.kubectl("-n", namespace, "apply", "-f", "-", input=yaml.safe_dump_all(access))
+    return serviceaccount_kubeconfig(cluster, namespace, ROUTER_ACCOUNT, work_dir)
+
+
+def test_the_example_router_account_can_read_endpoint_slices_and_nothing_else(
+    k8s_cluster: Cluster, workers_namespace: str, tmp_path: Path
 ) -> None:
     ns = workers_namespace
+    router_account(k8s_cluster, ns, tmp_path)
+    who = f"system:serviceaccount:{ns}:{ROUTER_ACCOUNT}"
+
+    def can(*args: str) -> bool:
+        found = k8s_cluster.kubectl("auth", "can-i", *args, f"--as={who}", check=False)
+        return found.stdout.strip() == "yes"
+
+    assert can("list", "endpointslices.discovery.k8s.io", "-n", ns)
+    assert can("watch", "endpointslices.discovery.k8s.io", "-n", ns)
+    for verb, resource in [
+        ("create", "endpointslices.discovery.k8s.io"),
+        ("list", "pods"),
+        ("get", "secrets"),
+        ("list", "services"),
+        ("patch", "deployments.apps"),
+        ("list", "disaggregatedmodels.dopd.io"),
+    ]:
+        assert not can(verb, resource, "-n", ns), f"the router must not {verb} {resource}"
+    assert not can("list", "endpointslices.discovery.k8s.io", "-n", "default"), "its namespace only"
+
+
+def test_discovery_follows_the_endpoint_slices_of_the_role_services(
+    k8s_cluster: Cluster, workers_namespace: str, tmp_path: Path
+) -> None:
+    ns = workers_namespace
+    kubeconfig = router_account(k8s_cluster, ns, tmp_path)
     p1, d1, d2, d3 = (f"http://198.18.7.{i}:8000" for i in (1, 2, 3, 9))
 
     def apply(doc: str) -> None:
@@ -77,7 +123,7 @@ def test_discovery_follows_the_endpoint_slices_of_the_role_services(
             None,
             "http",
             watch_timeout_seconds=5,
-            kubeconfig=str(k8s_cluster.kubeconfig),
+            kubeconfig=str(kubeconfig),  # the router's own, least-privilege account
         )
         # a slice that exists before the router starts is found by the first list
         await asyncio.to_thread(
