@@ -380,8 +380,9 @@ half scrape interval and one short range query per forecast step, split per mode
 tick one status patch to the API server (it comes back as a watch event that Kopf parses). A tick only
 updates its model's fitted forecaster; refits (the first fit, then every ten minutes, and when the
 history has doubled) run in one worker thread beside the ticks. Models started together fall due
-together: the refit queue peaks at a large share of the models, drains in seconds (a refit on this
-history costs tens of milliseconds), and no tick waits for it.
+together (each model's period is spread by up to 10% since commit 46d529a's run, so later cycles
+drift apart): the refit queue peaks at a large share of the models, drains in seconds (a refit on
+this history costs tens of milliseconds), and no tick waits for it.
 
 Where it stands (2026-12-01, 200 models): every target met, with a wide margin (p99 tick well under
 0.1 s, a fifth of a core); ticks keep their 15 s interval. The run of 2026-11-30 at commit 093b3e1 missed

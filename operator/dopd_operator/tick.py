@@ -42,6 +42,8 @@ FORECAST_STEP_SECONDS = 10.0
 # Per-fit time limit: the operator's default keeps a tick responsive; the simulator passes a generous
 # one, since a wall-clock limit hit on a busy machine would make a run non-deterministic.
 OPERATOR_FIT_TIMEOUT_SECONDS = 2.0
+# How often a forecaster refits (auto re-selects every three refits).
+REFIT_EVERY_SECONDS = 600.0
 # With fewer than 10,000 past moments (a week of 10 s buckets is 60,480), this is their largest rise.
 SURGE_QUANTILE_MAX = 0.9999
 
@@ -96,6 +98,7 @@ def make_forecaster(
     step_s: float = FORECAST_STEP_SECONDS,
     fit_timeout_s: float = OPERATOR_FIT_TIMEOUT_SECONDS,
     background_refits: bool = False,
+    refit_every_s: float = REFIT_EVERY_SECONDS,
 ) -> SeriesForecaster | None:
     """The forecaster a spec asks for; None for `forecast.model: none` (size for the observed load).
 
@@ -111,6 +114,7 @@ def make_forecaster(
         season_steps=max(round(season / step_s), 2) if season else None,
         fit_timeout_s=fit_timeout_s,
         background_refits=background_refits,
+        refit_every_s=refit_every_s,
     )
 
 

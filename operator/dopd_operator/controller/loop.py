@@ -6,8 +6,8 @@
   MetricsHealthy=False says why; the next attempt comes sooner, with backoff, until it recovers.
 - tick: `dopd_operator.tick.run_tick` in a worker thread, with the planner state taken from the
   object's status, so a restarted operator continues its windows and corrections. The tick updates the
-  model's fitted forecaster with the new points; a refit it finds due (every ten minutes, at once for
-  every model started together) runs in the one refit worker beside the ticks, never inside one.
+  model's fitted forecaster with the new points; a refit it finds due (every ten minutes give or take
+  10% per model, `refit_spread`) runs in the one refit worker beside the ticks, never inside one.
 - act: Active mode patches the scale subresource of the roles whose replicas change. Advisory and
   Paused never do. A Deployment whose replicas another controller owns is never fought.
 - status: one merge patch of the status subresource, plus the Events that explain the tick.
@@ -19,6 +19,7 @@ Callers: the Kopf daemon in `handlers.py`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -48,7 +49,14 @@ from dopd_operator.controller.validation import check
 from dopd_operator.controller.victims import choose_victims
 from dopd_operator.errors import ActuationError, MetricsUnavailable, SpecError
 from dopd_operator.planner_types import Observation, PlannerState, PodLoad, RoleObservation
-from dopd_operator.tick import FORECAST_STEP_SECONDS, LoadHistory, TickResult, make_forecaster, run_tick
+from dopd_operator.tick import (
+    FORECAST_STEP_SECONDS,
+    REFIT_EVERY_SECONDS,
+    LoadHistory,
+    TickResult,
+    make_forecaster,
+    run_tick,
+)
 
 log = logging.getLogger("dopd.controller")
 
@@ -93,6 +101,14 @@ class ModelRef:
         return f"{self.namespace}/{self.name}"
 
 
+def refit_spread(uid: str) -> float:
+    """A factor in [0.9, 1.1), fixed per model: models started together (an operator start, a batch
+    applied at once) fall due for refits together; spreading their refit periods by up to 10% each
+    way spreads their refits apart, a little more every cycle (jitter, as client-go's backoff does)."""
+    digest = hashlib.sha256(uid.encode()).digest()
+    return 0.9 + 0.2 * int.from_bytes(digest[:8], "big") / 2**64
+
+
 @dataclass
 class _ForecasterSlot:
     key: str
@@ -121,7 +137,10 @@ class Runtime:
         key = spec.forecast.model_dump_json()
         slot = self.forecasters.get(uid)
         if slot is None or slot.key != key:
-            slot = _ForecasterSlot(key, make_forecaster(spec, background_refits=True))
+            refit_every_s = REFIT_EVERY_SECONDS * refit_spread(uid)
+            slot = _ForecasterSlot(
+                key, make_forecaster(spec, background_refits=True, refit_every_s=refit_every_s)
+            )
             self.forecasters[uid] = slot
         return slot.forecaster
 

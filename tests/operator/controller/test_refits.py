@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from dopd_builders import make_obs, make_spec
 from dopd_forecaster.forecaster import SeriesForecaster
-from dopd_operator.controller.loop import ModelRef, Runtime
+from dopd_operator.controller.loop import ModelRef, Runtime, refit_spread
 from dopd_operator.controller.observability import Telemetry
 from dopd_operator.planner_types import PlannerState
 from dopd_operator.tick import FORECAST_STEP_SECONDS, LoadHistory, run_tick
@@ -112,3 +112,19 @@ def test_shutdown_drops_queued_refits() -> None:
     blocker.set()
     assert _sample(runtime, "dopd_operator_forecast_refits_waiting") == 0.0
     assert _sample(runtime, "dopd_operator_forecast_refit_seconds_count") == 0.0
+
+
+def test_models_started_together_refit_on_spread_periods() -> None:
+    """Each model's refit period is fixed by its uid within 10% of the ten minutes, so a batch of models
+    applied at once drifts apart instead of refitting in lockstep forever."""
+    runtime = _runtime()
+    periods = []
+    for i in range(200):
+        forecaster = runtime.forecaster_for(f"uid-{i}", make_spec(forecast={"model": "auto"}))
+        assert forecaster is not None
+        periods.append(forecaster.refit_every_s)
+        assert forecaster.repick_every_s == 3 * forecaster.refit_every_s
+    assert all(540.0 <= p < 660.0 for p in periods)
+    assert len(set(periods)) == 200
+    assert np.std(periods) > 25.0  # spread over the range, not bunched (uniform: about 35 s)
+    assert refit_spread("uid-7") == refit_spread("uid-7")  # the same model keeps its period
