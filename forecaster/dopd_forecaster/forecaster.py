@@ -116,6 +116,10 @@ class _RefitRequest:
     last_timestamp_s: float
 
 
+# How often a forecaster refits by default (auto re-selects every three refits).
+DEFAULT_REFIT_EVERY_S: Final = 600.0
+
+
 class SeriesForecaster:
     """Forecasts one series (e.g. one DisaggregatedModel's arrival rate) at the planner's horizon."""
 
@@ -125,7 +129,7 @@ class SeriesForecaster:
         quantile: float = 0.9,
         step_s: float = 10.0,
         season_steps: int | None = None,
-        refit_every_s: float = 600.0,
+        refit_every_s: float = DEFAULT_REFIT_EVERY_S,
         fit_timeout_s: float = 2.0,
         *,
         repick_every_s: float | None = None,

@@ -71,13 +71,19 @@ def _window_means(values: FloatArray, buckets: int) -> FloatArray:
     return out
 
 
+def _centred_times(buckets: int, step_s: float) -> FloatArray:
+    """Bucket times (s) centred on the window's middle: the least-squares slope's abscissae."""
+    out: FloatArray = (np.arange(buckets, dtype=np.float64) - (buckets - 1) / 2.0) * step_s
+    return out
+
+
 def _window_slopes(values: FloatArray, buckets: int, step_s: float) -> FloatArray:
     """Least-squares slope (per second) of each bucket's last `buckets` values (NaN if any is unknown)."""
     n = len(values)
     out: FloatArray = np.full(n, np.nan)
     if buckets < 2 or n < buckets:
         return out
-    x = (np.arange(buckets, dtype=np.float64) - (buckets - 1) / 2.0) * step_s
+    x = _centred_times(buckets, step_s)
     weights = x / float(np.sum(x * x))
     # slope_i = sum_j weights[j] * values[i - buckets + 1 + j]
     windows = np.lib.stride_tricks.sliding_window_view(values, buckets)
@@ -107,8 +113,9 @@ def surge_headroom(
     n = len(values)
     if n < window + ahead:
         return None
+    trend_buckets = max(round(trend_s / step_s), 2)
     level = _window_means(values, window)
-    slope = _window_slopes(values, max(round(trend_s / step_s), 2), step_s)  # as the observation's trend
+    slope = _window_slopes(values, trend_buckets, step_s)  # as the observation's trend
     predicted = level + np.maximum(slope, 0.0) * lead_s  # NaN (skipped) where either is unknown
     # The peak of the window means over the next `ahead` buckets, for each moment that has them all.
     future = np.lib.stride_tricks.sliding_window_view(level[1:], ahead)  # row i: level[i+1 .. i+ahead]
@@ -120,8 +127,7 @@ def surge_headroom(
     # buckets c2*r/(step * sum(x^2)); a residual (a window mean ahead minus the mean and the slope
     # extrapolated over the lead time) so has variance about c2*r*(2/W + lead^2/(step*sum(x^2))).
     # Its upper `quantile` under that noise alone is discounted from each rise.
-    trend_buckets = max(round(trend_s / step_s), 2)
-    x = (np.arange(trend_buckets, dtype=np.float64) - (trend_buckets - 1) / 2.0) * step_s
+    x = _centred_times(trend_buckets, step_s)
     per_rate = 2.0 / (window * step_s) + lead_s**2 / (step_s * float(np.sum(x * x)))
     z = NormalDist().inv_cdf(quantile)
     noise = z * np.sqrt(max(arrival_scv, 0.0) * np.maximum(level[: len(peak)], 0.0) * per_rate)

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dopd_forecaster.errors import ForecastError as ForecasterError
-from dopd_forecaster.forecaster import Forecast, SeriesForecaster
+from dopd_forecaster.forecaster import DEFAULT_REFIT_EVERY_S, Forecast, SeriesForecaster
 from dopd_operator.api import DisaggregatedModelSpec, ForecastModelName
 from dopd_operator.metrics.estimators import TREND_WINDOW_SECONDS
 from dopd_operator.planner import lead_time_seconds, plan
@@ -42,8 +42,8 @@ FORECAST_STEP_SECONDS = 10.0
 # Per-fit time limit: the operator's default keeps a tick responsive; the simulator passes a generous
 # one, since a wall-clock limit hit on a busy machine would make a run non-deterministic.
 OPERATOR_FIT_TIMEOUT_SECONDS = 2.0
-# How often a forecaster refits (auto re-selects every three refits).
-REFIT_EVERY_SECONDS = 600.0
+# How often a forecaster refits (auto re-selects every three refits): the forecaster's own default.
+REFIT_EVERY_SECONDS = DEFAULT_REFIT_EVERY_S
 # With fewer than 10,000 past moments (a week of 10 s buckets is 60,480), this is their largest rise.
 SURGE_QUANTILE_MAX = 0.9999
 
