@@ -103,6 +103,9 @@ def test_the_preset_reads_what_the_engine_does(engines: tuple[Any, dict[str, Emu
     assert obs.decode_running is not None and obs.decode_running > 0
     assert obs.ttft_seconds is not None and obs.tpot_seconds is not None
     assert obs.latency_percentile == 90.0
+    # nothing is turned away at 20 rps: for dopd the router's shed counters are there at zero (a missing
+    # series would be unknown); vLLM and SGLang count arrivals at the engines, which see only admissions
+    assert obs.shed_rate_rps == 0.0, obs.problems
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -42,6 +42,7 @@ def make_obs(
 ) -> Observation:
     return Observation(
         arrival_rate_rps=rate,
+        shed_rate_rps=extra.pop("shed_rate_rps", None if rate is None else 0.0),
         input_tokens_mean=isl,
         input_tokens_p90=extra.pop("isl_p90", None if isl is None else isl * 2),
         output_tokens_mean=osl,

@@ -316,14 +316,18 @@ def _update_corrections(
     rate = observation.arrival_rate_rps or 0.0
     if (observation.prefill_queue_depth or 0.0) > rate * spec.slo.ttft_seconds:
         return state
-    model = CapacityModel(base, spec.slo, _workload(observation, None, rate))
+    # The latencies are those of the load the engines were given: while the router sheds, that is the
+    # served rate, not the demand (solved at the demand, a shedding pool reads as a fast engine and
+    # the factor sinks toward its floor). With the shed rate unknown, the prefill factor holds.
+    served = observation.served_rate_rps
+    model = CapacityModel(base, spec.slo, _workload(observation, None, rate if served is None else served))
     prefill_factor, decode_factor = state.prefill_correction, state.decode_correction
     low, high = CORRECTION_BOUNDS
     quantile = (observation.latency_percentile or 0.0) / 100.0
-    if observation.ttft_seconds is not None and observation.prefill.ready > 0 and rate > 0:
+    if observation.ttft_seconds is not None and observation.prefill.ready > 0 and served:
         # Solved, not divided: near saturation the TTFT is far from proportional to the prefill time.
         wanted = model.prefill_slowdown(
-            observation.prefill.ready, rate, quantile, observation.ttft_seconds, CORRECTION_BOUNDS
+            observation.prefill.ready, served, quantile, observation.ttft_seconds, CORRECTION_BOUNDS
         )
         if wanted is not None:
             prefill_factor += CORRECTION_SMOOTHING * (wanted - prefill_factor)

@@ -38,6 +38,14 @@ class Observation(_Frozen):
     """Load over the metrics window. None means unknown, which is never treated as zero."""
 
     arrival_rate_rps: float | None = Field(None, ge=0, description="Requests per second.")
+    shed_rate_rps: float | None = Field(
+        None,
+        ge=0,
+        description="Of those, requests per second the router turned away (shed at entry or expired in "
+        "its queue), which no engine served; 0 for presets that count arrivals at the engines (vLLM, "
+        "SGLang), which see only what was admitted. None: unknown, and the prefill correction learns "
+        "nothing (it would read the latency of the served load as the demand's).",
+    )
     input_tokens_mean: float | None = Field(None, ge=0, description="Mean prompt tokens.")
     input_tokens_p90: float | None = Field(None, ge=0, description="P90 prompt tokens.")
     output_tokens_mean: float | None = Field(None, ge=0, description="Mean output tokens.")
@@ -98,6 +106,14 @@ class Observation(_Frozen):
         if self.arrival_rate_rps is None:
             return False
         return self.arrival_rate_rps == 0 or None not in (self.input_tokens_mean, self.output_tokens_mean)
+
+    @property
+    def served_rate_rps(self) -> float | None:
+        """Requests per second the engines were given: arrivals less what the router shed; None when
+        either is unknown."""
+        if self.arrival_rate_rps is None or self.shed_rate_rps is None:
+            return None
+        return max(self.arrival_rate_rps - self.shed_rate_rps, 0.0)
 
     @property
     def unknown_reason(self) -> str:

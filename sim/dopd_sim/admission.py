@@ -152,7 +152,7 @@ class SimAdmission:
             assert verdict.reason is not None
             self.shed[verdict.reason] += 1
             self.shed_by_priority[priority] += 1
-            self.sim.log.reject(request)
+            self.sim.log.reject(request, now_s)
             return False
         self.admitted += 1
         self.queue_index.admitted.add(self.sim.input_tokens[request], now_s)
@@ -201,7 +201,7 @@ class SimAdmission:
             priority = self.priority_of[request]
             self.expired += 1
             self.expired_by_priority[priority] += 1
-            self.sim.log.reject(request)
+            self.sim.log.reject(request, now_s)
 
 
 def _fill(instance: DecodeInstance, kv_tokens: int) -> float:

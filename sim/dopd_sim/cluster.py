@@ -158,7 +158,7 @@ class Simulator:
     def _on_arrival(self, request: int) -> None:
         kv = self._kv_tokens(request)
         if kv > self.profile.kv_capacity_tokens:
-            self.log.reject(request)
+            self.log.reject(request, self.now_s)
             return
         if self.aggregated:
             self.mixed_waiting.append(request)

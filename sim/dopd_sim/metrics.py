@@ -47,6 +47,7 @@ class RequestLog:
         self.finish_times: list[float] = []
         self.finish_tpot: list[float] = []
         self.finish_output_index: list[int] = []
+        self.shed_times: list[float] = []  # when each request the router turned away was turned away
 
     def first_token(self, request: int, now_s: float, arrival_s: float) -> None:
         self.first_token_s[request] = now_s
@@ -65,9 +66,10 @@ class RequestLog:
         self.finish_tpot.append(tpot_s)
         self.finish_output_index.append(request)
 
-    def reject(self, request: int) -> None:
+    def reject(self, request: int, now_s: float) -> None:
         self.rejected[request] = True
         self.finished += 1
+        self.shed_times.append(now_s)
 
 
 def percentile(values: FloatArray, q: float) -> float | None:

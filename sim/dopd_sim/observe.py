@@ -12,6 +12,8 @@ production.
 - TTFT at the SLO percentile and its attainment: `dopd_time_to_first_token_seconds` over the first
   tokens of the window; TPOT: `dopd_inter_token_latency_seconds`, where each finished request adds its
   output tokens - 1 gaps at its mean gap (the simulator does not time single tokens).
+- Shed rate: the router's `dopd_requests_rejected_total` + `dopd_requests_expired_total` over the
+  window (requests turned away at entry or expired in its queue, and prompts no decode replica holds).
 - Queue depth, KV usage and running sequences: gauges read at the tick.
 Nothing here looks past `now` except the warm start, which shows every policy the first window of
 load (arrivals and their lengths) so all of them start from a sized cluster.
@@ -133,10 +135,17 @@ class ObservationBuilder:
                 q=q,
                 threshold=self.tpot_slo_s,
             )
+        # the router's shed counters (rejected at entry + expired in its queue) over the same window
+        span_s = now_s - start
+        shed = 0.0
+        if not warm_start and span_s > 0:
+            turned_away = len(self.log.shed_times) - bisect.bisect_right(self.log.shed_times, start)
+            shed = turned_away / span_s
         problems.extend(s.problem for s in (inputs, outputs, ttft, tpot) if s.problem)
         prefill, decode = self._roles(sim.current_layout(), sim.ready_counts(), sim)
         return Observation(
             arrival_rate_rps=arrivals.rate_rps,
+            shed_rate_rps=shed,
             arrival_scv=arrivals.scv,
             arrival_rate_trend_rps_per_s=arrivals.trend_rps_per_s,
             input_tokens_mean=inputs.mean,

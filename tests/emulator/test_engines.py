@@ -174,6 +174,9 @@ def test_dopd_accounting_per_role() -> None:
     assert value(metrics, "dopd_generation_tokens_total", **decode) == 32
     assert value(metrics, "dopd_requests_total", status="ok", **decode) == 2
     assert value(metrics, "dopd_generation_tokens_count", **decode) == 2
+    # nothing turned away: the router's shed counters are there, at zero (the operator's served rate)
+    assert value(metrics, "dopd_requests_rejected_total", **router) == 0
+    assert value(metrics, "dopd_requests_expired_total", **router) == 0
 
 
 def test_negotiation_matches_each_engine() -> None:

@@ -88,6 +88,25 @@ def test_the_planner_sees_the_whole_demand_not_what_was_admitted(trace: Trace) -
     assert min(observed) > 0.85 * OFFERED_RPS  # ...and the planner sees all of it (not 0.7 of it)
 
 
+def test_the_planner_also_sees_what_the_router_turned_away(trace: Trace) -> None:
+    """The shed rate (the router's rejected + expired counters over the window) tells the planner what
+    load the engines were given, which is what their latencies answer to (`Observation.served_rate_rps`)."""
+    sim = _run(trace, SimAdmissionConfig(SLOS))
+    now_s = trace.duration_s
+    obs = sim.observer.observe(now_s, sim)
+    window_s = sim.config.window_seconds
+    turned_away = sum(1 for t in sim.log.shed_times if now_s - window_s < t <= now_s)
+    assert turned_away > 0.3 * OFFERED_RPS * window_s
+    assert obs.shed_rate_rps == pytest.approx(turned_away / window_s)
+    assert obs.served_rate_rps is not None
+    # what the engines were given, not the 90 offered: in steady overload, as many first tokens per
+    # second as the prefill pool turned out over the window (admission keeps the short prompts, so more
+    # requests than the ~32 rps of Azure-length prompts one replica sustains)
+    first_tokens = sum(1 for t in sim.log.first_token_times if now_s - window_s < t <= now_s)
+    assert obs.served_rate_rps == pytest.approx(first_tokens / window_s, rel=0.1)
+    assert obs.served_rate_rps < 0.7 * OFFERED_RPS
+
+
 def test_runs_are_deterministic_and_colocated_runs_have_no_admission(trace: Trace) -> None:
     config = SimAdmissionConfig(SLOS)
     first, second = _run(trace, config), _run(trace, config)

@@ -34,7 +34,26 @@ def test_a_queued_request_is_counted_on_arrival_and_a_rejected_one_is_not(cluste
         "router-arrivals",
         router_args("tiny", "--prefill", dead, "--decode", dead, "--queue-timeout-seconds", "30"),
     )
-    assert _sample(_metrics(router.url), ARRIVED) is None  # nothing arrived yet: no series
+    start = _metrics(router.url)
+    # at zero from the start: a series born with its first increment would lose it to increase(), and
+    # the operator reads a missing series as unknown
+    assert _sample(start, ARRIVED) == 0.0
+    # the shed counters the operator's served rate subtracts, every reason and class at zero
+    for priority in ("interactive", "standard", "batch"):
+        expired = f'dopd_requests_expired_total{{model="tiny-test",priority="{priority}",role="router"}}'
+        assert _sample(start, expired) == 0.0, expired
+        for reason in (
+            "predicted_ttft",
+            "decode_full",
+            "decode_slow",
+            "no_prefill_worker",
+            "no_decode_worker",
+        ):
+            rejected = (
+                f'dopd_requests_rejected_total{{model="tiny-test",priority="{priority}",'
+                f'reason="{reason}",role="router"}}'
+            )
+            assert _sample(start, rejected) == 0.0, rejected
     rejected = httpx.post(
         f"{router.url}/v1/completions",
         json={"model": "tiny-test", "prompt": "x", "max_tokens": 0},

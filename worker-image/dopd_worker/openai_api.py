@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dopd_worker.admission import PRIORITY_HEADER
+from dopd_worker.admission import PRIORITY_HEADER, Priority, Reason
 from dopd_worker.metrics import Metrics
 from dopd_worker.router import Generation, Router, RouterError
 from dopd_worker.router_admission import AdmissionError, parse_priority, rejection_body, rejection_response
@@ -78,6 +78,16 @@ class OpenAIServer:
         self.vocab_size = vocab_size
         self.metrics = metrics
         self.labels = {"role": "router", "model": model_name}
+        # The counters the operator reads exist at zero from the start: a series born with its first
+        # increment loses that increment to increase(), and a missing series reads as unknown.
+        metrics.requests_arrived_total.labels(**self.labels)
+        for priority in Priority:
+            metrics.requests_expired_total.labels(**self.labels, priority=priority.value)
+            for reason in Reason:
+                if reason is not Reason.EXPIRED:
+                    metrics.requests_rejected_total.labels(
+                        **self.labels, reason=reason.value, priority=priority.value
+                    )
 
     def parse(self, body: Any, chat: bool) -> ParsedRequest:
         if not isinstance(body, dict):

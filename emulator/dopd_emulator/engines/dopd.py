@@ -7,7 +7,9 @@ plus the namespace label and `pod` that Prometheus' pod discovery adds in a clus
   flight (`dopd_requests_running`), and sees the stream end to end: TTFT when the first token reaches it
   (the decode worker emits the prefill's token when the sequence joins its batch; a one-token output
   ends at prefill), every inter-token gap, prompt lengths at arrival (the demand, shed requests
-  included) and generation lengths and status at completion.
+  included) and generation lengths and status at completion; its shed counters
+  (`dopd_requests_rejected_total`, `dopd_requests_expired_total`) exist at zero and stay there (no
+  admission here).
 - prefill worker: TTFT from the moment the router hands it the prompt (its batch start) to the first
   token; prompt tokens; the KV it ships (bytes, seconds); `requests_total{status="ok"}` per prompt.
 - decode worker: the prefill's first token at join, then one token per sequence per step
@@ -50,6 +52,15 @@ OUTPUT_TOKENS = Family("dopd_generation_tokens_total", "counter", "Tokens genera
 REQUESTS = Family("dopd_requests_total", "counter", "Finished requests by status.")
 KV_BYTES = Family("dopd_kv_transfer_bytes_total", "counter", "KV-cache bytes sent or received.")
 ARRIVED = Family("dopd_requests_arrived_total", "counter", "Requests admitted by the router (at arrival).")
+# The router's shed counters, at zero from its start as the real router exposes them; they stay there:
+# the emulator has no admission (a prompt no decode replica holds is refused before it counts as an
+# arrival, so it is not shed from the arrivals either).
+REJECTED = Family("dopd_requests_rejected_total", "counter", "Requests the router shed at entry.")
+EXPIRED = Family(
+    "dopd_requests_expired_total", "counter", "Admitted requests dropped from the router's queue."
+)
+SHED_LABELS = {"priority": "standard"}
+REJECTED_LABELS = {**SHED_LABELS, "reason": "decode_full"}
 
 _BY_ROLE: dict[str, tuple[Family, ...]] = {
     "router": (
@@ -62,6 +73,8 @@ _BY_ROLE: dict[str, tuple[Family, ...]] = {
         PROMPT_TOKENS,
         OUTPUT_TOKENS,
         ARRIVED,
+        REJECTED,
+        EXPIRED,
     ),
     "prefill": (WAITING, RUNNING, KV_USAGE, TTFT, PROMPT_LENGTH, PROMPT_TOKENS, KV_BYTES, KV_SECONDS),
     "decode": (WAITING, RUNNING, KV_USAGE, ITL, OUTPUT_LENGTH, OUTPUT_TOKENS, KV_BYTES, KV_SECONDS),
@@ -84,13 +97,16 @@ class DopdRecorder(EngineRecorder):
         REQUESTS,
         KV_BYTES,
         ARRIVED,
+        REJECTED,
+        EXPIRED,
     )
 
     def families_for(self, role: str) -> tuple[Family, ...]:
         return _BY_ROLE[role]
 
     def labels(self, family: Family, role: str) -> dict[str, str]:
-        return {self.scheme.role_label: role, "model": self.scheme.model}
+        shed = REJECTED_LABELS if family is REJECTED else SHED_LABELS if family is EXPIRED else {}
+        return {self.scheme.role_label: role, "model": self.scheme.model, **shed}
 
     @property
     def _router(self) -> str:

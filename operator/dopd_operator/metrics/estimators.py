@@ -17,7 +17,7 @@ exactly what these functions can make of production metrics, and no more.
   burstiness as the index of dispersion variance/mean of the per-interval counts, 1 for Poisson, which
   the planner uses as the squared coefficient of variation of inter-arrival times; trend as the
   least-squares slope of the rate, what PromQL `deriv()` of a rate computes). Each says why a value is
-  unknown instead of guessing one.
+  unknown instead of guessing one; a series younger than `min_rate_coverage_seconds` has no rate yet.
 - `Intervals`, `counter_increments`, `arrivals_until`: raw samples to arrivals per scrape interval
   (counter resets handled as Prometheus does: a drop means the counter restarted from zero), and the
   arrivals up to any time with each interval's count spread evenly over it, so that pods scraped at
@@ -42,6 +42,11 @@ TREND_WINDOW_SECONDS = 120.0  # the arrival-rate trend is fitted over this much 
 MIN_TREND_BINS = 4
 MIN_DISPERSION_BINS = 10  # fewer counts than this say little about their variance
 MIN_DISPERSION_ARRIVALS = 20.0
+# A rate over a series' first scrape or two is noise (and, for engines whose arrivals are counted by
+# conservation, mostly the queue filling): like HPA's initialization period, the rate stays unknown
+# until the data covers this many scrape intervals and this share of the window (or all of it).
+MIN_RATE_INTERVALS = 4
+MIN_RATE_WINDOW_SHARE = 0.25
 
 
 # --------------------------------------------------------------------------------------- histograms
@@ -250,6 +255,14 @@ def _dispersion(
     return variance, mean, freedom, arrivals
 
 
+def min_rate_coverage_seconds(window_seconds: float, interval_seconds: float) -> float:
+    """How much data a rate needs: `MIN_RATE_INTERVALS` scrapes and `MIN_RATE_WINDOW_SHARE` of the
+    window, capped at the whole window."""
+    return min(
+        window_seconds, max(MIN_RATE_INTERVALS * interval_seconds, MIN_RATE_WINDOW_SHARE * window_seconds)
+    )
+
+
 def summarize_arrivals(
     sources: Sequence[Intervals], window_seconds: float, trend_seconds: float = TREND_WINDOW_SECONDS
 ) -> ArrivalSummary:
@@ -260,7 +273,8 @@ def summarize_arrivals(
     intervals behind the newest has stopped and does not hold the end back); it starts where every
     source present from the beginning has (a pod started later adds what it saw). rate: arrivals in the
     window / its length (shorter while the data is younger); burstiness: index of dispersion of the
-    per-interval counts; trend: least-squares slope of the rate in bins of the usual interval."""
+    per-interval counts; trend: least-squares slope of the rate in bins of the usual interval. With
+    less data than `min_rate_coverage_seconds`, nothing is known (a series that just started)."""
     sources = [s for s in sources if len(s.amounts)]
     if not sources:
         return ArrivalSummary(None, None, None, ("arrival rate: fewer than two samples per series yet",))
@@ -274,6 +288,18 @@ def summarize_arrivals(
     span = min(window_seconds, covered_s)
     if span <= 0:
         return ArrivalSummary(None, None, None, ("arrival rate: no interval ends in the window",))
+    needed_s = min_rate_coverage_seconds(window_seconds, width)
+    if covered_s < needed_s - 1e-6 * width:
+        return ArrivalSummary(
+            None,
+            None,
+            None,
+            (
+                f"arrival rate: {covered_s:.0f} s of data, {needed_s:.0f} s needed before a rate is read "
+                f"({MIN_RATE_INTERVALS} scrapes and {MIN_RATE_WINDOW_SHARE:.0%} of the {window_seconds:g} s "
+                "window): the series just started",
+            ),
+        )
     at = arrivals_until(sources, np.asarray([end_s - span, end_s], dtype=np.float64))
     rate = float(at[1] - at[0]) / span
     problems: list[str] = []

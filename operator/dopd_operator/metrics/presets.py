@@ -13,6 +13,7 @@ Where each field comes from (docs/metrics.md has the PromQL and the reasons):
 | decode running | `dopd_requests_running` decode | `vllm:num_requests_running` decode | `sglang:num_running_reqs` decode |
 | TTFT at the SLO percentile, attainment | `dopd_time_to_first_token_seconds` router (end to end) | `vllm:time_to_first_token_seconds` prefill (queue + prefill) | `sglang:time_to_first_token_seconds` prefill |
 | TPOT at the SLO percentile, attainment | `dopd_inter_token_latency_seconds` router | `vllm:inter_token_latency_seconds` decode (`vllm:time_per_output_token_seconds` fallback) | `sglang:inter_token_latency_seconds` decode |
+| shed rate (requests the router turned away) | `dopd_requests_rejected_total` + `dopd_requests_expired_total` router | 0: arrivals are counted at the engines | 0: likewise |
 
 Three queries per batch of models (`Batch`: models whose queries differ only in label values):
 `aggregate` (one instant query: per-bucket increases of every histogram and counter increases, each
@@ -89,6 +90,10 @@ class EnginePreset:
     output_tokens: LengthRead
     ttft: HistogramRead
     tpot: HistogramRead
+    # the router's counters of requests it turned away (shed at entry, expired in its queue): their
+    # increase is the shed rate; none where arrivals are counted at the engines, which see only what
+    # was admitted (the shed rate is then 0 by construction)
+    shed: tuple[str, ...] = ()
 
     def histograms(self) -> dict[str, tuple[HistogramRead, bool]]:
         """Key -> (read, whether its mean is needed)."""
@@ -129,6 +134,7 @@ DOPD = EnginePreset(
     output_tokens=LengthRead(HistogramRead("dopd_generation_tokens", "decode")),
     ttft=HistogramRead("dopd_time_to_first_token_seconds", "router"),
     tpot=HistogramRead("dopd_inter_token_latency_seconds", "router"),
+    shed=("dopd_requests_rejected_total", "dopd_requests_expired_total"),
 )
 
 VLLM = EnginePreset(
@@ -291,6 +297,10 @@ def query_set(
                 parts.append(
                     (f"{key}.totals/{part}", f"sum by ({by}) (increase({chosen.render([family])}[{window}]))")
                 )
+    for family in preset.shed:  # one part each: increase() drops the name, so two families in one
+        # selector collide on the same labels and Prometheus refuses the whole query (HTTP 422)
+        shed = selector("router").render([family])
+        parts.append((f"shed/{family}", f"sum by ({by}) (increase({shed}[{window}]))"))
     raw_range = max(metrics.window_seconds, TREND_WINDOW_SECONDS)
     arrival = preset.arrival
     return QuerySet(

@@ -204,6 +204,28 @@ class _Reader:
             values.extend(s.last_value for s in fresh)
         return sum(values) if read.combine == "sum" else sum(values) / len(values)
 
+    def shed_rate(self) -> float | None:
+        """Requests per second the router turned away over the window; 0 for presets whose arrivals
+        are counted at the engines."""
+        families = self.queries.preset.shed
+        if not families:
+            return 0.0
+        total = 0.0
+        for family in families:
+            name = self._name(family, "router")
+            increase = self.aggregates.scalars.get(f"shed/{family}")
+            if increase is None:
+                self.problems.append(
+                    f"shed rate: no series of {name} (the router exposes it at zero from its start): "
+                    "the prefill correction holds"
+                )
+                return None
+            if not math.isfinite(increase) or increase < 0:
+                self.problems.append(f"shed rate: the increase of {name} is {increase:g}")
+                return None
+            total += increase
+        return total / self.queries.window_seconds
+
     def arrivals(self) -> ArrivalSummary:
         read = self.queries.preset.arrival
         pieces: list[tuple[bool, list[_Series]]] = []
@@ -290,8 +312,10 @@ def build_observation(
     queue_depth = reader.gauge("prefill queue depth", preset.queue_depth)
     kv_usage = reader.gauge("decode KV usage", preset.kv_usage, upper=1.0)
     running = reader.gauge("decode running", preset.running)
+    shed_rps = reader.shed_rate()
     return Observation(
         arrival_rate_rps=arrivals.rate_rps,
+        shed_rate_rps=shed_rps,
         arrival_scv=arrivals.scv,
         arrival_rate_trend_rps_per_s=arrivals.trend_rps_per_s,
         input_tokens_mean=input_mean,

@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dopd_operator.metrics.estimators import (
     Intervals,
@@ -19,6 +21,7 @@ from dopd_operator.metrics.estimators import (
     counter_increments,
     histogram_from_values,
     least_squares_slope,
+    min_rate_coverage_seconds,
     summarize_arrivals,
     summarize_histogram,
 )
@@ -167,7 +170,7 @@ def test_summarize_arrivals_rate_burstiness_and_trend() -> None:
     ("counts", "window_s", "problem"),
     [
         pytest.param(
-            [5.0] * 8, 60.0, "arrival burstiness: 8 intervals in the 8 s window", id="too-few-intervals"
+            [5.0] * 8, 10.0, "arrival burstiness: 8 intervals in the 8 s window", id="too-few-intervals"
         ),
         pytest.param(
             [1.0] * 15, 60.0, "arrival burstiness: 15 arrivals in the window", id="too-few-arrivals"
@@ -175,7 +178,7 @@ def test_summarize_arrivals_rate_burstiness_and_trend() -> None:
         # a series younger than the 120 s trend window: a model that just started, whose first bins
         # would read as a rise and be extrapolated over the lead time (seen in the demo: 2x over-sizing)
         pytest.param(
-            [5.0] * 3, 60.0, "arrival trend: 3 s of data, the 120 s trend window needed", id="no-trend-yet"
+            [5.0] * 20, 60.0, "arrival trend: 20 s of data, the 120 s trend window needed", id="no-trend-yet"
         ),
         pytest.param(
             [5.0] * 100, 60.0, "arrival trend: 100 s of data", id="no-trend-before-the-window-is-full"
@@ -187,6 +190,53 @@ def test_summarize_arrivals_refuses_to_guess(counts: list[float], window_s: floa
     summary = summarize_arrivals([source], window_s)
     assert summary.rate_rps == pytest.approx(counts[0])  # the rate is still known
     assert any(p.startswith(problem) for p in summary.problems), summary.problems
+
+
+@pytest.mark.parametrize(
+    ("window_s", "interval_s", "needed_s"),
+    [
+        pytest.param(60.0, 1.0, 15.0, id="a-quarter-of-the-window"),
+        pytest.param(60.0, 5.0, 20.0, id="four-scrapes"),
+        pytest.param(60.0, 30.0, 60.0, id="never-more-than-the-window"),
+    ],
+)
+def test_a_series_that_just_started_has_no_rate_yet(
+    window_s: float, interval_s: float, needed_s: float
+) -> None:
+    """What a new model's first ticks read (a CI run saw 93 rps of the 50 sent on a 2 s span): unknown,
+    with the reason, until the data covers enough of the window; then the rate over what there is."""
+    assert min_rate_coverage_seconds(window_s, interval_s) == needed_s
+    scrapes = round(needed_s / interval_s)
+    young = summarize_arrivals(
+        [Intervals.bins(np.full(scrapes - 1, 9.0 * interval_s), 0.0, interval_s)], window_s
+    )
+    assert (young.rate_rps, young.scv, young.trend_rps_per_s) == (None, None, None)
+    assert young.problems == (
+        f"arrival rate: {needed_s - interval_s:.0f} s of data, {needed_s:.0f} s needed before a rate is read "
+        f"(4 scrapes and 25% of the {window_s:g} s window): the series just started",
+    )
+    ready = summarize_arrivals(
+        [Intervals.bins(np.full(scrapes, 9.0 * interval_s), 0.0, interval_s)], window_s
+    )
+    assert ready.rate_rps == pytest.approx(9.0)
+
+
+@given(
+    window_s=st.floats(10.0, 3600.0),
+    interval_s=st.floats(0.5, 120.0),
+    age_scrapes=st.integers(1, 400),
+)
+def test_the_rate_is_known_exactly_once_the_data_covers_enough(
+    window_s: float, interval_s: float, age_scrapes: int
+) -> None:
+    source = Intervals.bins(np.full(age_scrapes, 3.0 * interval_s), 100.0, interval_s)
+    summary = summarize_arrivals([source], window_s)
+    known = age_scrapes * interval_s >= min_rate_coverage_seconds(window_s, interval_s) - 1e-6 * interval_s
+    assert (summary.rate_rps is not None) == known
+    if known:
+        assert summary.rate_rps == pytest.approx(3.0)
+    else:
+        assert summary.problems[0].startswith("arrival rate: ")
 
 
 def test_summarize_arrivals_of_pods_scraped_at_different_moments() -> None:

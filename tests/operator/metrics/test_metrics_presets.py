@@ -137,6 +137,13 @@ def test_dopd_and_sglang_queries() -> None:
         '(rate({__name__=~"dopd_requests_arrived_total",namespace="ns",model="m",role="router"}[40000ms]))'
     )
     assert "sglang" not in dopd.aggregate and "totals" not in dopd.aggregate
+    # the shed rate: what the router turned away, at entry or from its queue, over the window
+    # (one part per family: increase() drops the name, and two families in one selector would collide)
+    for family in ("dopd_requests_rejected_total", "dopd_requests_expired_total"):
+        assert dict(dopd.parts)[f"shed/{family}"] == (
+            "sum by (namespace, model) (increase({__name__=~"
+            f'"{family}",namespace="ns",model="m",role="router"}}[60000ms]))'
+        )
     sglang = query_set(make_spec(engine="sglang", metrics={"windowSeconds": 30}), "ns")
     parts = dict(sglang.parts)
     assert parts["input.totals/tokens"] == (

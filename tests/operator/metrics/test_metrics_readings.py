@@ -53,6 +53,8 @@ DOPD_AGGREGATE = [
     *histogram("tpot", [(0.02, 50.0), (0.05, 100.0), (INF, 100.0)]),
     *histogram("input", [(1024.0, 0.0), (2048.0, 10.0), (INF, 10.0)], total=15_000.0),
     *histogram("output", [(128.0, 0.0), (256.0, 20.0), (INF, 20.0)], total=4_000.0),
+    tagged("shed/dopd_requests_rejected_total", 20.0),  # over the 60 s window
+    tagged("shed/dopd_requests_expired_total", 10.0),
 ]
 DOPD_RAW = [
     series("dopd_requests_arrived_total", "router-0", "router", steady(5.0)),
@@ -89,6 +91,7 @@ def observe(
 
 HEALTHY = {
     "arrival_rate_rps": 5.0,
+    "shed_rate_rps": 0.5,
     "arrival_scv": 0.0,  # a perfectly steady counter: no dispersion at all (Poisson would be 1)
     "arrival_rate_trend_rps_per_s": 0.0,
     "input_tokens_mean": 1500.0,  # 15000 / 10, from _sum, not from the buckets (1536)
@@ -111,6 +114,19 @@ def test_healthy_dopd_answer() -> None:
     assert obs.problems == ()
     for name, expected in HEALTHY.items():
         assert getattr(obs, name) == pytest.approx(expected, abs=1e-9), name
+    assert obs.served_rate_rps == pytest.approx(4.5)
+
+
+def test_an_unknown_shed_rate_is_not_zero() -> None:
+    """A router that does not expose its shed counters: the served rate is unknown (the load is not)."""
+    expired = "shed/dopd_requests_expired_total"
+    obs = observe(dopd_queries(), [s for s in DOPD_AGGREGATE if s.metric["dopd_q"] != expired], DOPD_RAW)
+    assert obs.shed_rate_rps is None and obs.served_rate_rps is None  # not the 20 rejected alone
+    assert obs.load_known and obs.arrival_rate_rps == pytest.approx(5.0)
+    assert obs.problems == (
+        'shed rate: no series of dopd_requests_expired_total{role=~"router"} '
+        "(the router exposes it at zero from its start): the prefill correction holds",
+    )
 
 
 def _without(name: str, pod: str | None = None) -> Callable[[list[RangeSeries]], list[RangeSeries]]:
@@ -226,6 +242,8 @@ def test_missing_histograms_and_an_empty_answer() -> None:
         'prefill queue depth: no series of dopd_requests_waiting{role=~"router|prefill"}',
         'decode KV usage: no series of dopd_kv_cache_usage_ratio{role=~"decode"}',
         'decode running: no series of dopd_requests_running{role=~"decode"}',
+        'shed rate: no series of dopd_requests_rejected_total{role=~"router"} '
+        "(the router exposes it at zero from its start): the prefill correction holds",
     )
     known = {
         k: v
@@ -280,6 +298,7 @@ def test_vllm_arrivals_by_conservation_and_the_deprecated_fallbacks() -> None:
     assert obs.tpot_seconds == pytest.approx(0.025 + 0.025 * 0.9)  # vllm:time_per_output_token_seconds
     assert obs.prefill_queue_depth == 64.0  # 4 + 0.5 * 120
     assert obs.decode_running == 7.0
+    assert obs.shed_rate_rps == 0.0  # counted at the engines: only what was admitted arrives there
 
 
 def test_vllm_prefers_current_names_and_counts_a_series_stored_under_both_spellings_once() -> None:
