@@ -470,6 +470,11 @@ class RoleStatus(ApiModel):
 
 class ObservedLoad(ApiModel):
     arrival_rate_rps: float | None = Field(None, description="Requests per second over the metrics window.")
+    shed_rate_rps: float | None = Field(
+        None,
+        description="Of those, requests per second the router turned away (shed at entry or expired in its "
+        "queue); 0 for vLLM and SGLang, whose arrivals are counted at the engines.",
+    )
     input_tokens_mean: float | None = Field(None, description="Mean prompt length, tokens.")
     input_tokens_p90: float | None = Field(None, description="P90 prompt length, tokens.")
     output_tokens_mean: float | None = Field(None, description="Mean output length, tokens.")

@@ -155,6 +155,7 @@ def capacity_deficit(spec: DisaggregatedModelSpec, observation: Observation) -> 
 def _load(observation: Observation) -> ObservedLoad:
     return ObservedLoad(
         arrival_rate_rps=_round(observation.arrival_rate_rps),
+        shed_rate_rps=_round(observation.shed_rate_rps),
         input_tokens_mean=_round(observation.input_tokens_mean),
         input_tokens_p90=_round(observation.input_tokens_p90),
         output_tokens_mean=_round(observation.output_tokens_mean),

@@ -32,13 +32,16 @@ def _cond(status, type_):  # type: ignore[no-untyped-def]
 
 def test_a_scale_up_says_why_in_an_event_and_shows_in_the_columns() -> None:
     spec = make_spec(scaling={"mode": "Active"})
-    obs = make_obs(rate=200, prefill=1, decode=1)
+    obs = make_obs(rate=200, prefill=1, decode=1, shed_rate_rps=120.0)
     status, events = build_status(None, _outcome(spec, obs), T0)
     d = status.last_decision
     assert d is not None and d.prefill > 1 and d.decode > 1
     assert status.prefill.summary == f"1/{d.prefill}" and status.decode.summary == f"1/{d.decode}"
     assert status.ratio == f"{d.prefill}:{d.decode} ({d.prefill / d.decode:.2f} P/D)"
+    # the demand, and how much of it the router turned away while the pools were too small
     assert status.load is not None and status.load.arrival_rate_rps == 200.0
+    assert status.load.shed_rate_rps == 120.0
+    assert status.model_dump(by_alias=True)["load"]["shedRateRps"] == 120.0
     scaled = [e for e in events if e.reason == "ScaledUp"]
     assert {e.message.split(":")[0] for e in scaled} == {
         f"prefill 1 -> {d.prefill}",
