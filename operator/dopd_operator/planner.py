@@ -55,6 +55,10 @@ from dopd_operator.surge import SurgeHeadroom
 CORRECTION_BOUNDS = (0.8, 2.0)
 MIN_ARRIVAL_SCV, MAX_ARRIVAL_SCV = 0.5, 20.0
 CORRECTION_SMOOTHING = 0.5
+# The prefill factor learns only while the router sheds at most this share of the arrivals. Above it the
+# TTFT is admission's doing (it admits what it predicts will meet the SLO, the short prompts first), not
+# the engine's: neither the demand nor the served rate at the demand's prompt mix explains it.
+MAX_SHED_SHARE_TO_LEARN = 0.02
 # Pools are sized as if the engine were this much slower than the corrected profile. With a loose TTFT
 # SLO the cheapest prefill pool runs close to saturation, where a service time a few percent too short
 # is an overload that no queue-draining catches before new replicas start; the corrections themselves
@@ -311,20 +315,23 @@ def _update_corrections(
     backlog stands (more than one TTFT SLO's worth of arrivals queued): the latencies of such windows,
     and the decode flood when a backlog drains, are left by a load the pool was too small for, not by
     the engine's speed. The queue term of the load drains the backlog; a slow engine shows again in the
-    windows after.
+    windows after. The prefill factor also holds while the router sheds more than
+    MAX_SHED_SHARE_TO_LEARN of the arrivals, or the shed rate is unknown.
     """
     rate = observation.arrival_rate_rps or 0.0
     if (observation.prefill_queue_depth or 0.0) > rate * spec.slo.ttft_seconds:
         return state
-    # The latencies are those of the load the engines were given: while the router sheds, that is the
-    # served rate, not the demand (solved at the demand, a shedding pool reads as a fast engine and
-    # the factor sinks toward its floor). With the shed rate unknown, the prefill factor holds.
+    # The latencies are those of the load the engines were given, the served rate. While the router
+    # sheds more than a trickle, or with the shed rate unknown, the prefill factor holds: solved at the
+    # demand, a shedding pool reads as a fast engine and the factor sinks toward its floor.
     served = observation.served_rate_rps
+    shed = observation.shed_rate_rps
+    learns_prefill = served is not None and shed is not None and shed <= MAX_SHED_SHARE_TO_LEARN * rate
     model = CapacityModel(base, spec.slo, _workload(observation, None, rate if served is None else served))
     prefill_factor, decode_factor = state.prefill_correction, state.decode_correction
     low, high = CORRECTION_BOUNDS
     quantile = (observation.latency_percentile or 0.0) / 100.0
-    if observation.ttft_seconds is not None and observation.prefill.ready > 0 and served:
+    if observation.ttft_seconds is not None and observation.prefill.ready > 0 and learns_prefill and served:
         # Solved, not divided: near saturation the TTFT is far from proportional to the prefill time.
         wanted = model.prefill_slowdown(
             observation.prefill.ready, served, quantile, observation.ttft_seconds, CORRECTION_BOUNDS

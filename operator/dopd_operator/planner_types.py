@@ -43,8 +43,8 @@ class Observation(_Frozen):
         ge=0,
         description="Of those, requests per second the router turned away (shed at entry or expired in "
         "its queue), which no engine served; 0 for presets that count arrivals at the engines (vLLM, "
-        "SGLang), which see only what was admitted. None: unknown, and the prefill correction learns "
-        "nothing (it would read the latency of the served load as the demand's).",
+        "SGLang), which see only what was admitted. None: unknown. The prefill correction learns only "
+        "while it is known and at most 2% of the arrivals (the latency is otherwise admission's doing).",
     )
     input_tokens_mean: float | None = Field(None, ge=0, description="Mean prompt tokens.")
     input_tokens_p90: float | None = Field(None, ge=0, description="P90 prompt tokens.")

@@ -125,27 +125,33 @@ def test_a_profile_that_matches_the_engine_keeps_its_corrections_at_one() -> Non
     assert state.decode_correction == pytest.approx(1.0, abs=0.01)
 
 
-def test_while_the_router_sheds_the_correction_reads_the_served_load() -> None:
+def test_while_the_router_sheds_the_prefill_correction_holds() -> None:
     """Demand 40 rps, of which the router sheds 20: the engines serve the 20 rps of the matched-profile
-    case above and show its P90 TTFT. Solved at the served rate the factor stays at 1; solved at the
-    demand, an engine that holds 40 rps at that TTFT reads as much faster than the profile, and the factor
-    sinks, so the pool would be sized too small once the shedding stops. With the shed rate unknown the
-    prefill factor holds (decode still learns: its latency does not depend on the rate)."""
+    case above and show its P90 TTFT. Read as the demand's latency, an engine that holds 40 rps at that
+    TTFT is much faster than the profile, and the factor sinks, so the pools would be sized too small once
+    the shedding stops. Under shedding the TTFT is admission's doing, so the prefill factor holds; it
+    holds too with the shed rate unknown; a trickle of shedding (1%) does not stop it learning, at the
+    served rate. Decode still learns: its latency does not depend on the rate."""
     spec = make_spec()
     seen = {"ttft_seconds": 0.0641, "tpot_seconds": 0.0105, "decode_running": 80}
 
-    def settled(shed: float | None) -> PlannerState:
+    def settled(rate: float, shed: float | None) -> PlannerState:
         state = PlannerState()
         for _ in range(10):
-            obs = make_obs(rate=40, prefill=3, decode=2, shed_rate_rps=shed, **seen)
+            obs = make_obs(rate=rate, prefill=3, decode=2, shed_rate_rps=shed, **seen)
             state = plan(spec, obs, None, state, T0).state
         return state
 
-    assert settled(20.0).prefill_correction == pytest.approx(1.0, abs=0.01)
-    assert settled(0.0).prefill_correction < 0.95  # the demand read as served: 0.90 after 10 ticks
-    unknown = settled(None)
-    assert unknown.prefill_correction == 1.0
-    assert unknown.decode_correction > 1.03
+    assert settled(40.0, 0.0).prefill_correction < 0.95  # the demand read as served: 0.90 in 10 ticks
+    for shed in (20.0, None):
+        held = settled(40.0, shed)
+        assert held.prefill_correction == 1.0, shed
+        assert held.decode_correction > 1.03, shed
+    # a trickle: the slow engine of the first correction test is still learned (1 -> about 1.2)
+    trickle = make_obs(rate=20.2, prefill=2, decode=2, shed_rate_rps=0.2, ttft_seconds=0.124)
+    assert plan(spec, trickle, None, PlannerState(), T0).state.prefill_correction == pytest.approx(
+        1.2, abs=0.01
+    )
 
 
 def test_latencies_without_their_percentile_are_rejected() -> None:
