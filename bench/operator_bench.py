@@ -26,7 +26,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "e2e"))
 
 import yaml  # noqa: E402
+from sim_bench import stamp as commit_stamp  # noqa: E402  (the stamp every benchmark page carries)
 
 from dopd_e2e.cluster import start_cluster  # noqa: E402
 from dopd_e2e.operator import install_crd, start_operator, wait_until  # noqa: E402
@@ -289,13 +289,8 @@ def _fmt(value: float | None, unit: str = "s") -> str:
 
 
 def write_report(result: Result, command: str) -> None:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.strip()
-    stamp = f"{commit}{' (uncommitted changes)' if dirty else ''}"
+    meta = commit_stamp()
+    stamp = f"{meta['commit']}{' (uncommitted changes)' if meta['dirty'] else ''}"
     rows = [
         ("CPU, average over the window", f"{result.cores:.2f} cores", "< 1 core", result.cores < 1.0),
         ("CPU per tick", f"{result.cores * result.measure_s / max(result.ticks, 1) * 1e3:.1f} ms", "", None),
