@@ -374,22 +374,21 @@ queries differ only in label values share them (docs/metrics.md): per batch, two
 half scrape interval and one short range query per forecast step, split per model in the operator; per
 tick one status patch to the API server (it comes back as a watch event that Kopf parses). A tick only
 updates its model's fitted forecaster; refits (the first fit, then every ten minutes, and when the
-history has doubled) run in one worker thread beside the ticks. Models started together fall due
-together (each model's period is spread by up to 10% since commit 46d529a's run, so later cycles
-drift apart): the refit queue peaks at a large share of the models, drains in seconds (a refit on
-this history costs tens of milliseconds), and no tick waits for it.
+history has doubled) run in one worker thread beside the ticks. Each model's refit period is spread by
+up to 10% (fixed by its uid), so models started together drift apart: the refit queue peaked at 31
+in this run against 129 at commit 46d529a, and no tick waits for it.
 
-Where it stands (2026-12-01, 200 models): every target met, with a wide margin (p99 tick well under
-0.1 s, a fifth of a core); ticks keep their 15 s interval. The run of 2026-11-30 at commit 093b3e1 missed
-the tick target (p99 beyond 30 s, a quarter of the ticks late) while other jobs loaded the machine
-(load average 6 against 0.7 here): its forecast fits and its status writes shared one small thread
-pool, so a slow fit held writes back; fits now have their own worker, and the operator image sets
-OPENBLAS_NUM_THREADS=1. The two runs differ in load as well as in code, so this report does not say
-how much of the change each explains. Limits of the measurement: the 200 models read 20 engines'
-series (model i reads engine i mod 20), so each batch query returns 20 models' series sets, not 200
-(the answer's size at 200 distinct engines is not measured here); histories are young (under 20
-minutes: the forecast `historySeconds` of an hour is never full, and a refit on a full hour, ARIMA
-included, costs more); one namespace, one Prometheus, no engine restarts."""
+Where it stands (2026-12-01, 200 models, commit 6fe9225): every target met (p99 tick 0.3 s of 2 s,
+a third of a core, under 300 MiB), 98% of the ticks on time. Against the run at 46d529a (0.17 cores,
+p99 0.072 s, 99.9% on time) the cost per tick roughly doubled: forecast + plan went from 9 to 21 ms
+at the median, status writes from 23 to 50 ms. In between the planner gained surge headroom
+(`surge.py` recomputes the past rises over the whole history at every tick; caching it per model
+between refits is the obvious saving) and the machine carried more load (load average 2.6 against
+0.7), so this report does not apportion the change. Limits of the measurement: the 200 models read
+20 engines' series (model i reads engine i mod 20), so each batch query returns 20 models' series
+sets, not 200 (the answer's size at 200 distinct engines is not measured here); histories are young
+(under 20 minutes: the forecast `historySeconds` of an hour is never full, and a refit on a full hour,
+ARIMA included, costs more); one namespace, one Prometheus, no engine restarts."""
 
 
 def main() -> None:
