@@ -87,6 +87,9 @@ async def test_a_decode_worker_killed_mid_transfer_fails_only_the_streams_it_was
 
     streams = [asyncio.create_task(stream(i)) for i in range(8)]
     await _until(lambda: _paused(victim), "the victim's fourth transfer to stop after layer 0")
+    # only that transfer hangs: the engine steps on, and the sequences whose transfers finished join its
+    # batch (a loaded CI machine once read the health between the pause and their joining: running 0)
+    await _until(lambda: _health(victim)["running"] >= 1, "the victim to stream what it received")
     held = _health(victim)
     assert held["pending_transfers"] >= 1 and held["running"] >= 1, held  # mid-transfer, and streaming
     victim.popen.send_signal(signal.SIGKILL)
