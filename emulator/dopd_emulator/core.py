@@ -55,8 +55,13 @@ class Emulation:
             raise ValueError(f"the load {load.trace!r} has no requests")
         self.period_s = loop_period_seconds(self.trace) if load.at_end == "loop" else None
         self.copies = 1
+        # The router's defaults: no dispatch deadline (`dopd router` has it only when told).
         sim_config = SimConfig(
-            spec=config.spec, profile=config.profile, seed=load.seed, prefill_queue=config.queue
+            spec=config.spec,
+            profile=config.profile,
+            seed=load.seed,
+            prefill_queue=config.queue,
+            dispatch_deadline_share=None,
         )
         self.sim = SteppedSimulator(self.trace, sim_config)
         self.recorder = make_recorder(

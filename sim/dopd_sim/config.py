@@ -16,6 +16,7 @@ import yaml
 
 from dopd_operator.api import DisaggregatedModel, DisaggregatedModelSpec, ProfileSpec
 from dopd_operator.profile import PerformanceProfile, resolve_profile
+from dopd_worker.scheduler import DISPATCH_DEADLINE_SHARE_OF_TTFT
 
 if TYPE_CHECKING:
     from dopd_sim.admission import SimAdmissionConfig
@@ -75,6 +76,9 @@ class SimConfig:
     prefill_queue: QueuePolicy = "fifo"
     prefill_token_budget: int = 8192  # most prompt tokens in one prefill batch (one prompt always fits)
     starvation_seconds: float = 1.0  # length-aware queue: a prompt waiting this long goes next regardless
+    # Length-aware queue without admission: a prompt that waited this share of the TTFT SLO goes after
+    # every prompt that still can meet it (the router's --dispatch-deadline-seconds); None: no deadline.
+    dispatch_deadline_share: float | None = DISPATCH_DEADLINE_SHARE_OF_TTFT
     aggregated_token_budget: int = 512  # tokens per iteration of a colocated (chunked-prefill) instance
     kv_reserve_output: bool = True  # reserve prompt+output KV at admission (no preemption)
     controller_interval_seconds: float | None = None  # None: spec.scaling.interval_seconds

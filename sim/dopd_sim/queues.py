@@ -4,8 +4,8 @@ The simulator does not schedule prompts itself. `cluster.Simulator` pushes each 
 asks, as the router's dispatch loop does, for the next (request, prefill worker) pair until there is none;
 the simulated prefill replicas are the workers (`instances.PrefillInstance` carries the fields the policy
 reads). Length-aware (DOPD's shortest-prompt-first with the aging bound and the long-prompt rule) or
-FIFO, with the simulator's aging bound (`SimConfig.starvation_seconds`) and token budget
-(`SimConfig.prefill_token_budget`, the prefill replica's own). Callers: `cluster.Simulator`, `stepping`.
+FIFO, with the simulator's aging bound (`SimConfig.starvation_seconds`), token budget
+(`SimConfig.prefill_token_budget`, the prefill replica's own) and dispatch deadline (length-aware only). Callers: `cluster.Simulator`, `stepping`.
 """
 
 from __future__ import annotations
@@ -22,12 +22,19 @@ def scheduler_config(config: SimConfig, policy: QueuePolicy) -> SchedulerConfig:
     prompt counts as long (kept off one replica, so short prompts always find room) when it would take
     more than half a batch: the router's own default of 1024 tokens is sized for the CPU worker's
     4096-token budget and would call half of the Azure conversation prompts long on an 8192-token
-    engine, queueing them on all but one replica for nothing."""
+    engine, queueing them on all but one replica for nothing. The dispatch deadline is the router's
+    without admission (`--dispatch-deadline-seconds`, `SimConfig.dispatch_deadline_share` of the TTFT SLO);
+    with admission on, the queue deadline expires such prompts instead, as in the router."""
+    share = config.dispatch_deadline_share
+    late_seconds = (
+        None if config.admission is not None or share is None else share * config.spec.slo.ttft_seconds
+    )
     return SchedulerConfig(
         policy=Policy(policy),
         aging_seconds=config.starvation_seconds,
         long_prompt_tokens=max(config.prefill_token_budget // 2, 1),
         token_budget=config.prefill_token_budget,
+        late_seconds=late_seconds,
     )
 
 

@@ -93,8 +93,10 @@ def test_dopd_keeps_headroom_for_a_jump_like_one_it_has_seen() -> None:
     # lead time later, and the queue it builds makes most of its requests miss), but it stays in the
     # history as surge headroom, so the second, higher one is met. Without the headroom the second
     # jump's requests reach about 36% (the forecaster and the trend guard see it only once it happened).
+    # The router's dispatch deadline is off: it softens the first jump (92% instead of under 90%, the
+    # fresh prompts served on time while the replicas start), and this test measures the headroom alone.
     trace = steps([80.0, 160.0, 100.0, 180.0], 300.0, seed=5)
-    config = SimConfig(seed=5)
+    config = SimConfig(seed=5, dispatch_deadline_share=None)
     policy = DopdPolicy()
     result = simulate(trace, policy, config)
     slo = config.spec.slo

@@ -1,4 +1,5 @@
-"""The router's prefill policy in virtual time: SJF, the aging bound, the long-prompt lane, FIFO."""
+"""The router's prefill policy in virtual time: SJF, the aging bound, the long-prompt lane, the dispatch
+deadline, FIFO."""
 
 from __future__ import annotations
 
@@ -20,9 +21,13 @@ IDLE = PrefillWorkerLoad("p0", Lane.SHARED, 0, 0)
 
 
 def queue(
-    policy: Policy = Policy.LENGTH_AWARE, aging: float = 10.0, long_tokens: int = 1000, budget: int = 4096
+    policy: Policy = Policy.LENGTH_AWARE,
+    aging: float = 10.0,
+    long_tokens: int = 1000,
+    budget: int = 4096,
+    late: float | None = None,
 ) -> PrefillQueue:
-    return PrefillQueue(SchedulerConfig(policy, aging, long_tokens, budget))
+    return PrefillQueue(SchedulerConfig(policy, aging, long_tokens, budget, late))
 
 
 def test_shortest_prompt_first() -> None:
@@ -127,6 +132,66 @@ def test_token_budget(inflight: int, prompt: int, fits: bool) -> None:
     assert (got is not None) is fits
 
 
+def test_a_late_prompt_goes_after_every_prompt_that_can_still_meet_the_slo() -> None:
+    q = queue(aging=5.0, late=1.0)
+    q.push(QueuedPrompt("old", 10, 0.0))
+    q.push(QueuedPrompt("fresh-long", 900, 1.2))
+    q.push(QueuedPrompt("fresh-short", 10, 1.4))
+    # At 0.9 s "old" is the shortest prompt and has not missed its deadline: served first, as before.
+    assert q.ordered(0.9)[0].request_id == "old"
+    # At 1.5 s it waited past the 1 s deadline: the fresh prompts go first, shortest first, then "old".
+    assert [p.request_id for p in q.ordered(1.5)] == ["fresh-short", "fresh-long", "old"]
+    assert q.next_assignment(1.5, [IDLE]) == Assignment("fresh-short", "p0")
+    assert q.next_assignment(1.5, [IDLE]) == Assignment("fresh-long", "p0")
+    # Nothing timely is waiting: the late prompt is served, not dropped.
+    assert q.next_assignment(1.5, [IDLE]) == Assignment("old", "p0")
+    assert len(q) == 0
+
+
+def test_late_prompts_are_served_oldest_first_and_fifo_has_no_deadline() -> None:
+    q = queue(aging=5.0, late=1.0)
+    for name, tokens, arrival in (("a", 500, 0.0), ("b", 10, 0.5), ("c", 200, 0.2)):
+        q.push(QueuedPrompt(name, tokens, arrival))
+    assert [p.request_id for p in q.ordered(3.0)] == ["a", "c", "b"]
+    fifo = queue(Policy.FIFO, late=1.0)
+    fifo.push(QueuedPrompt("old", 10, 0.0))
+    fifo.push(QueuedPrompt("new", 10, 2.0))
+    assert fifo.next_assignment(2.0, [IDLE]) == Assignment("old", "p0")
+
+
+def _overload(late: float | None) -> tuple[dict[str, float], int]:
+    """One worker, one prompt at a time taking 0.4 s, a prompt every 0.2 s for 20 s (2x overload), then
+    the queue drains: each prompt's wait for dispatch, and how many were served."""
+    q = queue(aging=5.0, budget=1, late=late)
+    arrivals = [(round(i * 0.2, 10), f"r{i}") for i in range(100)]
+    now, waits, pending = 0.0, {}, list(arrivals)
+    arrived_at = dict((rid, t) for t, rid in arrivals)
+    while pending or len(q):
+        while pending and pending[0][0] <= now + 1e-9:
+            t, rid = pending.pop(0)
+            q.push(QueuedPrompt(rid, 10, t))
+        got = q.next_assignment(now, [IDLE])
+        if got is None:
+            now = pending[0][0]
+            continue
+        waits[got.request_id] = now - arrived_at[got.request_id]
+        now += 0.4
+    return waits, len(waits)
+
+
+def test_under_overload_the_deadline_serves_on_time_what_the_pool_can_and_loses_nothing() -> None:
+    """In arrival order (no deadline) a 2x overload makes every prompt after the first seconds late; with
+    the deadline the pool serves about its capacity on time (half the prompts) and the late ones after."""
+    deadline_s = 1.0
+    without, served_without = _overload(None)
+    with_deadline, served_with = _overload(deadline_s)
+    assert served_without == served_with == 100  # every prompt is served either way
+    on_time_without = sum(w <= deadline_s for w in without.values())
+    on_time_with = sum(w <= deadline_s for w in with_deadline.values())
+    assert on_time_without <= 10
+    assert on_time_with >= 45
+
+
 def test_no_workers_no_assignment_and_bad_config_rejected() -> None:
     q = queue()
     q.push(QueuedPrompt("r", 5, 0.0))
@@ -134,6 +199,8 @@ def test_no_workers_no_assignment_and_bad_config_rejected() -> None:
     assert len(q) == 1
     with pytest.raises(ValueError, match="positive"):
         SchedulerConfig(aging_seconds=0)
+    with pytest.raises(ValueError, match="late_seconds"):
+        SchedulerConfig(late_seconds=0.0)
 
 
 def test_aged_long_prompt_may_take_the_worker_kept_free_for_short_ones() -> None:
@@ -148,8 +215,10 @@ def _reference_assignment(q: PrefillQueue, now: float, workers: list[PrefillWork
     """The policy's definition, written plainly: walk `ordered(now)` and take the first prompt some
     worker it may use has room for (the least loaded one); an aged prompt that finds none reserves them."""
     reserved: set[str] = set()
+    late = q.config.late_seconds
     for item in q.ordered(now):
-        aged = now - item.arrival_seconds >= q.config.aging_seconds
+        waited = now - item.arrival_seconds
+        aged = waited >= q.config.aging_seconds or (late is not None and waited >= late)
         pool = [w for w in q._pool(item, workers, aged) if w.name not in reserved]
         fits = [w for w in pool if q._fits(item, w)]
         if fits:
@@ -171,23 +240,30 @@ def _reference_assignment(q: PrefillQueue, now: float, workers: list[PrefillWork
         max_size=4,
     ),
     now=st.floats(0.0, 15.0),
+    late=st.one_of(st.none(), st.floats(0.5, 8.0)),
+    step_s=st.sampled_from([0.0, 0.3, 1.1]),
 )
 def test_indexed_dispatch_equals_the_policys_definition(
     policy: Policy,
     prompts: list[tuple[int, float]],
     workers: list[tuple[Lane, int, int]],
     now: float,
+    late: float | None,
+    step_s: float,
 ) -> None:
     """The heaps the queue keeps (so the simulator can dispatch hundreds of thousands of prompts) pick
-    exactly what walking the whole ordered queue would, for every queue and worker state drawn."""
+    exactly what walking the whole ordered queue would, for every queue and worker state drawn, with and
+    without a dispatch deadline, as time moves on."""
     loads = [PrefillWorkerLoad(f"w{i}", lane, tokens, long) for i, (lane, tokens, long) in enumerate(workers)]
-    fast, plain = queue(policy, aging=5.0, long_tokens=1000), queue(policy, aging=5.0, long_tokens=1000)
+    fast = queue(policy, aging=5.0, long_tokens=1000, late=late)
+    plain = queue(policy, aging=5.0, long_tokens=1000, late=late)
     for i, (tokens, arrival) in enumerate(prompts):
         for q in (fast, plain):
             q.push(QueuedPrompt(f"r{i}", tokens, arrival))
-    for _ in range(len(prompts) + 1):
-        expected = _reference_assignment(plain, now, loads)
-        got = fast.next_assignment(now, loads)
+    for i in range(len(prompts) + 1):
+        at = now + i * step_s  # time moves on between dispatches: prompts age and miss their deadline
+        expected = _reference_assignment(plain, at, loads)
+        got = fast.next_assignment(at, loads)
         assert got == expected
         if expected is None:
             break

@@ -169,6 +169,14 @@ def worker(
     "--policy", type=click.Choice(["length-aware", "fifo"]), default="length-aware", show_default=True
 )
 @click.option("--aging-seconds", type=float, default=5.0, show_default=True)
+@click.option(
+    "--dispatch-deadline-seconds",
+    type=float,
+    default=None,
+    help="Length-aware: a prompt that waited this long can no longer meet the TTFT SLO and is served after "
+    "every prompt that still can (2/3 of the SLO is a good value). For a router without admission: with "
+    "--ttft-slo-seconds such prompts are answered 429 at their queue deadline instead.",
+)
 @click.option("--long-prompt-tokens", type=int, default=1024, show_default=True)
 @click.option("--prefill-token-budget", type=int, default=4096, show_default=True)
 @click.option("--max-model-len", type=int, default=None, help="Reject prompt + max_tokens above this.")
@@ -231,6 +239,7 @@ def router(
     k8s_port_name: str,
     policy: str,
     aging_seconds: float,
+    dispatch_deadline_seconds: float | None,
     long_prompt_tokens: int,
     prefill_token_budget: int,
     max_model_len: int | None,
@@ -273,6 +282,28 @@ def router(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    if dispatch_deadline_seconds is not None and not dispatch_deadline_seconds > 0:
+        raise click.UsageError(
+            f"--dispatch-deadline-seconds must be positive (2/3 of the TTFT SLO is a good value), "
+            f"got {dispatch_deadline_seconds:g}"
+        )
+    if dispatch_deadline_seconds is not None and admission is not None:
+        raise click.UsageError(
+            "--dispatch-deadline-seconds is for a router without admission: with --ttft-slo-seconds a "
+            "prompt that can no longer meet the SLO is answered 429 at its queue deadline; drop one of them"
+        )
+    try:
+        scheduler = SchedulerConfig(
+            policy=Policy(policy),
+            aging_seconds=aging_seconds,
+            long_prompt_tokens=long_prompt_tokens,
+            token_budget=prefill_token_budget,
+            late_seconds=dispatch_deadline_seconds,
+        )
+    except ValueError as exc:
+        raise click.UsageError(
+            f"--aging-seconds, --long-prompt-tokens, --prefill-token-budget: {exc}"
+        ) from exc
     options = RouterOptions(
         model=model,
         served_model_name=served_model_name,
@@ -282,12 +313,7 @@ def router(
         max_retries=max_retries,
         queue_timeout_seconds=queue_timeout_seconds,
         admission=admission,
-        scheduler=SchedulerConfig(
-            policy=Policy(policy),
-            aging_seconds=aging_seconds,
-            long_prompt_tokens=long_prompt_tokens,
-            token_budget=prefill_token_budget,
-        ),
+        scheduler=scheduler,
     )
     run_router(options, discovery)
 

@@ -10,14 +10,22 @@ Requests wait in one queue and are handed to prefill workers as they have room. 
 - an aging bound: a request that has waited `aging_seconds` jumps ahead of every younger one (oldest
   first) and, when it finds no room, reserves the workers it may use, so long prompts cannot starve;
 - long prompts (> `long_prompt_tokens`) never block short ones: they go to dedicated long-lane prefill
-  workers when there are any, else they may occupy at most all but one of the prefill workers.
-Under `fifo` (the baseline): arrival order, head of line, no lanes.
+  workers when there are any, else they may occupy at most all but one of the prefill workers;
+- with a dispatch deadline (`late_seconds`; the router's `--dispatch-deadline-seconds`, in the
+  simulator `DISPATCH_DEADLINE_SHARE_OF_TTFT` of the TTFT SLO), a prompt that has waited past it can
+  no longer meet the SLO (dispatched now, it still waits for the batch in progress and its own) and goes
+  after every prompt that still can (late prompts oldest first). In an overload (the minutes before new replicas start) the pool then serves on
+  time what it can, instead of serving every request a little late in arrival order; the late ones are
+  served as soon as the pool has room no timely prompt needs. A late prompt counts as aged (it may use
+  any shared worker and reserves the ones it may use).
+Under `fifo` (the baseline): arrival order, head of line, no lanes, no deadline.
 
 A worker has room when it holds no in-flight prompt or the in-flight tokens plus this prompt fit its
 token budget (the prefill worker batches what it holds under the same budget).
 
 `next_assignment` costs O(workers) per call plus O(log n) per prompt it looks at, not O(n log n): the
-order above is kept in three heaps (arrival order, short prompts by length, long prompts by length).
+order above is kept in four heaps (arrival order, short prompts by length, long prompts by length, late
+prompts by arrival; a prompt moves to the last when its deadline passes and leaves the others for good).
 Only aged prompts and one prompt per class are looked at, because a prompt that finds no room means
 every longer prompt of its class finds none either (the same workers, room being monotone in length).
 """
@@ -85,10 +93,22 @@ class SchedulerConfig:
     aging_seconds: float = 5.0
     long_prompt_tokens: int = 1024
     token_budget: int = 4096
+    # Waited this long, a prompt can no longer meet its TTFT SLO and goes last (length-aware only);
+    # None: no deadline, every prompt is served in the order above however late it already is.
+    late_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.aging_seconds <= 0 or self.long_prompt_tokens < 1 or self.token_budget < 1:
             raise ValueError("aging_seconds, long_prompt_tokens and token_budget must be positive")
+        if self.late_seconds is not None and not self.late_seconds > 0:
+            raise ValueError(f"late_seconds must be positive (or None: no deadline), got {self.late_seconds}")
+
+
+# The dispatch deadline as a share of the TTFT SLO: the rest is left for the batch a worker is running
+# when the prompt reaches it and for the prompt's own batch. Attainment is flat for shares 1/3 to 2/3
+# (steps, bursts and code shapes, seed 0, in the simulator) and falls above; 2/3 keeps the most slack for
+# short bursts in a pool that is not overloaded.
+DISPATCH_DEADLINE_SHARE_OF_TTFT = 2.0 / 3.0
 
 
 # Heap entries: (key..., insertion number, prompt); the insertion number makes ties deterministic.
@@ -109,6 +129,7 @@ class PrefillQueue:
         self._by_arrival: list[_ArrivalEntry] = []
         self._short: list[_LengthEntry] = []
         self._long: list[_LengthEntry] = []
+        self._late: list[_ArrivalEntry] = []  # past the deadline, by arrival; gone from the heaps above
         self._inserted = count()
 
     def __len__(self) -> int:
@@ -131,18 +152,27 @@ class PrefillQueue:
     def _live(self, item: QueuedPrompt) -> bool:
         return self._waiting.get(item.request_id) is item
 
+    def _is_late(self, item: QueuedPrompt, now_seconds: float) -> bool:
+        late = self.config.late_seconds
+        return late is not None and now_seconds - item.arrival_seconds >= late
+
     def _aged(self, item: QueuedPrompt, now_seconds: float) -> bool:
-        return now_seconds - item.arrival_seconds >= self.config.aging_seconds
+        waited = now_seconds - item.arrival_seconds
+        return waited >= self.config.aging_seconds or self._is_late(item, now_seconds)
 
     def ordered(self, now_seconds: float) -> list[QueuedPrompt]:
-        """Waiting prompts in the order the policy serves them (for inspection; dispatch does not sort)."""
+        """Waiting prompts in the order the policy serves them (for inspection; dispatch does not sort):
+        aged ones oldest first, then the others shortest first, then the late ones oldest first."""
         items = list(self._waiting.values())
         if self.config.policy is Policy.FIFO:
             return sorted(items, key=lambda q: q.arrival_seconds)
 
         def key(q: QueuedPrompt) -> tuple[int, float, float]:
-            aged = self._aged(q, now_seconds)
-            return (0, q.arrival_seconds, 0.0) if aged else (1, float(q.prompt_tokens), q.arrival_seconds)
+            if self._is_late(q, now_seconds):
+                return (2, q.arrival_seconds, 0.0)
+            if self._aged(q, now_seconds):
+                return (0, q.arrival_seconds, 0.0)
+            return (1, float(q.prompt_tokens), q.arrival_seconds)
 
         return sorted(items, key=key)
 
@@ -204,27 +234,11 @@ class PrefillQueue:
                 return None
             worker, _ = self._place(head, workers, False, set())
             return None if worker is None else self._assign(head, worker)
+        self._move_late(now_seconds)
         reserved: set[str] = set()
         # Aged prompts first, oldest first; each one that finds no room reserves its workers (once every
         # worker is reserved, nothing else can go).
-        skipped: list[_ArrivalEntry] = []
-        found: Assignment | None = None
-        while self._by_arrival and len(reserved) < len(workers):
-            entry = self._by_arrival[0]
-            item = entry[2]
-            if not self._live(item):
-                heapq.heappop(self._by_arrival)
-                continue
-            if not self._aged(item, now_seconds):
-                break
-            worker, pool = self._place(item, workers, True, reserved)
-            if worker is not None:
-                found = self._assign(item, worker)
-                break
-            reserved.update(w.name for w in pool)
-            skipped.append(heapq.heappop(self._by_arrival))
-        for entry in skipped:
-            heapq.heappush(self._by_arrival, entry)
+        found = self._oldest_placeable(self._by_arrival, now_seconds, workers, reserved)
         if found is not None or len(reserved) >= len(workers):
             return found
         # Then the shortest young prompt of each class; if it has no room, no longer one of its class has.
@@ -235,7 +249,44 @@ class PrefillQueue:
             worker, _ = self._place(item_or_none, workers, False, reserved)
             if worker is not None:
                 return self._assign(item_or_none, worker)
-        return None
+        # Last, the prompts past their deadline, oldest first, on the room no timely prompt could use.
+        return self._oldest_placeable(self._late, now_seconds, workers, reserved)
+
+    def _move_late(self, now_seconds: float) -> None:
+        """Move the prompts whose deadline has passed from the arrival heap to the late heap (they become
+        late in arrival order, so they are the arrival heap's head); the length heaps drop them lazily."""
+        late = self.config.late_seconds
+        if late is None:
+            return
+        while self._by_arrival and now_seconds - self._by_arrival[0][0] >= late:
+            entry = heapq.heappop(self._by_arrival)
+            if self._live(entry[2]):
+                heapq.heappush(self._late, entry)
+
+    def _oldest_placeable(
+        self, heap: list[_ArrivalEntry], now_seconds: float, workers: Sequence[WorkerLoad], reserved: set[str]
+    ) -> Assignment | None:
+        """Walk a heap's aged prompts oldest first and dispatch the first that finds room; each one that
+        finds none reserves the workers it may use (adding them to `reserved`)."""
+        skipped: list[_ArrivalEntry] = []
+        found: Assignment | None = None
+        while heap and len(reserved) < len(workers):
+            entry = heap[0]
+            item = entry[2]
+            if not self._live(item):
+                heapq.heappop(heap)
+                continue
+            if not self._aged(item, now_seconds):
+                break
+            worker, pool = self._place(item, workers, True, reserved)
+            if worker is not None:
+                found = self._assign(item, worker)
+                break
+            reserved.update(w.name for w in pool)
+            skipped.append(heapq.heappop(heap))
+        for entry in skipped:
+            heapq.heappush(heap, entry)
+        return found
 
     def _head(self, heap: list[_ArrivalEntry]) -> QueuedPrompt | None:
         while heap and not self._live(heap[0][2]):
@@ -243,12 +294,13 @@ class PrefillQueue:
         return heap[0][2] if heap else None
 
     def _shortest_young(self, heap: list[_LengthEntry], now_seconds: float) -> QueuedPrompt | None:
-        """The shortest live prompt of a class that has not aged (aged ones were served above)."""
+        """The shortest live prompt of a class that has not aged (aged ones were served above; late ones
+        leave this heap for good)."""
         aged: list[_LengthEntry] = []
         found: QueuedPrompt | None = None
         while heap:
             item = heap[0][3]
-            if not self._live(item):
+            if not self._live(item) or self._is_late(item, now_seconds):
                 heapq.heappop(heap)
                 continue
             if self._aged(item, now_seconds):
