@@ -229,7 +229,14 @@ def _provisioned_rate(
             (
                 forecast.arrival_rate_rps_upper,
                 f"load {forecast.arrival_rate_rps_upper:.2f} rps: forecast P{forecast.quantile * 100:g} at "
-                f"+{forecast.horizon_seconds:g}s by {forecast.model} (mean {forecast.arrival_rate_rps_mean:.2f})",
+                f"+{forecast.horizon_seconds:g}s by {forecast.model} (mean {forecast.arrival_rate_rps_mean:.2f}"
+                + (
+                    f"; its P{forecast.quantile * 100:g} of {forecast.arrival_rate_rps_upper_uncapped:.2f} capped "
+                    "at the history's peak"
+                    if forecast.arrival_rate_rps_upper_uncapped is not None
+                    else ""
+                )
+                + ")",
             )
         )
     if trend > 0:

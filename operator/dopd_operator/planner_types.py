@@ -153,6 +153,12 @@ class LoadForecast(_Frozen):
     quantile: float = Field(..., gt=0, lt=1, description="Quantile of the upper value.")
     arrival_rate_rps_mean: float = Field(..., ge=0, description="Point forecast.")
     arrival_rate_rps_upper: float = Field(..., ge=0, description="Upper-quantile forecast.")
+    arrival_rate_rps_upper_uncapped: float | None = Field(
+        None,
+        ge=0,
+        description="The forecaster's own upper quantile when it passed the history's peak rate and was "
+        "capped there (never below the point forecast); None when not capped.",
+    )
     input_tokens_mean_upper: float | None = Field(
         None, ge=0, description="Upper forecast of mean prompt tokens."
     )

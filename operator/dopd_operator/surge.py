@@ -71,6 +71,18 @@ def _window_means(values: FloatArray, buckets: int) -> FloatArray:
     return out
 
 
+def history_peak_rps(rates_rps: FloatArray, step_s: float, window_s: float) -> float | None:
+    """The highest rate of a history as the planner observes rates (means over the metrics window);
+    None when no window of it is known well enough. The planner's bound on the forecaster's upper
+    quantile (`tick.forecast_load`)."""
+    values = np.asarray(rates_rps, dtype=np.float64)
+    if len(values) == 0:
+        return None
+    level = _window_means(values, max(round(window_s / step_s), 1))
+    known = level[np.isfinite(level)]
+    return float(np.max(known)) if len(known) else None
+
+
 def _centred_times(buckets: int, step_s: float) -> FloatArray:
     """Bucket times (s) centred on the window's middle: the least-squares slope's abscissae."""
     out: FloatArray = (np.arange(buckets, dtype=np.float64) - (buckets - 1) / 2.0) * step_s

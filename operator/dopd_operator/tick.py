@@ -32,7 +32,7 @@ from dopd_operator.api import DisaggregatedModelSpec, ForecastModelName
 from dopd_operator.metrics.estimators import TREND_WINDOW_SECONDS
 from dopd_operator.planner import lead_time_seconds, plan
 from dopd_operator.planner_types import Decision, LoadForecast, Observation, PlannerState
-from dopd_operator.surge import SurgeHeadroom, surge_headroom
+from dopd_operator.surge import SurgeHeadroom, history_peak_rps, surge_headroom
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -140,13 +140,20 @@ def forecast_load(
     upper = float(result.upper)
     if not (math.isfinite(mean) and math.isfinite(upper)):
         return None, f"no forecast: {result.model} returned a non-finite value ({mean}, {upper})"
+    # Above the highest rate the history has seen, only the point forecast provisions: the upper
+    # quantile of a 10 s bucket widens with the jumps the model could not fit (the surge headroom is the
+    # planner's allowance for those) and with the bucket's own noise (the capacity model queues for the
+    # observed burstiness); a rise to a new high is the point forecast's and the trend guard's.
+    peak = history_peak_rps(recent.arrival_rate_rps, step_s, spec.metrics.window_seconds)
+    capped = upper if peak is None else max(min(upper, peak), mean)
     return (
         LoadForecast(
             model=str(result.model),
             horizon_seconds=float(result.horizon_s),
             quantile=float(result.quantile),
             arrival_rate_rps_mean=max(mean, 0.0),
-            arrival_rate_rps_upper=max(upper, mean, 0.0),
+            arrival_rate_rps_upper=max(capped, mean, 0.0),
+            arrival_rate_rps_upper_uncapped=max(upper, mean, 0.0) if capped < upper else None,
         ),
         None,
     )

@@ -10,7 +10,14 @@ from dopd_builders import T0, make_obs, make_spec
 from dopd_operator.planner import lead_time_seconds, plan
 from dopd_operator.planner_types import PlannerState
 from dopd_operator.surge import surge_headroom
-from dopd_operator.tick import FORECAST_STEP_SECONDS, LoadHistory, load_surge, make_forecaster, surge_quantile
+from dopd_operator.tick import (
+    FORECAST_STEP_SECONDS,
+    LoadHistory,
+    forecast_load,
+    load_surge,
+    make_forecaster,
+    surge_quantile,
+)
 
 STEP = 10.0
 LEAD = 150.0
@@ -122,3 +129,37 @@ def test_the_planner_adds_the_headroom_to_the_observed_rate() -> None:
     # no arrivals: nothing to add headroom to (the idle path sizes for no load)
     idle = plan(spec, make_obs(rate=0.0, isl=None, osl=None), None, PlannerState(), T0, surge)
     assert idle.capacity is not None and idle.capacity.load_rps == 0.0
+
+
+def test_the_forecasts_upper_quantile_stops_at_the_historys_peak() -> None:
+    """A load that switches between 100 and 180 rps every 5 minutes: the naive forecaster's upper quantile
+    carries the switches it cannot fit (180 + 80). The planner provisions up to the history's peak from
+    it, never above (the surge headroom is its allowance for jumps), and says so."""
+    spec = make_spec(forecast={"model": "naive", "historySeconds": 3600})
+    forecaster = make_forecaster(spec)
+    assert forecaster is not None
+    rates = np.tile(np.concatenate([np.full(30, 100.0), np.full(30, 180.0)]), 4)
+    history = LoadHistory(np.arange(len(rates)) * FORECAST_STEP_SECONDS, rates)
+    now_s = float(history.timestamps_s[-1])
+    forecast, problem = forecast_load(spec, history, forecaster, LEAD, now_s)
+    assert problem is None and forecast is not None
+    assert forecast.arrival_rate_rps_upper_uncapped is not None
+    assert forecast.arrival_rate_rps_upper_uncapped > 200.0  # the forecaster's own P90
+    assert forecast.arrival_rate_rps_upper == pytest.approx(180.0)  # the highest 60 s mean seen
+    decision = plan(spec, make_obs(rate=170.0, prefill=8, decode=8), forecast, PlannerState(), T0)
+    assert decision.capacity is not None and decision.capacity.load_rps == pytest.approx(180.0)
+    assert any("capped at the history's peak" in r for r in decision.reasons)
+
+
+def test_a_point_forecast_above_the_historys_peak_is_kept() -> None:
+    """A steady rise: the point forecast is above every rate seen so far, and the cap never takes the upper
+    quantile below it (a rise to a new high is the forecast's to announce)."""
+    spec = make_spec(forecast={"model": "holt-winters", "historySeconds": 3600})
+    forecaster = make_forecaster(spec)
+    assert forecaster is not None
+    rates = 50.0 + np.arange(240) * 0.5  # +3 rps a minute, 50 -> 170 rps
+    history = LoadHistory(np.arange(len(rates)) * FORECAST_STEP_SECONDS, rates)
+    forecast, problem = forecast_load(spec, history, forecaster, LEAD, float(history.timestamps_s[-1]))
+    assert problem is None and forecast is not None
+    assert forecast.arrival_rate_rps_mean > float(rates.max())
+    assert forecast.arrival_rate_rps_upper >= forecast.arrival_rate_rps_mean
