@@ -318,15 +318,21 @@ def _update_corrections(
     at (`Observation.latency_percentile`), not at the provisioning percentile. Dividing an observed P90
     by a predicted P99 would read a correct profile as too slow-to-fast and drive the factor to its floor.
 
-    Nothing is learned from what no factor within CORRECTION_BOUNDS explains, nor while a prefill
-    backlog stands (more than one TTFT SLO's worth of arrivals queued): the latencies of such windows,
-    and the decode flood when a backlog drains, are left by a load the pool was too small for, not by
-    the engine's speed. The queue term of the load drains the backlog; a slow engine shows again in the
-    windows after. The prefill factor also holds while the router sheds more than
-    MAX_SHED_SHARE_TO_LEARN of the arrivals, or the shed rate is unknown.
+    Nothing is learned from what no factor within CORRECTION_BOUNDS explains (except a decode pool
+    missing the TPOT SLO by more than the upper bound explains: its factor moves toward that bound), nor
+    while a prefill backlog stands (more than one TTFT SLO's worth of arrivals queued) and its prompts
+    are served late (observed TTFT above the SLO): the latencies of such windows, and the decode flood
+    when a backlog drains, are left by a load the pool was too small for, not by the engine's speed.
+    The queue term of the load drains the backlog; a slow engine shows again in the windows after. The
+    prefill factor also holds while the router sheds more than MAX_SHED_SHARE_TO_LEARN of the arrivals,
+    or the shed rate is unknown.
     """
     rate = observation.arrival_rate_rps or 0.0
-    if (observation.prefill_queue_depth or 0.0) > rate * spec.slo.ttft_seconds:
+    # A backlog whose prompts are served late: the latencies are the backlog's. (A router with a dispatch
+    # deadline serves the timely prompts first and keeps the late ones queued: there the first tokens
+    # of the window still tell the engine's speed.)
+    served_late = observation.ttft_seconds is None or observation.ttft_seconds > spec.slo.ttft_seconds
+    if (observation.prefill_queue_depth or 0.0) > rate * spec.slo.ttft_seconds and served_late:
         return state
     # The latencies are those of the load the engines were given, the served rate. While the router
     # sheds more than a trickle, or with the shed rate unknown, the prefill factor holds: solved at the
@@ -351,6 +357,11 @@ def _update_corrections(
         ratio = observation.tpot_seconds / predicted if predicted > 0 else 0.0
         if low <= ratio <= high:
             decode_factor += CORRECTION_SMOOTHING * (ratio - decode_factor)
+        elif ratio > high and observation.tpot_seconds > spec.slo.tpot_seconds:
+            # Past what any factor explains and missing the SLO: sequences wait for a slot in a pool too
+            # small for them, which no ratio measures. Move toward the bound (a bigger pool either way);
+            # the factor relearns the engine's speed once the TPOT is back within it.
+            decode_factor += CORRECTION_SMOOTHING * (high - decode_factor)
     return state.model_copy(
         update={"prefill_correction": round(prefill_factor, 4), "decode_correction": round(decode_factor, 4)}
     )

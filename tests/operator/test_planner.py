@@ -286,3 +286,28 @@ def test_an_observation_no_factor_explains_is_not_learned() -> None:
     than the profile would show (0.2 s): it is left alone rather than clamped to 2.0."""
     obs = make_obs(rate=20, prefill=3, decode=2, ttft_seconds=30.0)
     assert plan(make_spec(), obs, None, PlannerState(), T0).state.prefill_correction == 1.0
+
+
+def test_a_backlog_served_in_time_still_teaches_the_prefill_factor() -> None:
+    """A router with a dispatch deadline serves the timely prompts first and keeps the late ones queued:
+    600 prompts wait, yet the window's first tokens meet the SLO (P90 0.24 s on 2 replicas at 20 rps, an
+    engine 2x slower than the profile). Those latencies are the engine's, and the factor learns from them."""
+    obs = make_obs(rate=20, prefill=2, decode=2, ttft_seconds=0.24, prefill_queue_depth=600)
+    assert plan(make_spec(), obs, None, PlannerState(), T0).state.prefill_correction > 1.2
+
+
+def test_a_decode_pool_missing_its_slo_past_every_factor_grows_toward_the_bound() -> None:
+    """A TPOT of 0.4 s against a 50 ms SLO, far beyond what a 2x slower engine would show at the observed
+    batch: sequences wait for slots in a pool too small for them. The decode factor moves toward its
+    upper bound (a bigger pool), not left alone as an unexplained reading would be, and relearns the
+    engine's speed once TPOT is back within bounds."""
+    state = PlannerState()
+    slow = make_obs(rate=50, prefill=4, decode=2, tpot_seconds=0.4, decode_running=200)
+    first = plan(make_spec(), slow, None, state, T0)
+    assert first.state.decode_correction == pytest.approx(1.5)
+    plain = plan(make_spec(), make_obs(rate=150, prefill=4, decode=2), None, PlannerState(), T0)
+    grown = plan(make_spec(), make_obs(rate=150, prefill=4, decode=2), None, first.state, T0)
+    assert grown.raw_decode > plain.raw_decode
+    # Within the SLO, an unexplained reading still teaches nothing (a reading below the lower bound).
+    fast = make_obs(rate=50, prefill=4, decode=2, tpot_seconds=0.001, decode_running=200)
+    assert plan(make_spec(), fast, None, first.state, T0).state.decode_correction == pytest.approx(1.5)
