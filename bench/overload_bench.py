@@ -102,7 +102,14 @@ def run(
     trace: Trace, spec: DisaggregatedModelSpec, seed: int, admission: SimAdmissionConfig | None
 ) -> dict[str, Any]:
     """One replay under dopd's planner; the numbers the page reports."""
-    config = SimConfig(spec=spec, seed=seed, prefill_queue="length-aware", admission=admission)
+    # Without admission, the router's defaults: no dispatch deadline (docs/benchmarks/sim.md measures it).
+    config = SimConfig(
+        spec=spec,
+        seed=seed,
+        prefill_queue="length-aware",
+        admission=admission,
+        dispatch_deadline_share=None,
+    )
     policy = RecordingDopd()
     started = time.perf_counter()
     sim = Simulator(trace, policy, config)
@@ -239,7 +246,9 @@ def render(results: dict[str, Any]) -> str:
         "function the router calls, driven in simulated time by `dopd_sim.admission`), dopd's own planner",
         "sizing both pools. Goodput: requests meeting both SLOs per second of trace. A shed request (429 at",
         "entry) and an expired one (admitted, dropped from the queue when it can no longer meet the SLO)",
-        'count as misses; "admitted within SLO" counts the expired ones among the admitted.',
+        'count as misses; "admitted within SLO" counts the expired ones among the admitted. "No admission" is',
+        "the router's defaults (no `--dispatch-deadline-seconds` either: that option, which serves late prompts",
+        "last instead of shedding them, is measured in [sim.md](sim.md)).",
         "",
         "## GPU budget binding at twice the sustainable load",
         "",
