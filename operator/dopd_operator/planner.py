@@ -225,18 +225,18 @@ def _provisioned_rate(
     note = f" + {extra:.2f} rps {surge.describe()}" if surge is not None and extra > 0 else ""
     candidates = [(observed + extra, f"load {observed:.2f} rps observed{note}")]
     if forecast is not None:
+        uncapped = forecast.arrival_rate_rps_upper_uncapped
+        capped_note = (
+            f"; its P{forecast.quantile * 100:g} of {uncapped:.2f} capped at the history's peak"
+            if uncapped is not None
+            else ""
+        )
         candidates.append(
             (
                 forecast.arrival_rate_rps_upper,
                 f"load {forecast.arrival_rate_rps_upper:.2f} rps: forecast P{forecast.quantile * 100:g} at "
                 f"+{forecast.horizon_seconds:g}s by {forecast.model} (mean {forecast.arrival_rate_rps_mean:.2f}"
-                + (
-                    f"; its P{forecast.quantile * 100:g} of {forecast.arrival_rate_rps_upper_uncapped:.2f} capped "
-                    "at the history's peak"
-                    if forecast.arrival_rate_rps_upper_uncapped is not None
-                    else ""
-                )
-                + ")",
+                f"{capped_note})",
             )
         )
     if trend > 0:

@@ -5,7 +5,8 @@ asks, as the router's dispatch loop does, for the next (request, prefill worker)
 the simulated prefill replicas are the workers (`instances.PrefillInstance` carries the fields the policy
 reads). Length-aware (DOPD's shortest-prompt-first with the aging bound and the long-prompt rule) or
 FIFO, with the simulator's aging bound (`SimConfig.starvation_seconds`), token budget
-(`SimConfig.prefill_token_budget`, the prefill replica's own) and dispatch deadline (length-aware only). Callers: `cluster.Simulator`, `stepping`.
+(`SimConfig.prefill_token_budget`, the prefill replica's own) and dispatch deadline (length-aware
+only). Callers: `cluster.Simulator`, `stepping`.
 """
 
 from __future__ import annotations

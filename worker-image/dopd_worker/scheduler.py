@@ -14,9 +14,10 @@ Requests wait in one queue and are handed to prefill workers as they have room. 
 - with a dispatch deadline (`late_seconds`; the router's `--dispatch-deadline-seconds`, in the
   simulator `DISPATCH_DEADLINE_SHARE_OF_TTFT` of the TTFT SLO), a prompt that has waited past it can
   no longer meet the SLO (dispatched now, it still waits for the batch in progress and its own) and goes
-  after every prompt that still can (late prompts oldest first). In an overload (the minutes before new replicas start) the pool then serves on
-  time what it can, instead of serving every request a little late in arrival order; the late ones are
-  served as soon as the pool has room no timely prompt needs. A late prompt counts as aged (it may use
+  after every prompt that still can (late prompts oldest first). In an overload (the minutes before
+  new replicas start) the pool then serves on time what it can, instead of serving every request a
+  little late in arrival order; the late ones are served as soon as the pool has room no timely prompt
+  needs. A late prompt counts as aged (it may use
   any shared worker and reserves the ones it may use).
 Under `fifo` (the baseline): arrival order, head of line, no lanes, no deadline.
 
