@@ -8,8 +8,10 @@ import pytest
 
 from dopd_builders import T0, make_obs, make_spec
 from dopd_operator.api import Recommendation
-from dopd_operator.planner import plan
+from dopd_operator.capacity import CapacityModel, Workload
+from dopd_operator.planner import CORRECTION_BOUNDS, plan
 from dopd_operator.planner_types import LoadForecast, Observation, PlannerState, RoleObservation
+from dopd_operator.profile import resolve_profile
 
 
 def test_steady_load_gets_a_balanced_layout_with_reasons() -> None:
@@ -168,6 +170,22 @@ def test_correction_converges_to_the_slowdown_and_stays_within_its_bounds() -> N
         state = d.state
     assert state.prefill_correction == pytest.approx(2.0, abs=0.02)
     assert state.prefill_correction <= 2.0
+
+
+def test_a_profile_too_slow_heals_below_the_old_floor() -> None:
+    # The engine is 1.6x faster than its profile (prefill times x0.625). The observed P90 TTFT is what the
+    # capacity model predicts for that engine on this layout and load; the factor converges to 0.625,
+    # which the former floor of 0.8 kept out of reach (a profile 30% too slow kept 1.2x its GPUs).
+    spec, rate = make_spec(), 20.0
+    workload = Workload(rate, 1000.0, 2000.0, 200.0, 400.0)
+    model = CapacityModel(resolve_profile(spec.profile), spec.slo, workload)
+    observed = model.ttft_quantile_seconds(2, rate, 0.9, slowdown=0.625)
+    state = PlannerState()
+    for _ in range(20):
+        obs = make_obs(rate=rate, prefill=2, decode=2, isl=1000.0, osl=200.0, ttft_seconds=observed)
+        state = plan(spec, obs, None, state, T0).state
+    assert state.prefill_correction == pytest.approx(0.625, abs=0.02)
+    assert state.prefill_correction >= CORRECTION_BOUNDS[0]
 
 
 def test_state_round_trips_through_status_and_keeps_scale_down_window() -> None:
