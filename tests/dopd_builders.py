@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dopd_operator.api import DisaggregatedModelSpec
-from dopd_operator.planner_types import Observation, RoleObservation
+from dopd_operator.api import DisaggregatedModelSpec, ReadySince
+from dopd_operator.planner_types import Observation, PlannerState, RoleObservation
 
 T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 
@@ -54,4 +54,15 @@ def make_obs(
             90.0 if "ttft_seconds" in extra or "tpot_seconds" in extra else None,
         ),
         **extra,
+    )
+
+
+def settled_state(obs: Observation, **fields: Any) -> PlannerState:
+    """A planner state that has seen `obs`'s Ready counts for an hour before T0, so its corrections learn
+    from the latencies (a fresh state holds them for one metrics window)."""
+    since = T0 - timedelta(hours=1)
+    return PlannerState(
+        prefill_ready=ReadySince(count=obs.prefill.ready, since=since),
+        decode_ready=ReadySince(count=obs.decode.ready, since=since),
+        **fields,
     )

@@ -523,6 +523,13 @@ class Recommendation(ApiModel):
     decode: int = Field(..., ge=0, description="Recommended decode replicas.")
 
 
+class ReadySince(ApiModel):
+    """A role's Ready replica count and since when it has held it."""
+
+    count: int = Field(..., ge=0, description="Ready replicas.")
+    since: datetime = Field(..., description="When the planner first saw this count.")
+
+
 class PlannerStateStatus(ApiModel):
     """The planner's memory, kept in status so a restarted operator resumes without flapping."""
 
@@ -536,6 +543,16 @@ class PlannerStateStatus(ApiModel):
     )
     decode_correction: float = Field(
         1.0, description="Observed/predicted TPOT factor applied to the profile."
+    )
+    prefill_ready: ReadySince | None = Field(
+        None,
+        description="Ready prefill replicas and since when: the TTFT window a correction learns from must "
+        "have been measured on the current layout.",
+    )
+    decode_ready: ReadySince | None = Field(
+        None,
+        description="Ready decode replicas and since when: the TPOT window a correction learns from must "
+        "have been measured on the current layout.",
     )
 
 

@@ -23,7 +23,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from dopd_operator.api import DisaggregatedModelSpec, MetricsUnknownPolicy, Recommendation, ScalingMode
+from dopd_operator.api import (
+    DisaggregatedModelSpec,
+    MetricsUnknownPolicy,
+    ReadySince,
+    Recommendation,
+    ScalingMode,
+)
 from dopd_operator.capacity import CapacityModel, Workload
 from dopd_operator.planner_types import (
     CapacityEstimate,
@@ -104,7 +110,8 @@ def plan(
         observation = observation.model_copy(update={"input_tokens_mean": 0.0, "output_tokens_mean": 0.0})
 
     base_profile = resolve_profile(spec.profile)
-    state = _update_corrections(spec, observation, state, base_profile)
+    state, unsettled = _track_ready(spec, observation, state, now)
+    state = _update_corrections(spec, observation, state, base_profile, unsettled)
     profile = base_profile.scaled(
         state.prefill_correction * SERVICE_TIME_HEADROOM, state.decode_correction * SERVICE_TIME_HEADROOM
     )
@@ -124,6 +131,7 @@ def plan(
 
     raw = raw_at(rate_rps)
     reasons = [idle_reason or load_reason, *_capacity_reasons(model, raw, rate_rps, queue_rps, state)]
+    reasons.extend(unsettled.values())
     clamps: list[Clamp] = []
     shaped = apply_ratio_band(clamp_bounds(raw, spec, clamps), spec, clamps)
     target, sustained_rps = fit_budget(shaped, shaped_at, rate_rps, spec, clamps)
@@ -311,8 +319,43 @@ def _scale_down_window(
     )
 
 
+def _track_ready(
+    spec: DisaggregatedModelSpec, observation: Observation, state: PlannerState, now: datetime
+) -> tuple[PlannerState, dict[str, str]]:
+    """Record each role's Ready count and since when it has held; return the roles whose count changed
+    within the metrics window and that have a latency to learn from, with why their correction holds.
+
+    Like is compared with like: a latency percentile is measured over the metrics window, and a window
+    that saw a replica join or leave does not describe the current layout. Right after a scale-up the
+    window's TPOT was set by the fuller batches of the old, smaller pool (and the new replica starts
+    empty), while the prediction divides the running sequences over the new count: on the Azure trace
+    that read a right decode profile as 25-35% slow, and the pool grew a replica it did not need.
+    """
+    window_s = spec.metrics.window_seconds
+    update: dict[str, ReadySince] = {}
+    unsettled: dict[str, str] = {}
+    latencies = {"prefill": observation.ttft_seconds, "decode": observation.tpot_seconds}
+    for role in ("prefill", "decode"):
+        ready = observation.role(role).ready
+        seen: ReadySince | None = getattr(state, f"{role}_ready")
+        if seen is None or seen.count != ready:
+            seen = ReadySince(count=ready, since=now)
+            update[f"{role}_ready"] = seen
+        held_s = (now - seen.since).total_seconds()
+        if held_s < window_s and latencies[role] is not None:
+            unsettled[role] = (
+                f"{role} correction held: {ready} replica(s) Ready for {held_s:.0f}s, less than the "
+                f"{window_s:g}s window its latency is measured over"
+            )
+    return (state.model_copy(update=update) if update else state), unsettled
+
+
 def _update_corrections(
-    spec: DisaggregatedModelSpec, observation: Observation, state: PlannerState, base: PerformanceProfile
+    spec: DisaggregatedModelSpec,
+    observation: Observation,
+    state: PlannerState,
+    base: PerformanceProfile,
+    unsettled: dict[str, str],
 ) -> PlannerState:
     """Move the correction factors toward observed/predicted latency at the current layout.
 
@@ -327,7 +370,8 @@ def _update_corrections(
     when a backlog drains, are left by a load the pool was too small for, not by the engine's speed.
     The queue term of the load drains the backlog; a slow engine shows again in the windows after. The
     prefill factor also holds while the router sheds more than MAX_SHED_SHARE_TO_LEARN of the arrivals,
-    or the shed rate is unknown.
+    or the shed rate is unknown; and a role's factor holds while its Ready count changed within the
+    metrics window (`unsettled`, from `_track_ready`), except for the decode flood rule above.
     """
     rate = observation.arrival_rate_rps or 0.0
     # A backlog whose prompts are served late: the latencies are the backlog's. (A router with a dispatch
@@ -341,7 +385,12 @@ def _update_corrections(
     # demand, a shedding pool reads as a fast engine and the factor sinks toward its floor.
     served = observation.served_rate_rps
     shed = observation.shed_rate_rps
-    learns_prefill = served is not None and shed is not None and shed <= MAX_SHED_SHARE_TO_LEARN * rate
+    learns_prefill = (
+        served is not None
+        and shed is not None
+        and shed <= MAX_SHED_SHARE_TO_LEARN * rate
+        and "prefill" not in unsettled
+    )
     model = CapacityModel(base, spec.slo, _workload(observation, None, rate if served is None else served))
     prefill_factor, decode_factor = state.prefill_correction, state.decode_correction
     low, high = CORRECTION_BOUNDS
@@ -357,7 +406,7 @@ def _update_corrections(
         mean_batch = observation.decode_running / observation.decode.ready
         predicted = model.tpot_quantile_seconds(mean_batch, quantile)
         ratio = observation.tpot_seconds / predicted if predicted > 0 else 0.0
-        if low <= ratio <= high:
+        if low <= ratio <= high and "decode" not in unsettled:
             decode_factor += CORRECTION_SMOOTHING * (ratio - decode_factor)
         elif ratio > high and observation.tpot_seconds > spec.slo.tpot_seconds:
             # Past what any factor explains and missing the SLO: sequences wait for a slot in a pool too

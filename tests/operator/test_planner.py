@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from dopd_builders import T0, make_obs, make_spec
+from dopd_builders import T0, make_obs, make_spec, settled_state
 from dopd_operator.api import Recommendation
 from dopd_operator.capacity import CapacityModel, Workload
 from dopd_operator.planner import CORRECTION_BOUNDS, plan
@@ -104,7 +104,7 @@ def test_slow_observed_ttft_raises_the_prefill_correction() -> None:
     # Observing 0.124 s, the factor moves halfway from 1 to 1.4 (smoothing 0.5).
     spec = make_spec()
     obs = make_obs(rate=20, prefill=2, decode=2, ttft_seconds=0.124)
-    d = plan(spec, obs, None, PlannerState(), T0)
+    d = plan(spec, obs, None, settled_state(obs), T0)
     assert d.state.prefill_correction == pytest.approx(1.2, abs=0.005)
     uncorrected = plan(spec, make_obs(rate=20, prefill=2, decode=2), None, PlannerState(), T0)
     assert d.prefill >= uncorrected.prefill
@@ -120,7 +120,7 @@ def test_a_profile_that_matches_the_engine_keeps_its_corrections_at_one() -> Non
     inter-token latency with the step time at the mean batch (9.35 ms) drifts decode to 1.06."""
     spec = make_spec()
     obs = make_obs(rate=20, prefill=3, decode=2, ttft_seconds=0.0641, tpot_seconds=0.00989, decode_running=80)
-    state = PlannerState()
+    state = settled_state(obs)
     for _ in range(10):
         state = plan(spec, obs, None, state, T0).state
     assert state.prefill_correction == pytest.approx(1.0, abs=0.01)
@@ -138,9 +138,9 @@ def test_while_the_router_sheds_the_prefill_correction_holds() -> None:
     seen = {"ttft_seconds": 0.0641, "tpot_seconds": 0.0105, "decode_running": 80}
 
     def settled(rate: float, shed: float | None) -> PlannerState:
-        state = PlannerState()
+        obs = make_obs(rate=rate, prefill=3, decode=2, shed_rate_rps=shed, **seen)
+        state = settled_state(obs)
         for _ in range(10):
-            obs = make_obs(rate=rate, prefill=3, decode=2, shed_rate_rps=shed, **seen)
             state = plan(spec, obs, None, state, T0).state
         return state
 
@@ -151,7 +151,7 @@ def test_while_the_router_sheds_the_prefill_correction_holds() -> None:
         assert held.decode_correction > 1.03, shed
     # a trickle: the slow engine of the first correction test is still learned (1 -> about 1.2)
     trickle = make_obs(rate=20.2, prefill=2, decode=2, shed_rate_rps=0.2, ttft_seconds=0.124)
-    assert plan(spec, trickle, None, PlannerState(), T0).state.prefill_correction == pytest.approx(
+    assert plan(spec, trickle, None, settled_state(trickle), T0).state.prefill_correction == pytest.approx(
         1.2, abs=0.01
     )
 
@@ -164,10 +164,10 @@ def test_latencies_without_their_percentile_are_rejected() -> None:
 def test_correction_converges_to_the_slowdown_and_stays_within_its_bounds() -> None:
     # 0.24 s is about the P90 TTFT an engine 2x slower than the profile shows at 20 rps on 2 replicas: the
     # factor climbs to 2.0, its upper bound, and no further (a slower one would not be learned at all).
-    state = PlannerState()
+    obs = make_obs(rate=20, prefill=2, decode=2, ttft_seconds=0.24)
+    state = settled_state(obs)
     for _ in range(20):
-        d = plan(make_spec(), make_obs(rate=20, prefill=2, decode=2, ttft_seconds=0.24), None, state, T0)
-        state = d.state
+        state = plan(make_spec(), obs, None, state, T0).state
     assert state.prefill_correction == pytest.approx(2.0, abs=0.02)
     assert state.prefill_correction <= 2.0
 
@@ -180,12 +180,35 @@ def test_a_profile_too_slow_heals_below_the_old_floor() -> None:
     workload = Workload(rate, 1000.0, 2000.0, 200.0, 400.0)
     model = CapacityModel(resolve_profile(spec.profile), spec.slo, workload)
     observed = model.ttft_quantile_seconds(2, rate, 0.9, slowdown=0.625)
-    state = PlannerState()
+    obs = make_obs(rate=rate, prefill=2, decode=2, isl=1000.0, osl=200.0, ttft_seconds=observed)
+    state = settled_state(obs)
     for _ in range(20):
-        obs = make_obs(rate=rate, prefill=2, decode=2, isl=1000.0, osl=200.0, ttft_seconds=observed)
         state = plan(spec, obs, None, state, T0).state
     assert state.prefill_correction == pytest.approx(0.625, abs=0.02)
     assert state.prefill_correction >= CORRECTION_BOUNDS[0]
+
+
+def test_a_role_whose_ready_count_changed_holds_its_correction_for_one_window() -> None:
+    """A decode replica has just become Ready (2 -> 3): the window's TPOT was set by the fuller batches of
+    the old pool, while the prediction spreads the running sequences over three. The decode factor holds,
+    and says why, until the count has stood for the 60 s metrics window; the prefill pool, unchanged,
+    learns meanwhile. A fresh planner, which has not seen how long the counts stood, holds likewise."""
+    spec = make_spec()
+    before = make_obs(rate=20, prefill=2, decode=2, ttft_seconds=0.124, tpot_seconds=0.012, decode_running=90)
+    state = settled_state(before)
+    joined = before.model_copy(update={"decode": RoleObservation(current=3, ready=3)})
+    at_once = plan(spec, joined, None, state, T0)
+    assert at_once.state.decode_correction == 1.0
+    assert at_once.state.prefill_correction == pytest.approx(1.2, abs=0.005)
+    assert any(r.startswith("decode correction held: 3 replica(s) Ready for 0s") for r in at_once.reasons)
+    later = plan(spec, joined, None, at_once.state, T0 + timedelta(seconds=30))
+    assert later.state.decode_correction == 1.0
+    settled = plan(spec, joined, None, later.state, T0 + timedelta(seconds=60))
+    assert settled.state.decode_correction > 1.1
+    assert not any("correction held" in r for r in settled.reasons)
+    fresh = plan(spec, before, None, PlannerState(), T0)
+    assert (fresh.state.prefill_correction, fresh.state.decode_correction) == (1.0, 1.0)
+    assert plan(spec, before, None, fresh.state, T0 + timedelta(seconds=60)).state.prefill_correction > 1.1
 
 
 def test_state_round_trips_through_status_and_keeps_scale_down_window() -> None:
@@ -295,7 +318,7 @@ def test_a_backlog_teaches_the_corrections_nothing() -> None:
     40 s P90 TTFT is the backlog's, not a slow engine's. Dividing it by the predicted 0.07 s would drive
     the prefill factor to its 2.0 bound and double the pool after the backlog is gone."""
     obs = make_obs(rate=20, prefill=3, decode=2, ttft_seconds=40.0, prefill_queue_depth=600)
-    d = plan(make_spec(), obs, None, PlannerState(), T0)
+    d = plan(make_spec(), obs, None, settled_state(obs), T0)
     assert (d.state.prefill_correction, d.state.decode_correction) == (1.0, 1.0)
 
 
@@ -303,7 +326,7 @@ def test_an_observation_no_factor_explains_is_not_learned() -> None:
     """Without a backlog, a 30 s P90 TTFT at 20 rps on 3 replicas is more than even an engine 2x slower
     than the profile would show (0.2 s): it is left alone rather than clamped to 2.0."""
     obs = make_obs(rate=20, prefill=3, decode=2, ttft_seconds=30.0)
-    assert plan(make_spec(), obs, None, PlannerState(), T0).state.prefill_correction == 1.0
+    assert plan(make_spec(), obs, None, settled_state(obs), T0).state.prefill_correction == 1.0
 
 
 def test_a_backlog_served_in_time_still_teaches_the_prefill_factor() -> None:
@@ -311,7 +334,7 @@ def test_a_backlog_served_in_time_still_teaches_the_prefill_factor() -> None:
     600 prompts wait, yet the window's first tokens meet the SLO (P90 0.24 s on 2 replicas at 20 rps, an
     engine 2x slower than the profile). Those latencies are the engine's, and the factor learns from them."""
     obs = make_obs(rate=20, prefill=2, decode=2, ttft_seconds=0.24, prefill_queue_depth=600)
-    assert plan(make_spec(), obs, None, PlannerState(), T0).state.prefill_correction > 1.2
+    assert plan(make_spec(), obs, None, settled_state(obs), T0).state.prefill_correction > 1.2
 
 
 def test_a_decode_pool_missing_its_slo_past_every_factor_grows_toward_the_bound() -> None:
@@ -319,8 +342,8 @@ def test_a_decode_pool_missing_its_slo_past_every_factor_grows_toward_the_bound(
     batch: sequences wait for slots in a pool too small for them. The decode factor moves toward its
     upper bound (a bigger pool), not left alone as an unexplained reading would be, and relearns the
     engine's speed once TPOT is back within bounds."""
-    state = PlannerState()
     slow = make_obs(rate=50, prefill=4, decode=2, tpot_seconds=0.4, decode_running=200)
+    state = settled_state(slow)
     first = plan(make_spec(), slow, None, state, T0)
     assert first.state.decode_correction == pytest.approx(1.5)
     plain = plan(make_spec(), make_obs(rate=150, prefill=4, decode=2), None, PlannerState(), T0)
