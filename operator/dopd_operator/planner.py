@@ -216,7 +216,10 @@ def _provisioned_rate(
     no_forecast_why: str | None = None,
 ) -> tuple[float, str]:
     """The rate to provision for: the highest of the observed rate, the forecast's upper quantile at
-    the lead time, and the observed rate extrapolated along its current rise over that lead time. The
+    the lead time, and the observed rate extrapolated along its current rise over that lead time (the
+    rise beyond one standard error of the slope a load with no trend shows at the observed burstiness:
+    the slope of a noisy flat load is positive half the time, and extrapolated over a lead time it
+    had provisioned the Azure trace's plateaus 5-8% high). The
     surge headroom (`surge.py`: the upper quantile of how far the load rose, within a lead time, above
     both the observed rate and its extrapolation) is added to the observed rate only: not to the
     extrapolation, which while a rise is under way carries it forward for a whole lead time and so
@@ -229,7 +232,9 @@ def _provisioned_rate(
     """
     observed = observation.arrival_rate_rps or 0.0
     lead_seconds = lead_time_seconds(spec, observation)
-    trend = max(observation.arrival_rate_trend_rps_per_s or 0.0, 0.0)
+    slope = observation.arrival_rate_trend_rps_per_s or 0.0
+    noise = observation.arrival_rate_trend_noise_rps_per_s or 0.0  # unknown: the whole slope counts
+    trend = max(slope - noise, 0.0)
     extrapolated = observed + trend * lead_seconds
     extra = surge.rps if surge is not None and observed > 0 else 0.0
     note = f" + {extra:.2f} rps {surge.describe()}" if surge is not None and extra > 0 else ""
@@ -253,8 +258,8 @@ def _provisioned_rate(
         candidates.append(
             (
                 extrapolated,
-                f"load {extrapolated:.2f} rps: rising {trend * 60:.1f} rps/min, extrapolated over the "
-                f"{lead_seconds:g}s lead time",
+                f"load {extrapolated:.2f} rps: rising {slope * 60:.1f} rps/min, {trend * 60:.1f} of it "
+                f"beyond the rate's noise, extrapolated over the {lead_seconds:g}s lead time",
             )
         )
     rate, reason = max(candidates, key=lambda c: c[0])

@@ -53,6 +53,13 @@ class Observation(_Frozen):
     arrival_rate_trend_rps_per_s: float | None = Field(
         None, description="Slope of the arrival rate over the recent past (PromQL deriv), rps per second."
     )
+    arrival_rate_trend_noise_rps_per_s: float | None = Field(
+        None,
+        ge=0,
+        description="Standard error of that slope under the observed burstiness (what a load with no "
+        "trend shows); the trend guard extrapolates only the rise beyond it. None: unknown (the whole "
+        "slope is extrapolated).",
+    )
     arrival_scv: float | None = Field(
         None,
         ge=0,

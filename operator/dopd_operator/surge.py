@@ -7,10 +7,11 @@ trend guard); the forecaster adds its own upper quantile. This module measures, 
 history the forecaster is fitted on, how wrong the simple predictors have been: for every past moment
 `t` whose lead time has been seen in full,
 
-    residual(t) = max over (t, t + lead] of rate  -  max(rate(t), rate(t) + max(slope(t), 0) * lead)
+    residual(t) = max over (t, t + lead] of rate  -  max(rate(t), rate(t) + max(slope(t) - noise(t), 0) * lead)
 
 (rates as the planner observes them: means over the metrics window; slope the least-squares slope
-over the trend window). The headroom is the upper quantile of those residuals, at the quantile the
+over the trend window, noise its standard error for a load with no trend at that rate and the observed
+burstiness, `estimators.slope_noise_rps_per_s`: the trend guard extrapolates only the rise beyond it). The headroom is the upper quantile of those residuals, at the quantile the
 capacity model provisions for (the higher of the SLO percentile and the attainment target, see
 `tick.surge_quantile`), less what the rate's own noise explains, floored at zero: `predictor +
 headroom` covered the load of the next lead time in that share of the past. It is additive (rps): a
@@ -34,6 +35,8 @@ from statistics import NormalDist
 
 import numpy as np
 import numpy.typing as npt
+
+from dopd_operator.metrics.estimators import slope_noise_rps_per_s
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -128,7 +131,11 @@ def surge_headroom(
     trend_buckets = max(round(trend_s / step_s), 2)
     level = _window_means(values, window)
     slope = _window_slopes(values, trend_buckets, step_s)  # as the observation's trend
-    predicted = level + np.maximum(slope, 0.0) * lead_s  # NaN (skipped) where either is unknown
+    x = _centred_times(trend_buckets, step_s)
+    spread = float(np.sum(x * x))
+    # The trend guard's own rule: only the rise beyond the slope's noise at that level is extrapolated.
+    slope_noise = slope_noise_rps_per_s(level, arrival_scv, step_s, spread)
+    predicted = level + np.maximum(slope - slope_noise, 0.0) * lead_s  # NaN (skipped) where unknown
     # The peak of the window means over the next `ahead` buckets, for each moment that has them all.
     future = np.lib.stride_tricks.sliding_window_view(level[1:], ahead)  # row i: level[i+1 .. i+ahead]
     with np.errstate(invalid="ignore"):
@@ -139,8 +146,7 @@ def surge_headroom(
     # buckets c2*r/(step * sum(x^2)); a residual (a window mean ahead minus the mean and the slope
     # extrapolated over the lead time) so has variance about c2*r*(2/W + lead^2/(step*sum(x^2))).
     # Its upper `quantile` under that noise alone is discounted from each rise.
-    x = _centred_times(trend_buckets, step_s)
-    per_rate = 2.0 / (window * step_s) + lead_s**2 / (step_s * float(np.sum(x * x)))
+    per_rate = 2.0 / (window * step_s) + lead_s**2 / (step_s * spread)
     z = NormalDist().inv_cdf(quantile)
     noise = z * np.sqrt(max(arrival_scv, 0.0) * np.maximum(level[: len(peak)], 0.0) * per_rate)
     residuals = peak - predicted[: len(peak)] - noise

@@ -148,6 +148,7 @@ class ObservationBuilder:
             shed_rate_rps=shed,
             arrival_scv=arrivals.scv,
             arrival_rate_trend_rps_per_s=arrivals.trend_rps_per_s,
+            arrival_rate_trend_noise_rps_per_s=arrivals.trend_noise_rps_per_s,
             input_tokens_mean=inputs.mean,
             input_tokens_p90=inputs.quantile,
             output_tokens_mean=outputs.mean,

@@ -131,6 +131,32 @@ def test_the_planner_adds_the_headroom_to_the_observed_rate() -> None:
     assert idle.capacity is not None and idle.capacity.load_rps == 0.0
 
 
+def test_the_trend_guard_extrapolates_only_the_rise_beyond_the_rates_noise() -> None:
+    """A slope within one standard error of what a flat load shows is not a rise: 180 rps with a slope
+    of 2 rps/min against a noise of 2.1 rps/min is sized as 180. A steeper one is extrapolated by what
+    exceeds the noise, and the reason says how much of it counted; with the noise unknown, all of it."""
+    spec = make_spec()
+    lead = lead_time_seconds(spec)
+
+    def load(slope: float, noise: float | None) -> float:
+        obs = make_obs(
+            rate=180.0,
+            prefill=8,
+            decode=5,
+            arrival_rate_trend_rps_per_s=slope,
+            arrival_rate_trend_noise_rps_per_s=noise,
+        )
+        decision = plan(spec, obs, None, PlannerState(), T0)
+        assert decision.capacity is not None
+        if decision.capacity.load_rps > 180.0:
+            assert "rising" in decision.reasons[0] and "beyond the rate's noise" in decision.reasons[0]
+        return decision.capacity.load_rps
+
+    assert load(2.0 / 60, 2.1 / 60) == pytest.approx(180.0)
+    assert load(6.0 / 60, 2.0 / 60) == pytest.approx(180.0 + 4.0 / 60 * lead)
+    assert load(6.0 / 60, None) == pytest.approx(180.0 + 6.0 / 60 * lead)
+
+
 def test_the_forecasts_upper_quantile_stops_at_the_historys_peak() -> None:
     """A load that switches between 100 and 180 rps every 5 minutes: the naive forecaster's upper quantile
     carries the switches it cannot fit (180 + 80). The planner provisions up to the history's peak from

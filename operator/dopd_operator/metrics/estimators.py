@@ -221,12 +221,27 @@ def least_squares_slope(times_s: FloatArray, values: FloatArray) -> float:
     return float(np.dot(centred, values - np.mean(values))) / spread if spread > 0 else math.nan
 
 
+def slope_noise_rps_per_s(
+    rates_rps: FloatArray, scv: float, bin_seconds: float, spread_s2: float
+) -> FloatArray:
+    """Standard error of the least-squares slope of a rate read in bins of `bin_seconds`, for arrivals
+    at each of `rates_rps` with dispersion `scv` (1 for Poisson) and no trend: a bin's rate has variance
+    scv * rate / bin, so the slope has scv * rate / (bin * spread), `spread` the sum of the squared
+    centred bin times. The trend guard extrapolates only the rise beyond it (`planner._provisioned_rate`,
+    and `surge.surge_headroom` for every past moment)."""
+    if bin_seconds <= 0 or spread_s2 <= 0:
+        return np.zeros_like(rates_rps)
+    out: FloatArray = np.sqrt(max(scv, 0.0) * np.maximum(rates_rps, 0.0) / (bin_seconds * spread_s2))
+    return out
+
+
 @dataclass(frozen=True)
 class ArrivalSummary:
     rate_rps: float | None
     scv: float | None
     trend_rps_per_s: float | None
     problems: tuple[str, ...]
+    trend_noise_rps_per_s: float | None = None  # the trend's standard error under `scv`; None: unknown
 
 
 def _dispersion(
@@ -320,6 +335,7 @@ def summarize_arrivals(
     # just started, whose first bins read as a rise and would be extrapolated over the lead time.
     bins = int(trend_seconds / width + 1e-9) if covered_s >= trend_seconds - width else 0
     trend: float | None = None
+    noise: float | None = None
     if covered_s < trend_seconds - width:
         problems.append(
             f"arrival trend: {covered_s:.0f} s of data, the {trend_seconds:g} s trend window needed"
@@ -327,8 +343,12 @@ def summarize_arrivals(
     elif bins >= MIN_TREND_BINS:
         edges = end_s - width * np.arange(bins, -1, -1, dtype=np.float64)
         per_bin = np.diff(arrivals_until(sources, edges))
-        slope = least_squares_slope((edges[1:] + edges[:-1]) / 2.0, per_bin / width)
+        centres = (edges[1:] + edges[:-1]) / 2.0
+        slope = least_squares_slope(centres, per_bin / width)
         trend = slope if math.isfinite(slope) else None
+        if trend is not None and scv is not None:
+            spread = float(np.sum((centres - np.mean(centres)) ** 2))
+            noise = float(slope_noise_rps_per_s(np.array([rate]), scv, width, spread)[0])
     else:
         problems.append(f"arrival trend: {bins} intervals in the trend window, {MIN_TREND_BINS} needed")
-    return ArrivalSummary(rate, scv, trend, tuple(problems))
+    return ArrivalSummary(rate, scv, trend, tuple(problems), noise)

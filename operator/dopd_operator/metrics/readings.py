@@ -318,6 +318,7 @@ def build_observation(
         shed_rate_rps=shed_rps,
         arrival_scv=arrivals.scv,
         arrival_rate_trend_rps_per_s=arrivals.trend_rps_per_s,
+        arrival_rate_trend_noise_rps_per_s=arrivals.trend_noise_rps_per_s,
         input_tokens_mean=input_mean,
         input_tokens_p90=input_p90,
         output_tokens_mean=output_mean,

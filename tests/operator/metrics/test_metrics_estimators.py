@@ -22,6 +22,7 @@ from dopd_operator.metrics.estimators import (
     histogram_from_values,
     least_squares_slope,
     min_rate_coverage_seconds,
+    slope_noise_rps_per_s,
     summarize_arrivals,
     summarize_histogram,
 )
@@ -164,6 +165,25 @@ def test_summarize_arrivals_rate_burstiness_and_trend() -> None:
     # the ramp itself is the only variance over the window: var of 0.5*k over 30 bins / mean
     assert summary.scv == pytest.approx(float(np.var(counts[-30:], ddof=1) / np.mean(counts[-30:])))
     assert summary.problems == ()
+
+
+def test_the_trend_noise_is_the_spread_of_slopes_a_flat_load_shows() -> None:
+    """Flat Poisson arrivals at 180 rps in 1 s bins, read over the 120 s trend window many times: the
+    reported noise is the standard deviation of the slopes they show (what the trend guard discounts),
+    and it scales with the burstiness (a dispersion of 4 doubles it)."""
+    rng = np.random.default_rng(11)
+    slopes, noises = [], []
+    for _ in range(400):
+        counts = rng.poisson(180.0, size=180).astype(np.float64)
+        summary = summarize_arrivals([Intervals.bins(counts, 0.0, 1.0)], window_seconds=60.0)
+        assert summary.trend_rps_per_s is not None and summary.trend_noise_rps_per_s is not None
+        slopes.append(summary.trend_rps_per_s)
+        noises.append(summary.trend_noise_rps_per_s)
+    assert float(np.std(slopes)) == pytest.approx(float(np.mean(noises)), rel=0.12)
+    assert float(np.mean(noises)) == pytest.approx(math.sqrt(180.0 * 12 / (120**3 - 120)), rel=0.05)
+    spread = float(np.sum((np.arange(120) - 59.5) ** 2))
+    doubled = slope_noise_rps_per_s(np.array([180.0]), 4.0, 1.0, spread)
+    assert float(doubled[0]) == pytest.approx(2 * math.sqrt(180.0 / spread))
 
 
 @pytest.mark.parametrize(

@@ -94,6 +94,7 @@ HEALTHY = {
     "shed_rate_rps": 0.5,
     "arrival_scv": 0.0,  # a perfectly steady counter: no dispersion at all (Poisson would be 1)
     "arrival_rate_trend_rps_per_s": 0.0,
+    "arrival_rate_trend_noise_rps_per_s": 0.0,  # no dispersion, no noise
     "input_tokens_mean": 1500.0,  # 15000 / 10, from _sum, not from the buckets (1536)
     "input_tokens_p90": 1024.0 + 1024.0 * 0.9,
     "output_tokens_mean": 200.0,
@@ -183,19 +184,34 @@ def _replace(
         ),
         pytest.param(
             _without("dopd_requests_arrived_total"),
-            {"arrival_rate_rps", "arrival_scv", "arrival_rate_trend_rps_per_s"},
+            {
+                "arrival_rate_rps",
+                "arrival_scv",
+                "arrival_rate_trend_rps_per_s",
+                "arrival_rate_trend_noise_rps_per_s",
+            },
             'arrival rate: no series of dopd_requests_arrived_total{role=~"router"}',
             id="no-arrival-counter",
         ),
         pytest.param(
             _replace("dopd_requests_arrived_total", "router-0", [*steady(5.0)[:120], math.nan]),
-            {"arrival_rate_rps", "arrival_scv", "arrival_rate_trend_rps_per_s"},
+            {
+                "arrival_rate_rps",
+                "arrival_scv",
+                "arrival_rate_trend_rps_per_s",
+                "arrival_rate_trend_noise_rps_per_s",
+            },
             'arrival rate: dopd_requests_arrived_total{role=~"router"} has NaN or infinite samples on router-0',
             id="nan-counter",
         ),
         pytest.param(
             _replace("dopd_requests_arrived_total", "router-0", steady(5.0), end=NOW - 60),
-            {"arrival_rate_rps", "arrival_scv", "arrival_rate_trend_rps_per_s"},
+            {
+                "arrival_rate_rps",
+                "arrival_scv",
+                "arrival_rate_trend_rps_per_s",
+                "arrival_rate_trend_noise_rps_per_s",
+            },
             'arrival rate: dopd_requests_arrived_total{role=~"router"} is stale: newest sample 60 s old',
             id="stale-counter",
         ),
