@@ -7,12 +7,14 @@ trend guard); the forecaster adds its own upper quantile. This module measures, 
 history the forecaster is fitted on, how wrong the simple predictors have been: for every past moment
 `t` whose lead time has been seen in full,
 
-    residual(t) = max over (t, t + lead] of rate  -  max(rate(t), rate(t) + max(slope(t) - noise(t), 0) * lead)
+    residual(t) = max over (t, t + lead] of rate
+                  -  max(rate(t), rate(t) + max(slope(t) - noise(t), 0) * lead)
 
 (rates as the planner observes them: means over the metrics window; slope the least-squares slope
-over the trend window, noise its standard error for a load with no trend at that rate and the observed
-burstiness, `estimators.slope_noise_rps_per_s`: the trend guard extrapolates only the rise beyond it). The headroom is the upper quantile of those residuals, at the quantile the
-capacity model provisions for (the higher of the SLO percentile and the attainment target, see
+over the trend window, noise its standard error for a load with no trend at that rate and the
+observed burstiness, `estimators.slope_noise_rps_per_s`: the trend guard extrapolates only the rise
+beyond it). The headroom is the upper quantile of those residuals, at the quantile the capacity model
+provisions for (the higher of the SLO percentile and the attainment target, see
 `tick.surge_quantile`), less what the rate's own noise explains, floored at zero: `predictor +
 headroom` covered the load of the next lead time in that share of the past. It is additive (rps): a
 surge is extra traffic arriving on top of the standing load, and a rise measured at one level is not
@@ -20,9 +22,9 @@ scaled up at a higher one. The planner adds it to the observed rate (`planner._p
 
 On a smooth load (a diurnal cycle, a trend) the trend guard covers the rises and what is left is the
 rate's noise, which is discounted, so the headroom stays near zero; a load that jumps leaves residuals
-as large as its jumps,
-held for as long as the jumps stay in the history window (`forecast.historySeconds`). Nothing here is
-tuned on a trace: the window, the trend window, the lead time and the quantile are the planner's own.
+as large as its jumps, held for as long as the jumps stay in the history window
+(`forecast.historySeconds`). Nothing here is tuned on a trace: the window, the trend window, the lead
+time and the quantile are the planner's own.
 
 Pure: numpy only. Caller: `dopd_operator.tick.run_tick`, which hands the result to `planner.plan`.
 """
