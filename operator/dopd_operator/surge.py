@@ -145,12 +145,13 @@ def surge_headroom(
     # What the rate's own fluctuation explains is not a surge: the capacity model already queues for
     # arrivals as bursty as observed. For a renewal process at rate r with inter-arrival SCV c2, a
     # bucket's rate has variance c2*r/step, a window mean c2*r/W, and the least-squares slope over n
-    # buckets c2*r/(step * sum(x^2)); a residual (a window mean ahead minus the mean and the slope
-    # extrapolated over the lead time) so has variance about c2*r*(2/W + lead^2/(step*sum(x^2))).
-    # Its upper `quantile` under that noise alone is discounted from each rise.
-    per_rate = 2.0 / (window * step_s) + lead_s**2 / (step_s * spread)
+    # buckets `slope_noise`^2 = c2*r/(step * sum(x^2)); a residual (a window mean ahead minus the mean
+    # and the slope extrapolated over the lead time) so has variance about 2*c2*r/W + (lead *
+    # slope_noise)^2. Its upper `quantile` under that noise alone is discounted from each rise.
     z = NormalDist().inv_cdf(quantile)
-    noise = z * np.sqrt(max(arrival_scv, 0.0) * np.maximum(level[: len(peak)], 0.0) * per_rate)
+    seen = len(peak)
+    means_variance = 2.0 * max(arrival_scv, 0.0) * np.maximum(level[:seen], 0.0) / (window * step_s)
+    noise = z * np.sqrt(means_variance + (lead_s * slope_noise[:seen]) ** 2)
     residuals = peak - predicted[: len(peak)] - noise
     residuals = residuals[np.isfinite(residuals)]
     if len(residuals) == 0:
