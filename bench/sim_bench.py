@@ -7,6 +7,7 @@ Llama-3-8B on H100 (`llama3-8b-h100`), SLO TTFT 1.5 s / TPOT 50 ms at P90, a 99%
     python bench/sim_bench.py --seeds 3       # the same with 3 seeds per trace (the page says so)
     python bench/sim_bench.py --quick         # 2 seeds of 10-minute slices, to check the script itself
     python bench/sim_bench.py --render-only   # rewrite docs/benchmarks/sim.md and README from results.json
+    python bench/sim_bench.py --rerun mooncake --why "..."  # only those rows, stamped apart
 
 Writes docs/benchmarks/sim/results.json (every run), the generated part of docs/benchmarks/sim.md and the
 README's results block (between its markers), both stamped with the commit they ran at. Met/not-met is
@@ -251,9 +252,11 @@ def speed(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def run_everything(quick: bool, jobs: int, only: set[str] | None, seeds: tuple[int, ...]) -> dict[str, Any]:
+def run_everything(
+    quick: bool, jobs: int, only: set[str] | None, seeds: tuple[int, ...], extras_too: bool = True
+) -> dict[str, Any]:
     """Every scenario and seed (a scenario's first seed before its others, which reuse its tuning),
-    then the extras, with `jobs` worker processes."""
+    then the extras (unless `extras_too` is False), with `jobs` worker processes."""
     scenarios = [s for s in SCENARIOS if only is None or s.name in only]
     raw: dict[str, Any] = {"suite": {s.name: [] for s in scenarios}}
     with ProcessPoolExecutor(max_workers=jobs) as pool:
@@ -261,14 +264,15 @@ def run_everything(quick: bool, jobs: int, only: set[str] | None, seeds: tuple[i
             pool.submit(suite_job, s, seeds[0], quick, None): s for s in scenarios
         }
         extras: list[tuple[str, Future[dict[str, Any]]]] = []
-        extras += [("cold-start", pool.submit(cold_start_job, seed, quick)) for seed in seeds]
-        extras += [
-            ("wrong-profile", pool.submit(wrong_profile_job, s, seed, quick))
-            for s in SCENARIOS
-            if s.name in WRONG_PROFILE_SCENARIOS
-            for seed in seeds
-        ]
-        extras.append(("demo", pool.submit(demo_job, quick)))
+        if extras_too:
+            extras += [("cold-start", pool.submit(cold_start_job, seed, quick)) for seed in seeds]
+            extras += [
+                ("wrong-profile", pool.submit(wrong_profile_job, s, seed, quick))
+                for s in SCENARIOS
+                if s.name in WRONG_PROFILE_SCENARIOS
+                for seed in seeds
+            ]
+            extras.append(("demo", pool.submit(demo_job, quick)))
         while pending:
             done = next(f for f in _as_completed(pending))
             scenario = pending.pop(done)
@@ -286,8 +290,31 @@ def run_everything(quick: bool, jobs: int, only: set[str] | None, seeds: tuple[i
             raw.setdefault(name, []).append(future.result())
     for rows in raw["suite"].values():
         rows.sort(key=lambda r: r["seed"])
-    raw["demo"] = raw["demo"][0]
-    raw["speed"] = speed(quick)
+    if extras_too:
+        raw["demo"] = raw["demo"][0]
+        raw["speed"] = speed(quick)
+    return raw
+
+
+def rerun(names: set[str], why: str, jobs: int) -> dict[str, Any]:
+    """results.json with the suite rows of `names` replaced by a run at this commit (the published
+    number of seeds, nothing else rerun), each replacement stamped in meta["reruns"] with `why`: for a
+    change that leaves every other scenario's decisions as they were, at a fraction of a full run."""
+    raw: dict[str, Any] = json.loads(RESULTS.read_text(encoding="utf-8"))
+    unknown = names - {s.name for s in SCENARIOS}
+    if unknown:
+        raise SystemExit(f"--rerun: no scenario named {', '.join(sorted(unknown))}")
+    if raw["meta"].get("quick"):
+        raise SystemExit("--rerun: results.json is a --quick run; rerun everything instead")
+    fresh = run_everything(False, jobs, names, SEEDS[: raw["meta"]["seeds"]], extras_too=False)
+    raw["suite"].update(fresh["suite"])
+    reruns = [r for r in raw["meta"].get("reruns", []) if r["scenario"] not in names]
+    now = stamp()
+    reruns += [
+        {"scenario": name, "commit": now["commit"], "dirty": now["dirty"], "date": now["date"], "why": why}
+        for name in sorted(names)
+    ]
+    raw["meta"]["reruns"] = reruns
     return raw
 
 
@@ -458,8 +485,19 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated scenario names (a partial run; renders only those)")
     parser.add_argument("--fidelity", action="store_true", help="also run the real-worker fidelity check")
     parser.add_argument("--render-only", action="store_true", help="rewrite the pages from results.json")
+    parser.add_argument(
+        "--rerun",
+        help="comma-separated scenario names: rerun only their suite rows into results.json, stamped "
+        "apart (for a change that leaves every other scenario's decisions as they were; say why)",
+    )
+    parser.add_argument("--why", help="with --rerun: why the other scenarios stand (shown on the page)")
     args = parser.parse_args()
-    if args.render_only:
+    if args.rerun:
+        if not args.why:
+            parser.error("--rerun needs --why: say why the other scenarios' numbers still stand")
+        raw = rerun(set(args.rerun.split(",")), args.why, args.jobs)
+        RESULTS.write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
+    elif args.render_only:
         raw = json.loads(RESULTS.read_text(encoding="utf-8"))
     else:
         for relative in (AZURE_CONV_2023, MOONCAKE_SYNTHETIC):

@@ -48,6 +48,13 @@ def _positive(name: str) -> Any:
     "--osl-p90", type=float, callback=_positive("--osl-p90"), help="P90 output tokens (default: --osl)."
 )
 @click.option(
+    "--prefix-cache-hit-rate",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Share of prompt tokens served from the prefix cache (vLLM prefix_cache_hits/queries).",
+)
+@click.option(
     "--forecast-rate",
     type=float,
     callback=_positive("--forecast-rate"),
@@ -67,6 +74,7 @@ def plan(
     osl: float,
     isl_p90: float | None,
     osl_p90: float | None,
+    prefix_cache_hit_rate: float,
     forecast_rate: float | None,
     current_prefill: int | None,
     current_decode: int | None,
@@ -93,6 +101,7 @@ def plan(
         input_tokens_p90=isl_p90 if isl_p90 is not None else isl,
         output_tokens_mean=osl,
         output_tokens_p90=osl_p90 if osl_p90 is not None else osl,
+        prefix_cache_hit_rate=prefix_cache_hit_rate,
         prefill=RoleObservation(current=prefill_now, ready=prefill_now),
         decode=RoleObservation(current=decode_now, ready=decode_now),
     )

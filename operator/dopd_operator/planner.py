@@ -130,7 +130,12 @@ def plan(
         return apply_ratio_band(clamp_bounds(raw_at(rate), spec, None), spec, None)
 
     raw = raw_at(rate_rps)
-    reasons = [idle_reason or load_reason, *_capacity_reasons(model, raw, rate_rps, queue_rps, state)]
+    reasons = [
+        idle_reason or load_reason,
+        *_capacity_reasons(
+            model, raw, rate_rps, queue_rps, state, observation.prefix_cache_hit_rate is not None
+        ),
+    ]
     reasons.extend(unsettled.values())
     clamps: list[Clamp] = []
     shaped = apply_ratio_band(clamp_bounds(raw, spec, clamps), spec, clamps)
@@ -376,7 +381,11 @@ def _update_corrections(
     The queue term of the load drains the backlog; a slow engine shows again in the windows after. The
     prefill factor also holds while the router sheds more than MAX_SHED_SHARE_TO_LEARN of the arrivals,
     or the shed rate is unknown; and a role's factor holds while its Ready count changed within the
-    metrics window (`unsettled`, from `_track_ready`), except for the decode flood rule above.
+    metrics window (`unsettled`, from `_track_ready`), except for the decode flood rule above. Nor does
+    the prefill factor learn from a TTFT percentile that no pool size reaches (the prompts there take
+    longer than the SLO alone: `prefill_feasible_share` below it): that percentile is the longest prompts'
+    own prefill time, where a prefix cache saves most (a long prompt is mostly a cached conversation), and
+    a factor fitted to it misjudges the prompts that can meet the SLO, which attainment is made of.
     """
     rate = observation.arrival_rate_rps or 0.0
     # A backlog whose prompts are served late: the latencies are the backlog's. (A router with a dispatch
@@ -400,7 +409,13 @@ def _update_corrections(
     prefill_factor, decode_factor = state.prefill_correction, state.decode_correction
     low, high = CORRECTION_BOUNDS
     quantile = (observation.latency_percentile or 0.0) / 100.0
-    if observation.ttft_seconds is not None and observation.prefill.ready > 0 and learns_prefill and served:
+    if (
+        observation.ttft_seconds is not None
+        and observation.prefill.ready > 0
+        and learns_prefill
+        and served
+        and model.prefill_feasible_share >= quantile  # a percentile some pool size reaches
+    ):
         # Solved, not divided: near saturation the TTFT is far from proportional to the prefill time.
         wanted = model.prefill_slowdown(
             observation.prefill.ready, served, quantile, observation.ttft_seconds, CORRECTION_BOUNDS
@@ -491,7 +506,12 @@ def _metrics_unknown(
 
 
 def _capacity_reasons(
-    model: CapacityModel, raw: Layout, rate_rps: float, queue_rps: float, state: PlannerState
+    model: CapacityModel,
+    raw: Layout,
+    rate_rps: float,
+    queue_rps: float,
+    state: PlannerState,
+    hit_rate_known: bool,
 ) -> list[str]:
     w = model.workload
     reasons = [
@@ -502,6 +522,8 @@ def _capacity_reasons(
                 f" ({100 * w.prefix_cache_hit_rate:.0f}% prefix-cache hits)"
                 if w.prefix_cache_hit_rate > 0
                 else ""
+                if hit_rate_known
+                else " (prefix-cache hit rate unknown: sized as no hits)"
             )
             + f" ({model.prefill_rps_per_replica:.2f} rps per replica); {raw.prefill} replica(s) keep "
             f"{model.percentile_q * 100:g}% of prompts within TTFT {model.slo.ttft_seconds:g}s"

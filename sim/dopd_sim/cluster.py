@@ -374,7 +374,6 @@ class Simulator:
     def _tick_input(self, now_s: float, warm_start: bool = False) -> TickInput:
         observation = self.observer.observe(now_s, self, warm_start=warm_start)
         stamps, rates = self.observer.arrival_history(now_s)
-        window_s = self.config.window_seconds
         return TickInput(
             now_s,
             observation,
@@ -384,7 +383,6 @@ class Simulator:
             self.config,
             self.profile,
             self._prefill_utilization(now_s),
-            None if warm_start else self.prefix_cache_hit_rate(now_s - window_s, now_s),
             lambda seconds: interval_averages(self.log, self.trace, now_s - seconds, now_s),
         )
 

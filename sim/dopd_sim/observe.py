@@ -14,6 +14,9 @@ production.
   output tokens - 1 gaps at its mean gap (the simulator does not time single tokens).
 - Shed rate: the router's `dopd_requests_rejected_total` + `dopd_requests_expired_total` over the
   window (requests turned away at entry or expired in its queue, and prompts no decode replica holds).
+- Prefix-cache hit rate: the prefill workers' `dopd_prefix_cache_hits_total` over
+  `dopd_prefix_cache_queries_total` in the window: the simulated cache's hits where the trace carries
+  block hashes (`prefix_cache`), else 0 (every prompt looked up, none hit, as the worker counts them).
 - Queue depth, KV usage and running sequences: gauges read at the tick.
 Nothing here looks past `now` except the warm start, which shows every policy the first window of
 load (arrivals and their lengths) so all of them start from a sized cluster.
@@ -143,12 +146,16 @@ class ObservationBuilder:
             shed = turned_away / span_s
         problems.extend(s.problem for s in (inputs, outputs, ttft, tpot) if s.problem)
         prefill, decode = self._roles(sim.current_layout(), sim.ready_counts(), sim)
+        hit_rate: float | None = None
+        if not warm_start:
+            hit_rate = sim.prefix_cache_hit_rate(start, now_s) if sim.prefix_cache is not None else 0.0
         return Observation(
             arrival_rate_rps=arrivals.rate_rps,
             shed_rate_rps=shed,
             arrival_scv=arrivals.scv,
             arrival_rate_trend_rps_per_s=arrivals.trend_rps_per_s,
             arrival_rate_trend_noise_rps_per_s=arrivals.trend_noise_rps_per_s,
+            prefix_cache_hit_rate=hit_rate,
             input_tokens_mean=inputs.mean,
             input_tokens_p90=inputs.quantile,
             output_tokens_mean=outputs.mean,

@@ -49,6 +49,7 @@ SGLANG_FAMILIES = {
     ("sglang:prompt_tokens", "counter"),
     ("sglang:generation_tokens", "counter"),
     ("sglang:num_requests", "counter"),
+    ("sglang:cached_tokens", "counter"),
 }
 
 
@@ -127,6 +128,7 @@ def test_sglang_accounting_per_role() -> None:
     # It got the request at arrival too: its TTFT includes the 0.1 s prefill.
     assert value(metrics, "sglang:time_to_first_token_seconds_sum", **decode) == pytest.approx(0.2)
     assert value(metrics, "sglang:inter_token_latency_seconds_count", **decode) == 30
+    assert value(metrics, "sglang:cached_tokens_total", cache_source="device", **prefill) == 0
 
 
 def worker_families(role: str) -> dict[tuple[str, str], list[str]]:
@@ -177,6 +179,9 @@ def test_dopd_accounting_per_role() -> None:
     # nothing turned away: the router's shed counters are there, at zero (the operator's served rate)
     assert value(metrics, "dopd_requests_rejected_total", **router) == 0
     assert value(metrics, "dopd_requests_expired_total", **router) == 0
+    # every prompt looked up in the prefix cache, none hit: the operator reads a measured 0
+    assert value(metrics, "dopd_prefix_cache_queries_total", **prefill) == 600
+    assert value(metrics, "dopd_prefix_cache_hits_total", **prefill) == 0
 
 
 def test_negotiation_matches_each_engine() -> None:

@@ -93,6 +93,18 @@ def test_plan_rejects_negative_rate() -> None:
     assert out.returncode != 0 and "--rate" in out.stderr and "must be >= 0" in out.stderr
 
 
+def test_plan_credits_a_prefix_cache_hit_rate_and_rejects_one_out_of_range() -> None:
+    args = ("plan", "-f", str(EXAMPLE), "--rate", "60", "--isl", "4000", "--osl", "100", "--json")
+    cold = json.loads(dopd(*args).stdout)
+    warm = dopd(*args, "--prefix-cache-hit-rate", "0.6")
+    assert warm.returncode == 0, warm.stderr
+    decision = json.loads(warm.stdout)
+    assert decision["prefill"] < cold["prefill"]  # 60% of the prompt tokens are not computed
+    assert any("60% prefix-cache hits" in r for r in decision["reasons"])
+    bad = dopd(*args, "--prefix-cache-hit-rate", "1.5")
+    assert bad.returncode != 0 and "--prefix-cache-hit-rate" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_crds_prints_the_committed_crd() -> None:
     out = dopd("crds")
     assert out.returncode == 0

@@ -127,6 +127,42 @@ def test_a_profile_that_matches_the_engine_keeps_its_corrections_at_one() -> Non
     assert state.decode_correction == pytest.approx(1.0, abs=0.01)
 
 
+def test_a_ttft_percentile_no_pool_reaches_teaches_the_prefill_correction_nothing() -> None:
+    """Prompts mean 15k / P90 45k tokens, as on the Mooncake trace: the P90 prompt alone takes longer than
+    the 1.5 s TTFT SLO, so the observed P90 TTFT is the longest prompts' own prefill time (shortened by a
+    prefix cache that favours them), not the pool's. Fitted to it, the factor sinks to its floor and the
+    pool is sized too small for the prompts that can meet the SLO; it holds instead. The same observation
+    with a P90 some pool reaches still teaches it."""
+    spec = make_spec()
+    model = CapacityModel(
+        resolve_profile(spec.profile), spec.slo, Workload(8.0, 15_000.0, 45_000.0, 200.0, 400.0)
+    )
+    assert model.prefill_feasible_share < 0.9  # the P90 prompt cannot meet the SLO on any pool
+    # what an engine 0.6x the profile's prefill time shows at P90 on 40 replicas: explained by a factor
+    observed = model.ttft_quantile_seconds(40, 8.0, 0.9, slowdown=0.6)
+    assert model.prefill_slowdown(40, 8.0, 0.9, observed, CORRECTION_BOUNDS) == pytest.approx(0.6, rel=0.01)
+    far = make_obs(rate=8, isl=15_000, isl_p90=45_000, prefill=40, decode=5, ttft_seconds=observed)
+    assert plan(spec, far, None, settled_state(far), T0).state.prefill_correction == 1.0
+    near = make_obs(rate=20, prefill=2, decode=2, ttft_seconds=0.124)
+    assert plan(spec, near, None, settled_state(near), T0).state.prefill_correction > 1.1
+
+
+def test_the_decision_says_whether_the_prefix_cache_hit_rate_is_known() -> None:
+    spec = make_spec()
+    unknown = " ".join(plan(spec, make_obs(rate=20), None, PlannerState(), T0).reasons)
+    assert "prefix-cache hit rate unknown: sized as no hits" in unknown
+    hits = plan(spec, make_obs(rate=20, prefix_cache_hit_rate=0.4), None, PlannerState(), T0)
+    assert "(40% prefix-cache hits)" in " ".join(hits.reasons)
+    none = " ".join(
+        plan(spec, make_obs(rate=20, prefix_cache_hit_rate=0.0), None, PlannerState(), T0).reasons
+    )
+    assert "prefix-cache" not in none
+    assert (
+        hits.prefill
+        <= plan(spec, make_obs(rate=20, prefix_cache_hit_rate=0.0), None, PlannerState(), T0).prefill
+    )
+
+
 def test_while_the_router_sheds_the_prefill_correction_holds() -> None:
     """Demand 40 rps, of which the router sheds 20: the engines serve the 20 rps of the matched-profile
     case above and show its P90 TTFT. Read as the demand's latency, an engine that holds 40 rps at that

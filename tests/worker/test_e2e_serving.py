@@ -224,6 +224,14 @@ def test_metrics_have_the_names_the_operator_reads(serving: Proc, cluster: Clust
     assert transferred and float(transferred[0].split()[-1]) > 0
     prefill_text = httpx.get(f"{by_name['prefill'].url}/metrics", timeout=10).text
     assert "dopd_time_to_first_token_seconds_count{" in prefill_text and 'role="prefill"' in prefill_text
+    # the prefix-cache counters the operator's hit rate reads: every prompt token looked up, none hit
+    counters = {
+        line.split("{")[0]: float(line.split()[-1])
+        for line in prefill_text.splitlines()
+        if line.startswith(("dopd_prefix_cache_queries_total{", "dopd_prefix_cache_hits_total{"))
+    }
+    assert counters["dopd_prefix_cache_queries_total"] > 0, prefill_text
+    assert counters["dopd_prefix_cache_hits_total"] == 0.0, prefill_text
 
 
 def test_request_no_prefill_worker_takes_fails_with_503_after_the_queue_timeout(cluster: Cluster) -> None:

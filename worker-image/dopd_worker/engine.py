@@ -249,6 +249,7 @@ class PrefillEngine(EngineThread):
             if error is None:
                 self.metrics.ttft_seconds.labels(**labels).observe(time.monotonic() - job.arrival_seconds)
                 self.metrics.prompt_tokens_total.labels(**labels).inc(len(job.prompt))
+                self.metrics.prefix_cache_queries_total.labels(**labels).inc(len(job.prompt))
                 self.metrics.prompt_tokens.labels(**labels).observe(len(job.prompt))
                 self.metrics.status("ok")
             else:

@@ -11,6 +11,10 @@ Every series carries `role` (prefill | decode | router) and `model`. Semantics (
   the operator's arrival rate, i.e. the demand, where `dopd_requests_total` counts completions),
   `dopd_requests_rejected_total{reason,priority}` (shed by admission at entry) and
   `dopd_requests_expired_total{priority}` (admitted, then dropped from the queue at its deadline);
+- prefix cache (prefill): counters `dopd_prefix_cache_queries_total` (prompt tokens looked up) and
+  `dopd_prefix_cache_hits_total` (of those, tokens served from the cache), the operator's hit rate. The
+  worker has no prefix cache yet: it looks every prompt up and never hits, and says so by counting
+  (a measured 0, where a missing series would be unknown). both exist at zero from a prefill worker's start;
 - drain and KV hand-over (docs/drain.md): gauges `dopd_kv_transfers_pending` (prefill: accepted and not yet
   acknowledged by the decode side; decode: receives posted and not complete), `dopd_draining` (1 while
   draining) and `dopd_drain_in_flight_requests`; counters `dopd_kv_transfers_unconfirmed_total` (sent,
@@ -86,6 +90,8 @@ class Metrics:
     draining: Gauge
     drain_in_flight_requests: Gauge
     drain_aborted_requests_total: Counter
+    prefix_cache_queries_total: Counter
+    prefix_cache_hits_total: Counter
 
     def status(self, status: str) -> None:
         self.requests_total.labels(role=self.role, model=self.model, status=status).inc()
@@ -169,5 +175,14 @@ def create_metrics(role: str, model: str) -> Metrics:
             "dopd_drain_aborted_requests",
             "Requests ended with an error because the drain timeout passed before they finished.",
         ),
+        prefix_cache_queries_total=counter(
+            "dopd_prefix_cache_queries", "Prompt tokens looked up in the prefix cache (prefill)."
+        ),
+        prefix_cache_hits_total=counter(
+            "dopd_prefix_cache_hits", "Prompt tokens served from the prefix cache (prefill)."
+        ),
     )
+    if role == "prefill":  # exposed at zero from the start: a missing series reads as unknown
+        m.prefix_cache_queries_total.labels(role=role, model=model)
+        m.prefix_cache_hits_total.labels(role=role, model=model)
     return m

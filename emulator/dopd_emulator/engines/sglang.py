@@ -64,6 +64,10 @@ OUTPUT_LENGTH = Family(
 PROMPT_TOKENS = Family("sglang:prompt_tokens_total", "counter", "Number of prefill tokens processed.")
 OUTPUT_TOKENS = Family("sglang:generation_tokens_total", "counter", "Number of generation tokens processed.")
 REQUESTS = Family("sglang:num_requests_total", "counter", "Number of requests processed.")
+# by cache_source (device/host/storage); the emulator models no prefix sharing: "device" stays at 0
+CACHED_TOKENS = Family(
+    "sglang:cached_tokens_total", "counter", "Number of cached prompt tokens by source (device/host/storage)."
+)
 
 _SCHEDULER = (QUEUED, RUNNING, TOKEN_USAGE, CACHE_HIT_RATE, QUEUE_TIME)
 
@@ -79,6 +83,7 @@ class SglangRecorder(EngineRecorder):
         PROMPT_TOKENS,
         OUTPUT_TOKENS,
         REQUESTS,
+        CACHED_TOKENS,
     )
 
     def families_for(self, role: str) -> tuple[Family, ...]:
@@ -88,6 +93,8 @@ class SglangRecorder(EngineRecorder):
         labels = {"model_name": self.scheme.model, self.scheme.role_label: role}
         if family in _SCHEDULER:
             labels.update(tp_rank="0", pp_rank="0")
+        if family is CACHED_TOKENS:
+            labels.update(cache_source="device")
         return labels
 
     def _finished(self, pod: str, prompt_tokens: int, output_tokens: int) -> None:

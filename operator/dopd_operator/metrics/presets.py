@@ -13,6 +13,7 @@ Where each field comes from (docs/metrics.md has the PromQL and the reasons):
 | decode running | `dopd_requests_running` decode | `vllm:num_requests_running` decode | `sglang:num_running_reqs` decode |
 | TTFT at the SLO percentile, attainment | `dopd_time_to_first_token_seconds` router (end to end) | `vllm:time_to_first_token_seconds` prefill (queue + prefill) | `sglang:time_to_first_token_seconds` prefill |
 | TPOT at the SLO percentile, attainment | `dopd_inter_token_latency_seconds` router | `vllm:inter_token_latency_seconds` decode (`vllm:time_per_output_token_seconds` fallback) | `sglang:inter_token_latency_seconds` decode |
+| prefix-cache hit rate (prompt tokens served from the cache / looked up) | `dopd_prefix_cache_hits_total` / `dopd_prefix_cache_queries_total` prefill | `vllm:prefix_cache_hits_total` / `vllm:prefix_cache_queries_total` prefill | `sglang:cached_tokens_total` / `sglang:prompt_tokens_total` prefill |
 | shed rate (requests the router turned away) | `dopd_requests_rejected_total` + `dopd_requests_expired_total` router | 0: arrivals are counted at the engines | 0: likewise |
 
 Three queries per batch of models (`Batch`: models whose queries differ only in label values):
@@ -78,6 +79,17 @@ class LengthRead:
 
 
 @dataclass(frozen=True)
+class PrefixCacheRead:
+    """The prefill pool's prefix-cache hit rate over the window: the increase of `hits` (prompt tokens
+    served from the cache) over that of `queries` (prompt tokens looked up), summed over `role`'s pods.
+    Optional: when unknown, prefill is sized as if nothing hits (the pool errs large)."""
+
+    role: RoleName
+    hits: str
+    queries: str
+
+
+@dataclass(frozen=True)
 class EnginePreset:
     engine: Engine
     default_role_label: str
@@ -90,6 +102,7 @@ class EnginePreset:
     output_tokens: LengthRead
     ttft: HistogramRead
     tpot: HistogramRead
+    prefix_cache: PrefixCacheRead
     # the router's counters of requests it turned away (shed at entry, expired in its queue): their
     # increase is the shed rate; none where arrivals are counted at the engines, which see only what
     # was admitted (the shed rate is then 0 by construction)
@@ -134,6 +147,9 @@ DOPD = EnginePreset(
     output_tokens=LengthRead(HistogramRead("dopd_generation_tokens", "decode")),
     ttft=HistogramRead("dopd_time_to_first_token_seconds", "router"),
     tpot=HistogramRead("dopd_inter_token_latency_seconds", "router"),
+    prefix_cache=PrefixCacheRead(
+        "prefill", "dopd_prefix_cache_hits_total", "dopd_prefix_cache_queries_total"
+    ),
     shed=("dopd_requests_rejected_total", "dopd_requests_expired_total"),
 )
 
@@ -152,6 +168,9 @@ VLLM = EnginePreset(
     ttft=HistogramRead("vllm:time_to_first_token_seconds", "prefill"),
     tpot=HistogramRead(
         "vllm:inter_token_latency_seconds", "decode", fallback="vllm:time_per_output_token_seconds"
+    ),
+    prefix_cache=PrefixCacheRead(
+        "prefill", "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"
     ),
 )
 
@@ -175,6 +194,8 @@ SGLANG = EnginePreset(
     ),
     ttft=HistogramRead("sglang:time_to_first_token_seconds", "prefill"),
     tpot=HistogramRead("sglang:inter_token_latency_seconds", "decode"),
+    # cached_tokens_total carries cache_source (device/host/storage): the sum is every cached token
+    prefix_cache=PrefixCacheRead("prefill", "sglang:cached_tokens_total", "sglang:prompt_tokens_total"),
 )
 
 PRESETS: dict[Engine, EnginePreset] = {p.engine: p for p in (DOPD, VLLM, SGLANG)}
@@ -297,6 +318,10 @@ def query_set(
                 parts.append(
                     (f"{key}.totals/{part}", f"sum by ({by}) (increase({chosen.render([family])}[{window}]))")
                 )
+    prefix = preset.prefix_cache
+    for part, family in (("hits", prefix.hits), ("queries", prefix.queries)):
+        chosen = selector(prefix.role)
+        parts.append((f"prefix/{part}", f"sum by ({by}) (increase({chosen.render([family])}[{window}]))"))
     for family in preset.shed:  # one part each: increase() drops the name, so two families in one
         # selector collide on the same labels and Prometheus refuses the whole query (HTTP 422)
         shed = selector("router").render([family])

@@ -226,6 +226,34 @@ class _Reader:
             total += increase
         return total / self.queries.window_seconds
 
+    def prefix_cache_hit_rate(self) -> float | None:
+        """Prompt tokens served from the prefix cache over those looked up in the window; None (with a
+        problem line) when a counter is missing or broken, None without one when nothing was looked up."""
+        read = self.queries.preset.prefix_cache
+        amounts: list[float] = []
+        for part, family in (("hits", read.hits), ("queries", read.queries)):
+            name = self._name(family, read.role)
+            increase = self.aggregates.scalars.get(f"prefix/{part}")
+            if increase is None:
+                self.problems.append(
+                    f"prefix-cache hit rate: no series of {name}: prefill is sized as no hits"
+                )
+                return None
+            if not math.isfinite(increase) or increase < 0:
+                self.problems.append(f"prefix-cache hit rate: the increase of {name} is {increase:g}")
+                return None
+            amounts.append(increase)
+        hits, queries = amounts
+        if queries == 0:
+            return None  # no prompt looked up in the window: nothing to measure
+        if hits > queries * (1 + 1e-9):
+            self.problems.append(
+                f"prefix-cache hit rate: {self._name(read.hits, read.role)} grew more ({hits:g}) than "
+                f"{self._name(read.queries, read.role)} ({queries:g}): the counters disagree"
+            )
+            return None
+        return min(hits / queries, 1.0)
+
     def arrivals(self) -> ArrivalSummary:
         read = self.queries.preset.arrival
         pieces: list[tuple[bool, list[_Series]]] = []
@@ -313,12 +341,14 @@ def build_observation(
     kv_usage = reader.gauge("decode KV usage", preset.kv_usage, upper=1.0)
     running = reader.gauge("decode running", preset.running)
     shed_rps = reader.shed_rate()
+    hit_rate = reader.prefix_cache_hit_rate()
     return Observation(
         arrival_rate_rps=arrivals.rate_rps,
         shed_rate_rps=shed_rps,
         arrival_scv=arrivals.scv,
         arrival_rate_trend_rps_per_s=arrivals.trend_rps_per_s,
         arrival_rate_trend_noise_rps_per_s=arrivals.trend_noise_rps_per_s,
+        prefix_cache_hit_rate=hit_rate,
         input_tokens_mean=input_mean,
         input_tokens_p90=input_p90,
         output_tokens_mean=output_mean,

@@ -55,9 +55,6 @@ class TickInput:
     # Busy share of ready prefill replicas since the last tick (a DCGM-utilization-like gauge that the
     # operator's Observation does not carry; only the HPA-style baselines read it). None: unknown.
     prefill_utilization: float | None = None
-    # Prefix-cache hit rate over the metrics window (cached / queried prompt tokens, vLLM's counters);
-    # None when the trace carries no block hashes. The oracle reads it.
-    prefix_cache_hit_rate: float | None = None
     # Averages over the last `seconds` as Dynamo's planner queries them from the frontend's histograms
     # (mean TTFT and ITL, request count, mean ISL and OSL); only `dynamo-sla` reads them.
     averages: Callable[[float], IntervalAverages] | None = None

@@ -76,7 +76,7 @@ class OraclePolicy:
         startup = lead - spec.scaling.interval_seconds
         end = now + lead
         window = config.window_seconds
-        hits = tick.prefix_cache_hit_rate or 0.0
+        hits = tick.observation.prefix_cache_hit_rate or 0.0
         grow = self._size(self._workload(now + startup, end, window, hits), tick)
         keep = self._size(self._workload(now, end, window, hits), tick)
         current = tick.current

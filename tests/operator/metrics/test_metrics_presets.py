@@ -21,6 +21,12 @@ from dopd_operator.metrics.presets import PRESETS, check_metrics_spec, query_set
         (Engine.DOPD, "input_tokens", ("dopd_prompt_tokens",), ("router",)),
         (Engine.DOPD, "output_tokens", ("dopd_generation_tokens",), ("decode",)),
         (
+            Engine.DOPD,
+            "prefix_cache",
+            ("dopd_prefix_cache_hits_total", "dopd_prefix_cache_queries_total"),
+            ("prefill",),
+        ),
+        (
             Engine.VLLM,
             "arrival",
             ("vllm:request_success_total", "vllm:num_requests_waiting", "vllm:num_requests_running"),
@@ -39,6 +45,12 @@ from dopd_operator.metrics.presets import PRESETS, check_metrics_spec, query_set
         (Engine.VLLM, "input_tokens", ("vllm:request_prompt_tokens",), ("prefill",)),
         (Engine.VLLM, "output_tokens", ("vllm:request_generation_tokens",), ("decode",)),
         (
+            Engine.VLLM,
+            "prefix_cache",
+            ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"),
+            ("prefill",),
+        ),
+        (
             Engine.SGLANG,
             "arrival",
             ("sglang:num_requests_total", "sglang:num_queue_reqs", "sglang:num_running_reqs"),
@@ -51,6 +63,13 @@ from dopd_operator.metrics.presets import PRESETS, check_metrics_spec, query_set
         (Engine.SGLANG, "tpot", ("sglang:inter_token_latency_seconds",), ("decode",)),
         (Engine.SGLANG, "input_tokens", ("sglang:prompt_tokens_histogram",), ("prefill",)),
         (Engine.SGLANG, "output_tokens", ("sglang:generation_tokens_histogram",), ("decode",)),
+        # SGLang's cache_hit_rate gauge is the last batch's; the counters give the window's token share
+        (
+            Engine.SGLANG,
+            "prefix_cache",
+            ("sglang:cached_tokens_total", "sglang:prompt_tokens_total"),
+            ("prefill",),
+        ),
     ],
 )
 def test_where_each_field_comes_from(
@@ -63,6 +82,8 @@ def test_where_each_field_comes_from(
         assert ((read.family, *([read.fallback] if read.fallback else [])), (read.role,)) == (families, roles)
     elif field in ("input_tokens", "output_tokens"):
         assert ((read.histogram.family,), (read.histogram.role,)) == (families, roles)
+    elif field == "prefix_cache":
+        assert ((read.hits, read.queries), (read.role,)) == (families, roles)
     else:
         assert (read.families, read.roles) == (families, roles)
 
@@ -100,6 +121,11 @@ def test_vllm_queries() -> None:
         "sum by (namespace, model_name) "
         f'(increase({{__name__=~"vllm[:_]request_prompt_tokens_sum",{selector}}}[60000ms]))'
     )
+    # the hit rate: tokens served from the prefix cache over those looked up, one part each
+    assert parts["prefix/hits"] == (
+        "sum by (namespace, model_name) "
+        f'(increase({{__name__=~"vllm[:_]prefix_cache_hits_total",{selector}}}[60000ms]))'
+    )
     assert set(parts) == {
         "ttft/bucket",
         "tpot/bucket",
@@ -108,12 +134,14 @@ def test_vllm_queries() -> None:
         "input/sum",
         "output/bucket",
         "output/sum",
+        "prefix/hits",
+        "prefix/queries",
     }
     assert queries.aggregate.startswith(
         "label_replace(sum by (le, namespace, model_name) "
         '(increase({__name__=~"vllm[:_]time_to_first_token_seconds_bucket",'
     )
-    assert queries.aggregate.count(" or label_replace(") == 6
+    assert queries.aggregate.count(" or label_replace(") == 8
     assert ', "dopd_q", "tpot.fallback/bucket", "", "")' in queries.aggregate
     # one raw range vector: the gauges and the arrival counter of both roles over the trend window
     assert queries.raw == (

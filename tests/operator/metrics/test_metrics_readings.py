@@ -55,6 +55,8 @@ DOPD_AGGREGATE = [
     *histogram("output", [(128.0, 0.0), (256.0, 20.0), (INF, 20.0)], total=4_000.0),
     tagged("shed/dopd_requests_rejected_total", 20.0),  # over the 60 s window
     tagged("shed/dopd_requests_expired_total", 10.0),
+    tagged("prefix/hits", 3_000.0),  # prompt tokens served from the prefix cache over the window
+    tagged("prefix/queries", 12_000.0),  # prompt tokens looked up
 ]
 DOPD_RAW = [
     series("dopd_requests_arrived_total", "router-0", "router", steady(5.0)),
@@ -107,6 +109,7 @@ HEALTHY = {
     "tpot_seconds": 0.02 + 0.03 * 40.0 / 50.0,
     "tpot_attainment": 1.0,
     "latency_percentile": 90.0,
+    "prefix_cache_hit_rate": 0.25,  # 3000 / 12000 tokens
 }
 
 
@@ -128,6 +131,62 @@ def test_an_unknown_shed_rate_is_not_zero() -> None:
         'shed rate: no series of dopd_requests_expired_total{role=~"router"} '
         "(the router exposes it at zero from its start): the prefill correction holds",
     )
+
+
+def _prefix(hits: float | None, queries: float | None) -> list[InstantSample]:
+    kept = [s for s in DOPD_AGGREGATE if not s.metric["dopd_q"].startswith("prefix/")]
+    extra = [
+        tagged(f"prefix/{part}", v) for part, v in (("hits", hits), ("queries", queries)) if v is not None
+    ]
+    return kept + extra
+
+
+@pytest.mark.parametrize(
+    ("hits", "queries", "problem"),
+    [
+        (
+            None,
+            12_000.0,
+            'prefix-cache hit rate: no series of dopd_prefix_cache_hits_total{role=~"prefill"}: '
+            "prefill is sized as no hits",
+        ),
+        (
+            3_000.0,
+            None,
+            'prefix-cache hit rate: no series of dopd_prefix_cache_queries_total{role=~"prefill"}: '
+            "prefill is sized as no hits",
+        ),
+        (
+            math.nan,
+            12_000.0,
+            'prefix-cache hit rate: the increase of dopd_prefix_cache_hits_total{role=~"prefill"} is nan',
+        ),
+        (
+            13_000.0,
+            12_000.0,
+            'prefix-cache hit rate: dopd_prefix_cache_hits_total{role=~"prefill"} grew more (13000) than '
+            'dopd_prefix_cache_queries_total{role=~"prefill"} (12000): the counters disagree',
+        ),
+        (0.0, 0.0, None),  # nothing looked up in the window: nothing to measure, nothing wrong
+    ],
+)
+def test_an_unknown_prefix_cache_hit_rate_is_not_zero_and_leaves_the_load_known(
+    hits: float | None, queries: float | None, problem: str | None
+) -> None:
+    """The hit rate is optional: unknown, the planner sizes prefill as if nothing hits (never smaller),
+    and every other field is as it was."""
+    obs = observe(dopd_queries(), _prefix(hits, queries), DOPD_RAW)
+    assert obs.prefix_cache_hit_rate is None
+    assert obs.problems == (() if problem is None else (problem,))
+    assert obs.load_known
+    for name, expected in HEALTHY.items():
+        if name != "prefix_cache_hit_rate":
+            assert getattr(obs, name) == pytest.approx(expected, abs=1e-9), name
+
+
+def test_an_engine_without_prefix_hits_reads_a_measured_zero() -> None:
+    obs = observe(dopd_queries(), _prefix(0.0, 12_000.0), DOPD_RAW)
+    assert obs.prefix_cache_hit_rate == 0.0 and obs.problems == ()
 
 
 def _without(name: str, pod: str | None = None) -> Callable[[list[RangeSeries]], list[RangeSeries]]:
@@ -260,6 +319,8 @@ def test_missing_histograms_and_an_empty_answer() -> None:
         'decode running: no series of dopd_requests_running{role=~"decode"}',
         'shed rate: no series of dopd_requests_rejected_total{role=~"router"} '
         "(the router exposes it at zero from its start): the prefill correction holds",
+        'prefix-cache hit rate: no series of dopd_prefix_cache_hits_total{role=~"prefill"}: '
+        "prefill is sized as no hits",
     )
     known = {
         k: v
