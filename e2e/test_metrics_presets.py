@@ -166,6 +166,8 @@ def dopd_pods(namespace: str, model: str = "llama", arrival_rps: float = 6.0) ->
         Pod(
             labels("prefill-0", "prefill"),
             gauges={"dopd_requests_waiting": 3.0},
+            # a quarter of the prompt tokens looked up come from the prefix cache
+            counters={"dopd_prefix_cache_queries_total": 600.0, "dopd_prefix_cache_hits_total": 150.0},
             # what the prefill workers served: not what the planner sizes for
             histograms={"dopd_prompt_tokens": (6.0, {64.0: 0.0, 128.0: 1.0, math.inf: 0.0}, 100.0)},
         ),
@@ -191,7 +193,11 @@ def vllm_pods(namespace: str) -> list[Pod]:
             labels("prefill-0", "prefill"),
             growing_gauges={"vllm:num_requests_waiting": (2.0, 0.5)},  # the queue grows 0.5 requests/s
             gauges={"vllm:num_requests_running": 1.0},
-            counters={"vllm:request_success_total": 4.0},
+            counters={
+                "vllm:request_success_total": 4.0,
+                "vllm:prefix_cache_queries_total": 3200.0,  # tokens looked up
+                "vllm:prefix_cache_hits_total": 1600.0,  # of those, served from the cache
+            },
             histograms={
                 "vllm:request_prompt_tokens": (4.0, {500.0: 0.0, 1000.0: 1.0, math.inf: 0.0}, 800.0),
                 "vllm:time_to_first_token_seconds": (4.0, {0.5: 0.0, 0.75: 1.0, math.inf: 0.0}, 0.6),
@@ -217,7 +223,11 @@ def sglang_pods(namespace: str) -> list[Pod]:
         Pod(
             labels("prefill-0", "prefill"),
             gauges={"sglang:num_queue_reqs": 5.0, "sglang:num_running_reqs": 2.0},
-            counters={"sglang:num_requests_total": 2.0, "sglang:prompt_tokens_total": 2.0 * 1200.0},
+            counters={
+                "sglang:num_requests_total": 2.0,
+                "sglang:prompt_tokens_total": 2.0 * 1200.0,
+                "sglang:cached_tokens_total": 0.75 * 2.0 * 1200.0,
+            },
             histograms={
                 "sglang:time_to_first_token_seconds": (2.0, {0.8: 0.0, 1.0: 1.0, math.inf: 0.0}, 0.9)
             },
@@ -338,6 +348,7 @@ def test_dopd_preset_reads_every_field(world: Fixture) -> None:
     assert obs.ttft_attainment == pytest.approx(0.6)  # SLO 1.0 s sits on a bound
     assert obs.tpot_seconds == pytest.approx(0.049)  # 0.045 + 0.005 * 0.4 / 0.5
     assert obs.tpot_attainment == pytest.approx(0.5)  # SLO 30 ms: between the two halves
+    assert obs.prefix_cache_hit_rate == pytest.approx(0.25)  # 150 of 600 tokens/s, from the counters
 
 
 def test_vllm_colon_names_nan_gauge_deprecated_fallback_and_conservation(world: Fixture) -> None:
@@ -362,6 +373,7 @@ def test_vllm_colon_names_nan_gauge_deprecated_fallback_and_conservation(world: 
     assert obs.prefill_queue_depth is not None and obs.prefill_queue_depth >= 2.0
     assert obs.decode_kv_usage is None  # NaN is unknown, never 0
     assert any("decode KV usage" in p and "nan" in p and "decode-0" in p for p in obs.problems), obs.problems
+    assert obs.prefix_cache_hit_rate == pytest.approx(0.5)  # prefix_cache_hits / prefix_cache_queries
 
 
 def test_sglang_engine_type_role_and_means_without_length_histograms(world: Fixture) -> None:
@@ -382,6 +394,7 @@ def test_sglang_engine_type_role_and_means_without_length_histograms(world: Fixt
     assert obs.decode_kv_usage == 0.4
     assert obs.decode_running == 12.0
     assert obs.ttft_seconds == pytest.approx(0.98)  # 0.8 + 0.9 * 0.2
+    assert obs.prefix_cache_hit_rate == pytest.approx(0.75)  # cached_tokens / prompt_tokens (not the gauge)
     assert obs.tpot_attainment == pytest.approx(1.0)
 
 

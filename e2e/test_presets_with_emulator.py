@@ -106,6 +106,8 @@ def test_the_preset_reads_what_the_engine_does(engines: tuple[Any, dict[str, Emu
     # nothing is turned away at 20 rps: for dopd the router's shed counters are there at zero (a missing
     # series would be unknown); vLLM and SGLang count arrivals at the engines, which see only admissions
     assert obs.shed_rate_rps == 0.0, obs.problems
+    # the emulated engines look every prompt up in a prefix cache and never hit: a measured 0, not unknown
+    assert obs.prefix_cache_hit_rate == 0.0, obs.problems
 
 
 @pytest.mark.parametrize("engine", ENGINES)
