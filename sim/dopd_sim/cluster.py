@@ -7,9 +7,10 @@ randomness. A request's life: arrival -> the router's prefill queue (`dopd_worke
 length-aware), which assigns it to a prefill replica with room under its token budget -> that replica's
 next batch (a cached prefix, when the trace carries block hashes, is not recomputed) -> first token
 (TTFT) -> KV transfer (bytes/token x tokens / bandwidth) -> a decode replica with KV room (else the
-shared decode wait queue) -> last token. Scaling up creates replicas that
-take work only after their startup delay; scaling down cancels starting replicas first, then drains the
-least-loaded ready ones, which finish everything they hold before their GPUs are released.
+shared decode wait queue, timely sequences first: `dopd_worker.join_order`) -> last token. Scaling up
+creates replicas that take work only after their startup delay; scaling down cancels starting replicas
+first, then drains the least-loaded ready ones, which finish everything they hold before their GPUs are
+released.
 
 Callers: `run.simulate`. Metrics are gathered by `metrics.RequestLog`; observations by `observe`.
 """
@@ -34,6 +35,7 @@ from dopd_sim.policies.base import Layout, Policy, TickInput
 from dopd_sim.policies.sizing import warm_start_layout
 from dopd_sim.prefix_cache import PrefixCache, PrefixTrace
 from dopd_sim.queues import PrefillQueue, scheduler_config
+from dopd_worker.join_order import JoinQueue, join_deadline_s
 
 _PREFILL_DONE, _KV_ARRIVED, _DECODE_BOUNDARY, _READY, _TICK = range(5)
 MAX_DRAIN_SECONDS = 6 * 3600.0  # after the last arrival, give up on requests no replica will ever serve
@@ -70,7 +72,8 @@ class Simulator:
             self.prefix_cache = PrefixCache(
                 trace.block_tokens, self.profile.kv_capacity_tokens // trace.block_tokens
             )
-        self.decode_waiting: deque[int] = deque()
+        # prefilled sequences no decode replica has room for: timely ones join first (`join_order`)
+        self.decode_waiting: JoinQueue[int] = JoinQueue()
         self.mixed_waiting: deque[int] = deque()
         self.pools: dict[str, list[Instance]] = {"prefill": [], "decode": [], "mixed": []}
         self.retired: list[Instance] = []
@@ -246,11 +249,19 @@ class Simulator:
 
     def _route_decode(self, request: int) -> None:
         if self.decode_waiting:
-            self.decode_waiting.append(request)
+            self._wait_for_decode(request)
             self._drain_decode_waiting()
             return
         if not self._place_decode(request):
-            self.decode_waiting.append(request)
+            self._wait_for_decode(request)
+
+    def _wait_for_decode(self, request: int) -> None:
+        deadline = join_deadline_s(
+            self.log.first_token_s[request],
+            int(self.output_tokens[request]),
+            self.config.spec.slo.tpot_seconds,
+        )
+        self.decode_waiting.append(request, deadline)
 
     def _least_reserved(self, role: str, kv_tokens: int) -> DecodeInstance | None:
         """The ready, non-draining instance of `role` that can admit `kv_tokens` with the least KV
@@ -273,9 +284,9 @@ class Simulator:
         return True
 
     def _drain_decode_waiting(self) -> None:
-        waiting = self.decode_waiting
-        while waiting and self._place_decode(waiting[0]):
-            waiting.popleft()
+        waiting, now = self.decode_waiting, self.now_s
+        while waiting and self._place_decode(waiting.peek(now)):
+            waiting.pop(now)
 
     def _join(self, instance: DecodeInstance, request: int, kv: int, context: int, steps: int) -> None:
         """Admit a sequence; it joins the batch at the next step boundary."""

@@ -54,6 +54,18 @@ def test_kv_admission_control_queues_decode() -> None:
     assert result.tpot_s.tolist() == pytest.approx([0.01, 0.18 / 9])
 
 
+def test_a_sequence_past_its_slack_joins_after_a_timely_one() -> None:
+    # KV holds 40 tokens. r0 (30 tokens of KV) decodes 0.1..0.19. r1 (prompt 20, 2 tokens: 22 of KV) and
+    # r2 (prompt 20, 10 tokens: 30) wait from 0.1. r1's TPOT budget is one 50 ms gap, half of it its slack
+    # (until 0.125); r2's is nine (until 0.325). When r0 ends at 0.19, r1 is late and r2 timely: r2 joins
+    # (0.19..0.28) and r1 after it, one step (0.28..0.29). First come, first served would have put r1
+    # first, which misses anyway, and pushed r2 to 0.29 (dopd_worker.join_order).
+    config = toy_config(toy_profile(kv_capacity_tokens=40))
+    trace = make_trace([0.0, 0.0, 0.0], [20, 20, 20], [10, 2, 10])
+    result = simulate(trace, StaticPolicy(3, 1), config)
+    assert result.tpot_s.tolist() == pytest.approx([0.01, 0.19, 0.18 / 9])
+
+
 def test_request_larger_than_kv_is_rejected_and_counted() -> None:
     config = toy_config(toy_profile(kv_capacity_tokens=100))
     summary = simulate(make_trace([0.0, 1.0], [500, 10], [10, 10]), StaticPolicy(1, 1), config).summary

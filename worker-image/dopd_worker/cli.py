@@ -49,6 +49,14 @@ def _logging(level: str) -> None:
 )
 @click.option("--token-budget", type=int, default=4096, show_default=True, help="Prefill: tokens per batch.")
 @click.option("--max-batch-size", type=int, default=64, show_default=True, help="Decode: sequences per step.")
+@click.option(
+    "--tpot-slo-seconds",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    help="Decode: the TPOT SLO; sequences waiting for room in the batch join timely ones first (a "
+    "sequence that waited past half its TPOT budget goes after them). Default: first come, first "
+    "served. The operator sets it from spec.slo.tpotSeconds.",
+)
 @click.option("--max-model-len", type=int, default=None, help="Longest prompt + output, tokens.")
 @click.option("--transfer-timeout-seconds", type=float, default=30.0, show_default=True)
 @click.option(
@@ -75,6 +83,7 @@ def worker(
     kv_cache_tokens: int | None,
     token_budget: int,
     max_batch_size: int,
+    tpot_slo_seconds: float | None,
     max_model_len: int | None,
     transfer_timeout_seconds: float,
     drain_timeout_seconds: float,
@@ -106,6 +115,7 @@ def worker(
         kv_cache_tokens=kv_cache_tokens,
         token_budget=token_budget,
         max_batch_size=max_batch_size,
+        tpot_slo_seconds=tpot_slo_seconds,
         max_model_len=max_model_len,
         transfer_timeout_seconds=transfer_timeout_seconds,
         drain_timeout_seconds=drain_timeout_seconds,

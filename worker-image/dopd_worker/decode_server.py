@@ -183,7 +183,9 @@ def build_decode_app(
     options: WorkerOptions, loaded: LoadedModel
 ) -> tuple[Starlette, ProcessState, DecodeEngine, DecodePairs]:
     metrics = create_metrics("decode", options.model_name)
-    engine = DecodeEngine(loaded.model, loaded.cache, options.max_batch_size, metrics)
+    engine = DecodeEngine(
+        loaded.model, loaded.cache, options.max_batch_size, metrics, options.tpot_slo_seconds
+    )
     device = DeviceIdentity.of(loaded.device)
     pairs = DecodePairs(options, device, loaded.device)
     cache = loaded.cache

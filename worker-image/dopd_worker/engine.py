@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dopd_worker.join_order import JoinQueue, join_deadline_s
 from dopd_worker.kv_cache import OutOfBlocks, PagedKVCache, SequenceSlice, build_batch
 from dopd_worker.metrics import Metrics
 from dopd_worker.model import LlamaForCausalLM
@@ -274,15 +275,22 @@ class DecodeEngine(EngineThread):
     """Continuous batching: sequences join after their KV arrives and leave when they stop."""
 
     def __init__(
-        self, model: LlamaForCausalLM, cache: PagedKVCache, max_batch_size: int, metrics: Metrics
+        self,
+        model: LlamaForCausalLM,
+        cache: PagedKVCache,
+        max_batch_size: int,
+        metrics: Metrics,
+        tpot_slo_seconds: float | None = None,
     ) -> None:
         super().__init__("decode-engine")
         self.model = model
         self.cache = cache
         self.max_batch_size = max_batch_size
         self.metrics = metrics
+        self.tpot_slo_seconds = tpot_slo_seconds  # None: sequences join first come, first served
         self.lock = threading.Lock()
-        self._joining: collections.deque[DecodeSequence] = collections.deque()
+        # sequences whose KV arrived, waiting for room in the batch: timely ones join first (join_order)
+        self._joining: JoinQueue[DecodeSequence] = JoinQueue()
         self._cancelled: set[str] = set()
         self.active: list[DecodeSequence] = []
         self.eos_ids = model.config.eos_token_ids
@@ -290,8 +298,11 @@ class DecodeEngine(EngineThread):
         self._aborting: str | None = None
 
     def admit(self, seq: DecodeSequence) -> None:
+        # its first token came with its KV: the wait for a slot counts from here (the transfer before
+        # it is the prefill side's, a few milliseconds)
+        deadline = join_deadline_s(time.monotonic(), seq.sampling.max_tokens, self.tpot_slo_seconds)
         with self.cond:
-            self._joining.append(seq)
+            self._joining.append(seq, deadline)
             self.cond.notify_all()
 
     def cancel(self, request_id: str) -> None:
@@ -321,7 +332,8 @@ class DecodeEngine(EngineThread):
             if reason is None:
                 return False
             doomed = self.active + list(self._joining)
-            self.active, self._joining = [], collections.deque()
+            self.active = []
+            self._joining.clear()
         for seq in doomed:
             with self.lock:
                 self.cache.allocator.free(seq.request_id)
@@ -358,7 +370,8 @@ class DecodeEngine(EngineThread):
     def _join(self) -> None:
         with self.cond:
             room = self.max_batch_size - len(self.active)
-            joining = [self._joining.popleft() for _ in range(min(room, len(self._joining)))]
+            now = time.monotonic()
+            joining = [self._joining.pop(now) for _ in range(min(room, len(self._joining)))]
             cancelled, self._cancelled = self._cancelled, set()
         for seq in joining:
             try:

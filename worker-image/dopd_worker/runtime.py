@@ -33,6 +33,9 @@ class WorkerOptions:
     kv_memory_fraction: float = 0.85
     token_budget: int = 4096
     max_batch_size: int = 64
+    # Decode: the TPOT SLO that orders sequences waiting for room in the batch (`join_order`: timely
+    # ones first); None: first come, first served. The operator sets it from spec.slo.tpotSeconds.
+    tpot_slo_seconds: float | None = None
     max_model_len: int | None = None
     transfer_timeout_seconds: float = 30.0
     seed: int = 0

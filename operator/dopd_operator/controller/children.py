@@ -105,6 +105,8 @@ def default_container(spec: DisaggregatedModelSpec, role: Role) -> dict[str, Any
     else:
         args = ["worker", "--role", role, "--model", spec.model, "--host", "0.0.0.0", "--port", str(port)]
         args += ["--drain-timeout-seconds", f"{spec.role(role).drain_seconds:g}"]
+        if role == "decode":  # waiting sequences join timely ones first (dopd_worker.join_order)
+            args += ["--tpot-slo-seconds", f"{spec.slo.tpot_seconds:g}"]
     container: dict[str, Any] = {
         "name": spec.engine.value,
         "image": _ENGINE_IMAGE[spec.engine],

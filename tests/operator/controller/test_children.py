@@ -175,4 +175,7 @@ def test_engine_default_containers_are_ready_only_when_the_engine_answers() -> N
     (worker,) = deployments["m-decode"]["spec"]["template"]["spec"]["containers"]
     assert worker["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in worker["env"]
-    assert worker["args"][-2:] == ["--drain-timeout-seconds", "90"]
+    assert worker["args"][-4:] == ["--drain-timeout-seconds", "90", "--tpot-slo-seconds", "0.05"]
+    # the decode worker orders the sequences waiting for a slot by the model's TPOT SLO; prefill has none
+    (prefill,) = deployments["m-prefill"]["spec"]["template"]["spec"]["containers"]
+    assert "--tpot-slo-seconds" not in prefill["args"]

@@ -1,0 +1,116 @@
+"""Which waiting sequence joins a decode batch next (`dopd_worker.join_order`), the one policy the decode
+worker and the simulator share: timely sequences first, in arrival order, then the late ones, oldest
+first; nothing dropped; first come, first served without a TPOT SLO."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dopd_worker.engine import DecodeEngine, DecodeSequence
+from dopd_worker.join_order import JOIN_SLACK_SHARE, JoinQueue, join_deadline_s
+from dopd_worker.metrics import create_metrics
+from dopd_worker.runtime import WorkerOptions, load
+from dopd_worker.sampling import SamplingParams
+
+
+def test_the_deadline_leaves_a_share_of_the_tpot_budget() -> None:
+    # 201 tokens at 50 ms: a 10 s budget for 200 gaps, of which the wait for a slot may take half
+    assert join_deadline_s(100.0, 201, 0.05) == pytest.approx(100.0 + JOIN_SLACK_SHARE * 10.0)
+    assert join_deadline_s(100.0, 1, 0.05) == 100.0  # one token: no gap to spend
+    assert join_deadline_s(100.0, 201, None) == math.inf  # no SLO: never late
+
+
+def test_timely_sequences_join_before_late_ones_and_late_ones_oldest_first() -> None:
+    queue: JoinQueue[str] = JoinQueue()
+    queue.append("late-a", 1.0)
+    queue.append("timely-b", 10.0)
+    queue.append("late-c", 2.0)
+    queue.append("timely-d", 10.0)
+    assert queue.peek(5.0) == "timely-b"
+    assert [queue.pop(5.0) for _ in range(len(queue))] == ["timely-b", "timely-d", "late-a", "late-c"]
+    assert not queue
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.floats(0.0, 50.0), st.floats(0.0, 5.0)),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_the_queue_loses_nothing_and_always_gives_the_oldest_timely_else_the_oldest(
+    ops: list[tuple[bool, float, float]],
+) -> None:
+    """Random appends (a deadline each) and pops at a clock that only moves forward."""
+    queue: JoinQueue[int] = JoinQueue()
+    model: list[tuple[int, float]] = []  # arrival order: (item, deadline)
+    now, next_item = 0.0, 0
+    for is_append, deadline_offset, advance in ops:
+        now += advance
+        if is_append or not model:
+            queue.append(next_item, now + deadline_offset)
+            model.append((next_item, now + deadline_offset))
+            next_item += 1
+            continue
+        timely = [entry for entry in model if entry[1] >= now]
+        expected = (timely or model)[0]
+        assert queue.peek(now) == expected[0]
+        assert queue.pop(now) == expected[0]
+        model.remove(expected)
+        assert len(queue) == len(model)
+    assert sorted(queue) == sorted(item for item, _ in model)
+
+
+def test_without_an_slo_the_order_is_first_come_first_served() -> None:
+    queue: JoinQueue[int] = JoinQueue()
+    for item in range(10):
+        queue.append(item, join_deadline_s(float(item), 50, None))
+    assert [queue.pop(1e9) for _ in range(10)] == list(range(10))
+
+
+def _decode_engine(tpot_slo_seconds: float | None) -> DecodeEngine:
+    options = WorkerOptions(role="decode", model="tiny", device="cpu", kv_cache_tokens=4096)
+    loaded = load(options)
+    metrics = create_metrics("decode", "tiny")
+    return DecodeEngine(loaded.model, loaded.cache, 1, metrics, tpot_slo_seconds)
+
+
+def _admit(engine: DecodeEngine, request_id: str, events: list[tuple[str, int | None]]) -> None:
+    prompt = 8
+    sampling = SamplingParams(max_tokens=3, ignore_eos=True)
+    engine.cache.allocator.allocate(request_id, prompt + sampling.max_tokens)
+    staged = [torch.zeros(engine.cache.layer_shape(prompt)) for _ in range(len(engine.cache.k))]
+
+    def emit(token: int | None, reason: str | None) -> None:
+        events.append((request_id, token))
+
+    engine.admit(DecodeSequence(request_id, prompt, 5, sampling, staged, emit))
+
+
+@pytest.mark.parametrize(("slo", "first"), [(0.01, "b-timely"), (None, "a-waited")])
+def test_the_decode_worker_lets_a_timely_sequence_join_before_one_past_its_slack(
+    slo: float | None, first: str
+) -> None:
+    """A batch of one: `a` (3 tokens, TPOT SLO 10 ms: 10 ms of slack for its wait) waits 50 ms before `b`
+    arrives; the batch takes `b` first, and `a` joins after it. Without an SLO, `a` goes first. Both
+    finish either way."""
+    engine = _decode_engine(slo)
+    events: list[tuple[str, int | None]] = []
+    _admit(engine, "a-waited", events)
+    time.sleep(0.05)
+    _admit(engine, "b-timely", events)
+    for _ in range(20):
+        if not engine.has_work():
+            break
+        engine.step()
+    assert events[0] == (first, 5)  # the prefill's token is emitted when the sequence joins
+    for request_id in ("a-waited", "b-timely"):
+        assert [token for rid, token in events if rid == request_id][-1] is None  # it finished
+        assert len([token for rid, token in events if rid == request_id]) == 4  # 3 tokens, then the end
