@@ -252,27 +252,38 @@ def speed(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+EXTRAS = ("cold-start", "wrong-profile", "demo")  # the runs beside the suite, by their results key
+
+
 def run_everything(
-    quick: bool, jobs: int, only: set[str] | None, seeds: tuple[int, ...], extras_too: bool = True
+    quick: bool,
+    jobs: int,
+    only: set[str] | None,
+    seeds: tuple[int, ...],
+    extras: set[str] | None = None,
 ) -> dict[str, Any]:
     """Every scenario and seed (a scenario's first seed before its others, which reuse its tuning),
-    then the extras (unless `extras_too` is False), with `jobs` worker processes."""
+    then the extras (`extras`, default all of EXTRAS and the speed section), with `jobs` worker
+    processes."""
+    extras_run = set(EXTRAS) if extras is None else extras
     scenarios = [s for s in SCENARIOS if only is None or s.name in only]
     raw: dict[str, Any] = {"suite": {s.name: [] for s in scenarios}}
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         pending: dict[Future[dict[str, Any]], Scenario] = {
             pool.submit(suite_job, s, seeds[0], quick, None): s for s in scenarios
         }
-        extras: list[tuple[str, Future[dict[str, Any]]]] = []
-        if extras_too:
-            extras += [("cold-start", pool.submit(cold_start_job, seed, quick)) for seed in seeds]
-            extras += [
+        submitted: list[tuple[str, Future[dict[str, Any]]]] = []
+        if "cold-start" in extras_run:
+            submitted += [("cold-start", pool.submit(cold_start_job, seed, quick)) for seed in seeds]
+        if "wrong-profile" in extras_run:
+            submitted += [
                 ("wrong-profile", pool.submit(wrong_profile_job, s, seed, quick))
                 for s in SCENARIOS
                 if s.name in WRONG_PROFILE_SCENARIOS
                 for seed in seeds
             ]
-            extras.append(("demo", pool.submit(demo_job, quick)))
+        if "demo" in extras_run:
+            submitted.append(("demo", pool.submit(demo_job, quick)))
         while pending:
             done = next(f for f in _as_completed(pending))
             scenario = pending.pop(done)
@@ -286,28 +297,32 @@ def run_everything(
                 tuning = _tuning(result["tuning"])
                 for seed in seeds[1:]:
                     pending[pool.submit(suite_job, scenario, seed, quick, tuning)] = scenario
-        for name, future in extras:
+        for name, future in submitted:
             raw.setdefault(name, []).append(future.result())
     for rows in raw["suite"].values():
         rows.sort(key=lambda r: r["seed"])
-    if extras_too:
+    if "demo" in extras_run:
         raw["demo"] = raw["demo"][0]
+    if extras is None:
         raw["speed"] = speed(quick)
     return raw
 
 
 def rerun(names: set[str], why: str, jobs: int) -> dict[str, Any]:
-    """results.json with the suite rows of `names` replaced by a run at this commit (the published
-    number of seeds, nothing else rerun), each replacement stamped in meta["reruns"] with `why`: for a
-    change that leaves every other scenario's decisions as they were, at a fraction of a full run."""
+    """results.json with the rows of `names` (suite scenarios, or the extras: EXTRAS) replaced by a run
+    at this commit (the published number of seeds, nothing else rerun), each replacement stamped in
+    meta["reruns"] with `why`: for a change that leaves every other run's decisions as they were, at a
+    fraction of a full run."""
     raw: dict[str, Any] = json.loads(RESULTS.read_text(encoding="utf-8"))
-    unknown = names - {s.name for s in SCENARIOS}
+    unknown = names - {s.name for s in SCENARIOS} - set(EXTRAS)
     if unknown:
-        raise SystemExit(f"--rerun: no scenario named {', '.join(sorted(unknown))}")
+        raise SystemExit(f"--rerun: no scenario or extra named {', '.join(sorted(unknown))}")
     if raw["meta"].get("quick"):
         raise SystemExit("--rerun: results.json is a --quick run; rerun everything instead")
-    fresh = run_everything(False, jobs, names, SEEDS[: raw["meta"]["seeds"]], extras_too=False)
+    suite = names - set(EXTRAS)
+    fresh = run_everything(False, jobs, suite, SEEDS[: raw["meta"]["seeds"]], extras=names & set(EXTRAS))
     raw["suite"].update(fresh["suite"])
+    raw.update({name: fresh[name] for name in names & set(EXTRAS)})
     reruns = [r for r in raw["meta"].get("reruns", []) if r["scenario"] not in names]
     now = stamp()
     reruns += [

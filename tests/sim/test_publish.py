@@ -83,3 +83,28 @@ def test_calibration_factors_outside_ten_percent_are_not_met() -> None:
 def test_the_best_tuned_baseline_is_the_cheapest_that_meets_the_target() -> None:
     # dynamo-sla is cheaper (8 GPU-h) but misses (90%); reactive meets at 14.
     assert best_tuned_baseline(_seeds(11.0, _oracle(10.0))) == "reactive"
+
+
+def test_a_partial_rerun_is_stamped_apart_from_the_full_run() -> None:
+    """The page says which rows a `--rerun` replaced, at which commit and why, beside the full run's
+    stamp: a reader can tell that two commits' numbers share the table."""
+    raw: dict[str, Any] = {
+        "suite": {"t": _seeds(11.0, _oracle(10.0))},
+        "meta": {
+            "commit": "aaaa",
+            "date": "2026-12-01",
+            "machine": "m",
+            "seeds": 2,
+            "seeds_planned": 2,
+            "reruns": [
+                {"scenario": s, "commit": "bbbb", "dirty": False, "date": "2026-12-02", "why": "only t"}
+                for s in ("t", "demo")
+            ],
+        },
+    }
+    text = render_readme(raw, [Trace("t", "t")])
+    assert "at commit `aaaa`" in text
+    assert (
+        "The t, demo rows were rerun by `python bench/sim_bench.py --rerun t,demo` at commit `bbbb`" in text
+    )
+    assert "(only t)" in text
