@@ -505,6 +505,14 @@ def _metrics_unknown(
 # ---------------------------------------------------------------------------------------- reasons
 
 
+def _prefix_cache_phrase(hit_rate: float, known: bool) -> str:
+    """What the prefill reason says of the prefix cache: the share it credits, that it sized for none
+    because the rate is unknown, or nothing (a known rate of 0)."""
+    if not known:
+        return " (prefix-cache hit rate unknown: sized as no hits)"
+    return f" ({100 * hit_rate:.0f}% prefix-cache hits)" if hit_rate > 0 else ""
+
+
 def _capacity_reasons(
     model: CapacityModel,
     raw: Layout,
@@ -518,13 +526,7 @@ def _capacity_reasons(
         (
             f"prefill: {model.prefill_service_seconds_mean * 1000:.1f} ms per prompt in full batches over "
             f"prompts mean {w.input_tokens_mean:.0f}/p90 {w.input_tokens_p90 or w.input_tokens_mean:.0f} tokens"
-            + (
-                f" ({100 * w.prefix_cache_hit_rate:.0f}% prefix-cache hits)"
-                if w.prefix_cache_hit_rate > 0
-                else ""
-                if hit_rate_known
-                else " (prefix-cache hit rate unknown: sized as no hits)"
-            )
+            + _prefix_cache_phrase(w.prefix_cache_hit_rate, hit_rate_known)
             + f" ({model.prefill_rps_per_replica:.2f} rps per replica); {raw.prefill} replica(s) keep "
             f"{model.percentile_q * 100:g}% of prompts within TTFT {model.slo.ttft_seconds:g}s"
             + (f" with bursty arrivals (SCV {w.arrival_scv:.1f})" if w.arrival_scv > 1.5 else "")

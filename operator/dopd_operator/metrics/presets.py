@@ -300,6 +300,13 @@ def query_set(
         return group_selector(batch.labels, chosen_members, role_label, roles)
 
     window = duration(metrics.window_seconds)
+
+    def counter_increase(role: RoleName, family: str) -> str:
+        """One counter family's increase over the window, per member. One family each: increase()
+        drops the name, so two families in one selector collide on the same labels and Prometheus
+        refuses the whole query (HTTP 422)."""
+        return f"sum by ({by}) (increase({selector(role).render([family])}[{window}]))"
+
     parts: list[tuple[str, str]] = []
     for key, (read, with_sum) in preset.histograms().items():
         chosen = selector(read.role)
@@ -313,19 +320,13 @@ def query_set(
                 parts.append((f"{tag}/sum", f"sum by ({by}) (increase({sums}[{window}]))"))
     for key, read_length in (("input", preset.input_tokens), ("output", preset.output_tokens)):
         if read_length.totals is not None:
-            chosen = selector(read_length.histogram.role)
+            role = read_length.histogram.role
             for part, family in zip(("tokens", "requests"), read_length.totals, strict=True):
-                parts.append(
-                    (f"{key}.totals/{part}", f"sum by ({by}) (increase({chosen.render([family])}[{window}]))")
-                )
+                parts.append((f"{key}.totals/{part}", counter_increase(role, family)))
     prefix = preset.prefix_cache
-    for part, family in (("hits", prefix.hits), ("queries", prefix.queries)):
-        chosen = selector(prefix.role)
-        parts.append((f"prefix/{part}", f"sum by ({by}) (increase({chosen.render([family])}[{window}]))"))
-    for family in preset.shed:  # one part each: increase() drops the name, so two families in one
-        # selector collide on the same labels and Prometheus refuses the whole query (HTTP 422)
-        shed = selector("router").render([family])
-        parts.append((f"shed/{family}", f"sum by ({by}) (increase({shed}[{window}]))"))
+    parts.append(("prefix/hits", counter_increase(prefix.role, prefix.hits)))
+    parts.append(("prefix/queries", counter_increase(prefix.role, prefix.queries)))
+    parts += [(f"shed/{family}", counter_increase("router", family)) for family in preset.shed]
     raw_range = max(metrics.window_seconds, TREND_WINDOW_SECONDS)
     arrival = preset.arrival
     return QuerySet(

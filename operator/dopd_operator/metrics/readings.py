@@ -204,6 +204,19 @@ class _Reader:
             values.extend(s.last_value for s in fresh)
         return sum(values) if read.combine == "sum" else sum(values) / len(values)
 
+    def _increase(self, field: str, tag: str, name: str, when_missing: str) -> float | None:
+        """A counter's increase over the window (the aggregate part `tag`), or None with a problem line
+        naming `field` and the series `name` when it has no series (`when_missing` says what follows)
+        or a value no counter can have."""
+        increase = self.aggregates.scalars.get(tag)
+        if increase is None:
+            self.problems.append(f"{field}: no series of {name}{when_missing}")
+            return None
+        if not math.isfinite(increase) or increase < 0:
+            self.problems.append(f"{field}: the increase of {name} is {increase:g}")
+            return None
+        return increase
+
     def shed_rate(self) -> float | None:
         """Requests per second the router turned away over the window; 0 for presets whose arrivals
         are counted at the engines."""
@@ -212,16 +225,13 @@ class _Reader:
             return 0.0
         total = 0.0
         for family in families:
-            name = self._name(family, "router")
-            increase = self.aggregates.scalars.get(f"shed/{family}")
+            increase = self._increase(
+                "shed rate",
+                f"shed/{family}",
+                self._name(family, "router"),
+                " (the router exposes it at zero from its start): the prefill correction holds",
+            )
             if increase is None:
-                self.problems.append(
-                    f"shed rate: no series of {name} (the router exposes it at zero from its start): "
-                    "the prefill correction holds"
-                )
-                return None
-            if not math.isfinite(increase) or increase < 0:
-                self.problems.append(f"shed rate: the increase of {name} is {increase:g}")
                 return None
             total += increase
         return total / self.queries.window_seconds
@@ -230,26 +240,20 @@ class _Reader:
         """Prompt tokens served from the prefix cache over those looked up in the window; None (with a
         problem line) when a counter is missing or broken, None without one when nothing was looked up."""
         read = self.queries.preset.prefix_cache
-        amounts: list[float] = []
-        for part, family in (("hits", read.hits), ("queries", read.queries)):
-            name = self._name(family, read.role)
-            increase = self.aggregates.scalars.get(f"prefix/{part}")
-            if increase is None:
-                self.problems.append(
-                    f"prefix-cache hit rate: no series of {name}: prefill is sized as no hits"
-                )
-                return None
-            if not math.isfinite(increase) or increase < 0:
-                self.problems.append(f"prefix-cache hit rate: the increase of {name} is {increase:g}")
-                return None
-            amounts.append(increase)
-        hits, queries = amounts
+        hits_name, queries_name = self._name(read.hits, read.role), self._name(read.queries, read.role)
+        field, missing = "prefix-cache hit rate", ": prefill is sized as no hits"
+        hits = self._increase(field, "prefix/hits", hits_name, missing)
+        if hits is None:
+            return None
+        queries = self._increase(field, "prefix/queries", queries_name, missing)
+        if queries is None:
+            return None
         if queries == 0:
             return None  # no prompt looked up in the window: nothing to measure
         if hits > queries * (1 + 1e-9):
             self.problems.append(
-                f"prefix-cache hit rate: {self._name(read.hits, read.role)} grew more ({hits:g}) than "
-                f"{self._name(read.queries, read.role)} ({queries:g}): the counters disagree"
+                f"{field}: {hits_name} grew more ({hits:g}) than {queries_name} ({queries:g}): "
+                "the counters disagree"
             )
             return None
         return min(hits / queries, 1.0)
