@@ -319,10 +319,10 @@ def rerun(names: set[str], why: str, jobs: int) -> dict[str, Any]:
         raise SystemExit(f"--rerun: no scenario or extra named {', '.join(sorted(unknown))}")
     if raw["meta"].get("quick"):
         raise SystemExit("--rerun: results.json is a --quick run; rerun everything instead")
-    suite = names - set(EXTRAS)
-    fresh = run_everything(False, jobs, suite, SEEDS[: raw["meta"]["seeds"]], extras=names & set(EXTRAS))
+    extras = names & set(EXTRAS)
+    fresh = run_everything(False, jobs, names - extras, SEEDS[: raw["meta"]["seeds"]], extras=extras)
     raw["suite"].update(fresh["suite"])
-    raw.update({name: fresh[name] for name in names & set(EXTRAS)})
+    raw.update({name: fresh[name] for name in extras})
     reruns = [r for r in raw["meta"].get("reruns", []) if r["scenario"] not in names]
     now = stamp()
     reruns += [
@@ -502,8 +502,9 @@ def main() -> None:
     parser.add_argument("--render-only", action="store_true", help="rewrite the pages from results.json")
     parser.add_argument(
         "--rerun",
-        help="comma-separated scenario names: rerun only their suite rows into results.json, stamped "
-        "apart (for a change that leaves every other scenario's decisions as they were; say why)",
+        help="comma-separated scenario names and/or extras (cold-start, wrong-profile, demo): rerun only "
+        "their rows into results.json, stamped apart (for a change that leaves every other run's "
+        "decisions as they were; say why)",
     )
     parser.add_argument("--why", help="with --rerun: why the other scenarios stand (shown on the page)")
     args = parser.parse_args()
