@@ -32,6 +32,14 @@ def _metric(proc: Proc, name: str) -> float:
     return values[0]
 
 
+def _tokens_generated(proc: Proc) -> float:
+    """Tokens the worker has emitted (0 before its first: the labelled counter appears with it)."""
+    text = httpx.get(f"{proc.url}/metrics", timeout=5).text
+    return sum(
+        float(m.group(1)) for m in re.finditer(r"^dopd_generation_tokens_total{[^}]*} (\S+)$", text, re.M)
+    )
+
+
 async def test_a_prefill_worker_killed_mid_transfer_fails_no_request(
     pool: Pool, tiny_checkpoint: Path
 ) -> None:
@@ -73,7 +81,7 @@ async def test_a_decode_worker_killed_mid_transfer_fails_only_the_streams_it_was
         chunks = await client.completions.create(
             model=SERVED_MODEL_NAME,
             prompt=[256, *range(1, 20 + i)],
-            max_tokens=600,
+            max_tokens=3000,  # long enough that the kill lands while the victim streams (a fast machine ran 600 out)
             temperature=0,
             stream=True,
             extra_body={"ignore_eos": True},
@@ -89,7 +97,10 @@ async def test_a_decode_worker_killed_mid_transfer_fails_only_the_streams_it_was
     await _until(lambda: _paused(victim), "the victim's fourth transfer to stop after layer 0")
     # only that transfer hangs: the engine steps on, and the sequences whose transfers finished join its
     # batch (a loaded CI machine once read the health between the pause and their joining: running 0)
-    await _until(lambda: _health(victim)["running"] >= 1, "the victim to stream what it received")
+    await _until(lambda: _health(victim)["running"] >= 1, "the victim to decode what it received")
+    # a sequence in the batch may not have sent its first token yet (the router would still retry it):
+    # wait until the victim has emitted tokens, which it writes to the router as it makes them
+    await _until(lambda: _tokens_generated(victim) >= 8, "the victim to stream tokens to the router")
     held = _health(victim)
     assert held["pending_transfers"] >= 1 and held["running"] >= 1, held  # mid-transfer, and streaming
     victim.popen.send_signal(signal.SIGKILL)
