@@ -190,10 +190,15 @@ def test_an_overload_burst_is_shed_at_once_and_what_is_admitted_meets_the_slo(
     for answer in shed:
         assert answer.retry_after is not None and int(answer.retry_after) >= 1
         assert answer.reason in ("predicted_ttft", "expired")
-    # Batch traffic is shed first, interactive last.
+    # Batch traffic is shed first, interactive last: at entry each class has its own threshold on the
+    # predicted TTFT. (An admitted request that then expires in the queue is shed whatever its class, and
+    # the last admitted are mostly interactive: when the CPU the burst shares serves slower than the
+    # warm-up measured, they expire, which once made the totals of the two classes equal.)
+    at_entry = Counter(a.priority for a in shed if a.reason == "predicted_ttft")
+    assert at_entry["batch"] >= at_entry["standard"] >= at_entry["interactive"], at_entry
+    assert at_entry["batch"] > at_entry["interactive"], at_entry
     by_class = Counter(a.priority for a in shed)
-    assert by_class["batch"] >= by_class["standard"] >= by_class["interactive"]
-    assert by_class["batch"] > by_class["interactive"]
+    assert by_class["batch"] >= by_class["interactive"], by_class
     # What was admitted met the TTFT bound: none waited past its deadline, none missed the SLO.
     for answer in admitted:
         if not answer.stream:
