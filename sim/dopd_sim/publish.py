@@ -12,7 +12,9 @@ Definitions used throughout:
 - the capacity model's *calibration* is the oracle's: the factors on the model's sizes at which the
   foresighted oracle just meets the target, and, robust to replica counts too small for a 10% step
   (a pool of 3 moves in 33% steps), the GPU-hours of the oracle at factors 1.0 (the model's own sizes)
-  over the calibrated oracle's.
+  over the calibrated oracle's. Where the calibrated oracle ran exactly as the one at 1.0 (same
+  GPU-hours, same attainment), its factors changed no size (each rounds back up to the model's) and
+  the next lower factor tried missed the target: the model's sizes are the fewest, a factor of 1.0.
 Callers: bench/sim_bench.py.
 """
 
@@ -73,6 +75,16 @@ def _feasible(seed_results: list[dict[str, Any]]) -> bool:
 
 def _calibrated(seed_results: list[dict[str, Any]]) -> bool:
     return all(row["calibrated"] for row in _rows(seed_results, "oracle"))
+
+
+def _unchanged(oracle_row: dict[str, Any]) -> bool:
+    """Whether the calibrated oracle ran exactly as the oracle at factors 1.0 (the model's own sizes):
+    the factor search stops at the smallest factor that still meets the target, and where replica
+    counts are small that can be a factor that rounds every size back up to the model's."""
+    return bool(
+        math.isclose(oracle_row["gpu_hours"], oracle_row["model_gpu_hours"], rel_tol=1e-9)
+        and math.isclose(oracle_row["slo_attainment"], oracle_row["model_attainment"], rel_tol=1e-9)
+    )
 
 
 def _target(seed_results: list[dict[str, Any]]) -> float:
@@ -136,12 +148,21 @@ def targets(raw: dict[str, Any], scenarios: Sequence[ScenarioLike]) -> list[tupl
         if not results:
             continue
         oracle = _rows(results, "oracle")
-        factors = [row["prefill_scale"] for row in oracle] + [row["decode_scale"] for row in oracle]
+        # A factor that changes no decision is the model's own sizes (seed by seed, see the docstring).
+        effective = [(1.0, 1.0) if _unchanged(r) else (r["prefill_scale"], r["decode_scale"]) for r in oracle]
+        factors = [f for pair in effective for f in pair]
         calibrated = _calibrated(results)
         reached = (
             f"prefill x{min(r['prefill_scale'] for r in oracle):.2f}-{max(r['prefill_scale'] for r in oracle):.2f}, "
             f"decode x{min(r['decode_scale'] for r in oracle):.2f}-{max(r['decode_scale'] for r in oracle):.2f}"
         )
+        unchanged = sum(_unchanged(r) for r in oracle)
+        if unchanged:
+            seeds = "every seed" if unchanged == len(oracle) else f"{unchanged} of {len(oracle)} seeds"
+            reached += (
+                f"; on {seeds} they change no decision (each size rounds back up to the model's, and the "
+                "next factor down misses the target)"
+            )
         if not calibrated:
             reached += " (calibration failed)"
         out.append(
