@@ -22,10 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
-
-from dopd_operator.capacity import CapacityModel, Workload
+from dopd_operator.capacity import CapacityModel
 from dopd_sim.config import SimConfig
+from dopd_sim.policies.oracle import known_workload
 from dopd_sim.policies.static import StaticPolicy
 from dopd_sim.run import simulate
 from dopd_sim.workload import load_workload
@@ -50,18 +49,7 @@ def steady_model(mix: str, config: SimConfig, seed: int) -> CapacityModel:
     sample = load_workload(
         f"synthetic:poisson,rate_rps=50,duration_s=400,lengths={mix}", seed=_MODEL_SAMPLE_SEED_OFFSET + seed
     )
-    inputs = sample.input_tokens.astype(np.float64)
-    outputs = sample.output_tokens.astype(np.float64)
-    workload = Workload(
-        arrival_rate_rps=1.0,
-        input_tokens_mean=float(np.mean(inputs)),
-        input_tokens_p90=float(np.percentile(inputs, 90)),
-        output_tokens_mean=float(np.mean(outputs)),
-        output_tokens_p90=float(np.percentile(outputs, 90)),
-        arrival_scv=1.0,
-        input_tokens_known=tuple(inputs.tolist()),
-        output_tokens_known=tuple(outputs.tolist()),
-    )
+    workload = known_workload(sample.input_tokens, sample.output_tokens, rate_rps=1.0, arrival_scv=1.0)
     return CapacityModel(config.resolved_profile(), config.spec.slo, workload, config.prefill_token_budget)
 
 

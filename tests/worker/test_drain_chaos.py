@@ -25,19 +25,21 @@ def _paused(proc: Proc) -> bool:
     return "fault injection: " in proc.log_path.read_text(errors="replace")
 
 
-def _metric(proc: Proc, name: str) -> float:
+def _samples(proc: Proc, name: str) -> tuple[list[float], str]:
+    """The values of every labelled series of `name` on the worker's /metrics, and the page."""
     text = httpx.get(f"{proc.url}/metrics", timeout=5).text
-    values = [float(m.group(1)) for m in re.finditer(rf"^{name}{{[^}}]*}} (\S+)$", text, re.MULTILINE)]
+    return [float(m.group(1)) for m in re.finditer(rf"^{name}{{[^}}]*}} (\S+)$", text, re.MULTILINE)], text
+
+
+def _metric(proc: Proc, name: str) -> float:
+    values, text = _samples(proc, name)
     assert len(values) == 1, f"{name} in:\n{text}"
     return values[0]
 
 
 def _tokens_generated(proc: Proc) -> float:
     """Tokens the worker has emitted (0 before its first: the labelled counter appears with it)."""
-    text = httpx.get(f"{proc.url}/metrics", timeout=5).text
-    return sum(
-        float(m.group(1)) for m in re.finditer(r"^dopd_generation_tokens_total{[^}]*} (\S+)$", text, re.M)
-    )
+    return sum(_samples(proc, "dopd_generation_tokens_total")[0])
 
 
 async def test_a_prefill_worker_killed_mid_transfer_fails_no_request(
@@ -81,7 +83,8 @@ async def test_a_decode_worker_killed_mid_transfer_fails_only_the_streams_it_was
         chunks = await client.completions.create(
             model=SERVED_MODEL_NAME,
             prompt=[256, *range(1, 20 + i)],
-            max_tokens=3000,  # long enough that the kill lands while the victim streams (a fast machine ran 600 out)
+            # long enough that the kill lands while the victim streams (a fast machine ran 600 out)
+            max_tokens=3000,
             temperature=0,
             stream=True,
             extra_body={"ignore_eos": True},

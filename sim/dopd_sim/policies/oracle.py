@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from dopd_forecaster.traces import Trace
 from dopd_operator.capacity import CapacityModel, Workload
@@ -25,6 +26,31 @@ from dopd_operator.planner import lead_time_seconds
 from dopd_sim.metrics import percentile
 from dopd_sim.policies.base import Architecture, Layout, TickInput
 from dopd_sim.policies.sizing import busiest_window
+
+
+def known_workload(
+    input_tokens: npt.ArrayLike,
+    output_tokens: npt.ArrayLike,
+    rate_rps: float,
+    arrival_scv: float,
+    prefix_cache_hit_rate: float = 0.0,
+) -> Workload:
+    """A capacity-model workload that knows its requests' lengths themselves (perfect knowledge, not a
+    fit to two of their statistics), at `rate_rps` with that burstiness. The oracle's and
+    `dopd_sim.steady`'s."""
+    inputs = np.asarray(input_tokens, dtype=np.float64)
+    outputs = np.asarray(output_tokens, dtype=np.float64)
+    return Workload(
+        arrival_rate_rps=rate_rps,
+        input_tokens_mean=float(np.mean(inputs)),
+        input_tokens_p90=percentile(inputs, 90),
+        output_tokens_mean=float(np.mean(outputs)),
+        output_tokens_p90=percentile(outputs, 90),
+        arrival_scv=arrival_scv,
+        prefix_cache_hit_rate=prefix_cache_hit_rate,
+        input_tokens_known=tuple(inputs.tolist()),
+        output_tokens_known=tuple(outputs.tolist()),
+    )
 
 
 @dataclass
@@ -42,19 +68,8 @@ class OraclePolicy:
         if found is None:
             return None
         rate, scv, lo, hi = found
-        inputs = self.trace.input_tokens[lo:hi].astype(np.float64)
-        outputs = self.trace.output_tokens[lo:hi].astype(np.float64)
-        return Workload(
-            arrival_rate_rps=rate,
-            input_tokens_mean=float(np.mean(inputs)),
-            input_tokens_p90=percentile(inputs, 90),
-            output_tokens_mean=float(np.mean(outputs)),
-            output_tokens_p90=percentile(outputs, 90),
-            arrival_scv=scv,
-            prefix_cache_hit_rate=hit_rate,
-            # Perfect knowledge includes the lengths themselves, not a fit to two of their statistics.
-            input_tokens_known=tuple(inputs.tolist()),
-            output_tokens_known=tuple(outputs.tolist()),
+        return known_workload(
+            self.trace.input_tokens[lo:hi], self.trace.output_tokens[lo:hi], rate, scv, hit_rate
         )
 
     def _size(self, workload: Workload | None, tick: TickInput) -> Layout:
