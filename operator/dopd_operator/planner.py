@@ -73,6 +73,9 @@ MAX_SHED_SHARE_TO_LEARN = 0.02
 # move by about 5% from tick to tick on a right profile (simulated Azure trace). The oracle, which
 # measures the capacity model, sizes without it.
 SERVICE_TIME_HEADROOM = 1.05
+# A decode pool whose mean batch is at this share of its slot limit (`CapacityModel.decode_batch_size`)
+# is full: sequences queue for its slots (`_update_corrections`).
+FULL_BATCH_SHARE = 0.95
 MAX_RECOMMENDATIONS = 200
 
 
@@ -374,14 +377,17 @@ def _update_corrections(
     by a predicted P99 would read a correct profile as too slow-to-fast and drive the factor to its floor.
 
     Nothing is learned from what no factor within CORRECTION_BOUNDS explains (except a decode pool
-    missing the TPOT SLO by more than the upper bound explains: its factor moves toward that bound), nor
+    missing the TPOT SLO, at its percentile or its attainment target, by more than the upper bound
+    explains: its factor moves toward that bound), nor
     while a prefill backlog stands (more than one TTFT SLO's worth of arrivals queued) and its prompts
     are served late (observed TTFT above the SLO): the latencies of such windows, and the decode flood
     when a backlog drains, are left by a load the pool was too small for, not by the engine's speed.
     The queue term of the load drains the backlog; a slow engine shows again in the windows after. The
     prefill factor also holds while the router sheds more than MAX_SHED_SHARE_TO_LEARN of the arrivals,
     or the shed rate is unknown; and a role's factor holds while its Ready count changed within the
-    metrics window (`unsettled`, from `_track_ready`), except for the decode flood rule above. Nor does
+    metrics window (`unsettled`, from `_track_ready`): a decode pool that has just grown reads the slot
+    waits of the smaller pool before it, and moves toward the bound only if its batches are still full
+    (FULL_BATCH_SHARE of the slots: it is too small now, whatever the window saw). Nor does
     the prefill factor learn from a TTFT percentile that no pool size reaches (the prompts there take
     longer than the SLO alone: `prefill_feasible_share` below it): that percentile is the longest prompts'
     own prefill time, where a prefix cache saves most (a long prompt is mostly a cached conversation), and
@@ -426,9 +432,18 @@ def _update_corrections(
         mean_batch = observation.decode_running / observation.decode.ready
         predicted = model.tpot_quantile_seconds(mean_batch, quantile)
         ratio = observation.tpot_seconds / predicted if predicted > 0 else 0.0
-        if low <= ratio <= high and "decode" not in unsettled:
+        # Missing the SLO: the percentile past it, or fewer sequences within it than the target.
+        missed = observation.tpot_seconds > spec.slo.tpot_seconds or (
+            observation.tpot_attainment is not None
+            and observation.tpot_attainment < spec.slo.attainment_target
+        )
+        # Every slot taken: the pool is too small now, whatever the window saw.
+        full = mean_batch >= FULL_BATCH_SHARE * model.decode_batch_size
+        if "decode" in unsettled and not (full and missed):
+            pass  # the window's TPOT is the old pool's (its slot waits included), not this one's
+        elif low <= ratio <= high and "decode" not in unsettled:
             decode_factor += CORRECTION_SMOOTHING * (ratio - decode_factor)
-        elif ratio > high and observation.tpot_seconds > spec.slo.tpot_seconds:
+        elif ratio > high and missed:
             # Past what any factor explains and missing the SLO: sequences wait for a slot in a pool too
             # small for them, which no ratio measures. Move toward the bound (a bigger pool either way);
             # the factor relearns the engine's speed once the TPOT is back within it.

@@ -388,3 +388,31 @@ def test_a_decode_pool_missing_its_slo_past_every_factor_grows_toward_the_bound(
     # Within the SLO, an unexplained reading still teaches nothing (a reading below the lower bound).
     fast = make_obs(rate=50, prefill=4, decode=2, tpot_seconds=0.001, decode_running=200)
     assert plan(make_spec(), fast, None, first.state, T0).state.decode_correction == pytest.approx(1.5)
+
+
+def test_a_decode_pool_that_has_just_grown_does_not_read_its_old_slot_waits_as_too_small() -> None:
+    """Sequences that waited for a slot in the old, smaller pool finish in the window after new replicas
+    join, with a TPOT far past the SLO. With slots free now, that is the old pool's story: the decode
+    factor holds (a surge had pushed it to 1.7 this way, and the pool to 19 replicas where 7 served the
+    load). A pool that is still full after growing is still too small, and its factor grows. Missing the
+    SLO counts the attainment too: a P90 within it while 5% of sequences miss grows a settled pool."""
+    spec = make_spec()
+    slots = CapacityModel(resolve_profile(spec.profile), spec.slo, Workload(50.0, 1000, 2000, 200, 400))
+    flooded = make_obs(
+        rate=50, prefill=4, decode=2, tpot_seconds=0.4, decode_running=2 * slots.decode_batch_size
+    )
+    state = settled_state(flooded)
+    grown = flooded.model_copy(update={"decode": RoleObservation(current=6, ready=6)})
+    just_grown = plan(spec, grown, None, state, T0)
+    assert just_grown.state.decode_correction == 1.0
+    assert any(r.startswith("decode correction held: 6 replica(s) Ready for 0s") for r in just_grown.reasons)
+    still_full = grown.model_copy(update={"decode_running": 6 * slots.decode_batch_size})
+    assert plan(spec, still_full, None, state, T0).state.decode_correction == pytest.approx(1.5)
+    # Settled, slots free, a P90 within the 50 ms SLO that no factor explains, and 95% of sequences in it.
+    some_miss = make_obs(
+        rate=50, prefill=4, decode=2, tpot_seconds=0.045, tpot_attainment=0.95, decode_running=20
+    )
+    grew = plan(spec, some_miss, None, settled_state(some_miss), T0).state.decode_correction
+    assert grew == pytest.approx(1.5)
+    in_target = some_miss.model_copy(update={"tpot_attainment": 0.995})
+    assert plan(spec, in_target, None, settled_state(in_target), T0).state.decode_correction == 1.0
