@@ -227,8 +227,9 @@ def _provisioned_rate(
     the lead time, and the observed rate extrapolated along its current rise over that lead time (the
     rise beyond one standard error of the slope a load with no trend shows at the observed burstiness:
     the slope of a noisy flat load is positive half the time, and extrapolated over a lead time it
-    had provisioned the Azure trace's plateaus 5-8% high). The
-    surge headroom (`surge.py`: the upper quantile of how far the load rose, within a lead time, above
+    had provisioned the Azure trace's plateaus 5-8% high; a rise that has stopped has no current
+    rise: the observation's trend is at most its window's recent half's, `estimators.summarize_arrivals`).
+    The surge headroom (`surge.py`: the upper quantile of how far the load rose, within a lead time, above
     both the observed rate and its extrapolation) is added to the observed rate only: not to the
     extrapolation, which while a rise is under way carries it forward for a whole lead time and so
     already overshoots (its past errors there are negative), nor to the forecast, whose upper quantile

@@ -11,7 +11,8 @@ history the forecaster is fitted on, how wrong the simple predictors have been: 
                   -  max(rate(t), rate(t) + max(slope(t) - noise(t), 0) * lead)
 
 (rates as the planner observes them: means over the metrics window; slope the least-squares slope
-over the trend window, noise its standard error for a load with no trend at that rate and the
+over the trend window, at most the recent half's slope plus its noise as `estimators.summarize_arrivals`
+reads it, noise its standard error for a load with no trend at that rate and the
 observed burstiness, `estimators.slope_noise_rps_per_s`: the trend guard extrapolates only the rise
 beyond it). The headroom is the upper quantile of those residuals, at the quantile the capacity model
 provisions for (the higher of the SLO percentile and the attainment target, see
@@ -137,6 +138,11 @@ def surge_headroom(
     spread = float(np.sum(x * x))
     # The trend guard's own rule: only the rise beyond the slope's noise at that level is extrapolated.
     slope_noise = slope_noise_rps_per_s(level, arrival_scv, step_s, spread)
+    recent_buckets = trend_buckets // 2
+    if recent_buckets >= 2:
+        recent_x = _centred_times(recent_buckets, step_s)
+        recent_noise = slope_noise_rps_per_s(level, arrival_scv, step_s, float(np.sum(recent_x * recent_x)))
+        slope = np.minimum(slope, _window_slopes(values, recent_buckets, step_s) + recent_noise)
     predicted = level + np.maximum(slope - slope_noise, 0.0) * lead_s  # NaN (skipped) where unknown
     # The peak of the window means over the next `ahead` buckets, for each moment that has them all.
     future = np.lib.stride_tricks.sliding_window_view(level[1:], ahead)  # row i: level[i+1 .. i+ahead]

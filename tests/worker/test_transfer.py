@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import multiprocessing
 import socket
+from typing import Any
 
 import pytest
 import torch
@@ -62,19 +63,24 @@ def test_tag_bases_of_consecutive_transfers_do_not_overlap() -> None:
     assert tag_base(2**31 // layers, layers) == 0  # wraps inside gloo's 31-bit tag space
 
 
+PEER_START_TIMEOUT_S = 60.0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _prefill_peer(port: int, layers_to_send: int, exit_code: int) -> None:
+def _prefill_peer(port: int, layers_to_send: int, exit_code: int, started: Any) -> None:
     """Rank 1: sends `layers_to_send` layers of a known KV, then exits abruptly (a killed pod)."""
     import os
 
     timeout = datetime.timedelta(seconds=5)
+    store = client_store("127.0.0.1", port, timeout)
+    started.set()
     group = make_group(
-        client_store("127.0.0.1", port, timeout),
+        store,
         "pair-x",
         1,
         TransportKind.GLOO,
@@ -91,8 +97,13 @@ def _receive(layers_sent: int) -> tuple[PagedKVCache, list[int], BaseException |
     port = _free_port()
     timeout = datetime.timedelta(seconds=5)
     store = master_store("127.0.0.1", port, timeout)
-    peer = multiprocessing.get_context("spawn").Process(target=_prefill_peer, args=(port, layers_sent, 0))
+    context = multiprocessing.get_context("spawn")
+    started = context.Event()
+    peer = context.Process(target=_prefill_peer, args=(port, layers_sent, 0, started))
     peer.start()
+    # Both pods are up before they pair: the 5 s group timeout is for the pairing, not for a fresh
+    # interpreter importing torch (which took longer than that on two busy cores).
+    assert started.wait(PEER_START_TIMEOUT_S), f"the peer process did not start in {PEER_START_TIMEOUT_S} s"
     cache = PagedKVCache(PRESETS["tiny"], 8, 16, torch.float32, torch.device("cpu"))
     table = cache.allocator.allocate("r", 20)
     error: BaseException | None = None
@@ -113,7 +124,7 @@ def _receive(layers_sent: int) -> tuple[PagedKVCache, list[int], BaseException |
 
 
 @pytest.mark.worker
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_two_process_gloo_pair_moves_every_layer_into_reserved_blocks() -> None:
     cache, table, error = _receive(layers_sent=2)
     assert error is None
@@ -122,7 +133,7 @@ def test_two_process_gloo_pair_moves_every_layer_into_reserved_blocks() -> None:
 
 
 @pytest.mark.worker
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_peer_dying_mid_transfer_raises_transfer_error_instead_of_hanging() -> None:
     cache, table, error = _receive(layers_sent=1)  # the peer dies after layer 0 of 2
     assert isinstance(error, TransferError)

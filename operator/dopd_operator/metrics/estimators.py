@@ -288,7 +288,9 @@ def summarize_arrivals(
     intervals behind the newest has stopped and does not hold the end back); it starts where every
     source present from the beginning has (a pod started later adds what it saw). rate: arrivals in the
     window / its length (shorter while the data is younger); burstiness: index of dispersion of the
-    per-interval counts; trend: least-squares slope of the rate in bins of the usual interval. With
+    per-interval counts; trend: least-squares slope of the rate in bins of the usual interval, at most
+    the slope of the window's recent half plus that half's noise (a rise that has stopped is over, while
+    the slope across the whole window still climbs; a rise under way shows the same slope in both). With
     less data than `min_rate_coverage_seconds`, nothing is known (a series that just started)."""
     sources = [s for s in sources if len(s.amounts)]
     if not sources:
@@ -349,6 +351,14 @@ def summarize_arrivals(
         if trend is not None and scv is not None:
             spread = float(np.sum((centres - np.mean(centres)) ** 2))
             noise = float(slope_noise_rps_per_s(np.array([rate]), scv, width, spread)[0])
+            recent = bins // 2
+            if recent >= 2:
+                tail = centres[-recent:]
+                recent_slope = least_squares_slope(tail, (per_bin / width)[-recent:])
+                tail_spread = float(np.sum((tail - np.mean(tail)) ** 2))
+                recent_noise = float(slope_noise_rps_per_s(np.array([rate]), scv, width, tail_spread)[0])
+                if math.isfinite(recent_slope):
+                    trend = min(trend, recent_slope + recent_noise)
     else:
         problems.append(f"arrival trend: {bins} intervals in the trend window, {MIN_TREND_BINS} needed")
     return ArrivalSummary(rate, scv, trend, tuple(problems), noise)

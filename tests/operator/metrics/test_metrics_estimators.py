@@ -169,7 +169,7 @@ def test_summarize_arrivals_rate_burstiness_and_trend() -> None:
 
 def test_the_trend_noise_is_the_spread_of_slopes_a_flat_load_shows() -> None:
     """Flat Poisson arrivals at 180 rps in 1 s bins, read over the 120 s trend window many times: the
-    reported noise is the standard deviation of the slopes they show (what the trend guard discounts),
+    reported noise is the standard deviation of the window's slopes (what the trend guard discounts),
     and it scales with the burstiness (a dispersion of 4 doubles it)."""
     rng = np.random.default_rng(11)
     slopes, noises = [], []
@@ -177,7 +177,9 @@ def test_the_trend_noise_is_the_spread_of_slopes_a_flat_load_shows() -> None:
         counts = rng.poisson(180.0, size=180).astype(np.float64)
         summary = summarize_arrivals([Intervals.bins(counts, 0.0, 1.0)], window_seconds=60.0)
         assert summary.trend_rps_per_s is not None and summary.trend_noise_rps_per_s is not None
-        slopes.append(summary.trend_rps_per_s)
+        whole = least_squares_slope(np.arange(120, dtype=np.float64), counts[-120:])
+        assert summary.trend_rps_per_s <= whole + 1e-12  # the recent half only ever lowers it
+        slopes.append(whole)
         noises.append(summary.trend_noise_rps_per_s)
     assert float(np.std(slopes)) == pytest.approx(float(np.mean(noises)), rel=0.12)
     assert float(np.mean(noises)) == pytest.approx(math.sqrt(180.0 * 12 / (120**3 - 120)), rel=0.05)
@@ -274,3 +276,19 @@ def test_summarize_arrivals_of_pods_scraped_at_different_moments() -> None:
     assert summarize_arrivals([a, stopped], window_seconds=20.0).rate_rps == pytest.approx(
         2.0 + 2.0 * 10 / 20
     )
+
+
+def test_a_rise_that_has_stopped_is_not_read_as_a_trend() -> None:
+    """A step from 120 to 240 rps 80 s ago, flat since: the 120 s least-squares slope still reads a steep
+    rise (about 1.6 rps/s), which the trend guard would extrapolate over a 150 s lead time to a load near
+    480 rps. The recent half of the window, flat, says the rise is over: the trend is at most that half's
+    slope plus its noise. A rise still under way (the ramp above) keeps its whole slope."""
+    rng = np.random.default_rng(3)
+    counts = np.concatenate([np.full(100, 120.0), np.full(80, 240.0)])
+    noisy = rng.poisson(counts).astype(np.float64)
+    whole = least_squares_slope(np.arange(120, dtype=np.float64), noisy[-120:])
+    summary = summarize_arrivals([Intervals.bins(noisy, 0.0, 1.0)], window_seconds=60.0)
+    assert summary.trend_rps_per_s is not None and summary.trend_noise_rps_per_s is not None
+    assert whole > 1.0
+    assert summary.trend_rps_per_s < 0.5
+    assert summary.rate_rps == pytest.approx(240.0, rel=0.05)
