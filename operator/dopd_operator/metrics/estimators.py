@@ -288,9 +288,10 @@ def summarize_arrivals(
     intervals behind the newest has stopped and does not hold the end back); it starts where every
     source present from the beginning has (a pod started later adds what it saw). rate: arrivals in the
     window / its length (shorter while the data is younger); burstiness: index of dispersion of the
-    per-interval counts; trend: least-squares slope of the rate in bins of the usual interval, at most
-    the slope of the window's recent half plus that half's noise (a rise that has stopped is over, while
-    the slope across the whole window still climbs; a rise under way shows the same slope in both). With
+    per-interval counts; trend: least-squares slope of the rate in bins of the usual interval, with the
+    burstiness known at most the slope of the window's recent half plus that half's noise (a rise that
+    has stopped is over, while the slope across the whole window still climbs; a rise under way shows
+    the same slope in both; with the burstiness unknown the noise is too, and the whole slope counts). With
     less data than `min_rate_coverage_seconds`, nothing is known (a series that just started)."""
     sources = [s for s in sources if len(s.amounts)]
     if not sources:
