@@ -162,6 +162,20 @@ def test_two_replicas_one_acts_the_other_takes_over_when_it_dies(s: Scenario, tm
     first = s.start_operator(standalone=False, peering="dopd")
     second = s.start_operator(standalone=False, peering="dopd")
 
+    def settled() -> bool:
+        """Both replicas are in the peering and the one that yields has yielded. A newcomer with the
+        higher priority takes over from the older replica (Kopf's design), and a model applied before
+        the older one has seen the newcomer is ticked once by each, one after the other (CI saw it)."""
+        status = get_json(s.cluster, "-n", s.namespace, "get", "kopfpeering", "dopd").get("status") or {}
+        peers = sorted(status.items(), key=lambda item: str(item[0]).split("/")[1])  # by start time
+        if len(peers) < 2:
+            return False
+        (_, older), (_, newer) = peers[-2], peers[-1]
+        if int(newer["priority"]) < int(older["priority"]):
+            return True  # the newcomer stays paused from its start; the older replica acts throughout
+        return any("Pausing operations in favour of" in str(r.get("message")) for r in first.log_records())
+
+    wait_until(settled, 60, "the two replicas to settle which one acts")
     doc = model("ha", s.namespace)
     s.apply(doc)
     s.wait_children("ha")
