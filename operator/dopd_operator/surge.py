@@ -11,9 +11,9 @@ history the forecaster is fitted on, how wrong the simple predictors have been: 
                   -  max(rate(t), rate(t) + max(slope(t) - noise(t), 0) * lead)
 
 (rates as the planner observes them: means over the metrics window; slope the least-squares slope
-over the trend window, at most the recent half's slope plus its noise as `estimators.summarize_arrivals`
-reads it, noise its standard error for a load with no trend at that rate and the
-observed burstiness, `estimators.slope_noise_rps_per_s`: the trend guard extrapolates only the rise
+over the trend window, at most the recent half's slope plus its noise, `estimators.guarded_slopes`,
+as `estimators.summarize_arrivals` reads it; noise its standard error for a load with no trend at that
+rate and the observed burstiness, `estimators.slope_noise_rps_per_s`: the trend guard extrapolates only the rise
 beyond it). The headroom is the upper quantile of those residuals, at the quantile the capacity model
 provisions for (the higher of the SLO percentile and the attainment target, see
 `tick.surge_quantile`), less what the rate's own noise explains, floored at zero: `predictor +
@@ -39,7 +39,7 @@ from statistics import NormalDist
 import numpy as np
 import numpy.typing as npt
 
-from dopd_operator.metrics.estimators import slope_noise_rps_per_s
+from dopd_operator.metrics.estimators import centred_times, guarded_slopes, slope_noise_rps_per_s
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -89,26 +89,6 @@ def history_peak_rps(rates_rps: FloatArray, step_s: float, window_s: float) -> f
     return float(np.max(known)) if len(known) else None
 
 
-def _centred_times(buckets: int, step_s: float) -> FloatArray:
-    """Bucket times (s) centred on the window's middle: the least-squares slope's abscissae."""
-    out: FloatArray = (np.arange(buckets, dtype=np.float64) - (buckets - 1) / 2.0) * step_s
-    return out
-
-
-def _window_slopes(values: FloatArray, buckets: int, step_s: float) -> FloatArray:
-    """Least-squares slope (per second) of each bucket's last `buckets` values (NaN if any is unknown)."""
-    n = len(values)
-    out: FloatArray = np.full(n, np.nan)
-    if buckets < 2 or n < buckets:
-        return out
-    x = _centred_times(buckets, step_s)
-    weights = x / float(np.sum(x * x))
-    # slope_i = sum_j weights[j] * values[i - buckets + 1 + j]
-    windows = np.lib.stride_tricks.sliding_window_view(values, buckets)
-    out[buckets - 1 :] = windows @ weights
-    return out
-
-
 def surge_headroom(
     rates_rps: FloatArray,
     step_s: float,
@@ -133,16 +113,11 @@ def surge_headroom(
         return None
     trend_buckets = max(round(trend_s / step_s), 2)
     level = _window_means(values, window)
-    slope = _window_slopes(values, trend_buckets, step_s)  # as the observation's trend
-    x = _centred_times(trend_buckets, step_s)
+    slope = guarded_slopes(values, trend_buckets, step_s, level, arrival_scv)  # as the observation's trend
+    x = centred_times(trend_buckets, step_s)
     spread = float(np.sum(x * x))
     # The trend guard's own rule: only the rise beyond the slope's noise at that level is extrapolated.
     slope_noise = slope_noise_rps_per_s(level, arrival_scv, step_s, spread)
-    recent_buckets = trend_buckets // 2
-    if recent_buckets >= 2:
-        recent_x = _centred_times(recent_buckets, step_s)
-        recent_noise = slope_noise_rps_per_s(level, arrival_scv, step_s, float(np.sum(recent_x * recent_x)))
-        slope = np.minimum(slope, _window_slopes(values, recent_buckets, step_s) + recent_noise)
     predicted = level + np.maximum(slope - slope_noise, 0.0) * lead_s  # NaN (skipped) where unknown
     # The peak of the window means over the next `ahead` buckets, for each moment that has them all.
     future = np.lib.stride_tricks.sliding_window_view(level[1:], ahead)  # row i: level[i+1 .. i+ahead]

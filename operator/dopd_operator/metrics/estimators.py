@@ -235,6 +235,45 @@ def slope_noise_rps_per_s(
     return out
 
 
+def centred_times(bins: int, bin_seconds: float) -> FloatArray:
+    """Bin times (s) centred on the window's middle: the least-squares slope's abscissae."""
+    out: FloatArray = (np.arange(bins, dtype=np.float64) - (bins - 1) / 2.0) * bin_seconds
+    return out
+
+
+def window_slopes(rates_rps: FloatArray, bins: int, bin_seconds: float) -> FloatArray:
+    """Least-squares slope (per second) over each bin's last `bins` rates, oldest first (NaN where fewer
+    than `bins` precede it, or any of them is unknown)."""
+    n = len(rates_rps)
+    out: FloatArray = np.full(n, np.nan)
+    if bins < 2 or n < bins:
+        return out
+    x = centred_times(bins, bin_seconds)
+    weights = x / float(np.sum(x * x))
+    # slope_i = sum_j weights[j] * rates[i - bins + 1 + j]
+    windows = np.lib.stride_tricks.sliding_window_view(np.asarray(rates_rps, dtype=np.float64), bins)
+    out[bins - 1 :] = windows @ weights
+    return out
+
+
+def guarded_slopes(
+    rates_rps: FloatArray, bins: int, bin_seconds: float, level_rps: FloatArray, scv: float
+) -> FloatArray:
+    """The trend the planner extrapolates, at each bin: the least-squares slope over the last `bins`
+    rates, at most the slope of their recent half plus that half's noise at `level_rps` (a rise that
+    has stopped is over, while the slope across the whole window still climbs; a rise under way shows
+    the same slope in both halves). `summarize_arrivals` reads it for now, `surge.surge_headroom` for
+    every past moment: one rule for both."""
+    slope = window_slopes(rates_rps, bins, bin_seconds)
+    recent = bins // 2
+    if recent < 2:
+        return slope
+    x = centred_times(recent, bin_seconds)
+    noise = slope_noise_rps_per_s(level_rps, scv, bin_seconds, float(np.sum(x * x)))
+    out: FloatArray = np.minimum(slope, window_slopes(rates_rps, recent, bin_seconds) + noise)
+    return out
+
+
 @dataclass(frozen=True)
 class ArrivalSummary:
     rate_rps: float | None
@@ -347,19 +386,14 @@ def summarize_arrivals(
         edges = end_s - width * np.arange(bins, -1, -1, dtype=np.float64)
         per_bin = np.diff(arrivals_until(sources, edges))
         centres = (edges[1:] + edges[:-1]) / 2.0
-        slope = least_squares_slope(centres, per_bin / width)
+        rates = per_bin / width
+        slope = least_squares_slope(centres, rates)
         trend = slope if math.isfinite(slope) else None
         if trend is not None and scv is not None:
             spread = float(np.sum((centres - np.mean(centres)) ** 2))
             noise = float(slope_noise_rps_per_s(np.array([rate]), scv, width, spread)[0])
-            recent = bins // 2
-            if recent >= 2:
-                tail = centres[-recent:]
-                recent_slope = least_squares_slope(tail, (per_bin / width)[-recent:])
-                tail_spread = float(np.sum((tail - np.mean(tail)) ** 2))
-                recent_noise = float(slope_noise_rps_per_s(np.array([rate]), scv, width, tail_spread)[0])
-                if math.isfinite(recent_slope):
-                    trend = min(trend, recent_slope + recent_noise)
+            guarded = float(guarded_slopes(rates, bins, width, np.array([rate]), scv)[-1])
+            trend = guarded if math.isfinite(guarded) else trend
     else:
         problems.append(f"arrival trend: {bins} intervals in the trend window, {MIN_TREND_BINS} needed")
     return ArrivalSummary(rate, scv, trend, tuple(problems), noise)
