@@ -158,6 +158,14 @@ def plan(
     history.append(recommendation)
     if fresh:
         target = hold_found_replicas(target, current, spec, clamps)
+        # The replicas found count as this decision's recommendation, so the next decisions' scale-down
+        # window holds them too (the HPA records the current replicas the same way when it first sees a
+        # target): a load the found layout was sized for may come within the window.
+        history[-1] = Recommendation(
+            time=now,
+            prefill=max(recommendation.prefill, current.prefill),
+            decode=max(recommendation.decode, current.decode),
+        )
         reasons.append(
             "first decision: sized for the observed load at once (step limits apply from the next decision)"
         )

@@ -318,6 +318,26 @@ def test_first_decision_sizes_a_standing_load_at_once() -> None:
     assert any(c.stage == "ScaleUpLimit" for c in later.clamps)
 
 
+def test_a_fresh_planner_keeps_the_replicas_it_found_for_the_scale_down_window() -> None:
+    """The replicas a fresh planner finds count as a recommendation for the whole scale-down window, as
+    the HPA's do, not for its first decision only: a layout found at 8P/6D, where the load observed now
+    needs less, may have been sized for a load that comes within the window (the bursts trace's first
+    surge, 80 s into the run, met a pool released to 4P/3D 60 s in: 92.8% attainment where holding reached
+    99.9%). After the window the pool follows the load."""
+    spec = make_spec(scaling={"scaleDown": {"stabilizationSeconds": 300, "maxStepReplicas": 1000}})
+    obs = make_obs(rate=20, prefill=8, decode=6)
+    first = plan(spec, obs, None, PlannerState(), T0)
+    assert (first.prefill, first.decode) == (8, 6)
+    assert first.raw_prefill < 8 and first.raw_decode < 6
+    held = first
+    for seconds in range(30, 300, 30):
+        held = plan(spec, obs, None, held.state, T0 + timedelta(seconds=seconds))
+        assert (held.prefill, held.decode) == (8, 6), seconds
+        assert any(c.stage == "ScaleDownStabilized" for c in held.clamps)
+    after = plan(spec, obs, None, held.state, T0 + timedelta(seconds=330))
+    assert (after.prefill, after.decode) == (first.raw_prefill, first.raw_decode)
+
+
 def _recommendation_at(seconds_ago: float, prefill: int, decode: int) -> Recommendation:
     return Recommendation(time=T0 - timedelta(seconds=seconds_ago), prefill=prefill, decode=decode)
 
