@@ -121,7 +121,7 @@ def test_fake_gpu_nodes_are_ready_with_gpu_capacity(k8s_cluster: Cluster) -> Non
 def test_crd_schema_and_cel_rules_are_enforced(k8s_cluster: Cluster, namespace: str) -> None:
     """A tiny CRD of our own: the API server rejects a schema violation and a CEL violation."""
     k8s_cluster.kubectl("apply", "-f", str(TESTDATA / "widget-crd.yaml"))
-    k8s_cluster.kubectl("wait", "--for=condition=Established", "crd/widgets.e2e.dopd.io", "--timeout=60s")
+    k8s_cluster.wait_crd_established("widgets.e2e.dopd.io")
 
     def widget(spec: dict[str, Any]) -> str:
         obj = {"apiVersion": "e2e.dopd.io/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": spec}
@@ -339,9 +339,7 @@ def test_project_crd_rejects_schema_and_cel_violations(k8s_cluster: Cluster, nam
     version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
     group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
     k8s_cluster.kubectl("apply", "--server-side", "-f", str(PROJECT_CRD))
-    k8s_cluster.kubectl(
-        "wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s"
-    )
+    k8s_cluster.wait_crd_established(crd["metadata"]["name"])
 
     spec_schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     prefill_schema = spec_schema["properties"]["prefill"]

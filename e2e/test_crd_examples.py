@@ -23,9 +23,7 @@ EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 @pytest.fixture(scope="module")
 def dm_namespace(k8s_cluster: Cluster) -> Iterator[str]:
     k8s_cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    k8s_cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/disaggregatedmodels.dopd.io", "--timeout=60s"
-    )
+    k8s_cluster.wait_crd_established("disaggregatedmodels.dopd.io")
     name = f"dm-{uuid.uuid4().hex[:8]}"
     k8s_cluster.kubectl("create", "namespace", name)
     yield name

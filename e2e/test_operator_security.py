@@ -151,7 +151,7 @@ def test_the_operator_does_its_job_with_exactly_the_charts_rbac_and_no_more(
 def test_two_replicas_one_acts_the_other_takes_over_when_it_dies(s: Scenario, tmp_path: Path) -> None:
     s.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(PEERING_CRDS))
     for crd in ("kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"):
-        s.cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+        s.cluster.wait_crd_established(crd)
     s.apply(
         {
             "apiVersion": "kopf.dev/v1",

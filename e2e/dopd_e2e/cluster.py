@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,25 @@ class Cluster:
     ) -> subprocess.CompletedProcess[str]:
         """Run kubectl against the cluster; raises CommandFailed (with stderr) if check and it fails."""
         return self._run("kubectl", args, check=check, input=input, timeout=timeout)
+
+    def wait_crd_established(self, name: str, timeout_s: float = 60.0) -> None:
+        """Poll until the CRD `name` is Established. Not `kubectl wait --for=condition=Established`: right
+        after the create the CRD has no conditions at all, and kubectl fails on that at once ("accessor
+        error: <nil> is of the type <nil>") instead of waiting (CI failed on it)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self.kubectl(
+                "get",
+                f"crd/{name}",
+                "-o",
+                'jsonpath={.status.conditions[?(@.type=="Established")].status}',
+                check=False,  # fails while the new CRD has no conditions at all
+            ).stdout.strip()
+            if status == "True":
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"CRD {name} not Established after {timeout_s:g}s (last: {status!r})")
+            time.sleep(0.2)
 
     def helm(
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 300

@@ -116,21 +116,7 @@ class OperatorProcess:
 
 def install_crd(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    # `kubectl wait` right after the create fails while the CRD has no conditions yet: poll instead
-    wait_until(
-        lambda: (
-            cluster.kubectl(
-                "get",
-                "crd/disaggregatedmodels.dopd.io",
-                "-o",
-                'jsonpath={.status.conditions[?(@.type=="Established")].status}',
-                check=False,  # fails while the new CRD has no conditions at all
-            ).stdout.strip()
-            == "True"
-        ),
-        60,
-        "the DisaggregatedModel CRD to be Established",
-    )
+    cluster.wait_crd_established("disaggregatedmodels.dopd.io")
 
 
 def start_operator(
