@@ -13,12 +13,29 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 CLUSTER_DIR = Path(__file__).resolve().parent.parent / "cluster"
 BUILD_HINT = "run `make cluster-build`"
+
+
+_T = TypeVar("_T")
+
+
+def wait_until(probe: Callable[[], _T | None], timeout_s: float, what: str, interval_s: float = 0.5) -> _T:
+    """Poll `probe` until it returns something truthy; TimeoutError naming `what` (and the last value)."""
+    deadline = time.monotonic() + timeout_s
+    last: _T | None = None
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what} (last: {last!r})")
+        time.sleep(interval_s)
 
 
 class ClusterUnavailable(RuntimeError):
@@ -121,20 +138,21 @@ class Cluster:
         """Poll until the CRD `name` is Established. Not `kubectl wait --for=condition=Established`: right
         after the create the CRD has no conditions at all, and kubectl fails on that at once ("accessor
         error: <nil> is of the type <nil>") instead of waiting (CI failed on it)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            status = self.kubectl(
-                "get",
-                f"crd/{name}",
-                "-o",
-                'jsonpath={.status.conditions[?(@.type=="Established")].status}',
-                check=False,  # fails while the new CRD has no conditions at all
-            ).stdout.strip()
-            if status == "True":
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"CRD {name} not Established after {timeout_s:g}s (last: {status!r})")
-            time.sleep(0.2)
+        wait_until(
+            lambda: (
+                self.kubectl(
+                    "get",
+                    f"crd/{name}",
+                    "-o",
+                    'jsonpath={.status.conditions[?(@.type=="Established")].status}',
+                    check=False,  # fails while the new CRD has no conditions at all
+                ).stdout.strip()
+                == "True"
+            ),
+            timeout_s,
+            f"the CRD {name} to be Established",
+            interval_s=0.2,
+        )
 
     def helm(
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 300

@@ -3,7 +3,7 @@
 `start_operator(cluster, prometheus_url, ...)` starts `dopd run` with the cluster's kubeconfig (or a
 kubeconfig of a ServiceAccount token, for the least-privilege tests), its own /metrics and /healthz on
 free 127.0.0.1 ports, JSON logs to a file, and returns once /healthz answers. `stop()` sends SIGTERM,
-`kill()` SIGKILL (the restart tests). `wait_until` is the one bounded poll the e2e tests use.
+`kill()` SIGKILL (the restart tests). `wait_until` (from cluster.py) is the one bounded poll the e2e tests use.
 """
 
 from __future__ import annotations
@@ -16,35 +16,20 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from dopd_e2e.cluster import Cluster
+from dopd_e2e.cluster import Cluster, wait_until
 from dopd_e2e.prometheus import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "dopd.io_disaggregatedmodels.yaml"
 
-_T = TypeVar("_T")
-
 
 class OperatorFailed(RuntimeError):
     """The operator process exited or never became healthy; the message has its log tail."""
-
-
-def wait_until(probe: Callable[[], _T | None], timeout_s: float, what: str, interval_s: float = 0.5) -> _T:
-    """Poll `probe` until it returns something truthy; TimeoutError naming `what` (and the last value)."""
-    deadline = time.monotonic() + timeout_s
-    last: _T | None = None
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what} (last: {last!r})")
-        time.sleep(interval_s)
 
 
 @dataclass
