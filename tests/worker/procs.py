@@ -87,15 +87,21 @@ class Cluster:
             time.sleep(0.2)
         raise RuntimeError(f"{proc.name} not healthy after {timeout_seconds}s:\n{proc.log()}")
 
-    def wait_router_sees(self, router: Proc, healthy_urls: set[str], timeout_seconds: float = 30.0) -> None:
+    def wait_router_sees(
+        self, router: Proc, healthy_urls: set[str], timeout_seconds: float = 30.0, only: bool = False
+    ) -> None:
+        """Until the router sees every one of `healthy_urls` healthy in its workers file (and, with
+        `only`, no other worker there)."""
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:
             workers = httpx.get(f"{router.url}/workers", timeout=2.0).json()
-            seen = {u for u, w in workers.items() if w["healthy"] and w["present"]}
-            if healthy_urls <= seen:
+            present = {u for u, w in workers.items() if w["present"]}
+            seen = {u for u in present if workers[u]["healthy"]}
+            if healthy_urls <= seen and (not only or present == healthy_urls):
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"router does not see {healthy_urls} healthy: {workers}")
+        wanted = "only" if only else "at least"
+        raise RuntimeError(f"router does not see {wanted} {healthy_urls} healthy: {workers}")
 
     def kill_all(self) -> None:
         for proc in self.procs:

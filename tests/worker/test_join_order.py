@@ -1,6 +1,7 @@
 """Which waiting sequence joins a decode batch next (`dopd_worker.join_order`), the one policy the decode
 worker and the simulator share: timely sequences first, in arrival order, then the late ones, oldest
-first; nothing dropped; first come, first served without a TPOT SLO."""
+first; nothing dropped; first come, first served without a TPOT SLO; a sequence on its way into the
+batch is in flight all the way."""
 
 from __future__ import annotations
 
@@ -114,3 +115,29 @@ def test_the_decode_worker_lets_a_timely_sequence_join_before_one_past_its_slack
     for request_id in ("a-waited", "b-timely"):
         assert [token for rid, token in events if rid == request_id][-1] is None  # it finished
         assert len([token for rid, token in events if rid == request_id]) == 4  # 3 tokens, then the end
+
+
+def test_a_sequence_joining_the_batch_is_in_flight_while_its_kv_is_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine thread takes a sequence off the join queue, writes its received KV into its blocks,
+    then puts it in the batch. A drain polls `in_flight()` from another thread: it must not read 0 in
+    between, or the worker exits under a request it has not finished."""
+    engine = _decode_engine(None)
+    events: list[tuple[str, int | None]] = []
+    seen_while_writing: list[int] = []
+    write_layer = engine.cache.write_layer
+
+    def watched(layer: int, table: list[int], kv: torch.Tensor) -> None:
+        seen_while_writing.append(engine.in_flight())
+        write_layer(layer, table, kv)
+
+    monkeypatch.setattr(engine.cache, "write_layer", watched)
+    _admit(engine, "only", events)
+    assert engine.in_flight() == 1  # queued
+    engine.step()
+    assert seen_while_writing and set(seen_while_writing) == {1}
+    assert engine.in_flight() == 1  # in the batch
+    while engine.has_work():
+        engine.step()
+    assert engine.in_flight() == 0 and events[-1] == ("only", None)

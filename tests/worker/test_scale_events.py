@@ -115,22 +115,31 @@ async def test_added_decode_worker_starts_receiving_requests(scale: Scale) -> No
 
 async def test_drained_decode_worker_finishes_in_flight_requests_then_exits(scale: Scale) -> None:
     d1, d2 = scale.decodes
-    running = asyncio.create_task(_burst(scale.router, 8, 400))
+    # Every request of the burst goes to d1 (the only decode worker the router has), so d1 is drained
+    # with all of them in flight, each with most of its 600 tokens to go: seconds of decoding, however
+    # the router would have spread them or the machine scheduled the test.
+    scale.publish([d1])
+    await asyncio.to_thread(
+        scale.cluster.wait_router_sees, scale.router, {scale.prefill.url, d1.url}, only=True
+    )
+    n_requests, max_tokens = 8, 600
+    running = asyncio.create_task(_burst(scale.router, n_requests, max_tokens))
     deadline = time.monotonic() + 60
     async with httpx.AsyncClient(timeout=5) as client:
-        while (await client.get(f"{d1.url}/health")).json()["running"] == 0:  # until d1 decodes some
-            assert time.monotonic() < deadline, "d1 never got a request"
+        while (await client.get(f"{d1.url}/health")).json()["in_flight"] < n_requests:  # all reached d1
+            assert not running.done(), running.result()
+            assert time.monotonic() < deadline, "the burst never reached d1"
             await asyncio.sleep(0.01)
     # What Kubernetes does on scale-down: the Endpoints drop the pod, and preStop drains it.
     scale.publish([d2])
     drain = httpx.post(f"{d1.url}/drain", timeout=5).json()
-    assert drain["in_flight"] > 0
+    assert drain["in_flight"] > 0, drain
     # The pod's preStop hook: drains (again, idempotent) and returns once the process has exited.
     port = int(d1.url.rsplit(":", 1)[1])
     prestop = asyncio.create_task(asyncio.to_thread(prestop_drain, port, 60.0))
     results = await running
-    assert all(r.status == 200 and r.tokens == 400 for r in results), results  # none lost
-    assert any(r.decode == d1.url for r in results)
+    # none lost: every one finished on d1, whole
+    assert all(r.status == 200 and r.tokens == max_tokens and r.decode == d1.url for r in results), results
     assert await prestop == 0  # preStop returned: the worker is gone
     assert await asyncio.to_thread(d1.popen.wait, 60) == 0  # it exited by itself, cleanly, once idle
     later = await _burst(scale.router, 4, 4)

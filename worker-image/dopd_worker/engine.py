@@ -295,6 +295,7 @@ class DecodeEngine(EngineThread):
         self.active: list[DecodeSequence] = []
         self.eos_ids = model.config.eos_token_ids
         self.pending_transfers = 0
+        self._writing_kv = 0  # taken from _joining by the engine thread, not yet in `active`
         self._aborting: str | None = None
 
     def admit(self, seq: DecodeSequence) -> None:
@@ -311,7 +312,7 @@ class DecodeEngine(EngineThread):
             self.cond.notify_all()
 
     def in_flight(self) -> int:
-        return len(self.active) + len(self._joining) + self.pending_transfers
+        return len(self.active) + len(self._joining) + self._writing_kv + self.pending_transfers
 
     def abort_all(self, reason: str) -> int:
         """End every sequence (batched or joining) with `error: reason` (the drain timeout); their
@@ -373,28 +374,38 @@ class DecodeEngine(EngineThread):
             now = time.monotonic()
             joining = [self._joining.pop(now) for _ in range(min(room, len(self._joining)))]
             cancelled, self._cancelled = self._cancelled, set()
+            self._writing_kv = len(joining)  # out of the queue, not in the batch: a drain waits for them
         for seq in joining:
             try:
-                with self.lock:
-                    table = self.cache.allocator.table(seq.request_id)
-                assert seq.staged_kv is not None
-                for layer, kv in enumerate(seq.staged_kv):
-                    self.cache.write_layer(layer, table, kv.to(self.cache.device))
-            except Exception as exc:  # a bug, not a transfer failure: fail this sequence, keep the rest
-                log.exception("writing the received KV of %s failed", seq.request_id)
-                with self.lock:
-                    self.cache.allocator.free(seq.request_id)
-                seq.emit(None, f"error: writing the received KV failed: {exc}")
-                continue
-            seq.staged_kv = None
-            reason = self._emit(seq, seq.first_token)
-            if reason is not None:
-                self._finish(seq, reason)
-            else:
-                self.active.append(seq)
+                self._place(seq)
+            finally:
+                with self.cond:
+                    self._writing_kv -= 1
         for seq in [s for s in self.active if s.request_id in cancelled]:
             self.active.remove(seq)
             self._finish(seq, "cancelled")
+
+    def _place(self, seq: DecodeSequence) -> None:
+        """Write a joining sequence's received KV into its blocks and emit its first token; it joins
+        the batch unless that token ended it."""
+        try:
+            with self.lock:
+                table = self.cache.allocator.table(seq.request_id)
+            assert seq.staged_kv is not None
+            for layer, kv in enumerate(seq.staged_kv):
+                self.cache.write_layer(layer, table, kv.to(self.cache.device))
+        except Exception as exc:  # a bug, not a transfer failure: fail this sequence, keep the rest
+            log.exception("writing the received KV of %s failed", seq.request_id)
+            with self.lock:
+                self.cache.allocator.free(seq.request_id)
+            seq.emit(None, f"error: writing the received KV failed: {exc}")
+            return
+        seq.staged_kv = None
+        reason = self._emit(seq, seq.first_token)
+        if reason is not None:
+            self._finish(seq, reason)
+        else:
+            self.active.append(seq)
 
     def step(self) -> None:
         if self._abort_pending():
