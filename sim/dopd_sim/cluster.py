@@ -119,7 +119,7 @@ class Simulator:
         initial = getattr(self.policy, "initial_layout", None)
         layout = initial(first) if callable(initial) else None
         if layout is None:
-            layout = warm_start_layout(self.trace, self.config, self.profile, self.aggregated)
+            layout = warm_start_layout(first.observation, self.profile, self.config, self.aggregated)
         self._apply(layout, warm=True)
         self._push(self.config.interval_seconds, _TICK)
         arrivals = self.arrival_s

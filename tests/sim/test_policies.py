@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sim_helpers import toy_profile
+from sim_helpers import make_trace, toy_profile
 
+from dopd_forecaster.traces import Trace
 from dopd_sim.config import SimConfig
 from dopd_sim.metrics import slo_met
 from dopd_sim.policies import FIXED_POLICIES, POLICY_NAMES, make_policy
@@ -107,3 +108,24 @@ def test_dopd_keeps_headroom_for_a_jump_like_one_it_has_seen() -> None:
     assert float(np.mean(met[second])) >= 0.99
     assert policy.last_result is not None and policy.last_result.surge is not None
     assert policy.last_result.surge.rps > 50.0
+
+
+def test_the_shared_warm_start_knows_only_the_first_minute() -> None:
+    """Every scaling policy but the oracle starts from what a planner that watched the first metrics
+    window would order: a surge 90 s in (inside the old warm start's lookahead) changes nothing at
+    time 0 for them, and the oracle, which knows the future, starts larger for it."""
+    surge = steps([5.0, 5.0, 80.0], 45.0, seed=3)
+    before = surge.arrival_s < 90.0
+    quiet = make_trace(
+        list(surge.arrival_s[before]),
+        list(surge.input_tokens[before]),
+        list(surge.output_tokens[before]),
+    )
+    config = SimConfig()
+
+    def start_gpus(name: str, trace: Trace) -> float:
+        return float(simulate(trace, make_policy(name, trace, config), config).summary.timeline[0]["gpus"])
+
+    for name in ("dopd", "reactive", "dynamo-sla"):
+        assert start_gpus(name, surge) == start_gpus(name, quiet), name
+    assert start_gpus("oracle", surge) > start_gpus("oracle", quiet)

@@ -1,8 +1,8 @@
 """Sizing a layout from a known load with the operator's capacity model (`dopd_operator.capacity`).
 
-Used for the warm start every policy shares (the cluster the capacity model sizes for the first lead
-time of load, ready at time 0, so runs compare scaling rather than a cold first minute), by `oracle`
-(the busiest window ahead) and by the peak-layout searches.
+Used for the warm start every policy shares (the cluster the capacity model sizes for the first minute's
+load as observed at its end, ready at time 0, so runs compare scaling rather than a cold first minute),
+by `oracle` (the busiest window ahead) and by the peak-layout searches.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ import numpy as np
 
 from dopd_forecaster.traces import Trace
 from dopd_operator.capacity import CapacityModel, Workload
-from dopd_operator.planner import lead_time_seconds
+from dopd_operator.planner_types import Observation
 from dopd_operator.profile import PerformanceProfile
 from dopd_sim.config import SimConfig
-from dopd_sim.metrics import percentile
 from dopd_sim.policies.base import Layout
 
 _MIN_ARRIVALS_FOR_SCV = 20
@@ -65,25 +64,25 @@ def busiest_window(
 
 
 def warm_start_layout(
-    trace: Trace, config: SimConfig, profile: PerformanceProfile, aggregated: bool
+    first: Observation, profile: PerformanceProfile, config: SimConfig, aggregated: bool
 ) -> Layout:
-    """The cluster a run starts from: the capacity model's sizes for the busiest window of the first lead
-    time (startup + interval), from the lengths' mean and P90, as a planner running before the trace
-    began would have ordered; ready at time 0. The same for every policy but `static` and `oracle`
-    (which bring their own) and a cold-started dopd, so runs compare scaling, not a cold first minute."""
-    if len(trace) == 0:
-        return Layout(mixed=2) if aggregated else Layout(prefill=1, decode=1)
-    found = busiest_window(trace, 0.0, lead_time_seconds(config.spec), config.window_seconds)
-    assert found is not None
-    rate, _, lo, hi = found
-    inputs = trace.input_tokens[lo:hi].astype(np.float64)
-    outputs = trace.output_tokens[lo:hi].astype(np.float64)
+    """The cluster a run starts from: the capacity model's sizes for the first metrics window's load as
+    the operator sees it at its end (`first`: its mean rate, the lengths' mean and P90), ready at time 0:
+    what a planner that had watched that minute would have ordered, and no more (nothing from later in
+    the trace). The same for every policy but `static` and `oracle` (which bring their own) and a
+    cold-started dopd, so runs compare scaling, not a cold first minute. Nothing arrived in the first
+    window: minReplicas."""
+    rate = first.arrival_rate_rps
+    if not rate or first.input_tokens_mean is None or first.output_tokens_mean is None:
+        spec = config.spec
+        prefill, decode = max(spec.prefill.min_replicas, 1), max(spec.decode.min_replicas, 1)
+        return Layout(mixed=prefill + decode) if aggregated else Layout(prefill=prefill, decode=decode)
     workload = Workload(
         arrival_rate_rps=rate,
-        input_tokens_mean=float(np.mean(inputs)),
-        input_tokens_p90=percentile(inputs, 90),
-        output_tokens_mean=float(np.mean(outputs)),
-        output_tokens_p90=percentile(outputs, 90),
+        input_tokens_mean=first.input_tokens_mean,
+        input_tokens_p90=first.input_tokens_p90,
+        output_tokens_mean=first.output_tokens_mean,
+        output_tokens_p90=first.output_tokens_p90,
     )
     return layout_for_workload(workload, profile, config, aggregated)
 
