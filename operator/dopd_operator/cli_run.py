@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -112,6 +113,24 @@ def runtime_from_environment() -> Any:
     return build_runtime(settings_from_environment())
 
 
+# Kopf peering: the replica with the highest priority acts, the others pause; equal priorities freeze
+# both. Older processes rank higher, so a newcomer (a rolling update's new pod, a restarted standby)
+# waits for the active replica to leave instead of taking over from whichever drew a lower number.
+# The tiebreak separates two started in the same 10 ms. Priorities stay positive and below 2**53 (exact in every JSON client) until 2286.
+PRIORITY_TICK_SECONDS = 0.01
+PRIORITY_EPOCH_END_TICKS = 10**12  # 10**10 s: 2286-11-20
+PRIORITY_TIEBREAKS = 1000
+
+
+def peering_priority(started_at_s: float, tiebreak: int) -> int:
+    """Kopf peering priority of a process started at `started_at_s` (Unix seconds): the earlier, the
+    higher; `tiebreak` in [0, PRIORITY_TIEBREAKS) orders processes started in the same 10 ms."""
+    if not 0 <= tiebreak < PRIORITY_TIEBREAKS:
+        raise ValueError(f"tiebreak must be in [0, {PRIORITY_TIEBREAKS}), got {tiebreak}")
+    ticks = min(max(int(started_at_s / PRIORITY_TICK_SECONDS), 0), PRIORITY_EPOCH_END_TICKS - 1)
+    return (PRIORITY_EPOCH_END_TICKS - ticks) * PRIORITY_TIEBREAKS + tiebreak
+
+
 @click.command()
 @click.option("--prometheus-url", envvar=ENV["prometheus_url"], help="Prometheus HTTP API base URL.")
 @click.option(
@@ -176,11 +195,12 @@ def run(**values: Any) -> None:
     configure_logging(settings.log_format is LogFormat.JSON)
     memo = kopf.Memo(runtime=build_runtime(settings))
     liveness = f"http://{settings.bind_address}:{settings.health_port}/healthz"
+    priority = peering_priority(time.time(), random.randrange(PRIORITY_TIEBREAKS))
     log.info(
         "dopd operator starting: prometheus %s, namespaces %s, peering %s",
         settings.prometheus.url,
         ",".join(settings.namespaces) or "(all)",
-        settings.peering or "(standalone)",
+        f"{settings.peering} (priority {priority})" if settings.peering else "(standalone)",
     )
     asyncio.run(
         kopf.operator(
@@ -188,9 +208,7 @@ def run(**values: Any) -> None:
             namespaces=list(settings.namespaces),
             standalone=settings.peering is None,
             peering_name=settings.peering,
-            # A random priority per process: exactly one replica acts, the other waits for its peering
-            # record to expire (same priorities would freeze both).
-            priority=random.randint(1, 1_000_000),
+            priority=priority,
             liveness_endpoint=liveness,
             memo=memo,
         )
