@@ -116,7 +116,8 @@ def runtime_from_environment() -> Any:
 # Kopf peering: the replica with the highest priority acts, the others pause; equal priorities freeze
 # both. Older processes rank higher, so a newcomer (a rolling update's new pod, a restarted standby)
 # waits for the active replica to leave instead of taking over from whichever drew a lower number.
-# The tiebreak separates two started in the same 10 ms. Priorities stay positive and below 2**53 (exact in every JSON client) until 2286.
+# The tiebreak separates two started in the same 10 ms. Priorities stay positive and below 2**53
+# (exact in every JSON client) until 2286.
 PRIORITY_TICK_SECONDS = 0.01
 PRIORITY_EPOCH_END_TICKS = 10**12  # 10**10 s: 2286-11-20
 PRIORITY_TIEBREAKS = 1000

@@ -25,11 +25,16 @@ def layout_for_workload(
     workload: Workload, profile: PerformanceProfile, config: SimConfig, aggregated: bool
 ) -> Layout:
     """Fewest replicas the capacity model says meet the SLOs at this workload, within the spec's bounds."""
-    spec = config.spec
-    model = CapacityModel(profile, spec.slo, workload, config.prefill_token_budget)
+    model = CapacityModel(profile, config.spec.slo, workload, config.prefill_token_budget)
     rate = workload.arrival_rate_rps
-    prefill = min(max(model.prefill_replicas(rate), spec.prefill.min_replicas, 1), spec.prefill.max_replicas)
-    decode = min(max(model.decode_replicas(rate), spec.decode.min_replicas, 1), spec.decode.max_replicas)
+    return _bounded_layout(model.prefill_replicas(rate), model.decode_replicas(rate), config, aggregated)
+
+
+def _bounded_layout(prefill: int, decode: int, config: SimConfig, aggregated: bool) -> Layout:
+    """`prefill` and `decode` replicas within the spec's bounds (at least one each); colocated, their sum."""
+    spec = config.spec
+    prefill = min(max(prefill, spec.prefill.min_replicas, 1), spec.prefill.max_replicas)
+    decode = min(max(decode, spec.decode.min_replicas, 1), spec.decode.max_replicas)
     if aggregated:
         return Layout(mixed=prefill + decode)
     return Layout(prefill=prefill, decode=decode)
@@ -74,9 +79,7 @@ def warm_start_layout(
     window: minReplicas."""
     rate = first.arrival_rate_rps
     if not rate or first.input_tokens_mean is None or first.output_tokens_mean is None:
-        spec = config.spec
-        prefill, decode = max(spec.prefill.min_replicas, 1), max(spec.decode.min_replicas, 1)
-        return Layout(mixed=prefill + decode) if aggregated else Layout(prefill=prefill, decode=decode)
+        return _bounded_layout(0, 0, config, aggregated)
     workload = Workload(
         arrival_rate_rps=rate,
         input_tokens_mean=first.input_tokens_mean,
