@@ -238,7 +238,8 @@ def _provisioned_rate(
     had provisioned the Azure trace's plateaus 5-8% high; a rise that has stopped has no current
     rise: the observation's trend is at most its window's recent half's, `estimators.summarize_arrivals`).
     The surge headroom (`surge.py`: the upper quantile of how far the load rose, within a lead time, above
-    both the observed rate and its extrapolation) is added to the observed rate only: not to the
+    both the observed rate and its extrapolation) is added to the observed rate, up to the history's
+    peak (as the forecast's upper quantile stops there, `tick.forecast_load`), and only to it: not to the
     extrapolation, which while a rise is under way carries it forward for a whole lead time and so
     already overshoots (its past errors there are negative), nor to the forecast, whose upper quantile
     is its own allowance for what it cannot foresee.
@@ -253,8 +254,12 @@ def _provisioned_rate(
     noise = observation.arrival_rate_trend_noise_rps_per_s or 0.0  # unknown: the whole slope counts
     trend = max(slope - noise, 0.0)
     extrapolated = observed + trend * lead_seconds
-    extra = surge.rps if surge is not None and observed > 0 else 0.0
-    note = f" + {extra:.2f} rps {surge.describe()}" if surge is not None and extra > 0 else ""
+    extra = surge.above(observed) if surge is not None and observed > 0 else 0.0
+    note = ""
+    if surge is not None and observed > 0 and surge.rps > 0:
+        note = f" + {extra:.2f} rps {surge.describe()}"
+        if extra < surge.rps:
+            note += f", up to the history's peak of {surge.peak_rps:.2f} rps"
     candidates = [(observed + extra, f"load {observed:.2f} rps observed{note}")]
     if forecast is not None:
         uncapped = forecast.arrival_rate_rps_upper_uncapped

@@ -56,6 +56,13 @@ class SurgeHeadroom:
     samples: int  # past moments whose whole lead time was seen
     largest_rps: float  # the largest residual seen (for people)
     lead_seconds: float
+    peak_rps: float  # the history's highest window-mean rate: observed + headroom stops there
+
+    def above(self, observed_rps: float) -> float:
+        """The headroom to add to `observed_rps`: at most up to the history's peak. Every rise in the
+        history ended at or below that peak, so a load already near it has never been seen to surge
+        past it by the headroom; a rise to a new high is the forecast's and the trend guard's."""
+        return min(self.rps, max(self.peak_rps - observed_rps, 0.0))
 
     def describe(self) -> str:
         return (
@@ -142,10 +149,12 @@ def surge_headroom(
     largest = float(np.max(residuals))
     if not math.isfinite(upper):
         return None
+    known = level[np.isfinite(level)]
     return SurgeHeadroom(
         rps=max(upper, 0.0),
         quantile=quantile,
         samples=len(residuals),
         largest_rps=max(largest, 0.0),
         lead_seconds=lead_s,
+        peak_rps=float(np.max(known)),
     )

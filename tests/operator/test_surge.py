@@ -113,12 +113,14 @@ def test_the_tick_uses_the_provisioning_quantile_and_the_forecast_history() -> N
 def test_the_planner_adds_the_headroom_to_the_observed_rate() -> None:
     spec = make_spec()
     obs = make_obs(rate=100.0, prefill=4, decode=4)
-    rates = np.concatenate([np.full(60, 50.0), np.full(60, 100.0)])
+    # a 100 rps surge over a 100 rps base, over again: the base it fell back to is served with room for it
+    rates = np.concatenate([np.full(60, 100.0), np.full(60, 200.0), np.full(60, 100.0)])
     surge = surge_headroom(rates, STEP, LEAD, 0.99, WINDOW, TREND, 0.0)
+    assert surge is not None and surge.rps == pytest.approx(100.0)
     plain = plan(spec, obs, None, PlannerState(), T0)
     guarded = plan(spec, obs, None, PlannerState(), T0, surge)
     assert plain.capacity is not None and guarded.capacity is not None
-    assert guarded.capacity.load_rps == pytest.approx(150.0)
+    assert guarded.capacity.load_rps == pytest.approx(200.0)
     assert guarded.raw_prefill > plain.raw_prefill
     assert any("surge headroom" in r for r in guarded.reasons)
     # not stacked on the trend extrapolation: while a rise is under way, that already overshoots
@@ -129,6 +131,24 @@ def test_the_planner_adds_the_headroom_to_the_observed_rate() -> None:
     # no arrivals: nothing to add headroom to (the idle path sizes for no load)
     idle = plan(spec, make_obs(rate=0.0, isl=None, osl=None), None, PlannerState(), T0, surge)
     assert idle.capacity is not None and idle.capacity.load_rps == 0.0
+
+
+def test_the_headroom_stops_at_the_historys_peak() -> None:
+    """Every rise in the history ended at or below its peak: a load at that peak is not provisioned for
+    a surge on top of it (on the simulated bursts trace a 2x surge's 240 rps had been provisioned as
+    360 rps for as long as it lasted), one below it up to the peak, and the reason says so."""
+    spec = make_spec()
+    rates = np.concatenate([np.full(60, 100.0), np.full(60, 200.0), np.full(60, 100.0)])
+    surge = surge_headroom(rates, STEP, LEAD, 0.99, WINDOW, TREND, 0.0)
+    assert surge is not None and surge.peak_rps == pytest.approx(200.0)
+    loads = {}
+    for rate in (100.0, 150.0, 200.0, 260.0):
+        decision = plan(spec, make_obs(rate=rate, prefill=4, decode=4), None, PlannerState(), T0, surge)
+        assert decision.capacity is not None
+        loads[rate] = decision.capacity.load_rps
+        if rate > 100.0:
+            assert any("up to the history's peak of 200.00 rps" in r for r in decision.reasons), rate
+    assert loads == pytest.approx({100.0: 200.0, 150.0: 200.0, 200.0: 200.0, 260.0: 260.0})
 
 
 def test_the_trend_guard_extrapolates_only_the_rise_beyond_the_rates_noise() -> None:
