@@ -395,7 +395,9 @@ def _update_corrections(
     explains: its factor moves toward that bound), nor
     while a prefill backlog stands (more than one TTFT SLO's worth of arrivals queued) and its prompts
     are served late (observed TTFT above the SLO): the latencies of such windows, and the decode flood
-    when a backlog drains, are left by a load the pool was too small for, not by the engine's speed.
+    when a backlog drains, are left by a load the pool was too small for, not by the engine's speed;
+    a backlog served in time (a router with a dispatch deadline) raises the prefill factor but never
+    lowers it (the pool serves less than the arrivals it is solved at).
     The queue term of the load drains the backlog; a slow engine shows again in the windows after. The
     prefill factor also holds while the router sheds more than MAX_SHED_SHARE_TO_LEARN of the arrivals,
     or the shed rate is unknown; and a role's factor holds while its Ready count changed within the
@@ -412,7 +414,8 @@ def _update_corrections(
     # deadline serves the timely prompts first and keeps the late ones queued: there the first tokens
     # of the window still tell the engine's speed.)
     served_late = observation.ttft_seconds is None or observation.ttft_seconds > spec.slo.ttft_seconds
-    if (observation.prefill_queue_depth or 0.0) > rate * spec.slo.ttft_seconds and served_late:
+    backlog = (observation.prefill_queue_depth or 0.0) > rate * spec.slo.ttft_seconds
+    if backlog and served_late:
         return state
     # The latencies are those of the load the engines were given, the served rate. While the router
     # sheds more than a trickle, or with the shed rate unknown, the prefill factor holds: solved at the
@@ -440,6 +443,12 @@ def _update_corrections(
         wanted = model.prefill_slowdown(
             observation.prefill.ready, served, quantile, observation.ttft_seconds, CORRECTION_BOUNDS
         )
+        if wanted is not None and backlog:
+            # Served in time from a standing queue, the pool works flat out on less than the window's
+            # arrivals (the queue takes the rest), so solving at the arrivals reads it as fast: on the
+            # steps trace a 2x jump sank a right factor to 0.63 while the queue grew, and the pool
+            # shrank under it. Such a window can say the engine is slower, never that it is faster.
+            wanted = max(wanted, prefill_factor)
         if wanted is not None:
             prefill_factor += CORRECTION_SMOOTHING * (wanted - prefill_factor)
     if observation.tpot_seconds is not None and observation.decode_running and observation.decode.ready > 0:

@@ -393,6 +393,17 @@ def test_a_backlog_served_in_time_still_teaches_the_prefill_factor() -> None:
     assert plan(make_spec(), obs, None, settled_state(obs), T0).state.prefill_correction > 1.2
 
 
+def test_a_backlog_served_in_time_never_reads_the_engine_as_fast() -> None:
+    """The same queue with first tokens far inside the SLO (P90 0.05 s on 3 replicas at 20 rps): the pool
+    works flat out on less than the arrivals (the queue takes the rest), so it only looks fast. The
+    factor holds; on the steps trace such windows sank a right factor to 0.63 during a 2x jump."""
+    obs = make_obs(rate=20, prefill=3, decode=2, ttft_seconds=0.05, prefill_queue_depth=600)
+    assert plan(make_spec(), obs, None, settled_state(obs), T0).state.prefill_correction == 1.0
+    # without the queue the same reading is a fast engine, and the factor learns it
+    calm = make_obs(rate=20, prefill=3, decode=2, ttft_seconds=0.05)
+    assert plan(make_spec(), calm, None, settled_state(calm), T0).state.prefill_correction < 1.0
+
+
 def test_a_decode_pool_missing_its_slo_past_every_factor_grows_toward_the_bound() -> None:
     """A TPOT of 0.4 s against a 50 ms SLO, far beyond what a 2x slower engine would show at the observed
     batch: sequences wait for slots in a pool too small for them. The decode factor moves toward its
