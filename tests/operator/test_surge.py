@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dopd_builders import T0, make_obs, make_spec
 from dopd_operator.planner import lead_time_seconds, plan
 from dopd_operator.planner_types import PlannerState
-from dopd_operator.surge import surge_headroom
+from dopd_operator.surge import SurgeHeadroom, surge_headroom
 from dopd_operator.tick import (
     FORECAST_STEP_SECONDS,
     LoadHistory,
@@ -149,6 +151,24 @@ def test_the_headroom_stops_at_the_historys_peak() -> None:
         if rate > 100.0:
             assert any("up to the history's peak of 200.00 rps" in r for r in decision.reasons), rate
     assert loads == pytest.approx({100.0: 200.0, 150.0: 200.0, 200.0: 200.0, 260.0: 260.0})
+
+
+@given(
+    headroom=st.floats(0.0, 1e4),
+    peak=st.floats(0.0, 1e4),
+    observed=st.floats(0.0, 2e4),
+)
+def test_the_headroom_never_lifts_the_load_past_the_peak_nor_lowers_it(
+    headroom: float, peak: float, observed: float
+) -> None:
+    surge = SurgeHeadroom(
+        rps=headroom, quantile=0.99, samples=10, largest_rps=headroom, lead_seconds=150.0, peak_rps=peak
+    )
+    extra = surge.above(observed)
+    assert 0.0 <= extra <= headroom
+    assert observed + extra <= max(observed, peak) + 1e-9
+    if observed + headroom <= peak:
+        assert extra == pytest.approx(headroom, abs=1e-6)  # below the peak the whole headroom counts
 
 
 def test_the_trend_guard_extrapolates_only_the_rise_beyond_the_rates_noise() -> None:
