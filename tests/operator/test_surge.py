@@ -153,11 +153,7 @@ def test_the_headroom_stops_at_the_historys_peak() -> None:
     assert loads == pytest.approx({100.0: 200.0, 150.0: 200.0, 200.0: 200.0, 260.0: 260.0})
 
 
-@given(
-    headroom=st.floats(0.0, 1e4),
-    peak=st.floats(0.0, 1e4),
-    observed=st.floats(0.0, 2e4),
-)
+@given(headroom=st.floats(0.0, 1e4), peak=st.floats(0.0, 1e4), observed=st.floats(0.0, 2e4))
 def test_the_headroom_never_lifts_the_load_past_the_peak_nor_lowers_it(
     headroom: float, peak: float, observed: float
 ) -> None:
