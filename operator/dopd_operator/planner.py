@@ -254,9 +254,9 @@ def _provisioned_rate(
     noise = observation.arrival_rate_trend_noise_rps_per_s or 0.0  # unknown: the whole slope counts
     trend = max(slope - noise, 0.0)
     extrapolated = observed + trend * lead_seconds
-    extra = surge.above(observed) if surge is not None and observed > 0 else 0.0
-    note = ""
+    extra, note = 0.0, ""
     if surge is not None and observed > 0 and surge.rps > 0:
+        extra = surge.above(observed)
         note = f" + {extra:.2f} rps {surge.describe()}"
         if extra < surge.rps:
             note += f", up to the history's peak of {surge.peak_rps:.2f} rps"

@@ -91,7 +91,11 @@ def history_peak_rps(rates_rps: FloatArray, step_s: float, window_s: float) -> f
     values = np.asarray(rates_rps, dtype=np.float64)
     if len(values) == 0:
         return None
-    level = _window_means(values, max(round(window_s / step_s), 1))
+    return _peak(_window_means(values, max(round(window_s / step_s), 1)))
+
+
+def _peak(level: FloatArray) -> float | None:
+    """The highest known window mean; None when none is known."""
     known = level[np.isfinite(level)]
     return float(np.max(known)) if len(known) else None
 
@@ -147,14 +151,14 @@ def surge_headroom(
     # "higher": never interpolate below an observed rise (few samples make the quantile the maximum).
     upper = float(np.quantile(residuals, quantile, method="higher"))
     largest = float(np.max(residuals))
-    if not math.isfinite(upper):
+    history_peak = _peak(level)
+    if not math.isfinite(upper) or history_peak is None:
         return None
-    known = level[np.isfinite(level)]
     return SurgeHeadroom(
         rps=max(upper, 0.0),
         quantile=quantile,
         samples=len(residuals),
         largest_rps=max(largest, 0.0),
         lead_seconds=lead_s,
-        peak_rps=float(np.max(known)),
+        peak_rps=history_peak,
     )
