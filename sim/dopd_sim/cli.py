@@ -117,6 +117,16 @@ def _common(function: Any) -> Any:
     help="DistServe's per-GPU goodput: bisect the rate scale in [LOW, HIGH] for the highest at which "
     "attainment stays at the spec's target, and report the run there (ignores --rate-scale).",
 )
+@click.option(
+    "--history-seconds",
+    "history_s",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Treat the trace's first SECONDS as the load's past, as Prometheus holds it on a cluster that "
+    "has been serving: replayed and decided on, not scored (attainment, latencies and GPU-hours count "
+    "from then on). Not with --policy oracle or --goodput-search, which score the whole trace.",
+)
 def simulate(
     trace_path: str,
     manifest: str | None,
@@ -132,8 +142,14 @@ def simulate(
     as_json: bool,
     timeline: bool,
     goodput_search: str | None,
+    history_s: float,
 ) -> None:
     """Replay a trace through the simulated cluster under one policy."""
+    if history_s and (goodput_search or policy == "oracle"):
+        raise click.UsageError(
+            "--history-seconds scores only the rest of the trace; --goodput-search and --policy oracle "
+            "search over the whole trace: leave one of them out"
+        )
     config = _config(manifest, profile, seed, queue)
     if goodput_search:
         _goodput_search(
@@ -141,6 +157,12 @@ def simulate(
         )
         return
     trace = _load(trace_path, rate_scale, time_compression, seed, duration_s)
+    if history_s < 0.0 or (history_s > 0.0 and history_s >= trace.duration_s):
+        raise click.BadParameter(
+            f"{history_s:g} s leaves nothing to score in a trace of {trace.duration_s:g} s: give at least 0 "
+            "and less than the trace's span (after --duration and --time-compression)",
+            param_hint="--history-seconds",
+        )
     layout: tuple[int, int] | None = None
     if static_layout:
         prefill, _, decode = static_layout.partition(":")
@@ -161,6 +183,7 @@ def simulate(
             config,
             trace_name=trace_path,
             rate_scale=rate_scale,
+            score_from_s=history_s,
         )
     if as_json:
         click.echo(json.dumps(result.summary.to_json(include_timeline=timeline)))

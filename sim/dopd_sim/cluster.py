@@ -497,15 +497,20 @@ class Simulator:
 
     # ---------------------------------------------------------------------------------- results
 
-    def gpu_seconds(self, until_s: float | None = None) -> float:
-        """GPU-seconds held by every replica from creation to release, counted up to `until_s` (default:
-        the end of the run; the benchmark counts the trace's span, not the drain after its last arrival)."""
+    def gpu_seconds(self, until_s: float | None = None, since_s: float = 0.0) -> float:
+        """GPU-seconds held by every replica from creation to release, counted from `since_s` up to
+        `until_s` (default: the end of the run; the benchmark counts the trace's span, not the drain
+        after its last arrival)."""
         everything = self.retired + [i for pool in self.pools.values() for i in pool]
         end = self.now_s if until_s is None else until_s
         return float(
             sum(
                 i.gpus
-                * max(min(i.removed_s if i.removed_s is not None else self.now_s, end) - i.created_s, 0.0)
+                * max(
+                    min(i.removed_s if i.removed_s is not None else self.now_s, end)
+                    - max(i.created_s, since_s),
+                    0.0,
+                )
                 for i in everything
             )
         )

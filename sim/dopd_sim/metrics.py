@@ -139,6 +139,7 @@ class RunSummary:
     wall_seconds: float
     layout: str = ""
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    scored_from_s: float = 0.0  # requests arriving earlier were the load's past, not scored (run.py)
 
     def to_json(self, include_timeline: bool = False) -> dict[str, Any]:
         data = asdict(self)

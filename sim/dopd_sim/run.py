@@ -1,5 +1,11 @@
 """Run one policy over one trace and summarize it: the function behind `dopd simulate`, `dopd bench`,
 the static-layout search and the per-GPU goodput search. Callers: cli, bench, search, tests.
+
+`score_from_s` treats the trace's first seconds as the load's past, as a cluster that has been serving
+has it in Prometheus: they are replayed and decided on like the rest (their arrivals are the history
+the forecaster and the surge headroom read), and nothing in them is scored. Attainment, latencies,
+request counts and goodput are those of the requests arriving from then on, GPU-hours those held from
+then on to the trace's end; peak GPUs, scale actions and the timeline cover the whole replay.
 """
 
 from __future__ import annotations
@@ -26,9 +32,21 @@ class RunResult:
 
 
 def simulate(
-    trace: Trace, policy: Policy, config: SimConfig, trace_name: str = "", rate_scale: float = 1.0
+    trace: Trace,
+    policy: Policy,
+    config: SimConfig,
+    trace_name: str = "",
+    rate_scale: float = 1.0,
+    *,
+    score_from_s: float = 0.0,
 ) -> RunResult:
-    """Replay `trace` under `policy`; deterministic for a given (trace, policy, config)."""
+    """Replay `trace` under `policy`; deterministic for a given (trace, policy, config). The summary
+    scores what arrives from `score_from_s` on (module docstring); the arrays cover every request."""
+    if score_from_s < 0.0 or (score_from_s > 0.0 and score_from_s >= trace.duration_s):
+        raise ValueError(
+            f"score_from_s (--history-seconds) is {score_from_s:g}: it must be at least 0 and less than "
+            f"the trace's {trace.duration_s:g} s, or nothing is left to score"
+        )
     started = time.perf_counter()
     sim = Simulator(trace, policy, config)
     sim.run()
@@ -36,16 +54,18 @@ def simulate(
     log = sim.log
     ttft = np.asarray(log.ttft_s, dtype=np.float64)
     tpot = np.asarray(log.tpot_s, dtype=np.float64)
+    scored = np.asarray(trace.arrival_s) >= score_from_s
     slo = config.spec.slo
-    stats = summarize_latencies(ttft, tpot, slo.ttft_seconds, slo.tpot_seconds)
-    duration = max(trace.duration_s, 1e-9)
+    stats = summarize_latencies(ttft[scored], tpot[scored], slo.ttft_seconds, slo.tpot_seconds)
+    span = max(trace.duration_s - score_from_s, 1e-9)
     # Cost is counted over the trace's span: a policy is not charged for draining after the last arrival
     # (nor credited for releasing replicas then).
-    gpu_seconds = sim.gpu_seconds(until_s=duration)
-    mean_gpus = gpu_seconds / duration
-    goodput = (stats["met"] or 0.0) / duration
-    requests = len(trace)
-    rejected = sum(log.rejected)
+    gpu_seconds = sim.gpu_seconds(until_s=trace.duration_s, since_s=score_from_s)
+    mean_gpus = gpu_seconds / span
+    goodput = (stats["met"] or 0.0) / span
+    requests = int(np.count_nonzero(scored))
+    rejected = int(np.count_nonzero(np.asarray(log.rejected)[scored]))
+    completed = int(np.count_nonzero(np.isfinite(np.asarray(log.finish_s)[scored])))
     final = sim.current_layout()
     layout = f"{final.mixed} colocated" if sim.aggregated else f"{final.prefill}P/{final.decode}D"
     summary = RunSummary(
@@ -54,9 +74,9 @@ def simulate(
         rate_scale=rate_scale,
         seed=config.seed,
         requests=requests,
-        completed=log.completed,
+        completed=completed,
         rejected=rejected,
-        unfinished=requests - log.completed - rejected,
+        unfinished=requests - completed - rejected,
         slo_attainment=float(stats["slo_attainment"] or 0.0),
         ttft_attainment=float(stats["ttft_attainment"] or 0.0),
         tpot_attainment=float(stats["tpot_attainment"] or 0.0),
@@ -79,5 +99,6 @@ def simulate(
         wall_seconds=wall,
         layout=layout,
         timeline=[point.__dict__ for point in sim.timeline],
+        scored_from_s=score_from_s,
     )
     return RunResult(summary, ttft, tpot)

@@ -1,0 +1,75 @@
+"""`dopd simulate --history-seconds`: the trace's first seconds are the load's past, replayed and decided
+on but not scored."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dopd_sim.cli import simulate
+from dopd_sim.config import SimConfig
+from dopd_sim.metrics import slo_met
+from dopd_sim.policies.static import StaticPolicy
+from dopd_sim.run import simulate as run
+from dopd_sim.workload import load_workload
+
+# A load the static 1P/1D layout below serves in its first half and cannot in its second.
+RISING = "synthetic:step,rates=4/80,step_seconds=150"
+
+
+def test_only_the_requests_after_the_history_are_scored_and_the_gpus_after_it_paid_for() -> None:
+    trace = load_workload(RISING, seed=3)
+    config = SimConfig(seed=3)
+    history_s = 150.0
+    whole = run(trace, StaticPolicy(1, 1), config)
+    scored = run(trace, StaticPolicy(1, 1), config, score_from_s=history_s)
+    later = np.asarray(trace.arrival_s) >= history_s
+    slo = config.spec.slo
+    met = slo_met(scored.ttft_s, scored.tpot_s, slo.ttft_seconds, slo.tpot_seconds)
+    assert scored.summary.requests == int(np.count_nonzero(later)) < whole.summary.requests
+    assert scored.summary.slo_attainment == pytest.approx(float(np.mean(met[later])))
+    # The overloaded half alone scores worse than the whole run, whose first half met the SLO.
+    assert scored.summary.slo_attainment < whole.summary.slo_attainment
+    # A static layout holds its GPUs throughout: paid for the scored span only.
+    gpus = config.spec.prefill.gpus_per_replica + config.spec.decode.gpus_per_replica
+    assert scored.summary.gpu_hours == pytest.approx(gpus * (trace.duration_s - history_s) / 3600.0)
+    assert scored.summary.mean_gpus == pytest.approx(gpus)
+    assert scored.summary.scored_from_s == history_s
+    assert scored.summary.completed + scored.summary.rejected + scored.summary.unfinished == (
+        scored.summary.requests
+    )
+
+
+def test_a_history_as_long_as_the_trace_is_refused_naming_the_flag() -> None:
+    trace = load_workload(RISING, seed=3)
+    for past_s in (trace.duration_s, -1.0):
+        with pytest.raises(ValueError, match="--history-seconds"):
+            run(trace, StaticPolicy(1, 1), SimConfig(seed=3), score_from_s=past_s)
+    result = CliRunner().invoke(
+        simulate,
+        ["--trace", RISING, "--policy", "static", "--static-layout", "1:1", "--history-seconds", "900"],
+    )
+    assert result.exit_code == 2
+    assert "--history-seconds" in result.output and "nothing to score" in result.output
+
+
+def test_the_oracle_and_the_goodput_search_refuse_a_history() -> None:
+    result = CliRunner().invoke(
+        simulate, ["--trace", RISING, "--policy", "oracle", "--history-seconds", "60"]
+    )
+    assert result.exit_code == 2
+    assert "--history-seconds" in result.output and "whole trace" in result.output
+
+
+def test_the_command_line_scores_from_the_history() -> None:
+    args = ["--trace", RISING, "--policy", "static", "--static-layout", "1:1", "--json"]
+    whole = CliRunner().invoke(simulate, args)
+    scored = CliRunner().invoke(simulate, [*args, "--history-seconds", "150"])
+    assert whole.exit_code == 0 and scored.exit_code == 0, whole.output + scored.output
+    whole_data, scored_data = json.loads(whole.output), json.loads(scored.output)
+    assert scored_data["scored_from_s"] == 150.0 and whole_data["scored_from_s"] == 0.0
+    assert scored_data["requests"] < whole_data["requests"]
+    assert scored_data["gpu_hours"] < whole_data["gpu_hours"]
