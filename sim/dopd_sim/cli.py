@@ -18,7 +18,7 @@ from dopd_operator.api import InlineProfile, ProfileSpec
 from dopd_sim.config import QueuePolicy, SimConfig, default_spec, load_profile, load_spec
 from dopd_sim.policies import POLICY_NAMES, make_policy
 from dopd_sim.report import markdown_table, write_report
-from dopd_sim.run import RunResult
+from dopd_sim.run import RunResult, check_score_from
 from dopd_sim.run import simulate as run_simulation
 from dopd_sim.workload import load_workload
 
@@ -157,12 +157,12 @@ def simulate(
         )
         return
     trace = _load(trace_path, rate_scale, time_compression, seed, duration_s)
-    if history_s < 0.0 or (history_s > 0.0 and history_s >= trace.duration_s):
+    try:  # before a static layout search, not after it
+        check_score_from(history_s, trace)
+    except ValueError as exc:
         raise click.BadParameter(
-            f"{history_s:g} s leaves nothing to score in a trace of {trace.duration_s:g} s: give at least 0 "
-            "and less than the trace's span (after --duration and --time-compression)",
-            param_hint="--history-seconds",
-        )
+            f"{exc} (after --duration and --time-compression)", param_hint="--history-seconds"
+        ) from exc
     layout: tuple[int, int] | None = None
     if static_layout:
         prefill, _, decode = static_layout.partition(":")

@@ -31,6 +31,15 @@ class RunResult:
     tpot_s: np.ndarray
 
 
+def check_score_from(score_from_s: float, trace: Trace) -> None:
+    """Raise ValueError unless `score_from_s` leaves part of `trace` to score (0 always does)."""
+    if score_from_s < 0.0 or (score_from_s > 0.0 and score_from_s >= trace.duration_s):
+        raise ValueError(
+            f"score_from_s (--history-seconds) is {score_from_s:g} s, which leaves nothing to score in a "
+            f"trace of {trace.duration_s:g} s: give at least 0 and less than the trace's span"
+        )
+
+
 def simulate(
     trace: Trace,
     policy: Policy,
@@ -42,11 +51,7 @@ def simulate(
 ) -> RunResult:
     """Replay `trace` under `policy`; deterministic for a given (trace, policy, config). The summary
     scores what arrives from `score_from_s` on (module docstring); the arrays cover every request."""
-    if score_from_s < 0.0 or (score_from_s > 0.0 and score_from_s >= trace.duration_s):
-        raise ValueError(
-            f"score_from_s (--history-seconds) is {score_from_s:g}: it must be at least 0 and less than "
-            f"the trace's {trace.duration_s:g} s, or nothing is left to score"
-        )
+    check_score_from(score_from_s, trace)
     started = time.perf_counter()
     sim = Simulator(trace, policy, config)
     sim.run()
