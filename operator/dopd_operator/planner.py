@@ -121,10 +121,7 @@ def plan(
     rate_rps, load_reason = _provisioned_rate(spec, observation, forecast, surge, no_forecast_why)
     workload = _workload(observation, forecast, rate_rps)
     model = CapacityModel(profile, spec.slo, workload)
-    # A prefill backlog is drained over the lead time (replicas ordered now start working only then, so
-    # draining it within one interval would order for a queue that keeps growing meanwhile), and what
-    # drains from prefill arrives at decode: both pools are sized for it.
-    queue_rps = (observation.prefill_queue_depth or 0.0) / lead_time_seconds(spec, observation)
+    queue_rps = _backlog_rps(spec, observation, state, model, now)
 
     def raw_at(rate: float) -> Layout:
         return Layout(model.prefill_replicas(rate + queue_rps), model.decode_replicas(rate + queue_rps))
@@ -224,6 +221,33 @@ def lead_time_seconds(spec: DisaggregatedModelSpec, observation: Observation | N
     return max(startups) + spec.scaling.interval_seconds
 
 
+def _backlog_rps(
+    spec: DisaggregatedModelSpec,
+    observation: Observation,
+    state: PlannerState,
+    model: CapacityModel,
+    now: datetime,
+) -> float:
+    """The rate, on top of the load, that drains the prefill backlog over one lead time once the
+    capacity ordered serves: the queue now plus what it grows by until then, the arrivals beyond what
+    the ready replicas compute (at full batches), for as long as the replicas already starting still
+    take (since the last scale-up), or a whole startup when none is starting (those ordered now).
+    Draining only today's queue orders for a queue that keeps growing while the new replicas start, and
+    leaves them a larger one than they were sized for. What drains from prefill arrives at decode: both
+    pools are sized for it."""
+    queue = observation.prefill_queue_depth or 0.0
+    lead_s = lead_time_seconds(spec, observation)
+    if queue <= 0:
+        return 0.0
+    startup_s = lead_s - spec.scaling.interval_seconds
+    growing_s = startup_s
+    if observation.prefill.pending > 0 and state.last_scale_up_time is not None:
+        growing_s = min(max(startup_s - (now - state.last_scale_up_time).total_seconds(), 0.0), startup_s)
+    computed_rps = observation.prefill.ready * model.prefill_rps_per_replica
+    growth = max((observation.arrival_rate_rps or 0.0) - computed_rps, 0.0) * growing_s
+    return (queue + growth) / lead_s
+
+
 def _provisioned_rate(
     spec: DisaggregatedModelSpec,
     observation: Observation,
@@ -260,7 +284,13 @@ def _provisioned_rate(
         note = f" + {extra:.2f} rps {surge.describe()}"
         if extra < surge.rps:
             note += f", up to the history's peak of {surge.peak_rps:.2f} rps"
-    candidates = [(observed + extra, f"load {observed:.2f} rps observed{note}")]
+    age_s = observation.arrival_level_age_seconds
+    since = (
+        f" since it stepped {age_s:.0f}s ago"
+        if age_s is not None and age_s < spec.metrics.window_seconds
+        else ""
+    )
+    candidates = [(observed + extra, f"load {observed:.2f} rps observed{since}{note}")]
     if forecast is not None:
         uncapped = forecast.arrival_rate_rps_upper_uncapped
         capped_note = (
@@ -410,6 +440,11 @@ def _update_corrections(
     a factor fitted to it misjudges the prompts that can meet the SLO, which attainment is made of.
     """
     rate = observation.arrival_rate_rps or 0.0
+    # The load stepped within the window: its latencies mix two loads, the one measured at the tick
+    # (running sequences, queue) is the new one's.
+    stepped = observation.arrival_level_age_seconds
+    if stepped is not None and stepped < spec.metrics.window_seconds:
+        return state
     # A backlog whose prompts are served late: the latencies are the backlog's. (A router with a dispatch
     # deadline serves the timely prompts first and keeps the late ones queued: there the first tokens
     # of the window still tell the engine's speed.)

@@ -60,6 +60,13 @@ class Observation(_Frozen):
         "trend shows); the trend guard extrapolates only the rise beyond it. None: unknown (the whole "
         "slope is extrapolated).",
     )
+    arrival_level_age_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="Seconds since the arrival rate stepped to its current level, when it did within the "
+        "trend window (a level change: the rate, burstiness and trend are then read from the change on). "
+        "None: no step seen.",
+    )
     arrival_scv: float | None = Field(
         None,
         ge=0,

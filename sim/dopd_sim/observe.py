@@ -155,6 +155,7 @@ class ObservationBuilder:
             arrival_scv=arrivals.scv,
             arrival_rate_trend_rps_per_s=arrivals.trend_rps_per_s,
             arrival_rate_trend_noise_rps_per_s=arrivals.trend_noise_rps_per_s,
+            arrival_level_age_seconds=arrivals.level_age_seconds,
             prefix_cache_hit_rate=hit_rate,
             input_tokens_mean=inputs.mean,
             input_tokens_p90=inputs.quantile,

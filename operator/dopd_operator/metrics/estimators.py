@@ -274,6 +274,62 @@ def guarded_slopes(
     return out
 
 
+# A level change (the load stepping from one flat level to another) is told from noise and from a ramp
+# by how much of the bins' spread it explains beyond each, in units of the residual's variance per bin:
+# an F statistic. For Poisson counts with no change, the largest over every split point of two minutes of
+# 1 s bins stays under about 15; a 10% step at 100 rps scores about 100.
+LEVEL_CHANGE_SCORE = 25.0
+MIN_LEVEL_BINS = 3  # each level needs this many bins to be read as flat
+
+
+@dataclass(frozen=True)
+class LevelChange:
+    """The rate stepped at bin `index` (the first bin of the new level) from `before_rps` to `after_rps`."""
+
+    index: int
+    before_rps: float
+    after_rps: float
+
+
+def level_change(
+    rates_rps: FloatArray, min_bins: int = MIN_LEVEL_BINS, score: float = LEVEL_CHANGE_SCORE
+) -> LevelChange | None:
+    """The most likely single step in `rates_rps` (equal-width bins, oldest first), if two flat levels
+    explain the bins better than one level and better than a straight line, each by at least `score`
+    times the residual variance per bin; None otherwise (no change, or a ramp: the trend reads those).
+
+    A step inside the metrics window is not burstiness (the counts' variance around one mean would be
+    mostly the step's) and not a trend to extrapolate (the slope across it would carry the jump forward
+    over a whole lead time): the load is flat at its new level, which is what `summarize_arrivals` reads."""
+    rates = np.asarray(rates_rps, dtype=np.float64)
+    n = len(rates)
+    if n < 2 * min_bins or not np.all(np.isfinite(rates)):
+        return None
+    total = float(np.sum(rates))
+    centred = rates - total / n
+    one_level = float(np.dot(centred, centred))
+    if one_level <= 0:
+        return None
+    x = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+    line = one_level - float(np.dot(x, centred)) ** 2 / float(np.dot(x, x))
+    splits = np.arange(min_bins, n - min_bins + 1)
+    before = np.cumsum(rates)[splits - 1]
+    sum_squares = float(np.dot(rates, rates))
+    two_levels = sum_squares - before**2 / splits - (total - before) ** 2 / (n - splits)
+    best = int(np.argmin(two_levels))
+    residual = max(float(two_levels[best]), 0.0)
+    per_bin = residual / max(n - 3, 1)
+    if per_bin <= 0:  # noiseless: any explained spread is a step
+        per_bin = 1e-12 * one_level
+    if (one_level - residual) / per_bin < score or (line - residual) / per_bin < score:
+        return None
+    index = int(splits[best])
+    later = level_change(rates[index:], min_bins, score)  # the load may have stepped again since
+    if later is not None:
+        return LevelChange(index + later.index, later.before_rps, later.after_rps)
+    return LevelChange(index, float(np.mean(rates[:index])), float(np.mean(rates[index:])))
+
+
 @dataclass(frozen=True)
 class ArrivalSummary:
     rate_rps: float | None
@@ -281,6 +337,7 @@ class ArrivalSummary:
     trend_rps_per_s: float | None
     problems: tuple[str, ...]
     trend_noise_rps_per_s: float | None = None  # the trend's standard error under `scv`; None: unknown
+    level_age_seconds: float | None = None  # since the rate stepped (`level_change`); None: no step
 
 
 def _dispersion(
@@ -357,10 +414,37 @@ def summarize_arrivals(
                 "window): the series just started",
             ),
         )
-    at = arrivals_until(sources, np.asarray([end_s - span, end_s], dtype=np.float64))
-    rate = float(at[1] - at[0]) / span
+    # The trend needs the whole trend window: a series younger than that is a model (or a scrape) that
+    # just started, whose first bins read as a rise and would be extrapolated over the lead time.
+    bins = int(trend_seconds / width + 1e-9) if covered_s >= trend_seconds - width else 0
     problems: list[str] = []
-    variance, mean, freedom, arrivals = _dispersion(sources, end_s - span, end_s)
+    rates = np.zeros(0, dtype=np.float64)
+    step: LevelChange | None = None
+    if covered_s < trend_seconds - width:
+        problems.append(
+            f"arrival trend: {covered_s:.0f} s of data, the {trend_seconds:g} s trend window needed"
+        )
+    elif bins >= MIN_TREND_BINS:
+        edges = end_s - width * np.arange(bins, -1, -1, dtype=np.float64)
+        rates = np.diff(arrivals_until(sources, edges)) / width
+        step = level_change(rates)
+    else:
+        problems.append(f"arrival trend: {bins} intervals in the trend window, {MIN_TREND_BINS} needed")
+    # After a level change the load is read from the change on (within the window): its rate, and its
+    # burstiness within each level; the trend only over the new level's bins, once they span half the
+    # trend window (before that, a fresh level has no trend to extrapolate).
+    change_s = end_s - width * (len(rates) - step.index) if step is not None else None
+    since_s = end_s - span if change_s is None else max(end_s - span, change_s)
+    at = arrivals_until(sources, np.asarray([since_s, end_s], dtype=np.float64))
+    rate = float(at[1] - at[0]) / (end_s - since_s)
+    parts = [(end_s - span, end_s)]
+    if change_s is not None and change_s > end_s - span:
+        parts = [(end_s - span, change_s), (change_s, end_s)]
+    variance = mean = arrivals = 0.0
+    freedom = 0
+    for lo, hi in parts:
+        v, m, f, a = _dispersion(sources, lo, hi)
+        variance, mean, freedom, arrivals = variance + v * f, mean + m * f, freedom + f, arrivals + a
     scv: float | None = None
     if freedom < MIN_DISPERSION_BINS - 1:
         problems.append(
@@ -373,20 +457,14 @@ def summarize_arrivals(
         )
     elif mean > 0:
         scv = variance / mean
-    # The trend needs the whole trend window: a series younger than that is a model (or a scrape) that
-    # just started, whose first bins read as a rise and would be extrapolated over the lead time.
-    bins = int(trend_seconds / width + 1e-9) if covered_s >= trend_seconds - width else 0
     trend: float | None = None
     noise: float | None = None
-    if covered_s < trend_seconds - width:
-        problems.append(
-            f"arrival trend: {covered_s:.0f} s of data, the {trend_seconds:g} s trend window needed"
-        )
-    elif bins >= MIN_TREND_BINS:
-        edges = end_s - width * np.arange(bins, -1, -1, dtype=np.float64)
-        per_bin = np.diff(arrivals_until(sources, edges))
-        centres = (edges[1:] + edges[:-1]) / 2.0
-        rates = per_bin / width
+    if step is not None:
+        rates = rates[step.index :]
+        bins = len(rates) if 2 * len(rates) >= bins else 0
+        trend = 0.0
+    if bins >= MIN_TREND_BINS:
+        centres = end_s - width * (np.arange(bins, 0, -1, dtype=np.float64) - 0.5)
         slope = least_squares_slope(centres, rates)
         trend = slope if math.isfinite(slope) else None
         if trend is not None and scv is not None:
@@ -394,6 +472,5 @@ def summarize_arrivals(
             noise = float(slope_noise_rps_per_s(np.array([rate]), scv, width, spread)[0])
             guarded = float(guarded_slopes(rates, bins, width, np.array([rate]), scv)[-1])
             trend = guarded if math.isfinite(guarded) else trend
-    else:
-        problems.append(f"arrival trend: {bins} intervals in the trend window, {MIN_TREND_BINS} needed")
-    return ArrivalSummary(rate, scv, trend, tuple(problems), noise)
+    age = end_s - change_s if change_s is not None else None
+    return ArrivalSummary(rate, scv, trend, tuple(problems), noise, age)

@@ -352,6 +352,7 @@ def build_observation(
         arrival_scv=arrivals.scv,
         arrival_rate_trend_rps_per_s=arrivals.trend_rps_per_s,
         arrival_rate_trend_noise_rps_per_s=arrivals.trend_noise_rps_per_s,
+        arrival_level_age_seconds=arrivals.level_age_seconds,
         prefix_cache_hit_rate=hit_rate,
         input_tokens_mean=input_mean,
         input_tokens_p90=input_p90,

@@ -271,11 +271,13 @@ def test_summarize_arrivals_of_pods_scraped_at_different_moments() -> None:
     assert summary.scv == 0.0  # steady pods: no dispersion (binning across pods would invent some)
     assert summary.trend_rps_per_s == pytest.approx(0.0, abs=1e-9)
     assert summarize_arrivals([], 20.0).rate_rps is None
-    # a pod that stopped 10 s ago does not hold the end back: the window ends at a's newest sample
+    # a pod that stopped 10 s ago does not hold the end back: the window ends at a's newest sample, 10 s
+    # after the sum stepped from 4 to 2 per second, and the rate is read since that step (held back at
+    # the stopped pod's last sample it would read 4)
     stopped = Intervals.bins(np.full(10, 2.0), 110.0, 1.0)
-    assert summarize_arrivals([a, stopped], window_seconds=20.0).rate_rps == pytest.approx(
-        2.0 + 2.0 * 10 / 20
-    )
+    after_stop = summarize_arrivals([a, stopped], window_seconds=20.0)
+    assert after_stop.rate_rps == pytest.approx(2.0)
+    assert after_stop.level_age_seconds == pytest.approx(10.0)
 
 
 def test_a_rise_that_has_stopped_is_not_read_as_a_trend() -> None:
