@@ -431,7 +431,9 @@ def _update_corrections(
     The queue term of the load drains the backlog; a slow engine shows again in the windows after. The
     prefill factor also holds while the router sheds more than MAX_SHED_SHARE_TO_LEARN of the arrivals,
     or the shed rate is unknown; and a role's factor holds while its Ready count changed within the
-    metrics window (`unsettled`, from `_track_ready`): a decode pool that has just grown reads the slot
+    metrics window (`unsettled`, from `_track_ready`), and both hold while the arrival rate stepped to
+    its level within the metrics window (`Observation.arrival_level_age_seconds`: the window's latencies
+    are the old level's, the running count and queue the new one's): a decode pool that has just grown reads the slot
     waits of the smaller pool before it, and moves toward the bound only if its batches are still full
     (FULL_BATCH_SHARE of the slots: it is too small now, whatever the window saw). Nor does
     the prefill factor learn from a TTFT percentile that no pool size reaches (the prompts there take

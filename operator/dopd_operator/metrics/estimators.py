@@ -16,8 +16,9 @@ exactly what these functions can make of production metrics, and no more.
   sum and count increases, a quantile, an attainment) and from arrivals per short interval (rate;
   burstiness as the index of dispersion variance/mean of the per-interval counts, 1 for Poisson, which
   the planner uses as the squared coefficient of variation of inter-arrival times; trend as the
-  least-squares slope of the rate, what PromQL `deriv()` of a rate computes). Each says why a value is
-  unknown instead of guessing one; a series younger than `min_rate_coverage_seconds` has no rate yet.
+  least-squares slope of the rate, what PromQL `deriv()` of a rate computes; after a step between two
+  flat levels, `level_change`, all three from the step on). Each says why a value is unknown instead
+  of guessing one; a series younger than `min_rate_coverage_seconds` has no rate yet.
 - `Intervals`, `counter_increments`, `arrivals_until`: raw samples to arrivals per scrape interval
   (counter resets handled as Prometheus does: a drop means the counter restarted from zero), and the
   arrivals up to any time with each interval's count spread evenly over it, so that pods scraped at
@@ -387,8 +388,11 @@ def summarize_arrivals(
     per-interval counts; trend: least-squares slope of the rate in bins of the usual interval, with the
     burstiness known at most the slope of the window's recent half plus that half's noise (a rise that
     has stopped is over, while the slope across the whole window still climbs; a rise under way shows
-    the same slope in both; with the burstiness unknown the noise is too, and the whole slope counts). With
-    less data than `min_rate_coverage_seconds`, nothing is known (a series that just started)."""
+    the same slope in both; with the burstiness unknown the noise is too, and the whole slope counts).
+    After a step between two flat levels in the trend window (`level_change`), the rate is read from the
+    step on, the burstiness within each level, and the trend over the new level's bins once they span
+    half the trend window (0 before); `level_age_seconds` says how long ago it stepped. With less data
+    than `min_rate_coverage_seconds`, nothing is known (a series that just started)."""
     sources = [s for s in sources if len(s.amounts)]
     if not sources:
         return ArrivalSummary(None, None, None, ("arrival rate: fewer than two samples per series yet",))
