@@ -278,7 +278,8 @@ def guarded_slopes(
 # A level change (the load stepping from one flat level to another) is told from noise and from a ramp
 # by how much of the bins' spread it explains beyond each, in units of the residual's variance per bin:
 # an F statistic. For Poisson counts with no change, the largest over every split point of two minutes of
-# 1 s bins stays under about 15; a 10% step at 100 rps scores about 100.
+# 1 s bins stays under about 15; a 2x step at 100 rps scores in the thousands, a 10% one about 28 against
+# one level and less against a line (it is left to the rate and the trend).
 LEVEL_CHANGE_SCORE = 25.0
 MIN_LEVEL_BINS = 3  # each level needs this many bins to be read as flat
 
