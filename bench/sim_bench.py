@@ -30,6 +30,9 @@ from typing import Any
 
 import numpy as np
 
+import dopd_forecaster
+import dopd_operator
+import dopd_sim
 from dopd_forecaster.datasets import AZURE_CONV_2023, MOONCAKE_SYNTHETIC, data_dir, data_path
 from dopd_operator.api import InlineProfile, ProfileSpec
 from dopd_sim.benchmark import Tuning, run_suite_seed
@@ -455,6 +458,17 @@ def stamp() -> dict[str, Any]:
             ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
 
+    # The numbers are this checkout's only if the code imported is: an editable install in a shared
+    # virtual environment points at whichever clone last installed it (a whole run once measured
+    # another commit's planner under this one's stamp).
+    for package in (dopd_forecaster, dopd_operator, dopd_sim):
+        where = Path(package.__file__ or "").resolve()
+        if not where.is_relative_to(ROOT):
+            raise SystemExit(
+                f"{package.__name__} is imported from {where.parent}, not from this checkout ({ROOT}): the "
+                f"numbers would be that code's under this commit's stamp. Run `make setup-python` here (an editable "
+                "install of this checkout), or set PYTHONPATH to this checkout's operator, forecaster and sim folders"
+            )
     dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs/benchmarks"))
     return {
         "commit": git("rev-parse", "--short=12", "HEAD"),
@@ -508,6 +522,7 @@ def main() -> None:
     )
     parser.add_argument("--why", help="with --rerun: why the other scenarios stand (shown on the page)")
     args = parser.parse_args()
+    stamp()  # before hours of running: the code imported must be this checkout's
     if args.rerun:
         if not args.why:
             parser.error("--rerun needs --why: say why the other scenarios' numbers still stand")
