@@ -221,6 +221,13 @@ def lead_time_seconds(spec: DisaggregatedModelSpec, observation: Observation | N
     return max(startups) + spec.scaling.interval_seconds
 
 
+def _stepped_s(spec: DisaggregatedModelSpec, observation: Observation) -> float | None:
+    """Seconds since the arrival rate stepped to its level, when that is within the metrics window (the
+    window's rate is then read from the step on, `estimators.summarize_arrivals`); else None."""
+    age_s = observation.arrival_level_age_seconds
+    return age_s if age_s is not None and age_s < spec.metrics.window_seconds else None
+
+
 def _backlog_rps(
     spec: DisaggregatedModelSpec,
     observation: Observation,
@@ -236,9 +243,9 @@ def _backlog_rps(
     leaves them a larger one than they were sized for. What drains from prefill arrives at decode: both
     pools are sized for it."""
     queue = observation.prefill_queue_depth or 0.0
-    lead_s = lead_time_seconds(spec, observation)
     if queue <= 0:
         return 0.0
+    lead_s = lead_time_seconds(spec, observation)
     startup_s = lead_s - spec.scaling.interval_seconds
     growing_s = startup_s
     if observation.prefill.pending > 0 and state.last_scale_up_time is not None:
@@ -284,12 +291,8 @@ def _provisioned_rate(
         note = f" + {extra:.2f} rps {surge.describe()}"
         if extra < surge.rps:
             note += f", up to the history's peak of {surge.peak_rps:.2f} rps"
-    age_s = observation.arrival_level_age_seconds
-    since = (
-        f" since it stepped {age_s:.0f}s ago"
-        if age_s is not None and age_s < spec.metrics.window_seconds
-        else ""
-    )
+    age_s = _stepped_s(spec, observation)
+    since = f" since it stepped {age_s:.0f}s ago" if age_s is not None else ""
     candidates = [(observed + extra, f"load {observed:.2f} rps observed{since}{note}")]
     if forecast is not None:
         uncapped = forecast.arrival_rate_rps_upper_uncapped
@@ -431,11 +434,11 @@ def _update_corrections(
     The queue term of the load drains the backlog; a slow engine shows again in the windows after. The
     prefill factor also holds while the router sheds more than MAX_SHED_SHARE_TO_LEARN of the arrivals,
     or the shed rate is unknown; and a role's factor holds while its Ready count changed within the
-    metrics window (`unsettled`, from `_track_ready`), and both hold while the arrival rate stepped to
-    its level within the metrics window (`Observation.arrival_level_age_seconds`: the window's latencies
-    are the old level's, the running count and queue the new one's): a decode pool that has just grown reads the slot
+    metrics window (`unsettled`, from `_track_ready`): a decode pool that has just grown reads the slot
     waits of the smaller pool before it, and moves toward the bound only if its batches are still full
-    (FULL_BATCH_SHARE of the slots: it is too small now, whatever the window saw). Nor does
+    (FULL_BATCH_SHARE of the slots: it is too small now, whatever the window saw). Both hold while the
+    arrival rate stepped to its level within the metrics window (`_stepped_s`: the window's latencies
+    are the old level's, the running count and queue the new one's). Nor does
     the prefill factor learn from a TTFT percentile that no pool size reaches (the prompts there take
     longer than the SLO alone: `prefill_feasible_share` below it): that percentile is the longest prompts'
     own prefill time, where a prefix cache saves most (a long prompt is mostly a cached conversation), and
@@ -444,8 +447,7 @@ def _update_corrections(
     rate = observation.arrival_rate_rps or 0.0
     # The load stepped within the window: its latencies mix two loads, the one measured at the tick
     # (running sequences, queue) is the new one's.
-    stepped = observation.arrival_level_age_seconds
-    if stepped is not None and stepped < spec.metrics.window_seconds:
+    if _stepped_s(spec, observation) is not None:
         return state
     # A backlog whose prompts are served late: the latencies are the backlog's. (A router with a dispatch
     # deadline serves the timely prompts first and keeps the late ones queued: there the first tokens
