@@ -160,21 +160,33 @@ def run_suite_seed(
     tuning: Tuning | None,
     policies: Sequence[str] = SUITE_POLICIES,
     oracle_iterations: int = 4,
+    score_from_s: float = 0.0,
 ) -> tuple[list[dict[str, Any]], Tuning]:
     """One trace and seed through dopd and the tuned baselines (module docstring). With `tuning` None
-    the grids are searched here and the choices returned for the other seeds."""
+    the grids are searched here and the choices returned for the other seeds. With `score_from_s` the
+    trace's first seconds are the load's past (`run.simulate`): every policy runs through them and is
+    scored, tuned, calibrated and sized on the rest alone; the fixed layouts (static-peak,
+    aggregated-static), which learn nothing from a past, are sized for the rest's busiest minute and run
+    on the rest alone (so a past busier than their layout leaves them no queue)."""
     spec = config.spec
     lo = min(spec.prefill.min_replicas, spec.decode.min_replicas) or 1
     hi = max(spec.prefill.max_replicas, spec.decode.max_replicas)
     rows: list[dict[str, Any]] = []
 
     def run(policy: Policy, run_config: SimConfig = config) -> RunResult:
-        return simulate(trace, policy, run_config)
+        return simulate(trace, policy, run_config, score_from_s=score_from_s)
+
+    scored = trace.window(score_from_s, math.inf) if score_from_s > 0 else trace
+
+    def run_fixed(policy: Policy, run_config: SimConfig = config) -> RunResult:
+        return simulate(scored, policy, run_config)
 
     if tuning is None:
-        found = oracle_calibration(trace, config, iterations=oracle_iterations)
+        found = oracle_calibration(trace, config, iterations=oracle_iterations, score_from_s=score_from_s)
     else:  # from the first seed's calibration, in 5% steps
-        found = oracle_calibration(trace, config, iterations=0, start=tuning.oracle_scales, step=1.05)
+        found = oracle_calibration(
+            trace, config, iterations=0, start=tuning.oracle_scales, step=1.05, score_from_s=score_from_s
+        )
     target = found.target  # the spec's target, or that share of the ceiling where it is out of reach
     rows.append(
         _row(
@@ -203,21 +215,23 @@ def run_suite_seed(
             )
         )
     if "static-peak" in policies:
-        prefill, decode = static_peak_layout(trace, config)
+        prefill, decode = static_peak_layout(scored, config)
         rows.append(
             _row(
-                run(StaticPolicy(prefill, decode, name="static-peak")), "static-peak", f"{prefill}P/{decode}D"
+                run_fixed(StaticPolicy(prefill, decode, name="static-peak")),
+                "static-peak",
+                f"{prefill}P/{decode}D",
             )
         )
     chunk = tuning.aggregated_chunk_tokens if tuning is not None else 0
     replicas = tuning.aggregated_replicas if tuning is not None else 0
     if "aggregated-static" in policies:
         if tuning is None:  # the first seed's busiest minute sizes it, as static-peak's does for it
-            replicas, chunk = aggregated_peak_layout(trace, config)
+            replicas, chunk = aggregated_peak_layout(scored, config)
         chunked = dataclasses.replace(config, aggregated_token_budget=chunk)
         rows.append(
             _row(
-                run(FixedAggregatedPolicy(replicas), chunked),
+                run_fixed(FixedAggregatedPolicy(replicas), chunked),
                 "aggregated-static",
                 f"{replicas} colocated, chunk {chunk} tokens",
             )

@@ -125,7 +125,8 @@ def _common(function: Any) -> Any:
     show_default=True,
     help="Treat the trace's first SECONDS as the load's past, as Prometheus holds it on a cluster that "
     "has been serving: replayed and decided on, not scored (attainment, latencies and GPU-hours count "
-    "from then on). Not with --policy oracle or --goodput-search, which score the whole trace.",
+    "from then on; the oracle is calibrated on that span). Not with --goodput-search, which scores "
+    "the whole trace.",
 )
 def simulate(
     trace_path: str,
@@ -145,10 +146,10 @@ def simulate(
     history_s: float,
 ) -> None:
     """Replay a trace through the simulated cluster under one policy."""
-    if history_s and (goodput_search or policy == "oracle"):
+    if history_s and goodput_search:
         raise click.UsageError(
-            "--history-seconds scores only the rest of the trace; --goodput-search and --policy oracle "
-            "search over the whole trace: leave one of them out"
+            "--history-seconds scores only the rest of the trace; --goodput-search scales and scores "
+            "the whole trace: leave one of them out"
         )
     config = _config(manifest, profile, seed, queue)
     if goodput_search:
@@ -174,7 +175,7 @@ def simulate(
     if policy == "oracle":
         from dopd_sim.search import calibrate_oracle
 
-        result = calibrate_oracle(trace, config)[2]
+        result = calibrate_oracle(trace, config, score_from_s=history_s)[2]
         result.summary.trace, result.summary.rate_scale = trace_path, rate_scale
     else:
         result = run_simulation(

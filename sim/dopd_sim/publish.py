@@ -331,6 +331,14 @@ def _scenario_section(scenario: ScenarioLike, results: list[dict[str, Any]]) -> 
         else f"target infeasible: ample replicas reach {100 * MeanCI.of([r['ceiling'] for r in _rows(results, 'oracle')]).mean:.1f}%, "
         f"so every policy is judged against {100 * target:.1f}% (99% of that)"
     )
+    history_s = max(float(row.get("scored_from_s") or 0.0) for r in results for row in r["rows"])
+    if history_s > 0:
+        note += (
+            f"; the first {history_s / 60:g} min are the load's past, replayed and decided on by the "
+            "autoscalers and the oracle and not scored (attainment, GPU-hours, the oracle's calibration "
+            "and the tuning are those of the rest); the fixed layouts are sized for the rest's busiest "
+            "minute and run on the rest alone; the request count is the scored ones'"
+        )
     lines = [
         f"### {scenario.title}",
         "",

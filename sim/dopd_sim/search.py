@@ -139,16 +139,19 @@ def oracle_calibration(
     iterations: int = 5,
     start: tuple[float, float] = (1.0, 1.0),
     step: float = 2.0,
+    score_from_s: float = 0.0,
 ) -> OracleCalibration:
     """The smallest per-role factors on the capacity model's sizes at which the foresighted oracle still
     meets the attainment target: prefill first (decode ample), then decode. Each search brackets
     around `start` by multiplying or dividing by `step` within ORACLE_SCALE_RANGE, then bisects in log
     space `iterations` times (a search started from a known calibration, as for a trace's later seeds,
-    can take a small step and no bisection)."""
+    can take a small step and no bisection). Runs score the requests arriving from `score_from_s` on
+    (`run.simulate`): the oracle is calibrated to the span the policies it bounds are scored on."""
     from dopd_sim.policies.oracle import OraclePolicy
 
     def run_with(prefill: float, decode: float) -> RunResult:
-        return simulate(trace, OraclePolicy(trace, prefill_scale=prefill, decode_scale=decode), config)
+        policy = OraclePolicy(trace, prefill_scale=prefill, decode_scale=decode)
+        return simulate(trace, policy, config, score_from_s=score_from_s)
 
     goal = target if target is not None else config.spec.slo.attainment_target
     model_result = run_with(1.0, 1.0)
@@ -214,8 +217,12 @@ def oracle_calibration(
 
 
 def calibrate_oracle(
-    trace: Trace, config: SimConfig, target: float | None = None, iterations: int = 5
+    trace: Trace,
+    config: SimConfig,
+    target: float | None = None,
+    iterations: int = 5,
+    score_from_s: float = 0.0,
 ) -> tuple[float, float, RunResult]:
     """(prefill factor, decode factor, run) of `oracle_calibration`."""
-    found = oracle_calibration(trace, config, target, iterations)
+    found = oracle_calibration(trace, config, target, iterations, score_from_s=score_from_s)
     return found.prefill_scale, found.decode_scale, found.result

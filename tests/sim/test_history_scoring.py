@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from dopd_sim.benchmark import run_suite_seed
 from dopd_sim.cli import simulate
 from dopd_sim.config import SimConfig
 from dopd_sim.metrics import slo_met
+from dopd_sim.peak import busiest_minute
 from dopd_sim.policies.static import StaticPolicy
 from dopd_sim.run import simulate as run
 from dopd_sim.workload import load_workload
@@ -56,12 +58,25 @@ def test_a_history_as_long_as_the_trace_is_refused_naming_the_flag() -> None:
     assert "--history-seconds" in result.output and "nothing to score" in result.output
 
 
-def test_the_oracle_and_the_goodput_search_refuse_a_history() -> None:
+def test_the_goodput_search_refuses_a_history() -> None:
     result = CliRunner().invoke(
-        simulate, ["--trace", RISING, "--policy", "oracle", "--history-seconds", "60"]
+        simulate,
+        ["--trace", RISING, "--goodput-search", "0.5:2", "--history-seconds", "60"],
     )
     assert result.exit_code == 2
     assert "--history-seconds" in result.output and "whole trace" in result.output
+
+
+def test_the_oracle_is_calibrated_on_the_span_it_is_scored_on() -> None:
+    args = ["--trace", RISING, "--policy", "oracle", "--json"]
+    scored = CliRunner().invoke(simulate, [*args, "--history-seconds", "150"])
+    assert scored.exit_code == 0, scored.output
+    data = json.loads(scored.output)
+    trace = load_workload(RISING, seed=0)
+    assert data["scored_from_s"] == 150.0
+    assert data["requests"] == int(np.count_nonzero(np.asarray(trace.arrival_s) >= 150.0))
+    # Calibrated to meet the target where it is scored: on the busy half.
+    assert data["slo_attainment"] >= SimConfig().spec.slo.attainment_target
 
 
 def test_the_command_line_scores_from_the_history() -> None:
@@ -73,3 +88,34 @@ def test_the_command_line_scores_from_the_history() -> None:
     assert scored_data["scored_from_s"] == 150.0 and whole_data["scored_from_s"] == 0.0
     assert scored_data["requests"] < whole_data["requests"]
     assert scored_data["gpu_hours"] < whole_data["gpu_hours"]
+
+
+# A busy past, a quiet present: what is scored is the quiet half.
+FALLING = "synthetic:step,rates=60/6,step_seconds=150"
+
+
+def test_the_benchmark_sizes_tunes_and_scores_every_policy_on_the_span_after_the_history() -> None:
+    trace = load_workload(FALLING, seed=2)
+    config = SimConfig(seed=2)
+    history_s = 150.0
+    assert busiest_minute(trace).rate_rps > 40.0
+    policies = ("dopd", "static-peak")
+    whole, _ = run_suite_seed(trace, config, None, policies=policies, oracle_iterations=1)
+    rows, _ = run_suite_seed(
+        trace, config, None, policies=policies, oracle_iterations=1, score_from_s=history_s
+    )
+    scored = int(np.count_nonzero(np.asarray(trace.arrival_s) >= history_s))
+    assert {row["policy"] for row in rows} == {"oracle", "dopd", "static-peak"}
+    for row in rows:
+        assert row["requests"] == scored, row["policy"]
+    # The autoscalers and the oracle run through the past; the fixed layouts, which learn nothing from
+    # it, run on the scored span alone.
+    by_policy = {row["policy"]: row for row in rows}
+    assert by_policy["dopd"]["scored_from_s"] == by_policy["oracle"]["scored_from_s"] == history_s
+    # static-peak is deployed for the load it will serve, not for the past's busiest minute, and meets
+    # the target there.
+    peak = by_policy["static-peak"]
+    whole_peak = next(row for row in whole if row["policy"] == "static-peak")
+    assert peak["mean_gpus"] < whole_peak["mean_gpus"]
+    assert peak["slo_attainment"] >= config.spec.slo.attainment_target
+    assert by_policy["oracle"]["slo_attainment"] >= by_policy["oracle"]["target"]
