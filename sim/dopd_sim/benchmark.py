@@ -197,6 +197,7 @@ def run_suite_seed(
             decode_scale=found.decode_scale,
             model_gpu_hours=found.model_result.summary.gpu_hours,
             model_attainment=found.model_result.summary.slo_attainment,
+            model_prefix_cache_hit_rate=found.model_result.summary.prefix_cache_hit_rate,
             calibrated=found.calibrated,
             feasible=found.feasible,
             ceiling=found.ceiling,

@@ -140,6 +140,9 @@ class RunSummary:
     layout: str = ""
     timeline: list[dict[str, Any]] = field(default_factory=list)
     scored_from_s: float = 0.0  # requests arriving earlier were the load's past, not scored (run.py)
+    # Prompt tokens served from the prefix cache over those looked up from scored_from_s on (what vLLM
+    # reports as prefix_cache_hits / prefix_cache_queries); None when the trace carries no block hashes.
+    prefix_cache_hit_rate: float | None = None
 
     def to_json(self, include_timeline: bool = False) -> dict[str, Any]:
         data = asdict(self)

@@ -10,6 +10,7 @@ then on to the trace's end; peak GPUs, scale actions and the timeline cover the 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -105,5 +106,6 @@ def simulate(
         layout=layout,
         timeline=[point.__dict__ for point in sim.timeline],
         scored_from_s=score_from_s,
+        prefix_cache_hit_rate=sim.prefix_cache_hit_rate(score_from_s, math.inf),
     )
     return RunResult(summary, ttft, tpot)

@@ -57,6 +57,17 @@ def test_the_simulator_reports_its_windowed_hit_rate() -> None:
     assert sim.prefix_cache_hit_rate(0.5, 2.0) == pytest.approx(300 / 400)
 
 
+def test_a_runs_summary_reports_the_hit_rate_of_the_span_it_scores() -> None:
+    profile = toy_profile(prefill_a=0.01, prefill_b=1e-4)
+    trace = _prefixed([0.0, 1.0], [400, 400], [(1, 2, 3, 4), (1, 2, 3, 5)])
+    config = toy_config(profile)
+    assert simulate(trace, StaticPolicy(1, 1), config).summary.prefix_cache_hit_rate == pytest.approx(0.375)
+    later = simulate(trace, StaticPolicy(1, 1), config, score_from_s=0.5).summary
+    assert later.prefix_cache_hit_rate == pytest.approx(0.75)
+    plain = make_trace([0.0, 1.0], [400, 400], [2, 2])
+    assert simulate(plain, StaticPolicy(1, 1), config).summary.prefix_cache_hit_rate is None
+
+
 def test_mooncake_blocks_follow_windowing_and_rate_scaling() -> None:
     trace = load_workload(str(data_path(MOONCAKE_SYNTHETIC)), duration_s=60.0)
     assert isinstance(trace, PrefixTrace)
