@@ -19,8 +19,9 @@ reads the new level at once (`estimators.level_change`), where these window mean
 metrics window; so the residuals of the moments just after a step are at most as large as those the
 planner met, and the largest (the moments before a jump, which set the upper quantile) are the same.
 The headroom is the upper quantile of those residuals, at the quantile the capacity model provisions
-for (the higher of the SLO percentile and the attainment target, see `tick.surge_quantile`), less what the rate's own noise explains, floored at zero: `predictor +
-headroom` covered the load of the next lead time in that share of the past. It is additive (rps): a
+for (the higher of the SLO percentile and the attainment target, see `tick.surge_quantile`), less
+what the rate's own noise explains, floored at zero: `predictor + headroom` covered the load of the
+next lead time in that share of the past. It is additive (rps): a
 surge is extra traffic arriving on top of the standing load, and a rise measured at one level is not
 scaled up at a higher one. The planner adds it to the observed rate (`planner._provisioned_rate`).
 
