@@ -26,7 +26,15 @@ SCENARIOS = {
     "steady load, no forecast": (make_spec(), make_obs(rate=40, prefill=3, decode=2), None),
     "forecast + correction factors": (
         make_spec(),
-        make_obs(rate=40, prefill=3, decode=2, ttft_seconds=0.9, tpot_seconds=0.03, decode_running=90),
+        make_obs(
+            rate=40,
+            prefill=3,
+            decode=2,
+            ttft_seconds=0.9,
+            tpot_seconds=0.03,
+            tpot_mean_seconds=0.025,
+            decode_running=90,
+        ),
         LoadForecast(
             model="arima",
             horizon_seconds=150,

@@ -347,6 +347,7 @@ def test_dopd_preset_reads_every_field(world: Fixture) -> None:
     assert obs.ttft_seconds == pytest.approx(1.1875)  # rank 0.9 in (1.0, 1.25]: 1.0 + 0.25 * 0.3 / 0.4
     assert obs.ttft_attainment == pytest.approx(0.6)  # SLO 1.0 s sits on a bound
     assert obs.tpot_seconds == pytest.approx(0.049)  # 0.045 + 0.005 * 0.4 / 0.5
+    assert obs.tpot_mean_seconds == pytest.approx(0.03)  # _sum / _count, what the decode correction reads
     assert obs.tpot_attainment == pytest.approx(0.5)  # SLO 30 ms: between the two halves
     assert obs.prefix_cache_hit_rate == pytest.approx(0.25)  # 150 of 600 tokens/s, from the counters
 
@@ -368,6 +369,7 @@ def test_vllm_colon_names_nan_gauge_deprecated_fallback_and_conservation(world: 
     assert obs.output_tokens_mean == pytest.approx(150.0)
     assert obs.ttft_seconds == pytest.approx(0.725)  # 0.5 + 0.9 * 0.25
     assert obs.tpot_seconds == pytest.approx(0.0475)  # from vllm:time_per_output_token_seconds
+    assert obs.tpot_mean_seconds == pytest.approx(0.04)  # and its _sum
     assert obs.tpot_attainment == pytest.approx(1.0)
     assert obs.decode_running == 30.0
     assert obs.prefill_queue_depth is not None and obs.prefill_queue_depth >= 2.0
@@ -394,6 +396,7 @@ def test_sglang_engine_type_role_and_means_without_length_histograms(world: Fixt
     assert obs.decode_kv_usage == 0.4
     assert obs.decode_running == 12.0
     assert obs.ttft_seconds == pytest.approx(0.98)  # 0.8 + 0.9 * 0.2
+    assert obs.tpot_mean_seconds == pytest.approx(0.022)
     assert obs.prefix_cache_hit_rate == pytest.approx(0.75)  # cached_tokens / prompt_tokens (not the gauge)
     assert obs.tpot_attainment == pytest.approx(1.0)
 

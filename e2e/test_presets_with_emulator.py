@@ -102,6 +102,7 @@ def test_the_preset_reads_what_the_engine_does(engines: tuple[Any, dict[str, Emu
     assert obs.decode_kv_usage is not None and 0 <= obs.decode_kv_usage <= 1
     assert obs.decode_running is not None and obs.decode_running > 0
     assert obs.ttft_seconds is not None and obs.tpot_seconds is not None
+    assert obs.tpot_mean_seconds is not None and 0 < obs.tpot_mean_seconds <= obs.tpot_seconds * 1.5
     assert obs.latency_percentile == 90.0
     # nothing is turned away at 20 rps: for dopd the router's shed counters are there at zero (a missing
     # series would be unknown); vLLM and SGLang count arrivals at the engines, which see only admissions

@@ -511,12 +511,12 @@ class CapacityModel:
     def predicted_tpot_seconds(self, batch_size: float) -> float:
         return self.profile.decode_step_seconds(max(batch_size, 1.0), self.context_tokens_mean)
 
-    def tpot_quantile_seconds(self, mean_batch_size: float, quantile: float) -> float:
-        """Predicted inter-token latency at `quantile` for replicas holding `mean_batch_size` sequences on
-        average: the step time at that quantile of a Poisson-fluctuating batch (normal approximation)."""
-        z = NormalDist().inv_cdf(min(max(quantile, 0.5), 0.9999))
+    def tpot_mean_seconds(self, mean_batch_size: float) -> float:
+        """Predicted mean inter-token latency, over tokens, for replicas holding `mean_batch_size`
+        sequences on average. A step of B sequences yields B tokens, so the step a token sees is
+        size-biased: that of the batch E[B^2]/E[B], one more than the mean for a Poisson batch."""
         batch = max(mean_batch_size, 0.0)
-        return self.predicted_tpot_seconds(batch + z * math.sqrt(batch))
+        return self.predicted_tpot_seconds(batch + 1.0 if batch > 0 else 1.0)
 
     # ------------------------------------------------------------------------------------ layouts
 

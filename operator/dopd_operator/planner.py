@@ -4,8 +4,8 @@ No I/O, no clock reads, no globals (the Kopf timer and the simulator both call i
 `replica_calculator.go` apart from `horizontal.go` the same way). Steps:
 
 1. Paused or metrics unknown: hold (or fall back), and say so. Unknown is never zero.
-2. Online correction: observed/predicted TTFT and TPOT at the current layout (bounded, smoothed)
-   scale the profile, so a wrong profile heals (as Dynamo's SLA planner does).
+2. Online correction: observed/predicted TTFT (at its percentile) and mean TPOT at the current layout
+   (bounded, smoothed) scale the profile, so a wrong profile heals (as Dynamo's SLA planner does).
 3. Load: the largest of the observed rate plus the surge headroom (the upper quantile of the rises
    within a lead time that neither the observed rate nor its trend foresaw, measured on the arrival
    history by the tick, `surge.py`), the forecast's upper quantile at the lead time and the observed
@@ -419,9 +419,13 @@ def _update_corrections(
 ) -> PlannerState:
     """Move the correction factors toward observed/predicted latency at the current layout.
 
-    Like is compared with like: the prediction is made at the percentile the observation was measured
-    at (`Observation.latency_percentile`), not at the provisioning percentile. Dividing an observed P90
-    by a predicted P99 would read a correct profile as too slow-to-fast and drive the factor to its floor.
+    Like is compared with like: the TTFT prediction is made at the percentile the observation was
+    measured at (`Observation.latency_percentile`), not at the provisioning percentile. Dividing an
+    observed P90 by a predicted P99 would read a correct profile as too slow-to-fast and drive the
+    factor to its floor. The decode factor is the observed mean inter-token latency over the predicted
+    mean at the observed batch (`CapacityModel.tpot_mean_seconds`): the histogram's sum over its count
+    is exact, its percentile an interpolation within a bucket (tests/operator/test_decode_correction.py);
+    the percentile and the attainment only say whether the SLO is missed.
 
     Nothing is learned from what no factor within CORRECTION_BOUNDS explains (except a decode pool
     missing the TPOT SLO, at its percentile or its attainment target, by more than the upper bound
@@ -490,10 +494,18 @@ def _update_corrections(
             wanted = max(wanted, prefill_factor)
         if wanted is not None:
             prefill_factor += CORRECTION_SMOOTHING * (wanted - prefill_factor)
-    if observation.tpot_seconds is not None and observation.decode_running and observation.decode.ready > 0:
+    if (
+        observation.tpot_mean_seconds is not None
+        and observation.tpot_seconds is not None
+        and observation.decode_running
+        and observation.decode.ready > 0
+    ):
         mean_batch = observation.decode_running / observation.decode.ready
-        predicted = model.tpot_quantile_seconds(mean_batch, quantile)
-        ratio = observation.tpot_seconds / predicted if predicted > 0 else 0.0
+        # The mean, not the percentile: the histogram's sum over its count is exact, while a percentile
+        # interpolated within a bucket 20-25% wide reads up to 17% high just past a bucket's lower bound
+        # (10 ms, 20 ms), and a factor fitted to it swings with the batch across that bound.
+        predicted = model.tpot_mean_seconds(mean_batch)
+        ratio = observation.tpot_mean_seconds / predicted if predicted > 0 else 0.0
         # Missing the SLO: the percentile past it, or fewer sequences within it than the target.
         missed = observation.tpot_seconds > spec.slo.tpot_seconds or (
             observation.tpot_attainment is not None

@@ -95,6 +95,14 @@ class Observation(_Frozen):
     tpot_seconds: float | None = Field(
         None, ge=0, description="Observed TPOT (inter-token latency) at `latency_percentile`."
     )
+    tpot_mean_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="Mean TPOT over the window: the histogram's sum over its count, exact where a "
+        "percentile read from buckets is not (linear interpolation within a bucket 20-25% wide reads up to "
+        "17% high). The decode correction learns from it; the percentile and the attainment say whether "
+        "the SLO is missed.",
+    )
     ttft_attainment: float | None = Field(None, ge=0, le=1, description="Share meeting the TTFT SLO.")
     tpot_attainment: float | None = Field(None, ge=0, le=1, description="Share meeting the TPOT SLO.")
     prefill: RoleObservation = Field(default_factory=RoleObservation)

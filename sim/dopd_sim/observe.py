@@ -130,11 +130,11 @@ class ObservationBuilder:
             first = bisect.bisect_left(log.finish_times, start)
             finished = np.asarray(log.finish_output_index[first:], dtype=np.int64)
             outputs = _lengths("dopd_generation_tokens", self._output_f[finished])
+            gap_s, gaps = np.asarray(log.finish_tpot[first:]), self._gaps_f[finished]
             tpot = summarize_histogram(
                 "dopd_inter_token_latency_seconds",
-                histogram_from_values(
-                    np.asarray(log.finish_tpot[first:]), ITL_BUCKETS_SECONDS, weights=self._gaps_f[finished]
-                ),
+                histogram_from_values(gap_s, ITL_BUCKETS_SECONDS, weights=gaps),
+                float(np.sum(gap_s * gaps)),
                 q=q,
                 threshold=self.tpot_slo_s,
             )
@@ -167,6 +167,7 @@ class ObservationBuilder:
             latency_percentile=self.percentile,
             ttft_seconds=ttft.quantile,
             tpot_seconds=tpot.quantile,
+            tpot_mean_seconds=tpot.mean,
             ttft_attainment=ttft.share_at_or_below,
             tpot_attainment=tpot.share_at_or_below,
             prefill=prefill,

@@ -11,7 +11,15 @@ from dopd_operator.planner_types import PlannerState
 
 def test_one_decision(benchmark: BenchmarkFixture) -> None:
     spec = make_spec()
-    obs = make_obs(rate=40, prefill=3, decode=2, ttft_seconds=0.8, tpot_seconds=0.03, decode_running=90)
+    obs = make_obs(
+        rate=40,
+        prefill=3,
+        decode=2,
+        ttft_seconds=0.8,
+        tpot_seconds=0.03,
+        tpot_mean_seconds=0.025,
+        decode_running=90,
+    )
     decision = benchmark(plan, spec, obs, None, PlannerState(), T0)
     assert decision.prefill >= 1
 

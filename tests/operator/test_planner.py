@@ -115,11 +115,21 @@ def test_a_profile_that_matches_the_engine_keeps_its_corrections_at_one() -> Non
     """The engine behaves exactly as the profile says: at 20 rps on 3 ready prefill replicas (prompts mean
     1000 / P90 2000 tokens) the profile predicts a P90 TTFT of 0.0641 s, and 2 decode replicas holding 80
     sequences give a P90 inter-token latency of 9.89 ms. Observing those very numbers at P90 must leave
-    both factors at 1. Comparing the observed P90 with the predicted P99 TTFT (0.138 s), as the planner
-    once did, reads the profile as 3x too slow and drives the prefill factor to its floor; comparing the P90
-    inter-token latency with the step time at the mean batch (9.35 ms) drifts decode to 1.06."""
+    both factors at 1, their mean inter-token latency (9.42 ms, the step of a 41-sequence batch: a token
+    is more likely to come from a fuller step) likewise. Comparing the observed P90 with the predicted
+    P99 TTFT (0.138 s), as the planner once did, reads the profile as 3x too slow and drives the prefill
+    factor to its floor; comparing the P90 inter-token latency with the step time at the mean batch
+    (9.35 ms) drifts decode to 1.06."""
     spec = make_spec()
-    obs = make_obs(rate=20, prefill=3, decode=2, ttft_seconds=0.0641, tpot_seconds=0.00989, decode_running=80)
+    obs = make_obs(
+        rate=20,
+        prefill=3,
+        decode=2,
+        ttft_seconds=0.0641,
+        tpot_seconds=0.00989,
+        tpot_mean_seconds=0.00942,
+        decode_running=80,
+    )
     state = settled_state(obs)
     for _ in range(10):
         state = plan(spec, obs, None, state, T0).state
@@ -171,7 +181,7 @@ def test_while_the_router_sheds_the_prefill_correction_holds() -> None:
     holds too with the shed rate unknown; a trickle of shedding (1%) does not stop it learning, at the
     served rate. Decode still learns: its latency does not depend on the rate."""
     spec = make_spec()
-    seen = {"ttft_seconds": 0.0641, "tpot_seconds": 0.0105, "decode_running": 80}
+    seen = {"ttft_seconds": 0.0641, "tpot_seconds": 0.0105, "tpot_mean_seconds": 0.01, "decode_running": 80}
 
     def settled(rate: float, shed: float | None) -> PlannerState:
         obs = make_obs(rate=rate, prefill=3, decode=2, shed_rate_rps=shed, **seen)
@@ -230,7 +240,15 @@ def test_a_role_whose_ready_count_changed_holds_its_correction_for_one_window() 
     and says why, until the count has stood for the 60 s metrics window; the prefill pool, unchanged,
     learns meanwhile. A fresh planner, which has not seen how long the counts stood, holds likewise."""
     spec = make_spec()
-    before = make_obs(rate=20, prefill=2, decode=2, ttft_seconds=0.124, tpot_seconds=0.012, decode_running=90)
+    before = make_obs(
+        rate=20,
+        prefill=2,
+        decode=2,
+        ttft_seconds=0.124,
+        tpot_seconds=0.012,
+        tpot_mean_seconds=0.012,
+        decode_running=90,
+    )
     state = settled_state(before)
     joined = before.model_copy(update={"decode": RoleObservation(current=3, ready=3)})
     at_once = plan(spec, joined, None, state, T0)
@@ -409,7 +427,7 @@ def test_a_decode_pool_missing_its_slo_past_every_factor_grows_toward_the_bound(
     batch: sequences wait for slots in a pool too small for them. The decode factor moves toward its
     upper bound (a bigger pool), not left alone as an unexplained reading would be, and relearns the
     engine's speed once TPOT is back within bounds."""
-    slow = make_obs(rate=50, prefill=4, decode=2, tpot_seconds=0.4, decode_running=200)
+    slow = make_obs(rate=50, prefill=4, decode=2, tpot_seconds=0.4, tpot_mean_seconds=0.4, decode_running=200)
     state = settled_state(slow)
     first = plan(make_spec(), slow, None, state, T0)
     assert first.state.decode_correction == pytest.approx(1.5)
@@ -417,7 +435,9 @@ def test_a_decode_pool_missing_its_slo_past_every_factor_grows_toward_the_bound(
     grown = plan(make_spec(), make_obs(rate=150, prefill=4, decode=2), None, first.state, T0)
     assert grown.raw_decode > plain.raw_decode
     # Within the SLO, an unexplained reading still teaches nothing (a reading below the lower bound).
-    fast = make_obs(rate=50, prefill=4, decode=2, tpot_seconds=0.001, decode_running=200)
+    fast = make_obs(
+        rate=50, prefill=4, decode=2, tpot_seconds=0.001, tpot_mean_seconds=0.001, decode_running=200
+    )
     assert plan(make_spec(), fast, None, first.state, T0).state.decode_correction == pytest.approx(1.5)
 
 
@@ -430,7 +450,12 @@ def test_a_decode_pool_that_has_just_grown_does_not_read_its_old_slot_waits_as_t
     spec = make_spec()
     slots = CapacityModel(resolve_profile(spec.profile), spec.slo, Workload(50.0, 1000, 2000, 200, 400))
     flooded = make_obs(
-        rate=50, prefill=4, decode=2, tpot_seconds=0.4, decode_running=2 * slots.decode_batch_size
+        rate=50,
+        prefill=4,
+        decode=2,
+        tpot_seconds=0.4,
+        tpot_mean_seconds=0.4,
+        decode_running=2 * slots.decode_batch_size,
     )
     state = settled_state(flooded)
     grown = flooded.model_copy(update={"decode": RoleObservation(current=6, ready=6)})
@@ -441,7 +466,13 @@ def test_a_decode_pool_that_has_just_grown_does_not_read_its_old_slot_waits_as_t
     assert plan(spec, still_full, None, state, T0).state.decode_correction == pytest.approx(1.5)
     # Settled, slots free, a P90 within the 50 ms SLO that no factor explains, and 95% of sequences in it.
     some_miss = make_obs(
-        rate=50, prefill=4, decode=2, tpot_seconds=0.045, tpot_attainment=0.95, decode_running=20
+        rate=50,
+        prefill=4,
+        decode=2,
+        tpot_seconds=0.045,
+        tpot_mean_seconds=0.045,
+        tpot_attainment=0.95,
+        decode_running=20,
     )
     grew = plan(spec, some_miss, None, settled_state(some_miss), T0).state.decode_correction
     assert grew == pytest.approx(1.5)

@@ -12,7 +12,7 @@ Where each field comes from (docs/metrics.md has the PromQL and the reasons):
 | decode KV usage (mean) | `dopd_kv_cache_usage_ratio` decode | `vllm:kv_cache_usage_perc` decode (`vllm:gpu_cache_usage_perc` fallback) | `sglang:token_usage` decode |
 | decode running | `dopd_requests_running` decode | `vllm:num_requests_running` decode | `sglang:num_running_reqs` decode |
 | TTFT at the SLO percentile, attainment | `dopd_time_to_first_token_seconds` router (end to end) | `vllm:time_to_first_token_seconds` prefill (queue + prefill) | `sglang:time_to_first_token_seconds` prefill |
-| TPOT at the SLO percentile, attainment | `dopd_inter_token_latency_seconds` router | `vllm:inter_token_latency_seconds` decode (`vllm:time_per_output_token_seconds` fallback) | `sglang:inter_token_latency_seconds` decode |
+| TPOT at the SLO percentile, mean (`_sum`), attainment | `dopd_inter_token_latency_seconds` router | `vllm:inter_token_latency_seconds` decode (`vllm:time_per_output_token_seconds` fallback) | `sglang:inter_token_latency_seconds` decode |
 | prefix-cache hit rate (prompt tokens served from the cache / looked up) | `dopd_prefix_cache_hits_total` / `dopd_prefix_cache_queries_total` prefill | `vllm:prefix_cache_hits_total` / `vllm:prefix_cache_queries_total` prefill | `sglang:cached_tokens_total` / `sglang:prompt_tokens_total` prefill |
 | shed rate (requests the router turned away) | `dopd_requests_rejected_total` + `dopd_requests_expired_total` router | 0: arrivals are counted at the engines | 0: likewise |
 
@@ -112,7 +112,7 @@ class EnginePreset:
         """Key -> (read, whether its mean is needed)."""
         return {
             "ttft": (self.ttft, False),
-            "tpot": (self.tpot, False),
+            "tpot": (self.tpot, True),  # its mean teaches the decode correction
             "input": (self.input_tokens.histogram, True),
             "output": (self.output_tokens.histogram, True),
         }

@@ -148,7 +148,11 @@ class _Reader:
         summary = summarize_histogram(name, self.aggregates.buckets.get(tag), total, **kwargs)
         if summary.problem is None and with_sum and total is None and summary.observations:
             summary = HistogramSummary(
-                summary.observations, None, summary.quantile, None, f"{name}_sum: no series"
+                summary.observations,
+                None,
+                summary.quantile,
+                summary.share_at_or_below,
+                f"{name}_sum: no series",
             )
         return summary
 
@@ -339,7 +343,7 @@ def build_observation(
     output_mean, output_p90 = reader.lengths("output", preset.output_tokens)
     q = queries.percentile / 100.0
     ttft = reader.histogram("ttft", preset.ttft, False, q=q, threshold=queries.ttft_slo_seconds)
-    tpot = reader.histogram("tpot", preset.tpot, False, q=q, threshold=queries.tpot_slo_seconds)
+    tpot = reader.histogram("tpot", preset.tpot, True, q=q, threshold=queries.tpot_slo_seconds)
     problems.extend(s.problem for s in (ttft, tpot) if s.problem)
     queue_depth = reader.gauge("prefill queue depth", preset.queue_depth)
     kv_usage = reader.gauge("decode KV usage", preset.kv_usage, upper=1.0)
@@ -364,6 +368,7 @@ def build_observation(
         latency_percentile=queries.percentile,
         ttft_seconds=ttft.quantile,
         tpot_seconds=tpot.quantile,
+        tpot_mean_seconds=tpot.mean,
         ttft_attainment=ttft.share_at_or_below,
         tpot_attainment=tpot.share_at_or_below,
         prefill=prefill,

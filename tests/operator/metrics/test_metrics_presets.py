@@ -130,6 +130,8 @@ def test_vllm_queries() -> None:
         "ttft/bucket",
         "tpot/bucket",
         "tpot.fallback/bucket",
+        "tpot/sum",  # the mean inter-token latency the decode correction learns from
+        "tpot.fallback/sum",
         "input/bucket",
         "input/sum",
         "output/bucket",
@@ -141,7 +143,7 @@ def test_vllm_queries() -> None:
         "label_replace(sum by (le, namespace, model_name) "
         '(increase({__name__=~"vllm[:_]time_to_first_token_seconds_bucket",'
     )
-    assert queries.aggregate.count(" or label_replace(") == 8
+    assert queries.aggregate.count(" or label_replace(") == 10
     assert ', "dopd_q", "tpot.fallback/bucket", "", "")' in queries.aggregate
     # one raw range vector: the gauges and the arrival counter of both roles over the trend window
     assert queries.raw == (

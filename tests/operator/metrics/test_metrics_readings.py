@@ -50,7 +50,7 @@ def steady(per_second: float, samples: int = 121, start: float = 1000.0) -> list
 
 DOPD_AGGREGATE = [
     *histogram("ttft", [(1.0, 60.0), (2.0, 100.0), (INF, 100.0)]),
-    *histogram("tpot", [(0.02, 50.0), (0.05, 100.0), (INF, 100.0)]),
+    *histogram("tpot", [(0.02, 50.0), (0.05, 100.0), (INF, 100.0)], total=2.5),
     *histogram("input", [(1024.0, 0.0), (2048.0, 10.0), (INF, 10.0)], total=15_000.0),
     *histogram("output", [(128.0, 0.0), (256.0, 20.0), (INF, 20.0)], total=4_000.0),
     tagged("shed/dopd_requests_rejected_total", 20.0),  # over the 60 s window
@@ -107,6 +107,7 @@ HEALTHY = {
     "ttft_seconds": 1.0 + 1.0 * 30.0 / 40.0,  # rank 90 in (1, 2]
     "ttft_attainment": 0.8,  # 60 + 40 * (1.5 - 1) / (2 - 1), of 100
     "tpot_seconds": 0.02 + 0.03 * 40.0 / 50.0,
+    "tpot_mean_seconds": 0.025,  # 2.5 / 100, from _sum: exact where the interpolated P90 (0.044) is not
     "tpot_attainment": 1.0,
     "latency_percentile": 90.0,
     "prefix_cache_hit_rate": 0.25,  # 3000 / 12000 tokens
@@ -367,20 +368,21 @@ def vllm(raw_extra: list[RangeSeries], aggregate_extra: list[InstantSample] | No
 
 
 def test_vllm_arrivals_by_conservation_and_the_deprecated_fallbacks() -> None:
-    tpot_deprecated = histogram("tpot.fallback", [(0.025, 0.0), (0.05, 10.0), (INF, 10.0)])
+    tpot_deprecated = histogram("tpot.fallback", [(0.025, 0.0), (0.05, 10.0), (INF, 10.0)], total=0.3)
     obs = vllm([series("vllm_gpu_cache_usage_perc", "d-0", "decode", [0.3] * 121)], tpot_deprecated)
     # completions 3 + 1 per second (both finish reasons) + the waiting queue growing 0.5 per second
     assert obs.arrival_rate_rps == pytest.approx(4.5)
     assert obs.decode_kv_usage == 0.3  # vllm:gpu_cache_usage_perc, stored with '_': the fallback
     assert obs.tpot_seconds == pytest.approx(0.025 + 0.025 * 0.9)  # vllm:time_per_output_token_seconds
+    assert obs.tpot_mean_seconds == pytest.approx(0.03)  # and its _sum
     assert obs.prefill_queue_depth == 64.0  # 4 + 0.5 * 120
     assert obs.decode_running == 7.0
     assert obs.shed_rate_rps == 0.0  # counted at the engines: only what was admitted arrives there
 
 
 def test_vllm_prefers_current_names_and_counts_a_series_stored_under_both_spellings_once() -> None:
-    current = histogram("tpot", [(0.01, 0.0), (0.02, 10.0), (INF, 10.0)])
-    deprecated = histogram("tpot.fallback", [(0.025, 0.0), (0.05, 10.0), (INF, 10.0)])
+    current = histogram("tpot", [(0.01, 0.0), (0.02, 10.0), (INF, 10.0)], total=0.15)
+    deprecated = histogram("tpot.fallback", [(0.025, 0.0), (0.05, 10.0), (INF, 10.0)], total=0.3)
     twice = series(
         "vllm_num_requests_running", "d-0", "decode", [7.0] * 60, end=NOW, model_name="m", engine="0"
     )
@@ -394,6 +396,7 @@ def test_vllm_prefers_current_names_and_counts_a_series_stored_under_both_spelli
     )
     assert obs.decode_kv_usage == 0.5  # not the deprecated 0.9, not their mean 0.7
     assert obs.tpot_seconds == pytest.approx(0.01 + 0.01 * 0.9)
+    assert obs.tpot_mean_seconds == pytest.approx(0.015)
     assert obs.decode_running == 7.0  # 14 if both spellings of the one series were summed
 
 
