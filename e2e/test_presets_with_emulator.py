@@ -14,7 +14,7 @@ import pytest
 
 from dopd_builders import make_spec
 from dopd_e2e.operator import wait_until
-from dopd_e2e.prometheus import free_port
+from dopd_e2e.prometheus import free_ports
 from dopd_emulator.config import EmulatorConfig, FamilyFault, Faults, StaticReplicas, TraceLoad
 from dopd_emulator.emulator import Emulator
 from dopd_operator.api import DisaggregatedModelSpec
@@ -50,7 +50,7 @@ def _spec(engine: str) -> DisaggregatedModelSpec:
 
 @pytest.fixture(scope="module")
 def engines(prometheus_factory: Any) -> Iterator[tuple[Any, dict[str, Emulator]]]:
-    ports = {engine: free_port() for engine in ENGINES}
+    ports = dict(zip(ENGINES, free_ports(len(ENGINES)), strict=True))
     started: dict[str, Emulator] = {}
     try:
         for engine in ENGINES:

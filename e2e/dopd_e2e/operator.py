@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dopd_e2e.cluster import Cluster, wait_until
-from dopd_e2e.prometheus import free_port
+from dopd_e2e.prometheus import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "dopd.io_disaggregatedmodels.yaml"
@@ -119,7 +119,7 @@ def start_operator(
     """Start `dopd run` and wait until its liveness endpoint answers. `log_format=None` passes no
     --log-format, so DOPD_LOG_FORMAT in `env` decides (as in the chart's container)."""
     work = Path(tempfile.mkdtemp(prefix="dopd-e2e-operator-"))
-    metrics_port, health_port = free_port(), free_port()
+    metrics_port, health_port = free_ports(2)
     args = [
         sys.executable,
         "-m",

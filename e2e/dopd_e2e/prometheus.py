@@ -6,6 +6,7 @@ with a generated config, and keeps its TSDB in a temp dir that is removed on sto
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -43,11 +44,19 @@ def find_prometheus() -> str:
     raise PrometheusUnavailable(f"prometheus binary not found; {INSTALL_HINT}")
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports free now. Held open together while they are picked: ports taken
+    one after another can repeat (the kernel may hand a just-closed port out again), and an operator
+    given one port for its metrics and its health endpoint fails to bind the second."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for held in sockets:
+            held.bind(("127.0.0.1", 0))
+        return [int(held.getsockname()[1]) for held in sockets]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return free_ports(1)[0]
 
 
 def scrape_config(

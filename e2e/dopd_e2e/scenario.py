@@ -18,7 +18,7 @@ import yaml
 
 from dopd_e2e.cluster import Cluster
 from dopd_e2e.operator import OperatorProcess, condition, get_json, install_crd, start_operator, wait_until
-from dopd_e2e.prometheus import Prometheus, free_port
+from dopd_e2e.prometheus import Prometheus, free_ports
 from dopd_emulator.config import ClusterReplicas, EmulatorConfig, TraceLoad
 from dopd_emulator.emulator import Emulator
 from dopd_operator.api import DisaggregatedModel
@@ -139,7 +139,7 @@ def scenario(
     install_crd(cluster)
     namespace = f"{prefix}-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", namespace)
-    ports = [free_port() for _ in range(emulators)]
+    ports = free_ports(emulators)
     prometheus = prometheus_factory({"engines": [f"127.0.0.1:{p}" for p in ports]}, scrape_interval="1s")
     found = Scenario(cluster, namespace, prometheus, ports, work)
     try:
