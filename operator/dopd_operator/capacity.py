@@ -515,8 +515,7 @@ class CapacityModel:
         """Predicted mean inter-token latency, over tokens, for replicas holding `mean_batch_size`
         sequences on average. A step of B sequences yields B tokens, so the step a token sees is
         size-biased: that of the batch E[B^2]/E[B], one more than the mean for a Poisson batch."""
-        batch = max(mean_batch_size, 0.0)
-        return self.predicted_tpot_seconds(batch + 1.0 if batch > 0 else 1.0)
+        return self.predicted_tpot_seconds(max(mean_batch_size, 0.0) + 1.0)
 
     # ------------------------------------------------------------------------------------ layouts
 

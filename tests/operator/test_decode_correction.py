@@ -92,7 +92,7 @@ def test_a_slow_engine_is_learned_from_the_mean() -> None:
 
 def test_without_the_mean_the_decode_factor_holds() -> None:
     """An engine that exposes the buckets but no sum: the percentile alone is not read as the engine's
-    speed, the factor holds (the observation's problems say why the mean is unknown)."""
+    speed, the factor holds (read from Prometheus, the observation's problems name the missing `_sum`)."""
     spec = make_spec()
     obs = make_obs(rate=RATE_RPS, prefill=3, decode=DECODE_REPLICAS, tpot_seconds=0.03, decode_running=160)
     state = plan(spec, obs, None, settled_state(obs), T0).state
