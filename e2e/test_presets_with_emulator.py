@@ -14,13 +14,13 @@ import pytest
 
 from dopd_builders import make_spec
 from dopd_e2e.operator import wait_until
-from dopd_e2e.prometheus import free_ports
 from dopd_emulator.config import EmulatorConfig, FamilyFault, Faults, StaticReplicas, TraceLoad
 from dopd_emulator.emulator import Emulator
 from dopd_operator.api import DisaggregatedModelSpec
 from dopd_operator.controller.settings import PrometheusSettings
 from dopd_operator.metrics.source import MetricsOptions, MetricsSource
 from dopd_operator.planner_types import Observation, RoleObservation
+from dopd_worker.ports import free_ports
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dopd_e2e.cluster import Cluster, wait_until
-from dopd_e2e.prometheus import free_ports
+from dopd_worker.ports import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "dopd.io_disaggregatedmodels.yaml"

@@ -6,12 +6,10 @@ with a generated config, and keeps its TSDB in a temp dir that is removed on sto
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from dopd_worker.ports import free_ports
 
 INSTALL_HINT = "run `make prometheus-install` (e2e/cluster/install-prometheus.sh)"
 
@@ -42,17 +42,6 @@ def find_prometheus() -> str:
         if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     raise PrometheusUnavailable(f"prometheus binary not found; {INSTALL_HINT}")
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct loopback ports free now. Held open together while they are picked: ports taken
-    one after another can repeat (the kernel may hand a just-closed port out again), and an operator
-    given one port for its metrics and its health endpoint fails to bind the second."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for held in sockets:
-            held.bind(("127.0.0.1", 0))
-        return [int(held.getsockname()[1]) for held in sockets]
 
 
 def free_port() -> int:

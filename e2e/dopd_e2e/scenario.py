@@ -18,10 +18,11 @@ import yaml
 
 from dopd_e2e.cluster import Cluster
 from dopd_e2e.operator import OperatorProcess, condition, get_json, install_crd, start_operator, wait_until
-from dopd_e2e.prometheus import Prometheus, free_ports
+from dopd_e2e.prometheus import Prometheus
 from dopd_emulator.config import ClusterReplicas, EmulatorConfig, TraceLoad
 from dopd_emulator.emulator import Emulator
 from dopd_operator.api import DisaggregatedModel
+from dopd_worker.ports import free_ports
 
 
 @dataclass

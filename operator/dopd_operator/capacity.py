@@ -21,7 +21,8 @@ oracle checks this model against the engine it sizes (docs/planner.md, "Capacity
   prompt whose prefill alone exceeds the SLO is a miss at any size and is not paid for.
 - Decode. A replica holds at most `c1 = min(maxBatchSize, KV / E[prompt + output], B_tpot)` sequences
   (the engine's batch limit, the KV the router reserves per sequence, the largest batch whose step
-  meets TPOT). The pool is `N*c1` slots, each sequence occupying one for `(n - 1)` steps. A sequence
+  meets TPOT). The pool is `N*c1` slots, each sequence occupying one for `(n - 1)` steps at the step
+  time of the batch the pool settles at (`decode_mean_batch`: `N*B = rate*(n-1)*step(B+1)`). A sequence
   may wait for a slot as long as its TPOT stays within the SLO: `(SLO - step)*(n - 1) - transfer(l)`
   seconds, so long outputs absorb waits that short ones cannot. `N_D` is the fewest replicas whose
   share of sequences waiting no longer than that reaches the provisioning quantile (Erlang C over the
@@ -436,12 +437,15 @@ class CapacityModel:
         # Averaged over residents (weighted by output length), a sequence holds its prompt plus
         # E[n^2] / (2 E[n]) generated tokens (E[n]/2 only if every output were as long), and the router
         # has reserved KV for its prompt and whole output, E[n^2] / E[n]. For the Azure outputs that is
-        # 30% more than E[n]: sized on the mean, a full decode pool runs 5% slower than planned.
-        outputs = np.maximum(self.osl.grid, 1.0)
-        resident_output = float(np.mean(outputs**2) / np.mean(outputs))
-        self.context_tokens_mean = w.input_tokens_mean + resident_output / 2
-        reserved = max(w.input_tokens_mean + resident_output, 1.0)
+        # 30% more than E[n]: sized on the mean, a full decode pool runs 5% slower than planned. Where
+        # the (prompt, output) pairs are known, the prompts are weighted by their own outputs too: on
+        # the Azure trace long prompts get shorter answers (correlation -0.17), and the residents'
+        # context is 11% below what independent lengths give.
+        prompt_tokens_resident, output_tokens_resident = self._resident_lengths()
+        self.context_tokens_mean = prompt_tokens_resident + output_tokens_resident / 2
+        reserved = max(prompt_tokens_resident + output_tokens_resident, 1.0)
         per_seq = d.b_seconds_per_context_token * self.context_tokens_mean + d.c_seconds_per_sequence
+        self._step_seconds_per_sequence = per_seq
         tpot_budget = self.slo.tpot_seconds - d.a_seconds
         batch_tpot = tpot_budget / per_seq if per_seq > 0 else math.inf
         batch_kv = prof.kv_capacity_tokens / reserved
@@ -457,7 +461,6 @@ class CapacityModel:
         self.decode_step_seconds = prof.decode_step_seconds(self._slots, self.context_tokens_mean)
         steps = np.maximum(self.osl.grid - 1.0, 0.0)
         self._steps_mean = float(np.mean(steps))
-        self._residency_seconds = self._steps_mean * self.decode_step_seconds
         self._residency_scv = float(np.var(steps)) / max(self._steps_mean**2, _EPS)
         # Seconds each (prompt, output) pair may wait for a slot and still meet TPOT; outputs of one
         # token have no TPOT and always meet it.
@@ -470,43 +473,97 @@ class CapacityModel:
         z = max(self._z, 0.0)
         root = (-z + math.sqrt(z * z + 4 * self._slots)) / 2
         self._fluctuating_mean = max(root * root, 1e-3)
-        self.decode_rps_per_replica = self._slots / max(self._residency_seconds, _EPS)
+        # A full replica's rate: every slot taken, each step at B*.
+        self.decode_rps_per_replica = self._slots / max(self._steps_mean * self.decode_step_seconds, _EPS)
 
-    def decode_attainment(self, replicas: float, rate_rps: float) -> float:
-        """Predicted share of sequences that get a decode slot within their TPOT slack."""
-        if rate_rps <= 0 or self._residency_seconds <= 0:
+    def _resident_lengths(self) -> tuple[float, float]:
+        """(prompt, output) tokens of the mean decode resident: lengths weighted by their outputs (a
+        sequence stays resident for its output's steps). Known pairs are weighted pair by pair; otherwise
+        the two are taken as independent (the prompt's mean, and E[n^2] / E[n] of the outputs)."""
+        w = self.workload
+        known_in, known_out = w.input_tokens_known, w.output_tokens_known
+        if known_in is not None and known_out is not None and len(known_in) == len(known_out) > 0:
+            outputs = np.maximum(np.asarray(known_out, dtype=np.float64), 1.0)
+            prompts = np.asarray(known_in, dtype=np.float64)
+            weights = outputs / float(np.sum(outputs))
+            return float(np.sum(weights * prompts)), float(np.sum(weights * outputs))
+        outputs = np.maximum(self.osl.grid, 1.0)
+        return w.input_tokens_mean, float(np.mean(outputs**2) / np.mean(outputs))
+
+    def decode_mean_batch(self, replicas: float, rate_rps: float) -> float:
+        """Mean sequences per decode replica once the pool settles at `rate_rps`; the slot limit B* where
+        it cannot settle below it (sequences queue for slots). Residents slow the step and a slower step
+        keeps them longer: by Little's law `B = rate * steps * step(B + 1) / N` (a resident shares its
+        step with B others on average, a Poisson batch seen from inside), linear in B for the linear
+        step model. Sizing at B* instead (every slot always taken) over-provisioned: on the Azure trace
+        four replicas settle at 176 sequences each (19 ms steps), where B* = 256 (27 ms) called for five."""
+        if rate_rps <= 0 or replicas <= 0:
+            return 0.0
+        tokens_per_second = rate_rps * self._steps_mean
+        per_sequence = self._step_seconds_per_sequence
+        headroom = replicas - tokens_per_second * per_sequence
+        if headroom <= 0:
+            return self._slots
+        fixed = self.profile.decode.a_seconds
+        return min(tokens_per_second * (fixed + per_sequence) / headroom, self._slots)
+
+    def _decode_residency_seconds(
+        self, replicas: float, rate_rps: float, every_slot_taken: bool = False
+    ) -> float:
+        """Mean seconds a sequence holds its slot at `rate_rps` on `replicas`: its steps at the batch the
+        pool settles at, or, `every_slot_taken`, at the full batch B*."""
+        batch = (
+            self._slots
+            if every_slot_taken
+            else min(self.decode_mean_batch(replicas, rate_rps) + 1.0, self._slots)
+        )
+        return self._steps_mean * self.predicted_tpot_seconds(batch)
+
+    def decode_attainment(self, replicas: float, rate_rps: float, every_slot_taken: bool = False) -> float:
+        """Predicted share of sequences that get a decode slot within their TPOT slack (`every_slot_taken`:
+        were every step that of a full batch)."""
+        if rate_rps <= 0 or self._steps_mean <= 0:
             return 1.0
+        residency = self._decode_residency_seconds(replicas, rate_rps, every_slot_taken)
         servers = replicas * self._slots
-        offered = rate_rps * self._residency_seconds
+        offered = rate_rps * residency
         if offered >= servers * (1 - 1e-9):
             return 0.0
         wait_probability = erlang_c(servers, offered)
         variability = max((self._arrival_scv + self._residency_scv) / 2.0, 1e-3)
-        decay = (servers / self._residency_seconds - rate_rps) / variability
+        decay = (servers / residency - rate_rps) / variability
         return float(np.mean(1.0 - wait_probability * np.exp(-decay * self._decode_slack)))
 
-    def decode_replicas(self, rate_rps: float) -> int:
-        """Fewest decode replicas that hold the TPOT SLO at `rate_rps` (0 at zero load)."""
+    def decode_replicas(self, rate_rps: float, every_slot_taken: bool = False) -> int:
+        """Fewest decode replicas that hold the TPOT SLO at `rate_rps` (0 at zero load).
+
+        `every_slot_taken`: the fewest that would hold it were every step that of a full batch B*, as
+        if each sequence held its slot for its steps at B*'s step time (more replicas: the pool then
+        settles well below B*, and a rise fills its slots before it slows the steps). The planner's
+        slot headroom (`planner.plan`); the default is the fewest that do hold it, the model's answer."""
         if rate_rps <= 0:
             return 0
-        if self._residency_seconds <= 0:
+        if self._steps_mean <= 0:
             return 1
-        offered_slots = rate_rps * self._residency_seconds
-        start = max(1, math.floor(offered_slots / self._slots + _EPS) + 1)
-        slots = fewest_meeting(
-            lambda n: self.decode_attainment(n, rate_rps) >= self.percentile_q - _EPS,
-            start,
-            MAX_REPLICAS_SEARCH,
-            floor=start,
-        )
-        if self.decode_batch_limited_by != "tpot":
-            return min(slots, MAX_REPLICAS_SEARCH)
-        fluctuation = math.ceil(offered_slots / self._fluctuating_mean - _EPS)
-        return min(max(slots, fluctuation), MAX_REPLICAS_SEARCH)
+        tpot_capped = self.decode_batch_limited_by == "tpot"
 
-    def decode_concurrency(self, rate_rps: float) -> float:
-        """Little's law: sequences resident in decode at `rate_rps`."""
-        return rate_rps * self._residency_seconds
+        def meets(replicas: int) -> bool:
+            if self.decode_attainment(replicas, rate_rps, every_slot_taken) < self.percentile_q - _EPS:
+                return False
+            residents = rate_rps * self._decode_residency_seconds(replicas, rate_rps, every_slot_taken)
+            return not tpot_capped or residents / replicas <= self._fluctuating_mean + _EPS
+
+        # Fewer replicas than the pool's token rate at the per-sequence step cost never settle.
+        start = max(1, math.floor(rate_rps * self._steps_mean * self._step_seconds_per_sequence + _EPS) + 1)
+        return fewest_meeting(meets, start, MAX_REPLICAS_SEARCH, floor=1)
+
+    def decode_concurrency(self, rate_rps: float, replicas: int | None = None) -> float:
+        """Little's law: sequences resident in decode at `rate_rps` on `replicas` (default: the fewest
+        that hold the SLO), each for its steps at the batch the pool settles at."""
+        if rate_rps <= 0:
+            return 0.0
+        pool = self.decode_replicas(rate_rps) if replicas is None else replicas
+        return rate_rps * self._decode_residency_seconds(max(pool, 1), rate_rps)
 
     def predicted_tpot_seconds(self, batch_size: float) -> float:
         return self.profile.decode_step_seconds(max(batch_size, 1.0), self.context_tokens_mean)
@@ -519,27 +576,38 @@ class CapacityModel:
 
     # ------------------------------------------------------------------------------------ layouts
 
+    def prefill_sustainable_rps(self, prefill: int) -> float:
+        """Highest arrival rate `prefill` replicas serve within the TTFT SLO (0 for none)."""
+        if prefill <= 0:
+            return 0.0
+        return _highest_fitting(
+            lambda r: self.prefill_replicas(r) <= prefill, prefill * self.prefill_rps_per_replica
+        )
+
+    def decode_sustainable_rps(self, decode: int) -> float:
+        """Highest arrival rate `decode` replicas serve within the TPOT SLO (0 for none)."""
+        if decode <= 0:
+            return 0.0
+        return _highest_fitting(
+            lambda r: self.decode_replicas(r) <= decode, decode * self.decode_rps_per_replica
+        )
+
     def sustainable_rps(self, prefill: int, decode: int) -> float:
         """Highest arrival rate a layout serves within both SLOs (the smaller of the two pools' rates)."""
         if prefill <= 0 or decode <= 0:
             return 0.0
+        return min(self.prefill_sustainable_rps(prefill), self.decode_sustainable_rps(decode))
 
-        def highest(fits: Callable[[float], bool], high: float) -> float:
-            low = 0.0
-            while fits(high) and high < 1e7:
-                low, high = high, high * 2
-            for _ in range(30):
-                mid = (low + high) / 2
-                if fits(mid):
-                    low = mid
-                else:
-                    high = mid
-            return low
 
-        prefill_rps = highest(
-            lambda r: self.prefill_replicas(r) <= prefill, prefill * self.prefill_rps_per_replica
-        )
-        decode_rps = highest(
-            lambda r: self.decode_replicas(r) <= decode, decode * self.decode_rps_per_replica
-        )
-        return min(prefill_rps, decode_rps)
+def _highest_fitting(fits: Callable[[float], bool], guess: float) -> float:
+    """The highest rate with `fits(rate)`, for a predicate true at 0 and monotone (bisection from `guess`)."""
+    low, high = 0.0, guess
+    while fits(high) and high < 1e7:
+        low, high = high, high * 2
+    for _ in range(30):
+        mid = (low + high) / 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid
+    return low

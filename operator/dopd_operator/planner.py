@@ -124,7 +124,13 @@ def plan(
     queue_rps = _backlog_rps(spec, observation, state, model, now)
 
     def raw_at(rate: float) -> Layout:
-        return Layout(model.prefill_replicas(rate + queue_rps), model.decode_replicas(rate + queue_rps))
+        # Decode with slot headroom: as many replicas as serve the load with every step at the full
+        # batch's time (`CapacityModel.decode_replicas`), where the fewest that hold the SLO settle well
+        # short of it.
+        return Layout(
+            model.prefill_replicas(rate + queue_rps),
+            model.decode_replicas(rate + queue_rps, every_slot_taken=True),
+        )
 
     def shaped_at(rate: float) -> Layout:
         return apply_ratio_band(clamp_bounds(raw_at(rate), spec, None), spec, None)
@@ -137,6 +143,12 @@ def plan(
         ),
     ]
     reasons.extend(unsettled.values())
+    if observation.tpot_mean_seconds is None and observation.tpot_seconds is not None:
+        reasons.append(
+            f"decode correction held at x{state.decode_correction:.2f}: the mean inter-token latency is "
+            "unknown (the TPOT histogram's _sum is missing), and a percentile read from its buckets is "
+            "not the engine's speed"
+        )
     clamps: list[Clamp] = []
     shaped = apply_ratio_band(clamp_bounds(raw, spec, clamps), spec, clamps)
     target, sustained_rps = fit_budget(shaped, shaped_at, rate_rps, spec, clamps)
@@ -624,7 +636,9 @@ def _capacity_reasons(
         (
             f"decode: B*={model.decode_batch_size} (limited by {model.decode_batch_limited_by}), step "
             f"{model.decode_step_seconds * 1000:.1f} ms, {model.decode_rps_per_replica:.2f} rps per replica; "
-            f"{raw.decode} replica(s) for {model.decode_concurrency(rate_rps + queue_rps):.0f} concurrent sequences"
+            f"{raw.decode} replica(s) for {model.decode_concurrency(rate_rps + queue_rps, raw.decode):.0f} "
+            f"concurrent sequences ({model.decode_mean_batch(raw.decode, rate_rps + queue_rps):.0f} per replica)"
+            + _slot_headroom_phrase(model, raw.decode, rate_rps + queue_rps)
         ),
     ]
     if not model.ttft_reachable:
@@ -643,6 +657,16 @@ def _capacity_reasons(
             f"decode x{state.decode_correction:.2f}"
         )
     return reasons
+
+
+def _slot_headroom_phrase(model: CapacityModel, decode: int, rate_rps: float) -> str:
+    fewest = model.decode_replicas(rate_rps)
+    if decode <= fewest:
+        return ""
+    return (
+        f"; slot headroom: {fewest} would hold the SLO at {model.decode_mean_batch(fewest, rate_rps):.0f} "
+        f"sequences each, {decode} still would with every slot taken"
+    )
 
 
 def _summary(target: Layout, spec: DisaggregatedModelSpec, clamps: list[Clamp]) -> str:

@@ -117,13 +117,20 @@ def test_littles_law_sizes_decode() -> None:
     model = CapacityModel(PRESETS["llama3-8b-h100"], SloSpec(), Workload(50.0, 1000, 2000, 200, 400))
     # The residents of a batch are length-biased (long outputs stay): they hold 1000 prompt + 155
     # generated tokens on average, not 1000 + 100. At the 256-sequence limit a step takes 23.7 ms (22.9
-    # ms on the unbiased context), and 50 rps x 199 decode steps (the first token comes from prefill)
-    # keep 235 sequences resident: one replica's 256 slots hold them.
+    # ms on the unbiased context). But one replica at 50 rps does not fill its slots: 50 rps x 199
+    # decode steps at 19.9 ms (the step of 198 sequences) keep 198 sequences resident, the batch at
+    # which residents and step time agree (Little's law); sized at the full batch's 23.7 ms it would be
+    # 235.
     assert model.context_tokens_mean == pytest.approx(1155.5, abs=0.1)
     assert model.decode_step_seconds == pytest.approx(0.02365, abs=1e-5)
-    assert model.decode_concurrency(50.0) == pytest.approx(235.4, abs=0.1)
+    assert model.decode_mean_batch(1, 50.0) == pytest.approx(197.5, abs=0.1)
+    assert model.decode_concurrency(50.0) == pytest.approx(197.5, abs=0.1)
+    assert model.predicted_tpot_seconds(198.5) * 199 * 50.0 == pytest.approx(197.5, abs=0.1)
     assert model.decode_replicas(50.0) == 1
-    # Twice the load (471 sequences) needs a second replica; 0 load needs none.
+    # Twice the load cannot settle on one replica (its slots fill and sequences queue), and two replicas
+    # settle at the same 198 each; 0 load needs none.
+    assert model.decode_mean_batch(1, 100.0) == model.decode_batch_size
+    assert model.decode_mean_batch(2, 100.0) == pytest.approx(197.5, abs=0.1)
     assert model.decode_replicas(100.0) == 2
     assert model.decode_replicas(0.0) == 0
 
@@ -181,11 +188,11 @@ def test_distserve_figure1_anchor_shape() -> None:
     prefill_only = model.sustainable_rps(1, 10_000)  # one prefill GPU, decode unconstrained
     decode_only = model.sustainable_rps(10_000, 1)
     assert prefill_only < decode_only  # decode is the cheaper phase for this short-output load
-    # One prefill GPU serves 11.7 rps within 0.4 s, one decode GPU 17.2 (DistServe: 5.6 and 10; the
+    # One prefill GPU serves 11.7 rps within 0.4 s, one decode GPU 18.9 (DistServe: 5.6 and 10; the
     # preset is kernel time, without the serving overheads). Prefill is the dearer phase, so the best
-    # three-GPU layout is 2P:1D (17.2 rps) rather than 1P:2D (11.7 rps), as in the figure.
+    # three-GPU layout is 2P:1D (18.9 rps) rather than 1P:2D (11.7 rps), as in the figure.
     assert prefill_only == pytest.approx(11.7, abs=0.1)
-    assert decode_only == pytest.approx(17.2, abs=0.1)
+    assert decode_only == pytest.approx(18.9, abs=0.1)
     assert model.sustainable_rps(2, 1) > model.sustainable_rps(1, 2)
     for rate in (5.0, 10.0, 20.0, 40.0):
         assert model.prefill_replicas(rate) >= model.decode_replicas(rate)
@@ -214,3 +221,60 @@ def test_fewest_meeting_finds_the_threshold_from_any_start(
     found = fewest_meeting(meets, start, ceiling, floor=floor)
     assert found == min(max(threshold, floor), ceiling)
     assert len(calls) <= 4 * (ceiling - floor + 1).bit_length() + 2
+
+
+def test_known_pairs_weight_each_prompt_by_its_own_output() -> None:
+    """A decode resident stays for its output's steps, so its prompt counts by that output. Where long
+    prompts get short answers (the Azure trace: correlation -0.17) the residents hold less context than
+    independent lengths say, and the decode pool settles at a faster step. Taken as independent, these
+    pairs would put the mean resident at a 2250-token prompt; paired, at 818."""
+    prompts, outputs = (4000.0, 500.0) * 50, (50.0, 500.0) * 50
+
+    def model(known: bool) -> CapacityModel:
+        workload = Workload(
+            20.0,
+            2250,
+            4000,
+            275,
+            500,
+            input_tokens_known=prompts if known else None,
+            output_tokens_known=outputs if known else None,
+        )
+        return CapacityModel(PRESETS["llama3-8b-h100"], SloSpec(), workload)
+
+    paired = model(known=True)
+    resident_output = (50**2 + 500**2) / 550
+    assert paired.context_tokens_mean == pytest.approx(
+        (4000 * 50 + 500 * 500) / 550 + resident_output / 2, rel=1e-6
+    )
+    # The same lengths with every output alike: pairing changes nothing.
+    alike = CapacityModel(
+        PRESETS["llama3-8b-h100"],
+        SloSpec(),
+        Workload(20.0, 2250, 4000, 200, 200, input_tokens_known=prompts, output_tokens_known=(200.0,) * 100),
+    )
+    assert alike.context_tokens_mean == pytest.approx(2250 + 100, rel=1e-6)
+    assert paired.decode_step_seconds < model(known=False).decode_step_seconds
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rate=st.floats(min_value=1.0, max_value=400.0),
+    replicas=st.integers(min_value=1, max_value=12),
+    prompt=st.floats(min_value=100.0, max_value=8000.0),
+    output=st.floats(min_value=20.0, max_value=1000.0),
+)
+def test_the_settled_decode_batch_obeys_littles_law(
+    rate: float, replicas: int, prompt: float, output: float
+) -> None:
+    """Below its slot limit a decode pool holds rate x residency sequences, the residency being its
+    steps at the step time of the batch it holds; more replicas never hold more per replica."""
+    model = CapacityModel(
+        PRESETS["llama3-8b-h100"], SloSpec(), Workload(rate, prompt, prompt * 2, output, output * 2)
+    )
+    batch = model.decode_mean_batch(replicas, rate)
+    assert 0 < batch <= model.decode_batch_size + 1
+    assert model.decode_mean_batch(replicas + 1, rate) <= batch
+    if batch < model.decode_batch_size:
+        residency_s = model._steps_mean * model.predicted_tpot_seconds(batch + 1)
+        assert batch * replicas == pytest.approx(rate * residency_s, rel=1e-6)

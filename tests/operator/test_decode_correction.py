@@ -92,8 +92,19 @@ def test_a_slow_engine_is_learned_from_the_mean() -> None:
 
 def test_without_the_mean_the_decode_factor_holds() -> None:
     """An engine that exposes the buckets but no sum: the percentile alone is not read as the engine's
-    speed, the factor holds (read from Prometheus, the observation's problems name the missing `_sum`)."""
+    speed, the factor holds, and the decision says so (read from Prometheus, the observation's problems
+    also name the missing `_sum`)."""
     spec = make_spec()
     obs = make_obs(rate=RATE_RPS, prefill=3, decode=DECODE_REPLICAS, tpot_seconds=0.03, decode_running=160)
-    state = plan(spec, obs, None, settled_state(obs), T0).state
-    assert state.decode_correction == 1.0
+    decision = plan(spec, obs, None, settled_state(obs), T0)
+    assert decision.state.decode_correction == 1.0
+    assert any(
+        r.startswith("decode correction held at x1.00: the mean inter-token latency is unknown")
+        for r in decision.reasons
+    ), decision.reasons
+    # With the mean, no such reason.
+    with_mean = obs.model_copy(update={"tpot_mean_seconds": 0.02})
+    assert not any(
+        "mean inter-token latency is unknown" in r
+        for r in plan(spec, with_mean, None, settled_state(with_mean), T0).reasons
+    )

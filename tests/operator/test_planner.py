@@ -478,3 +478,21 @@ def test_a_decode_pool_that_has_just_grown_does_not_read_its_old_slot_waits_as_t
     assert grew == pytest.approx(1.5)
     in_target = some_miss.model_copy(update={"tpot_attainment": 0.995})
     assert plan(spec, in_target, None, settled_state(in_target), T0).state.decode_correction == 1.0
+
+
+def test_decode_keeps_slot_headroom_and_says_how_many_would_hold_the_slo() -> None:
+    """An engine whose decode steps run 10% faster than its profile, at 180 rps: four decode replicas
+    hold the TPOT SLO, settling at about 247 sequences each of 256 slots, where a few percent more load
+    fills them. The planner orders five, the fewest that would still hold it with every step at the full
+    batch's time. The reason names both numbers: a user sees what the headroom costs."""
+    spec = make_spec()
+    obs = make_obs(rate=180, isl=1250, osl=220, prefill=7, decode=5)
+    d = plan(spec, obs, None, settled_state(obs, decode_correction=0.9), T0)
+    profile = resolve_profile(spec.profile).scaled(1.05, 0.9 * 1.05)
+    model = CapacityModel(profile, spec.slo, Workload(180, 1250, 2500, 220, 440))
+    fewest = model.decode_replicas(180)
+    assert d.raw_decode == model.decode_replicas(180, every_slot_taken=True) == fewest + 1
+    assert model.decode_mean_batch(fewest, 180) > 0.95 * model.decode_batch_size
+    decode_reason = next(r for r in d.reasons if r.startswith("decode: B*="))
+    assert f"slot headroom: {fewest} would hold the SLO at 247 sequences each" in decode_reason, decode_reason
+    assert f"{d.raw_decode} still would with every slot taken" in decode_reason

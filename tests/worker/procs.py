@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,11 +14,7 @@ from pathlib import Path
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from dopd_worker.ports import free_ports
 
 
 @dataclass
@@ -48,7 +43,10 @@ class Cluster:
         wait: bool = True,
         port: int | None = None,  # a given port: a new process at an old process's address
     ) -> Proc:
-        port = port or free_port()
+        # The HTTP and KV ports from one call, so they differ. A given port (a stopped process's, free
+        # again) could be among them: one spare is taken and the given port dropped.
+        fresh = iter([p for p in free_ports(3) if p != port])
+        port = port or next(fresh)
         log_path = self.tmp / f"{name}.log"
         cmd = [
             sys.executable,
@@ -63,7 +61,7 @@ class Cluster:
         if args[0] == "worker":
             cmd += ["--transfer-timeout-seconds", "8"]
         if args[0] == "worker" and "decode" in args:
-            cmd += ["--kv-port", str(free_port())]
+            cmd += ["--kv-port", str(next(fresh))]
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
         popen = subprocess.Popen(
             cmd, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=full_env, start_new_session=True

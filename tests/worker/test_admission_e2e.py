@@ -14,7 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .procs import Cluster, Proc, free_port, router_args
+from dopd_worker.ports import free_ports
+
+from .procs import Cluster, Proc, router_args
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -213,10 +215,13 @@ def test_an_overload_burst_is_shed_at_once_and_what_is_admitted_meets_the_slo(
 
 
 def test_nothing_ready_is_503_with_retry_after_and_still_an_arrival(cluster: Cluster) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"  # no worker there: nothing is ready
+    # taken together: a router port picked after the dead one could be that port, and it would route to itself
+    dead_port, router_port = free_ports(2)
+    dead = f"http://127.0.0.1:{dead_port}"  # no worker there: nothing is ready
     router = cluster.start(
         "router-admission-dead",
         router_args("tiny", "--prefill", dead, "--decode", dead, "--ttft-slo-seconds", "1"),
+        port=router_port,
     )
     import openai
 

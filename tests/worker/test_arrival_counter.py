@@ -10,7 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .procs import Cluster, free_port, router_args
+from dopd_worker.ports import free_ports
+
+from .procs import Cluster, router_args
 
 pytestmark = [pytest.mark.worker, pytest.mark.timeout(300)]
 
@@ -29,10 +31,13 @@ def _metrics(url: str) -> str:
 
 
 def test_a_queued_request_is_counted_on_arrival_and_a_rejected_one_is_not(cluster: Cluster) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"  # no worker there: an admitted request waits in the queue
+    # taken together: a router port picked after the dead one could be that port, and it would route to itself
+    dead_port, router_port = free_ports(2)
+    dead = f"http://127.0.0.1:{dead_port}"  # no worker there: an admitted request waits in the queue
     router = cluster.start(
         "router-arrivals",
         router_args("tiny", "--prefill", dead, "--decode", dead, "--queue-timeout-seconds", "30"),
+        port=router_port,
     )
     start = _metrics(router.url)
     # at zero from the start: a series born with its first increment would lose it to increase(), and

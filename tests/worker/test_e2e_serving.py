@@ -10,7 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .procs import Cluster, Proc, free_port, router_args
+from dopd_worker.ports import free_ports
+
+from .procs import Cluster, Proc, router_args
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -235,10 +237,13 @@ def test_metrics_have_the_names_the_operator_reads(serving: Proc, cluster: Clust
 
 
 def test_request_no_prefill_worker_takes_fails_with_503_after_the_queue_timeout(cluster: Cluster) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there: never healthy
+    # taken together: a router port picked after the dead one could be that port, and it would route to itself
+    dead_port, router_port = free_ports(2)
+    dead = f"http://127.0.0.1:{dead_port}"  # nothing listens there: never healthy
     router = cluster.start(
         "router-no-prefill",
         ["router", "--model", "tiny", "--prefill", dead, "--decode", dead, "--queue-timeout-seconds", "1"],
+        port=router_port,
     )
     resp = httpx.post(f"{router.url}/v1/completions", json={"model": "tiny", "prompt": "x"}, timeout=30)
     assert resp.status_code == 503

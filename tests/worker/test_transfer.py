@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import multiprocessing
-import socket
 from typing import Any
 
 import pytest
@@ -13,6 +12,7 @@ import torch
 
 from dopd_worker.config import PRESETS
 from dopd_worker.kv_cache import PagedKVCache
+from dopd_worker.ports import free_ports
 from dopd_worker.transfer import (
     DeviceIdentity,
     Rendezvous,
@@ -66,12 +66,6 @@ def test_tag_bases_of_consecutive_transfers_do_not_overlap() -> None:
 PEER_START_TIMEOUT_S = 60.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _prefill_peer(port: int, layers_to_send: int, exit_code: int, started: Any) -> None:
     """Rank 1: sends `layers_to_send` layers of a known KV, then exits abruptly (a killed pod)."""
     import os
@@ -94,7 +88,7 @@ def _prefill_peer(port: int, layers_to_send: int, exit_code: int, started: Any) 
 
 
 def _receive(layers_sent: int) -> tuple[PagedKVCache, list[int], BaseException | None]:
-    port = _free_port()
+    (port,) = free_ports(1)
     timeout = datetime.timedelta(seconds=5)
     store = master_store("127.0.0.1", port, timeout)
     context = multiprocessing.get_context("spawn")

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from dopd_worker.ports import free_ports
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,6 @@ class ServedCluster:
     served_model_name: str
     logs: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 180.0) -> None:
@@ -106,9 +101,11 @@ def served_cluster(
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     procs: list[subprocess.Popen[bytes]] = []
+    # router, prefill, decode and the decode's KV store: picked together, so none repeats another
+    ports = iter(free_ports(4))
 
     def start(name: str, args: list[str]) -> tuple[subprocess.Popen[bytes], str, Path]:
-        port = _free_port()
+        port = next(ports)
         log = logs / f"{name}.log"
         cmd = [sys.executable, "-m", "dopd_worker", *args, "--port", str(port), "--log-level", "warning"]
         proc = subprocess.Popen(
@@ -128,7 +125,7 @@ def served_cluster(
             "decode",
             [
                 *("worker", "--role", "decode", *common),
-                *("--max-batch-size", str(max_batch_size), "--kv-port", str(_free_port())),
+                *("--max-batch-size", str(max_batch_size), "--kv-port", str(next(ports))),
             ],
         )
         _wait_healthy(prefill[1], prefill[0], prefill[2])

@@ -24,10 +24,14 @@ _MIN_ARRIVALS_FOR_SCV = 20
 def layout_for_workload(
     workload: Workload, profile: PerformanceProfile, config: SimConfig, aggregated: bool
 ) -> Layout:
-    """Fewest replicas the capacity model says meet the SLOs at this workload, within the spec's bounds."""
+    """The replicas the planner's rules order for this workload, within the spec's bounds: the fewest
+    prefill replicas the capacity model says meet the TTFT SLO, and decode with the planner's slot
+    headroom (`CapacityModel.decode_replicas(every_slot_taken=True)`)."""
     model = CapacityModel(profile, config.spec.slo, workload, config.prefill_token_budget)
     rate = workload.arrival_rate_rps
-    return _bounded_layout(model.prefill_replicas(rate), model.decode_replicas(rate), config, aggregated)
+    return _bounded_layout(
+        model.prefill_replicas(rate), model.decode_replicas(rate, every_slot_taken=True), config, aggregated
+    )
 
 
 def _bounded_layout(prefill: int, decode: int, config: SimConfig, aggregated: bool) -> Layout:
