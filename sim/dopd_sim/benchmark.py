@@ -154,6 +154,18 @@ def _row(result: RunResult, name: str, setting: str, **extra: Any) -> dict[str, 
     return row
 
 
+def dopd_row(trace: Trace, config: SimConfig, score_from_s: float = 0.0) -> dict[str, Any]:
+    """dopd's row of a suite seed (`run_suite_seed`), alone: the other rows do not depend on it."""
+    policy = DopdPolicy()
+    result = simulate(trace, policy, config, score_from_s=score_from_s)
+    state = policy.state
+    return _row(
+        result,
+        "dopd",
+        f"corrections at the end: prefill x{state.prefill_correction:.2f}, decode x{state.decode_correction:.2f}",
+    )
+
+
 def run_suite_seed(
     trace: Trace,
     config: SimConfig,
@@ -205,16 +217,7 @@ def run_suite_seed(
         )
     )
     if "dopd" in policies:
-        policy = DopdPolicy()
-        result = run(policy)
-        state = policy.state
-        rows.append(
-            _row(
-                result,
-                "dopd",
-                f"corrections at the end: prefill x{state.prefill_correction:.2f}, decode x{state.decode_correction:.2f}",
-            )
-        )
+        rows.append(dopd_row(trace, config, score_from_s))
     if "static-peak" in policies:
         prefill, decode = static_peak_layout(scored, config)
         rows.append(

@@ -127,6 +127,36 @@ def test_a_partial_rerun_is_stamped_apart_from_the_full_run() -> None:
     assert "(only t)" in text
 
 
+def test_a_dopd_only_rerun_says_only_dopds_rows_were_replaced() -> None:
+    """`--rerun-dopd` replaces dopd's rows alone: the page says so, apart from a full rerun of the same
+    scenario at another commit (whose baselines and oracle still stand)."""
+    rerun = {"commit": "bbbb", "dirty": False, "date": "2026-12-02", "why": "the oracle changed"}
+    dopd = {
+        "commit": "cccc",
+        "dirty": False,
+        "date": "2026-12-03",
+        "why": "a planner change",
+        "policy": "dopd",
+    }
+    raw: dict[str, Any] = {
+        "suite": {"t": _seeds(11.0, _oracle(10.0))},
+        "meta": {
+            "commit": "aaaa",
+            "date": "2026-12-01",
+            "machine": "m",
+            "seeds": 2,
+            "seeds_planned": 2,
+            "reruns": [{"scenario": "t", **rerun}, {"scenario": "t", **dopd}],
+        },
+    }
+    text = render_readme(raw, [Trace("t", "t")])
+    assert "The t rows were rerun by `python bench/sim_bench.py --rerun t` at commit `bbbb`" in text
+    assert (
+        "dopd's rows of t were rerun by `python bench/sim_bench.py --rerun-dopd t` at commit `cccc`" in text
+    )
+    assert "(a planner change)" in text
+
+
 def test_a_prefix_cached_trace_names_the_hit_rate_the_oracles_replicas_bought() -> None:
     plain = {"suite": {"t": _seeds(11.0, _oracle(10.0, scales=(2.0, 1.0)))}}
     assert "hit rate" not in _verdict(plain, "capacity model")[0]
