@@ -382,11 +382,20 @@ def rerun_dopd(names: set[str], why: str, jobs: int) -> dict[str, Any]:
     seeds = SEEDS[: raw["meta"]["seeds"]]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(dopd_job, s, seed) for s in SCENARIOS if s.name in names for seed in seeds]
-        for future in futures:
-            name, seed, row = future.result()
-            entry = next(e for e in raw["suite"][name] if e["seed"] == seed)
-            entry["rows"] = [row if r["policy"] == "dopd" else r for r in entry["rows"]]
-    now = stamp()
+        fresh = [future.result() for future in futures]
+    return with_dopd_rows(raw, fresh, why, stamp())
+
+
+def with_dopd_rows(
+    raw: dict[str, Any], fresh: list[tuple[str, int, dict[str, Any]]], why: str, now: dict[str, Any]
+) -> dict[str, Any]:
+    """`raw` with each (scenario, seed, row) of `fresh` in place of that seed's dopd row, and the
+    scenarios' dopd-only reruns stamped with `now` and `why` (an earlier dopd-only stamp of the same
+    scenario is dropped; a full rerun's stays: its other rows still stand)."""
+    for name, seed, row in fresh:
+        entry = next(e for e in raw["suite"][name] if e["seed"] == seed)
+        entry["rows"] = [row if r["policy"] == "dopd" else r for r in entry["rows"]]
+    names = {name for name, _, _ in fresh}
     reruns = [
         r for r in raw["meta"].get("reruns", []) if not (r["scenario"] in names and r.get("policy") == "dopd")
     ]

@@ -7,16 +7,12 @@ processes on 127.0.0.1 free ports, killed at the end.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
+
+from dopd_bench import load_sim_bench
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.timeout(300)]
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "sim_bench.py"
 # Relative error of mean TTFT and mean TPOT. The target is 15%. Runs of this test on 2 shared
 # cores, quiet or with one other CPU-bound process, land at 4-17% (the simulator optimistic: the co-located prefill
 # and decode workers slow each other when requests overlap, which separate simulated replicas never do);
@@ -26,17 +22,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "sim_bench.py"
 BOUND = 0.6
 
 
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("dopd_sim_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_simulator_matches_real_workers_with_the_served_profile() -> None:
-    result = _bench().fidelity(requests_per_s=0.6, duration_s=50.0, seed=5)
+    result = load_sim_bench().fidelity(requests_per_s=0.6, duration_s=50.0, seed=5)
     summary = {k: round(v, 4) for k, v in result.items() if k.endswith("_s") or k.endswith("_error")}
     print(summary)
     assert result["requests"] >= 20, summary

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dopd_bench import load_sim_bench
 from dopd_sim.publish import best_tuned_baseline, render_readme, targets
 
 
@@ -165,3 +166,32 @@ def test_a_prefix_cached_trace_names_the_hit_rate_the_oracles_replicas_bought() 
     reached, met = _verdict({"suite": {"t": _seeds(11.0, cached)}}, "capacity model")
     assert "hit rate 0.46 ± 0.00 at the model's sizes, 0.57 ± 0.00 at the oracle's" in reached
     assert not met  # the note explains the factor; it does not excuse it
+
+
+def test_a_dopd_only_rerun_replaces_dopds_rows_and_keeps_every_other() -> None:
+    """`--rerun-dopd`'s merge (`with_dopd_rows` in bench/sim_bench.py): each fresh dopd row takes its
+    seed's place, the oracle's and the baselines' rows stay, the stamp names the rerun."""
+    bench = load_sim_bench()
+    raw: dict[str, Any] = {
+        "suite": {"t": _seeds(11.0, _oracle(10.0))},
+        "meta": {"reruns": [{"scenario": "t", "policy": "dopd", "commit": "old", "date": "d", "why": "w"}]},
+    }
+    others = [[r for r in e["rows"] if r["policy"] != "dopd"] for e in raw["suite"]["t"]]
+    seed = raw["suite"]["t"][1]["seed"]
+    fresh_row = {**next(r for r in raw["suite"]["t"][1]["rows"] if r["policy"] == "dopd"), "gpu_hours": 9.0}
+    now = {"commit": "new", "dirty": False, "date": "2026-12-03"}
+    out = bench.with_dopd_rows(raw, [("t", seed, fresh_row)], "a planner change", now)
+    rows = out["suite"]["t"][1]["rows"]
+    assert [r for r in rows if r["policy"] == "dopd"] == [fresh_row]
+    assert [[r for r in e["rows"] if r["policy"] != "dopd"] for e in out["suite"]["t"]] == others
+    assert next(r for r in out["suite"]["t"][0]["rows"] if r["policy"] == "dopd")["gpu_hours"] == 11.0
+    assert out["meta"]["reruns"] == [
+        {
+            "scenario": "t",
+            "policy": "dopd",
+            "commit": "new",
+            "dirty": False,
+            "date": "2026-12-03",
+            "why": "a planner change",
+        }
+    ]
