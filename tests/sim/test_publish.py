@@ -103,23 +103,21 @@ def test_the_best_tuned_baseline_is_the_cheapest_that_meets_the_target() -> None
     assert best_tuned_baseline(_seeds(11.0, _oracle(10.0))) == "reactive"
 
 
+def _rerun_results(reruns: list[dict[str, Any]]) -> dict[str, Any]:
+    """One trace's results from a full run at `aaaa`, with `reruns` stamped in its meta."""
+    meta = {"commit": "aaaa", "date": "2026-12-01", "machine": "m", "seeds": 2, "seeds_planned": 2}
+    return {"suite": {"t": _seeds(11.0, _oracle(10.0))}, "meta": {**meta, "reruns": reruns}}
+
+
 def test_a_partial_rerun_is_stamped_apart_from_the_full_run() -> None:
     """The page says which rows a `--rerun` replaced, at which commit and why, beside the full run's
     stamp: a reader can tell that two commits' numbers share the table."""
-    raw: dict[str, Any] = {
-        "suite": {"t": _seeds(11.0, _oracle(10.0))},
-        "meta": {
-            "commit": "aaaa",
-            "date": "2026-12-01",
-            "machine": "m",
-            "seeds": 2,
-            "seeds_planned": 2,
-            "reruns": [
-                {"scenario": s, "commit": "bbbb", "dirty": False, "date": "2026-12-02", "why": "only t"}
-                for s in ("t", "demo")
-            ],
-        },
-    }
+    raw = _rerun_results(
+        [
+            {"scenario": s, "commit": "bbbb", "dirty": False, "date": "2026-12-02", "why": "only t"}
+            for s in ("t", "demo")
+        ]
+    )
     text = render_readme(raw, [Trace("t", "t")])
     assert "at commit `aaaa`" in text
     assert (
@@ -139,17 +137,7 @@ def test_a_dopd_only_rerun_says_only_dopds_rows_were_replaced() -> None:
         "why": "a planner change",
         "policy": "dopd",
     }
-    raw: dict[str, Any] = {
-        "suite": {"t": _seeds(11.0, _oracle(10.0))},
-        "meta": {
-            "commit": "aaaa",
-            "date": "2026-12-01",
-            "machine": "m",
-            "seeds": 2,
-            "seeds_planned": 2,
-            "reruns": [{"scenario": "t", **rerun}, {"scenario": "t", **dopd}],
-        },
-    }
+    raw = _rerun_results([{"scenario": "t", **rerun}, {"scenario": "t", **dopd}])
     text = render_readme(raw, [Trace("t", "t")])
     assert "The t rows were rerun by `python bench/sim_bench.py --rerun t` at commit `bbbb`" in text
     assert (
