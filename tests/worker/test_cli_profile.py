@@ -59,3 +59,16 @@ def test_served_profile_counts_staggered_streams_by_time_overlap() -> None:
     runs = [Completion(0.0, 1.0, 3.0, 11), Completion(0.5, 1.5, 3.0, 6)]
     assert effective_batch(runs) == [1.5, 2.0]
     assert runs[0].tpot_s == 0.2  # (end - sent - TTFT) / (tokens - 1)
+
+
+def test_served_profile_takes_the_median_round_so_one_slow_round_does_not_move_the_fit() -> None:
+    from dopd_worker.served_profile import decode_points, prefill_points
+
+    # Three rounds per prompt length; the 128-token prompt's second round ran 5x slow (a neighbour's burst).
+    batches, ttfts = prefill_points({16: [0.010, 0.011, 0.012], 128: [0.020, 0.100, 0.021]})
+    assert batches == [[16], [128]]
+    assert ttfts == [0.011, 0.021]
+    # Decode: (effective batch, mean TPOT) per round; summed context counts half the output per sequence.
+    sizes, totals, tpots = decode_points({(4, 256): [(3.8, 0.005), (3.9, 0.030), (4.0, 0.006)]}, 24)
+    assert sizes == [3.9] and tpots == [0.006]
+    assert totals == [3.9 * (256 + 12)]

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,6 @@ class ServedProfileRequest:
     context_lengths: Sequence[int] = (64, 256)
     output_tokens: int = 24
     repeats: int = 3
-    decode_repeats: int = 2
     kv_cache_tokens: int | None = None
     token_budget: int = 4096
     max_batch_size: int = 64
@@ -196,32 +195,43 @@ def effective_batch(runs: Sequence[Completion]) -> list[float]:
     return out
 
 
+def prefill_points(samples: Mapping[int, Sequence[float]]) -> tuple[list[list[int]], list[float]]:
+    """Per prompt length, its rounds' median TTFT: (single-prompt batches, seconds) for `fit_prefill`."""
+    return [[length] for length in samples], [statistics.median(ttfts) for ttfts in samples.values()]
+
+
+def decode_points(
+    points: Mapping[tuple[int, int], Sequence[tuple[float, float]]], output_tokens: int
+) -> tuple[list[float], list[float], list[float]]:
+    """Per (B, context) point, its rounds' (effective batch, mean TPOT) medians: the batch sizes, summed
+    context (each sequence at its context plus half its output) and seconds for `fit_decode`."""
+    sizes = [statistics.median(e for e, _ in rounds) for rounds in points.values()]
+    totals = [b * (ctx + output_tokens / 2) for b, (_, ctx) in zip(sizes, points, strict=True)]
+    return sizes, totals, [statistics.median(t for _, t in rounds) for rounds in points.values()]
+
+
 async def measure(
     router_url: str, model: str, request: ServedProfileRequest
 ) -> tuple[list[list[int]], list[float], list[float], list[float], list[float]]:
     """Prefill samples (batches, TTFT) and decode samples (B, sum of context, TPOT)."""
-    batches: list[list[int]] = []
-    ttfts: list[float] = []
-    sizes: list[float] = []
-    totals: list[float] = []
-    tpots: list[float] = []
     n = request.output_tokens
     async with httpx.AsyncClient(timeout=300.0) as client:
         # Warm-up: the first requests build the KV pair group and touch fresh cache blocks.
         for salt, length in enumerate(request.prompt_lengths):
             await complete(client, router_url, model, _prompt(length, salt), n)
         # Prefill: served requests (n output tokens, as a trace sends them) one at a time; the lengths
-        # round-robin so drift in a busy machine's speed spreads over all of them; mean per length.
+        # round-robin so drift in a busy machine's speed spreads over all of them. The median per length,
+        # as the in-process profiler takes: one request slowed by a neighbour's burst does not move the fit.
         samples: dict[int, list[float]] = {length: [] for length in request.prompt_lengths}
         for k in range(request.repeats):
             for length in request.prompt_lengths:
                 run = await complete(client, router_url, model, _prompt(length, 100 + k), n)
                 samples[length].append(run.ttft_s)
-        for length, runs_ttft in samples.items():
-            batches.append([length])
-            ttfts.append(statistics.mean(runs_ttft))
-        # Decode: `decode_repeats` rounds over every (B, context) point, each round one sample per point.
-        for k in range(request.decode_repeats):
+        batches, ttfts = prefill_points(samples)
+        # Decode: `repeats` rounds over every (B, context) point, each round one batch per point; the
+        # median per point of its rounds' effective batch and mean TPOT.
+        points: dict[tuple[int, int], list[tuple[float, float]]] = {}
+        for k in range(request.repeats):
             for batch in request.batch_sizes:
                 for ctx in request.context_lengths:
                     runs = list(
@@ -233,9 +243,10 @@ async def measure(
                         )
                     )
                     effective = statistics.mean(effective_batch(runs))
-                    sizes.append(effective)
-                    totals.append(effective * (ctx + n / 2))
-                    tpots.append(statistics.mean(r.tpot_s for r in runs))
+                    points.setdefault((batch, ctx), []).append(
+                        (effective, statistics.mean(r.tpot_s for r in runs))
+                    )
+        sizes, totals, tpots = decode_points(points, n)
     return batches, ttfts, sizes, totals, tpots
 
 
