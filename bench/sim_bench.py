@@ -353,14 +353,28 @@ def rerun(names: set[str], why: str, jobs: int) -> dict[str, Any]:
     fresh = run_everything(False, jobs, names - extras, SEEDS[: raw["meta"]["seeds"]], extras=extras)
     raw["suite"].update(fresh["suite"])
     raw.update({name: fresh[name] for name in extras})
-    reruns = [r for r in raw["meta"].get("reruns", []) if r["scenario"] not in names]
-    now = stamp()
-    reruns += [
-        {"scenario": name, "commit": now["commit"], "dirty": now["dirty"], "date": now["date"], "why": why}
+    kept = [r for r in raw["meta"].get("reruns", []) if r["scenario"] not in names]
+    raw["meta"]["reruns"] = kept + rerun_stamps(names, why, stamp())
+    return raw
+
+
+def rerun_stamps(
+    names: set[str], why: str, now: dict[str, Any], policy: str | None = None
+) -> list[dict[str, Any]]:
+    """meta["reruns"] entries for the scenarios `names` rerun at `now` (`stamp()`), sorted by name;
+    `policy`: only that policy's rows were rerun."""
+    only = {} if policy is None else {"policy": policy}
+    return [
+        {
+            "scenario": name,
+            **only,
+            "commit": now["commit"],
+            "dirty": now["dirty"],
+            "date": now["date"],
+            "why": why,
+        }
         for name in sorted(names)
     ]
-    raw["meta"]["reruns"] = reruns
-    return raw
 
 
 def dopd_job(scenario: Scenario, seed: int) -> tuple[str, int, dict[str, Any]]:
@@ -396,21 +410,10 @@ def with_dopd_rows(
         entry = next(e for e in raw["suite"][name] if e["seed"] == seed)
         entry["rows"] = [row if r["policy"] == "dopd" else r for r in entry["rows"]]
     names = {name for name, _, _ in fresh}
-    reruns = [
+    kept = [
         r for r in raw["meta"].get("reruns", []) if not (r["scenario"] in names and r.get("policy") == "dopd")
     ]
-    reruns += [
-        {
-            "scenario": name,
-            "policy": "dopd",
-            "commit": now["commit"],
-            "dirty": now["dirty"],
-            "date": now["date"],
-            "why": why,
-        }
-        for name in sorted(names)
-    ]
-    raw["meta"]["reruns"] = reruns
+    raw["meta"]["reruns"] = kept + rerun_stamps(names, why, now, policy="dopd")
     return raw
 
 
