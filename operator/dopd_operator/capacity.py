@@ -557,13 +557,12 @@ class CapacityModel:
         start = max(1, math.floor(rate_rps * self._steps_mean * self._step_seconds_per_sequence + _EPS) + 1)
         return fewest_meeting(meets, start, MAX_REPLICAS_SEARCH, floor=1)
 
-    def decode_concurrency(self, rate_rps: float, replicas: int | None = None) -> float:
-        """Little's law: sequences resident in decode at `rate_rps` on `replicas` (default: the fewest
-        that hold the SLO), each for its steps at the batch the pool settles at."""
+    def decode_concurrency(self, rate_rps: float, replicas: int) -> float:
+        """Little's law: sequences resident in decode at `rate_rps` on `replicas`, each for its steps at
+        the batch the pool settles at."""
         if rate_rps <= 0:
             return 0.0
-        pool = self.decode_replicas(rate_rps) if replicas is None else replicas
-        return rate_rps * self._decode_residency_seconds(max(pool, 1), rate_rps)
+        return rate_rps * self._decode_residency_seconds(max(replicas, 1), rate_rps)
 
     def predicted_tpot_seconds(self, batch_size: float) -> float:
         return self.profile.decode_step_seconds(max(batch_size, 1.0), self.context_tokens_mean)

@@ -124,7 +124,7 @@ def test_littles_law_sizes_decode() -> None:
     assert model.context_tokens_mean == pytest.approx(1155.5, abs=0.1)
     assert model.decode_step_seconds == pytest.approx(0.02365, abs=1e-5)
     assert model.decode_mean_batch(1, 50.0) == pytest.approx(197.5, abs=0.1)
-    assert model.decode_concurrency(50.0) == pytest.approx(197.5, abs=0.1)
+    assert model.decode_concurrency(50.0, 1) == pytest.approx(197.5, abs=0.1)
     assert model.predicted_tpot_seconds(198.5) * 199 * 50.0 == pytest.approx(197.5, abs=0.1)
     assert model.decode_replicas(50.0) == 1
     # Twice the load cannot settle on one replica (its slots fill and sequences queue), and two replicas
