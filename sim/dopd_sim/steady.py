@@ -7,7 +7,8 @@ conservative (it would buy more replicas than needed), above 1 optimistic. The s
 oracle factors measure the model through a policy on loads that move; this measures the model alone.
 
 The model is given perfect knowledge of the load: the mix's lengths (a sample drawn apart from the
-simulated requests) and Poisson arrivals. A pool meets the SLO when the attainment target's share of
+simulated requests) and the arrivals' burstiness: Poisson, or gamma inter-arrival gaps of coefficient of
+variation `arrival_cv` (the suite's bursty long-mix and code traces use 2, a squared CV of 4). A pool meets the SLO when the attainment target's share of
 its requests meet the role's objective (TTFT for prefill, TPOT for decode); where some requests miss with
 nobody ahead of them (prompts whose prefill alone outlasts the TTFT), the goal is that share of what an
 idle pool reaches, as the model sizes for the other prompts (and `search.oracle_calibration` aims).
@@ -37,19 +38,23 @@ BISECTIONS = 7  # about 1% resolution on that bracket
 _MODEL_SAMPLE_SEED_OFFSET = 1000  # the model's length sample is drawn apart from the simulated requests
 
 
-def steady_spec(mix: str, rate_rps: float) -> str:
-    """The synthetic trace of a steady load (`dopd_sim.synthetic`): Poisson arrivals, `mix` lengths."""
+def steady_spec(mix: str, rate_rps: float, arrival_cv: float = 1.0) -> str:
+    """The synthetic trace of a steady load (`dopd_sim.synthetic`), `mix` lengths: Poisson arrivals
+    (`arrival_cv` 1), or gamma gaps of that coefficient of variation."""
     duration_s = max(MIN_RUN_SECONDS, REQUESTS_PER_RUN / rate_rps)
-    return f"synthetic:poisson,rate_rps={rate_rps:.4f},duration_s={duration_s:.0f},lengths={mix}"
+    shape = "poisson" if arrival_cv == 1.0 else f"gamma,cv={arrival_cv:g}"
+    return f"synthetic:{shape},rate_rps={rate_rps:.4f},duration_s={duration_s:.0f},lengths={mix}"
 
 
-def steady_model(mix: str, config: SimConfig, seed: int) -> CapacityModel:
-    """The capacity model knowing a steady load of `mix` perfectly (the rate is set per question:
-    `replicas_for` passes it; the workload's own rate is unused)."""
+def steady_model(mix: str, config: SimConfig, seed: int, arrival_cv: float = 1.0) -> CapacityModel:
+    """The capacity model knowing a steady load of `mix` perfectly: its lengths and its arrivals'
+    squared CV (the rate is set per question: `replicas_for` passes it; the workload's own is unused)."""
     sample = load_workload(
         f"synthetic:poisson,rate_rps=50,duration_s=400,lengths={mix}", seed=_MODEL_SAMPLE_SEED_OFFSET + seed
     )
-    workload = known_workload(sample.input_tokens, sample.output_tokens, rate_rps=1.0, arrival_scv=1.0)
+    workload = known_workload(
+        sample.input_tokens, sample.output_tokens, rate_rps=1.0, arrival_scv=arrival_cv**2
+    )
     return CapacityModel(config.resolved_profile(), config.spec.slo, workload, config.prefill_token_budget)
 
 
@@ -79,11 +84,17 @@ def model_highest_rps(model: CapacityModel, role: Role, replicas: int) -> float:
 
 
 def steady_attainment(
-    mix: str, role: Role, rate_rps: float, replicas: int, model: CapacityModel, config: SimConfig
+    mix: str,
+    role: Role,
+    rate_rps: float,
+    replicas: int,
+    model: CapacityModel,
+    config: SimConfig,
+    arrival_cv: float = 1.0,
 ) -> float:
     """The share of requests meeting `role`'s objective in the simulator, at a steady `rate_rps` with
     `replicas` of `role` and the other pool ample (twice what the model asks, plus 2)."""
-    trace = load_workload(steady_spec(mix, rate_rps), seed=config.seed)
+    trace = load_workload(steady_spec(mix, rate_rps, arrival_cv), seed=config.seed)
     other: Role = "decode" if role == "prefill" else "prefill"
     ample = 2 * replicas_for(model, other, rate_rps) + 2
     prefill, decode = (replicas, ample) if role == "prefill" else (ample, replicas)
@@ -99,6 +110,7 @@ class SteadyAccuracy:
     role: Role
     replicas: int
     seed: int
+    arrival_cv: float
     model_rps: float
     sim_rps: float
     goal: float  # the attainment the simulator's pool had to reach
@@ -109,15 +121,20 @@ class SteadyAccuracy:
         return self.model_rps / self.sim_rps
 
 
-def measure(mix: str, role: Role, replicas: int, seed: int) -> SteadyAccuracy:
+def measure(mix: str, role: Role, replicas: int, seed: int, arrival_cv: float = 1.0) -> SteadyAccuracy:
     config = SimConfig(seed=seed)
-    model = steady_model(mix, config, seed)
+    model = steady_model(mix, config, seed, arrival_cv)
     model_rps = model_highest_rps(model, role, replicas)
     low, high = BRACKET[0] * model_rps, BRACKET[1] * model_rps
     target = config.spec.slo.attainment_target
-    ceiling = steady_attainment(mix, role, low, 8 * replicas, model, config)
+    ceiling = steady_attainment(mix, role, low, 8 * replicas, model, config, arrival_cv)
     goal = target * ceiling if ceiling < target else target
     sim_rps = highest(
-        lambda r: steady_attainment(mix, role, r, replicas, model, config) >= goal, low, high, BISECTIONS
+        lambda r: steady_attainment(mix, role, r, replicas, model, config, arrival_cv) >= goal,
+        low,
+        high,
+        BISECTIONS,
     )
-    return SteadyAccuracy(mix, role, replicas, seed, model_rps, sim_rps, goal, low < sim_rps < high)
+    return SteadyAccuracy(
+        mix, role, replicas, seed, arrival_cv, model_rps, sim_rps, goal, low < sim_rps < high
+    )
