@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dopd_sim.config import SimConfig
-from dopd_sim.steady import Role, highest, model_highest_rps, steady_attainment, steady_model
+from dopd_sim.steady import Role, highest, model_highest_rps, steady_attainment, steady_model, steady_spec
 
 
 @pytest.mark.slow
@@ -46,3 +46,16 @@ def test_highest_finds_a_threshold_to_within_its_resolution(
 def test_highest_says_when_the_bracket_does_not_hold_the_threshold() -> None:
     assert highest(lambda r: r <= 0.1, 1.0, 10.0, 5) == 1.0  # fails at the bottom: the bottom, a bound
     assert highest(lambda r: r <= 100.0, 1.0, 10.0, 5) == 10.0  # holds at the top: the top, a bound
+
+
+@pytest.mark.parametrize("cv", [1.0, 2.0])
+def test_steady_load_has_the_burstiness_the_model_is_told(cv: float) -> None:
+    import numpy as np
+
+    from dopd_sim.workload import load_workload
+
+    trace = load_workload(steady_spec("code", 100.0, arrival_cv=cv), seed=0)
+    gaps = np.diff(trace.arrival_s)
+    assert len(trace.arrival_s) >= 29_000  # REQUESTS_PER_RUN arrivals at the rate
+    assert float(np.var(gaps) / np.mean(gaps) ** 2) == pytest.approx(cv * cv, rel=0.1)
+    assert steady_model("code", SimConfig(seed=0), seed=0, arrival_cv=cv).workload.arrival_scv == cv * cv
