@@ -635,7 +635,8 @@ def main() -> None:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
     if args.fidelity:
-        fid = fidelity()
+        when = stamp()
+        fid = {**fidelity(), "commit": when["commit"], "dirty": when["dirty"], "date": when["date"]}
         (DOCS / "sim" / "fidelity.json").write_text(json.dumps(fid, indent=2) + "\n", encoding="utf-8")
         print(json.dumps(fid, indent=2))
     write_outputs(raw)
