@@ -8,10 +8,11 @@ oracle factors measure the model through a policy on loads that move; this measu
 
 The model is given perfect knowledge of the load: the mix's lengths (a sample drawn apart from the
 simulated requests) and the arrivals' burstiness: Poisson, or gamma inter-arrival gaps of coefficient of
-variation `arrival_cv` (the suite's bursty long-mix and code traces use 2, a squared CV of 4). A pool meets the SLO when the attainment target's share of
-its requests meet the role's objective (TTFT for prefill, TPOT for decode); where some requests miss with
-nobody ahead of them (prompts whose prefill alone outlasts the TTFT), the goal is that share of what an
-idle pool reaches, as the model sizes for the other prompts (and `search.oracle_calibration` aims).
+variation `arrival_cv` (the suite's bursty long-mix and code traces use 2, a squared CV of 4). A pool
+meets the SLO when the attainment target's share of its requests meet the role's objective (TTFT for
+prefill, TPOT for decode); where some requests miss with nobody ahead of them (prompts whose prefill
+alone outlasts the TTFT), the goal is that share of what an idle pool reaches, as the model sizes for
+the other prompts (and `search.oracle_calibration` aims).
 
 Callers: bench/capacity_bench.py, tests/sim/test_steady.py.
 """
