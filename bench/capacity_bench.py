@@ -106,7 +106,7 @@ def render(raw: dict[str, Any]) -> str:
     rows = raw["rows"]
 
     def key(row: dict[str, Any]) -> tuple[str, float, str, int]:
-        return row["mix"], float(row.get("arrival_cv", 1.0)), row["role"], row["replicas"]
+        return row["mix"], float(row["arrival_cv"]), row["role"], row["replicas"]
 
     keys = sorted({key(r) for r in rows}, key=lambda k: (MIXES.index(k[0]), k[1], k[2], k[3]))
     met = 0

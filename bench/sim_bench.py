@@ -364,17 +364,13 @@ def rerun_stamps(
     """meta["reruns"] entries for the scenarios `names` rerun at `now` (`stamp()`), sorted by name;
     `policy`: only that policy's rows were rerun."""
     only = {} if policy is None else {"policy": policy}
-    return [
-        {
-            "scenario": name,
-            **only,
-            "commit": now["commit"],
-            "dirty": now["dirty"],
-            "date": now["date"],
-            "why": why,
-        }
-        for name in sorted(names)
-    ]
+    return [{"scenario": name, **only, **provenance(now), "why": why} for name in sorted(names)]
+
+
+def provenance(now: dict[str, Any]) -> dict[str, Any]:
+    """The commit, whether the code differed from it, and the date, from `stamp()`: what a result
+    measured apart from a full run (a rerun's rows, the fidelity check) carries."""
+    return {key: now[key] for key in ("commit", "dirty", "date")}
 
 
 def dopd_job(scenario: Scenario, seed: int) -> tuple[str, int, dict[str, Any]]:
@@ -635,8 +631,7 @@ def main() -> None:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
     if args.fidelity:
-        when = stamp()
-        fid = {**fidelity(), "commit": when["commit"], "dirty": when["dirty"], "date": when["date"]}
+        fid = {**fidelity(), **provenance(stamp())}
         (DOCS / "sim" / "fidelity.json").write_text(json.dumps(fid, indent=2) + "\n", encoding="utf-8")
         print(json.dumps(fid, indent=2))
     write_outputs(raw)

@@ -449,13 +449,8 @@ def _fidelity_section(fid: dict[str, Any]) -> list[str]:
     lines = [
         "### Fidelity: real CPU workers against the simulator",
         "",
-        (
-            f"Measured at commit `{fid['commit']}`{' (with uncommitted changes)' if fid.get('dirty') else ''} "
-            f"on {fid['date']}. "
-            if "commit" in fid
-            else ""
-        )
-        + f"{fid['requests']} requests, model preset `{fid['model']}`; profile: {fid['profile']}",
+        f"Measured at commit `{fid['commit']}`{' (with uncommitted changes)' if fid['dirty'] else ''} on "
+        f"{fid['date']}. {fid['requests']} requests, model preset `{fid['model']}`; profile: {fid['profile']}",
         "",
         "| metric | measured (s) | simulated (s) | error |",
         "|---|---|---|---|",
