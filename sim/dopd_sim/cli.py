@@ -5,6 +5,7 @@ dopd_operator.cli). The environment and the file system are touched here and now
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from dopd_forecaster.datasets import AZURE_CONV_2023, DataNotFoundError, data_pa
 from dopd_forecaster.traces import Trace, TraceFormatError
 from dopd_operator.api import InlineProfile, ProfileSpec
 from dopd_sim.config import QueuePolicy, SimConfig, default_spec, load_profile, load_spec
-from dopd_sim.policies import POLICY_NAMES, make_policy
+from dopd_sim.policies import FIXED_POLICIES, POLICY_NAMES, make_policy
 from dopd_sim.report import markdown_table, write_report
 from dopd_sim.run import RunResult, check_score_from
 from dopd_sim.run import simulate as run_simulation
@@ -125,8 +126,9 @@ def _common(function: Any) -> Any:
     show_default=True,
     help="Treat the trace's first SECONDS as the load's past, as Prometheus holds it on a cluster that "
     "has been serving: replayed and decided on, not scored (attainment, latencies and GPU-hours count "
-    "from then on; the oracle is calibrated on that span). Not with --goodput-search, which scores "
-    "the whole trace.",
+    "from then on; the oracle is calibrated on that span). The fixed layouts (static, static-peak, "
+    "aggregated-static), which learn nothing from a past, are sized for and run on the rest alone, "
+    "as in the benchmark. Not with --goodput-search, which scores the whole trace.",
 )
 def simulate(
     trace_path: str,
@@ -164,6 +166,10 @@ def simulate(
         raise click.BadParameter(
             f"{exc} (after --duration and --time-compression)", param_hint="--history-seconds"
         ) from exc
+    if history_s and policy in FIXED_POLICIES:
+        # A fixed layout learns nothing from a past: it is sized for, and runs on, the scored span alone
+        # (as the benchmark's fixed layouts do), so a past busier than its layout leaves it no queue.
+        trace, history_s = trace.window(history_s, math.inf), 0.0
     layout: tuple[int, int] | None = None
     if static_layout:
         prefill, _, decode = static_layout.partition(":")

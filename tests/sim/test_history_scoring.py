@@ -80,13 +80,14 @@ def test_the_oracle_is_calibrated_on_the_span_it_is_scored_on() -> None:
 
 
 def test_the_command_line_scores_from_the_history() -> None:
-    args = ["--trace", RISING, "--policy", "static", "--static-layout", "1:1", "--json"]
+    args = ["--trace", RISING, "--policy", "dopd", "--json"]
     whole = CliRunner().invoke(simulate, args)
     scored = CliRunner().invoke(simulate, [*args, "--history-seconds", "150"])
     assert whole.exit_code == 0 and scored.exit_code == 0, whole.output + scored.output
     whole_data, scored_data = json.loads(whole.output), json.loads(scored.output)
     assert scored_data["scored_from_s"] == 150.0 and whole_data["scored_from_s"] == 0.0
-    assert scored_data["requests"] < whole_data["requests"]
+    trace = load_workload(RISING, seed=0)
+    assert scored_data["requests"] == int(np.count_nonzero(np.asarray(trace.arrival_s) >= 150.0))
     assert scored_data["gpu_hours"] < whole_data["gpu_hours"]
 
 
@@ -119,3 +120,27 @@ def test_the_benchmark_sizes_tunes_and_scores_every_policy_on_the_span_after_the
     assert peak["mean_gpus"] < whole_peak["mean_gpus"]
     assert peak["slo_attainment"] >= config.spec.slo.attainment_target
     assert by_policy["oracle"]["slo_attainment"] >= by_policy["oracle"]["target"]
+
+
+def test_the_command_line_sizes_and_runs_a_fixed_layout_on_the_span_after_the_history() -> None:
+    """As in the benchmark: a fixed layout learns nothing from a past, so `static-peak` is deployed for
+    the quiet present, and no layout inherits a queue from the busy past."""
+    args = ["--trace", FALLING, "--seed", "2", "--json"]
+    trace = load_workload(FALLING, seed=2)
+    later = int(np.count_nonzero(np.asarray(trace.arrival_s) >= 150.0))
+
+    def run_cli(*extra: str) -> dict[str, float]:
+        result = CliRunner().invoke(simulate, [*args, *extra])
+        assert result.exit_code == 0, result.output
+        data: dict[str, float] = json.loads(result.output)
+        return data
+
+    whole = run_cli("--policy", "static-peak")
+    present = run_cli("--policy", "static-peak", "--history-seconds", "150")
+    assert present["requests"] == later < whole["requests"]
+    assert present["mean_gpus"] < whole["mean_gpus"]
+    assert present["slo_attainment"] >= SimConfig().spec.slo.attainment_target
+    # A given layout too: 1P/1D serves the quiet half, whatever queue the busy half would have left it.
+    given = run_cli("--policy", "static", "--static-layout", "1:1", "--history-seconds", "150")
+    assert given["requests"] == later
+    assert given["slo_attainment"] >= SimConfig().spec.slo.attainment_target
