@@ -210,10 +210,19 @@ def decode_points(
     return sizes, totals, [statistics.median(t for _, t in rounds) for rounds in points.values()]
 
 
-async def measure(
-    router_url: str, model: str, request: ServedProfileRequest
-) -> tuple[list[list[int]], list[float], list[float], list[float], list[float]]:
-    """Prefill samples (batches, TTFT) and decode samples (B, sum of context, TPOT)."""
+@dataclass(frozen=True)
+class ServedSamples:
+    """What `measure` timed through the router, in the shapes `fit_prefill` and `fit_decode` take."""
+
+    prefill_batches: list[list[int]]  # one single-prompt batch per prompt length
+    ttft_seconds: list[float]  # the median over rounds, per prompt length
+    decode_batch_sizes: list[float]  # the effective batch, per (B, context) point
+    decode_context_tokens: list[float]  # the batch's summed context, per point
+    tpot_seconds: list[float]  # the median over rounds of the mean TPOT, per point
+
+
+async def measure(router_url: str, model: str, request: ServedProfileRequest) -> ServedSamples:
+    """Prefill samples (batches, TTFT) and decode samples (B, summed context, TPOT), medians of rounds."""
     n = request.output_tokens
     async with httpx.AsyncClient(timeout=300.0) as client:
         # Warm-up: the first requests build the KV pair group and touch fresh cache blocks.
@@ -247,7 +256,7 @@ async def measure(
                         (effective, statistics.mean(r.tpot_s for r in runs))
                     )
         sizes, totals, tpots = decode_points(points, n)
-    return batches, ttfts, sizes, totals, tpots
+    return ServedSamples(batches, ttfts, sizes, totals, tpots)
 
 
 def _kv_capacity(router_url: str, fallback: int | None) -> int:
@@ -276,9 +285,11 @@ def profile_document(router_url: str, model_name: str, request: ServedProfileReq
     from dopd_worker.runtime import pick_device, pick_dtype
 
     started = time.perf_counter()
-    batches, ttfts, sizes, totals, tpots = asyncio.run(measure(router_url, model_name, request))
-    prefill, prefill_fit = fit_prefill(batches, ttfts)
-    decode, decode_fit = fit_decode(sizes, totals, tpots)
+    samples = asyncio.run(measure(router_url, model_name, request))
+    prefill, prefill_fit = fit_prefill(samples.prefill_batches, samples.ttft_seconds)
+    decode, decode_fit = fit_decode(
+        samples.decode_batch_sizes, samples.decode_context_tokens, samples.tpot_seconds
+    )
     bandwidth = measure_gloo_bandwidth()
     device = pick_device(request.device)
     dtype_bytes = torch.empty((), dtype=pick_dtype(request.dtype, device)).element_size()
