@@ -14,10 +14,10 @@ history the forecaster is fitted on, how wrong the simple predictors have been: 
 over the trend window, at most the recent half's slope plus its noise, `estimators.guarded_slopes`,
 as `estimators.summarize_arrivals` reads it; noise its standard error for a load with no trend at that
 rate and the observed burstiness, `estimators.slope_noise_rps_per_s`: the trend guard extrapolates only the rise
-beyond it). One difference from the observation: after a step between two flat levels the observation
-reads the new level at once (`estimators.level_change`), where these window means climb to it over a
-metrics window; so the residuals of the moments just after a step are at most as large as those the
-planner met, and the largest (the moments before a jump, which set the upper quantile) are the same.
+beyond it). After a step between two flat levels within the trend window, the rate is read as the
+observation reads it, from the step on (`estimators.level_change`), with no trend until the new level
+spans half the trend window: a window mean would carry the old level for a window, and a surge that
+starts soon after the last one ended would count as a smaller rise than the one the planner met.
 The headroom is the upper quantile of those residuals, at the quantile the capacity model provisions
 for (the higher of the SLO percentile and the attainment target, see `tick.surge_quantile`), less
 what the rate's own noise explains, floored at zero: `predictor + headroom` covered the load of the
@@ -43,7 +43,13 @@ from statistics import NormalDist
 import numpy as np
 import numpy.typing as npt
 
-from dopd_operator.metrics.estimators import centred_times, guarded_slopes, slope_noise_rps_per_s
+from dopd_operator.metrics.estimators import (
+    MIN_LEVEL_BINS,
+    centred_times,
+    guarded_slopes,
+    level_change,
+    slope_noise_rps_per_s,
+)
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -104,6 +110,44 @@ def _peak(level: FloatArray) -> float | None:
     return float(np.max(known)) if len(known) else None
 
 
+def _read_from_level_changes(
+    level: FloatArray,
+    predicted: FloatArray,
+    values: FloatArray,
+    window: int,
+    trend_buckets: int,
+    step_s: float,
+    lead_s: float,
+    arrival_scv: float,
+) -> None:
+    """Where the rate stepped within the trend window before a moment, read that moment as the
+    observation then read it (`estimators.summarize_arrivals`), in place in `level` (the rate) and
+    `predicted` (the rate and its trend over the lead time): the rate is the mean from the step on
+    (within the metrics window), with no trend until the new level spans half the trend window (then
+    the guarded slope over the new level's buckets). Window means alone would still carry the old
+    level: after a surge ends they read the load high for a window, and a surge that follows within a
+    lead time would count as a smaller rise than the planner, which read the low level at once, met
+    (on random 2x surges over 120 rps the headroom fell to 90 rps)."""
+    if trend_buckets < 2 * MIN_LEVEL_BINS:
+        return
+    for i in range(trend_buckets - 1, len(values)):
+        bins = values[i - trend_buckets + 1 : i + 1]
+        step = level_change(bins)  # None also where a bucket is unknown
+        if step is None:
+            continue
+        new = bins[step.index :]
+        rate = float(np.mean(bins[max(step.index, trend_buckets - window) :]))
+        trend = 0.0
+        if 2 * len(new) >= trend_buckets and len(new) >= 2:
+            at = np.array([rate])
+            slope = float(guarded_slopes(new, len(new), step_s, at, arrival_scv)[-1])
+            x = centred_times(len(new), step_s)
+            noise = float(slope_noise_rps_per_s(at, arrival_scv, step_s, float(np.sum(x * x)))[0])
+            trend = max(slope - noise, 0.0) if math.isfinite(slope) else 0.0
+        level[i] = rate
+        predicted[i] = rate + trend * lead_s
+
+
 def surge_headroom(
     rates_rps: FloatArray,
     step_s: float,
@@ -134,8 +178,10 @@ def surge_headroom(
     # The trend guard's own rule: only the rise beyond the slope's noise at that level is extrapolated.
     slope_noise = slope_noise_rps_per_s(level, arrival_scv, step_s, spread)
     predicted = level + np.maximum(slope - slope_noise, 0.0) * lead_s  # NaN (skipped) where unknown
-    # The peak of the window means over the next `ahead` buckets, for each moment that has them all.
-    future = np.lib.stride_tricks.sliding_window_view(level[1:], ahead)  # row i: level[i+1 .. i+ahead]
+    observed = level.copy()  # the rate as the planner read it at each moment
+    _read_from_level_changes(observed, predicted, values, window, trend_buckets, step_s, lead_s, arrival_scv)
+    # The peak of the rates as observed over the next `ahead` buckets, for each moment that has them all.
+    future = np.lib.stride_tricks.sliding_window_view(observed[1:], ahead)  # row i: [i+1 .. i+ahead]
     with np.errstate(invalid="ignore"):
         peak = np.max(future, axis=1)  # NaN where any window mean is unknown
     # What the rate's own fluctuation explains is not a surge: the capacity model already queues for

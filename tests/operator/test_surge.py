@@ -79,6 +79,18 @@ def test_falls_are_not_surges() -> None:
     assert _headroom(rates, scv=0.0) == 0.0
 
 
+def test_a_surge_soon_after_the_last_counts_its_whole_rise() -> None:
+    # Surges of 200 rps over a 100 rps base, each starting 40 s after the last ended: within a metrics
+    # window, so the window mean still reads 150-180 rps when the next one starts, but the planner read
+    # the base at once (a level change) and met the whole 100 rps rise.
+    surges = np.concatenate([np.full(4, 100.0), np.full(20, 200.0)])
+    rates = np.concatenate([np.full(20, 200.0), *([surges] * 3), np.full(20, 100.0)])
+    assert _headroom(rates, scv=0.0) == pytest.approx(100.0)
+    # And on a noisy load (Poisson buckets) the same rise, less the noise allowance.
+    noisy = np.random.default_rng(1).poisson(rates * STEP) / STEP
+    assert 80.0 < _headroom(noisy) <= 110.0
+
+
 def test_gaps_are_skipped_and_too_little_history_gives_none() -> None:
     assert surge_headroom(np.full(10, 100.0), STEP, LEAD, 0.99, WINDOW, TREND) is None
     rates = np.concatenate([np.full(60, 80.0), np.full(60, 160.0)])
