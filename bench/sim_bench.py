@@ -9,6 +9,8 @@ Llama-3-8B on H100 (`llama3-8b-h100`), SLO TTFT 1.5 s / TPOT 50 ms at P90, a 99%
     python bench/sim_bench.py --quick         # 2 seeds of 10-minute slices, to check the script itself
     python bench/sim_bench.py --render-only   # rewrite docs/benchmarks/sim.md and README from results.json
     python bench/sim_bench.py --rerun mooncake --why "..."  # only those rows, stamped apart
+    python bench/sim_bench.py --rerun-dopd steps,bursts --why "..."  # only dopd's rows there
+    python bench/sim_bench.py --rerun-rows aggregated-static=steps --why "..."  # only that baseline's
 
 Writes docs/benchmarks/sim/results.json (every run), the generated part of docs/benchmarks/sim.md and the
 README's results block (between its markers), both stamped with the commit they ran at. Met/not-met is
@@ -36,7 +38,7 @@ import dopd_operator
 import dopd_sim
 from dopd_forecaster.datasets import AZURE_CONV_2023, MOONCAKE_SYNTHETIC, data_dir, data_path
 from dopd_operator.api import InlineProfile, ProfileSpec
-from dopd_sim.benchmark import Tuning, dopd_row, run_suite_seed
+from dopd_sim.benchmark import Tuning, aggregated_static_row, dopd_row, run_suite_seed
 from dopd_sim.config import SimConfig, default_spec
 from dopd_sim.metrics import slo_met
 from dopd_sim.policies.base import Layout, Policy, TickInput
@@ -373,43 +375,75 @@ def provenance(now: dict[str, Any]) -> dict[str, Any]:
     return {key: now[key] for key in ("commit", "dirty", "date")}
 
 
-def dopd_job(scenario: Scenario, seed: int) -> tuple[str, int, dict[str, Any]]:
-    """dopd alone on one scenario and seed, as the suite runs it (a worker process runs this)."""
-    trace = scenario.trace(seed, False)
-    return scenario.name, seed, dopd_row(trace, SimConfig(seed=seed), scenario.scored_from_s(False))
+# The rows that depend on nothing else of their seed (no tuning searched there, no oracle), so they can be
+# rerun alone: dopd's (for a planner change) and aggregated-static's (sized at the seed's busiest minute,
+# at the first seed's chunk size).
+ROW_POLICIES = ("dopd", "aggregated-static")
 
 
-def rerun_dopd(names: set[str], why: str, jobs: int) -> dict[str, Any]:
-    """results.json with dopd's rows of the suite scenarios `names` replaced by a run at this commit,
-    every other row kept, each replacement stamped in meta["reruns"] (policy "dopd") with `why`: for a
-    planner change (the baselines and the oracle do not run the planner), about a fifth of `--rerun`."""
+def row_job(
+    policy: str, scenario: Scenario, seed: int, chunk_tokens: int | None
+) -> tuple[str, int, dict[str, Any]]:
+    """One policy's row of one scenario and seed, as the suite runs it (a worker process runs this);
+    `chunk_tokens` for aggregated-static (None: swept, as on a trace's first seed)."""
+    trace, config = scenario.trace(seed, False), SimConfig(seed=seed)
+    scored_from_s = scenario.scored_from_s(False)
+    if policy == "dopd":
+        return scenario.name, seed, dopd_row(trace, config, scored_from_s)
+    return scenario.name, seed, aggregated_static_row(trace, config, scored_from_s, chunk_tokens)[0]
+
+
+def rerun_rows(policy: str, names: set[str], why: str, jobs: int) -> dict[str, Any]:
+    """results.json with `policy`'s rows (ROW_POLICIES) of the suite scenarios `names` replaced by a run
+    at this commit, every other row kept, each replacement stamped in meta["reruns"] with the policy and
+    `why`: for a change to that policy alone (dopd: a planner change; the baselines and the oracle do
+    not run the planner), a fraction of `--rerun`."""
+    flag = "--rerun-dopd" if policy == "dopd" else f"--rerun-rows {policy}="
     raw: dict[str, Any] = json.loads(RESULTS.read_text(encoding="utf-8"))
     unknown = names - {s.name for s in SCENARIOS}
     if unknown:
-        raise SystemExit(f"--rerun-dopd: no suite scenario named {', '.join(sorted(unknown))}")
+        raise SystemExit(f"{flag}: no suite scenario named {', '.join(sorted(unknown))}")
     if raw["meta"].get("quick"):
-        raise SystemExit("--rerun-dopd: results.json is a --quick run; rerun everything instead")
+        raise SystemExit(f"{flag}: results.json is a --quick run; rerun everything instead")
     seeds = SEEDS[: raw["meta"]["seeds"]]
+    if policy == "aggregated-static":  # its replicas are sized per seed now, no longer a first-seed choice
+        for name in names:
+            for entry in raw["suite"][name]:
+                entry.get("tuning", {}).pop("aggregated_replicas", None)
+
+    def chunk(name: str, seed: int) -> int | None:
+        first = raw["suite"][name][0]
+        return None if seed == first["seed"] else int(first["tuning"]["aggregated_chunk_tokens"])
+
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(dopd_job, s, seed) for s in SCENARIOS if s.name in names for seed in seeds]
+        futures = [
+            pool.submit(row_job, policy, s, seed, chunk(s.name, seed))
+            for s in SCENARIOS
+            if s.name in names
+            for seed in seeds
+        ]
         fresh = [future.result() for future in futures]
-    return with_dopd_rows(raw, fresh, why, stamp())
+    return with_rows(raw, policy, fresh, why, stamp())
 
 
-def with_dopd_rows(
-    raw: dict[str, Any], fresh: list[tuple[str, int, dict[str, Any]]], why: str, now: dict[str, Any]
+def with_rows(
+    raw: dict[str, Any],
+    policy: str,
+    fresh: list[tuple[str, int, dict[str, Any]]],
+    why: str,
+    now: dict[str, Any],
 ) -> dict[str, Any]:
-    """`raw` with each (scenario, seed, row) of `fresh` in place of that seed's dopd row, and the
-    scenarios' dopd-only reruns stamped with `now` and `why` (an earlier dopd-only stamp of the same
-    scenario is dropped; a full rerun's stays: its other rows still stand)."""
+    """`raw` with each (scenario, seed, row) of `fresh` in place of that seed's `policy` row, and the
+    scenarios' rerun of that policy's rows stamped with `now` and `why` (an earlier stamp of the same
+    scenario and policy is dropped; a full rerun's stays: its other rows still stand)."""
     for name, seed, row in fresh:
         entry = next(e for e in raw["suite"][name] if e["seed"] == seed)
-        entry["rows"] = [row if r["policy"] == "dopd" else r for r in entry["rows"]]
+        entry["rows"] = [row if r["policy"] == policy else r for r in entry["rows"]]
     names = {name for name, _, _ in fresh}
     kept = [
-        r for r in raw["meta"].get("reruns", []) if not (r["scenario"] in names and r.get("policy") == "dopd")
+        r for r in raw["meta"].get("reruns", []) if not (r["scenario"] in names and r.get("policy") == policy)
     ]
-    raw["meta"]["reruns"] = kept + rerun_stamps(names, why, now, policy="dopd")
+    raw["meta"]["reruns"] = kept + rerun_stamps(names, why, now, policy=policy)
     return raw
 
 
@@ -603,14 +637,26 @@ def main() -> None:
         "(for a planner change: no baseline or oracle runs the planner; say why)",
     )
     parser.add_argument(
-        "--why", help="with --rerun or --rerun-dopd: why the other rows stand (shown on the page)"
+        "--rerun-rows",
+        metavar="POLICY=NAMES",
+        help=f"one policy's rows ({', '.join(ROW_POLICIES)}) of the comma-separated suite scenarios "
+        "NAMES, rerun into results.json and stamped apart (for a change to that policy alone; say why); "
+        "--rerun-dopd NAMES is --rerun-rows dopd=NAMES",
+    )
+    parser.add_argument(
+        "--why",
+        help="with --rerun, --rerun-dopd or --rerun-rows: why the other rows stand (shown on the page)",
     )
     args = parser.parse_args()
     stamp()  # before hours of running: the code imported must be this checkout's
-    if args.rerun_dopd:
+    rows = f"dopd={args.rerun_dopd}" if args.rerun_dopd else args.rerun_rows
+    if rows:
+        policy, _, names = rows.partition("=")
+        if policy not in ROW_POLICIES or not names:
+            parser.error(f"--rerun-rows takes POLICY=NAMES, POLICY one of {', '.join(ROW_POLICIES)}")
         if not args.why:
-            parser.error("--rerun-dopd needs --why: say why the other rows' numbers still stand")
-        raw = rerun_dopd(set(args.rerun_dopd.split(",")), args.why, args.jobs)
+            parser.error("--rerun-dopd and --rerun-rows need --why: say why the other rows still stand")
+        raw = rerun_rows(policy, set(names.split(",")), args.why, args.jobs)
         RESULTS.write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
     elif args.rerun:
         if not args.why:

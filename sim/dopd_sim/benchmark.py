@@ -14,8 +14,9 @@ the best a competent user would get from it (docs/benchmarks/sim.md says how eac
 - `aggregated-static`: the fewest colocated chunked-prefill replicas meeting it there, chunk size swept;
 - `reactive`: HPA with its utilization target picked by grid search;
 - `dynamo-sla`: Dynamo's planner with its adjustment interval and load predictor picked by grid search.
-The grids, the colocated layout and the oracle's full calibration are searched on the first seed; later
-seeds reuse the choices (`Tuning`), the oracle's factors moved there in 5% steps to the fewest replicas
+The grids, the colocated layout's chunk size and the oracle's full calibration are searched on the
+first seed; later seeds reuse the choices (`Tuning`; each seed's fixed layouts are sized for its own
+busiest minute, as a user deploys for the peak they see), the oracle's factors moved there in 5% steps to the fewest replicas
 that still meet the target. A configuration is better when it meets the target with fewer GPU-hours,
 or, when none meets it, reaches more attainment.
 Callers: cli.bench, cli.demo, bench/sim_bench.py.
@@ -33,7 +34,7 @@ from tqdm import tqdm
 
 from dopd_forecaster.traces import Trace
 from dopd_sim.config import SimConfig
-from dopd_sim.peak import aggregated_peak_layout, static_peak_layout
+from dopd_sim.peak import CHUNK_SIZES_TOKENS, aggregated_peak_layout, static_peak_layout
 from dopd_sim.policies import POLICY_NAMES, make_policy
 from dopd_sim.policies.aggregated import FixedAggregatedPolicy
 from dopd_sim.policies.base import Policy
@@ -110,8 +111,7 @@ class Tuning:
     reactive_target: float
     dynamo_interval_s: float
     dynamo_predictor: Predictor
-    aggregated_chunk_tokens: int
-    aggregated_replicas: int
+    aggregated_chunk_tokens: int  # each seed sizes its replicas at its own busiest minute, at this chunk
     oracle_scales: tuple[float, float]
 
 
@@ -164,6 +164,21 @@ def dopd_row(trace: Trace, config: SimConfig, score_from_s: float = 0.0) -> dict
         "dopd",
         f"corrections at the end: prefill x{state.prefill_correction:.2f}, decode x{state.decode_correction:.2f}",
     )
+
+
+def aggregated_static_row(
+    trace: Trace, config: SimConfig, score_from_s: float = 0.0, chunk_tokens: int | None = None
+) -> tuple[dict[str, Any], int]:
+    """aggregated-static's row of a suite seed (`run_suite_seed`), alone, and its chunk size: the fewest
+    colocated replicas that meet the target at the scored span's busiest minute (as static-peak is sized
+    for each seed's own), at `chunk_tokens`, or at the chunk that needs the fewest (None: the sweep, on a
+    trace's first seed). A fixed layout learns nothing from a past: it runs on the scored span alone."""
+    scored = trace.window(score_from_s, math.inf) if score_from_s > 0 else trace
+    chunks = CHUNK_SIZES_TOKENS if chunk_tokens is None else (chunk_tokens,)
+    replicas, chunk = aggregated_peak_layout(scored, config, chunks)
+    chunked = dataclasses.replace(config, aggregated_token_budget=chunk)
+    result = simulate(scored, FixedAggregatedPolicy(replicas), chunked)
+    return _row(result, "aggregated-static", f"{replicas} colocated, chunk {chunk} tokens"), chunk
 
 
 def run_suite_seed(
@@ -228,18 +243,9 @@ def run_suite_seed(
             )
         )
     chunk = tuning.aggregated_chunk_tokens if tuning is not None else 0
-    replicas = tuning.aggregated_replicas if tuning is not None else 0
     if "aggregated-static" in policies:
-        if tuning is None:  # the first seed's busiest minute sizes it, as static-peak's does for it
-            replicas, chunk = aggregated_peak_layout(scored, config)
-        chunked = dataclasses.replace(config, aggregated_token_budget=chunk)
-        rows.append(
-            _row(
-                run_fixed(FixedAggregatedPolicy(replicas), chunked),
-                "aggregated-static",
-                f"{replicas} colocated, chunk {chunk} tokens",
-            )
-        )
+        row, chunk = aggregated_static_row(trace, config, score_from_s, chunk if tuning is not None else None)
+        rows.append(row)
     reactive_target = tuning.reactive_target if tuning is not None else 0.0
     if "reactive" in policies:
         targets = (reactive_target,) if tuning is not None else REACTIVE_TARGETS
@@ -274,7 +280,6 @@ def run_suite_seed(
         dynamo_interval_s=dynamo[0],
         dynamo_predictor=dynamo[1],
         aggregated_chunk_tokens=chunk,
-        aggregated_replicas=replicas,
         oracle_scales=(found.prefill_scale, found.decode_scale),
     )
     return rows, chosen

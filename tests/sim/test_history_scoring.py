@@ -144,3 +144,19 @@ def test_the_command_line_sizes_and_runs_a_fixed_layout_on_the_span_after_the_hi
     given = run_cli("--policy", "static", "--static-layout", "1:1", "--history-seconds", "150")
     assert given["requests"] == later
     assert given["slo_attainment"] >= SimConfig().spec.slo.attainment_target
+
+
+def test_each_seed_sizes_its_colocated_layout_for_its_own_busiest_minute() -> None:
+    """The chunk size is searched on a trace's first seed and reused; the replica count is not: a later
+    seed whose peak is lower deploys fewer colocated replicas, as a user sizes for the peak they see."""
+    config = SimConfig(seed=4)
+    busy = load_workload("synthetic:step,rates=40/40,step_seconds=120", seed=4)
+    quiet = load_workload("synthetic:step,rates=8/8,step_seconds=120", seed=4)
+    policies = ("aggregated-static",)
+    busy_rows, tuning = run_suite_seed(busy, config, None, policies=policies, oracle_iterations=0)
+    quiet_rows, _ = run_suite_seed(quiet, config, tuning, policies=policies, oracle_iterations=0)
+    busy_row = next(row for row in busy_rows if row["policy"] == "aggregated-static")
+    quiet_row = next(row for row in quiet_rows if row["policy"] == "aggregated-static")
+    assert quiet_row["mean_gpus"] < busy_row["mean_gpus"]
+    assert f"chunk {tuning.aggregated_chunk_tokens} tokens" in quiet_row["setting"]
+    assert quiet_row["slo_attainment"] >= config.spec.slo.attainment_target

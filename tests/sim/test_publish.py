@@ -157,7 +157,7 @@ def test_a_prefix_cached_trace_names_the_hit_rate_the_oracles_replicas_bought() 
 
 
 def test_a_dopd_only_rerun_replaces_dopds_rows_and_keeps_every_other() -> None:
-    """`--rerun-dopd`'s merge (`with_dopd_rows` in bench/sim_bench.py): each fresh dopd row takes its
+    """`--rerun-dopd`'s merge (`with_rows` in bench/sim_bench.py): each fresh dopd row takes its
     seed's place, the oracle's and the baselines' rows stay, the stamp names the rerun."""
     bench = load_sim_bench()
     raw: dict[str, Any] = {
@@ -168,7 +168,7 @@ def test_a_dopd_only_rerun_replaces_dopds_rows_and_keeps_every_other() -> None:
     seed = raw["suite"]["t"][1]["seed"]
     fresh_row = {**next(r for r in raw["suite"]["t"][1]["rows"] if r["policy"] == "dopd"), "gpu_hours": 9.0}
     now = {"commit": "new", "dirty": False, "date": "2026-12-03"}
-    out = bench.with_dopd_rows(raw, [("t", seed, fresh_row)], "a planner change", now)
+    out = bench.with_rows(raw, "dopd", [("t", seed, fresh_row)], "a planner change", now)
     rows = out["suite"]["t"][1]["rows"]
     assert [r for r in rows if r["policy"] == "dopd"] == [fresh_row]
     assert [[r for r in e["rows"] if r["policy"] != "dopd"] for e in out["suite"]["t"]] == others
