@@ -137,13 +137,20 @@ def test_a_dopd_only_rerun_says_only_dopds_rows_were_replaced() -> None:
         "why": "a planner change",
         "policy": "dopd",
     }
-    raw = _rerun_results([{"scenario": "t", **rerun}, {"scenario": "t", **dopd}])
+    baseline = {**dopd, "commit": "dddd", "why": "its sizing changed", "policy": "aggregated-static"}
+    raw = _rerun_results(
+        [{"scenario": "t", **rerun}, {"scenario": "t", **dopd}, {"scenario": "t", **baseline}]
+    )
     text = render_readme(raw, [Trace("t", "t")])
     assert "The t rows were rerun by `python bench/sim_bench.py --rerun t` at commit `bbbb`" in text
     assert (
         "dopd's rows of t were rerun by `python bench/sim_bench.py --rerun-dopd t` at commit `cccc`" in text
     )
     assert "(a planner change)" in text
+    assert (
+        "aggregated-static's rows of t were rerun by `python bench/sim_bench.py --rerun-rows "
+        "aggregated-static=t` at commit `dddd`" in text
+    )
 
 
 def test_a_prefix_cached_trace_names_the_hit_rate_the_oracles_replicas_bought() -> None:
