@@ -382,15 +382,16 @@ ROW_POLICIES = ("dopd", "aggregated-static")
 
 
 def row_job(
-    policy: str, scenario: Scenario, seed: int, chunk_tokens: int | None
+    policy: str, scenario: Scenario, seed: int, chunk_tokens: int | None, goal: float
 ) -> tuple[str, int, dict[str, Any]]:
     """One policy's row of one scenario and seed, as the suite runs it (a worker process runs this);
-    `chunk_tokens` for aggregated-static (None: swept, as on a trace's first seed)."""
+    for aggregated-static `chunk_tokens` (None: swept, as on a trace's first seed) and the seed's `goal`
+    (the target the oracle was held to there)."""
     trace, config = scenario.trace(seed, False), SimConfig(seed=seed)
     scored_from_s = scenario.scored_from_s(False)
     if policy == "dopd":
         return scenario.name, seed, dopd_row(trace, config, scored_from_s)
-    return scenario.name, seed, aggregated_static_row(trace, config, scored_from_s, chunk_tokens)[0]
+    return scenario.name, seed, aggregated_static_row(trace, config, scored_from_s, chunk_tokens, goal)[0]
 
 
 def rerun_rows(policy: str, names: set[str], why: str, jobs: int) -> dict[str, Any]:
@@ -415,9 +416,13 @@ def rerun_rows(policy: str, names: set[str], why: str, jobs: int) -> dict[str, A
         first = raw["suite"][name][0]
         return None if seed == first["seed"] else int(first["tuning"]["aggregated_chunk_tokens"])
 
+    def goal(name: str, seed: int) -> float:
+        entry = next(e for e in raw["suite"][name] if e["seed"] == seed)
+        return float(next(r for r in entry["rows"] if r["policy"] == "oracle")["target"])
+
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         futures = [
-            pool.submit(row_job, policy, s, seed, chunk(s.name, seed))
+            pool.submit(row_job, policy, s, seed, chunk(s.name, seed), goal(s.name, seed))
             for s in SCENARIOS
             if s.name in names
             for seed in seeds
