@@ -45,6 +45,7 @@ import numpy.typing as npt
 
 from dopd_operator.metrics.estimators import (
     MIN_LEVEL_BINS,
+    MIN_TREND_BINS,
     centred_times,
     guarded_slopes,
     level_change,
@@ -138,7 +139,7 @@ def _read_from_level_changes(
         new = bins[step.index :]
         rate = float(np.mean(bins[max(step.index, trend_buckets - window) :]))
         trend = 0.0
-        if 2 * len(new) >= trend_buckets and len(new) >= 2:
+        if 2 * len(new) >= trend_buckets and len(new) >= MIN_TREND_BINS:
             at = np.array([rate])
             slope = float(guarded_slopes(new, len(new), step_s, at, arrival_scv)[-1])
             x = centred_times(len(new), step_s)

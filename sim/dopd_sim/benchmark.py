@@ -11,14 +11,15 @@ the best a competent user would get from it (docs/benchmarks/sim.md says how eac
 - `oracle`: the fewest replicas meeting the target with perfect foresight (its calibration factors on the
   capacity model are reported: 1.0 means the model sizes exactly);
 - `static-peak`: the fixed layout meeting the target at the busiest minute;
-- `aggregated-static`: the fewest colocated chunked-prefill replicas meeting it there, chunk size swept;
+- `aggregated-static`: the fewest colocated chunked-prefill replicas meeting it there (raised where they
+  fall behind over the span), chunk size swept;
 - `reactive`: HPA with its utilization target picked by grid search;
 - `dynamo-sla`: Dynamo's planner with its adjustment interval and load predictor picked by grid search.
 The grids, the colocated layout's chunk size and the oracle's full calibration are searched on the
 first seed; later seeds reuse the choices (`Tuning`; each seed's fixed layouts are sized for its own
-busiest minute, as a user deploys for the peak they see), the oracle's factors moved there in 5% steps to the fewest replicas
-that still meet the target. A configuration is better when it meets the target with fewer GPU-hours,
-or, when none meets it, reaches more attainment.
+busiest minute, as a user deploys for the peak they see), the oracle's factors moved there in 5% steps
+to the fewest replicas that still meet the target. A configuration is better when it meets the target
+with fewer GPU-hours, or, when none meets it, reaches more attainment.
 Callers: cli.bench, cli.demo, bench/sim_bench.py.
 """
 
