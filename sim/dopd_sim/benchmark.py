@@ -44,7 +44,7 @@ from dopd_sim.policies.dopd import DopdPolicy
 from dopd_sim.policies.dynamo_sla import DYNAMO_DEFAULT_INTERVAL_SECONDS, DynamoSlaPolicy, Predictor
 from dopd_sim.policies.reactive import ReactivePolicy
 from dopd_sim.policies.static import StaticPolicy
-from dopd_sim.run import RunResult, simulate
+from dopd_sim.run import RunResult, scored_span, simulate
 from dopd_sim.search import best_static_layout, oracle_calibration
 
 REACTIVE_TARGETS = (0.6, 0.7, 0.8, 0.9)
@@ -183,7 +183,7 @@ def aggregated_static_row(
     minute alone does not show), it is raised, as a user who saw it fall behind would, to the fewest
     replicas, up to 1.5x, that meet it there; kept as sized where none does (the goal is out of a
     colocated layout's reach)."""
-    scored = trace.window(score_from_s, math.inf) if score_from_s > 0 else trace
+    scored = scored_span(trace, score_from_s)
     chunks = CHUNK_SIZES_TOKENS if chunk_tokens is None else (chunk_tokens,)
     peak_replicas, chunk = aggregated_peak_layout(scored, config, chunks)
     chunked = dataclasses.replace(config, aggregated_token_budget=chunk)
@@ -226,7 +226,7 @@ def run_suite_seed(
     def run(policy: Policy, run_config: SimConfig = config) -> RunResult:
         return simulate(trace, policy, run_config, score_from_s=score_from_s)
 
-    scored = trace.window(score_from_s, math.inf) if score_from_s > 0 else trace
+    scored = scored_span(trace, score_from_s)
 
     def run_fixed(policy: Policy, run_config: SimConfig = config) -> RunResult:
         return simulate(scored, policy, run_config)

@@ -5,7 +5,6 @@ dopd_operator.cli). The environment and the file system are touched here and now
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from dopd_operator.api import InlineProfile, ProfileSpec
 from dopd_sim.config import QueuePolicy, SimConfig, default_spec, load_profile, load_spec
 from dopd_sim.policies import FIXED_POLICIES, POLICY_NAMES, make_policy
 from dopd_sim.report import markdown_table, write_report
-from dopd_sim.run import RunResult, check_score_from
+from dopd_sim.run import RunResult, check_score_from, scored_span
 from dopd_sim.run import simulate as run_simulation
 from dopd_sim.workload import load_workload
 
@@ -169,7 +168,7 @@ def simulate(
     if history_s and policy in FIXED_POLICIES:
         # A fixed layout learns nothing from a past: it is sized for, and runs on, the scored span alone
         # (as the benchmark's fixed layouts do), so a past busier than its layout leaves it no queue.
-        trace, history_s = trace.window(history_s, math.inf), 0.0
+        trace, history_s = scored_span(trace, history_s), 0.0
     layout: tuple[int, int] | None = None
     if static_layout:
         prefill, _, decode = static_layout.partition(":")

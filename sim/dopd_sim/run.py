@@ -41,6 +41,12 @@ def check_score_from(score_from_s: float, trace: Trace) -> None:
         )
 
 
+def scored_span(trace: Trace, score_from_s: float) -> Trace:
+    """The requests arriving from `score_from_s` on, re-based to start at 0: what a fixed layout, which
+    learns nothing from a past, is sized for and runs on (the trace itself when there is no past)."""
+    return trace.window(score_from_s, math.inf) if score_from_s > 0 else trace
+
+
 def simulate(
     trace: Trace,
     policy: Policy,
