@@ -381,17 +381,21 @@ def provenance(now: dict[str, Any]) -> dict[str, Any]:
 ROW_POLICIES = ("dopd", "aggregated-static")
 
 
-def row_job(
-    policy: str, scenario: Scenario, seed: int, chunk_tokens: int | None, goal: float
-) -> tuple[str, int, dict[str, Any]]:
-    """One policy's row of one scenario and seed, as the suite runs it (a worker process runs this);
-    for aggregated-static `chunk_tokens` (None: swept, as on a trace's first seed) and the seed's `goal`
-    (the target the oracle was held to there)."""
+def dopd_row_job(scenario: Scenario, seed: int) -> tuple[str, int, dict[str, Any]]:
+    """dopd's row of one scenario and seed, as the suite runs it (a worker process runs this)."""
     trace, config = scenario.trace(seed, False), SimConfig(seed=seed)
-    scored_from_s = scenario.scored_from_s(False)
-    if policy == "dopd":
-        return scenario.name, seed, dopd_row(trace, config, scored_from_s)
-    return scenario.name, seed, aggregated_static_row(trace, config, scored_from_s, chunk_tokens, goal)[0]
+    return scenario.name, seed, dopd_row(trace, config, scenario.scored_from_s(False))
+
+
+def aggregated_row_job(
+    scenario: Scenario, seed: int, chunk_tokens: int | None, goal: float
+) -> tuple[str, int, dict[str, Any]]:
+    """aggregated-static's row of one scenario and seed, as the suite runs it: at `chunk_tokens` (None:
+    swept, as on a trace's first seed), sized to the seed's `goal` (the target the oracle was held to
+    there)."""
+    trace, config = scenario.trace(seed, False), SimConfig(seed=seed)
+    row = aggregated_static_row(trace, config, scenario.scored_from_s(False), chunk_tokens, goal)[0]
+    return scenario.name, seed, row
 
 
 def rerun_rows(policy: str, names: set[str], why: str, jobs: int) -> dict[str, Any]:
@@ -422,7 +426,9 @@ def rerun_rows(policy: str, names: set[str], why: str, jobs: int) -> dict[str, A
 
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         futures = [
-            pool.submit(row_job, policy, s, seed, chunk(s.name, seed), goal(s.name, seed))
+            pool.submit(dopd_row_job, s, seed)
+            if policy == "dopd"
+            else pool.submit(aggregated_row_job, s, seed, chunk(s.name, seed), goal(s.name, seed))
             for s in SCENARIOS
             if s.name in names
             for seed in seeds

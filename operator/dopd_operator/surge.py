@@ -45,11 +45,12 @@ import numpy.typing as npt
 
 from dopd_operator.metrics.estimators import (
     MIN_LEVEL_BINS,
-    MIN_TREND_BINS,
     centred_times,
     guarded_slopes,
     level_change,
+    read_trend,
     slope_noise_rps_per_s,
+    trend_bins,
 )
 
 FloatArray = npt.NDArray[np.float64]
@@ -125,7 +126,8 @@ def _read_from_level_changes(
     observation then read it (`estimators.summarize_arrivals`), in place in `level` (the rate) and
     `predicted` (the rate and its trend over the lead time): the rate is the mean from the step on
     (within the metrics window), with no trend until the new level spans half the trend window (then
-    the guarded slope over the new level's buckets). Window means alone would still carry the old
+    the guarded slope over the new level's buckets: `estimators.trend_bins` and `read_trend`, the
+    observation's own rule). Window means alone would still carry the old
     level: after a surge ends they read the load high for a window, and a surge that follows within a
     lead time would count as a smaller rise than the planner, which read the low level at once, met
     (on random 2x surges over 120 rps the headroom fell to 90 rps)."""
@@ -136,15 +138,12 @@ def _read_from_level_changes(
         step = level_change(bins)  # None also where a bucket is unknown
         if step is None:
             continue
-        new = bins[step.index :]
         rate = float(np.mean(bins[max(step.index, trend_buckets - window) :]))
+        fitted = trend_bins(bins, step)
+        read = read_trend(fitted, step_s, rate, arrival_scv) if fitted is not None else None
         trend = 0.0
-        if 2 * len(new) >= trend_buckets and len(new) >= MIN_TREND_BINS:
-            at = np.array([rate])
-            slope = float(guarded_slopes(new, len(new), step_s, at, arrival_scv)[-1])
-            x = centred_times(len(new), step_s)
-            noise = float(slope_noise_rps_per_s(at, arrival_scv, step_s, float(np.sum(x * x)))[0])
-            trend = max(slope - noise, 0.0) if math.isfinite(slope) else 0.0
+        if read is not None and read[1] is not None:
+            trend = max(read[0] - read[1], 0.0)
         level[i] = rate
         predicted[i] = rate + trend * lead_s
 

@@ -342,6 +342,40 @@ class ArrivalSummary:
     level_age_seconds: float | None = None  # since the rate stepped (`level_change`); None: no step
 
 
+def trend_bins(rates_rps: FloatArray, step: LevelChange | None) -> FloatArray | None:
+    """The trend window's bins (oldest first) a trend is read over: all of them; after a level change
+    (`step`, found in them), the new level's, once they span half the window; None before that: a
+    fresh level has no trend to extrapolate (the trend is 0, its rate alone counts). One rule for the
+    observation (`summarize_arrivals`) and the surge headroom's reading of every past moment."""
+    if step is None:
+        return rates_rps
+    new = rates_rps[step.index :]
+    return new if 2 * len(new) >= len(rates_rps) else None
+
+
+def read_trend(
+    rates_rps: FloatArray, bin_seconds: float, rate_rps: float, scv: float | None
+) -> tuple[float, float | None] | None:
+    """The trend (rps per second) over these equal bins, oldest first, and its noise: the least-squares
+    slope, at most the recent half's slope plus its noise when the burstiness `scv` is known
+    (`guarded_slopes`); the noise is the slope's standard error for a load with no trend at `rate_rps`
+    (None with the burstiness unknown: then the whole slope counts). None with fewer than
+    `MIN_TREND_BINS` bins or no finite slope."""
+    bins = len(rates_rps)
+    if bins < MIN_TREND_BINS:
+        return None
+    x = centred_times(bins, bin_seconds)
+    slope = least_squares_slope(x, rates_rps)
+    if not math.isfinite(slope):
+        return None
+    if scv is None:
+        return slope, None
+    at = np.array([rate_rps])
+    noise = float(slope_noise_rps_per_s(at, scv, bin_seconds, float(np.sum(x * x)))[0])
+    guarded = float(guarded_slopes(rates_rps, bins, bin_seconds, at, scv)[-1])
+    return (guarded if math.isfinite(guarded) else slope), noise
+
+
 def _dispersion(
     sources: Sequence[Intervals], since_s: float, until_s: float
 ) -> tuple[float, float, int, float]:
@@ -464,18 +498,12 @@ def summarize_arrivals(
         scv = variance / mean
     trend: float | None = None
     noise: float | None = None
-    if step is not None:
-        rates = rates[step.index :]
-        bins = len(rates) if 2 * len(rates) >= bins else 0
-        trend = 0.0
-    if bins >= MIN_TREND_BINS:
-        centres = end_s - width * (np.arange(bins, 0, -1, dtype=np.float64) - 0.5)
-        slope = least_squares_slope(centres, rates)
-        trend = slope if math.isfinite(slope) else None
-        if trend is not None and scv is not None:
-            spread = float(np.sum((centres - np.mean(centres)) ** 2))
-            noise = float(slope_noise_rps_per_s(np.array([rate]), scv, width, spread)[0])
-            guarded = float(guarded_slopes(rates, bins, width, np.array([rate]), scv)[-1])
-            trend = guarded if math.isfinite(guarded) else trend
+    if len(rates):
+        fitted = trend_bins(rates, step)
+        read = read_trend(fitted, width, rate, scv) if fitted is not None else (0.0, None)
+        if read is not None:
+            trend, noise = read
+        elif step is not None:
+            trend = 0.0
     age = end_s - change_s if change_s is not None else None
     return ArrivalSummary(rate, scv, trend, tuple(problems), noise, age)
