@@ -46,7 +46,7 @@ from kubernetes import client, config
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "e2e"))  # the e2e harness (dopd_e2e) is not an installed package
 
-from demo_report import DemoRun, ScaleEvent, Tick, write_report  # noqa: E402
+from demo_report import DemoRun, ScaleEvent, Tick, true_attainment, write_report  # noqa: E402
 
 from dopd_e2e.cluster import CLUSTER_DIR, Cluster, check_binaries, default_bin_dir, start_cluster  # noqa: E402
 from dopd_e2e.operator import OperatorFailed, OperatorProcess, wait_until  # noqa: E402
@@ -185,7 +185,7 @@ def _answers(url: str) -> bool:
 class Follower:
     """Watches the DisaggregatedModel as `kubectl get dm -w` would, and prints one line per decision."""
 
-    HEADER = f"{'time':>5} {'day':>5} {'load':>6} {'sent':>6} {'fcst':>6}  {'prefill':>7} {'decode':>6} {'P/D':>5} {'GPUs':>4} {'SLO':>6}  why"
+    HEADER = f"{'time':>5} {'day':>5} {'load':>6} {'sent':>6} {'fcst':>6}  {'prefill':>7} {'decode':>6} {'P/D':>5} {'GPUs':>4} {'SLO':>6} {'met':>6}  why"
 
     def __init__(self, cluster: Cluster, namespace: str, name: str, emulator_url: str, run: DemoRun) -> None:
         api = config.new_client_from_config(str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
@@ -198,7 +198,10 @@ class Follower:
         """Until the load ends: poll the status every second; a new lastDecision is a tick."""
         say("time: into the load; day: the hour of the compressed day; load: what the operator measured;")
         say("sent: what the emulator received (last 10 s); fcst: the forecast it sizes for; prefill/decode:")
-        say("ready/decided; SLO: attainment it measured over its metrics window; why: what it did")
+        say(
+            "ready/decided; SLO: attainment it measured over its metrics window; met: requests finished since"
+        )
+        say("the line before that met both SLOs (the emulator's ground truth); why: what it did")
         say(self.HEADER)
         last_decision: str | None = None
         while (now := time.monotonic() - load_started) < self.run.load_seconds:  # bounded by the load
@@ -216,7 +219,7 @@ class Follower:
             events = self._new_events(now)
             tick = self._tick(now, status, events)
             self.run.ticks.append(tick)
-            say(self._line(tick))
+            say(self._line(tick, true_attainment(self.run.ticks[-2:])[-1]))
 
     def _new_events(self, now: float) -> list[ScaleEvent]:
         found = self.core.list_namespaced_event(
@@ -236,10 +239,11 @@ class Follower:
         forecast = status.get("forecast") or {}
         attainment = status.get("sloAttainment") or {}
         prefill, decode = status.get("prefill") or {}, status.get("decode") or {}
+        truth = self._truth()
         return Tick(
             t_s=round(now, 1),
             load_rps=_number(load.get("arrivalRateRps")),
-            true_rps=self._truth_rps(),
+            true_rps=_number(truth["arrival_rate_rps"]),
             forecast_model=forecast.get("model"),
             forecast_horizon_s=_number(forecast.get("horizonSeconds")),
             forecast_mean_rps=_number(forecast.get("arrivalRateRpsMean")),
@@ -252,25 +256,35 @@ class Follower:
             ttft_attainment=_number(attainment.get("ttft")),
             tpot_attainment=_number(attainment.get("tpot")),
             why=_why(status, events),
+            requests_finished=int(truth["completed_total"]) + int(truth["rejected_total"]),
+            requests_met=int(truth["slo_met_total"]),
         )
 
-    def _truth_rps(self) -> float | None:
+    def _truth(self) -> dict[str, Any]:
+        """The emulator's ground truth (`GroundTruth` as JSON)."""
         with urllib.request.urlopen(f"{self.emulator_url}/control/truth", timeout=5) as response:
-            rate = json.load(response)["arrival_rate_rps"]
-        return None if rate is None else float(rate)
+            truth: dict[str, Any] = json.load(response)
+        return truth
 
-    def _line(self, tick: Tick) -> str:
+    def finish(self) -> None:
+        """Record the ground truth's whole-run counts once the load has ended."""
+        truth = self._truth()
+        self.run.requests_finished = int(truth["completed_total"]) + int(truth["rejected_total"])
+        self.run.requests_met = int(truth["slo_met_total"])
+
+    def _line(self, tick: Tick, met_share: float | None) -> str:
         def rate(value: float | None) -> str:
             return "-" if value is None else f"{value:.1f}"
 
         day_hours = tick.t_s * self.run.compression / 3600.0 % 24
         ratio = "-" if not tick.decode_desired else f"{tick.prefill_desired / tick.decode_desired:.2f}"
         slo = "-" if tick.attainment is None else f"{100 * tick.attainment:.1f}%"
+        met = "-" if met_share is None else f"{100 * met_share:.1f}%"
         return (
             f"{int(tick.t_s // 60)}:{int(tick.t_s % 60):02d} {int(day_hours):02d}:{int(day_hours % 1 * 60):02d} "
             f"{rate(tick.load_rps):>6} {rate(tick.true_rps):>6} {rate(tick.forecast_upper_rps):>6}  "
             f"{tick.prefill_ready:>3}/{tick.prefill_desired:<3} {tick.decode_ready:>2}/{tick.decode_desired:<3} "
-            f"{ratio:>5} {tick.gpus:>4} {slo:>6}  {tick.why}"
+            f"{ratio:>5} {tick.gpus:>4} {slo:>6} {met:>6}  {tick.why}"
         )
 
 
@@ -384,7 +398,9 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack, demo_started: flo
     )
     if release.process is None:
         raise OperatorFailed("the chart rendered no operator Deployment")
-    Follower(cluster, namespace, name, emulator_url, demo).follow(load_started, release.process)
+    follower = Follower(cluster, namespace, name, emulator_url, demo)
+    follower.follow(load_started, release.process)
+    follower.finish()
 
     step("6/6  the same requests and manifest through the simulator; the report")
     demo.wall_seconds = time.monotonic() - demo_started

@@ -135,6 +135,24 @@ class GroundTruth(_Shape):
     arrivals_total: int
     rejected_total: int
     completed_total: int
+    ttft_met_total: int = Field(
+        ..., description="Completed requests whose TTFT (arrival to first token) is within the SLO."
+    )
+    tpot_met_total: int = Field(
+        ...,
+        description=(
+            "Completed requests whose TPOT (the mean gap after the first token: KV transfer and any wait "
+            "for decode room included) is within the SLO."
+        ),
+    )
+    slo_met_total: int = Field(
+        ...,
+        description=(
+            "Completed requests within both SLOs, each request scored as `dopd simulate` scores it: what a "
+            "user sees, which the engines' latency histograms do not all show (vLLM's inter-token latency "
+            "leaves out a wait for decode room)."
+        ),
+    )
     prefill_queue: int
     decode_waiting: int = Field(..., description="Sequences whose KV arrived, waiting for decode room.")
     ready: dict[Literal["prefill", "decode"], list[str]]

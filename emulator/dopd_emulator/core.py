@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import statistics
 
+import numpy as np
+
 from dopd_emulator.config import EmulatorConfig, Faults, GroundTruth, PodTruth
 from dopd_emulator.engines import make_recorder
 from dopd_emulator.exposition import check_faults, render
@@ -24,6 +26,7 @@ from dopd_emulator.replicas import ReplicaSnapshot
 from dopd_forecaster.traces import Trace
 from dopd_operator.api import Role
 from dopd_sim.config import SimConfig
+from dopd_sim.metrics import slo_met
 from dopd_sim.stepping import SteppedSimulator
 from dopd_sim.workload import load_workload
 
@@ -74,6 +77,8 @@ class Emulation:
         )
         self.sim.listener = self.recorder
         self.faults = Faults()
+        self._scored = 0  # requests of the completion log counted into `_met` (ttft, tpot, both) so far
+        self._met = (0, 0, 0)
 
     def set_faults(self, faults: Faults) -> None:
         check_faults(faults, self.recorder.store)
@@ -110,8 +115,25 @@ class Emulation:
     def render(self, accept: str | None) -> tuple[bytes, str]:
         return render(self.recorder.store, self.faults, self.config.engine, accept)
 
+    def _count_met(self) -> tuple[int, int, int]:
+        """Completed requests within the TTFT SLO, the TPOT SLO and both, counted from the simulator's own
+        per-request record (`metrics.slo_met`, as `dopd simulate` scores), incrementally."""
+        log, slo = self.sim.log, self.config.spec.slo
+        done = log.finish_output_index[self._scored :]
+        if done:
+            ttft = np.asarray([log.ttft_s[r] for r in done], dtype=np.float64)
+            tpot = np.asarray([log.tpot_s[r] for r in done], dtype=np.float64)
+            both = slo_met(ttft, tpot, slo.ttft_seconds, slo.tpot_seconds)
+            ttft_ok = int(np.count_nonzero(ttft <= slo.ttft_seconds))
+            tpot_ok = int(np.count_nonzero(tpot <= slo.tpot_seconds))
+            met = self._met
+            self._met = (met[0] + ttft_ok, met[1] + tpot_ok, met[2] + int(np.count_nonzero(both)))
+            self._scored += len(done)
+        return self._met
+
     def truth(self, cluster_error: str | None = None) -> GroundTruth:
         sim, recorder = self.sim, self.recorder
+        ttft_met, tpot_met, slo_met_total = self._count_met()
         pods = {
             name: PodTruth(
                 role="prefill" if state.role == "prefill" else "decode",
@@ -134,6 +156,9 @@ class Emulation:
             arrivals_total=recorder.arrivals_total,
             rejected_total=recorder.rejected_total,
             completed_total=recorder.completed_total,
+            ttft_met_total=ttft_met,
+            tpot_met_total=tpot_met,
+            slo_met_total=slo_met_total,
             prefill_queue=len(sim.prefill_queue),
             decode_waiting=len(sim.decode_waiting),
             ready={

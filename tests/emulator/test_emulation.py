@@ -3,6 +3,7 @@ finish their work before their series vanish, and the trace loops or stops as as
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from sim_helpers import make_trace, toy_profile
 from dopd_emulator.config import EmulatorConfig, StaticReplicas, TraceLoad
 from dopd_emulator.core import Emulation
 from dopd_emulator.replicas import ReplicaSnapshot
+from dopd_emulator.store import Histogram
 from dopd_operator.manifest import load_model
 from dopd_sim.workload import load_workload
 
@@ -108,3 +110,40 @@ def test_a_manifest_configures_engine_labels_and_names() -> None:
     assert sample.labels["model_name"] == model.spec.model == "meta-llama/Meta-Llama-3-8B-Instruct"
     assert sample.labels["namespace"] == model.metadata.namespace == "llm"
     assert em.truth().name == "llama3-8b"
+
+
+def _itl_share_within(em: Emulation, seconds: float) -> float:
+    """The share of inter-token gaps the decode pods' vLLM histograms put at or below `seconds`."""
+    within = total = 0.0
+    for series in em.recorder.store.series("vllm:inter_token_latency_seconds"):
+        histogram = series.value
+        assert isinstance(histogram, Histogram)
+        total += float(histogram.counts.sum())
+        within += float(histogram.counts[: len(histogram.bounds)][histogram.bounds <= seconds + 1e-12].sum())
+    return within / total
+
+
+def test_the_ground_truth_scores_each_request_as_simulate_does_and_sees_waits_the_histograms_miss() -> None:
+    # 52 rps of Azure-like requests on one decode replica (it serves about 44 within the 50 ms TPOT): the
+    # sequences that find its slots full wait for room. vLLM times gaps between a running sequence's
+    # tokens, so its histogram stays within the SLO; the request's TPOT, as the user sees it, does not.
+    load = load_workload("synthetic:poisson,rate_rps=52,duration_s=120", seed=1)
+    em = emulation("vllm", load, prefill=4, decode=1)
+    run_to(em, 150.0, step_s=1.0)
+    truth = em.truth()
+    slo = em.config.spec.slo
+    log = em.sim.log
+    done = [r for r in range(len(load)) if math.isfinite(log.finish_s[r])]
+    assert truth.completed_total == len(done) > 0
+    # Each request scored as `dopd simulate` scores it (TTFT to the first token; TPOT the mean gap after it).
+    assert truth.tpot_met_total == sum(log.tpot_s[r] <= slo.tpot_seconds for r in done)
+    assert truth.ttft_met_total == sum(log.ttft_s[r] <= slo.ttft_seconds for r in done)
+    assert truth.slo_met_total == sum(
+        log.tpot_s[r] <= slo.tpot_seconds and log.ttft_s[r] <= slo.ttft_seconds for r in done
+    )
+    assert truth.tpot_met_total / truth.completed_total < 0.9
+    assert _itl_share_within(em, slo.tpot_seconds) > 0.99
+    # With room for every sequence, the same requests meet the TPOT SLO.
+    roomy = emulation("vllm", load, prefill=4, decode=3)
+    run_to(roomy, 150.0, step_s=1.0)
+    assert roomy.truth().tpot_met_total / roomy.truth().completed_total > 0.99
