@@ -7,6 +7,10 @@ Definitions used throughout:
   on every seed; on an infeasible trace every policy is judged against the same share of the ceiling;
 - *static-peak* is the fixed layout meeting the target at the busiest minute, what people deploy without
   an autoscaler; *saved* is 1 - dopd's GPU-hours / static-peak's, per seed;
+- dopd's ratio *to the oracle* is taken against the cheapest policy that sees the future and meets the
+  seed's target: the calibrated oracle, or static-peak where it meets the target with fewer GPU-hours
+  (it is sized for the span's busiest minute, so it sees the future too, and on a flat load one layout
+  can undercut the oracle's per-decision sizes rounded up under one factor per role);
 - the *best tuned baseline* is the cheapest of the tuned baselines (reactive, dynamo-sla,
   aggregated-static) whose mean attainment meets the target, if one does;
 - the capacity model's *calibration* is the oracle's: the factors on the model's sizes at which the
@@ -65,6 +69,29 @@ def _ratios(seed_results: list[dict[str, Any]], top: str, bottom: str) -> MeanCI
     return MeanCI.of(_ratio_values(seed_results, top, bottom))
 
 
+def _bound(result: dict[str, Any]) -> dict[str, Any]:
+    """One seed's foresighted bound (module docstring): the calibrated oracle's row, or static-peak's
+    where it meets the seed's target with fewer GPU-hours."""
+    by = {row["policy"]: row for row in result["rows"]}
+    oracle, peak = by["oracle"], by.get("static-peak")
+    if (
+        peak is not None
+        and peak["slo_attainment"] >= oracle["target"] - 1e-12
+        and peak["gpu_hours"] < oracle["gpu_hours"]
+    ):
+        return peak
+    return oracle
+
+
+def _bound_ratios(seed_results: list[dict[str, Any]]) -> MeanCI:
+    """Per seed dopd's GPU-hours over the foresighted bound's, averaged."""
+    values = []
+    for result in seed_results:
+        dopd = next(row for row in result["rows"] if row["policy"] == "dopd")
+        values.append(dopd["gpu_hours"] / _bound(result)["gpu_hours"])
+    return MeanCI.of(values)
+
+
 def _pct(stat: MeanCI) -> str:
     return stat.format(".2f", 100.0, "%")
 
@@ -105,7 +132,11 @@ def best_tuned_baseline(seed_results: list[dict[str, Any]]) -> str | None:
 def _oracle_ratio(seed_results: list[dict[str, Any]]) -> str:
     if not _calibrated(seed_results):
         return "oracle calibration failed"
-    return _ratios(seed_results, "dopd", "oracle").format(".2f", suffix="x")
+    ratio = _bound_ratios(seed_results).format(".2f", suffix="x")
+    by_peak = sum(_bound(result)["policy"] == "static-peak" for result in seed_results)
+    if by_peak:
+        ratio += f" (bound: static-peak on {by_peak} of {len(seed_results)} seeds)"
+    return ratio
 
 
 def _headline_rows(raw: dict[str, Any], scenarios: Sequence[ScenarioLike]) -> list[str]:
@@ -204,7 +235,7 @@ def targets(raw: dict[str, Any], scenarios: Sequence[ScenarioLike]) -> list[tupl
         if not results or not _feasible(results):
             continue
         attainment = _stat(results, "dopd", "slo_attainment")
-        ratio = _ratios(results, "dopd", "oracle")
+        ratio = _bound_ratios(results)
         met = (
             _calibrated(results)
             and attainment.mean >= ATTAINMENT_TARGET

@@ -71,6 +71,26 @@ def test_dopd_above_115_percent_of_the_oracle_is_not_met() -> None:
     assert _verdict(raw, "dopd GPU-hours")[1]  # 1.10x: met
 
 
+def test_a_static_peak_cheaper_than_the_oracle_at_the_target_is_the_bound() -> None:
+    # static-peak sees the future too (its busiest minute): where it meets the target with 10 GPU-h
+    # against the oracle's 10.5, dopd's 11.2 is 1.12x the bound, not 1.07x, and the page says why.
+    seeds = _seeds(11.2, _oracle(10.5))
+    for seed in seeds:
+        seed["rows"] = [
+            _row("static-peak", 0.995, 10.0) if r["policy"] == "static-peak" else r for r in seed["rows"]
+        ]
+    reached, met = _verdict({"suite": {"t": seeds}}, "dopd GPU-hours")
+    assert "1.12x" in reached and "static-peak on 2 of 2 seeds" in reached
+    assert met
+    # One that misses the seed's target (0.99) bounds nothing, however cheap.
+    for seed in seeds:
+        seed["rows"] = [
+            _row("static-peak", 0.98, 8.0) if r["policy"] == "static-peak" else r for r in seed["rows"]
+        ]
+    reached, _ = _verdict({"suite": {"t": seeds}}, "dopd GPU-hours")
+    assert "1.07x" in reached and "static-peak" not in reached
+
+
 def test_a_failed_calibration_drops_the_ratio_and_fails_the_calibration_target() -> None:
     raw = {"suite": {"t": _seeds(9.0, _oracle(10.0, calibrated=False))}}
     reached, met = _verdict(raw, "dopd GPU-hours")
