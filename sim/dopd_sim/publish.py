@@ -72,7 +72,7 @@ def _ratios(seed_results: list[dict[str, Any]], top: str, bottom: str) -> MeanCI
 def _bound(result: dict[str, Any]) -> dict[str, Any]:
     """One seed's foresighted bound (module docstring): the calibrated oracle's row, or static-peak's
     where it meets the seed's target with fewer GPU-hours."""
-    by = {row["policy"]: row for row in result["rows"]}
+    by: dict[str, dict[str, Any]] = {row["policy"]: row for row in result["rows"]}
     oracle, peak = by["oracle"], by.get("static-peak")
     if (
         peak is not None
