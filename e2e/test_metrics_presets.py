@@ -201,6 +201,8 @@ def vllm_pods(namespace: str) -> list[Pod]:
             histograms={
                 "vllm:request_prompt_tokens": (4.0, {500.0: 0.0, 1000.0: 1.0, math.inf: 0.0}, 800.0),
                 "vllm:time_to_first_token_seconds": (4.0, {0.5: 0.0, 0.75: 1.0, math.inf: 0.0}, 0.6),
+                # the prefill pods' queue time is not the decode pods' wait: the TPOT mean leaves it out
+                "vllm:request_queue_time_seconds": (4.0, {1.0: 1.0, math.inf: 0.0}, 0.5),
             },
         ),
         Pod(
@@ -210,6 +212,8 @@ def vllm_pods(namespace: str) -> list[Pod]:
                 "vllm:request_generation_tokens": (4.0, {100.0: 0.0, 200.0: 1.0, math.inf: 0.0}, 150.0),
                 # only the deprecated TPOT family: the preset falls back to it
                 "vllm:time_per_output_token_seconds": (600.0, {0.025: 0.0, 0.05: 1.0, math.inf: 0.0}, 0.04),
+                # each sequence's wait for its KV and a free slot before its first decode step
+                "vllm:request_queue_time_seconds": (4.0, {0.5: 1.0, math.inf: 0.0}, 0.3),
             },
         ),
     ]
@@ -237,7 +241,8 @@ def sglang_pods(namespace: str) -> list[Pod]:
             gauges={"sglang:token_usage": 0.4, "sglang:num_running_reqs": 12.0},
             counters={"sglang:num_requests_total": 2.0, "sglang:generation_tokens_total": 2.0 * 250.0},
             histograms={
-                "sglang:inter_token_latency_seconds": (500.0, {0.02: 0.0, 0.025: 1.0, math.inf: 0.0}, 0.022)
+                "sglang:inter_token_latency_seconds": (500.0, {0.02: 0.0, 0.025: 1.0, math.inf: 0.0}, 0.022),
+                "sglang:queue_time_seconds": (2.0, {0.5: 1.0, math.inf: 0.0}, 0.25),
             },
         ),
     ]
@@ -369,7 +374,8 @@ def test_vllm_colon_names_nan_gauge_deprecated_fallback_and_conservation(world: 
     assert obs.output_tokens_mean == pytest.approx(150.0)
     assert obs.ttft_seconds == pytest.approx(0.725)  # 0.5 + 0.9 * 0.25
     assert obs.tpot_seconds == pytest.approx(0.0475)  # from vllm:time_per_output_token_seconds
-    assert obs.tpot_mean_seconds == pytest.approx(0.04)  # and its _sum
+    # its _sum (600 gaps/s at 0.04 s) and the decode pods' waits (4/s at 0.3 s): (24 + 1.2) / 600
+    assert obs.tpot_mean_seconds == pytest.approx(0.042)
     assert obs.tpot_attainment == pytest.approx(1.0)
     assert obs.decode_running == 30.0
     assert obs.prefill_queue_depth is not None and obs.prefill_queue_depth >= 2.0
@@ -396,7 +402,7 @@ def test_sglang_engine_type_role_and_means_without_length_histograms(world: Fixt
     assert obs.decode_kv_usage == 0.4
     assert obs.decode_running == 12.0
     assert obs.ttft_seconds == pytest.approx(0.98)  # 0.8 + 0.9 * 0.2
-    assert obs.tpot_mean_seconds == pytest.approx(0.022)
+    assert obs.tpot_mean_seconds == pytest.approx(0.023)  # (500 * 0.022 + 2 * 0.25) / 500: waits included
     assert obs.prefix_cache_hit_rate == pytest.approx(0.75)  # cached_tokens / prompt_tokens (not the gauge)
     assert obs.tpot_attainment == pytest.approx(1.0)
 

@@ -12,7 +12,7 @@ Where each field comes from (docs/metrics.md has the PromQL and the reasons):
 | decode KV usage (mean) | `dopd_kv_cache_usage_ratio` decode | `vllm:kv_cache_usage_perc` decode (`vllm:gpu_cache_usage_perc` fallback) | `sglang:token_usage` decode |
 | decode running | `dopd_requests_running` decode | `vllm:num_requests_running` decode | `sglang:num_running_reqs` decode |
 | TTFT at the SLO percentile, attainment | `dopd_time_to_first_token_seconds` router (end to end) | `vllm:time_to_first_token_seconds` prefill (queue + prefill) | `sglang:time_to_first_token_seconds` prefill |
-| TPOT at the SLO percentile, mean (`_sum`), attainment | `dopd_inter_token_latency_seconds` router | `vllm:inter_token_latency_seconds` decode (`vllm:time_per_output_token_seconds` fallback) | `sglang:inter_token_latency_seconds` decode |
+| TPOT at the SLO percentile, mean (`_sum`), attainment | `dopd_inter_token_latency_seconds` router | `vllm:inter_token_latency_seconds` decode (`vllm:time_per_output_token_seconds` fallback); the mean adds `vllm:request_queue_time_seconds` decode's `_sum` | `sglang:inter_token_latency_seconds` decode; the mean adds `sglang:queue_time_seconds` decode's `_sum` |
 | prefix-cache hit rate (prompt tokens served from the cache / looked up) | `dopd_prefix_cache_hits_total` / `dopd_prefix_cache_queries_total` prefill | `vllm:prefix_cache_hits_total` / `vllm:prefix_cache_queries_total` prefill | `sglang:cached_tokens_total` / `sglang:prompt_tokens_total` prefill |
 | shed rate (requests the router turned away) | `dopd_requests_rejected_total` + `dopd_requests_expired_total` router | 0: arrivals are counted at the engines | 0: likewise |
 
@@ -107,6 +107,10 @@ class EnginePreset:
     # increase is the shed rate; none where arrivals are counted at the engines, which see only what
     # was admitted (the shed rate is then 0 by construction)
     shed: tuple[str, ...] = ()
+    # the decode pods' wait before a sequence's first decode step (its KV, then a free slot), where the
+    # TPOT histogram times only the gaps between a running sequence's tokens and so leaves it out: its
+    # sum joins the TPOT sum, so the mean is the gap users see (the dopd router's already is)
+    decode_wait: HistogramRead | None = None
 
     def histograms(self) -> dict[str, tuple[HistogramRead, bool]]:
         """Key -> (read, whether its mean is needed)."""
@@ -172,6 +176,7 @@ VLLM = EnginePreset(
     prefix_cache=PrefixCacheRead(
         "prefill", "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"
     ),
+    decode_wait=HistogramRead("vllm:request_queue_time_seconds", "decode"),
 )
 
 SGLANG = EnginePreset(
@@ -196,6 +201,7 @@ SGLANG = EnginePreset(
     tpot=HistogramRead("sglang:inter_token_latency_seconds", "decode"),
     # cached_tokens_total carries cache_source (device/host/storage): the sum is every cached token
     prefix_cache=PrefixCacheRead("prefill", "sglang:cached_tokens_total", "sglang:prompt_tokens_total"),
+    decode_wait=HistogramRead("sglang:queue_time_seconds", "decode"),
 )
 
 PRESETS: dict[Engine, EnginePreset] = {p.engine: p for p in (DOPD, VLLM, SGLANG)}
@@ -318,6 +324,9 @@ def query_set(
             if with_sum:
                 sums = chosen.render([family], "_sum")
                 parts.append((f"{tag}/sum", f"sum by ({by}) (increase({sums}[{window}]))"))
+    if preset.decode_wait is not None:  # only its sum: it joins the TPOT sum (`EnginePreset.decode_wait`)
+        waits = selector(preset.decode_wait.role).render([preset.decode_wait.family], "_sum")
+        parts.append(("decode_wait/sum", f"sum by ({by}) (increase({waits}[{window}]))"))
     for key, read_length in (("input", preset.input_tokens), ("output", preset.output_tokens)):
         if read_length.totals is not None:
             role = read_length.histogram.role
