@@ -38,7 +38,7 @@ import dopd_operator
 import dopd_sim
 from dopd_forecaster.datasets import AZURE_CONV_2023, MOONCAKE_SYNTHETIC, data_dir, data_path
 from dopd_operator.api import InlineProfile, ProfileSpec
-from dopd_sim.benchmark import Tuning, aggregated_static_row, dopd_row, run_suite_seed
+from dopd_sim.benchmark import Tuning, aggregated_static_row, dopd_row, run_suite_seed, static_peak_row
 from dopd_sim.config import SimConfig, default_spec
 from dopd_sim.metrics import slo_met
 from dopd_sim.policies.base import Layout, Policy, TickInput
@@ -378,13 +378,19 @@ def provenance(now: dict[str, Any]) -> dict[str, Any]:
 # The rows that depend on nothing else of their seed (no tuning searched there, no oracle), so they can be
 # rerun alone: dopd's (for a planner change) and aggregated-static's (sized at the seed's busiest minute,
 # at the first seed's chunk size).
-ROW_POLICIES = ("dopd", "aggregated-static")
+ROW_POLICIES = ("dopd", "aggregated-static", "static-peak")
 
 
 def dopd_row_job(scenario: Scenario, seed: int) -> tuple[str, int, dict[str, Any]]:
     """dopd's row of one scenario and seed, as the suite runs it (a worker process runs this)."""
     trace, config = scenario.trace(seed, False), SimConfig(seed=seed)
     return scenario.name, seed, dopd_row(trace, config, scenario.scored_from_s(False))
+
+
+def static_peak_row_job(scenario: Scenario, seed: int, goal: float) -> tuple[str, int, dict[str, Any]]:
+    """static-peak's row of one scenario and seed, as the suite runs it, held to the seed's `goal`."""
+    trace, config = scenario.trace(seed, False), SimConfig(seed=seed)
+    return scenario.name, seed, static_peak_row(trace, config, scenario.scored_from_s(False), goal)
 
 
 def aggregated_row_job(
@@ -428,6 +434,8 @@ def rerun_rows(policy: str, names: set[str], why: str, jobs: int) -> dict[str, A
         futures = [
             pool.submit(dopd_row_job, s, seed)
             if policy == "dopd"
+            else pool.submit(static_peak_row_job, s, seed, goal(s.name, seed))
+            if policy == "static-peak"
             else pool.submit(aggregated_row_job, s, seed, chunk(s.name, seed), goal(s.name, seed))
             for s in SCENARIOS
             if s.name in names

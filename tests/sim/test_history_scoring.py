@@ -184,3 +184,27 @@ def test_a_colocated_layout_that_falls_behind_over_the_span_is_raised(
     # Out of reach within 1.5x (an unmeetable goal): kept as sized, its miss reported.
     kept, _ = benchmark.aggregated_static_row(trace, config, chunk_tokens=512, goal=1.01)
     assert kept["mean_gpus"] == 4 and "raised" not in kept["setting"]
+
+
+def test_a_disaggregated_layout_that_falls_behind_over_the_span_is_raised_where_it_misses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """static-peak too: sized for a busiest minute and falling behind over the span, it is raised as a
+    user who saw that would, a replica at a time to the role whose objective misses (TTFT: prefill,
+    TPOT: decode), and says so. (The undersized sizing is injected, as above.)"""
+    import dopd_sim.benchmark as benchmark
+
+    # 60 rps: 2P/2D meet the target over the whole trace (the real busiest-minute sizing).
+    trace = load_workload("synthetic:step,rates=60/60,step_seconds=120", seed=5)
+    config = SimConfig(seed=5)
+    target = config.spec.slo.attainment_target
+    for sized, raised_role in (((2, 1), "decode"), ((1, 2), "prefill")):
+        monkeypatch.setattr(benchmark, "static_peak_layout", lambda *_args, sized=sized: sized)
+        as_sized = benchmark.static_peak_row(trace, config)
+        missed = "tpot_attainment" if raised_role == "decode" else "ttft_attainment"
+        assert as_sized[missed] < target and as_sized["setting"] == f"{sized[0]}P/{sized[1]}D"
+        raised = benchmark.static_peak_row(trace, config, goal=target)
+        assert raised["slo_attainment"] >= target and raised["setting"].startswith("2P/2D (raised from")
+        # Out of reach within 1.5x (an unmeetable goal): kept as sized.
+        kept = benchmark.static_peak_row(trace, config, goal=1.01)
+        assert kept["setting"] == f"{sized[0]}P/{sized[1]}D"
