@@ -10,7 +10,8 @@ sized for the busiest minute (`peak.static_peak_layout`).
 the best a competent user would get from it (docs/benchmarks/sim.md says how each is tuned):
 - `oracle`: the fewest replicas meeting the target with perfect foresight (its calibration factors on the
   capacity model are reported: 1.0 means the model sizes exactly);
-- `static-peak`: the fixed layout meeting the target at the busiest minute;
+- `static-peak`: the fixed layout meeting the target at the busiest minute (raised where it falls behind
+  over the span, `static_peak_row`);
 - `aggregated-static`: the fewest colocated chunked-prefill replicas meeting it there (raised where they
   fall behind over the span), chunk size swept;
 - `reactive`: HPA with its utilization target picked by grid search;
