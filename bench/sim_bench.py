@@ -431,16 +431,17 @@ def rerun_rows(policy: str, names: set[str], why: str, jobs: int) -> dict[str, A
         return float(next(r for r in entry["rows"] if r["policy"] == "oracle")["target"])
 
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [
-            pool.submit(dopd_row_job, s, seed)
-            if policy == "dopd"
-            else pool.submit(static_peak_row_job, s, seed, goal(s.name, seed))
-            if policy == "static-peak"
-            else pool.submit(aggregated_row_job, s, seed, chunk(s.name, seed), goal(s.name, seed))
-            for s in SCENARIOS
-            if s.name in names
-            for seed in seeds
-        ]
+
+        def submit(scenario: Scenario, seed: int) -> Future[tuple[str, int, dict[str, Any]]]:
+            if policy == "dopd":
+                return pool.submit(dopd_row_job, scenario, seed)
+            if policy == "static-peak":
+                return pool.submit(static_peak_row_job, scenario, seed, goal(scenario.name, seed))
+            return pool.submit(
+                aggregated_row_job, scenario, seed, chunk(scenario.name, seed), goal(scenario.name, seed)
+            )
+
+        futures = [submit(s, seed) for s in SCENARIOS if s.name in names for seed in seeds]
         fresh = [future.result() for future in futures]
     return with_rows(raw, policy, fresh, why, stamp())
 

@@ -256,8 +256,7 @@ class Follower:
             ttft_attainment=_number(attainment.get("ttft")),
             tpot_attainment=_number(attainment.get("tpot")),
             why=_why(status, events),
-            requests_finished=int(truth["completed_total"]) + int(truth["rejected_total"]),
-            requests_met=int(truth["slo_met_total"]),
+            **_request_counts(truth),
         )
 
     def _truth(self) -> dict[str, Any]:
@@ -268,9 +267,11 @@ class Follower:
 
     def finish(self) -> None:
         """Record the ground truth's whole-run counts once the load has ended."""
-        truth = self._truth()
-        self.run.requests_finished = int(truth["completed_total"]) + int(truth["rejected_total"])
-        self.run.requests_met = int(truth["slo_met_total"])
+        counts = _request_counts(self._truth())
+        self.run.requests_finished, self.run.requests_met = (
+            counts["requests_finished"],
+            counts["requests_met"],
+        )
 
     def _line(self, tick: Tick, met_share: float | None) -> str:
         def rate(value: float | None) -> str:
@@ -286,6 +287,14 @@ class Follower:
             f"{tick.prefill_ready:>3}/{tick.prefill_desired:<3} {tick.decode_ready:>2}/{tick.decode_desired:<3} "
             f"{ratio:>5} {tick.gpus:>4} {slo:>6} {met:>6}  {tick.why}"
         )
+
+
+def _request_counts(truth: dict[str, Any]) -> dict[str, int]:
+    """The ground truth's requests finished (completed or turned away) and those within both SLOs."""
+    return {
+        "requests_finished": int(truth["completed_total"]) + int(truth["rejected_total"]),
+        "requests_met": int(truth["slo_met_total"]),
+    }
 
 
 def _number(value: Any) -> float | None:

@@ -60,12 +60,12 @@ def true_attainment(ticks: list[Tick]) -> list[float | None]:
     out: list[float | None] = []
     before: tuple[int, int] | None = (0, 0)
     for tick in ticks:
-        now = (
-            None if tick.requests_finished is None or tick.requests_met is None
-            else (tick.requests_finished, tick.requests_met)
-        )  # fmt: skip
-        finished = None if now is None or before is None else now[0] - before[0]
-        out.append(None if not finished or now is None or before is None else (now[1] - before[1]) / finished)
+        finished, met = tick.requests_finished, tick.requests_met
+        now = None if finished is None or met is None else (finished, met)
+        share = None
+        if now is not None and before is not None and now[0] != before[0]:
+            share = (now[1] - before[1]) / (now[0] - before[0])
+        out.append(share)
         before = now
     return out
 
