@@ -212,8 +212,9 @@ def vllm_pods(namespace: str) -> list[Pod]:
                 "vllm:request_generation_tokens": (4.0, {100.0: 0.0, 200.0: 1.0, math.inf: 0.0}, 150.0),
                 # only the deprecated TPOT family: the preset falls back to it
                 "vllm:time_per_output_token_seconds": (600.0, {0.025: 0.0, 0.05: 1.0, math.inf: 0.0}, 0.04),
-                # each sequence's wait for its KV and a free slot before its first decode step
-                "vllm:request_queue_time_seconds": (4.0, {0.5: 1.0, math.inf: 0.0}, 0.3),
+                # each sequence's wait for its KV and a free slot before its first decode step: half
+                # within 1 s, half within 2 s
+                "vllm:request_queue_time_seconds": (4.0, {1.0: 0.5, 2.0: 0.5, math.inf: 0.0}, 1.2),
             },
         ),
     ]
@@ -374,9 +375,11 @@ def test_vllm_colon_names_nan_gauge_deprecated_fallback_and_conservation(world: 
     assert obs.output_tokens_mean == pytest.approx(150.0)
     assert obs.ttft_seconds == pytest.approx(0.725)  # 0.5 + 0.9 * 0.25
     assert obs.tpot_seconds == pytest.approx(0.0475)  # from vllm:time_per_output_token_seconds
-    # its _sum (600 gaps/s at 0.04 s) and the decode pods' waits (4/s at 0.3 s): (24 + 1.2) / 600
-    assert obs.tpot_mean_seconds == pytest.approx(0.042)
-    assert obs.tpot_attainment == pytest.approx(1.0)
+    # its _sum (600 gaps/s at 0.04 s) and the decode pods' waits (4/s at 1.2 s): (24 + 4.8) / 600
+    assert obs.tpot_mean_seconds == pytest.approx(0.048)
+    # every gap is within the 50 ms SLO, but a request's gaps leave (0.05 - 0.04) x 149 = 1.49 s for
+    # its wait, and the waits between 1 and 2 s are half of the requests: 0.5 + 0.5 x 0.49
+    assert obs.tpot_attainment == pytest.approx(0.745, abs=0.005)
     assert obs.decode_running == 30.0
     assert obs.prefill_queue_depth is not None and obs.prefill_queue_depth >= 2.0
     assert obs.decode_kv_usage is None  # NaN is unknown, never 0

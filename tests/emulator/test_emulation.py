@@ -16,6 +16,7 @@ from dopd_emulator.core import Emulation
 from dopd_emulator.replicas import ReplicaSnapshot
 from dopd_emulator.store import Histogram
 from dopd_operator.manifest import load_model
+from dopd_operator.metrics.estimators import summarize_histogram, tpot_attainment_with_waits
 from dopd_sim.workload import load_workload
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -123,6 +124,34 @@ def _itl_share_within(em: Emulation, seconds: float) -> float:
     return within / total
 
 
+def _decode_histogram(em: Emulation, family: str) -> tuple[list[tuple[float, float]], float]:
+    """The decode pods' `family` over the whole run, merged: cumulative buckets and the sum."""
+    merged: dict[float, float] = {}
+    total = 0.0
+    for series in em.recorder.store.series(family):
+        if series.labels.get("role") != "decode":
+            continue
+        histogram = series.value
+        assert isinstance(histogram, Histogram)
+        for bound, count in histogram.cumulative():
+            merged[bound] = merged.get(bound, 0.0) + count
+        total += histogram.sum
+    assert merged, f"no decode series of {family}"
+    return sorted(merged.items()), total
+
+
+def _vllm_tpot_attainment(em: Emulation, slo_s: float) -> float:
+    """The TPOT attainment the vLLM preset reads from the decode pods' histograms (over the whole run):
+    the inter-token gaps' share, scaled by the requests whose queue time fits in their slack."""
+    gap_buckets, gap_sum = _decode_histogram(em, "vllm:inter_token_latency_seconds")
+    gaps = summarize_histogram("itl", gap_buckets, gap_sum, threshold=slo_s)
+    lengths, tokens = _decode_histogram(em, "vllm:request_generation_tokens")
+    waits, _ = _decode_histogram(em, "vllm:request_queue_time_seconds")
+    share, problem = tpot_attainment_with_waits(gaps, "waits", waits, slo_s, tokens / lengths[-1][1])
+    assert share is not None, problem
+    return share
+
+
 def test_the_ground_truth_scores_each_request_as_simulate_does_and_sees_waits_the_histograms_miss() -> None:
     # 52 rps of Azure-like requests on one decode replica (it serves about 44 within the 50 ms TPOT): the
     # sequences that find its slots full wait for room. vLLM times gaps between a running sequence's
@@ -141,9 +170,14 @@ def test_the_ground_truth_scores_each_request_as_simulate_does_and_sees_waits_th
     assert truth.slo_met_total == sum(
         log.tpot_s[r] <= slo.tpot_seconds and log.ttft_s[r] <= slo.ttft_seconds for r in done
     )
-    assert truth.tpot_met_total / truth.completed_total < 0.9
+    met = truth.tpot_met_total / truth.completed_total
+    assert met < 0.9
     assert _itl_share_within(em, slo.tpot_seconds) > 0.99
-    # With room for every sequence, the same requests meet the TPOT SLO.
+    # The vLLM preset's attainment reads the decode pods' queue time against each request's slack too:
+    # it sees the waits, close to the requests that met the SLO.
+    assert _vllm_tpot_attainment(em, slo.tpot_seconds) == pytest.approx(met, abs=0.08)
+    # With room for every sequence, the same requests meet the TPOT SLO, and the preset reads so.
     roomy = emulation("vllm", load, prefill=4, decode=3)
     run_to(roomy, 150.0, step_s=1.0)
     assert roomy.truth().tpot_met_total / roomy.truth().completed_total > 0.99
+    assert _vllm_tpot_attainment(roomy, slo.tpot_seconds) > 0.99

@@ -12,6 +12,9 @@ exactly what these functions can make of production metrics, and no more.
 - `bucket_share_at_or_below`: share of observations at or below a threshold (SLO attainment), linear
   inside the bucket holding the threshold; observations in the +Inf bucket count as above any finite
   threshold past the last finite bound (a lower bound on attainment).
+- `tpot_attainment_with_waits`: the TPOT attainment where the inter-token histogram leaves out each
+  request's wait for a decode slot (vLLM, SGLang): the gaps' share times the share of requests whose
+  wait fits in the slack their gaps leave.
 - `summarize_histogram` / `summarize_arrivals`: the Observation fields from a histogram (mean from the
   sum and count increases, a quantile, an attainment) and from arrivals per short interval (rate;
   burstiness as the index of dispersion variance/mean of the per-interval counts, 1 for Poisson, which
@@ -175,6 +178,42 @@ def summarize_histogram(
         share_at_or_below=share if share is not None and math.isfinite(share) else None,
         problem=problem,
     )
+
+
+def tpot_attainment_with_waits(
+    gaps: HistogramSummary,
+    waits_name: str,
+    waits: Sequence[Bucket] | None,
+    tpot_slo_seconds: float,
+    output_tokens_mean: float | None,
+) -> tuple[float | None, str | None]:
+    """The share of requests within the TPOT SLO as users see it, where the TPOT histogram `gaps` times
+    only the gaps between a running sequence's tokens and `waits` (cumulative buckets) each request's
+    wait before its first decode step (vLLM's and SGLang's decode queue time): the gaps' share times the
+    share of requests whose wait fits in the slack their gaps leave, (SLO - mean gap) x (mean output
+    tokens - 1), since a request meets TPOT when its wait and its gaps together average within the SLO.
+    Taken as independent, the product is not a per-request count (marginal histograms cannot give one),
+    but it falls when sequences wait for a slot, which the gaps' share alone never does. (The slack at
+    each output length instead of the mean, over the length histogram, read 58% where 73% of the
+    requests met the SLO in the emulator, the mean's 75%: tests/emulator/test_emulation.py.) Returns
+    (share, None), or (None, why) where the waits or the slack cannot be read."""
+    if gaps.share_at_or_below is None:
+        return None, None  # the gaps' own problem says why
+    if gaps.mean is None or output_tokens_mean is None:
+        return None, (
+            "TPOT attainment: unknown: the slack a wait for a decode slot may take needs the mean "
+            f"inter-token latency and the mean output length (one is unknown), and {waits_name} is read "
+            "against it"
+        )
+    slack_s = max(tpot_slo_seconds - gaps.mean, 0.0) * max(output_tokens_mean - 1.0, 1.0)
+    within = summarize_histogram(waits_name, waits, threshold=slack_s)
+    if within.share_at_or_below is None:
+        why = within.problem or f"{waits_name}: no share at or below {slack_s:.3g} s"
+        return None, (
+            f"TPOT attainment: unknown: {why} (the decode pods' wait for their KV and a free slot, which "
+            "the inter-token histogram leaves out)"
+        )
+    return gaps.share_at_or_below * within.share_at_or_below, None
 
 
 # ----------------------------------------------------------------------------------------- arrivals

@@ -109,7 +109,9 @@ class EnginePreset:
     shed: tuple[str, ...] = ()
     # the decode pods' wait before a sequence's first decode step (its KV, then a free slot), where the
     # TPOT histogram times only the gaps between a running sequence's tokens and so leaves it out: its
-    # sum joins the TPOT sum, so the mean is the gap users see (the dopd router's already is)
+    # sum joins the TPOT sum, so the mean is the gap users see (the dopd router's already is), and the
+    # share of requests whose wait fits in the slack their gaps leave scales the TPOT attainment
+    # (`readings._Reader.tpot_attainment_with_waits`)
     decode_wait: HistogramRead | None = None
 
     def histograms(self) -> dict[str, tuple[HistogramRead, bool]]:
@@ -324,8 +326,11 @@ def query_set(
             if with_sum:
                 sums = chosen.render([family], "_sum")
                 parts.append((f"{tag}/sum", f"sum by ({by}) (increase({sums}[{window}]))"))
-    if preset.decode_wait is not None:  # only its sum: it joins the TPOT sum (`EnginePreset.decode_wait`)
-        waits = selector(preset.decode_wait.role).render([preset.decode_wait.family], "_sum")
+    if preset.decode_wait is not None:  # its sum joins the TPOT sum, its buckets the attainment
+        chosen = selector(preset.decode_wait.role)
+        buckets = chosen.render([preset.decode_wait.family], "_bucket")
+        parts.append(("decode_wait/bucket", f"sum by (le, {by}) (increase({buckets}[{window}]))"))
+        waits = chosen.render([preset.decode_wait.family], "_sum")
         parts.append(("decode_wait/sum", f"sum by ({by}) (increase({waits}[{window}]))"))
     for key, read_length in (("input", preset.input_tokens), ("output", preset.output_tokens)):
         if read_length.totals is not None:

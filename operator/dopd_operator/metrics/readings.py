@@ -33,6 +33,7 @@ from dopd_operator.metrics.estimators import (
     counter_increments,
     summarize_arrivals,
     summarize_histogram,
+    tpot_attainment_with_waits,
 )
 from dopd_operator.metrics.presets import TAG_LABEL, GaugeRead, HistogramRead, LengthRead, QuerySet
 from dopd_operator.metrics.promql import InstantSample, RangeSeries, canonical_names
@@ -172,6 +173,27 @@ class _Reader:
             )
             return None
         return (tpot.mean * tpot.observations + waited) / tpot.observations
+
+    def tpot_attainment_with_waits(
+        self, tpot: HistogramSummary, wait: HistogramRead | None, output_mean: float | None
+    ) -> float | None:
+        """The TPOT attainment: the gaps' share, scaled by the share of requests whose wait for a decode
+        slot fits in their slack where the preset's histogram leaves the waits out
+        (`EnginePreset.decode_wait`, `estimators.tpot_attainment_with_waits`); unknown, with a problem
+        line, where the waits cannot be read (never the gaps' share alone, which reads a decode pool
+        past its slots as meeting the SLO: docs/metrics.md)."""
+        if wait is None:
+            return tpot.share_at_or_below
+        share, problem = tpot_attainment_with_waits(
+            tpot,
+            self._name(wait.family, wait.role),
+            self.aggregates.buckets.get("decode_wait"),
+            self.queries.tpot_slo_seconds,
+            output_mean,
+        )
+        if problem is not None:
+            self.problems.append(problem)
+        return share
 
     def lengths(self, key: str, read: LengthRead) -> tuple[float | None, float | None]:
         summary = self.histogram(key, read.histogram, True, q=0.9)
@@ -388,7 +410,7 @@ def build_observation(
         tpot_seconds=tpot.quantile,
         tpot_mean_seconds=tpot_mean,
         ttft_attainment=ttft.share_at_or_below,
-        tpot_attainment=tpot.share_at_or_below,
+        tpot_attainment=reader.tpot_attainment_with_waits(tpot, preset.decode_wait, output_mean),
         prefill=prefill,
         decode=decode,
         problems=tuple(problems),

@@ -122,6 +122,10 @@ def test_vllm_queries() -> None:
         f'(increase({{__name__=~"vllm[:_]request_prompt_tokens_sum",{selector}}}[60000ms]))'
     )
     decode = selector.replace('role="prefill"', 'role="decode"')
+    assert parts["decode_wait/bucket"] == (
+        "sum by (le, namespace, model_name) "
+        f'(increase({{__name__=~"vllm[:_]request_queue_time_seconds_bucket",{decode}}}[60000ms]))'
+    )
     assert parts["decode_wait/sum"] == (
         "sum by (namespace, model_name) "
         f'(increase({{__name__=~"vllm[:_]request_queue_time_seconds_sum",{decode}}}[60000ms]))'
@@ -138,6 +142,7 @@ def test_vllm_queries() -> None:
         "tpot/sum",  # the mean inter-token latency the decode correction learns from
         "tpot.fallback/sum",
         "decode_wait/sum",  # the decode pods' waits for their KV and a slot, added to the TPOT sum
+        "decode_wait/bucket",  # ... and read against the slack the gaps leave (the TPOT attainment)
         "input/bucket",
         "input/sum",
         "output/bucket",
@@ -149,7 +154,7 @@ def test_vllm_queries() -> None:
         "label_replace(sum by (le, namespace, model_name) "
         '(increase({__name__=~"vllm[:_]time_to_first_token_seconds_bucket",'
     )
-    assert queries.aggregate.count(" or label_replace(") == 11
+    assert queries.aggregate.count(" or label_replace(") == 12
     assert ', "dopd_q", "tpot.fallback/bucket", "", "")' in queries.aggregate
     # one raw range vector: the gauges and the arrival counter of both roles over the trend window
     assert queries.raw == (

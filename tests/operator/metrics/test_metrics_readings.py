@@ -349,9 +349,12 @@ def vllm(
     raw_extra: list[RangeSeries],
     aggregate_extra: list[InstantSample] | None = None,
     decode_waits_s: float | None = 0.0,
+    decode_wait_buckets: list[tuple[float, float]] | None = None,
 ) -> Observation:
     """A vLLM answer; `decode_waits_s`: the increase of the decode pods' request_queue_time_seconds_sum
-    (None: not exposed)."""
+    (None: not exposed); `decode_wait_buckets`: its buckets' (default: the 10 requests waited no time)."""
+    if decode_wait_buckets is None:
+        decode_wait_buckets = [(0.3, 10.0), (INF, 10.0)]
     spec = make_spec(engine="vllm", slo={"percentile": 90}, metrics={"selector": {"model_name": "m"}})
     aggregate = [
         *histogram("ttft", [(0.5, 10.0), (INF, 10.0)]),
@@ -359,6 +362,7 @@ def vllm(
         *histogram("output", [(100.0, 10.0), (INF, 10.0)], total=500.0),
         *(aggregate_extra or []),
         *([tagged("decode_wait/sum", decode_waits_s)] if decode_waits_s is not None else []),
+        *(histogram("decode_wait", decode_wait_buckets) if decode_waits_s is not None else []),
     ]
     labels: dict[str, Any] = {"model_name": "m", "engine": "0"}
     raw = [
@@ -484,3 +488,33 @@ def test_vllm_tpot_mean_counts_the_waits_for_a_decode_slot_its_histogram_leaves_
     assert obs.tpot_mean_seconds is None
     assert any("request_queue_time_seconds" in p and "_sum has no series" in p for p in obs.problems)
     assert obs.load_known  # the load is still known
+
+
+def test_vllm_tpot_attainment_counts_the_requests_whose_wait_for_a_slot_eats_their_slack() -> None:
+    # 10 requests of 50 tokens (49 gaps each) whose gaps average 0.05 - 1/49 s, every gap within the
+    # 50 ms SLO: a request may wait 1 s for its KV and a decode slot and still average within it.
+    gap_s = 0.05 - 1.0 / 49
+    gaps = histogram("tpot", [(0.02, 0.0), (0.04, 10.0), (INF, 10.0)], total=10 * gap_s)
+    kv = [series("vllm:kv_cache_usage_perc", "d-0", "decode", [0.5] * 121)]
+    # 3 of the 10 decode requests waited longer than that (one decode replica past its slots)
+    waited = [(0.5, 5.0), (1.0, 7.0), (2.5, 9.0), (5.0, 10.0), (INF, 10.0)]
+    obs = vllm(kv, gaps, decode_waits_s=12.0, decode_wait_buckets=waited)
+    assert obs.tpot_seconds is not None and obs.tpot_seconds <= 0.04  # every gap is within the SLO ...
+    assert obs.tpot_attainment == pytest.approx(0.7)  # ... and 7 of 10 requests are
+    # no request waited past its slack: the gaps' share
+    obs = vllm(kv, gaps, decode_waits_s=1.0, decode_wait_buckets=[(0.5, 10.0), (INF, 10.0)])
+    assert obs.tpot_attainment == pytest.approx(1.0)
+    # gaps past the SLO leave no slack: a request that waited at all misses
+    slow = histogram("tpot", [(0.05, 0.0), (0.1, 10.0), (INF, 10.0)], total=0.7)
+    obs = vllm(kv, slow, decode_waits_s=1.0, decode_wait_buckets=[(0.0, 4.0), (0.5, 10.0), (INF, 10.0)])
+    assert obs.tpot_attainment == pytest.approx(0.0)  # the gaps' share is 0 on its own
+    # the waits' buckets not exposed: unknown, with the family named, never the gaps' share alone
+    obs = vllm(kv, gaps, decode_waits_s=1.0, decode_wait_buckets=[])
+    assert obs.tpot_attainment is None
+    assert any("TPOT attainment: unknown" in p and "request_queue_time_seconds" in p for p in obs.problems), (
+        obs.problems
+    )
+    # nothing finished on decode in the window: no wait was measured, so the attainment is unknown
+    obs = vllm(kv, gaps, decode_waits_s=0.0, decode_wait_buckets=[(0.3, 0.0), (INF, 0.0)])
+    assert obs.tpot_attainment is None
+    assert any("no observations in the window" in p for p in obs.problems), obs.problems
