@@ -181,3 +181,28 @@ def test_the_ground_truth_scores_each_request_as_simulate_does_and_sees_waits_th
     run_to(roomy, 150.0, step_s=1.0)
     assert roomy.truth().tpot_met_total / roomy.truth().completed_total > 0.99
     assert _vllm_tpot_attainment(roomy, slo.tpot_seconds) > 0.99
+
+
+def test_the_dopd_router_sees_a_wait_for_a_decode_slot_in_the_gaps_as_its_users_do() -> None:
+    # 52 rps on one decode replica (about 44 fit in its slots within the TPOT SLO): sequences wait for a
+    # slot. The dopd decode worker emits the prefill's token as the KV arrives, so the router's TTFT is
+    # the prefill's plus the transfer, and each wait is in the gap after the first token: the router's
+    # inter-token sum is the users' TPOT over their gaps, as `dopd simulate` scores them.
+    load = load_workload("synthetic:poisson,rate_rps=52,duration_s=60", seed=1)
+    em = emulation("dopd", load, prefill=4, decode=1)
+    run_to(em, 400.0, step_s=1.0)
+    log, out = em.sim.log, load.output_tokens
+    done = [r for r in range(len(load)) if math.isfinite(log.finish_s[r])]
+    assert len(done) == len(load)
+    decoded = [r for r in done if out[r] > 1]
+    transfer_s = sum(float(load.input_tokens[r]) * em.recorder.kv_seconds_per_token for r in decoded)
+    waited_s = sum(log.tpot_s[r] * (out[r] - 1) for r in decoded)  # the users' gaps, waits included
+    itl, ttft = (
+        next(s.value for s in em.recorder.store.series(family) if s.role == "router")
+        for family in ("dopd_inter_token_latency_seconds", "dopd_time_to_first_token_seconds")
+    )
+    assert isinstance(itl, Histogram) and isinstance(ttft, Histogram)
+    assert itl.count == sum(out[r] - 1 for r in decoded)
+    assert itl.sum == pytest.approx(waited_s - transfer_s, rel=1e-6)
+    assert ttft.sum == pytest.approx(sum(log.ttft_s[r] for r in done) + transfer_s, rel=1e-6)
+    assert statistics.mean(log.tpot_s[r] for r in decoded) > 0.05  # they did wait: TPOT past the SLO

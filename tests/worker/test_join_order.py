@@ -1,7 +1,8 @@
 """Which waiting sequence joins a decode batch next (`dopd_worker.join_order`), the one policy the decode
 worker and the simulator share: timely sequences first, in arrival order, then the late ones, oldest
 first; nothing dropped; first come, first served without a TPOT SLO; a sequence on its way into the
-batch is in flight all the way."""
+batch is in flight all the way; its first token leaves when its KV is admitted, so a wait for a slot is
+the gap after it (TPOT), as the simulator scores it."""
 
 from __future__ import annotations
 
@@ -111,7 +112,9 @@ def test_the_decode_worker_lets_a_timely_sequence_join_before_one_past_its_slack
         if not engine.has_work():
             break
         engine.step()
-    assert events[0] == (first, 5)  # the prefill's token is emitted when the sequence joins
+    # the prefill's token leaves with the KV, before any wait for the slot: both at once, in arrival order
+    assert events[:2] == [("a-waited", 5), ("b-timely", 5)]
+    assert events[2][0] == first  # the one that joined first decodes first
     for request_id in ("a-waited", "b-timely"):
         assert [token for rid, token in events if rid == request_id][-1] is None  # it finished
         assert len([token for rid, token in events if rid == request_id]) == 4  # 3 tokens, then the end
@@ -141,3 +144,40 @@ def test_a_sequence_joining_the_batch_is_in_flight_while_its_kv_is_written(
     while engine.has_work():
         engine.step()
     assert engine.in_flight() == 0 and events[-1] == ("only", None)
+
+
+def test_the_first_token_leaves_with_the_kv_and_a_wait_for_a_slot_is_the_gap_after_it() -> None:
+    """A batch of one, busy with `a`: `b`'s first token (the prefill's) goes out the moment its KV is
+    admitted, and `b` waits for the slot after it. The wait is then in `b`'s first inter-token gap (its
+    TPOT, as the simulator scores it and as the join order budgets it), not in its time to first token,
+    where the operator read a full decode pool as a slow prefill pool."""
+    engine = _decode_engine(None)
+    events: list[tuple[str, int | None]] = []
+    _admit(engine, "a", events)
+    engine.step()  # `a` joins the batch of one and decodes its second token
+    _admit(engine, "b", events)
+    assert events[-1] == ("b", 5)  # out at once, though the batch is full
+    assert engine.in_flight() == 2 and [s.request_id for s in engine.active] == ["a"]
+    time.sleep(0.05)  # `b` waits for the slot
+    while engine.has_work():
+        engine.step()
+    b = [token for rid, token in events if rid == "b"]
+    assert len(b) == 4 and b[-1] is None  # 3 tokens, then the end
+    itl = engine.metrics.inter_token_latency_seconds.labels(role="decode", model="tiny")
+    gaps = {s.name: s.value for s in itl.collect()[0].samples}
+    assert gaps["dopd_inter_token_latency_seconds_count"] == 4  # two gaps each
+    assert gaps["dopd_inter_token_latency_seconds_sum"] >= 0.05  # `b`'s first gap holds its wait
+
+
+def test_a_first_token_that_ends_the_sequence_finishes_it_without_a_slot() -> None:
+    engine = _decode_engine(None)
+    events: list[tuple[str, int | None]] = []
+    sampling = SamplingParams(max_tokens=1, ignore_eos=True)
+    engine.cache.allocator.allocate("one", 8 + 1)
+    staged = [torch.zeros(engine.cache.layer_shape(8)) for _ in range(len(engine.cache.k))]
+    engine.admit(
+        DecodeSequence("one", 8, 5, sampling, staged, lambda token, reason: events.append(("one", token)))
+    )
+    assert events == [("one", 5), ("one", None)]  # its token, then the end: nothing joins
+    assert engine.in_flight() == 0 and not engine.has_work()
+    assert engine.cache.allocator.usage() == 0.0  # its blocks went back

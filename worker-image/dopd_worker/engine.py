@@ -299,8 +299,17 @@ class DecodeEngine(EngineThread):
         self._aborting: str | None = None
 
     def admit(self, seq: DecodeSequence) -> None:
-        # its first token came with its KV: the wait for a slot counts from here (the transfer before
-        # it is the prefill side's, a few milliseconds)
+        """A sequence whose KV arrived: its first token (the prefill's, which came with the KV) goes out
+        now, and the sequence waits for room in the batch. So the user's TTFT is the prefill's (with the
+        transfer, a few milliseconds) and a wait for a slot is the gap before the second token, in TPOT,
+        as the simulator scores it and as the join order budgets it (`join_deadline_s`: a sequence's
+        slack for its wait is its TPOT budget). Emitting at the join put the wait in TTFT instead, where
+        the operator read a full decode pool as a slow prefill pool (docs/metrics.md)."""
+        reason = self._emit(seq, seq.first_token)
+        if reason is not None:  # that token ended it: it never joins
+            self._finish(seq, reason)
+            self.gauges()
+            return
         deadline = join_deadline_s(time.monotonic(), seq.sampling.max_tokens, self.tpot_slo_seconds)
         with self.cond:
             self._joining.append(seq, deadline)
@@ -386,8 +395,8 @@ class DecodeEngine(EngineThread):
             self._finish(seq, "cancelled")
 
     def _place(self, seq: DecodeSequence) -> None:
-        """Write a joining sequence's received KV into its blocks and emit its first token; it joins
-        the batch unless that token ended it."""
+        """Write a joining sequence's received KV into its blocks and put it in the batch (its first
+        token went out at `admit`)."""
         try:
             with self.lock:
                 table = self.cache.allocator.table(seq.request_id)
@@ -401,11 +410,7 @@ class DecodeEngine(EngineThread):
             seq.emit(None, f"error: writing the received KV failed: {exc}")
             return
         seq.staged_kv = None
-        reason = self._emit(seq, seq.first_token)
-        if reason is not None:
-            self._finish(seq, reason)
-        else:
-            self.active.append(seq)
+        self.active.append(seq)
 
     def step(self) -> None:
         if self._abort_pending():

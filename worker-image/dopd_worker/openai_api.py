@@ -174,6 +174,7 @@ class OpenAIServer:
         decoder = IncrementalDecoder(self.tokenizer)
         text = ""
         last = time.monotonic()
+        gaps = 0
         tokens = self.router.generate(gen)
         try:
             async for token in tokens:
@@ -183,8 +184,11 @@ class OpenAIServer:
                     self.metrics.ttft_seconds.labels(**self.labels).observe(gen.first_token_seconds)
                 else:
                     self.metrics.inter_token_latency_seconds.labels(**self.labels).observe(now - last)
-                    if self.router.admission is not None:  # the decode pace admission reads
+                    # the decode pace admission reads: the steps' pace, so not the first gap, which
+                    # holds the sequence's wait for a slot (the first token leaves with its KV)
+                    if self.router.admission is not None and gaps:
                         self.router.admission.pace.observe(now - last, 1.0, now)
+                    gaps += 1
                 last = now
                 self.metrics.generation_tokens_total.labels(**self.labels).inc()
                 delta = decoder.push(token)

@@ -122,6 +122,9 @@ class EngineRecorder:
     def on_first_token(self, pod: str, track: RequestTrack) -> None:
         raise NotImplementedError
 
+    def on_kv_arrived(self, track: RequestTrack) -> None:
+        """The prompt's KV reached the decode side (dopd's decode worker emits the first token here)."""
+
     def on_joined(self, pod: str, track: RequestTrack) -> None:
         raise NotImplementedError
 
@@ -237,7 +240,9 @@ class EngineRecorder:
         self.on_first_token(instance, track)
 
     def kv_arrived(self, request: int, now_s: float) -> None:
-        self._tracks[request].kv_arrival_s = now_s
+        track = self._tracks[request]
+        track.kv_arrival_s = now_s
+        self.on_kv_arrived(track)
 
     def decode_admitted(self, instance: str, request: int, now_s: float) -> None:
         """Nothing to count: an admitted sequence shows in its pod's waiting gauge until it joins."""

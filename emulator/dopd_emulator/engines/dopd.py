@@ -5,25 +5,30 @@ plus the namespace label and `pod` that Prometheus' pod discovery adds in a clus
 - router (one pod, `<name>-router`): counts each request when it is admitted
   (`dopd_requests_arrived_total`), holds the prefill queue (`dopd_requests_waiting`) and the requests in
   flight (`dopd_requests_running`), and sees the stream end to end: TTFT when the first token reaches it
-  (the decode worker emits the prefill's token when the sequence joins its batch; a one-token output
-  ends at prefill), every inter-token gap, prompt lengths at arrival (the demand, shed requests
-  included) and generation lengths and status at completion; its shed counters
+  (the decode worker emits the prefill's token when the KV arrives, before the sequence waits for a
+  slot; a one-token output ends at prefill), every inter-token gap (the first one holds that wait),
+  prompt lengths at arrival (the demand, shed requests included) and generation lengths and status at
+  completion; its shed counters
   (`dopd_requests_rejected_total`, `dopd_requests_expired_total`) exist at zero and stay there (no
   admission here).
 - prefill worker: TTFT from the moment the router hands it the prompt (its batch start) to the first
   token; prompt tokens; the KV it ships (bytes, seconds); `requests_total{status="ok"}` per prompt.
-- decode worker: the prefill's first token at join, then one token per sequence per step
-  (`dopd_inter_token_latency_seconds` observed per step with weight B); the KV it receives; lengths and
-  status at completion.
+- decode worker: the prefill's first token (counted at join), then one token per sequence per step
+  (`dopd_inter_token_latency_seconds` observed per step with weight B, a joining sequence's first gap
+  being its wait for the slot plus its first step); the KV it receives; lengths and status at
+  completion.
 Bucket bounds are the worker's own (imported from dopd_worker.metrics, as the simulator's observer does).
 Callers: `engines.make_recorder`.
 """
 
 from __future__ import annotations
 
-from dopd_emulator.engines.base import EngineRecorder, PodState, RequestTrack
+import numpy as np
+
+from dopd_emulator.engines.base import EngineRecorder, LabelScheme, PodState, RequestTrack
 from dopd_emulator.store import Family, FloatArray
 from dopd_operator.api import Engine
+from dopd_sim.stepping import SteppedSimulator
 from dopd_worker.metrics import ITL_BUCKETS_SECONDS, LATENCY_BUCKETS_SECONDS, LENGTH_BUCKETS_TOKENS
 
 WAITING = Family("dopd_requests_waiting", "gauge", "Requests queued and not yet being processed.")
@@ -122,6 +127,11 @@ class DopdRecorder(EngineRecorder):
         CACHE_HITS,
     )
 
+    def __init__(self, sim: SteppedSimulator, scheme: LabelScheme, router_pod: str | None = None) -> None:
+        super().__init__(sim, scheme, router_pod)
+        # per decode pod: the slot waits of the sequences that joined since its last reported steps
+        self._waits: dict[str, list[float]] = {}
+
     def families_for(self, role: str) -> tuple[Family, ...]:
         return _BY_ROLE[role]
 
@@ -161,17 +171,29 @@ class DopdRecorder(EngineRecorder):
         else:
             self._first_token_at_router(track, track.first_token_s)
 
+    def on_kv_arrived(self, track: RequestTrack) -> None:
+        # the decode worker emits the prefill's token as the KV arrives, before any wait for a slot
+        assert track.kv_arrival_s is not None
+        self._first_token_at_router(track, track.kv_arrival_s)
+
     def on_joined(self, pod: str, track: RequestTrack) -> None:
-        assert track.join_s is not None
+        assert track.join_s is not None and track.kv_arrival_s is not None
         self.inc(KV_BYTES.name, pod, track.input_tokens * self.kv_bytes_per_token)
         self.observe(KV_SECONDS.name, pod, track.input_tokens * self.kv_seconds_per_token)
-        self.inc(OUTPUT_TOKENS.name, pod)  # the prefill's token, emitted when the sequence joins
-        self._first_token_at_router(track, track.join_s)
+        self.inc(OUTPUT_TOKENS.name, pod)  # the prefill's token, emitted by this pod
+        # the wait for the slot lengthens the sequence's first gap (its first step is the next one)
+        self._waits.setdefault(pod, []).append(track.join_s - track.kv_arrival_s)
 
     def on_steps(self, pod: str, step_seconds: FloatArray, sequences: int) -> None:
         tokens = float(len(step_seconds) * sequences)
+        waits = self._waits.pop(pod, [])[:sequences]  # the sequences that joined before these steps
         for where in (pod, self._router):
-            self.observe(ITL.name, where, step_seconds, weight=sequences)
+            if waits:  # their first gap is their wait plus the first step; the others' is the step
+                self.observe(ITL.name, where, step_seconds[0], weight=float(sequences - len(waits)))
+                self.observe(ITL.name, where, step_seconds[0] + np.asarray(waits, dtype=np.float64))
+                self.observe(ITL.name, where, step_seconds[1:], weight=sequences)
+            else:
+                self.observe(ITL.name, where, step_seconds, weight=sequences)
             self.inc(OUTPUT_TOKENS.name, where, tokens)
 
     def on_finished(self, pod: str, role: str, track: RequestTrack) -> None:
@@ -181,6 +203,10 @@ class DopdRecorder(EngineRecorder):
         router = self._router
         self.observe(OUTPUT_LENGTH.name, router, track.output_tokens)
         self.inc(REQUESTS.name, router, status="ok")
+
+    def removed(self, instance: str, now_s: float) -> None:
+        self._waits.pop(instance, None)
+        super().removed(instance, now_s)
 
     def on_gauges(self, pod: str, role: str, state: PodState) -> None:
         # The router hands a prompt to a prefill worker only when it has room: the rest queue at the router.

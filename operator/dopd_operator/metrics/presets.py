@@ -109,9 +109,9 @@ class EnginePreset:
     shed: tuple[str, ...] = ()
     # the decode pods' wait before a sequence's first decode step (its KV, then a free slot), where the
     # TPOT histogram times only the gaps between a running sequence's tokens and so leaves it out: its
-    # sum joins the TPOT sum, so the mean is the gap users see (the dopd router's already is), and the
-    # share of requests whose wait fits in the slack their gaps leave scales the TPOT attainment
-    # (`readings._Reader.tpot_attainment_with_waits`)
+    # sum joins the TPOT sum, so the mean is the gap users see (as the simulator's observation counts
+    # it), and the share of requests whose wait fits in the slack their gaps leave scales the TPOT
+    # attainment (`readings._Reader.tpot_attainment_with_waits`)
     decode_wait: HistogramRead | None = None
 
     def histograms(self) -> dict[str, tuple[HistogramRead, bool]]:
