@@ -159,6 +159,12 @@ def dopd_pods(namespace: str, model: str = "llama", arrival_rps: float = 6.0) ->
                     {0.01: 0.0, 0.0125: 0.5, 0.045: 0.0, 0.05: 0.5, math.inf: 0.0},
                     0.03,
                 ),
+                # each finished request's mean gap: 80% in (0.02, 0.025], 20% in (0.04, 0.05]
+                "dopd_request_time_per_output_token_seconds": (
+                    4.5,
+                    {0.02: 0.0, 0.025: 0.8, 0.04: 0.0, 0.05: 0.2, math.inf: 0.0},
+                    0.027,
+                ),
                 # the router records every prompt's length at arrival (the demand)
                 "dopd_prompt_tokens": (6.0, {256.0: 0.0, 320.0: 1.0, math.inf: 0.0}, 300.0),
             },
@@ -352,9 +358,11 @@ def test_dopd_preset_reads_every_field(world: Fixture) -> None:
     assert obs.latency_percentile == 90
     assert obs.ttft_seconds == pytest.approx(1.1875)  # rank 0.9 in (1.0, 1.25]: 1.0 + 0.25 * 0.3 / 0.4
     assert obs.ttft_attainment == pytest.approx(0.6)  # SLO 1.0 s sits on a bound
-    assert obs.tpot_seconds == pytest.approx(0.049)  # 0.045 + 0.005 * 0.4 / 0.5
-    assert obs.tpot_mean_seconds == pytest.approx(0.03)  # _sum / _count, what the decode correction reads
-    assert obs.tpot_attainment == pytest.approx(0.5)  # SLO 30 ms: between the two halves
+    # per request, as the SLO is written: rank 0.9 in (0.04, 0.05], 0.04 + 0.01 * 0.1 / 0.2 (the gaps'
+    # P90 would read 0.049)
+    assert obs.tpot_seconds == pytest.approx(0.045)
+    assert obs.tpot_mean_seconds == pytest.approx(0.03)  # the gaps' _sum / _count: the decode correction's
+    assert obs.tpot_attainment == pytest.approx(0.8)  # 80% of the requests within 30 ms (of the gaps: 50%)
     assert obs.prefix_cache_hit_rate == pytest.approx(0.25)  # 150 of 600 tokens/s, from the counters
 
 

@@ -10,8 +10,10 @@ production.
   output lengths: the decode workers' `dopd_generation_tokens`, observed at the last token; mean from
   the sum, P90 from the buckets (the worker's bucket boundaries, `dopd_worker.metrics`).
 - TTFT at the SLO percentile and its attainment: `dopd_time_to_first_token_seconds` over the first
-  tokens of the window; TPOT: `dopd_inter_token_latency_seconds`, where each finished request adds its
-  output tokens - 1 gaps at its mean gap (the simulator does not time single tokens).
+  tokens of the window; TPOT: its mean from `dopd_inter_token_latency_seconds`, where each finished
+  request adds its output tokens - 1 gaps at its mean gap (the simulator does not time single tokens),
+  its percentile and attainment from `dopd_request_time_per_output_token_seconds`, one observation per
+  finished request of two or more tokens (its mean gap, waits for a decode slot included).
 - Shed rate: the router's `dopd_requests_rejected_total` + `dopd_requests_expired_total` over the
   window (requests turned away at entry or expired in its queue, and prompts no decode replica holds).
 - Prefix-cache hit rate: the prefill workers' `dopd_prefix_cache_hits_total` over
@@ -131,12 +133,24 @@ class ObservationBuilder:
             finished = np.asarray(log.finish_output_index[first:], dtype=np.int64)
             outputs = _lengths("dopd_generation_tokens", self._output_f[finished])
             gap_s, gaps = np.asarray(log.finish_tpot[first:]), self._gaps_f[finished]
-            tpot = summarize_histogram(
+            gaps_summary = summarize_histogram(
                 "dopd_inter_token_latency_seconds",
                 histogram_from_values(gap_s, ITL_BUCKETS_SECONDS, weights=gaps),
                 float(np.sum(gap_s * gaps)),
+            )
+            # the router's per-request TPOT: one observation per finished request of two or more tokens
+            per_request = summarize_histogram(
+                "dopd_request_time_per_output_token_seconds",
+                histogram_from_values(gap_s[gaps > 0], ITL_BUCKETS_SECONDS),
                 q=q,
                 threshold=self.tpot_slo_s,
+            )
+            tpot = HistogramSummary(
+                gaps_summary.observations,
+                gaps_summary.mean,
+                per_request.quantile,
+                per_request.share_at_or_below,
+                gaps_summary.problem or per_request.problem,
             )
         # the router's shed counters (rejected at entry + expired in its queue) over the same window
         span_s = now_s - start

@@ -197,11 +197,24 @@ def test_the_dopd_router_sees_a_wait_for_a_decode_slot_in_the_gaps_as_its_users_
     decoded = [r for r in done if out[r] > 1]
     transfer_s = sum(float(load.input_tokens[r]) * em.recorder.kv_seconds_per_token for r in decoded)
     waited_s = sum(log.tpot_s[r] * (out[r] - 1) for r in decoded)  # the users' gaps, waits included
-    itl, ttft = (
+    itl, ttft, per_request = (
         next(s.value for s in em.recorder.store.series(family) if s.role == "router")
-        for family in ("dopd_inter_token_latency_seconds", "dopd_time_to_first_token_seconds")
+        for family in (
+            "dopd_inter_token_latency_seconds",
+            "dopd_time_to_first_token_seconds",
+            "dopd_request_time_per_output_token_seconds",
+        )
     )
-    assert isinstance(itl, Histogram) and isinstance(ttft, Histogram)
+    assert isinstance(itl, Histogram) and isinstance(ttft, Histogram) and isinstance(per_request, Histogram)
+    # each request's own TPOT, one observation each: what the dopd preset reads its attainment from
+    assert per_request.count == len(decoded)
+    assert per_request.sum == pytest.approx(
+        sum(
+            log.tpot_s[r] - float(load.input_tokens[r]) * em.recorder.kv_seconds_per_token / (out[r] - 1)
+            for r in decoded
+        ),
+        rel=1e-6,
+    )
     assert itl.count == sum(out[r] - 1 for r in decoded)
     assert itl.sum == pytest.approx(waited_s - transfer_s, rel=1e-6)
     assert ttft.sum == pytest.approx(sum(log.ttft_s[r] for r in done) + transfer_s, rel=1e-6)

@@ -196,18 +196,35 @@ def test_bad_chat_messages_get_400(serving: Proc) -> None:
     assert "messages" in resp.json()["error"]["message"]
 
 
+def _router_value(url: str, sample: str) -> float:
+    """The router's one `sample` (a series name with its `{`), 0 when it has none yet."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    found = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(sample)]
+    assert len(found) <= 1, found
+    return found[0] if found else 0.0
+
+
 def test_metrics_have_the_names_the_operator_reads(serving: Proc, cluster: Cluster) -> None:
-    httpx.post(
+    per_request = "dopd_request_time_per_output_token_seconds_count{"
+    gaps = "dopd_inter_token_latency_seconds_count{"
+    before = _router_value(serving.url, per_request), _router_value(serving.url, gaps)
+    resp = httpx.post(
         f"{serving.url}/v1/completions",
-        json={"model": "tiny-test", "prompt": "metrics", "max_tokens": 3},
+        json={"model": "tiny-test", "prompt": "metrics", "max_tokens": 3, "ignore_eos": True},
         timeout=60,
-    ).raise_for_status()
+    )
+    resp.raise_for_status()
+    assert resp.json()["usage"]["completion_tokens"] == 3
+    # one finished request of 3 tokens: its TPOT once (what the dopd preset's attainment reads), 2 gaps
+    after = _router_value(serving.url, per_request), _router_value(serving.url, gaps)
+    assert (after[0] - before[0], after[1] - before[1]) == (1.0, 2.0)
     router_text = httpx.get(f"{serving.url}/metrics", timeout=10).text
     for name in (
         "dopd_requests_waiting",
         "dopd_requests_running",
         "dopd_time_to_first_token_seconds_bucket",
         "dopd_inter_token_latency_seconds_bucket",
+        "dopd_request_time_per_output_token_seconds_bucket",
         "dopd_prompt_tokens_bucket",
         "dopd_prompt_tokens_total",
         "dopd_generation_tokens_bucket",

@@ -4,7 +4,8 @@ Every series carries `role` (prefill | decode | router) and `model`. Semantics (
 - gauges `dopd_requests_waiting`, `dopd_requests_running`, `dopd_kv_cache_usage_ratio` (0..1);
 - histograms `dopd_time_to_first_token_seconds` (router: end to end; prefill: arrival to first token),
   `dopd_inter_token_latency_seconds`, `dopd_prompt_tokens`, `dopd_generation_tokens` (at request end),
-  `dopd_kv_transfer_seconds`;
+  `dopd_kv_transfer_seconds`, and on the router `dopd_request_time_per_output_token_seconds` (each
+  finished request's mean gap, first token to last: the per-request TPOT the SLO is written in);
 - counters `dopd_prompt_tokens_total`, `dopd_generation_tokens_total`, `dopd_requests_total{status}`,
   `dopd_kv_transfer_bytes_total`, `dopd_kv_transfer_failures_total`, and on the router
   `dopd_requests_arrived_total` (every valid request, counted on arrival before the admission decision:
@@ -74,6 +75,7 @@ class Metrics:
     kv_cache_usage_ratio: Gauge
     ttft_seconds: Histogram
     inter_token_latency_seconds: Histogram
+    request_tpot_seconds: Histogram
     prompt_tokens: Histogram
     generation_tokens: Histogram
     prompt_tokens_total: Counter
@@ -129,6 +131,12 @@ def create_metrics(role: str, model: str) -> Metrics:
         ),
         inter_token_latency_seconds=hist(
             "dopd_inter_token_latency_seconds", "Time between consecutive output tokens.", ITL_BUCKETS_SECONDS
+        ),
+        request_tpot_seconds=hist(
+            "dopd_request_time_per_output_token_seconds",
+            "Per finished request of two or more tokens, the mean time between its output tokens, first "
+            "to last (a wait for a decode slot included): its TPOT as its user sees it.",
+            ITL_BUCKETS_SECONDS,
         ),
         prompt_tokens=hist("dopd_prompt_tokens", "Prompt length per request, tokens.", LENGTH_BUCKETS_TOKENS),
         generation_tokens=hist(

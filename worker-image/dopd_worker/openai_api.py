@@ -81,6 +81,13 @@ class OpenAIServer:
         # The counters the operator reads exist at zero from the start: a series born with its first
         # increment loses that increment to increase(), and a missing series reads as unknown.
         metrics.requests_arrived_total.labels(**self.labels)
+        # the latency histograms too: their first observations would be lost the same way
+        for histogram in (
+            metrics.ttft_seconds,
+            metrics.inter_token_latency_seconds,
+            metrics.request_tpot_seconds,
+        ):
+            histogram.labels(**self.labels)
         for priority in Priority:
             metrics.requests_expired_total.labels(**self.labels, priority=priority.value)
             for reason in Reason:
@@ -173,7 +180,7 @@ class OpenAIServer:
         """Text deltas of a generation; cuts at a stop string (and ends the upstream stream there)."""
         decoder = IncrementalDecoder(self.tokenizer)
         text = ""
-        last = time.monotonic()
+        last = first = time.monotonic()
         gaps = 0
         tokens = self.router.generate(gen)
         try:
@@ -182,6 +189,7 @@ class OpenAIServer:
                 if gen.first_token_seconds is None:
                     gen.first_token_seconds = now - gen.arrival_seconds
                     self.metrics.ttft_seconds.labels(**self.labels).observe(gen.first_token_seconds)
+                    first = now
                 else:
                     self.metrics.inter_token_latency_seconds.labels(**self.labels).observe(now - last)
                     # the decode pace admission reads: the steps' pace, so not the first gap, which
@@ -196,16 +204,24 @@ class OpenAIServer:
                     text += delta
                     hit = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
                     if hit >= 0:
+                        self._finished_gaps(first, last, gaps)
                         yield delta[: max(0, hit - (len(text) - len(delta)))]
                         gen.finish_reason = "stop"
                         return
                 if delta:
                     yield delta
+            self._finished_gaps(first, last, gaps)
             tail = decoder.flush()
             if tail:
                 yield tail
         finally:
             await tokens.aclose()
+
+    def _finished_gaps(self, first_s: float, last_s: float, gaps: int) -> None:
+        """A request finished: its TPOT as its user saw it, the mean gap from its first token to its last
+        (none for a one-token answer). A failed or abandoned stream is not a finished request."""
+        if gaps:
+            self.metrics.request_tpot_seconds.labels(**self.labels).observe((last_s - first_s) / gaps)
 
     def _account(self, gen: Generation, completion_tokens: int, status: str) -> None:
         self.metrics.generation_tokens.labels(**self.labels).observe(completion_tokens)

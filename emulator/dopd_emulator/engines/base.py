@@ -52,6 +52,7 @@ class RequestTrack:
     first_token_s: float | None = None
     kv_arrival_s: float | None = None
     join_s: float | None = None
+    finish_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,7 @@ class EngineRecorder:
 
     def finished(self, instance: str, request: int, now_s: float) -> None:
         track = self._tracks.pop(request)
+        track.finish_s = now_s
         self.completed_total += 1
         self.on_finished(instance, self.pods[instance], track)
 

@@ -7,8 +7,9 @@ plus the namespace label and `pod` that Prometheus' pod discovery adds in a clus
   flight (`dopd_requests_running`), and sees the stream end to end: TTFT when the first token reaches it
   (the decode worker emits the prefill's token when the KV arrives, before the sequence waits for a
   slot; a one-token output ends at prefill), every inter-token gap (the first one holds that wait),
-  prompt lengths at arrival (the demand, shed requests included) and generation lengths and status at
-  completion; its shed counters
+  prompt lengths at arrival (the demand, shed requests included), and at completion generation lengths,
+  status and the request's mean gap, first token to last (`dopd_request_time_per_output_token_seconds`,
+  for two or more tokens); its shed counters
   (`dopd_requests_rejected_total`, `dopd_requests_expired_total`) exist at zero and stay there (no
   admission here).
 - prefill worker: TTFT from the moment the router hands it the prompt (its batch start) to the first
@@ -41,6 +42,12 @@ ITL = Family(
     "dopd_inter_token_latency_seconds",
     "histogram",
     "Time between consecutive output tokens.",
+    ITL_BUCKETS_SECONDS,
+)
+REQUEST_TPOT = Family(
+    "dopd_request_time_per_output_token_seconds",
+    "histogram",
+    "Per finished request of two or more tokens, the mean time between its output tokens, first to last.",
     ITL_BUCKETS_SECONDS,
 )
 PROMPT_LENGTH = Family(
@@ -81,6 +88,7 @@ _BY_ROLE: dict[str, tuple[Family, ...]] = {
         RUNNING,
         TTFT,
         ITL,
+        REQUEST_TPOT,
         PROMPT_LENGTH,
         OUTPUT_LENGTH,
         PROMPT_TOKENS,
@@ -113,6 +121,7 @@ class DopdRecorder(EngineRecorder):
         KV_USAGE,
         TTFT,
         ITL,
+        REQUEST_TPOT,
         PROMPT_LENGTH,
         OUTPUT_LENGTH,
         KV_SECONDS,
@@ -203,6 +212,11 @@ class DopdRecorder(EngineRecorder):
         router = self._router
         self.observe(OUTPUT_LENGTH.name, router, track.output_tokens)
         self.inc(REQUESTS.name, router, status="ok")
+        if role == "decode":  # its TPOT as the router streamed it: first token (at the KV) to the last
+            assert track.finish_s is not None and track.kv_arrival_s is not None
+            self.observe(
+                REQUEST_TPOT.name, router, (track.finish_s - track.kv_arrival_s) / (track.output_tokens - 1)
+            )
 
     def removed(self, instance: str, now_s: float) -> None:
         self._waits.pop(instance, None)

@@ -113,15 +113,23 @@ class EnginePreset:
     # it), and the share of requests whose wait fits in the slack their gaps leave scales the TPOT
     # attainment (`readings._Reader.tpot_attainment_with_waits`)
     decode_wait: HistogramRead | None = None
+    # each finished request's TPOT as its user saw it (its mean gap, first token to last, waits
+    # included), where the engine exposes one: the TPOT percentile and attainment are read from it,
+    # since the SLO is per request; the mean stays the gaps' (`tpot`), which the decode correction
+    # learns from
+    request_tpot: HistogramRead | None = None
 
     def histograms(self) -> dict[str, tuple[HistogramRead, bool]]:
         """Key -> (read, whether its mean is needed)."""
-        return {
+        found = {
             "ttft": (self.ttft, False),
             "tpot": (self.tpot, True),  # its mean teaches the decode correction
             "input": (self.input_tokens.histogram, True),
             "output": (self.output_tokens.histogram, True),
         }
+        if self.request_tpot is not None:
+            found["request_tpot"] = (self.request_tpot, False)
+        return found
 
     def gauges(self) -> dict[str, GaugeRead]:
         return {"queue_depth": self.queue_depth, "kv_usage": self.kv_usage, "running": self.running}
@@ -153,6 +161,7 @@ DOPD = EnginePreset(
     output_tokens=LengthRead(HistogramRead("dopd_generation_tokens", "decode")),
     ttft=HistogramRead("dopd_time_to_first_token_seconds", "router"),
     tpot=HistogramRead("dopd_inter_token_latency_seconds", "router"),
+    request_tpot=HistogramRead("dopd_request_time_per_output_token_seconds", "router"),
     prefix_cache=PrefixCacheRead(
         "prefill", "dopd_prefix_cache_hits_total", "dopd_prefix_cache_queries_total"
     ),

@@ -385,6 +385,16 @@ def build_observation(
     tpot = reader.histogram("tpot", preset.tpot, True, q=q, threshold=queries.tpot_slo_seconds)
     problems.extend(s.problem for s in (ttft, tpot) if s.problem)
     tpot_mean = reader.tpot_mean_with_waits(tpot, preset.decode_wait)
+    if preset.request_tpot is not None:  # per request, as the SLO is written: read, never estimated
+        per_request = reader.histogram(
+            "request_tpot", preset.request_tpot, False, q=q, threshold=queries.tpot_slo_seconds
+        )
+        if per_request.problem:
+            problems.append(per_request.problem)
+        tpot_p, tpot_attainment = per_request.quantile, per_request.share_at_or_below
+    else:
+        tpot_p = tpot.quantile
+        tpot_attainment = reader.tpot_attainment_with_waits(tpot, preset.decode_wait, output_mean)
     queue_depth = reader.gauge("prefill queue depth", preset.queue_depth)
     kv_usage = reader.gauge("decode KV usage", preset.kv_usage, upper=1.0)
     running = reader.gauge("decode running", preset.running)
@@ -407,10 +417,10 @@ def build_observation(
         decode_running=running,
         latency_percentile=queries.percentile,
         ttft_seconds=ttft.quantile,
-        tpot_seconds=tpot.quantile,
+        tpot_seconds=tpot_p,
         tpot_mean_seconds=tpot_mean,
         ttft_attainment=ttft.share_at_or_below,
-        tpot_attainment=reader.tpot_attainment_with_waits(tpot, preset.decode_wait, output_mean),
+        tpot_attainment=tpot_attainment,
         prefill=prefill,
         decode=decode,
         problems=tuple(problems),

@@ -178,6 +178,11 @@ def test_dopd_and_sglang_queries() -> None:
         '(rate({__name__=~"dopd_requests_arrived_total",namespace="ns",model="m",role="router"}[40000ms]))'
     )
     assert "sglang" not in dopd.aggregate and "totals" not in dopd.aggregate
+    # the router's per-request TPOT, whose buckets give the percentile and the attainment
+    assert dict(dopd.parts)["request_tpot/bucket"] == (
+        "sum by (le, namespace, model) (increase({__name__=~"
+        '"dopd_request_time_per_output_token_seconds_bucket",namespace="ns",model="m",role="router"}[60000ms]))'
+    )
     # the shed rate: what the router turned away, at entry or from its queue, over the window
     # (one part per family: increase() drops the name, and two families in one selector would collide)
     for family in ("dopd_requests_rejected_total", "dopd_requests_expired_total"):

@@ -50,7 +50,10 @@ def steady(per_second: float, samples: int = 121, start: float = 1000.0) -> list
 
 DOPD_AGGREGATE = [
     *histogram("ttft", [(1.0, 60.0), (2.0, 100.0), (INF, 100.0)]),
-    *histogram("tpot", [(0.02, 50.0), (0.05, 100.0), (INF, 100.0)], total=2.5),
+    *histogram("tpot", [(0.02, 50.0), (0.05, 98.0), (INF, 100.0)], total=2.5),
+    # the 20 finished requests' mean gaps: 2 past the 50 ms SLO (a wait for a decode slot in their
+    # first gap), where 98 of 100 gaps are within it
+    *histogram("request_tpot", [(0.02, 4.0), (0.05, 18.0), (0.1, 20.0), (INF, 20.0)]),
     *histogram("input", [(1024.0, 0.0), (2048.0, 10.0), (INF, 10.0)], total=15_000.0),
     *histogram("output", [(128.0, 0.0), (256.0, 20.0), (INF, 20.0)], total=4_000.0),
     tagged("shed/dopd_requests_rejected_total", 20.0),  # over the 60 s window
@@ -106,9 +109,10 @@ HEALTHY = {
     "decode_running": 20.0,
     "ttft_seconds": 1.0 + 1.0 * 30.0 / 40.0,  # rank 90 in (1, 2]
     "ttft_attainment": 0.8,  # 60 + 40 * (1.5 - 1) / (2 - 1), of 100
-    "tpot_seconds": 0.02 + 0.03 * 40.0 / 50.0,
-    "tpot_mean_seconds": 0.025,  # 2.5 / 100, from _sum: exact where the interpolated P90 (0.044) is not
-    "tpot_attainment": 1.0,
+    # per request, as the SLO is written: rank 18 of 20 at the top of (0.02, 0.05]; 18 of 20 within
+    "tpot_seconds": 0.05,
+    "tpot_mean_seconds": 0.025,  # 2.5 / 100 gaps, from _sum: the engine's speed, for the decode correction
+    "tpot_attainment": 0.9,
     "latency_percentile": 90.0,
     "prefix_cache_hit_rate": 0.25,  # 3000 / 12000 tokens
 }
@@ -120,6 +124,17 @@ def test_healthy_dopd_answer() -> None:
     for name, expected in HEALTHY.items():
         assert getattr(obs, name) == pytest.approx(expected, abs=1e-9), name
     assert obs.served_rate_rps == pytest.approx(4.5)
+
+
+def test_dopd_tpot_percentile_and_attainment_are_per_request_and_unknown_without_that_histogram() -> None:
+    # without the router's per-request histogram: unknown, never the gaps' share (98% here, 90% of the
+    # requests): a gap-weighted share reads a wait for a slot as one slow gap among hundreds
+    kept = [s for s in DOPD_AGGREGATE if not s.metric["dopd_q"].startswith("request_tpot/")]
+    obs = observe(dopd_queries(), kept, DOPD_RAW)
+    assert obs.tpot_seconds is None and obs.tpot_attainment is None
+    assert obs.problems == ('dopd_request_time_per_output_token_seconds{role=~"router"}: no series',)
+    assert obs.tpot_mean_seconds == pytest.approx(0.025)  # the gaps' mean stays: the decode correction's
+    assert obs.load_known
 
 
 def test_an_unknown_shed_rate_is_not_zero() -> None:
@@ -315,6 +330,7 @@ def test_missing_histograms_and_an_empty_answer() -> None:
         'dopd_generation_tokens{role=~"decode"}: no series',
         'dopd_time_to_first_token_seconds{role=~"router"}: no series',
         'dopd_inter_token_latency_seconds{role=~"router"}: no series',
+        'dopd_request_time_per_output_token_seconds{role=~"router"}: no series',
         'prefill queue depth: no series of dopd_requests_waiting{role=~"router|prefill"}',
         'decode KV usage: no series of dopd_kv_cache_usage_ratio{role=~"decode"}',
         'decode running: no series of dopd_requests_running{role=~"decode"}',
