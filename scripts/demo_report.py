@@ -188,9 +188,9 @@ def write_report(out: Path, run: DemoRun) -> Path:
         "inter-token latency is timed between a running sequence's tokens, so a sequence that waits for "
         "room on a decode replica adds no slow gap to it, while its TPOT, as its user sees it, counts "
         "the wait; the operator reads the waits from the decode pods' queue time against each request's "
-        "slack, an estimate from two histograms over its window. GPUs are those of the replicas decided. On the cluster, KWOK pods are Ready a second "
-        "or two after they are created; the simulator starts replicas in the manifest's "
-        "`startupSeconds`.",
+        "slack, an estimate from two histograms over its window. GPUs are those of the replicas decided. "
+        "On the cluster, KWOK pods are Ready a second or two after they are created; the simulator starts "
+        "replicas in the manifest's `startupSeconds`.",
         "",
         f"![load, forecast, replicas and attainment over time]({plot.name})",
         "",
