@@ -287,6 +287,12 @@ def _provisioned_rate(
     already overshoots (its past errors there are negative), nor to the forecast, whose upper quantile
     is its own allowance for what it cannot foresee.
 
+    A series younger than the trend window has its trend fitted over the data there is
+    (`estimators.summarize_arrivals`), and the line is extrapolated no further ahead than that data
+    spans (`Observation.arrival_rate_trend_span_seconds`): a minute of a flat start read 7 rps/min
+    beyond its noise on the code trace, which a 150 s lead time had made 17 rps (two prefill replicas
+    too many, held by the scale-down window).
+
     The trend guard covers the moments a forecaster is least sure of, such as the turn of a daily
     cycle, where a backtest still prefers the last value: a new replica takes `startup` seconds, so a
     rise that is already under way must be provisioned for now, whatever the forecaster picked.
@@ -296,7 +302,10 @@ def _provisioned_rate(
     slope = observation.arrival_rate_trend_rps_per_s or 0.0
     noise = observation.arrival_rate_trend_noise_rps_per_s or 0.0  # unknown: the whole slope counts
     trend = max(slope - noise, 0.0)
-    extrapolated = observed + trend * lead_seconds
+    # A young series' line is extrapolated no further ahead than the data it was fitted on spans.
+    span_s = observation.arrival_rate_trend_span_seconds
+    horizon_s = lead_seconds if span_s is None else min(lead_seconds, span_s)
+    extrapolated = observed + trend * horizon_s
     extra, note = 0.0, ""
     if surge is not None and observed > 0 and surge.rps > 0:
         extra = surge.above(observed)
@@ -326,7 +335,12 @@ def _provisioned_rate(
             (
                 extrapolated,
                 f"load {extrapolated:.2f} rps: rising {slope * 60:.1f} rps/min, {trend * 60:.1f} of it "
-                f"beyond the rate's noise, extrapolated over the {lead_seconds:g}s lead time",
+                f"beyond the rate's noise, extrapolated over the {lead_seconds:g}s lead time"
+                + (
+                    f" (over {horizon_s:g}s: a line fitted over the {span_s:g}s of data a young series has)"
+                    if horizon_s < lead_seconds
+                    else ""
+                ),
             )
         )
     rate, reason = max(candidates, key=lambda c: c[0])

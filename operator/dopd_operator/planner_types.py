@@ -60,6 +60,13 @@ class Observation(_Frozen):
         "trend shows); the trend guard extrapolates only the rise beyond it. None: unknown (the whole "
         "slope is extrapolated).",
     )
+    arrival_rate_trend_span_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Set while the arrival series is younger than the trend window: the seconds of data "
+        "the trend was fitted over; the trend guard extrapolates it no further ahead than that. None: the "
+        "whole trend window.",
+    )
     arrival_level_age_seconds: float | None = Field(
         None,
         ge=0,

@@ -205,6 +205,38 @@ def test_the_trend_guard_extrapolates_only_the_rise_beyond_the_rates_noise() -> 
     assert load(6.0 / 60, None) == pytest.approx(180.0 + 6.0 / 60 * lead)
 
 
+def test_a_young_series_trend_is_extrapolated_no_further_than_its_data() -> None:
+    """A model that just started has its trend fitted over the minute of data it has: that line is
+    extrapolated over at most that minute, not the whole lead time (on the code trace a flat start's
+    7 rps/min beyond its noise, over a 150 s lead, had ordered two prefill replicas too many), and the
+    reason says so. A full trend window's line still counts over the whole lead time."""
+    spec = make_spec()
+    lead = lead_time_seconds(spec)
+    assert lead > 60.0
+
+    def decide(span_s: float | None) -> tuple[float, str]:
+        obs = make_obs(
+            rate=180.0,
+            prefill=8,
+            decode=5,
+            arrival_rate_trend_rps_per_s=9.0 / 60,
+            arrival_rate_trend_noise_rps_per_s=2.0 / 60,
+            arrival_rate_trend_span_seconds=span_s,
+        )
+        decision = plan(spec, obs, None, PlannerState(), T0)
+        assert decision.capacity is not None
+        return decision.capacity.load_rps, decision.reasons[0]
+
+    young, why = decide(60.0)
+    assert young == pytest.approx(180.0 + 7.0 / 60 * 60.0)
+    assert f"extrapolated over the {lead:g}s lead time (over 60s: a line fitted over the 60s" in why
+    whole, why = decide(None)
+    assert whole == pytest.approx(180.0 + 7.0 / 60 * lead)
+    assert "(over" not in why
+    # a young series longer than the lead time is extrapolated over the whole lead time
+    assert decide(2 * lead)[0] == pytest.approx(whole)
+
+
 def test_the_forecasts_upper_quantile_stops_at_the_historys_peak() -> None:
     """A load that switches between 100 and 180 rps every 5 minutes: the naive forecaster's upper quantile
     carries the switches it cannot fit (180 + 80). The planner provisions up to the history's peak from

@@ -379,6 +379,9 @@ class ArrivalSummary:
     problems: tuple[str, ...]
     trend_noise_rps_per_s: float | None = None  # the trend's standard error under `scv`; None: unknown
     level_age_seconds: float | None = None  # since the rate stepped (`level_change`); None: no step
+    # While the series is younger than the trend window: the seconds of data the trend was fitted over
+    # (the planner extrapolates it no further ahead); None: the whole window (or a new level's bins).
+    trend_span_seconds: float | None = None
 
 
 def trend_bins(rates_rps: FloatArray, step: LevelChange | None) -> FloatArray | None:
@@ -462,11 +465,13 @@ def summarize_arrivals(
     per-interval counts; trend: least-squares slope of the rate in bins of the usual interval, with the
     burstiness known at most the slope of the window's recent half plus that half's noise (a rise that
     has stopped is over, while the slope across the whole window still climbs; a rise under way shows
-    the same slope in both; with the burstiness unknown the noise is too, and the whole slope counts).
-    After a step between two flat levels in the trend window (`level_change`), the rate is read from the
-    step on, the burstiness within each level, and the trend over the new level's bins once they span
-    half the trend window (0 before); `level_age_seconds` says how long ago it stepped. With less data
-    than `min_rate_coverage_seconds`, nothing is known (a series that just started)."""
+    the same slope in both; with the burstiness unknown the noise is too, and the whole slope counts);
+    while the series is younger than the trend window, over the `MIN_TREND_BINS` or more intervals it
+    has (a shorter fit is noisier, and its noise says so; `trend_span_seconds` says how long it spans).
+    After a step between two flat levels in the trend window (`level_change`), the rate is read from
+    the step on, the burstiness within each level, and the trend over the new level's bins once they
+    span half the trend window (0 before); `level_age_seconds` says how long ago it stepped. With less
+    data than `min_rate_coverage_seconds`, nothing is known (a series that just started)."""
     sources = [s for s in sources if len(s.amounts)]
     if not sources:
         return ArrivalSummary(None, None, None, ("arrival rate: fewer than two samples per series yet",))
@@ -492,22 +497,28 @@ def summarize_arrivals(
                 "window): the series just started",
             ),
         )
-    # The trend needs the whole trend window: a series younger than that is a model (or a scrape) that
-    # just started, whose first bins read as a rise and would be extrapolated over the lead time.
-    bins = int(trend_seconds / width + 1e-9) if covered_s >= trend_seconds - width else 0
+    # The trend is read over the trend window, or over the whole intervals there are while the series is
+    # younger than it (a model that just started on a rising load: item 3's first tick sizes for the
+    # rise). A young fit has fewer bins and so a larger noise, and only the rise beyond its noise is
+    # extrapolated (`planner._provisioned_rate`): a young series at a flat load reads no rise.
+    bins = int(min(covered_s, trend_seconds) / width + 1e-9)
     problems: list[str] = []
     rates = np.zeros(0, dtype=np.float64)
     step: LevelChange | None = None
-    if covered_s < trend_seconds - width:
-        problems.append(
-            f"arrival trend: {covered_s:.0f} s of data, the {trend_seconds:g} s trend window needed"
-        )
-    elif bins >= MIN_TREND_BINS:
+    if bins >= MIN_TREND_BINS:
         edges = end_s - width * np.arange(bins, -1, -1, dtype=np.float64)
         rates = np.diff(arrivals_until(sources, edges)) / width
         step = level_change(rates)
+    elif trend_seconds / width < MIN_TREND_BINS - 1e-9:
+        problems.append(
+            f"arrival trend: {bins} intervals of {width:g} s in the {trend_seconds:g} s trend window, "
+            f"{MIN_TREND_BINS} needed (shorten the scrape interval)"
+        )
     else:
-        problems.append(f"arrival trend: {bins} intervals in the trend window, {MIN_TREND_BINS} needed")
+        problems.append(
+            f"arrival trend: {bins} intervals of {width:g} s so far, {MIN_TREND_BINS} needed before a "
+            "trend is read: the series just started"
+        )
     # After a level change the load is read from the change on (within the window): its rate, and its
     # burstiness within each level; the trend only over the new level's bins, once they span half the
     # trend window (before that, a fresh level has no trend to extrapolate).
@@ -537,6 +548,7 @@ def summarize_arrivals(
         scv = variance / mean
     trend: float | None = None
     noise: float | None = None
+    young_s: float | None = None
     if len(rates):
         fitted = trend_bins(rates, step)
         read = read_trend(fitted, width, rate, scv) if fitted is not None else (0.0, None)
@@ -544,5 +556,7 @@ def summarize_arrivals(
             trend, noise = read
         elif step is not None:
             trend = 0.0
+        if fitted is not None and trend is not None and covered_s < trend_seconds - width:
+            young_s = len(fitted) * width
     age = end_s - change_s if change_s is not None else None
-    return ArrivalSummary(rate, scv, trend, tuple(problems), noise, age)
+    return ArrivalSummary(rate, scv, trend, tuple(problems), noise, age, young_s)

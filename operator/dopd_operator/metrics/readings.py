@@ -407,6 +407,7 @@ def build_observation(
         arrival_rate_trend_rps_per_s=arrivals.trend_rps_per_s,
         arrival_rate_trend_noise_rps_per_s=arrivals.trend_noise_rps_per_s,
         arrival_level_age_seconds=arrivals.level_age_seconds,
+        arrival_rate_trend_span_seconds=arrivals.trend_span_seconds,
         prefix_cache_hit_rate=hit_rate,
         input_tokens_mean=input_mean,
         input_tokens_p90=input_p90,

@@ -162,9 +162,44 @@ def test_summarize_arrivals_rate_burstiness_and_trend() -> None:
     summary = summarize_arrivals([Intervals.bins(counts, 1000.0, 1.0)], window_seconds=30.0)
     assert summary.rate_rps == pytest.approx(float(np.mean(counts[-30:])))  # the last 30 s only
     assert summary.trend_rps_per_s == pytest.approx(0.5)
+    assert summary.trend_span_seconds is None  # a full trend window: over the whole lead time
     # the ramp itself is the only variance over the window: var of 0.5*k over 30 bins / mean
     assert summary.scv == pytest.approx(float(np.var(counts[-30:], ddof=1) / np.mean(counts[-30:])))
     assert summary.problems == ()
+
+
+def test_a_young_series_reads_the_rise_it_is_on() -> None:
+    """A model that just started on a rising load (the `make demo` ramp: 15 -> 75 rps in 100 s): its
+    first ticks read the rise over the data there is, not only once the 120 s trend window has filled,
+    so the first scale-ups are sized for where the load is going (issue 12, item 3)."""
+    rng = np.random.default_rng(5)
+    rates = 15.0 + 0.6 * np.arange(30, dtype=np.float64)  # 30 s of data, rising 0.6 rps per second
+    counts = rng.poisson(rates).astype(np.float64)
+    summary = summarize_arrivals([Intervals.bins(counts, 0.0, 1.0)], window_seconds=15.0)
+    assert summary.trend_rps_per_s is not None and summary.trend_noise_rps_per_s is not None
+    assert summary.trend_rps_per_s == pytest.approx(0.6, abs=0.25)
+    # the fit over 30 bins is noisier than the full window's, and says so: the planner extrapolates
+    # only the rise beyond this noise
+    assert summary.trend_noise_rps_per_s > math.sqrt(summary.rate_rps * 12 / (120**3 - 120))
+    assert summary.trend_rps_per_s > 2 * summary.trend_noise_rps_per_s
+    assert not any(p.startswith("arrival trend") for p in summary.problems), summary.problems
+    assert summary.trend_span_seconds == 30.0  # the planner extrapolates this line no further ahead
+
+
+def test_a_young_flat_series_rarely_reads_a_rise_beyond_its_noise() -> None:
+    """The other side of reading young series: a model that just started at a flat load. Its short
+    fit's slope is noise, and the rise beyond one standard error is extrapolated about one time in six
+    and by little (what made the first version of this estimator wait for the whole window)."""
+    rng = np.random.default_rng(17)
+    beyond = []
+    for _ in range(400):
+        counts = rng.poisson(60.0, size=30).astype(np.float64)
+        summary = summarize_arrivals([Intervals.bins(counts, 0.0, 1.0)], window_seconds=15.0)
+        assert summary.trend_rps_per_s is not None and summary.trend_noise_rps_per_s is not None
+        beyond.append(max(summary.trend_rps_per_s - summary.trend_noise_rps_per_s, 0.0))
+    assert 0.05 < float(np.mean(np.asarray(beyond) > 0)) < 0.25
+    # over a 15 s lead time the extrapolation adds under 2% of the rate on average
+    assert float(np.mean(beyond)) * 15.0 < 0.02 * 60.0
 
 
 def test_the_trend_noise_is_the_spread_of_slopes_a_flat_load_shows() -> None:
@@ -197,20 +232,20 @@ def test_the_trend_noise_is_the_spread_of_slopes_a_flat_load_shows() -> None:
         pytest.param(
             [1.0] * 15, 60.0, "arrival burstiness: 15 arrivals in the window", id="too-few-arrivals"
         ),
-        # a series younger than the 120 s trend window: a model that just started, whose first bins
-        # would read as a rise and be extrapolated over the lead time (seen in the demo: 2x over-sizing)
+        # 60 s scrapes: the 120 s trend window holds two intervals, too few for a slope
         pytest.param(
-            [5.0] * 20, 60.0, "arrival trend: 20 s of data, the 120 s trend window needed", id="no-trend-yet"
-        ),
-        pytest.param(
-            [5.0] * 100, 60.0, "arrival trend: 100 s of data", id="no-trend-before-the-window-is-full"
+            [300.0] * 6,
+            300.0,
+            "arrival trend: 2 intervals of 60 s in the 120 s trend window, 4 needed",
+            id="scrapes-too-sparse-for-a-trend",
         ),
     ],
 )
 def test_summarize_arrivals_refuses_to_guess(counts: list[float], window_s: float, problem: str) -> None:
-    source = Intervals.bins(np.asarray(counts), 0.0, 1.0)
+    width_s = 60.0 if window_s == 300.0 else 1.0
+    source = Intervals.bins(np.asarray(counts), 0.0, width_s)
     summary = summarize_arrivals([source], window_s)
-    assert summary.rate_rps == pytest.approx(counts[0])  # the rate is still known
+    assert summary.rate_rps == pytest.approx(counts[0] / width_s)  # the rate is still known
     assert any(p.startswith(problem) for p in summary.problems), summary.problems
 
 
