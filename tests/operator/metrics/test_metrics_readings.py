@@ -126,6 +126,20 @@ def test_healthy_dopd_answer() -> None:
     assert obs.served_rate_rps == pytest.approx(4.5)
 
 
+def test_a_young_arrival_series_carries_its_trend_and_the_span_it_was_fitted_over() -> None:
+    """A router that started 40 s ago on a rising load (5 rps, +0.5 rps each second): the Observation
+    has the rise, and says it was fitted over the 40 s there are, so the planner extrapolates it no
+    further ahead than that; the full two minutes carry no span (the whole lead time counts)."""
+    counts = [1000.0 + 5.0 * i + 0.25 * i * i for i in range(41)]  # rate 5 + 0.5 t
+    young = [s for s in DOPD_RAW if s.metric["__name__"] != "dopd_requests_arrived_total"]
+    young.append(series("dopd_requests_arrived_total", "router-0", "router", counts))
+    obs = observe(dopd_queries(), DOPD_AGGREGATE, young)
+    assert obs.arrival_rate_trend_rps_per_s == pytest.approx(0.5, rel=1e-6)
+    assert obs.arrival_rate_trend_span_seconds == pytest.approx(40.0)
+    assert not any(p.startswith("arrival trend") for p in obs.problems), obs.problems
+    assert observe(dopd_queries(), DOPD_AGGREGATE, DOPD_RAW).arrival_rate_trend_span_seconds is None
+
+
 def test_dopd_tpot_percentile_and_attainment_are_per_request_and_unknown_without_that_histogram() -> None:
     # without the router's per-request histogram: unknown, never the gaps' share (98% here, 90% of the
     # requests): a gap-weighted share reads a wait for a slot as one slow gap among hundreds
