@@ -14,7 +14,12 @@ Each mix at Poisson arrivals, and the suite's bursty mixes (long-mix, code: gamm
 4) at theirs too, the model told that burstiness: where the suite's oracle finds the model's sizes too
 many on a bursty trace, these rows say whether the model's treatment of burstiness is the cause.
 
-    python bench/capacity_bench.py            # 3 seeds, 1 and 4 replicas per role, 5 mixes x arrivals (~30 min)
+The model's prefill wait is a FIFO queue's. The simulated router is FIFO in the main table (the
+baselines', vLLM's default); the prefill rows are measured again behind dopd's own length-aware router
+(`dopd_worker.scheduler`, with its dispatch deadline), the queue the model sizes for in production: what
+it serves at the attainment target, not at the P90, is what the model has to predict.
+
+    python bench/capacity_bench.py            # 3 seeds, 1 and 4 replicas per role, 5 mixes x arrivals (~13 min)
     python bench/capacity_bench.py --quick    # 1 seed, 1 replica, to check the script
 """
 
@@ -30,6 +35,7 @@ from typing import Any
 
 from sim_bench import stamp
 
+from dopd_sim.config import QueuePolicy
 from dopd_sim.report import MeanCI
 from dopd_sim.steady import BRACKET, Role, measure
 
@@ -43,12 +49,17 @@ ARRIVAL_CVS = {"azure": (1.0,), "long-mix": (1.0, 2.0), "code": (1.0, 2.0)}
 ROLES: tuple[Role, ...] = ("prefill", "decode")
 REPLICAS = (1, 4)
 SEEDS = (0, 1, 2)
+# The simulated router's prefill queue: FIFO for every role; dopd's length-aware queue for prefill rows
+# (decode is not queued by it).
+QUEUES: dict[Role, tuple[QueuePolicy, ...]] = {"prefill": ("fifo", "length-aware"), "decode": ("fifo",)}
 BAND = (0.9, 1.1)  # the issue's target for the model's sizes
 
 
-def _row(mix: str, role: Role, replicas: int, seed: int, arrival_cv: float) -> dict[str, Any]:
+def _row(
+    mix: str, role: Role, replicas: int, seed: int, arrival_cv: float, queue: QueuePolicy
+) -> dict[str, Any]:
     started = time.process_time()
-    found = measure(mix, role, replicas, seed, arrival_cv)
+    found = measure(mix, role, replicas, seed, arrival_cv, queue)
     return {**dataclasses.asdict(found), "ratio": found.ratio, "cpu_s": time.process_time() - started}
 
 
@@ -56,10 +67,11 @@ def run(quick: bool, jobs: int) -> dict[str, Any]:
     seeds = SEEDS[:1] if quick else SEEDS
     replicas = REPLICAS[:1] if quick else REPLICAS
     cases = [
-        (m, r, n, s, cv)
+        (m, r, n, s, cv, q)
         for m in MIXES
         for cv in ARRIVAL_CVS[m]
         for r in ROLES
+        for q in QUEUES[r]
         for n in replicas
         for s in seeds
     ]
@@ -69,8 +81,8 @@ def run(quick: bool, jobs: int) -> dict[str, Any]:
         for future in futures:
             row = future.result()
             print(
-                f"{row['mix']} (arrivals CV {row['arrival_cv']:g}) {row['role']} x{row['replicas']} seed "
-                f"{row['seed']}: model {row['model_rps']:.1f} "
+                f"{row['mix']} (arrivals CV {row['arrival_cv']:g}) {row['role']} x{row['replicas']} "
+                f"({row['prefill_queue']} router) seed {row['seed']}: model {row['model_rps']:.1f} "
                 f"rps, simulator {row['sim_rps']:.1f} rps, ratio {row['ratio']:.3f}",
                 flush=True,
             )
@@ -91,7 +103,8 @@ def render(raw: dict[str, Any]) -> str:
         "Llama-3-8B on H100 (`llama3-8b-h100`), SLO TTFT 1.5 s / TPOT 50 ms at P90 with a 99% attainment "
         "target, so a pool meets it when 99% of requests are within its objective. For N replicas of one "
         "role (the other pool twice what the model asks, plus 2), the highest rate the capacity model says "
-        "they serve, against the highest the simulator's engines serve (bisection, about 1%), with Poisson "
+        "they serve, against the highest the simulator's engines serve behind a FIFO router (the baselines', "
+        "vLLM's default; bisection, about 1%), with Poisson "
         "arrivals or gamma-distributed gaps of the CV shown (the suite's bursty traces), the model told "
         "their burstiness. "
         "Ratio = model / simulator: 1.0 exact, below 1 the model is conservative (it buys more replicas "
@@ -103,12 +116,44 @@ def render(raw: dict[str, Any]) -> str:
         "| length mix | arrivals | role | replicas | model (rps) | simulator (rps) | ratio | within 10% |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    rows = raw["rows"]
+    fifo_rows = [r for r in raw["rows"] if r["prefill_queue"] == "fifo"]
+    table, met, count = _table(fifo_rows)
+    lines += table
+    lines += [
+        "",
+        f"{met} of {count} rows within 10% on every seed. A row whose simulator rate sits at an end of "
+        f"its bracket ({BRACKET[0]}x-{BRACKET[1]}x the model's) counts as not within.",
+        "",
+        "## Prefill behind dopd's router",
+        "",
+        "The same prefill rows with the simulated router's queue length-aware, as dopd's router runs it "
+        "(shortest prompt first, a prompt that waited 1 s goes next, one that waited 2/3 of the TTFT SLO "
+        "after the timely ones), the model unchanged: its wait is FIFO's. Shortest-first cuts the P90 "
+        "TTFT near saturation (planner.md), but the attainment target asks for 99% of prompts, and the "
+        "1% it may miss cannot all be the long ones a shortest-first queue delays: where the ratio here "
+        "is above the FIFO row's, dopd's router serves less than FIFO at the target, and a wait model "
+        "that credited shortest-first with its lower P90 would size too few.",
+        "",
+        "| length mix | arrivals | role | replicas | model (rps) | simulator (rps) | ratio | within 10% |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    aware_rows = [r for r in raw["rows"] if r["prefill_queue"] == "length-aware"]
+    table, met, count = _table(aware_rows)
+    lines += table
+    lines += ["", f"{met} of {count} rows within 10% on every seed.", ""]
+    return "\n".join(lines)
+
+
+def _table(rows: list[dict[str, Any]]) -> tuple[list[str], int, int]:
+    """Markdown rows (mean ± interval over seeds) per (mix, arrivals, role, replicas), and how many are
+    within the band on every seed."""
+    low, high = BAND
 
     def key(row: dict[str, Any]) -> tuple[str, float, str, int]:
         return row["mix"], float(row["arrival_cv"]), row["role"], row["replicas"]
 
     keys = sorted({key(r) for r in rows}, key=lambda k: (MIXES.index(k[0]), k[1], k[2], k[3]))
+    lines: list[str] = []
     met = 0
     for mix, cv, role, replicas in keys:
         group = [r for r in rows if key(r) == (mix, cv, role, replicas)]
@@ -121,13 +166,7 @@ def render(raw: dict[str, Any]) -> str:
             f"{MeanCI.of([r['sim_rps'] for r in group]).format('.1f')} | {ratio.format('.3f')} | "
             f"{'yes' if inside else 'no'} |"
         )
-    lines += [
-        "",
-        f"{met} of {len(keys)} rows within 10% on every seed. A row whose simulator rate sits at an end of "
-        f"its bracket ({BRACKET[0]}x-{BRACKET[1]}x the model's) counts as not within.",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines, met, len(keys)
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from dopd_operator.capacity import CapacityModel
-from dopd_sim.config import SimConfig
+from dopd_sim.config import QueuePolicy, SimConfig
 from dopd_sim.policies.oracle import known_workload
 from dopd_sim.policies.static import StaticPolicy
 from dopd_sim.run import simulate
@@ -112,6 +112,7 @@ class SteadyAccuracy:
     replicas: int
     seed: int
     arrival_cv: float
+    prefill_queue: QueuePolicy  # the simulated router's prefill queue
     model_rps: float
     sim_rps: float
     goal: float  # the attainment the simulator's pool had to reach
@@ -122,8 +123,17 @@ class SteadyAccuracy:
         return self.model_rps / self.sim_rps
 
 
-def measure(mix: str, role: Role, replicas: int, seed: int, arrival_cv: float = 1.0) -> SteadyAccuracy:
-    config = SimConfig(seed=seed)
+def measure(
+    mix: str,
+    role: Role,
+    replicas: int,
+    seed: int,
+    arrival_cv: float = 1.0,
+    prefill_queue: QueuePolicy = "fifo",
+) -> SteadyAccuracy:
+    """One row: `prefill_queue` is the simulated router's (FIFO, the baselines' and vLLM's default, or
+    dopd's length-aware one); the model is the operator's either way."""
+    config = SimConfig(seed=seed, prefill_queue=prefill_queue)
     model = steady_model(mix, config, seed, arrival_cv)
     model_rps = model_highest_rps(model, role, replicas)
     low, high = BRACKET[0] * model_rps, BRACKET[1] * model_rps
@@ -137,5 +147,5 @@ def measure(mix: str, role: Role, replicas: int, seed: int, arrival_cv: float = 
         BISECTIONS,
     )
     return SteadyAccuracy(
-        mix, role, replicas, seed, arrival_cv, model_rps, sim_rps, goal, low < sim_rps < high
+        mix, role, replicas, seed, arrival_cv, prefill_queue, model_rps, sim_rps, goal, low < sim_rps < high
     )
