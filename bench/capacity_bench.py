@@ -126,13 +126,12 @@ def render(raw: dict[str, Any]) -> str:
         "",
         "## Prefill behind dopd's router",
         "",
-        "The same prefill rows with the simulated router's queue length-aware, as dopd's router runs it "
-        "(shortest prompt first, a prompt that waited 1 s goes next, one that waited 2/3 of the TTFT SLO "
-        "after the timely ones), the model unchanged: its wait is FIFO's. Shortest-first cuts the P90 "
-        "TTFT near saturation (planner.md), but the attainment target asks for 99% of prompts, and the "
-        "1% it may miss cannot all be the long ones a shortest-first queue delays: where the ratio here "
-        "is above the FIFO row's, dopd's router serves less than FIFO at the target, and a wait model "
-        "that credited shortest-first with its lower P90 would size too few.",
+        "The same prefill rows with the simulated router's queue length-aware, ordered by "
+        "`dopd_worker.scheduler` as dopd's router orders it (shortest prompt first, a 1 s aging bound, "
+        "long prompts kept off one replica, a prompt past 2/3 of the TTFT SLO after the timely ones), "
+        "the model unchanged: its wait is FIFO's, which the operator sizes dopd's "
+        "router with. A ratio below the FIFO row's: dopd's router serves more prompts within the TTFT at "
+        "the target than FIFO does, and the model buys it more replicas than the engines need.",
         "",
         "| length mix | arrivals | role | replicas | model (rps) | simulator (rps) | ratio | within 10% |",
         "|---|---|---|---|---|---|---|---|",

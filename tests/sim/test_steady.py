@@ -59,3 +59,19 @@ def test_steady_load_has_the_burstiness_the_model_is_told(cv: float) -> None:
     assert len(trace.arrival_s) >= 29_000  # REQUESTS_PER_RUN arrivals at the rate
     assert float(np.var(gaps) / np.mean(gaps) ** 2) == pytest.approx(cv * cv, rel=0.1)
     assert steady_model("code", SimConfig(seed=0), seed=0, arrival_cv=cv).workload.arrival_scv == cv * cv
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dopd_router_meets_the_target_at_a_load_fifo_misses(seed: int) -> None:
+    """One prefill replica, the code mix's prompts in bursts (gamma gaps, CV 2) at 7.5 rps: behind a FIFO
+    router fewer than 99% of prompts meet the TTFT SLO, behind dopd's length-aware router (the queue the
+    capacity benchmark's second table measures) 99% do. The capacity model, a FIFO queue's wait, sizes
+    for the first: benchmarks/capacity.md."""
+    rate_rps, cv = 7.5, 2.0
+    shares = {}
+    for queue in ("fifo", "length-aware"):
+        config = SimConfig(seed=seed, prefill_queue=queue)
+        model = steady_model("code", config, seed, arrival_cv=cv)
+        shares[queue] = steady_attainment("code", "prefill", rate_rps, 1, model, config, arrival_cv=cv)
+    target = SimConfig().spec.slo.attainment_target
+    assert shares["fifo"] < target <= shares["length-aware"], shares
