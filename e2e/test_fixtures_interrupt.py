@@ -9,12 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import dopd_e2e
+from dopd_e2e.cluster import wait_until
 
 _SESSION = """
 import pathlib
@@ -37,15 +37,6 @@ def test_waits(held):
 """
 
 
-def _wait_for(mark: Path, text: str, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if mark.exists() and mark.read_text() == text:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.mark.parametrize("plugin", [True, False], ids=["with-dopd-fixtures", "without"])
 def test_sigterm_tears_the_session_fixtures_down(tmp_path: Path, plugin: bool) -> None:
     mark = tmp_path / "fixture.state"
@@ -57,7 +48,9 @@ def test_sigterm_tears_the_session_fixtures_down(tmp_path: Path, plugin: bool) -
         args[3:3] = ["-p", "dopd_e2e.fixtures"]
     session = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        assert _wait_for(mark, "up", 60.0), "the session's fixture never started"
+        wait_until(
+            lambda: mark.exists() and mark.read_text() == "up", 60.0, "the session's fixture to start", 0.1
+        )
         session.send_signal(signal.SIGTERM)
         output, _ = session.communicate(timeout=60)
     finally:
