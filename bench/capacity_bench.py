@@ -19,7 +19,7 @@ baselines', vLLM's default); the prefill rows are measured again behind dopd's o
 (`dopd_worker.scheduler`, with its dispatch deadline), the queue the model sizes for in production: what
 it serves at the attainment target, not at the P90, is what the model has to predict.
 
-    python bench/capacity_bench.py            # 3 seeds, 1 and 4 replicas per role, 5 mixes x arrivals (~13 min)
+    python bench/capacity_bench.py            # 3 seeds, 1, 4 (and 16 prefill) replicas, 5 mixes x arrivals (~20 min)
     python bench/capacity_bench.py --quick    # 1 seed, 1 replica, to check the script
 """
 
@@ -47,7 +47,10 @@ MIXES = ("azure", "long-mix", "code")  # dopd_sim.synthetic.LENGTH_MIXES
 # suite's trace of that mix has it (bench/sim_bench.py: long-mix, code).
 ARRIVAL_CVS = {"azure": (1.0,), "long-mix": (1.0, 2.0), "code": (1.0, 2.0)}
 ROLES: tuple[Role, ...] = ("prefill", "decode")
-REPLICAS = (1, 4)
+# Pool sizes per role: 1 and 4 for both, and 16 prefill replicas, the size the suite's traces run (long-mix
+# holds about 20), where a pooled queue's waits differ most from a small pool's. (16 decode replicas would
+# mean steady loads of 700-3800 rps: hours of simulation for a role whose pools stay small in the suite.)
+REPLICAS: dict[Role, tuple[int, ...]] = {"prefill": (1, 4, 16), "decode": (1, 4)}
 SEEDS = (0, 1, 2)
 # The simulated router's prefill queue: FIFO for every role; dopd's length-aware queue for prefill rows
 # (decode is not queued by it).
@@ -65,14 +68,13 @@ def _row(
 
 def run(quick: bool, jobs: int) -> dict[str, Any]:
     seeds = SEEDS[:1] if quick else SEEDS
-    replicas = REPLICAS[:1] if quick else REPLICAS
     cases = [
         (m, r, n, s, cv, q)
         for m in MIXES
         for cv in ARRIVAL_CVS[m]
         for r in ROLES
         for q in QUEUES[r]
-        for n in replicas
+        for n in (REPLICAS[r][:1] if quick else REPLICAS[r])
         for s in seeds
     ]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
