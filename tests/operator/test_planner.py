@@ -173,6 +173,24 @@ def test_the_decision_says_whether_the_prefix_cache_hit_rate_is_known() -> None:
     )
 
 
+def test_an_unreachable_ttft_names_the_cache_it_was_judged_at() -> None:
+    """Prompts too long to prefill within the SLO alone: the decision says how many, and where a prefix
+    cache serves part of each prompt, that the limit holds at the hit rate seen (a larger pool holds more
+    cache), so a user does not read the share as fixed."""
+    spec = make_spec()
+    long_prompts = {"rate": 4, "isl": 20_000, "isl_p90": 60_000, "prefill": 4, "decode": 2}
+    cached = " ".join(
+        plan(spec, make_obs(**long_prompts, prefix_cache_hit_rate=0.5), None, PlannerState(), T0).reasons
+    )
+    assert "TTFT SLO unreachable by scaling for" in cached
+    assert "at the observed 50% prefix-cache hits; a larger prefill pool holds more cache" in cached
+    uncached = " ".join(
+        plan(spec, make_obs(**long_prompts, prefix_cache_hit_rate=0.0), None, PlannerState(), T0).reasons
+    )
+    assert "TTFT SLO unreachable by scaling for" in uncached
+    assert "holds more cache" not in uncached
+
+
 def test_while_the_router_sheds_the_prefill_correction_holds() -> None:
     """Demand 40 rps, of which the router sheds 20: the engines serve the 20 rps of the matched-profile
     case above and show its P90 TTFT. Read as the demand's latency, an engine that holds 40 rps at that
