@@ -628,6 +628,18 @@ def _prefix_cache_phrase(hit_rate: float, known: bool) -> str:
     return f" ({100 * hit_rate:.0f}% prefix-cache hits)" if hit_rate > 0 else ""
 
 
+def _unreachable_cache_phrase(hit_rate: float) -> str:
+    """What the TTFT-unreachable reason adds where prompts are served from a prefix cache: the limit holds
+    at the hit rate observed, and the cache is the prefill replicas' KV memory, so a larger pool may hit
+    more and make more prompts feasible, which the model does not know (docs/planner.md, "Prefix cache")."""
+    if hit_rate <= 0:
+        return ""
+    return (
+        f" at the observed {100 * hit_rate:.0f}% prefix-cache hits; a larger prefill pool holds more cache "
+        "and may hit more, which this sizing does not count on"
+    )
+
+
 def _capacity_reasons(
     model: CapacityModel,
     raw: Layout,
@@ -659,7 +671,7 @@ def _capacity_reasons(
         reasons.append(
             f"TTFT SLO unreachable by scaling for {100 * (1 - model.prefill_feasible_share):.1f}% of prompts "
             f"(longer than {model.prefill_limit_tokens:.0f} tokens, whose prefill alone exceeds "
-            f"{model.slo.ttft_seconds:g}s{_cache_phrase(model)}); prefill sized for the rest"
+            f"{model.slo.ttft_seconds:g}s{_unreachable_cache_phrase(w.prefix_cache_hit_rate)}); prefill sized for the rest"
         )
     if not model.tpot_reachable:
         reasons.append(
@@ -671,19 +683,6 @@ def _capacity_reasons(
             f"decode x{state.decode_correction:.2f}"
         )
     return reasons
-
-
-def _cache_phrase(model: CapacityModel) -> str:
-    """Where prompts are served from a prefix cache, the limit holds at the hit rate observed: the cache
-    is the prefill replicas' KV memory, so a larger pool may hit more and make more prompts feasible,
-    which the model does not know (docs/planner.md, "Prefix cache")."""
-    hit = model.workload.prefix_cache_hit_rate
-    if hit <= 0:
-        return ""
-    return (
-        f" at the observed {100 * hit:.0f}% prefix-cache hits; a larger prefill pool holds more cache and "
-        "may hit more, which this sizing does not count on"
-    )
 
 
 def _slot_headroom_phrase(model: CapacityModel, decode: int, rate_rps: float) -> str:
