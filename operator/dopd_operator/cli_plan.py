@@ -13,8 +13,8 @@ from dopd_operator.api import DisaggregatedModelSpec
 from dopd_operator.crd import crd_yaml
 from dopd_operator.errors import SpecError
 from dopd_operator.manifest import load_model
-from dopd_operator.planner import lead_time_seconds
 from dopd_operator.planner import plan as run_planner
+from dopd_operator.planner_load import lead_time_seconds
 from dopd_operator.planner_types import Decision, LoadForecast, Observation, PlannerState, RoleObservation
 
 

@@ -23,7 +23,7 @@ for (the higher of the SLO percentile and the attainment target, see `tick.surge
 what the rate's own noise explains, floored at zero: `predictor + headroom` covered the load of the
 next lead time in that share of the past. It is additive (rps): a
 surge is extra traffic arriving on top of the standing load, and a rise measured at one level is not
-scaled up at a higher one. The planner adds it to the observed rate (`planner._provisioned_rate`).
+scaled up at a higher one. The planner adds it to the observed rate (`planner_load.provisioned_rate`).
 
 On a smooth load (a diurnal cycle, a trend) the trend guard covers the rises and what is left is the
 rate's noise, which is discounted, so the headroom stays near zero; a load that jumps leaves residuals

@@ -30,7 +30,8 @@ from dopd_forecaster.errors import ForecastError as ForecasterError
 from dopd_forecaster.forecaster import DEFAULT_REFIT_EVERY_S, Forecast, SeriesForecaster
 from dopd_operator.api import DisaggregatedModelSpec, ForecastModelName
 from dopd_operator.metrics.estimators import TREND_WINDOW_SECONDS
-from dopd_operator.planner import lead_time_seconds, plan
+from dopd_operator.planner import plan
+from dopd_operator.planner_load import lead_time_seconds
 from dopd_operator.planner_types import Decision, LoadForecast, Observation, PlannerState
 from dopd_operator.surge import SurgeHeadroom, history_peak_rps, surge_headroom
 

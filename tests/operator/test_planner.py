@@ -9,7 +9,8 @@ import pytest
 from dopd_builders import T0, make_obs, make_spec, settled_state
 from dopd_operator.api import Recommendation
 from dopd_operator.capacity import CapacityModel, Workload
-from dopd_operator.planner import CORRECTION_BOUNDS, plan
+from dopd_operator.planner import plan
+from dopd_operator.planner_corrections import CORRECTION_BOUNDS
 from dopd_operator.planner_types import LoadForecast, Observation, PlannerState, RoleObservation
 from dopd_operator.profile import resolve_profile
 

@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dopd_builders import T0, make_obs, make_spec
-from dopd_operator.planner import lead_time_seconds, plan
+from dopd_operator.planner import plan
+from dopd_operator.planner_load import lead_time_seconds
 from dopd_operator.planner_types import PlannerState
 from dopd_operator.surge import SurgeHeadroom, surge_headroom
 from dopd_operator.tick import (

@@ -8,7 +8,7 @@ from datetime import timedelta
 import numpy as np
 
 from dopd_builders import make_obs, make_spec
-from dopd_operator.planner import lead_time_seconds
+from dopd_operator.planner_load import lead_time_seconds
 from dopd_operator.planner_types import PlannerState, RoleObservation
 from dopd_operator.tick import FORECAST_STEP_SECONDS, LoadHistory, make_forecaster, run_tick
 from dopd_sim.config import SimConfig

@@ -267,7 +267,7 @@ def slope_noise_rps_per_s(
     """Standard error of the least-squares slope of a rate read in bins of `bin_seconds`, for arrivals
     at each of `rates_rps` with dispersion `scv` (1 for Poisson) and no trend: a bin's rate has variance
     scv * rate / bin, so the slope has scv * rate / (bin * spread), `spread` the sum of the squared
-    centred bin times. The trend guard extrapolates only the rise beyond it (`planner._provisioned_rate`,
+    centred bin times. The trend guard extrapolates only the rise beyond it (`planner_load.provisioned_rate`,
     and `surge.surge_headroom` for every past moment)."""
     if bin_seconds <= 0 or spread_s2 <= 0:
         return np.zeros_like(rates_rps)
@@ -500,7 +500,7 @@ def summarize_arrivals(
     # The trend is read over the trend window, or over the whole intervals there are while the series is
     # younger than it (a model that just started on a rising load: item 3's first tick sizes for the
     # rise). A young fit has fewer bins and so a larger noise, and only the rise beyond its noise is
-    # extrapolated (`planner._provisioned_rate`): a young series at a flat load reads no rise.
+    # extrapolated (`planner_load.provisioned_rate`): a young series at a flat load reads no rise.
     bins = int(min(covered_s, trend_seconds) / width + 1e-9)
     problems: list[str] = []
     rates = np.zeros(0, dtype=np.float64)

@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from dopd_forecaster.traces import Trace
 from dopd_operator.capacity import CapacityModel, Workload
-from dopd_operator.planner import lead_time_seconds
+from dopd_operator.planner_load import lead_time_seconds
 from dopd_sim.metrics import percentile
 from dopd_sim.policies.base import Architecture, Layout, TickInput
 from dopd_sim.policies.sizing import busiest_window

@@ -1,0 +1,169 @@
+"""The load the planner sizes for, read from an observation: how far ahead it must look (the lead
+time), the rate to provision for (the observed rate with its surge headroom, the forecast's upper
+quantile, the trend extrapolated), the rate that drains a prefill backlog, and the capacity model's
+`Workload`. Pure; callers: `planner.plan`, `planner_corrections` (the workload a latency is judged at),
+the tick and the simulator's oracle (`lead_time_seconds`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from dopd_operator.api import DisaggregatedModelSpec
+from dopd_operator.capacity import CapacityModel, Workload
+from dopd_operator.planner_types import LoadForecast, Observation, PlannerState
+from dopd_operator.surge import SurgeHeadroom
+
+MIN_ARRIVAL_SCV, MAX_ARRIVAL_SCV = 0.5, 20.0
+
+
+def lead_time_seconds(spec: DisaggregatedModelSpec, observation: Observation | None = None) -> float:
+    """How far ahead a decision must look: a replica ordered now serves from `startup` seconds on, and
+    the next decision comes one interval later. The one place this is computed (the tick's forecast
+    horizon, the trend guard below, `dopd plan --forecast-rate`, the simulator's oracle).
+
+    Startup per role is the time learned from the role's pods (creation to Ready) when the observation
+    carries it, else the spec's `startupSeconds` prior; the slower role sets the lead time.
+    """
+    startups = []
+    for role in ("prefill", "decode"):
+        learned = observation.role(role).startup_seconds if observation is not None else None
+        startups.append(learned if learned is not None else spec.role(role).startup_seconds)
+    return max(startups) + spec.scaling.interval_seconds
+
+
+def stepped_s(spec: DisaggregatedModelSpec, observation: Observation) -> float | None:
+    """Seconds since the arrival rate stepped to its level, when that is within the metrics window (the
+    window's rate is then read from the step on, `estimators.summarize_arrivals`); else None."""
+    age_s = observation.arrival_level_age_seconds
+    return age_s if age_s is not None and age_s < spec.metrics.window_seconds else None
+
+
+def backlog_rps(
+    spec: DisaggregatedModelSpec,
+    observation: Observation,
+    state: PlannerState,
+    model: CapacityModel,
+    now: datetime,
+) -> float:
+    """The rate, on top of the load, that drains the prefill backlog over one lead time once the
+    capacity ordered serves: the queue now plus what it grows by until then, the arrivals beyond what
+    the ready replicas compute (at full batches), for as long as the replicas already starting still
+    take (since the last scale-up), or a whole startup when none is starting (those ordered now).
+    Draining only today's queue orders for a queue that keeps growing while the new replicas start, and
+    leaves them a larger one than they were sized for. What drains from prefill arrives at decode: both
+    pools are sized for it."""
+    queue = observation.prefill_queue_depth or 0.0
+    if queue <= 0:
+        return 0.0
+    lead_s = lead_time_seconds(spec, observation)
+    startup_s = lead_s - spec.scaling.interval_seconds
+    growing_s = startup_s
+    if observation.prefill.pending > 0 and state.last_scale_up_time is not None:
+        growing_s = min(max(startup_s - (now - state.last_scale_up_time).total_seconds(), 0.0), startup_s)
+    computed_rps = observation.prefill.ready * model.prefill_rps_per_replica
+    growth = max((observation.arrival_rate_rps or 0.0) - computed_rps, 0.0) * growing_s
+    return (queue + growth) / lead_s
+
+
+def provisioned_rate(
+    spec: DisaggregatedModelSpec,
+    observation: Observation,
+    forecast: LoadForecast | None,
+    surge: SurgeHeadroom | None = None,
+    no_forecast_why: str | None = None,
+) -> tuple[float, str]:
+    """The rate to provision for: the highest of the observed rate, the forecast's upper quantile at
+    the lead time, and the observed rate extrapolated along its current rise over that lead time (the
+    rise beyond one standard error of the slope a load with no trend shows at the observed burstiness:
+    the slope of a noisy flat load is positive half the time, and extrapolated over a lead time it
+    had provisioned the Azure trace's plateaus 5-8% high; a rise that has stopped has no current
+    rise: the observation's trend is at most its window's recent half's, `estimators.summarize_arrivals`).
+    The surge headroom (`surge.py`: the upper quantile of how far the load rose, within a lead time, above
+    both the observed rate and its extrapolation) is added to the observed rate, up to the history's
+    peak (as the forecast's upper quantile stops there, `tick.forecast_load`), and only to it: not to the
+    extrapolation, which while a rise is under way carries it forward for a whole lead time and so
+    already overshoots (its past errors there are negative), nor to the forecast, whose upper quantile
+    is its own allowance for what it cannot foresee.
+
+    A series younger than the trend window has its trend fitted over the data there is
+    (`estimators.summarize_arrivals`), and the line is extrapolated no further ahead than that data
+    spans (`Observation.arrival_rate_trend_span_seconds`): a minute of a flat start read 7 rps/min
+    beyond its noise on the code trace, which a 150 s lead time had made 17 rps (two prefill replicas
+    too many, held by the scale-down window).
+
+    The trend guard covers the moments a forecaster is least sure of, such as the turn of a daily
+    cycle, where a backtest still prefers the last value: a new replica takes `startup` seconds, so a
+    rise that is already under way must be provisioned for now, whatever the forecaster picked.
+    """
+    observed = observation.arrival_rate_rps or 0.0
+    lead_seconds = lead_time_seconds(spec, observation)
+    slope = observation.arrival_rate_trend_rps_per_s or 0.0
+    noise = observation.arrival_rate_trend_noise_rps_per_s or 0.0  # unknown: the whole slope counts
+    trend = max(slope - noise, 0.0)
+    # A young series' line is extrapolated no further ahead than the data it was fitted on spans.
+    span_s = observation.arrival_rate_trend_span_seconds
+    horizon_s = lead_seconds if span_s is None else min(lead_seconds, span_s)
+    extrapolated = observed + trend * horizon_s
+    extra, note = 0.0, ""
+    if surge is not None and observed > 0 and surge.rps > 0:
+        extra = surge.above(observed)
+        note = f" + {extra:.2f} rps {surge.describe()}"
+        if extra < surge.rps:
+            note += f", up to the history's peak of {surge.peak_rps:.2f} rps"
+    age_s = stepped_s(spec, observation)
+    since = f" since it stepped {age_s:.0f}s ago" if age_s is not None else ""
+    candidates = [(observed + extra, f"load {observed:.2f} rps observed{since}{note}")]
+    if forecast is not None:
+        uncapped = forecast.arrival_rate_rps_upper_uncapped
+        capped_note = (
+            f"; its P{forecast.quantile * 100:g} of {uncapped:.2f} capped at the history's peak"
+            if uncapped is not None
+            else ""
+        )
+        candidates.append(
+            (
+                forecast.arrival_rate_rps_upper,
+                f"load {forecast.arrival_rate_rps_upper:.2f} rps: forecast P{forecast.quantile * 100:g} at "
+                f"+{forecast.horizon_seconds:g}s by {forecast.model} (mean {forecast.arrival_rate_rps_mean:.2f}"
+                f"{capped_note})",
+            )
+        )
+    if trend > 0:
+        candidates.append(
+            (
+                extrapolated,
+                f"load {extrapolated:.2f} rps: rising {slope * 60:.1f} rps/min, {trend * 60:.1f} of it "
+                f"beyond the rate's noise, extrapolated over the {lead_seconds:g}s lead time"
+                + (
+                    f" (over {horizon_s:g}s: a line fitted over the {span_s:g}s of data a young series has)"
+                    if horizon_s < lead_seconds
+                    else ""
+                ),
+            )
+        )
+    rate, reason = max(candidates, key=lambda c: c[0])
+    if rate > observed:
+        reason += f"; {observed:.2f} rps now"
+    if forecast is None:
+        reason += f"; no forecast ({no_forecast_why})" if no_forecast_why else "; no forecast"
+    return rate, reason
+
+
+def observed_workload(observation: Observation, forecast: LoadForecast | None, rate_rps: float) -> Workload:
+    assert observation.input_tokens_mean is not None and observation.output_tokens_mean is not None
+    isl, osl = observation.input_tokens_mean, observation.output_tokens_mean
+    if forecast is not None:
+        isl = max(isl, forecast.input_tokens_mean_upper or 0.0)
+        osl = max(osl, forecast.output_tokens_mean_upper or 0.0)
+    burstiness = observation.arrival_scv if observation.arrival_scv is not None else 1.0
+    return Workload(
+        rate_rps,
+        isl,
+        observation.input_tokens_p90,
+        osl,
+        observation.output_tokens_p90,
+        arrival_scv=min(max(burstiness, MIN_ARRIVAL_SCV), MAX_ARRIVAL_SCV),
+        # Unknown hits are sized as none: the pool errs large, never small.
+        prefix_cache_hit_rate=observation.prefix_cache_hit_rate or 0.0,
+    )
