@@ -17,6 +17,12 @@ On the simulator's step and surge traces this lifted the seeds whose decode pool
 of attainment (steps seed 1 90.7% -> 94.3%, bursts seeds 2 and 3 88-90% -> 93-94%), and the cold
 start from 83% to 88% over its whole run; dopd's runs on the other traces stayed exactly as they were
 (docs/benchmarks/sim.md).
+
+Measured and not taken: also putting last every sequence whose first token came after the TTFT SLO (it
+is a miss whatever its TPOT). Dopd's attainment did not move (steps seed 1 92.23% -> 92.26%, bursts
+seeds 2 and 3 unchanged to the hundredth): the sequences lost at an unforeseen jump had their first
+token in time and wait for a decode pool half the size the new load needs, so any order loses about
+as many.
 """
 
 from __future__ import annotations
