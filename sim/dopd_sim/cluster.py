@@ -497,6 +497,22 @@ class Simulator:
 
     # ---------------------------------------------------------------------------------- results
 
+    def peak_gpus_within(self, since_s: float, until_s: float) -> int:
+        """The most GPUs held at once within [since_s, until_s] (replicas from creation to release, as
+        `gpu_seconds` counts them): the benchmark's peak over the span it scores and pays for, not a
+        history replayed before it or the drain after the last arrival."""
+        changes: list[tuple[float, int]] = []
+        for i in self.retired + [i for pool in self.pools.values() for i in pool]:
+            start = max(i.created_s, since_s)
+            end = min(i.removed_s if i.removed_s is not None else self.now_s, until_s)
+            if end > start:
+                changes += [(start, i.gpus), (end, -i.gpus)]
+        held = peak = 0
+        for _, delta in sorted(changes):  # at one instant a release counts before a creation
+            held += delta
+            peak = max(peak, held)
+        return peak
+
     def gpu_seconds(self, until_s: float | None = None, since_s: float = 0.0) -> float:
         """GPU-seconds held by every replica from creation to release, counted from `since_s` up to
         `until_s` (default: the end of the run; the benchmark counts the trace's span, not the drain

@@ -104,7 +104,7 @@ def simulate(
         tpot_mean_s=stats["tpot_mean_s"],
         gpu_hours=gpu_seconds / 3600.0,
         mean_gpus=mean_gpus,
-        peak_gpus=sim.peak_gpus,
+        peak_gpus=sim.peak_gpus_within(score_from_s, trace.duration_s),
         scale_actions=sim.scale_actions,
         duration_s=trace.duration_s,
         simulated_end_s=sim.end_s,

@@ -4,6 +4,7 @@ on but not scored."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from dopd_sim.cli import simulate
 from dopd_sim.config import SimConfig
 from dopd_sim.metrics import slo_met
 from dopd_sim.peak import busiest_minute
+from dopd_sim.policies.base import Architecture, Layout, TickInput
 from dopd_sim.policies.static import StaticPolicy
 from dopd_sim.run import simulate as run
 from dopd_sim.workload import load_workload
@@ -208,3 +210,34 @@ def test_a_disaggregated_layout_that_falls_behind_over_the_span_is_raised_where_
         # Out of reach within 1.5x (an unmeetable goal): kept as sized.
         kept = benchmark.static_peak_row(trace, config, goal=1.01)
         assert kept["setting"] == f"{sized[0]}P/{sized[1]}D"
+
+
+@dataclass
+class _BigPast:
+    """Holds `past` during the history and `after` from `history_s` on."""
+
+    past: Layout
+    after: Layout
+    history_s: float
+    name: str = "big-past"
+    architecture: Architecture = "disaggregated"
+
+    def decide(self, tick: TickInput) -> Layout:
+        return self.past if tick.now_s < self.history_s else self.after
+
+    def initial_layout(self, tick: TickInput) -> Layout:
+        return self.past
+
+
+def test_the_peak_is_the_most_gpus_held_in_the_scored_span_not_in_the_past_replayed_before_it() -> None:
+    # The page compares dopd's peak after a history with a fixed layout's, which runs on the scored span
+    # alone: a peak from the past (or from the drain after the last arrival) would not be comparable.
+    trace = load_workload(RISING, seed=3)
+    config = SimConfig(seed=3)
+    policy = _BigPast(Layout(4, 4), Layout(1, 2), history_s=150.0)
+    whole = run(trace, policy, config).summary
+    scored = run(trace, policy, config, score_from_s=270.0).summary
+    per = {r: config.spec.role(r).gpus_per_replica for r in ("prefill", "decode")}
+    assert whole.peak_gpus == 4 * per["prefill"] + 4 * per["decode"]
+    # Released by 270 s (drained after the 150 s tick), the past's replicas are not in the scored peak.
+    assert scored.peak_gpus == 1 * per["prefill"] + 2 * per["decode"]
