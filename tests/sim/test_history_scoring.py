@@ -241,3 +241,4 @@ def test_the_peak_is_the_most_gpus_held_in_the_scored_span_not_in_the_past_repla
     assert whole.peak_gpus == 4 * per["prefill"] + 4 * per["decode"]
     # Released by 270 s (drained after the 150 s tick), the past's replicas are not in the scored peak.
     assert scored.peak_gpus == 1 * per["prefill"] + 2 * per["decode"]
+    assert scored.mean_gpus <= scored.peak_gpus <= whole.peak_gpus
