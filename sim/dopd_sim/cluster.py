@@ -81,7 +81,6 @@ class Simulator:
         self.prefill_busy_seconds = 0.0  # summed prefill batch time started so far (utilization signal)
         self._last_tick_s = 0.0
         self._last_busy_seconds = 0.0
-        self.peak_gpus = 0
         self.scale_actions = 0
         self.timeline: list[TimelinePoint] = []
         self.observer = ObservationBuilder(trace, config, self.log)
@@ -442,7 +441,6 @@ class Simulator:
             )
         self.pools[role].append(instance)
         self.gpus_in_use += gpus
-        self.peak_gpus = max(self.peak_gpus, self.gpus_in_use)
         if ready_s <= self.now_s:
             self._on_ready(instance)
         else:
@@ -497,16 +495,24 @@ class Simulator:
 
     # ---------------------------------------------------------------------------------- results
 
-    def peak_gpus_within(self, since_s: float, until_s: float) -> int:
-        """The most GPUs held at once within [since_s, until_s] (replicas from creation to release, as
-        `gpu_seconds` counts them): the benchmark's peak over the span it scores and pays for, not a
-        history replayed before it or the drain after the last arrival."""
-        changes: list[tuple[float, int]] = []
+    def _held(self, since_s: float, until_s: float) -> list[tuple[float, float, int]]:
+        """(start, end, GPUs) of every replica's time from creation to release (now, if not yet
+        released), clipped to [since_s, until_s]; replicas held for none of it are left out."""
+        spans = []
         for i in self.retired + [i for pool in self.pools.values() for i in pool]:
             start = max(i.created_s, since_s)
             end = min(i.removed_s if i.removed_s is not None else self.now_s, until_s)
             if end > start:
-                changes += [(start, i.gpus), (end, -i.gpus)]
+                spans.append((start, end, i.gpus))
+        return spans
+
+    def peak_gpus_within(self, since_s: float, until_s: float) -> int:
+        """The most GPUs held at once within [since_s, until_s] (as `gpu_seconds` counts them): the
+        benchmark's peak over the span it scores and pays for, not a history replayed before it or the
+        drain after the last arrival."""
+        changes = [
+            c for start, end, gpus in self._held(since_s, until_s) for c in ((start, gpus), (end, -gpus))
+        ]
         held = peak = 0
         for _, delta in sorted(changes):  # at one instant a release counts before a creation
             held += delta
@@ -517,19 +523,8 @@ class Simulator:
         """GPU-seconds held by every replica from creation to release, counted from `since_s` up to
         `until_s` (default: the end of the run; the benchmark counts the trace's span, not the drain
         after its last arrival)."""
-        everything = self.retired + [i for pool in self.pools.values() for i in pool]
         end = self.now_s if until_s is None else until_s
-        return float(
-            sum(
-                i.gpus
-                * max(
-                    min(i.removed_s if i.removed_s is not None else self.now_s, end)
-                    - max(i.created_s, since_s),
-                    0.0,
-                )
-                for i in everything
-            )
-        )
+        return float(sum(gpus * (stop - start) for start, stop, gpus in self._held(since_s, end)))
 
     def ready_counts(self) -> dict[str, int]:
         return {role: sum(1 for i in pool if i.ready and not i.draining) for role, pool in self.pools.items()}

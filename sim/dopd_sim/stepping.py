@@ -120,7 +120,6 @@ class SteppedSimulator(Simulator):
         self._names[instance_id] = name
         self.pools[role].append(instance)
         self.gpus_in_use += gpus
-        self.peak_gpus = max(self.peak_gpus, self.gpus_in_use)
         self._on_ready(instance)
 
     def drain_instance(self, name: str) -> None:
