@@ -14,17 +14,19 @@ oracle checks this model against the engine it sizes (docs/planner.md, "Capacity
   a prompt in `E[work] + a/k` seconds, `k` prompts per full batch (`budget / E[new]`); a prompt longer
   than the budget is chunked and pays `a` per chunk. The pool is a G/G/c queue with that service time
   (Erlang C, Allen-Cunneen correction for arrival burstiness and service variability). A prompt's TTFT
-  is its wait plus its batch's time, and the batch grows with load: `k = (lambda*a/N) / (1 - rho_work)`
+  is its wait plus its batch's time plus its KV transfer to decode (the decode worker emits the first
+  token when the KV has arrived), and the batch grows with load: `k = (lambda*a/N) / (1 - rho_work)`
   prompts arrive while one batch runs. `N_P` is the fewest replicas whose *TTFT attainment* (the share
-  of prompts whose wait fits in what their batch leaves of the SLO, averaged over the length
-  distribution) reaches the provisioning quantile, among the prompts that can meet the SLO at all: a
-  prompt whose prefill alone exceeds the SLO is a miss at any size and is not paid for.
+  of prompts whose wait fits in what their batch and transfer leave of the SLO, averaged over the
+  length distribution) reaches the provisioning quantile, among the prompts that can meet the SLO at
+  all: a prompt whose prefill and transfer alone exceed the SLO is a miss at any size and is not paid
+  for.
 - Decode. A replica holds at most `c1 = min(maxBatchSize, KV / E[prompt + output], B_tpot)` sequences
   (the engine's batch limit, the KV the router reserves per sequence, the largest batch whose step
   meets TPOT). The pool is `N*c1` slots, each sequence occupying one for `(n - 1)` steps at the step
   time of the batch the pool settles at (`decode_mean_batch`: `N*B = rate*(n-1)*step(B+1)`). A sequence
-  may wait for a slot as long as its TPOT stays within the SLO: `(SLO - step)*(n - 1) - transfer(l)`
-  seconds, so long outputs absorb waits that short ones cannot. `N_D` is the fewest replicas whose
+  may wait for a slot as long as its TPOT stays within the SLO: `(SLO - step)*(n - 1)` seconds, so long
+  outputs absorb waits that short ones cannot. `N_D` is the fewest replicas whose
   share of sequences waiting no longer than that reaches the provisioning quantile (Erlang C over the
   slots). When TPOT, not a hard limit, caps the batch, the engine does not stop at `B_tpot`, so each
   replica is also loaded to a mean `m` with `m + z*sqrt(m) <= B_tpot` (Poisson batch fluctuation).
@@ -52,8 +54,6 @@ FloatArray = npt.NDArray[np.float64]
 
 MAX_REPLICAS_SEARCH = 100_000
 _EPS = 1e-9
-# Prompt lengths paired with every output length for the decode slack (prompt x output grid).
-_PAIR_PROMPT_STRIDE = 12
 MAX_PREFIX_HIT_RATE = 0.99  # a prompt always computes at least its last tokens
 MAX_ARRIVAL_SCV = 20.0
 # A prompt that finds every prefill replica busy goes to the one with the fewest in-flight tokens, whose
@@ -215,11 +215,23 @@ class CapacityModel:
         )
         return out
 
+    def _transfer(self, prompts: FloatArray) -> FloatArray:
+        """Seconds to ship each prompt's KV to decode: in its TTFT, since the decode worker emits the
+        first token when the KV has arrived (a cached prefix is shipped too)."""
+        prof = self.profile
+        out: FloatArray = prompts * (prof.kv_bytes_per_token / prof.kv_transfer_bytes_per_second)
+        return out
+
     def _alone_seconds(self, prompt_tokens: float) -> float:
-        """Prefill seconds of one prompt in a batch of its own (chunked past the token budget)."""
+        """TTFT of one prompt in a batch of its own (chunked past the token budget): its prefill and its
+        KV transfer."""
         new = (1.0 - self._hit) * prompt_tokens
         fixed = self.profile.prefill.a_seconds * max(1.0, new / self.prefill_token_budget)
-        return fixed + float(self._work(np.array([prompt_tokens]))[0])
+        return (
+            fixed
+            + float(self._work(np.array([prompt_tokens]))[0])
+            + self.profile.kv_transfer_seconds(prompt_tokens)
+        )
 
     def _prefill_init(self) -> None:
         a = self.profile.prefill.a_seconds
@@ -238,17 +250,18 @@ class CapacityModel:
         self.prefill_service_seconds_mean = self._work_mean + fixed_full
         variance = float(np.var(work))
         self.prefill_service_scv = variance / max(self.prefill_service_seconds_mean**2, _EPS)
-        # The longest prompt that can meet the TTFT SLO at all: alone, with no wait.
+        # The longest prompt that can meet the TTFT SLO at all: alone, with no wait (its transfer too).
         self.prefill_limit_tokens = self._longest_within(self.slo.ttft_seconds)
         self._feasible, self.prefill_feasible_share = self.isl.below(self.prefill_limit_tokens)
         self._feasible_work = self._work(self._feasible)
         self._feasible_new = self._new_tokens(self._feasible)
+        self._feasible_transfer = self._transfer(self._feasible)
         tail_prompt = self.isl.quantile(self.percentile_q)
         self.prefill_tail_seconds = self._alone_seconds(tail_prompt)
         self.ttft_reachable = self.prefill_feasible_share >= self.percentile_q - _EPS
 
     def _longest_within(self, seconds: float) -> float:
-        """The longest prompt whose prefill alone takes at most `seconds` (0 when none does)."""
+        """The longest prompt whose prefill and KV transfer alone take at most `seconds` (0 when none does)."""
         if self._alone_seconds(0.0) > seconds:
             return 0.0
         low, high = 0.0, 1024.0
@@ -333,7 +346,7 @@ class CapacityModel:
         batch_seconds = self._batch_seconds(self._feasible_new, self._feasible_work, wait.batch)
         # A prompt that its batch alone pushes past the SLO meets it only without waiting (and then
         # in a smaller batch): counting it as needing no wait keeps the requirement continuous.
-        slack = np.maximum(self.slo.ttft_seconds - batch_seconds, 0.0)
+        slack = np.maximum(self.slo.ttft_seconds - batch_seconds - self._feasible_transfer, 0.0)
         return float(np.mean(wait.within(slack)))
 
     def wait_percentile_seconds(self, replicas: int, rate_rps: float, quantile: float | None = None) -> float:
@@ -356,20 +369,21 @@ class CapacityModel:
     def ttft_quantile_seconds(
         self, replicas: int, rate_rps: float, quantile: float, slowdown: float = 1.0
     ) -> float:
-        """Predicted TTFT at `quantile` (0..1) over all prompts: the quantile of wait + batch time, the
-        wait mixed over the length distribution (not the sum of two quantiles, which overstates it).
-        `slowdown` scales every prefill time. The online correction compares an observed percentile
+        """Predicted TTFT at `quantile` (0..1) over all prompts: the quantile of wait + batch time + KV
+        transfer, the wait mixed over the length distribution (not the sum of two quantiles, which
+        overstates it). `slowdown` scales every prefill time (not the transfer). The online correction compares an observed percentile
         with this prediction at the same percentile, never a different one."""
         if replicas <= 0:
             return math.inf
         grid = self.isl.grid
         new, work = self._new_tokens(grid), self._work(grid)
+        transfer = self._transfer(grid)
         if rate_rps <= 0:
-            return float(np.quantile(self._batch_seconds(new, work, 1.0, slowdown), quantile))
+            return float(np.quantile(self._batch_seconds(new, work, 1.0, slowdown) + transfer, quantile))
         wait = self._prefill_wait(replicas, rate_rps, slowdown)
         if wait is None:
             return math.inf
-        batch_seconds = self._batch_seconds(new, work, wait.batch, slowdown)
+        batch_seconds = self._batch_seconds(new, work, wait.batch, slowdown) + transfer
         return _solve_increasing(
             lambda t: float(np.mean(wait.within(t - batch_seconds))), quantile, float(np.min(batch_seconds))
         )
@@ -395,12 +409,13 @@ class CapacityModel:
             return None
         grid = self.isl.grid
         new, work = self._new_tokens(grid), self._work(grid)
+        slack_seconds = observed_ttft_seconds - self._transfer(grid)
 
         def share_within(slowdown: float) -> float:
             wait = self._prefill_wait(replicas, rate_rps, slowdown)
             if wait is None:
                 return 0.0
-            slack = observed_ttft_seconds - self._batch_seconds(new, work, wait.batch, slowdown)
+            slack = slack_seconds - self._batch_seconds(new, work, wait.batch, slowdown)
             return float(np.mean(wait.within(slack)))
 
         low, high = bounds
@@ -462,13 +477,11 @@ class CapacityModel:
         steps = np.maximum(self.osl.grid - 1.0, 0.0)
         self._steps_mean = float(np.mean(steps))
         self._residency_scv = float(np.var(steps)) / max(self._steps_mean**2, _EPS)
-        # Seconds each (prompt, output) pair may wait for a slot and still meet TPOT; outputs of one
-        # token have no TPOT and always meet it.
-        prompts = self.isl.grid[_PAIR_PROMPT_STRIDE // 2 :: _PAIR_PROMPT_STRIDE]
-        transfer = prompts * (prof.kv_bytes_per_token / prof.kv_transfer_bytes_per_second)
+        # Seconds each output may wait for a slot and still meet TPOT (the KV transfer came before the
+        # first token, in TTFT); outputs of one token have no TPOT and always meet it.
         per_token = self.slo.tpot_seconds - self.decode_step_seconds
-        slack = per_token * steps[None, :] - transfer[:, None]
-        self._decode_slack = np.where(steps[None, :] > 0, np.maximum(slack, 0.0), np.inf)
+        slack = per_token * steps
+        self._decode_slack = np.where(steps > 0, np.maximum(slack, 0.0), np.inf)
         # Mean residents per replica such that mean + z*sqrt(mean) <= B_tpot (TPOT-capped batches only).
         z = max(self._z, 0.0)
         root = (-z + math.sqrt(z * z + 4 * self._slots)) / 2

@@ -357,7 +357,7 @@ def _capacity_reasons(
     if not model.ttft_reachable:
         reasons.append(
             f"TTFT SLO unreachable by scaling for {100 * (1 - model.prefill_feasible_share):.1f}% of prompts "
-            f"(longer than {model.prefill_limit_tokens:.0f} tokens, whose prefill alone exceeds "
+            f"(longer than {model.prefill_limit_tokens:.0f} tokens, whose prefill and KV transfer alone exceed "
             f"{model.slo.ttft_seconds:g}s{_unreachable_cache_phrase(w.prefix_cache_hit_rate)}); prefill sized for the rest"
         )
     if not model.tpot_reachable:

@@ -5,9 +5,11 @@ controller tick); arrivals are merged in from the sorted trace instead of being 
 by insertion order, so a run is a pure function of (trace, policy, config): no wall clock, no unseeded
 randomness. A request's life: arrival -> the router's prefill queue (`dopd_worker.scheduler`: FIFO or
 length-aware), which assigns it to a prefill replica with room under its token budget -> that replica's
-next batch (a cached prefix, when the trace carries block hashes, is not recomputed) -> first token
-(TTFT) -> KV transfer (bytes/token x tokens / bandwidth) -> a decode replica with KV room (else the
-shared decode wait queue, timely sequences first: `dopd_worker.join_order`) -> last token. Scaling up
+next batch (a cached prefix, when the trace carries block hashes, is not recomputed) -> KV transfer
+(bytes/token x tokens / bandwidth) -> first token (TTFT: the decode worker emits the prefill's token as
+the KV arrives, `dopd_worker.engine.DecodeEngine.admit`) -> a decode replica with KV room (else the
+shared decode wait queue, timely sequences first: `dopd_worker.join_order`) -> last token. A one-token
+output ends at its prefill (no KV is shipped). Scaling up
 creates replicas that take work only after their startup delay; scaling down cancels starting replicas
 first, then drains the least-loaded ready ones, which finish everything they hold before their GPUs are
 released.
@@ -232,8 +234,8 @@ class Simulator:
             instance.inflight_long -= self.prefill_queue.is_long(tokens)
             if self.prefix_cache is not None:
                 self.prefix_cache.insert(self.prefix_blocks[request])
-            self.log.first_token(request, now, self.arrival_s[request])
             if self.output_tokens[request] <= 1:
+                self.log.first_token(request, now, self.arrival_s[request])
                 self.log.finish(request, now, 0.0)
                 continue
             self._push(now + tokens * self._kv_seconds_per_token, _KV_ARRIVED, request)
@@ -247,6 +249,9 @@ class Simulator:
     # ----------------------------------------------------------------------------------- decode
 
     def _route_decode(self, request: int) -> None:
+        """The request's KV arrived: its first token goes out now (as the decode worker emits it), then it
+        joins a decode replica with room, or the decode wait queue."""
+        self.log.first_token(request, self.now_s, self.arrival_s[request])
         if self.decode_waiting:
             self._wait_for_decode(request)
             self._drain_decode_waiting()

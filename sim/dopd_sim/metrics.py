@@ -1,9 +1,11 @@
 """Per-request latencies and the numbers a run is judged by.
 
 Definitions (docs/simulator.md repeats them for readers of the benchmark):
-- TTFT = first token (end of the request's prefill batch) - arrival.
-- TPOT = (last token - first token) / (output tokens - 1); it includes the KV transfer and any wait for
-  decode KV room, because a user sees those as the gap after the first token. 0 for one-token outputs.
+- TTFT = first token - arrival. The first token goes out when the prompt's KV reaches the decode side
+  (the end of its prefill batch plus the KV transfer), as dopd's decode worker emits it; a one-token
+  output ends at its prefill batch.
+- TPOT = (last token - first token) / (output tokens - 1); it includes any wait for a decode replica
+  with room, because a user sees that as the gap after the first token. 0 for one-token outputs.
 - A request attains the SLO when TTFT <= ttft_seconds and TPOT <= tpot_seconds. Rejected requests (a
   prompt that cannot fit a decode replica's KV) and requests left unfinished count as missing it.
 - slo_attainment = attaining requests / all requests; goodput_rps = attaining requests / trace seconds.

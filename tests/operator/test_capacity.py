@@ -143,7 +143,7 @@ def test_littles_law_sizes_decode() -> None:
         # resident; 17 replicas (1122 slots) cannot hold them.
         pytest.param(17, 0.0, id="fewer-slots-than-sequences"),
         # 18 replicas (1188 slots) are 99.8% busy: waits are long, a fifth of sequences miss.
-        pytest.param(18, 0.7954, id="just-enough-slots-is-not-enough"),
+        pytest.param(18, 0.7979, id="just-enough-slots-is-not-enough"),
         # 19 replicas (1254 slots) are 94.5% busy, so sequences still often wait for a slot; but 299
         # output tokens at 22 ms of TPOT slack each absorb seconds of waiting. Counting any wait as a miss,
         # 19 replicas would reach only 97.0% (1 - P(wait)) and the model would ask for more.
@@ -188,10 +188,11 @@ def test_distserve_figure1_anchor_shape() -> None:
     prefill_only = model.sustainable_rps(1, 10_000)  # one prefill GPU, decode unconstrained
     decode_only = model.sustainable_rps(10_000, 1)
     assert prefill_only < decode_only  # decode is the cheaper phase for this short-output load
-    # One prefill GPU serves 11.7 rps within 0.4 s, one decode GPU 18.9 (DistServe: 5.6 and 10; the
-    # preset is kernel time, without the serving overheads). Prefill is the dearer phase, so the best
-    # three-GPU layout is 2P:1D (18.9 rps) rather than 1P:2D (11.7 rps), as in the figure.
-    assert prefill_only == pytest.approx(11.7, abs=0.1)
+    # One prefill GPU serves 11.4 rps within 0.4 s (the KV transfer included), one decode GPU 18.9
+    # (DistServe: 5.6 and 10; the preset is kernel time, without the serving overheads). Prefill is the
+    # dearer phase, so the best three-GPU layout is 2P:1D (18.9 rps) rather than 1P:2D (11.4 rps), as in
+    # the figure.
+    assert prefill_only == pytest.approx(11.4, abs=0.1)
     assert decode_only == pytest.approx(18.9, abs=0.1)
     assert model.sustainable_rps(2, 1) > model.sustainable_rps(1, 2)
     for rate in (5.0, 10.0, 20.0, 40.0):

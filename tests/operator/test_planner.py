@@ -101,10 +101,11 @@ def test_a_prefill_backlog_is_drained_over_the_lead_time_by_both_pools() -> None
 
 
 def test_slow_observed_ttft_raises_the_prefill_correction() -> None:
-    # 2 replicas at 20 rps: the profile predicts a P90 TTFT of 0.075 s, an engine 1.4x slower 0.124 s.
-    # Observing 0.124 s, the factor moves halfway from 1 to 1.4 (smoothing 0.5).
+    # 2 replicas at 20 rps: the profile predicts a P90 TTFT of 0.085 s, an engine 1.4x slower 0.133 s
+    # (prefill and its KV transfer, which the slowdown does not scale). Observing 0.133 s, the factor
+    # moves halfway from 1 to 1.4 (smoothing 0.5).
     spec = make_spec()
-    obs = make_obs(rate=20, prefill=2, decode=2, ttft_seconds=0.124)
+    obs = make_obs(rate=20, prefill=2, decode=2, ttft_seconds=0.133)
     d = plan(spec, obs, None, settled_state(obs), T0)
     assert d.state.prefill_correction == pytest.approx(1.2, abs=0.005)
     uncorrected = plan(spec, make_obs(rate=20, prefill=2, decode=2), None, PlannerState(), T0)
@@ -114,11 +115,11 @@ def test_slow_observed_ttft_raises_the_prefill_correction() -> None:
 
 def test_a_profile_that_matches_the_engine_keeps_its_corrections_at_one() -> None:
     """The engine behaves exactly as the profile says: at 20 rps on 3 ready prefill replicas (prompts mean
-    1000 / P90 2000 tokens) the profile predicts a P90 TTFT of 0.0641 s, and 2 decode replicas holding 80
+    1000 / P90 2000 tokens) the profile predicts a P90 TTFT of 0.0734 s, and 2 decode replicas holding 80
     sequences give a P90 inter-token latency of 9.89 ms. Observing those very numbers at P90 must leave
     both factors at 1, their mean inter-token latency (9.42 ms, the step of a 41-sequence batch: a token
     is more likely to come from a fuller step) likewise. Comparing the observed P90 with the predicted
-    P99 TTFT (0.138 s), as the planner once did, reads the profile as 3x too slow and drives the prefill
+    P99 TTFT (0.158 s), as the planner once did, reads the profile as 3x too slow and drives the prefill
     factor to its floor; comparing the P90 inter-token latency with the step time at the mean batch
     (9.35 ms) drifts decode to 1.06."""
     spec = make_spec()
@@ -126,7 +127,7 @@ def test_a_profile_that_matches_the_engine_keeps_its_corrections_at_one() -> Non
         rate=20,
         prefill=3,
         decode=2,
-        ttft_seconds=0.0641,
+        ttft_seconds=0.0734,
         tpot_seconds=0.00989,
         tpot_mean_seconds=0.00942,
         decode_running=80,
@@ -154,7 +155,7 @@ def test_a_ttft_percentile_no_pool_reaches_teaches_the_prefill_correction_nothin
     assert model.prefill_slowdown(40, 8.0, 0.9, observed, CORRECTION_BOUNDS) == pytest.approx(0.6, rel=0.01)
     far = make_obs(rate=8, isl=15_000, isl_p90=45_000, prefill=40, decode=5, ttft_seconds=observed)
     assert plan(spec, far, None, settled_state(far), T0).state.prefill_correction == 1.0
-    near = make_obs(rate=20, prefill=2, decode=2, ttft_seconds=0.124)
+    near = make_obs(rate=20, prefill=2, decode=2, ttft_seconds=0.133)
     assert plan(spec, near, None, settled_state(near), T0).state.prefill_correction > 1.1
 
 
@@ -200,7 +201,7 @@ def test_while_the_router_sheds_the_prefill_correction_holds() -> None:
     holds too with the shed rate unknown; a trickle of shedding (1%) does not stop it learning, at the
     served rate. Decode still learns: its latency does not depend on the rate."""
     spec = make_spec()
-    seen = {"ttft_seconds": 0.0641, "tpot_seconds": 0.0105, "tpot_mean_seconds": 0.01, "decode_running": 80}
+    seen = {"ttft_seconds": 0.0734, "tpot_seconds": 0.0105, "tpot_mean_seconds": 0.01, "decode_running": 80}
 
     def settled(rate: float, shed: float | None) -> PlannerState:
         obs = make_obs(rate=rate, prefill=3, decode=2, shed_rate_rps=shed, **seen)
@@ -215,7 +216,7 @@ def test_while_the_router_sheds_the_prefill_correction_holds() -> None:
         assert held.prefill_correction == 1.0, shed
         assert held.decode_correction > 1.03, shed
     # a trickle: the slow engine of the first correction test is still learned (1 -> about 1.2)
-    trickle = make_obs(rate=20.2, prefill=2, decode=2, shed_rate_rps=0.2, ttft_seconds=0.124)
+    trickle = make_obs(rate=20.2, prefill=2, decode=2, shed_rate_rps=0.2, ttft_seconds=0.133)
     assert plan(spec, trickle, None, settled_state(trickle), T0).state.prefill_correction == pytest.approx(
         1.2, abs=0.01
     )
@@ -227,9 +228,9 @@ def test_latencies_without_their_percentile_are_rejected() -> None:
 
 
 def test_correction_converges_to_the_slowdown_and_stays_within_its_bounds() -> None:
-    # 0.24 s is about the P90 TTFT an engine 2x slower than the profile shows at 20 rps on 2 replicas: the
+    # 0.25 s is about the P90 TTFT an engine 2x slower than the profile shows at 20 rps on 2 replicas: the
     # factor climbs to 2.0, its upper bound, and no further (a slower one would not be learned at all).
-    obs = make_obs(rate=20, prefill=2, decode=2, ttft_seconds=0.24)
+    obs = make_obs(rate=20, prefill=2, decode=2, ttft_seconds=0.25)
     state = settled_state(obs)
     for _ in range(20):
         state = plan(make_spec(), obs, None, state, T0).state
@@ -263,7 +264,7 @@ def test_a_role_whose_ready_count_changed_holds_its_correction_for_one_window() 
         rate=20,
         prefill=2,
         decode=2,
-        ttft_seconds=0.124,
+        ttft_seconds=0.133,
         tpot_seconds=0.012,
         tpot_mean_seconds=0.012,
         decode_running=90,
@@ -309,9 +310,9 @@ def test_bursty_arrivals_get_more_prefill_than_poisson() -> None:
     spec = make_spec(slo={"ttftSeconds": 0.3})
     poisson = plan(spec, make_obs(rate=150, arrival_scv=1.0), None, PlannerState(), T0)
     bursty = plan(spec, make_obs(rate=150, arrival_scv=8.0), None, PlannerState(), T0)
-    # 5 prefill replicas for Poisson arrivals, 7 for bursty ones (SCV 8); without the burstiness term both
-    # would get 5 and the bursty one would queue. Decode slots see the same bursts (never fewer).
-    assert (poisson.prefill, bursty.prefill) == (5, 7)
+    # 6 prefill replicas for Poisson arrivals, 8 for bursty ones (SCV 8); without the burstiness term both
+    # would get 6 and the bursty one would queue. Decode slots see the same bursts (never fewer).
+    assert (poisson.prefill, bursty.prefill) == (6, 8)
     assert bursty.decode >= poisson.decode
 
 

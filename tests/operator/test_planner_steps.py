@@ -14,7 +14,7 @@ def test_a_window_across_a_step_teaches_the_corrections_nothing() -> None:
     """The window's latencies are the old level's, the running count read at the tick the new one's:
     on the bursts trace such a window read the decode engine as 10% fast at a surge's start and the
     pool shrank under it. A step older than the metrics window (60 s) no longer holds them."""
-    seen = {"ttft_seconds": 0.124, "tpot_seconds": 0.012, "tpot_mean_seconds": 0.012, "decode_running": 90}
+    seen = {"ttft_seconds": 0.133, "tpot_seconds": 0.012, "tpot_mean_seconds": 0.012, "decode_running": 90}
     stepped = make_obs(rate=20, prefill=2, decode=2, arrival_level_age_seconds=20.0, **seen)
     held = plan(make_spec(), stepped, None, settled_state(stepped), T0)
     assert (held.state.prefill_correction, held.state.decode_correction) == (1.0, 1.0)
