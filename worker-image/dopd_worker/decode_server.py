@@ -1,7 +1,7 @@
 """The decode worker's HTTP adapter: POST /generate from the router, answered as an NDJSON token stream.
 
-For each request: reserve KV blocks for prompt + max_tokens (503 when full, so the router tries another
-decode worker), make sure a pair group with the chosen prefill worker exists (this worker is the TCPStore
+For each request: reserve KV blocks for prompt + max_tokens (503 `decode_kv_full` when there is no room
+now: the router waits for a decode worker with room), make sure a pair group with the chosen prefill worker exists (this worker is the TCPStore
 master and rank 0), call the prefill worker's /prefill, post one receive per layer once it accepts, wait
 for every layer (with the transfer timeout), then hand the sequence to the continuous-batching engine and
 stream `{"token": id}` lines and a final `{"finish_reason": ...}`. Any failure before the first token
@@ -36,7 +36,13 @@ from dopd_worker.kv_cache import OutOfBlocks
 from dopd_worker.metrics import create_metrics
 from dopd_worker.runtime import LoadedModel, WorkerOptions
 from dopd_worker.sampling import SamplingParams
-from dopd_worker.serving import DRAINING_ERROR, PREFILL_REFUSED_ERROR, ProcessState, error_response
+from dopd_worker.serving import (
+    DECODE_FULL_ERROR,
+    DRAINING_ERROR,
+    PREFILL_REFUSED_ERROR,
+    ProcessState,
+    error_response,
+)
 from dopd_worker.transfer import (
     DeviceIdentity,
     PairGroup,
@@ -339,7 +345,9 @@ def build_decode_app(
         try:
             with engine.lock:
                 engine.cache.allocator.allocate(request_id, total)
-        except (OutOfBlocks, ValueError) as exc:
+        except OutOfBlocks as exc:
+            return error_response(503, f"decode worker has no KV room now: {exc}", DECODE_FULL_ERROR)
+        except ValueError as exc:
             return error_response(503, f"decode worker cannot take the request: {exc}", "unavailable")
         engine.pending_transfers += 1
         engine.gauges()

@@ -3,7 +3,8 @@
 token ids. The OpenAI HTTP surface on top of it lives in `openai_api.py`.
 
 A request waits in the prefill queue until the policy gives it a prefill worker; the router then picks
-the decode worker with the least KV usage and calls its /generate with that prefill worker's URL (the
+the decode worker with the least KV usage among those with room for its prompt + max_tokens (waiting
+while none has) and calls its /generate with that prefill worker's URL (the
 decode worker pulls the prefill and the KV transfer). The prefill worker's slot is released when the
 first token arrives. Before the first token a request may move (`generate`): refusals by a draining or
 vanished worker go elsewhere without using a retry, failures are retried up to `max_retries` times;
@@ -28,7 +29,7 @@ from dopd_worker.metrics import Metrics
 from dopd_worker.router_admission import AdmissionError, RouterAdmission
 from dopd_worker.sampling import SamplingParams
 from dopd_worker.scheduler import Lane, PrefillQueue, PrefillWorkerLoad, QueuedPrompt, SchedulerConfig
-from dopd_worker.serving import DRAINING_ERROR, PREFILL_REFUSED_ERROR
+from dopd_worker.serving import DECODE_FULL_ERROR, DRAINING_ERROR, PREFILL_REFUSED_ERROR
 
 # Refusals: the worker did no work for the request, so sending it elsewhere costs nothing and is safe.
 _REFUSALS = frozenset({DRAINING_ERROR, PREFILL_REFUSED_ERROR})
@@ -55,6 +56,7 @@ class WorkerState:
     healthy: bool = False  # last health poll answered ok (not draining)
     kv_usage: float = 0.0
     capacity_tokens: int = 1
+    free_tokens: int | None = None  # decode: KV tokens free at the last health poll (None: not reported)
     inflight_tokens: int = 0  # prefill: prompts dispatched, first token not yet back; decode: reserved
     inflight_long: int = 0
     inflight_requests: int = 0
@@ -138,6 +140,8 @@ class Router:
             state.healthy = resp.status_code == 200 and body.get("status") == "ok"
             state.kv_usage = float(body.get("kv_usage", 0.0))
             state.capacity_tokens = max(1, int(body.get("capacity_tokens", 1)))
+            free = body.get("free_tokens")
+            state.free_tokens = None if free is None else max(0, int(free))
         except (httpx.HTTPError, ValueError):
             state.healthy = False
         self.dispatch()
@@ -274,11 +278,13 @@ class Router:
             )
         self.dispatch()
 
-    def _pick_decode(self, exclude: set[str]) -> WorkerState | None:
-        """The usable decode worker with the least KV usage, one not tried yet (`exclude`) if there is
-        any (else a tried one: a retry on the same worker beats failing); None when none is usable."""
+    def _pick_decode(self, exclude: set[str], tokens: int = 0) -> WorkerState | None:
+        """The usable decode worker with the least KV usage among those with room to reserve `tokens`
+        (`decode_room_tokens`), one not tried yet (`exclude`) if there is any (else a tried one: a retry
+        on the same worker beats failing); None when none is usable or none has room."""
         usable = [s for s in self.workers.values() if s.role == "decode" and s.usable]
         candidates = [s for s in usable if s.url not in exclude] or usable
+        candidates = [s for s in candidates if decode_room_tokens(s) >= tokens]
         if not candidates:
             return None
         return min(
@@ -291,15 +297,33 @@ class Router:
         )
 
     async def _await_decode(self, gen: Generation, exclude: set[str]) -> WorkerState:
-        """A decode worker for `gen`, waiting while none is usable (a rollout can retire the last old pod
-        a moment before the router has seen its replacement answer), until the queue timeout since the
-        request arrived."""
+        """A decode worker with KV room for `gen`'s prompt + max_tokens, waiting while none is usable (a
+        rollout can retire the last old pod a moment before the router has seen its replacement answer)
+        or none has room (a full decode pool frees it as sequences finish: the request waits, as the
+        simulator's decode queue makes it, rather than failing), until the queue timeout since the
+        request arrived. A request larger than every decode worker's whole KV cache fails at once (400)."""
+        reserved = len(gen.prompt_ids) + gen.sampling.max_tokens
         deadline = gen.arrival_seconds + self.queue_timeout_seconds
-        while (decode := self._pick_decode(exclude)) is None:
+        while (decode := self._pick_decode(exclude, reserved)) is None:
+            usable = [s for s in self.workers.values() if s.role == "decode" and s.usable]
+            largest = max((s.capacity_tokens for s in usable), default=None)
+            if largest is not None and largest < reserved:
+                raise RouterError(
+                    400,
+                    f"prompt ({len(gen.prompt_ids)} tokens) + max_tokens ({gen.sampling.max_tokens}) need "
+                    f"{reserved} tokens of KV cache, more than any decode worker holds ({largest}): "
+                    "shorten the prompt or lower max_tokens",
+                    "invalid_request_error",
+                )
             if time.monotonic() >= deadline:
+                why = (
+                    f"none had KV room for {reserved} tokens (prompt + max_tokens)"
+                    if usable
+                    else "none usable"
+                )
                 raise RouterError(
                     503,
-                    f"no decode worker became available within {self.queue_timeout_seconds:.0f}s",
+                    f"no decode worker became available within {self.queue_timeout_seconds:.0f}s ({why})",
                     "unavailable",
                 )
             await asyncio.sleep(self.health_interval_seconds / 4)
@@ -375,6 +399,12 @@ class Router:
                         self._mark_unhealthy(decode.url)
                     if got_token or err.status not in (502, 503):
                         raise err from exc
+                    if err.kind == DECODE_FULL_ERROR:
+                        # Its KV filled since the last poll (another router, block rounding): no room
+                        # there until the next poll says otherwise; the request waits for room elsewhere.
+                        decode.free_tokens = 0
+                        log.info("request %s found %s full, waiting for room", gen.request_id, decode.url)
+                        continue
                     if err.kind in _REFUSALS and refusals < len(self.workers):
                         refusals += 1
                         if err.kind == PREFILL_REFUSED_ERROR:
@@ -406,6 +436,16 @@ class Router:
         await self._client.aclose()
 
 
+def decode_room_tokens(state: WorkerState) -> int:
+    """KV tokens a decode worker can still reserve, as far as the router knows: its capacity less the
+    larger of what its last health poll found taken and what this router has reserved there now."""
+    if state.free_tokens is not None:
+        taken = state.capacity_tokens - state.free_tokens
+    else:
+        taken = round(state.kv_usage * state.capacity_tokens)
+    return state.capacity_tokens - max(taken, state.inflight_tokens)
+
+
 def _upstream_error(status: int, text: str, url: str) -> RouterError:
     try:
         error = json.loads(text)["error"]
@@ -414,7 +454,7 @@ def _upstream_error(status: int, text: str, url: str) -> RouterError:
         message, kind = text[:300], ""
     if status == 400:
         return RouterError(400, message, "invalid_request_error")
-    if status == 503 and kind in _REFUSALS:
+    if status == 503 and (kind in _REFUSALS or kind == DECODE_FULL_ERROR):
         return RouterError(503, f"decode worker {url}: {message}", kind)
     if status == 503:
         return RouterError(503, f"decode worker {url}: {message}", "unavailable")

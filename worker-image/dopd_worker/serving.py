@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 # so it may go to another worker without using up a retry.
 DRAINING_ERROR = "worker_draining"  # this worker is draining: it takes nothing new
 PREFILL_REFUSED_ERROR = "prefill_unavailable"  # the decode worker's prefill peer refused (draining, gone)
+# The decode worker has no KV room for the request's prompt + max_tokens now: the router waits for room.
+DECODE_FULL_ERROR = "decode_kv_full"
 
 
 def error_response(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
