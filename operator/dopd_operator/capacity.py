@@ -256,8 +256,6 @@ class CapacityModel:
         self._feasible_work = self._work(self._feasible)
         self._feasible_new = self._new_tokens(self._feasible)
         self._feasible_transfer = self._transfer(self._feasible)
-        tail_prompt = self.isl.quantile(self.percentile_q)
-        self.prefill_tail_seconds = self._alone_seconds(tail_prompt)
         self.ttft_reachable = self.prefill_feasible_share >= self.percentile_q - _EPS
 
     def _longest_within(self, seconds: float) -> float:
@@ -367,17 +365,24 @@ class CapacityModel:
         return self.ttft_quantile_seconds(replicas, rate_rps, self.percentile_q)
 
     def ttft_quantile_seconds(
-        self, replicas: int, rate_rps: float, quantile: float, slowdown: float = 1.0
+        self,
+        replicas: int,
+        rate_rps: float,
+        quantile: float,
+        slowdown: float = 1.0,
+        include_transfer: bool = True,
     ) -> float:
         """Predicted TTFT at `quantile` (0..1) over all prompts: the quantile of wait + batch time + KV
         transfer, the wait mixed over the length distribution (not the sum of two quantiles, which
-        overstates it). `slowdown` scales every prefill time (not the transfer). The online correction compares an observed percentile
-        with this prediction at the same percentile, never a different one."""
+        overstates it). `slowdown` scales every prefill time (not the transfer); without
+        `include_transfer`, the TTFT a prefill pod times (queue + prefill, as vLLM's and SGLang's do).
+        The online correction compares an observed percentile with this prediction at the same
+        percentile, never a different one."""
         if replicas <= 0:
             return math.inf
         grid = self.isl.grid
         new, work = self._new_tokens(grid), self._work(grid)
-        transfer = self._transfer(grid)
+        transfer = self._transfer(grid) if include_transfer else np.zeros_like(grid)
         if rate_rps <= 0:
             return float(np.quantile(self._batch_seconds(new, work, 1.0, slowdown) + transfer, quantile))
         wait = self._prefill_wait(replicas, rate_rps, slowdown)
@@ -395,6 +400,7 @@ class CapacityModel:
         quantile: float,
         observed_ttft_seconds: float,
         bounds: tuple[float, float],
+        observed_includes_transfer: bool = True,
     ) -> float | None:
         """How much slower than the profile the engine's prefill is, judged by one observed TTFT
         percentile: the factor, within `bounds`, at which the predicted TTFT at that percentile equals
@@ -404,12 +410,14 @@ class CapacityModel:
 
         Solved on the share of prompts within the observed TTFT (it falls as the factor grows; the
         factor's prediction reaches the observed percentile where the share crosses `quantile`), so each
-        step costs one evaluation, not a quantile search."""
+        step costs one evaluation, not a quantile search. `observed_includes_transfer`: whether the
+        observed TTFT includes the KV transfer (dopd's router) or ends with the prefill (vLLM's and
+        SGLang's prefill pods); the prediction it is solved against counts it likewise."""
         if replicas <= 0 or rate_rps <= 0:
             return None
         grid = self.isl.grid
         new, work = self._new_tokens(grid), self._work(grid)
-        slack_seconds = observed_ttft_seconds - self._transfer(grid)
+        slack_seconds = observed_ttft_seconds - (self._transfer(grid) if observed_includes_transfer else 0.0)
 
         def share_within(slowdown: float) -> float:
             wait = self._prefill_wait(replicas, rate_rps, slowdown)

@@ -138,7 +138,12 @@ def update_corrections(
     ):
         # Solved, not divided: near saturation the TTFT is far from proportional to the prefill time.
         wanted = model.prefill_slowdown(
-            observation.prefill.ready, served, quantile, observation.ttft_seconds, CORRECTION_BOUNDS
+            observation.prefill.ready,
+            served,
+            quantile,
+            observation.ttft_seconds,
+            CORRECTION_BOUNDS,
+            observation.ttft_includes_kv_transfer,
         )
         if wanted is not None and backlog:
             # Served in time from a standing queue, the pool works flat out on less than the window's

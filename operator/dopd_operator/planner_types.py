@@ -97,7 +97,17 @@ class Observation(_Frozen):
         "the planner predicts latency at this same percentile when it corrects the profile.",
     )
     ttft_seconds: float | None = Field(
-        None, ge=0, description="Observed TTFT at `latency_percentile` (end to end: queue + prefill)."
+        None,
+        ge=0,
+        description="Observed TTFT at `latency_percentile` (queue + prefill, and the KV transfer where "
+        "`ttft_includes_kv_transfer`).",
+    )
+    ttft_includes_kv_transfer: bool = Field(
+        True,
+        description="Whether `ttft_seconds` includes the prompt's KV transfer to decode: dopd's router "
+        "times the first token the decode worker emits when the KV has arrived (as users see it); "
+        "vLLM's and SGLang's prefill pods time queue + prefill only. The prefill correction compares "
+        "like with like.",
     )
     tpot_seconds: float | None = Field(
         None, ge=0, description="Observed TPOT (inter-token latency) at `latency_percentile`."

@@ -7,12 +7,13 @@ from datetime import timedelta
 import pytest
 
 from dopd_builders import T0, make_obs, make_spec, settled_state
-from dopd_operator.api import Recommendation
+from dopd_operator.api import Recommendation, SloSpec
 from dopd_operator.capacity import CapacityModel, Workload
 from dopd_operator.planner import plan
 from dopd_operator.planner_corrections import CORRECTION_BOUNDS
 from dopd_operator.planner_types import LoadForecast, Observation, PlannerState, RoleObservation
 from dopd_operator.profile import resolve_profile
+from dopd_operator.profile_presets import PRESETS
 
 
 def test_steady_load_gets_a_balanced_layout_with_reasons() -> None:
@@ -98,6 +99,32 @@ def test_a_prefill_backlog_is_drained_over_the_lead_time_by_both_pools() -> None
     queued = plan(spec, make_obs(rate=60, prefill_queue_depth=9000), None, PlannerState(), T0)
     assert (calm.prefill, calm.decode) == (2, 2)
     assert (queued.prefill, queued.decode) == (4, 3)
+
+
+def test_a_ttft_that_ends_with_the_prefill_is_compared_with_a_prediction_that_does_too() -> None:
+    """vLLM's and SGLang's prefill pods time queue + prefill; the first token users see comes after the
+    KV transfer too. An engine exactly as the profile says, observed at a prefill pod, keeps its factor
+    at 1; the same reading taken as end to end (transfer included) reads the engine as fast."""
+    model = CapacityModel(PRESETS["llama3-8b-h100"], SloSpec(), Workload(20.0, 1000, 2000, 200, 400))
+    at_prefill_pod = model.ttft_quantile_seconds(3, 20.0, 0.9, include_transfer=False)
+    assert at_prefill_pod < model.ttft_quantile_seconds(3, 20.0, 0.9)
+    spec = make_spec()
+
+    def settled(includes_transfer: bool) -> float:
+        obs = make_obs(
+            rate=20,
+            prefill=3,
+            decode=2,
+            ttft_seconds=at_prefill_pod,
+            ttft_includes_kv_transfer=includes_transfer,
+        )
+        state = settled_state(obs)
+        for _ in range(10):
+            state = plan(spec, obs, None, state, T0).state
+        return state.prefill_correction
+
+    assert settled(False) == pytest.approx(1.0, abs=0.01)
+    assert settled(True) < 0.9
 
 
 def test_slow_observed_ttft_raises_the_prefill_correction() -> None:

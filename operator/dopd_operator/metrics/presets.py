@@ -101,6 +101,9 @@ class EnginePreset:
     input_tokens: LengthRead
     output_tokens: LengthRead
     ttft: HistogramRead
+    # whether `ttft` includes the KV transfer to decode (dopd's router: the first token comes from the
+    # decode worker once the KV has arrived) or ends with the prefill (vLLM's, SGLang's prefill pods)
+    ttft_includes_kv_transfer: bool
     tpot: HistogramRead
     prefix_cache: PrefixCacheRead
     # the router's counters of requests it turned away (shed at entry, expired in its queue): their
@@ -160,6 +163,7 @@ DOPD = EnginePreset(
     input_tokens=LengthRead(HistogramRead("dopd_prompt_tokens", "router")),
     output_tokens=LengthRead(HistogramRead("dopd_generation_tokens", "decode")),
     ttft=HistogramRead("dopd_time_to_first_token_seconds", "router"),
+    ttft_includes_kv_transfer=True,
     tpot=HistogramRead("dopd_inter_token_latency_seconds", "router"),
     request_tpot=HistogramRead("dopd_request_time_per_output_token_seconds", "router"),
     prefix_cache=PrefixCacheRead(
@@ -181,6 +185,7 @@ VLLM = EnginePreset(
     input_tokens=LengthRead(HistogramRead("vllm:request_prompt_tokens", "prefill")),
     output_tokens=LengthRead(HistogramRead("vllm:request_generation_tokens", "decode")),
     ttft=HistogramRead("vllm:time_to_first_token_seconds", "prefill"),
+    ttft_includes_kv_transfer=False,
     tpot=HistogramRead(
         "vllm:inter_token_latency_seconds", "decode", fallback="vllm:time_per_output_token_seconds"
     ),
@@ -209,6 +214,7 @@ SGLANG = EnginePreset(
         totals=("sglang:generation_tokens_total", "sglang:num_requests_total"),
     ),
     ttft=HistogramRead("sglang:time_to_first_token_seconds", "prefill"),
+    ttft_includes_kv_transfer=False,
     tpot=HistogramRead("sglang:inter_token_latency_seconds", "decode"),
     # cached_tokens_total carries cache_source (device/host/storage): the sum is every cached token
     prefix_cache=PrefixCacheRead("prefill", "sglang:cached_tokens_total", "sglang:prompt_tokens_total"),

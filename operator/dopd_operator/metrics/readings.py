@@ -418,6 +418,7 @@ def build_observation(
         decode_running=running,
         latency_percentile=queries.percentile,
         ttft_seconds=ttft.quantile,
+        ttft_includes_kv_transfer=preset.ttft_includes_kv_transfer,
         tpot_seconds=tpot_p,
         tpot_mean_seconds=tpot_mean,
         ttft_attainment=ttft.share_at_or_below,

@@ -358,7 +358,8 @@ def test_missing_histograms_and_an_empty_answer() -> None:
         for k, v in obs.model_dump().items()
         if v is not None and k not in ("prefill", "decode", "problems")
     }
-    assert known == {"latency_percentile": 90.0}  # nothing else is claimed
+    # nothing else is claimed (what the preset's TTFT spans is a property of the preset, not a reading)
+    assert known == {"latency_percentile": 90.0, "ttft_includes_kv_transfer": True}
 
 
 def test_an_idle_window_has_no_latency_but_a_zero_rate() -> None:
@@ -419,6 +420,9 @@ def test_vllm_arrivals_by_conservation_and_the_deprecated_fallbacks() -> None:
     assert obs.prefill_queue_depth == 64.0  # 4 + 0.5 * 120
     assert obs.decode_running == 7.0
     assert obs.shed_rate_rps == 0.0  # counted at the engines: only what was admitted arrives there
+    # vLLM's prefill pods time queue + prefill; dopd's router times the first token after the KV transfer
+    assert not obs.ttft_includes_kv_transfer
+    assert observe(dopd_queries(), DOPD_AGGREGATE, DOPD_RAW).ttft_includes_kv_transfer
 
 
 def test_vllm_prefers_current_names_and_counts_a_series_stored_under_both_spellings_once() -> None:
