@@ -101,6 +101,29 @@ class Cluster:
         wanted = "only" if only else "at least"
         raise RuntimeError(f"router does not see {wanted} {healthy_urls} healthy: {workers}")
 
+    def start_serving(
+        self, name: str, checkpoint: str, kv_cache_tokens: tuple[int, int], *router_flags: str
+    ) -> tuple[Proc, Proc, Proc]:
+        """One prefill and one decode worker of `checkpoint` (KV capacities in tokens, in that order),
+        started together, and a router in front of them with `router_flags`; returned once the router
+        sees both healthy: (prefill, decode, router)."""
+        prefill, decode = (
+            self.start(
+                f"{name}-{role}",
+                ["worker", "--role", role, "--model", checkpoint, "--kv-cache-tokens", str(tokens)],
+                wait=False,
+            )
+            for role, tokens in zip(("prefill", "decode"), kv_cache_tokens, strict=True)
+        )
+        self.wait_healthy(prefill)
+        self.wait_healthy(decode)
+        router = self.start(
+            f"{name}-router",
+            router_args(checkpoint, *("--prefill", prefill.url, "--decode", decode.url), *router_flags),
+        )
+        self.wait_router_sees(router, {prefill.url, decode.url})
+        return prefill, decode, router
+
     def kill_all(self) -> None:
         for proc in self.procs:
             if proc.popen.poll() is None:

@@ -14,7 +14,7 @@ import pytest
 
 from dopd_worker.router import WorkerState, decode_room_tokens
 
-from .procs import Cluster, Proc, router_args
+from .procs import Cluster, Proc
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -25,26 +25,12 @@ MAX_TOKENS = 112
 
 @pytest.fixture(scope="module")
 def small_decode(cluster: Cluster, tiny_checkpoint: Path) -> Iterator[Proc]:
-    ckpt = str(tiny_checkpoint)
-    prefill = cluster.start(
-        "prefill", ["worker", "--role", "prefill", "--model", ckpt, "--kv-cache-tokens", "4096"], wait=False
+    *_, router = cluster.start_serving(
+        "kv-full",
+        str(tiny_checkpoint),
+        (4096, KV_TOKENS),
+        *("--max-model-len", "1024", "--max-retries", "0", "--queue-timeout-seconds", "120"),
     )
-    decode = cluster.start(
-        "decode",
-        ["worker", "--role", "decode", "--model", ckpt, "--kv-cache-tokens", str(KV_TOKENS)],
-        wait=False,
-    )
-    cluster.wait_healthy(prefill)
-    cluster.wait_healthy(decode)
-    router = cluster.start(
-        "router",
-        router_args(
-            ckpt,
-            *("--prefill", prefill.url, "--decode", decode.url),
-            *("--max-model-len", "1024", "--max-retries", "0", "--queue-timeout-seconds", "120"),
-        ),
-    )
-    cluster.wait_router_sees(router, {prefill.url, decode.url})
     yield router
 
 

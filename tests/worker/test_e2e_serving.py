@@ -12,7 +12,7 @@ import pytest
 
 from dopd_worker.ports import free_ports
 
-from .procs import Cluster, Proc, router_args
+from .procs import Cluster, Proc
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -21,24 +21,12 @@ MAX_MODEL_LEN = 512
 
 @pytest.fixture(scope="module")
 def serving(cluster: Cluster, tiny_checkpoint: Path) -> Iterator[Proc]:
-    ckpt = str(tiny_checkpoint)
-    prefill = cluster.start(
-        "prefill", ["worker", "--role", "prefill", "--model", ckpt, "--kv-cache-tokens", "4096"], wait=False
+    *_, router = cluster.start_serving(
+        "serving",
+        str(tiny_checkpoint),
+        (4096, 4096),
+        *("--max-model-len", str(MAX_MODEL_LEN), "--max-retries", "0"),
     )
-    decode = cluster.start(
-        "decode", ["worker", "--role", "decode", "--model", ckpt, "--kv-cache-tokens", "4096"], wait=False
-    )
-    cluster.wait_healthy(prefill)
-    cluster.wait_healthy(decode)
-    router = cluster.start(
-        "router",
-        router_args(
-            ckpt,
-            *("--prefill", prefill.url, "--decode", decode.url),
-            *("--max-model-len", str(MAX_MODEL_LEN), "--max-retries", "0"),
-        ),
-    )
-    cluster.wait_router_sees(router, {prefill.url, decode.url})
     yield router
 
 
@@ -234,14 +222,14 @@ def test_metrics_have_the_names_the_operator_reads(serving: Proc, cluster: Clust
         assert f"{name}{{" in router_text, name
     assert 'role="router"' in router_text and 'model="tiny-test"' in router_text
     by_name = {p.name: p for p in cluster.procs}
-    decode_text = httpx.get(f"{by_name['decode'].url}/metrics", timeout=10).text
+    decode_text = httpx.get(f"{by_name['serving-decode'].url}/metrics", timeout=10).text
     assert 'dopd_kv_transfer_bytes_total{model="tiny-test"' not in decode_text  # workers name the model dir
     assert "dopd_kv_cache_usage_ratio{" in decode_text and 'role="decode"' in decode_text
     transferred = [
         line for line in decode_text.splitlines() if line.startswith("dopd_kv_transfer_bytes_total{")
     ]
     assert transferred and float(transferred[0].split()[-1]) > 0
-    prefill_text = httpx.get(f"{by_name['prefill'].url}/metrics", timeout=10).text
+    prefill_text = httpx.get(f"{by_name['serving-prefill'].url}/metrics", timeout=10).text
     assert "dopd_time_to_first_token_seconds_count{" in prefill_text and 'role="prefill"' in prefill_text
     # the prefix-cache counters the operator's hit rate reads: every prompt token looked up, none hit
     counters = {
