@@ -218,8 +218,7 @@ class CapacityModel:
     def _transfer(self, prompts: FloatArray) -> FloatArray:
         """Seconds to ship each prompt's KV to decode: in its TTFT, since the decode worker emits the
         first token when the KV has arrived (a cached prefix is shipped too)."""
-        prof = self.profile
-        out: FloatArray = prompts * (prof.kv_bytes_per_token / prof.kv_transfer_bytes_per_second)
+        out: FloatArray = prompts * self.profile.kv_transfer_seconds_per_token
         return out
 
     def _alone_seconds(self, prompt_tokens: float) -> float:

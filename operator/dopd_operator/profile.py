@@ -55,9 +55,14 @@ class PerformanceProfile(InlineProfile):
             + d.c_seconds_per_sequence * batch_size
         )
 
+    @property
+    def kv_transfer_seconds_per_token(self) -> float:
+        """Seconds to ship one token's KV cache from prefill to decode."""
+        return self.kv_bytes_per_token / self.kv_transfer_bytes_per_second
+
     def kv_transfer_seconds(self, prompt_tokens: float) -> float:
         """Seconds to ship one prompt's KV cache from prefill to decode."""
-        return prompt_tokens * self.kv_bytes_per_token / self.kv_transfer_bytes_per_second
+        return prompt_tokens * self.kv_transfer_seconds_per_token
 
     def scaled(self, prefill_factor: float, decode_factor: float) -> PerformanceProfile:
         """The profile with prefill and decode times multiplied by online correction factors."""

@@ -88,9 +88,7 @@ class Simulator:
         self.observer = ObservationBuilder(trace, config, self.log)
         p = self.profile.prefill
         self._prefill_coeffs = (p.a_seconds, p.b_seconds_per_token, p.c_seconds_per_token2)
-        self._kv_seconds_per_token = (
-            self.profile.kv_bytes_per_token / self.profile.kv_transfer_bytes_per_second
-        )
+        self._kv_seconds_per_token = self.profile.kv_transfer_seconds_per_token
 
     # ----------------------------------------------------------------------------------- helpers
 

@@ -278,11 +278,14 @@ class Router:
             )
         self.dispatch()
 
+    def _usable_decode(self) -> list[WorkerState]:
+        return [s for s in self.workers.values() if s.role == "decode" and s.usable]
+
     def _pick_decode(self, exclude: set[str], tokens: int = 0) -> WorkerState | None:
         """The usable decode worker with the least KV usage among those with room to reserve `tokens`
         (`decode_room_tokens`), one not tried yet (`exclude`) if there is any (else a tried one: a retry
         on the same worker beats failing); None when none is usable or none has room."""
-        usable = [s for s in self.workers.values() if s.role == "decode" and s.usable]
+        usable = self._usable_decode()
         candidates = [s for s in usable if s.url not in exclude] or usable
         candidates = [s for s in candidates if decode_room_tokens(s) >= tokens]
         if not candidates:
@@ -305,7 +308,7 @@ class Router:
         reserved = len(gen.prompt_ids) + gen.sampling.max_tokens
         deadline = gen.arrival_seconds + self.queue_timeout_seconds
         while (decode := self._pick_decode(exclude, reserved)) is None:
-            usable = [s for s in self.workers.values() if s.role == "decode" and s.usable]
+            usable = self._usable_decode()
             largest = max((s.capacity_tokens for s in usable), default=None)
             if largest is not None and largest < reserved:
                 raise RouterError(

@@ -99,7 +99,7 @@ class EngineRecorder:
         profile = sim.profile
         self.kv_capacity_tokens = profile.kv_capacity_tokens
         self.kv_bytes_per_token = profile.kv_bytes_per_token
-        self.kv_seconds_per_token = profile.kv_bytes_per_token / profile.kv_transfer_bytes_per_second
+        self.kv_seconds_per_token = profile.kv_transfer_seconds_per_token
         if router_pod is not None:
             self.pods[router_pod] = "router"
             self.register("router", router_pod)
