@@ -145,6 +145,8 @@ def dopd_pods(namespace: str, model: str = "llama", arrival_rps: float = 6.0) ->
                 "dopd_requests_arrived_total": arrival_rps,
                 "dopd_requests_rejected_total": 1.0,
                 "dopd_requests_expired_total": 0.5,
+                # SHARDS-adj: 5 samples/s expected where 4 were taken
+                "dopd_prompt_reuse_expected_samples_total": 5.0,
             },
             histograms={
                 # 60% in (0.4, 0.5], 40% in (1.0, 1.25]
@@ -167,6 +169,12 @@ def dopd_pods(namespace: str, model: str = "llama", arrival_rps: float = 6.0) ->
                 ),
                 # the router records every prompt's length at arrival (the demand)
                 "dopd_prompt_tokens": (6.0, {256.0: 0.0, 320.0: 1.0, math.inf: 0.0}, 300.0),
+                # sampled prompt blocks: a quarter reused within 64k tokens, a quarter more within 1M
+                "dopd_prompt_reuse_distance_tokens": (
+                    4.0,
+                    {65536.0: 0.25, 1_000_000.0: 0.25, math.inf: 0.5},
+                    1e9,
+                ),
             },
         ),
         Pod(
@@ -368,6 +376,11 @@ def test_dopd_preset_reads_every_field(world: Fixture) -> None:
     assert obs.tpot_mean_seconds == pytest.approx(0.03)  # the gaps' _sum / _count: the decode correction's
     assert obs.tpot_attainment == pytest.approx(0.8)  # 80% of the requests within 30 ms (of the gaps: 50%)
     assert obs.prefix_cache_hit_rate == pytest.approx(0.25)  # 150 of 600 tokens/s, from the counters
+    # the curve's shape: the missing sample a second counts as a reuse at the smallest distance
+    assert obs.prefix_reuse_share_within is not None
+    (small, at_small), (large, at_large) = obs.prefix_reuse_share_within
+    assert (small, large) == (65536.0, 1_000_000.0)
+    assert at_small == pytest.approx(0.4, rel=0.02) and at_large == pytest.approx(0.6, rel=0.02)
 
 
 def test_vllm_colon_names_nan_gauge_deprecated_fallback_and_conservation(world: Fixture) -> None:

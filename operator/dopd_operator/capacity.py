@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 
 import numpy as np
@@ -48,13 +48,13 @@ from scipy.special import gammaincc
 
 from dopd_operator.api import SloSpec
 from dopd_operator.lengths import LengthDistribution
+from dopd_operator.prefix_curve import MAX_PREFIX_HIT_RATE, PrefixCacheCurve
 from dopd_operator.profile import PREFILL_TOKEN_BUDGET_TOKENS, PerformanceProfile
 
 FloatArray = npt.NDArray[np.float64]
 
 MAX_REPLICAS_SEARCH = 100_000
 _EPS = 1e-9
-MAX_PREFIX_HIT_RATE = 0.99  # a prompt always computes at least its last tokens
 MAX_ARRIVAL_SCV = 20.0
 # A prompt that finds every prefill replica busy goes to the one with the fewest in-flight tokens, whose
 # running batch is among the shortest: its remaining time is taken as uniform over this share of a mean
@@ -76,6 +76,9 @@ class Workload:
     output_tokens_p90: float | None
     arrival_scv: float = 1.0  # squared coefficient of variation of inter-arrival times; Poisson = 1
     prefix_cache_hit_rate: float = 0.0  # share of prompt tokens served from the prefix cache
+    # How the hit rate moves with the prefill pool's size, when the router measures it: prefill is then
+    # sized at the hit rate of each candidate size (`CapacityModel.prefill_replicas`).
+    prefix_cache_curve: PrefixCacheCurve | None = None
     # The lengths themselves, when known (the oracle): their distribution replaces the gamma fit.
     input_tokens_known: tuple[float, ...] | None = None
     output_tokens_known: tuple[float, ...] | None = None
@@ -182,6 +185,7 @@ class CapacityModel:
         self.slo = slo
         self.workload = workload
         self.prefill_token_budget = prefill_token_budget
+        self._by_hit_rate: dict[float, CapacityModel] = {}
         # Provision so the SLO percentile holds *and* the attainment target's share of requests meets
         # the objectives: with P90 objectives and a 99% target, size for 99% of requests.
         self.percentile_q = max(slo.percentile / 100.0, slo.attainment_target)
@@ -438,17 +442,51 @@ class CapacityModel:
 
     def prefill_replicas(self, rate_rps: float) -> int:
         """Fewest prefill replicas whose TTFT attainment, among prompts that can meet the SLO, reaches the
-        provisioning quantile (0 at zero load)."""
+        provisioning quantile (0 at zero load). With a prefix-cache curve, see `_prefill_replicas_cached`."""
         if rate_rps <= 0:
             return 0
         stable = max(rate_rps * self.prefill_service_seconds_mean, rate_rps * self._work_mean)
         start = max(1, math.floor(stable + _EPS) + 1)
+        if self.workload.prefix_cache_curve is not None:
+            return self._prefill_replicas_cached(self.workload.prefix_cache_curve, rate_rps, start)
         return fewest_meeting(
             lambda n: self.prefill_attainment(n, rate_rps) >= self.percentile_q - _EPS,
             start,
             MAX_REPLICAS_SEARCH,
             floor=start,
         )
+
+    def at_hit_rate(self, hit_rate: float) -> CapacityModel:
+        """This model at another prefix-cache hit rate (no curve): memoized, a search asks for a few."""
+        key = round(min(max(hit_rate, 0.0), MAX_PREFIX_HIT_RATE), 4)
+        found = self._by_hit_rate.get(key)
+        if found is None:
+            workload = replace(self.workload, prefix_cache_hit_rate=key, prefix_cache_curve=None)
+            found = CapacityModel(self.profile, self.slo, workload, self.prefill_token_budget)
+            self._by_hit_rate[key] = found
+        return found
+
+    def prefill_hit_rate(self, replicas: int) -> float:
+        """The hit rate `replicas` prefill replicas' cache would see (the observed one without a curve)."""
+        curve = self.workload.prefix_cache_curve
+        if curve is None:
+            return self._hit
+        return curve.hit_rate(replicas * self.profile.kv_capacity_tokens)
+
+    def _prefill_replicas_cached(self, curve: PrefixCacheCurve, rate_rps: float, start: int) -> int:
+        """Where the hit rate grows with the pool, more replicas make more prompts able to meet the TTFT
+        SLO at all, so the feasible share is no longer a given to size around: the fewest replicas whose
+        TTFT attainment over *all* prompts (feasible share at their hit rate x attainment among those)
+        reaches the provisioning quantile of what an ample cache makes feasible. Without prompts beyond
+        the limit this is the attainment among all prompts at each size's hit rate."""
+        ample = self.at_hit_rate(curve.ceiling_hit_rate).prefill_feasible_share
+        target = self.percentile_q * ample
+
+        def meets(n: int) -> bool:
+            model = self.at_hit_rate(self.prefill_hit_rate(n))
+            return model.prefill_feasible_share * model.prefill_attainment(n, rate_rps) >= target - _EPS
+
+        return fewest_meeting(meets, start, MAX_REPLICAS_SEARCH, floor=1)
 
     # ------------------------------------------------------------------------------------- decode
 

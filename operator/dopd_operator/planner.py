@@ -106,7 +106,9 @@ def plan(
         state.prefill_correction * SERVICE_TIME_HEADROOM, state.decode_correction * SERVICE_TIME_HEADROOM
     )
     rate_rps, load_reason = provisioned_rate(spec, observation, forecast, surge, no_forecast_why)
-    workload = observed_workload(observation, forecast, rate_rps)
+    workload = observed_workload(
+        observation, forecast, rate_rps, profile.kv_capacity_tokens, spec.prefill.max_replicas
+    )
     model = CapacityModel(profile, spec.slo, workload)
     queue_rps = backlog_rps(spec, observation, state, model, now)
 
@@ -307,20 +309,34 @@ def _metrics_unknown(
 # ---------------------------------------------------------------------------------------- reasons
 
 
-def _prefix_cache_phrase(hit_rate: float, known: bool) -> str:
-    """What the prefill reason says of the prefix cache: the share it credits, that it sized for none
-    because the rate is unknown, or nothing (a known rate of 0)."""
+def _prefix_cache_phrase(model: CapacityModel, prefill: int, known: bool) -> str:
+    """What the prefill reason says of the prefix cache: the share it credits (and, where the router
+    measures how hits grow with the pool, the share `prefill` replicas' cache is expected to hold), that
+    it sized for none because the rate is unknown, or nothing (a known rate of 0)."""
+    hit_rate = model.workload.prefix_cache_hit_rate
     if not known:
         return " (prefix-cache hit rate unknown: sized as no hits)"
-    return f" ({100 * hit_rate:.0f}% prefix-cache hits)" if hit_rate > 0 else ""
-
-
-def _unreachable_cache_phrase(hit_rate: float) -> str:
-    """What the TTFT-unreachable reason adds where prompts are served from a prefix cache: the limit holds
-    at the hit rate observed, and the cache is the prefill replicas' KV memory, so a larger pool may hit
-    more and make more prompts feasible, which the model does not know (docs/planner.md, "Prefix cache")."""
     if hit_rate <= 0:
         return ""
+    expected = model.prefill_hit_rate(prefill)
+    if model.workload.prefix_cache_curve is None or abs(expected - hit_rate) < 0.005:
+        return f" ({100 * hit_rate:.0f}% prefix-cache hits)"
+    return f" ({100 * hit_rate:.0f}% prefix-cache hits now, {100 * expected:.0f}% expected in {prefill} replicas' cache)"
+
+
+def _unreachable_cache_phrase(model: CapacityModel) -> str:
+    """What the TTFT-unreachable reason adds where prompts are served from a prefix cache: the limit holds
+    at the hit rate observed, and the cache is the prefill replicas' KV memory, so a larger pool may hit
+    more and make more prompts feasible (docs/planner.md, "Prefix cache"): counted on where the router
+    measures how hits grow with the pool, else not."""
+    hit_rate, curve = model.workload.prefix_cache_hit_rate, model.workload.prefix_cache_curve
+    if hit_rate <= 0:
+        return ""
+    if curve is not None:
+        return (
+            f" at the observed {100 * hit_rate:.0f}% prefix-cache hits; up to {100 * curve.ceiling_hit_rate:.0f}% "
+            "with an ample pool's cache, which the prefill sizing counts"
+        )
     return (
         f" at the observed {100 * hit_rate:.0f}% prefix-cache hits; a larger prefill pool holds more cache "
         "and may hit more, which this sizing does not count on"
@@ -340,7 +356,7 @@ def _capacity_reasons(
         (
             f"prefill: {model.prefill_service_seconds_mean * 1000:.1f} ms per prompt in full batches over "
             f"prompts mean {w.input_tokens_mean:.0f}/p90 {w.input_tokens_p90 or w.input_tokens_mean:.0f} tokens"
-            + _prefix_cache_phrase(w.prefix_cache_hit_rate, hit_rate_known)
+            + _prefix_cache_phrase(model, raw.prefill, hit_rate_known)
             + f" ({model.prefill_rps_per_replica:.2f} rps per replica); {raw.prefill} replica(s) keep "
             f"{model.percentile_q * 100:g}% of prompts within TTFT {model.slo.ttft_seconds:g}s"
             + (f" with bursty arrivals (SCV {w.arrival_scv:.1f})" if w.arrival_scv > 1.5 else "")
@@ -358,7 +374,7 @@ def _capacity_reasons(
         reasons.append(
             f"TTFT SLO unreachable by scaling for {100 * (1 - model.prefill_feasible_share):.1f}% of prompts "
             f"(longer than {model.prefill_limit_tokens:.0f} tokens, whose prefill and KV transfer alone exceed "
-            f"{model.slo.ttft_seconds:g}s{_unreachable_cache_phrase(w.prefix_cache_hit_rate)}); prefill sized for the rest"
+            f"{model.slo.ttft_seconds:g}s{_unreachable_cache_phrase(model)}); prefill sized for the rest"
         )
     if not model.tpot_reachable:
         reasons.append(

@@ -7,11 +7,13 @@ the tick and the simulator's oracle (`lead_time_seconds`).
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 from dopd_operator.api import DisaggregatedModelSpec
 from dopd_operator.capacity import CapacityModel, Workload
 from dopd_operator.planner_types import LoadForecast, Observation, PlannerState
+from dopd_operator.prefix_curve import PrefixCacheCurve
 from dopd_operator.surge import SurgeHeadroom
 
 MIN_ARRIVAL_SCV, MAX_ARRIVAL_SCV = 0.5, 20.0
@@ -150,7 +152,16 @@ def provisioned_rate(
     return rate, reason
 
 
-def observed_workload(observation: Observation, forecast: LoadForecast | None, rate_rps: float) -> Workload:
+def observed_workload(
+    observation: Observation,
+    forecast: LoadForecast | None,
+    rate_rps: float,
+    cache_tokens_per_replica: float | None = None,
+    max_prefill_replicas: int | None = None,
+) -> Workload:
+    """The capacity model's load: `rate_rps` with the observed (or forecast, when larger) lengths and
+    burstiness, and the prefix-cache hit rate; with `cache_tokens_per_replica` (a prefill replica's KV
+    capacity), also how the hit rate moves with the pool's size, where the router measures it."""
     assert observation.input_tokens_mean is not None and observation.output_tokens_mean is not None
     isl, osl = observation.input_tokens_mean, observation.output_tokens_mean
     if forecast is not None:
@@ -166,4 +177,26 @@ def observed_workload(observation: Observation, forecast: LoadForecast | None, r
         arrival_scv=min(max(burstiness, MIN_ARRIVAL_SCV), MAX_ARRIVAL_SCV),
         # Unknown hits are sized as none: the pool errs large, never small.
         prefix_cache_hit_rate=observation.prefix_cache_hit_rate or 0.0,
+        prefix_cache_curve=None
+        if cache_tokens_per_replica is None
+        else observed_curve(observation, cache_tokens_per_replica, max_prefill_replicas),
+    )
+
+
+def observed_curve(
+    observation: Observation, cache_tokens_per_replica: float, max_replicas: int | None = None
+) -> PrefixCacheCurve | None:
+    """The hit rate against the pool's size: the router's reuse distances anchored at the engines' hit
+    rate at the ready prefill replicas' cache, up to `max_replicas`' cache. None when either is unknown,
+    or no prefill replica is ready (no cache to anchor at)."""
+    shares, hit_rate = observation.prefix_reuse_share_within, observation.prefix_cache_hit_rate
+    ready = observation.prefill.ready
+    if not shares or hit_rate is None or ready <= 0:
+        return None
+    return PrefixCacheCurve(
+        tuple(bound for bound, _ in shares),
+        tuple(share for _, share in shares),
+        hit_rate,
+        ready * cache_tokens_per_replica,
+        math.inf if max_replicas is None else max_replicas * cache_tokens_per_replica,
     )

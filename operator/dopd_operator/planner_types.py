@@ -86,6 +86,13 @@ class Observation(_Frozen):
         description="Share of prompt tokens served from the prefix cache over the window (vLLM "
         "prefix_cache_hits/prefix_cache_queries, SGLang cache_hit_rate); None: unknown, sized as no hits.",
     )
+    prefix_reuse_share_within: tuple[tuple[float, float], ...] | None = Field(
+        None,
+        description="The router's reuse distances of prompt blocks over the window, as (cache tokens, "
+        "share of prompt-block tokens reused within them): the shape of the hit rate against the prefill "
+        "pool's cache size, anchored at prefix_cache_hit_rate (docs/planner.md). None: unknown, the hit "
+        "rate is taken as the same at every pool size.",
+    )
     prefill_queue_depth: float | None = Field(None, ge=0, description="Requests waiting for prefill.")
     decode_kv_usage: float | None = Field(None, ge=0, le=1, description="Mean decode KV usage 0..1.")
     decode_running: float | None = Field(None, ge=0, description="Sequences decoding, all replicas.")

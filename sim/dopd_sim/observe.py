@@ -19,6 +19,9 @@ production.
 - Prefix-cache hit rate: the prefill workers' `dopd_prefix_cache_hits_total` over
   `dopd_prefix_cache_queries_total` in the window: the simulated cache's hits where the trace carries
   block hashes (`prefix_cache`), else 0 (every prompt looked up, none hit, as the worker counts them).
+- Reuse distances of prompt blocks: the router's `dopd_prompt_reuse_distance_tokens` over the window,
+  from the trace's block hashes at each arrival through the router's own sampler
+  (`dopd_worker.prefix_reuse`); unknown where the trace carries none (nothing to hash).
 - Queue depth, KV usage and running sequences: gauges read at the tick.
 Nothing here looks past `now` except the warm start, which shows every policy the first window of
 load (arrivals and their lengths) so all of them start from a sized cluster.
@@ -41,6 +44,7 @@ from dopd_operator.metrics.estimators import (
     HistogramSummary,
     Intervals,
     histogram_from_values,
+    reuse_share_within,
     summarize_arrivals,
     summarize_histogram,
 )
@@ -48,7 +52,9 @@ from dopd_operator.planner_types import Observation, RoleObservation
 from dopd_sim.config import SimConfig
 from dopd_sim.metrics import FloatArray, RequestLog, TimelinePoint
 from dopd_sim.policies.base import Layout
+from dopd_sim.prefix_cache import PrefixTrace
 from dopd_worker.metrics import ITL_BUCKETS_SECONDS, LATENCY_BUCKETS_SECONDS, LENGTH_BUCKETS_TOKENS
+from dopd_worker.prefix_reuse import REUSE_BUCKETS_TOKENS, ReuseSampler
 
 if TYPE_CHECKING:
     from dopd_sim.cluster import Simulator
@@ -59,6 +65,38 @@ ARRIVAL_BIN_SECONDS = 1.0  # the arrival counter as a 1 s scrape interval resolv
 def _lengths(name: str, values: FloatArray) -> HistogramSummary:
     buckets = histogram_from_values(values, LENGTH_BUCKETS_TOKENS)
     return summarize_histogram(name, buckets, float(np.sum(values)), q=0.9)
+
+
+class ReuseLog:
+    """The router's reuse-distance histogram of a trace's prompt blocks, fed arrival by arrival."""
+
+    def __init__(self, trace: PrefixTrace) -> None:
+        self.trace = trace
+        self.sampler = ReuseSampler(block_tokens=trace.block_tokens)
+        self._fed = 0
+        self._times_s: list[float] = []
+        self._distances: list[float] = []
+        self._expected = [0.0]  # the expected-samples counter after each arrival fed
+
+    def share_within(self, start_s: float, end_s: float) -> tuple[tuple[float, float], ...] | None:
+        """(cache tokens, share reused within) over the sampled blocks of prompts arriving in [start, end)."""
+        arrivals = self.trace.arrival_s
+        while self._fed < len(arrivals) and arrivals[self._fed] < end_s:
+            # full blocks only, as the router hashes them (a partial last block is not cacheable)
+            full = int(self.trace.input_tokens[self._fed]) // self.trace.block_tokens
+            found = self.sampler.observe(self.trace.prefix_blocks[self._fed][:full])
+            self._times_s.extend([float(arrivals[self._fed])] * len(found))
+            self._distances.extend(found)
+            self._expected.append(self.sampler.expected_samples)
+            self._fed += 1
+        lo = bisect.bisect_left(self._times_s, start_s)
+        hi = bisect.bisect_left(self._times_s, end_s)
+        if hi <= lo:
+            return None
+        first, last = np.searchsorted(arrivals[: self._fed], (start_s, end_s), side="left")
+        values = np.asarray(self._distances[lo:hi], dtype=np.float64)
+        expected = self._expected[last] - self._expected[first]
+        return reuse_share_within(histogram_from_values(values, REUSE_BUCKETS_TOKENS), expected)
 
 
 class ObservationBuilder:
@@ -82,6 +120,7 @@ class ObservationBuilder:
         self._output_f = trace.output_tokens.astype(np.float64)
         self._input_f = trace.input_tokens.astype(np.float64)
         self._gaps_f = np.maximum(self._output_f - 1.0, 0.0)  # inter-token gaps of each request
+        self._reuse = ReuseLog(trace) if isinstance(trace, PrefixTrace) else None
 
     def arrival_history(self, now_s: float) -> tuple[FloatArray, FloatArray]:
         """Complete forecast-step buckets before `now_s`: start times and arrival rates."""
@@ -161,8 +200,10 @@ class ObservationBuilder:
         problems.extend(s.problem for s in (inputs, outputs, ttft, tpot) if s.problem)
         prefill, decode = self._roles(sim.current_layout(), sim.ready_counts(), sim)
         hit_rate: float | None = None
+        reuse: tuple[tuple[float, float], ...] | None = None
         if not warm_start:
             hit_rate = sim.prefix_cache_hit_rate(start, now_s) if sim.prefix_cache is not None else 0.0
+            reuse = None if self._reuse is None else self._reuse.share_within(start, now_s)
         return Observation(
             arrival_rate_rps=arrivals.rate_rps,
             shed_rate_rps=shed,
@@ -172,6 +213,7 @@ class ObservationBuilder:
             arrival_level_age_seconds=arrivals.level_age_seconds,
             arrival_rate_trend_span_seconds=arrivals.trend_span_seconds,
             prefix_cache_hit_rate=hit_rate,
+            prefix_reuse_share_within=reuse,
             input_tokens_mean=inputs.mean,
             input_tokens_p90=inputs.quantile,
             output_tokens_mean=outputs.mean,

@@ -220,6 +220,55 @@ def test_an_unreachable_ttft_names_the_cache_it_was_judged_at() -> None:
     assert "holds more cache" not in uncached
 
 
+# The router's reuse distances: a share of prompt-block tokens that keeps growing with the cache size.
+REUSE = tuple((float(2 ** (16 + i / 2)), 0.05 + 0.65 * i / 24) for i in range(25))
+
+
+def test_with_the_routers_curve_prefill_is_sized_for_the_cache_it_will_hold() -> None:
+    """Long prompts, half of each cached on 4 replicas: the router's curve says a larger pool hits more,
+    which makes more prompts feasible at all, so the decision buys that cache and says why. Where the
+    engine measures no hits (dopd's worker has no prefix cache), the curve buys nothing."""
+    spec = make_spec(prefill={"maxReplicas": 200})
+    long_prompts = {"rate": 4, "isl": 20_000, "isl_p90": 60_000, "prefill": 4, "decode": 2}
+    flat = plan(spec, make_obs(**long_prompts, prefix_cache_hit_rate=0.5), None, PlannerState(), T0)
+    curved = plan(
+        spec,
+        make_obs(**long_prompts, prefix_cache_hit_rate=0.5, prefix_reuse_share_within=REUSE),
+        None,
+        PlannerState(),
+        T0,
+    )
+    assert curved.raw_prefill > flat.raw_prefill
+    reasons = " ".join(curved.reasons)
+    assert (
+        "50% prefix-cache hits now, " in reasons
+        and f"expected in {curved.raw_prefill} replicas' cache" in reasons
+    )
+    assert "with an ample pool's cache, which the prefill sizing counts" in reasons
+    # "ample" is the cache of the most replicas the spec allows: with 8, no pool it may have hits more
+    # than the 50% measured on 4 (the curve is short of it there), so the curve buys nothing
+    capped = make_spec(prefill={"maxReplicas": 8})
+    assert (
+        plan(
+            capped,
+            make_obs(**long_prompts, prefix_cache_hit_rate=0.5, prefix_reuse_share_within=REUSE),
+            None,
+            PlannerState(),
+            T0,
+        ).raw_prefill
+        == plan(
+            capped, make_obs(**long_prompts, prefix_cache_hit_rate=0.5), None, PlannerState(), T0
+        ).raw_prefill
+    )
+    no_cache = {**long_prompts, "prefix_cache_hit_rate": 0.0}
+    assert (
+        plan(
+            spec, make_obs(**no_cache, prefix_reuse_share_within=REUSE), None, PlannerState(), T0
+        ).raw_prefill
+        == plan(spec, make_obs(**no_cache), None, PlannerState(), T0).raw_prefill
+    )
+
+
 def test_while_the_router_sheds_the_prefill_correction_holds() -> None:
     """Demand 40 rps, of which the router sheds 20: the engines serve the 20 rps of the matched-profile
     case above and show its P90 TTFT. Read as the demand's latency, an engine that holds 40 rps at that

@@ -8,7 +8,10 @@ import pytest
 from sim_helpers import make_trace, toy_config, toy_profile
 
 from dopd_forecaster.datasets import MOONCAKE_SYNTHETIC, data_path
+from dopd_operator.prefix_curve import PrefixCacheCurve
 from dopd_sim.cluster import Simulator
+from dopd_sim.config import SimConfig
+from dopd_sim.observe import ReuseLog
 from dopd_sim.policies.static import StaticPolicy
 from dopd_sim.prefix_cache import PrefixCache, PrefixTrace
 from dopd_sim.run import simulate
@@ -83,3 +86,32 @@ def test_mooncake_blocks_follow_windowing_and_rate_scaling() -> None:
     shifted = {h for b in doubled.prefix_blocks for h in b} - original
     assert len(shifted) == len(original)
     assert np.array_equal(np.sort(doubled.input_tokens), np.sort(np.tile(trace.input_tokens, 2)))
+
+
+def test_the_routers_curve_predicts_the_hit_rate_of_larger_pools() -> None:
+    """What the planner sizes with: the reuse distances the router samples from the Mooncake prompts,
+    anchored at the hit rate a pool measures, predict the hit rate of pools 2-8x larger (their cache is
+    their replicas' KV memory), as the simulated cache then measures it."""
+    trace = load_workload(str(data_path(MOONCAKE_SYNTHETIC)), rate_scale=2.0, seed=0, duration_s=600.0)
+    assert isinstance(trace, PrefixTrace)
+    config = SimConfig()
+    replica_tokens = config.resolved_profile().kv_capacity_tokens
+    window = (300.0, 600.0)  # the cache has warmed for 5 minutes
+    shares = ReuseLog(trace).share_within(*window)
+    assert shares is not None
+    measured = {}
+    for replicas in (8, 16, 32, 64):
+        sim = Simulator(trace, StaticPolicy(replicas, 4), config)
+        sim.run()
+        hit_rate = sim.prefix_cache_hit_rate(*window)
+        assert hit_rate is not None
+        measured[replicas] = hit_rate
+    assert measured[64] > 2 * measured[16] > 0.2  # the hit rate grows with the pool
+    for now, larger in ((8, 32), (8, 64), (16, 64), (32, 64)):
+        curve = PrefixCacheCurve(
+            tuple(b for b, _ in shares), tuple(s for _, s in shares), measured[now], now * replica_tokens
+        )
+        assert curve.hit_rate(larger * replica_tokens) == pytest.approx(measured[larger], abs=0.04), (
+            now,
+            larger,
+        )

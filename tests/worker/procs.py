@@ -136,6 +136,14 @@ class Cluster:
 SERVED_MODEL_NAME = "tiny-test"
 
 
+def metric_sample(metrics_text: str, series: str) -> float | None:
+    """The value of one series (`name{labels}` exactly as exposed) in a /metrics text; None if absent."""
+    for line in metrics_text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return None
+
+
 def router_args(model: str, *flags: str) -> list[str]:
     """`dopd router` serving `model` as SERVED_MODEL_NAME, plus the test's own flags."""
     return ["router", "--model", model, "--served-model-name", SERVED_MODEL_NAME, *flags]

@@ -16,7 +16,7 @@ import pytest
 
 from dopd_worker.ports import free_ports
 
-from .procs import Cluster, Proc, router_args
+from .procs import Cluster, Proc, metric_sample, router_args
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -39,10 +39,7 @@ class Answer:
 
 
 def _sample(text: str, series: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.split()[-1])
-    return 0.0
+    return metric_sample(text, series) or 0.0
 
 
 def _counters(router: Proc) -> dict[str, float]:

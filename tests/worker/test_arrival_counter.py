@@ -12,18 +12,11 @@ import pytest
 
 from dopd_worker.ports import free_ports
 
-from .procs import Cluster, router_args
+from .procs import Cluster, metric_sample, router_args
 
 pytestmark = [pytest.mark.worker, pytest.mark.timeout(300)]
 
 ARRIVED = 'dopd_requests_arrived_total{model="tiny-test",role="router"}'
-
-
-def _sample(metrics_text: str, series: str) -> float | None:
-    for line in metrics_text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.split()[-1])
-    return None
 
 
 def _metrics(url: str) -> str:
@@ -42,11 +35,11 @@ def test_a_queued_request_is_counted_on_arrival_and_a_rejected_one_is_not(cluste
     start = _metrics(router.url)
     # at zero from the start: a series born with its first increment would lose it to increase(), and
     # the operator reads a missing series as unknown
-    assert _sample(start, ARRIVED) == 0.0
+    assert metric_sample(start, ARRIVED) == 0.0
     # the shed counters the operator's served rate subtracts, every reason and class at zero
     for priority in ("interactive", "standard", "batch"):
         expired = f'dopd_requests_expired_total{{model="tiny-test",priority="{priority}",role="router"}}'
-        assert _sample(start, expired) == 0.0, expired
+        assert metric_sample(start, expired) == 0.0, expired
         for reason in (
             "predicted_ttft",
             "decode_full",
@@ -58,7 +51,7 @@ def test_a_queued_request_is_counted_on_arrival_and_a_rejected_one_is_not(cluste
                 f'dopd_requests_rejected_total{{model="tiny-test",priority="{priority}",'
                 f'reason="{reason}",role="router"}}'
             )
-            assert _sample(start, rejected) == 0.0, rejected
+            assert metric_sample(start, rejected) == 0.0, rejected
     rejected = httpx.post(
         f"{router.url}/v1/completions",
         json={"model": "tiny-test", "prompt": "x", "max_tokens": 0},
@@ -71,15 +64,15 @@ def test_a_queued_request_is_counted_on_arrival_and_a_rejected_one_is_not(cluste
         )
         deadline = time.monotonic() + 25
         text = _metrics(router.url)
-        while _sample(text, 'dopd_requests_waiting{model="tiny-test",role="router"}') != 1.0:
+        while metric_sample(text, 'dopd_requests_waiting{model="tiny-test",role="router"}') != 1.0:
             assert time.monotonic() < deadline, text
             time.sleep(0.1)
             text = _metrics(router.url)
         # admitted and still queued: counted (the completion counter has nothing yet)
-        assert _sample(text, ARRIVED) == 1.0
+        assert metric_sample(text, ARRIVED) == 1.0
         assert 'dopd_requests_total{model="tiny-test",role="router",status="ok"}' not in text
         assert waiting.result().status_code == 503
-    assert _sample(_metrics(router.url), ARRIVED) == 1.0  # the 400 was never an arrival
+    assert metric_sample(_metrics(router.url), ARRIVED) == 1.0  # the 400 was never an arrival
 
 
 def test_requests_served_through_the_real_router_are_counted(cluster: Cluster, tiny_checkpoint: Path) -> None:
@@ -107,8 +100,8 @@ def test_requests_served_through_the_real_router_are_counted(cluster: Cluster, t
             timeout=120,
         ).raise_for_status()
     text = _metrics(router.url)
-    assert _sample(text, ARRIVED) == 3.0
-    assert _sample(text, 'dopd_requests_total{model="tiny-test",role="router",status="ok"}') == 3.0
+    assert metric_sample(text, ARRIVED) == 3.0
+    assert metric_sample(text, 'dopd_requests_total{model="tiny-test",role="router",status="ok"}') == 3.0
     # only the router counts arrivals: the workers see each request too, and must not double it
     assert "dopd_requests_arrived_total{" not in _metrics(prefill.url)
     assert "dopd_requests_arrived_total{" not in _metrics(decode.url)

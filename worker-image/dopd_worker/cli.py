@@ -15,6 +15,8 @@ from pathlib import Path
 
 import click
 
+from dopd_worker.prefix_reuse import DEFAULT_SAMPLE_RATE
+
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -232,6 +234,14 @@ def worker(
     help="Admission: also shed new requests while the decode workers' measured inter-token latency is "
     "above a class's share of this SLO (interactive 1.0, standard 0.95, batch 0.9).",
 )
+@click.option(
+    "--prefix-reuse-sample-rate",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=DEFAULT_SAMPLE_RATE,
+    show_default=True,
+    help="Share of prompt blocks (by hash) whose reuse distance dopd_prompt_reuse_distance_tokens "
+    "records: the operator's prefix-cache curve. Higher is more precise at low traffic and costs memory.",
+)
 @click.option("--log-level", default="info", show_default=True)
 def router(
     model: str,
@@ -259,6 +269,7 @@ def router(
     admission_slo_fractions: tuple[str, ...],
     queue_ttl_seconds: float | None,
     tpot_slo_seconds: float | None,
+    prefix_reuse_sample_rate: float,
     log_level: str,
 ) -> None:
     """Run the OpenAI-compatible router with length-aware prefill scheduling."""
@@ -324,6 +335,7 @@ def router(
         queue_timeout_seconds=queue_timeout_seconds,
         admission=admission,
         scheduler=scheduler,
+        prefix_reuse_sample_rate=prefix_reuse_sample_rate,
     )
     run_router(options, discovery)
 

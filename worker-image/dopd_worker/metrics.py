@@ -5,7 +5,10 @@ Every series carries `role` (prefill | decode | router) and `model`. Semantics (
 - histograms `dopd_time_to_first_token_seconds` (router: end to end; prefill: arrival to first token),
   `dopd_inter_token_latency_seconds`, `dopd_prompt_tokens`, `dopd_generation_tokens` (at request end),
   `dopd_kv_transfer_seconds`, and on the router `dopd_request_time_per_output_token_seconds` (each
-  finished request's mean gap, first token to last: the per-request TPOT the SLO is written in);
+  finished request's mean gap, first token to last: the per-request TPOT the SLO is written in) and
+  `dopd_prompt_reuse_distance_tokens` (per sampled block of an admitted prompt, its LRU reuse distance:
+  the prefix cache's hit rate at every size, `prefix_reuse`) with the counter
+  `dopd_prompt_reuse_expected_samples_total` (blocks looked at x the sampling rate);
 - counters `dopd_prompt_tokens_total`, `dopd_generation_tokens_total`, `dopd_requests_total{status}`,
   `dopd_kv_transfer_bytes_total`, `dopd_kv_transfer_failures_total`, and on the router
   `dopd_requests_arrived_total` (every valid request, counted on arrival before the admission decision:
@@ -45,6 +48,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from dopd_worker.prefix_reuse import REUSE_BUCKETS_TOKENS
+
 # Bounds fine enough for the operator's quantiles and SLO attainment (linear interpolation inside a
 # bucket): about 10-25% apart where TTFT and inter-token latencies live, with the default SLOs (TTFT
 # 1.5 s, TPOT 50 ms) on a bound. On an hour of the Azure conversation trace, the simulator's P90 TTFT
@@ -77,6 +82,8 @@ class Metrics:
     inter_token_latency_seconds: Histogram
     request_tpot_seconds: Histogram
     prompt_tokens: Histogram
+    prompt_reuse_distance_tokens: Histogram
+    prompt_reuse_expected_samples_total: Counter
     generation_tokens: Histogram
     prompt_tokens_total: Counter
     generation_tokens_total: Counter
@@ -139,6 +146,13 @@ def create_metrics(role: str, model: str) -> Metrics:
             ITL_BUCKETS_SECONDS,
         ),
         prompt_tokens=hist("dopd_prompt_tokens", "Prompt length per request, tokens.", LENGTH_BUCKETS_TOKENS),
+        prompt_reuse_distance_tokens=hist(
+            "dopd_prompt_reuse_distance_tokens",
+            "Router: per sampled full block of an admitted prompt, the LRU stack distance since the "
+            "block's (prefix's) previous use, in tokens (+Inf: first use); the share at or below C is the "
+            "hit rate a prefix cache of C tokens would get.",
+            REUSE_BUCKETS_TOKENS,
+        ),
         generation_tokens=hist(
             "dopd_generation_tokens", "Generated tokens per finished request.", LENGTH_BUCKETS_TOKENS
         ),
@@ -183,6 +197,11 @@ def create_metrics(role: str, model: str) -> Metrics:
             "dopd_drain_aborted_requests",
             "Requests ended with an error because the drain timeout passed before they finished.",
         ),
+        prompt_reuse_expected_samples_total=counter(
+            "dopd_prompt_reuse_expected_samples",
+            "Router: full prompt blocks looked at times the reuse sampling rate (SHARDS-adj's expected "
+            "samples, beside dopd_prompt_reuse_distance_tokens).",
+        ),
         prefix_cache_queries_total=counter(
             "dopd_prefix_cache_queries", "Prompt tokens looked up in the prefix cache (prefill)."
         ),
@@ -190,6 +209,9 @@ def create_metrics(role: str, model: str) -> Metrics:
             "dopd_prefix_cache_hits", "Prompt tokens served from the prefix cache (prefill)."
         ),
     )
+    if role == "router":  # exposed at zero from the start: a missing series reads as unknown
+        m.prompt_reuse_distance_tokens.labels(role=role, model=model)
+        m.prompt_reuse_expected_samples_total.labels(role=role, model=model)
     if role == "prefill":  # exposed at zero from the start: a missing series reads as unknown
         m.prefix_cache_queries_total.labels(role=role, model=model)
         m.prefix_cache_hits_total.labels(role=role, model=model)

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from dopd_worker.admission import PRIORITY_HEADER, Priority, Reason
 from dopd_worker.metrics import Metrics
+from dopd_worker.prefix_reuse import ReuseSampler, prompt_block_hashes
 from dopd_worker.router import Generation, Router, RouterError
 from dopd_worker.router_admission import AdmissionError, parse_priority, rejection_body, rejection_response
 from dopd_worker.sampling import SamplingParams
@@ -70,6 +71,7 @@ class OpenAIServer:
         max_model_len: int,
         metrics: Metrics,
         vocab_size: int,
+        reuse: ReuseSampler | None = None,
     ) -> None:
         self.router = router
         self.tokenizer = tokenizer
@@ -78,6 +80,7 @@ class OpenAIServer:
         self.vocab_size = vocab_size
         self.metrics = metrics
         self.labels = {"role": "router", "model": model_name}
+        self.reuse = reuse if reuse is not None else ReuseSampler()
         # The counters the operator reads exist at zero from the start: a series born with its first
         # increment loses that increment to increase(), and a missing series reads as unknown.
         metrics.requests_arrived_total.labels(**self.labels)
@@ -176,6 +179,16 @@ class OpenAIServer:
         )
         return ParsedRequest(prompt_ids, sampling, bool(body.get("stream", False)), tuple(stop))
 
+    def _record_reuse(self, prompt_ids: list[int]) -> None:
+        """What the prefill pool's prefix cache will be asked for: each sampled block's reuse distance
+        (the hit rate at every pool size), and the samples an unskewed stream would have given."""
+        blocks = prompt_block_hashes(prompt_ids, self.reuse.block_tokens)
+        histogram = self.metrics.prompt_reuse_distance_tokens.labels(**self.labels)
+        for distance_tokens in self.reuse.observe(blocks):
+            histogram.observe(distance_tokens)
+        expected = len(blocks) * self.reuse.sample_rate
+        self.metrics.prompt_reuse_expected_samples_total.labels(**self.labels).inc(expected)
+
     async def _texts(self, gen: Generation, stop: tuple[str, ...]) -> AsyncIterator[str]:
         """Text deltas of a generation; cuts at a stop string (and ends the upstream stream there)."""
         decoder = IncrementalDecoder(self.tokenizer)
@@ -251,6 +264,7 @@ class OpenAIServer:
         verdict = self.router.admit(gen)
         if verdict is not None and not verdict.admitted:
             return rejection_response(verdict)  # at once, before any queueing
+        self._record_reuse(gen.prompt_ids)
         created = int(time.time())
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         if parsed.stream:

@@ -13,6 +13,7 @@ from dopd_worker.config import PRESETS, load_model_config
 from dopd_worker.discovery import Discovery
 from dopd_worker.metrics import create_metrics
 from dopd_worker.openai_api import OpenAIServer, build_router_app
+from dopd_worker.prefix_reuse import DEFAULT_SAMPLE_RATE, ReuseSampler
 from dopd_worker.router import Router
 from dopd_worker.router_admission import RouterAdmission
 from dopd_worker.scheduler import SchedulerConfig
@@ -31,6 +32,7 @@ class RouterOptions:
     queue_timeout_seconds: float = 600.0
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     admission: AdmissionConfig | None = None  # None: no SLO given, every request is queued
+    prefix_reuse_sample_rate: float = DEFAULT_SAMPLE_RATE
 
     @property
     def model_name(self) -> str:
@@ -70,6 +72,14 @@ def run_router(options: RouterOptions, discovery: Discovery) -> None:
         tasks.append(asyncio.create_task(router.run_discovery(discovery)))
         tasks.append(asyncio.create_task(router.poll_forever()))
 
-    server = OpenAIServer(router, tokenizer, options.model_name, max_len, metrics, config.vocab_size)
+    server = OpenAIServer(
+        router,
+        tokenizer,
+        options.model_name,
+        max_len,
+        metrics,
+        config.vocab_size,
+        ReuseSampler(sample_rate=options.prefix_reuse_sample_rate),
+    )
     app = build_router_app(server, state)
     serve(app, options.host, options.port, state, on_startup=startup)

@@ -11,7 +11,8 @@ plus the namespace label and `pod` that Prometheus' pod discovery adds in a clus
   status and the request's mean gap, first token to last (`dopd_request_time_per_output_token_seconds`,
   for two or more tokens); its shed counters
   (`dopd_requests_rejected_total`, `dopd_requests_expired_total`) exist at zero and stay there (no
-  admission here).
+  admission here), as do its reuse distances of prompt blocks (`dopd_prompt_reuse_distance_tokens`,
+  `dopd_prompt_reuse_expected_samples_total`: no prompt contents to hash).
 - prefill worker: TTFT from the moment the router hands it the prompt (its batch start) to the first
   token; prompt tokens; the KV it ships (bytes, seconds); `requests_total{status="ok"}` per prompt.
 - decode worker: the prefill's first token (counted at join), then one token per sequence per step
@@ -31,6 +32,7 @@ from dopd_emulator.store import Family, FloatArray
 from dopd_operator.api import Engine
 from dopd_sim.stepping import SteppedSimulator
 from dopd_worker.metrics import ITL_BUCKETS_SECONDS, LATENCY_BUCKETS_SECONDS, LENGTH_BUCKETS_TOKENS
+from dopd_worker.prefix_reuse import REUSE_BUCKETS_TOKENS
 
 WAITING = Family("dopd_requests_waiting", "gauge", "Requests queued and not yet being processed.")
 RUNNING = Family("dopd_requests_running", "gauge", "Requests being processed (in a batch).")
@@ -79,6 +81,18 @@ CACHE_QUERIES = Family(
 CACHE_HITS = Family(
     "dopd_prefix_cache_hits_total", "counter", "Prompt tokens served from the prefix cache (prefill)."
 )
+# The router's reuse distances of prompt blocks exist at zero and stay there: the emulator's requests are
+# lengths without contents, so there is nothing to hash (the operator reads the curve as unknown and takes
+# the hit rate, a measured 0 here, as the same at every pool size).
+REUSE_DISTANCE = Family(
+    "dopd_prompt_reuse_distance_tokens",
+    "histogram",
+    "Per sampled full block of an admitted prompt, its LRU stack distance in tokens.",
+    REUSE_BUCKETS_TOKENS,
+)
+REUSE_EXPECTED = Family(
+    "dopd_prompt_reuse_expected_samples_total", "counter", "Full prompt blocks looked at x the sampling rate."
+)
 SHED_LABELS = {"priority": "standard"}
 REJECTED_LABELS = {**SHED_LABELS, "reason": "decode_full"}
 
@@ -96,6 +110,8 @@ _BY_ROLE: dict[str, tuple[Family, ...]] = {
         ARRIVED,
         REJECTED,
         EXPIRED,
+        REUSE_DISTANCE,
+        REUSE_EXPECTED,
     ),
     "prefill": (
         WAITING,
@@ -134,6 +150,8 @@ class DopdRecorder(EngineRecorder):
         EXPIRED,
         CACHE_QUERIES,
         CACHE_HITS,
+        REUSE_DISTANCE,
+        REUSE_EXPECTED,
     )
 
     def __init__(self, sim: SteppedSimulator, scheme: LabelScheme, router_pod: str | None = None) -> None:

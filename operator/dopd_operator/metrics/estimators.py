@@ -122,6 +122,29 @@ def bucket_share_at_or_below(threshold: float, buckets: Iterable[Bucket]) -> flo
     return below / observations  # past the last finite bound: +Inf observations count as misses
 
 
+def reuse_share_within(
+    buckets: Iterable[Bucket], expected_samples: float | None
+) -> tuple[tuple[float, float], ...] | None:
+    """A reuse-distance histogram (`dopd_prompt_reuse_distance_tokens`) as (cache tokens, share of
+    prompt-block tokens reused within them), one pair per finite bound; None without observations (the
+    curve is then unknown, and the hit rate is taken as the same at every pool size).
+
+    `expected_samples` (the router's `dopd_prompt_reuse_expected_samples_total` over the same window):
+    SHARDS-adj's correction, the difference between the samples a uniform stream would give and those
+    taken counted as reuses at the smallest distance, where the few hottest blocks (whose sampling or not
+    moves the whole curve) live. None: the shares of the sampled blocks as they are."""
+    prepared = _prepared(buckets)
+    if prepared is None or len(prepared) < 2 or not prepared[-1][1] > 0:
+        return None
+    sampled = prepared[-1][1]
+    total, extra = sampled, 0.0
+    if expected_samples is not None and expected_samples > 0:
+        total, extra = expected_samples, expected_samples - sampled
+    return tuple(
+        (bound, min(max((count + extra) / total, 0.0), 1.0)) for bound, count in prepared[:-1] if bound > 0
+    )
+
+
 def histogram_from_values(
     values: FloatArray, upper_bounds: Sequence[float], weights: FloatArray | None = None
 ) -> list[Bucket]:

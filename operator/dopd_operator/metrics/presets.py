@@ -90,6 +90,16 @@ class PrefixCacheRead:
 
 
 @dataclass(frozen=True)
+class PrefixReuseRead:
+    """The router's reuse distances of prompt blocks over the window: the `histogram`'s buckets, and the
+    increase of `expected` (the samples an unskewed stream would give, for SHARDS-adj's correction)."""
+
+    role: RoleName
+    histogram: str
+    expected: str
+
+
+@dataclass(frozen=True)
 class EnginePreset:
     engine: Engine
     default_role_label: str
@@ -121,6 +131,10 @@ class EnginePreset:
     # since the SLO is per request; the mean stays the gaps' (`tpot`), which the decode correction
     # learns from
     request_tpot: HistogramRead | None = None
+    # the router's reuse distances of prompt blocks (`dopd_worker.prefix_reuse`): how the prefix-cache
+    # hit rate moves with the prefill pool's size; none where no router of ours sees the prompts (the
+    # hit rate is then taken as the same at every size)
+    prefix_reuse: PrefixReuseRead | None = None
 
     def histograms(self) -> dict[str, tuple[HistogramRead, bool]]:
         """Key -> (read, whether its mean is needed)."""
@@ -170,6 +184,9 @@ DOPD = EnginePreset(
         "prefill", "dopd_prefix_cache_hits_total", "dopd_prefix_cache_queries_total"
     ),
     shed=("dopd_requests_rejected_total", "dopd_requests_expired_total"),
+    prefix_reuse=PrefixReuseRead(
+        "router", "dopd_prompt_reuse_distance_tokens", "dopd_prompt_reuse_expected_samples_total"
+    ),
 )
 
 VLLM = EnginePreset(
@@ -352,6 +369,11 @@ def query_set(
             role = read_length.histogram.role
             for part, family in zip(("tokens", "requests"), read_length.totals, strict=True):
                 parts.append((f"{key}.totals/{part}", counter_increase(role, family)))
+    if preset.prefix_reuse is not None:
+        reuse = preset.prefix_reuse
+        buckets = selector(reuse.role).render([reuse.histogram], "_bucket")
+        parts.append(("reuse/bucket", f"sum by (le, {by}) (increase({buckets}[{window}]))"))
+        parts.append(("reuse/expected", counter_increase(reuse.role, reuse.expected)))
     prefix = preset.prefix_cache
     parts.append(("prefix/hits", counter_increase(prefix.role, prefix.hits)))
     parts.append(("prefix/queries", counter_increase(prefix.role, prefix.queries)))

@@ -31,6 +31,7 @@ from dopd_operator.metrics.estimators import (
     HistogramSummary,
     Intervals,
     counter_increments,
+    reuse_share_within,
     summarize_arrivals,
     summarize_histogram,
     tpot_attainment_with_waits,
@@ -301,6 +302,28 @@ class _Reader:
             return None
         return min(hits / queries, 1.0)
 
+    def prefix_reuse(self) -> tuple[tuple[float, float], ...] | None:
+        """The router's reuse distances as (cache tokens, share reused within); None when the preset
+        has none, a series is missing (with a problem line), or no prompt block was sampled in the window
+        (an idle window has nothing to measure)."""
+        read = self.queries.preset.prefix_reuse
+        if read is None:
+            return None
+        field, missing = (
+            "prefix-cache curve",
+            ": the hit rate is taken as the same at every prefill pool size",
+        )
+        buckets = self.aggregates.buckets.get("reuse")
+        if not buckets:
+            self.problems.append(
+                f"{field}: no series of {self._name(read.histogram, read.role)}_bucket{missing}"
+            )
+            return None
+        expected = self._increase(field, "reuse/expected", self._name(read.expected, read.role), missing)
+        if expected is None:
+            return None
+        return reuse_share_within(buckets, expected)
+
     def arrivals(self) -> ArrivalSummary:
         read = self.queries.preset.arrival
         pieces: list[tuple[bool, list[_Series]]] = []
@@ -409,6 +432,7 @@ def build_observation(
         arrival_level_age_seconds=arrivals.level_age_seconds,
         arrival_rate_trend_span_seconds=arrivals.trend_span_seconds,
         prefix_cache_hit_rate=hit_rate,
+        prefix_reuse_share_within=reader.prefix_reuse(),
         input_tokens_mean=input_mean,
         input_tokens_p90=input_p90,
         output_tokens_mean=output_mean,

@@ -5,7 +5,8 @@ decision's replicas are ready (one interval later), so growth is sized for the b
 of [now + startup, now + startup + interval]; replicas it already has are kept only while the busiest
 window of [now, now + startup + interval] needs them (a released replica cannot come back in time).
 Sizes come from the operator's capacity model (`dopd_operator.capacity`) given that window's true load
-(rate, the lengths themselves, burstiness, the prefix-cache hit rate being observed) times per-role factors
+(rate, the lengths themselves, burstiness, the prefix-cache hit rate being observed and, where the router
+measures it, how that rate moves with the prefill pool's size) times per-role factors
 `prefill_scale` / `decode_scale`: `search.calibrate_oracle` searches those factors with the simulator,
 over a range wide enough not to confine it to the model's sizes, for the fewest replicas that still
 meet the attainment target. The factors it finds are the capacity model's calibration: 1.0 means the
@@ -22,7 +23,8 @@ import numpy.typing as npt
 
 from dopd_forecaster.traces import Trace
 from dopd_operator.capacity import CapacityModel, Workload
-from dopd_operator.planner_load import lead_time_seconds
+from dopd_operator.planner_load import lead_time_seconds, observed_curve
+from dopd_operator.prefix_curve import PrefixCacheCurve
 from dopd_sim.metrics import percentile
 from dopd_sim.policies.base import Architecture, Layout, TickInput
 from dopd_sim.policies.sizing import busiest_window
@@ -34,6 +36,7 @@ def known_workload(
     rate_rps: float,
     arrival_scv: float,
     prefix_cache_hit_rate: float = 0.0,
+    prefix_cache_curve: PrefixCacheCurve | None = None,
 ) -> Workload:
     """A capacity-model workload that knows its requests' lengths themselves (perfect knowledge, not a
     fit to two of their statistics), at `rate_rps` with that burstiness. The oracle's and
@@ -48,6 +51,7 @@ def known_workload(
         output_tokens_p90=percentile(outputs, 90),
         arrival_scv=arrival_scv,
         prefix_cache_hit_rate=prefix_cache_hit_rate,
+        prefix_cache_curve=prefix_cache_curve,
         input_tokens_known=tuple(inputs.tolist()),
         output_tokens_known=tuple(outputs.tolist()),
     )
@@ -61,7 +65,14 @@ class OraclePolicy:
     name: str = "oracle"
     architecture: Architecture = "disaggregated"
 
-    def _workload(self, start_s: float, end_s: float, window_s: float, hit_rate: float) -> Workload | None:
+    def _workload(
+        self,
+        start_s: float,
+        end_s: float,
+        window_s: float,
+        hit_rate: float,
+        curve: PrefixCacheCurve | None = None,
+    ) -> Workload | None:
         """The busiest window's rate and burstiness among those overlapping [start, end + window)
         (`sizing.busiest_window`), with the lengths of the requests arriving there."""
         found = busiest_window(self.trace, start_s, end_s, window_s)
@@ -69,7 +80,7 @@ class OraclePolicy:
             return None
         rate, scv, lo, hi = found
         return known_workload(
-            self.trace.input_tokens[lo:hi], self.trace.output_tokens[lo:hi], rate, scv, hit_rate
+            self.trace.input_tokens[lo:hi], self.trace.output_tokens[lo:hi], rate, scv, hit_rate, curve
         )
 
     def _size(self, workload: Workload | None, tick: TickInput) -> Layout:
@@ -92,8 +103,9 @@ class OraclePolicy:
         end = now + lead
         window = config.window_seconds
         hits = tick.observation.prefix_cache_hit_rate or 0.0
-        grow = self._size(self._workload(now + startup, end, window, hits), tick)
-        keep = self._size(self._workload(now, end, window, hits), tick)
+        curve = observed_curve(tick.observation, tick.profile.kv_capacity_tokens, spec.prefill.max_replicas)
+        grow = self._size(self._workload(now + startup, end, window, hits, curve), tick)
+        keep = self._size(self._workload(now, end, window, hits, curve), tick)
         current = tick.current
         return Layout(
             prefill=max(grow.prefill, min(current.prefill, keep.prefill)),

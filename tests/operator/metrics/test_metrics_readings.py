@@ -60,6 +60,9 @@ DOPD_AGGREGATE = [
     tagged("shed/dopd_requests_expired_total", 10.0),
     tagged("prefix/hits", 3_000.0),  # prompt tokens served from the prefix cache over the window
     tagged("prefix/queries", 12_000.0),  # prompt tokens looked up
+    # the router's sampled prompt blocks: 20 of 100 reused within 64k tokens, 50 within 1M; 125 expected
+    *histogram("reuse", [(65_536.0, 20.0), (1_000_000.0, 50.0), (INF, 100.0)]),
+    tagged("reuse/expected", 125.0),
 ]
 DOPD_RAW = [
     series("dopd_requests_arrived_total", "router-0", "router", steady(5.0)),
@@ -214,6 +217,53 @@ def test_an_unknown_prefix_cache_hit_rate_is_not_zero_and_leaves_the_load_known(
             assert getattr(obs, name) == pytest.approx(expected, abs=1e-9), name
 
 
+def test_the_prefix_cache_curve_is_read_with_the_shards_correction() -> None:
+    """The 25 samples the hottest blocks did not give (125 expected, 100 taken) count as reuses at the
+    smallest distance."""
+    obs = observe(dopd_queries(), DOPD_AGGREGATE, DOPD_RAW)
+    assert obs.prefix_reuse_share_within is not None
+    bounds, shares = zip(*obs.prefix_reuse_share_within, strict=True)
+    assert bounds == (65_536.0, 1_000_000.0)
+    assert shares == pytest.approx((0.36, 0.6))
+
+
+def _reuse(buckets: list[tuple[float, float]] | None, expected: float | None) -> list[InstantSample]:
+    kept = [s for s in DOPD_AGGREGATE if not s.metric["dopd_q"].startswith("reuse/")]
+    if buckets is not None:
+        kept += histogram("reuse", buckets)
+    if expected is not None:
+        kept.append(tagged("reuse/expected", expected))
+    return kept
+
+
+@pytest.mark.parametrize(
+    ("buckets", "expected", "problem"),
+    [
+        (
+            None,
+            125.0,
+            'prefix-cache curve: no series of dopd_prompt_reuse_distance_tokens{role=~"router"}_bucket: '
+            "the hit rate is taken as the same at every prefill pool size",
+        ),
+        (
+            [(65_536.0, 20.0), (INF, 100.0)],
+            None,
+            'prefix-cache curve: no series of dopd_prompt_reuse_expected_samples_total{role=~"router"}: '
+            "the hit rate is taken as the same at every prefill pool size",
+        ),
+        ([(65_536.0, 0.0), (INF, 0.0)], 0.0, None),  # no prompt block in the window: nothing to measure
+    ],
+)
+def test_an_unknown_prefix_cache_curve_leaves_the_rest_known(
+    buckets: list[tuple[float, float]] | None, expected: float | None, problem: str | None
+) -> None:
+    obs = observe(dopd_queries(), _reuse(buckets, expected), DOPD_RAW)
+    assert obs.prefix_reuse_share_within is None
+    assert obs.problems == (() if problem is None else (problem,))
+    for name, value in HEALTHY.items():
+        assert getattr(obs, name) == pytest.approx(value, abs=1e-9), name
+
+
 def test_an_engine_without_prefix_hits_reads_a_measured_zero() -> None:
     obs = observe(dopd_queries(), _prefix(0.0, 12_000.0), DOPD_RAW)
     assert obs.prefix_cache_hit_rate == 0.0 and obs.problems == ()
@@ -352,6 +402,8 @@ def test_missing_histograms_and_an_empty_answer() -> None:
         "(the router exposes it at zero from its start): the prefill correction holds",
         'prefix-cache hit rate: no series of dopd_prefix_cache_hits_total{role=~"prefill"}: '
         "prefill is sized as no hits",
+        'prefix-cache curve: no series of dopd_prompt_reuse_distance_tokens{role=~"router"}_bucket: '
+        "the hit rate is taken as the same at every prefill pool size",
     )
     known = {
         k: v

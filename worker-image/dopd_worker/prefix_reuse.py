@@ -1,0 +1,116 @@
+"""Reuse distances of prompt blocks: what a prefix cache of any size would hit (docs/planner.md).
+
+An LRU cache of C tokens serves a block from the cache when fewer than C tokens' worth of other distinct
+blocks were used since the block's previous use (its stack distance; Mattson et al., 1970). So the
+distances of one stream of prompts give the hit rate of every cache size at once: the share of
+prompt-block tokens whose distance is at most C (the miss-ratio curve). The prefill pool's cache is its
+ready replicas' KV memory, so the curve tells the planner how the hit rate moves with the pool's size,
+which the engines' hit counters (one size, the current one) cannot.
+
+The router sees every prompt, so it measures the distances. Tracking every block would cost memory in the
+number of distinct blocks; SHARDS (Waldspurger et al., FAST'15) tracks a block only when its hash falls
+below a threshold (rate `sample_rate`) and scales the distances among tracked blocks by 1/rate. Blocks
+are `block_tokens` tokens of the prompt, each hashed with everything before it (`prompt_block_hashes`),
+so equal hashes are equal prefixes, as vLLM's and SGLang's caches key them; a prompt's last, partial block
+is not cacheable and not counted. Each sampled block is one observation of `REUSE_BUCKETS_TOKENS`'
+histogram (a block never seen, or last seen beyond the largest bound, is +Inf), so bucket counts are
+shares of full-block tokens. Beside it, `expected_samples` adds rate x blocks per prompt: a few blocks
+(a shared system prompt) carry much of the traffic at tiny distances, and whether they happen to be
+sampled would move the whole curve; SHARDS-adj counts the difference between the expected and the
+actual samples as reuses at the smallest distance (`dopd_operator.metrics.estimators.reuse_share_within`).
+
+Callers: the router (`dopd_worker.openai_api`, histogram `dopd_prompt_reuse_distance_tokens`) and the
+simulator's observation (`dopd_sim.observe`, on a trace's block hashes).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+from array import array
+from collections.abc import Iterable, Sequence
+
+# 2^(1/4) apart (19%) from 64k to 2^31 tokens: a pool's cache is its ready prefill replicas' KV capacity,
+# about 0.2-2M tokens a replica on 80 GB GPUs, from one replica to about a thousand.
+REUSE_BUCKETS_TOKENS = tuple(float(round(2 ** (16 + i / 4))) for i in range(61))
+DEFAULT_SAMPLE_RATE = 1 / 32
+DEFAULT_BLOCK_TOKENS = 512  # Mooncake's block; finer blocks cost hashing and change the curve little
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(value: int) -> int:
+    """A 64-bit finalizer (splitmix64's): spreads sequential ids (a trace's hash_ids) over the range, so a
+    threshold on the result samples uniformly."""
+    z = (value + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def prompt_block_hashes(token_ids: Sequence[int], block_tokens: int = DEFAULT_BLOCK_TOKENS) -> list[int]:
+    """One 64-bit hash per full block of the prompt, each over its block and every block before it."""
+    hashes: list[int] = []
+    digest = b""
+    for start in range(0, len(token_ids) - block_tokens + 1, block_tokens):
+        block = array("q", token_ids[start : start + block_tokens]).tobytes()
+        digest = hashlib.blake2b(digest + block, digest_size=8).digest()
+        hashes.append(int.from_bytes(digest, "little"))
+    return hashes
+
+
+class ReuseSampler:
+    """SHARDS-sampled LRU stack distances of prompt blocks, in tokens."""
+
+    def __init__(
+        self,
+        block_tokens: int = DEFAULT_BLOCK_TOKENS,
+        sample_rate: float = DEFAULT_SAMPLE_RATE,
+        horizon_tokens: float = REUSE_BUCKETS_TOKENS[-1],
+    ) -> None:
+        if not 0 < sample_rate <= 1:
+            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+        self.block_tokens = block_tokens
+        self.sample_rate = sample_rate
+        self._threshold = math.floor(sample_rate * 2.0**64)
+        # Tracked blocks beyond the horizon are forgotten (their reuse counts as +Inf), bounding memory.
+        self._max_tracked = max(1, math.ceil(horizon_tokens * sample_rate / block_tokens))
+        self._clock = 0
+        self._last_use: dict[int, int] = {}  # block -> its last use's tick
+        self._block_at: dict[int, int] = {}  # tick -> block
+        self._uses: list[int] = []  # the tracked blocks' last-use ticks, increasing
+        self.expected_samples = 0.0  # rate x blocks looked at: what an unskewed stream would sample
+
+    def sampled(self, block: int) -> bool:
+        return _mix64(block & _MASK64) < self._threshold
+
+    @property
+    def tracked_blocks(self) -> int:
+        return len(self._uses)
+
+    def observe(self, blocks: Iterable[int]) -> list[float]:
+        """One prompt's block hashes, in order: the reuse distance (tokens; inf for a first use) of each
+        sampled block."""
+        distances: list[float] = []
+        for block in blocks:
+            self.expected_samples += self.sample_rate
+            if not self.sampled(block):
+                continue
+            last = self._last_use.get(block)
+            if last is None:
+                distances.append(math.inf)
+            else:
+                index = bisect.bisect_left(self._uses, last)
+                newer = len(self._uses) - index - 1  # distinct tracked blocks used since
+                distances.append((newer / self.sample_rate + 1) * self.block_tokens)
+                del self._uses[index]
+                del self._block_at[last]
+            self._clock += 1
+            self._last_use[block] = self._clock
+            self._block_at[self._clock] = block
+            self._uses.append(self._clock)
+            if len(self._uses) > self._max_tracked:
+                oldest = self._uses.pop(0)
+                del self._last_use[self._block_at.pop(oldest)]
+        return distances
