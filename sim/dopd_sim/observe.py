@@ -21,7 +21,8 @@ production.
   block hashes (`prefix_cache`), else 0 (every prompt looked up, none hit, as the worker counts them).
 - Reuse distances of prompt blocks: the router's `dopd_prompt_reuse_distance_tokens` over the window,
   from the trace's block hashes at each arrival through the router's own sampler
-  (`dopd_worker.prefix_reuse`); unknown where the trace carries none (nothing to hash).
+  (`dopd_worker.prefix_reuse`); unknown where the trace carries none (nothing to hash) or the spec's
+  engine preset does not read it (vLLM, SGLang).
 - Queue depth, KV usage and running sequences: gauges read at the tick.
 Nothing here looks past `now` except the warm start, which shows every policy the first window of
 load (arrivals and their lengths) so all of them start from a sized cluster.
@@ -48,6 +49,7 @@ from dopd_operator.metrics.estimators import (
     summarize_arrivals,
     summarize_histogram,
 )
+from dopd_operator.metrics.presets import PRESETS
 from dopd_operator.planner_types import Observation, RoleObservation
 from dopd_sim.config import SimConfig
 from dopd_sim.metrics import FloatArray, RequestLog, TimelinePoint
@@ -120,7 +122,10 @@ class ObservationBuilder:
         self._output_f = trace.output_tokens.astype(np.float64)
         self._input_f = trace.input_tokens.astype(np.float64)
         self._gaps_f = np.maximum(self._output_f - 1.0, 0.0)  # inter-token gaps of each request
-        self._reuse = ReuseLog(trace) if isinstance(trace, PrefixTrace) else None
+        # only where the spec's engine preset reads the router's curve (dopd's): behind vLLM's or
+        # SGLang's own routers the operator has none, so neither does the policy here
+        reads_reuse = PRESETS[config.spec.engine].prefix_reuse is not None
+        self._reuse = ReuseLog(trace) if isinstance(trace, PrefixTrace) and reads_reuse else None
 
     def arrival_history(self, now_s: float) -> tuple[FloatArray, FloatArray]:
         """Complete forecast-step buckets before `now_s`: start times and arrival rates."""

@@ -115,3 +115,16 @@ def test_the_routers_curve_predicts_the_hit_rate_of_larger_pools() -> None:
             now,
             larger,
         )
+
+
+@pytest.mark.parametrize(("engine", "has_curve"), [("dopd", True), ("vllm", False), ("sglang", False)])
+def test_policies_see_the_curve_only_where_the_engine_preset_reads_it(engine: str, has_curve: bool) -> None:
+    """dopd's router measures the reuse distances; behind vLLM's or SGLang's routers the operator has no
+    curve, so a simulated policy has none either (it would size for what production cannot see)."""
+    trace = load_workload(str(data_path(MOONCAKE_SYNTHETIC)), duration_s=120.0)
+    spec = SimConfig().spec.model_copy(update={"engine": engine})
+    sim = Simulator(trace, StaticPolicy(4, 2), SimConfig(spec=spec))
+    sim.run()
+    observation = sim.observer.observe(120.0, sim)
+    assert (observation.prefix_reuse_share_within is not None) == has_curve
+    assert observation.prefix_cache_hit_rate is not None and observation.prefix_cache_hit_rate > 0
