@@ -222,7 +222,9 @@ class Router:
         waiter: asyncio.Future[str] = loop.create_future()
         self._waiters[gen.request_id] = (waiter, len(gen.prompt_ids))
         queued = time.monotonic()
-        self.queue.push(QueuedPrompt(gen.request_id, len(gen.prompt_ids), queued))
+        # Queued by its arrival, not by this attempt: a request back for another prefill (a decode
+        # worker found full after all, a refusal, a retry) keeps its place ahead of later arrivals.
+        self.queue.push(QueuedPrompt(gen.request_id, len(gen.prompt_ids), gen.arrival_seconds))
         if self.admission is not None:
             self.admission.queued.add(len(gen.prompt_ids))
         self.dispatch()
