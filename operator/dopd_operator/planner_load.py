@@ -53,8 +53,8 @@ def backlog_rps(
     the ready replicas compute (at full batches), for as long as the replicas already starting still
     take (since the last scale-up), or a whole startup when none is starting (those ordered now).
     Draining only today's queue orders for a queue that keeps growing while the new replicas start, and
-    leaves them a larger one than they were sized for. What drains from prefill arrives at decode: both
-    pools are sized for it."""
+    leaves them a larger one than they were sized for. While the router sheds, only the queue counts.
+    What drains from prefill arrives at decode: both pools are sized for it."""
     queue = observation.prefill_queue_depth or 0.0
     if queue <= 0:
         return 0.0
@@ -65,6 +65,11 @@ def backlog_rps(
         growing_s = min(max(startup_s - (now - state.last_scale_up_time).total_seconds(), 0.0), startup_s)
     computed_rps = observation.prefill.ready * model.prefill_rps_per_replica
     growth = max((observation.arrival_rate_rps or 0.0) - computed_rps, 0.0) * growing_s
+    if (observation.shed_rate_rps or 0.0) > 0:
+        # The router sheds what its pools cannot serve within the SLO: arrivals beyond them are turned
+        # away, not queued, so the queue does not grow by them (counting them would also report the
+        # budget layout's sustainable rate low by the shed rate, docs/benchmarks/overload.md).
+        growth = 0.0
     return (queue + growth) / lead_s
 
 

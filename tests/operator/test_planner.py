@@ -101,6 +101,24 @@ def test_a_prefill_backlog_is_drained_over_the_lead_time_by_both_pools() -> None
     assert (queued.prefill, queued.decode) == (4, 3)
 
 
+def test_while_the_router_sheds_the_arrivals_beyond_the_pool_are_not_a_growing_queue() -> None:
+    """A binding budget at twice the load it sustains, the router shedding the rest: the queue it keeps
+    is drained, but the arrivals beyond what the ready prefill replicas compute are turned away, not
+    queued. Counted as queue growth they read the budget layout's sustainable rate as a fraction of
+    what it serves (the overload benchmark's status said "serving 16.8 of 194.7 rps" while the router
+    served 148 rps within the SLO)."""
+    spec = make_spec(scaling={"gpuBudget": 6})
+    common = {"rate": 200, "prefill": 3, "decode": 3, "prefill_queue_depth": 50}
+    no_queue = plan(spec, make_obs(rate=200, prefill=3, decode=3), None, PlannerState(), T0)
+    shedding = plan(spec, make_obs(**common, shed_rate_rps=60.0), None, PlannerState(), T0)
+    unknown = plan(spec, make_obs(**common, shed_rate_rps=None), None, PlannerState(), T0)
+    assert no_queue.capacity is not None and shedding.capacity is not None and unknown.capacity is not None
+    # only the 50 queued prompts (over the lead time) are on top of the load
+    assert shedding.capacity.sustainable_rps == pytest.approx(no_queue.capacity.sustainable_rps, rel=0.05)
+    # without knowing that the router sheds, the excess is taken as queued, and the budget serves less
+    assert unknown.capacity.sustainable_rps < 0.5 * no_queue.capacity.sustainable_rps
+
+
 def test_a_ttft_that_ends_with_the_prefill_is_compared_with_a_prediction_that_does_too() -> None:
     """vLLM's and SGLang's prefill pods time queue + prefill; the first token users see comes after the
     KV transfer too. An engine exactly as the profile says, observed at a prefill pod, keeps its factor
