@@ -2,7 +2,7 @@
 
 Traces that carry prompt block hashes (Mooncake FAST'25: `hash_ids`, one per 512-token block; equal ids
 are reusable prefix KV) let the simulator credit what prefix caching saves. The model: one LRU cache of
-blocks for the whole prefill pool, holding as many blocks as the ready prefill replicas' KV capacity
+blocks for the whole prefill pool (a prompt's blocks touched tail first, so its head is evicted last), holding as many blocks as the ready prefill replicas' KV capacity
 (each replica's HBM, with a cache-aware router sending a prompt to where its prefix is, as Dynamo's KV
 router and Mooncake's store do). A prompt's cached prefix is its longest run of leading blocks in the
 cache when its batch starts (at most all but its last token, which is always computed); its blocks
@@ -123,14 +123,15 @@ class PrefixCache:
         self._evict()
 
     def cached_tokens(self, blocks: Sequence[int], prompt_tokens: int, now_s: float) -> int:
-        """Tokens of this prompt's prefix found in the cache (touched as recently used), recorded for the
-        hit rate. The last token is always computed."""
+        """Tokens of this prompt's prefix found in the cache (touched as recently used, tail first so
+        its head is the most recent), recorded for the hit rate. The last token is always computed."""
         hits = 0
         for block in blocks:
             if block not in self._blocks:
                 break
-            self._blocks.move_to_end(block)
             hits += 1
+        for block in reversed(blocks[:hits]):
+            self._blocks.move_to_end(block)
         cached = min(hits * self.block_tokens, max(prompt_tokens - 1, 0))
         self.lookup_s.append(now_s)
         self.queried_tokens.append(prompt_tokens)
@@ -145,8 +146,11 @@ class PrefixCache:
         return sum(self.hit_tokens[lo:hi]) / queried if queried > 0 else None
 
     def insert(self, blocks: Sequence[int]) -> None:
-        """A prefilled prompt's blocks become (most recently used) cache entries."""
-        for block in blocks:
+        """A prefilled prompt's blocks become (most recently used) cache entries, tail first: of one
+        prompt's blocks the tail goes first, as vLLM frees a sequence's blocks in reverse order and
+        SGLang's radix tree evicts leaves first. (Head first, a long prompt under pressure lost its
+        first block, and with it every later block's use, while the tail stayed cached.)"""
+        for block in reversed(blocks):
             self._blocks[block] = None
             self._blocks.move_to_end(block)
         self._evict()

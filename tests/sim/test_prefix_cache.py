@@ -32,6 +32,17 @@ def test_leading_blocks_hit_and_the_least_recently_used_go_first() -> None:
     assert cache.cached_tokens([1], 10, 3.0) == 0
 
 
+def test_a_prompts_head_outlives_its_tail() -> None:
+    """Under pressure a cached prompt loses its last blocks first, as vLLM (reverse-order free) and
+    SGLang (leaves first) evict: its head still serves the next prompt that shares it. Evicting the head
+    first would leave a cached tail that no lookup can reach (a prefix is matched from its start)."""
+    cache = PrefixCache(block_tokens=10, blocks_per_replica=3)
+    cache.resize(1)
+    cache.insert([1, 2, 3])
+    cache.insert([4])  # capacity 3: one of the first prompt's blocks goes, its tail
+    assert cache.cached_tokens([1, 2, 3, 5], 40, 0.0) == 20
+
+
 def _prefixed(arrivals: list[float], prompts: list[int], blocks: list[tuple[int, ...]]) -> PrefixTrace:
     base = make_trace(arrivals, prompts, [2] * len(prompts))
     return PrefixTrace(
