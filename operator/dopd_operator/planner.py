@@ -318,8 +318,8 @@ def _prefix_cache_phrase(model: CapacityModel, prefill: int, known: bool) -> str
         return " (prefix-cache hit rate unknown: sized as no hits)"
     if hit_rate <= 0:
         return ""
-    expected = model.prefill_hit_rate(prefill)
-    if model.workload.prefix_cache_curve is None or abs(expected - hit_rate) < 0.005:
+    expected = model.prefill_hit_rate(prefill)  # the observed rate without a curve
+    if abs(expected - hit_rate) < 0.005:
         return f" ({100 * hit_rate:.0f}% prefix-cache hits)"
     return f" ({100 * hit_rate:.0f}% prefix-cache hits now, {100 * expected:.0f}% expected in {prefill} replicas' cache)"
 

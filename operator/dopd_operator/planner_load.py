@@ -59,17 +59,17 @@ def backlog_rps(
     if queue <= 0:
         return 0.0
     lead_s = lead_time_seconds(spec, observation)
+    if (observation.shed_rate_rps or 0.0) > 0:
+        # The router sheds what its pools cannot serve within the SLO: arrivals beyond them are turned
+        # away, not queued, so the queue does not grow by them (counting them would also report the
+        # budget layout's sustainable rate low by the shed rate, docs/benchmarks/overload.md).
+        return queue / lead_s
     startup_s = lead_s - spec.scaling.interval_seconds
     growing_s = startup_s
     if observation.prefill.pending > 0 and state.last_scale_up_time is not None:
         growing_s = min(max(startup_s - (now - state.last_scale_up_time).total_seconds(), 0.0), startup_s)
     computed_rps = observation.prefill.ready * model.prefill_rps_per_replica
     growth = max((observation.arrival_rate_rps or 0.0) - computed_rps, 0.0) * growing_s
-    if (observation.shed_rate_rps or 0.0) > 0:
-        # The router sheds what its pools cannot serve within the SLO: arrivals beyond them are turned
-        # away, not queued, so the queue does not grow by them (counting them would also report the
-        # budget layout's sustainable rate low by the shed rate, docs/benchmarks/overload.md).
-        growth = 0.0
     return (queue + growth) / lead_s
 
 

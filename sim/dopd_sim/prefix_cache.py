@@ -2,11 +2,12 @@
 
 Traces that carry prompt block hashes (Mooncake FAST'25: `hash_ids`, one per 512-token block; equal ids
 are reusable prefix KV) let the simulator credit what prefix caching saves. The model: one LRU cache of
-blocks for the whole prefill pool (a prompt's blocks touched tail first, so its head is evicted last), holding as many blocks as the ready prefill replicas' KV capacity
-(each replica's HBM, with a cache-aware router sending a prompt to where its prefix is, as Dynamo's KV
-router and Mooncake's store do). A prompt's cached prefix is its longest run of leading blocks in the
-cache when its batch starts (at most all but its last token, which is always computed); its blocks
-enter the cache when its prefill ends. The hit rate this produces is what vLLM reports as
+blocks for the whole prefill pool (a prompt's blocks touched tail first, so its head is evicted last),
+holding as many blocks as the ready prefill replicas' KV capacity (each replica's HBM, with a
+cache-aware router sending a prompt to where its prefix is, as Dynamo's KV router and Mooncake's store
+do). A prompt's cached prefix is its longest run of leading blocks in the cache when its batch starts
+(at most all but its last token, which is always computed); its blocks enter the cache when its
+prefill ends. The hit rate this produces is what vLLM reports as
 prefix_cache_hits / prefix_cache_queries (tokens).
 
 `PrefixTrace` is a `Trace` that also carries each request's block hashes; `read_mooncake_blocks` reads

@@ -182,11 +182,11 @@ class OpenAIServer:
     def _record_reuse(self, prompt_ids: list[int]) -> None:
         """What the prefill pool's prefix cache will be asked for: each sampled block's reuse distance
         (the hit rate at every pool size), and the samples an unskewed stream would have given."""
-        blocks = prompt_block_hashes(prompt_ids, self.reuse.block_tokens)
         histogram = self.metrics.prompt_reuse_distance_tokens.labels(**self.labels)
-        for distance_tokens in self.reuse.observe(blocks):
+        expected_before = self.reuse.expected_samples
+        for distance_tokens in self.reuse.observe(prompt_block_hashes(prompt_ids, self.reuse.block_tokens)):
             histogram.observe(distance_tokens)
-        expected = len(blocks) * self.reuse.sample_rate
+        expected = self.reuse.expected_samples - expected_before
         self.metrics.prompt_reuse_expected_samples_total.labels(**self.labels).inc(expected)
 
     async def _texts(self, gen: Generation, stop: tuple[str, ...]) -> AsyncIterator[str]:

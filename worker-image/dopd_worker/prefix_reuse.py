@@ -29,6 +29,7 @@ import bisect
 import hashlib
 import math
 from array import array
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 # 2^(1/4) apart (19%) from 64k to 2^31 tokens: a pool's cache is its ready prefill replicas' KV capacity,
@@ -77,8 +78,8 @@ class ReuseSampler:
         # Tracked blocks beyond the horizon are forgotten (their reuse counts as +Inf), bounding memory.
         self._max_tracked = max(1, math.ceil(horizon_tokens * sample_rate / block_tokens))
         self._clock = 0
-        self._last_use: dict[int, int] = {}  # block -> its last use's tick
-        self._block_at: dict[int, int] = {}  # tick -> block
+        # block -> its last use's tick, least recently used first (the order `_uses` is in)
+        self._last_use: OrderedDict[int, int] = OrderedDict()
         self._uses: list[int] = []  # the tracked blocks' last-use ticks, increasing
         self.expected_samples = 0.0  # rate x blocks looked at: what an unskewed stream would sample
 
@@ -105,12 +106,11 @@ class ReuseSampler:
                 newer = len(self._uses) - index - 1  # distinct tracked blocks used since
                 distances.append((newer / self.sample_rate + 1) * self.block_tokens)
                 del self._uses[index]
-                del self._block_at[last]
+                self._last_use.move_to_end(block)
             self._clock += 1
             self._last_use[block] = self._clock
-            self._block_at[self._clock] = block
             self._uses.append(self._clock)
             if len(self._uses) > self._max_tracked:
-                oldest = self._uses.pop(0)
-                del self._last_use[self._block_at.pop(oldest)]
+                self._uses.pop(0)
+                self._last_use.popitem(last=False)
         return distances
