@@ -64,10 +64,14 @@ def _peak_attainment(peak: PeakSlice, policy: Policy, config: SimConfig) -> floa
     return float(np.mean(met)) if len(met) else 1.0
 
 
-def _goal(peak: PeakSlice, ample: Policy, config: SimConfig) -> float:
-    """The target, or the same share of what ample replicas reach at the peak where that is less."""
+def _goal(peak: PeakSlice, ample: Policy, widest: Policy, config: SimConfig) -> float:
+    """The target, or the same share of what ample replicas reach at the peak where that is less: the
+    model's sizes x3 (`ample`), and where that misses, the most replicas the spec allows (`widest`), so
+    the goal does not hang on the capacity model's sizes (a prefix cache grows with the pool)."""
     target = config.spec.slo.attainment_target
     ceiling = _peak_attainment(peak, ample, config)
+    if ceiling < target:
+        ceiling = max(ceiling, _peak_attainment(peak, widest, config))
     return target if ceiling >= target else target * ceiling
 
 
@@ -84,7 +88,8 @@ def static_peak_layout(trace: Trace, config: SimConfig) -> tuple[int, int]:
     spec = config.spec
     ample_p = min(max(round(sized.prefill * _AMPLE), 2), spec.prefill.max_replicas)
     ample_d = min(max(round(sized.decode * _AMPLE), 2), spec.decode.max_replicas)
-    goal = _goal(peak, StaticPolicy(ample_p, ample_d), config)
+    widest = StaticPolicy(spec.prefill.max_replicas, spec.decode.max_replicas)
+    goal = _goal(peak, StaticPolicy(ample_p, ample_d), widest, config)
 
     def prefill_meets(n: int) -> bool:
         return _peak_attainment(peak, StaticPolicy(n, ample_d), config) >= goal
@@ -114,7 +119,7 @@ def aggregated_peak_layout(
     for chunk in chunks:
         chunked = dataclasses.replace(config, aggregated_token_budget=chunk)
         ample = min(max(round(sized.mixed * _AMPLE), 2), ceiling)
-        goal = _goal(peak, FixedAggregatedPolicy(ample), chunked)
+        goal = _goal(peak, FixedAggregatedPolicy(ample), FixedAggregatedPolicy(ceiling), chunked)
 
         def meets(n: int, chunked: SimConfig = chunked, goal: float = goal) -> bool:
             return _peak_attainment(peak, FixedAggregatedPolicy(n), chunked) >= goal

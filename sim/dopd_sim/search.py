@@ -113,7 +113,9 @@ def max_rate_meeting_target(
 class OracleCalibration:
     """The oracle's search result. `target` is the attainment it was calibrated to: the spec's target,
     or, where no layout reaches it (`feasible` False: prompts that cannot prefill within the SLO at any
-    size), that share of the ceiling `ceiling` (the attainment with ample replicas). `calibrated` is False
+    size), that share of the ceiling `ceiling` (the attainment with ample replicas: the model's sizes x3,
+    and where that misses, the most replicas the spec allows, so the goal does not hang on the model under
+    test buying too little of a prefix cache). `calibrated` is False
     when even the widest factors searched miss the target; the ratio to dopd then means nothing."""
 
     prefill_scale: float
@@ -155,8 +157,13 @@ def oracle_calibration(
 
     goal = target if target is not None else config.spec.slo.attainment_target
     model_result = run_with(1.0, 1.0)
-    ample = run_with(_CEILING_SCALE, _CEILING_SCALE)
-    ceiling = ample.summary.slo_attainment
+    ceiling = run_with(_CEILING_SCALE, _CEILING_SCALE).summary.slo_attainment
+    if ceiling < goal:  # confirm with the most replicas the spec allows, not a multiple of the model's
+        spec = config.spec
+        widest = StaticPolicy(spec.prefill.max_replicas, spec.decode.max_replicas)
+        ceiling = max(
+            ceiling, simulate(trace, widest, config, score_from_s=score_from_s).summary.slo_attainment
+        )
     feasible = ceiling >= goal
     if not feasible:
         goal *= ceiling  # the same share of what any layout can reach

@@ -8,6 +8,7 @@ import pytest
 from sim_helpers import make_trace, toy_config, toy_profile
 
 from dopd_operator.planner_types import Observation
+from dopd_sim import search
 from dopd_sim.metrics import IntervalAverages, slo_met
 from dopd_sim.peak import busiest_minute, static_peak_layout
 from dopd_sim.policies.base import Layout, TickInput
@@ -64,6 +65,23 @@ def test_oracle_calibrates_to_the_ceiling_where_the_target_is_out_of_reach() -> 
     assert found.ceiling == pytest.approx(0.5)
     assert found.target == pytest.approx(0.495)
     assert found.calibrated and found.result.summary.slo_attainment >= 0.495
+
+
+def test_the_ceiling_does_not_hang_on_the_capacity_model_under_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Were "ample replicas" only a multiple of the model's sizes, a model that buys too little (here
+    # every size x0.25, as a model blind to a growing prefix cache would) would lower the goal it is
+    # judged against and pass a feasible trace off as infeasible. Where the multiple misses, the most
+    # replicas the spec allows decide: 40 rps of 1000-token prompts at 0.1 s per prompt keep 4 prefill
+    # replicas busy, which x0.25 of the model's sizes are not, and the spec's 16 are, easily.
+    monkeypatch.setattr(search, "_CEILING_SCALE", 0.25)
+    profile = toy_profile(prefill_a=0.0, prefill_b=1e-4, decode_a=0.005)
+    config = toy_config(profile)
+    config.spec.prefill.max_replicas = 16
+    config.spec.decode.max_replicas = 16
+    trace = make_trace([i / 40.0 for i in range(2400)], [1000] * 2400, [20] * 2400)
+    found = search.oracle_calibration(trace, config, iterations=1)
+    assert found.feasible and found.ceiling >= 0.99
+    assert found.target == pytest.approx(config.spec.slo.attainment_target)
 
 
 def test_static_peak_meets_the_busiest_minute_with_the_fewest_replicas() -> None:
