@@ -12,25 +12,31 @@ prefix_cache_hits / prefix_cache_queries (tokens).
 
 `PrefixTrace` is a `Trace` that also carries each request's block hashes; `read_mooncake_blocks` reads
 them beside the shared loader, which keeps only arrival times and lengths. Callers: `workload` (loading,
-windowing and rate-scaling such traces), `cluster.Simulator` (the cache).
+windowing and rate-scaling such traces), `cluster.Simulator` (the cache), the oracle (`known_hit_curve`:
+the hit rate its window's requests would see at each pool size, from every block's exact reuse distance).
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from dopd_forecaster.traces import Trace, TraceFormatError
+from dopd_operator.prefix_curve import PrefixCacheCurve
+from dopd_worker.prefix_reuse import REUSE_BUCKETS_TOKENS, ReuseSampler
 
 MOONCAKE_BLOCK_TOKENS = 512
 
 BlockHashes = tuple[int, ...]
+FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,3 +165,42 @@ class PrefixCache:
     def _evict(self) -> None:
         while len(self._blocks) > self.capacity_blocks:
             self._blocks.popitem(last=False)
+
+
+@functools.lru_cache(maxsize=4)
+def exact_reuse_distances(trace: PrefixTrace) -> tuple[FloatArray, ...]:
+    """Each request's full blocks' LRU stack distances (tokens; inf for a first use), every block
+    tracked: the router's sampler at rate 1, whose distances are exactly an LRU cache's hits at every size
+    (tests/worker/test_prefix_reuse.py). Memoized per trace: an oracle's calibration runs it a dozen times."""
+    sampler = ReuseSampler(block_tokens=trace.block_tokens, sample_rate=1.0)
+    out: list[FloatArray] = []
+    for blocks, prompt in zip(trace.prefix_blocks, trace.input_tokens, strict=True):
+        full = int(prompt) // trace.block_tokens
+        out.append(np.sort(np.asarray(sampler.observe(blocks[:full]), dtype=np.float64)))
+    return tuple(out)
+
+
+def known_hit_curve(
+    trace: PrefixTrace, lo: int, hi: int, cache_tokens: float, largest_cache_tokens: float
+) -> PrefixCacheCurve | None:
+    """How the prefix-cache hit rate of requests `lo:hi` moves with the pool's cache, known rather than
+    sampled: the share of their prompt tokens an LRU cache of each `REUSE_BUCKETS_TOKENS` size serves
+    (each prompt's blocks within that distance, at most all but its last token), anchored at itself at
+    `cache_tokens` (the pool's cache now). What the oracle sizes with: the router's curve, sampled from
+    the past, cannot know a reuse farther back than the traffic it has seen. None without requests."""
+    if hi <= lo:
+        return None
+    distances = exact_reuse_distances(trace)[lo:hi]
+    prompts = trace.input_tokens[lo:hi].astype(np.float64)
+    bounds = np.asarray(REUSE_BUCKETS_TOKENS)
+    cached = np.stack(
+        [np.searchsorted(d, bounds, side="right") * float(trace.block_tokens) for d in distances]
+    )
+    cached = np.minimum(cached, np.maximum(prompts - 1.0, 0.0)[:, None])
+    shares = np.minimum(np.maximum.accumulate(cached.sum(axis=0) / max(float(prompts.sum()), 1.0)), 1.0)
+    unanchored = PrefixCacheCurve(tuple(bounds.tolist()), tuple(shares.tolist()), 0.0, cache_tokens)
+    return replace(
+        unanchored,
+        observed_hit_rate=unanchored.share(cache_tokens),
+        largest_cache_tokens=largest_cache_tokens,
+    )

@@ -12,8 +12,10 @@ from dopd_operator.prefix_curve import PrefixCacheCurve
 from dopd_sim.cluster import Simulator
 from dopd_sim.config import SimConfig
 from dopd_sim.observe import ReuseLog
+from dopd_sim.policies.base import Layout, TickInput
+from dopd_sim.policies.oracle import OraclePolicy
 from dopd_sim.policies.static import StaticPolicy
-from dopd_sim.prefix_cache import PrefixCache, PrefixTrace
+from dopd_sim.prefix_cache import PrefixCache, PrefixTrace, known_hit_curve
 from dopd_sim.run import simulate
 from dopd_sim.workload import load_workload, scale_rate
 
@@ -126,6 +128,56 @@ def test_the_routers_curve_predicts_the_hit_rate_of_larger_pools() -> None:
             now,
             larger,
         )
+
+
+def test_the_oracles_known_curve_is_the_hit_rate_each_pool_size_gets() -> None:
+    """The oracle's perfect knowledge of the load includes how much of it a cache serves: every block's
+    exact reuse distance gives the hit rate a window's requests see at each pool size, with no anchor,
+    as the simulated cache of a pool that size measures it: within 0.03, and above it by 0.015-0.025 on
+    this trace, since a prompt's blocks enter the cache only when its prefill ends, so a prompt that
+    shares a prefix with one still in flight misses it (as in vLLM), where a stack distance counts it."""
+    trace = load_workload(str(data_path(MOONCAKE_SYNTHETIC)), rate_scale=2.0, seed=0, duration_s=600.0)
+    assert isinstance(trace, PrefixTrace)
+    config = SimConfig()
+    replica_tokens = config.resolved_profile().kv_capacity_tokens
+    lo, hi = np.searchsorted(trace.arrival_s, (300.0, 600.0))
+    curve = known_hit_curve(trace, int(lo), int(hi), 8 * replica_tokens, 64 * replica_tokens)
+    assert curve is not None
+    for replicas in (8, 16, 32, 64):
+        sim = Simulator(trace, StaticPolicy(replicas, 4), config)
+        sim.run()
+        measured = sim.prefix_cache_hit_rate(300.0, 600.0)
+        assert measured is not None
+        assert curve.hit_rate(replicas * replica_tokens) == pytest.approx(measured, abs=0.03), replicas
+    assert curve.ceiling_hit_rate == pytest.approx(curve.hit_rate(64 * replica_tokens))
+
+
+@pytest.mark.parametrize(("engine", "has_curve"), [("dopd", True), ("vllm", False)])
+def test_the_oracle_knows_the_hits_ahead_and_the_curve_only_where_dopd_would(
+    engine: str, has_curve: bool
+) -> None:
+    """Before any prompt has been served (no hit observed, no curve sampled), the oracle sizes for the
+    hits its window's requests will get; the curve, as for every policy, only where the engine preset
+    reads the router's (dopd's)."""
+    trace = load_workload(str(data_path(MOONCAKE_SYNTHETIC)), duration_s=600.0)
+    assert isinstance(trace, PrefixTrace)
+    spec = SimConfig().spec.model_copy(update={"engine": engine})
+    config = SimConfig(spec=spec)
+    sim = Simulator(trace, StaticPolicy(16, 2), config)
+    sim.run()
+    observation = sim.observer.observe(1.0, sim).model_copy(update={"prefix_cache_hit_rate": None})
+    tick = TickInput(
+        now_s=1.0,
+        observation=observation,
+        history_timestamps_s=np.zeros(0),
+        history_arrival_rps=np.zeros(0),
+        current=Layout(prefill=16, decode=2),
+        config=config,
+        profile=config.resolved_profile(),
+    )
+    workload = OraclePolicy(trace)._workload(300.0, 450.0, 60.0, tick)
+    assert workload is not None and workload.prefix_cache_hit_rate > 0.1
+    assert (workload.prefix_cache_curve is not None) == has_curve
 
 
 @pytest.mark.parametrize(("engine", "has_curve"), [("dopd", True), ("vllm", False), ("sglang", False)])

@@ -5,8 +5,9 @@ decision's replicas are ready (one interval later), so growth is sized for the b
 of [now + startup, now + startup + interval]; replicas it already has are kept only while the busiest
 window of [now, now + startup + interval] needs them (a released replica cannot come back in time).
 Sizes come from the operator's capacity model (`dopd_operator.capacity`) given that window's true load
-(rate, the lengths themselves, burstiness, the prefix-cache hit rate being observed and, where the router
-measures it, how that rate moves with the prefill pool's size) times per-role factors
+(rate, the lengths themselves, burstiness, and on a trace with block hashes the prefix-cache hit rate
+those requests will see, from every block's exact reuse distance, and, where dopd's router would measure
+it, how that rate moves with the prefill pool's size) times per-role factors
 `prefill_scale` / `decode_scale`: `search.calibrate_oracle` searches those factors with the simulator,
 over a range wide enough not to confine it to the model's sizes, for the fewest replicas that still
 meet the attainment target. The factors it finds are the capacity model's calibration: 1.0 means the
@@ -23,11 +24,13 @@ import numpy.typing as npt
 
 from dopd_forecaster.traces import Trace
 from dopd_operator.capacity import CapacityModel, Workload
-from dopd_operator.planner_load import lead_time_seconds, observed_curve
+from dopd_operator.metrics.presets import PRESETS
+from dopd_operator.planner_load import lead_time_seconds
 from dopd_operator.prefix_curve import PrefixCacheCurve
 from dopd_sim.metrics import percentile
 from dopd_sim.policies.base import Architecture, Layout, TickInput
 from dopd_sim.policies.sizing import busiest_window
+from dopd_sim.prefix_cache import PrefixTrace, known_hit_curve
 
 
 def known_workload(
@@ -66,22 +69,36 @@ class OraclePolicy:
     architecture: Architecture = "disaggregated"
 
     def _workload(
-        self,
-        start_s: float,
-        end_s: float,
-        window_s: float,
-        hit_rate: float,
-        curve: PrefixCacheCurve | None = None,
+        self, start_s: float, end_s: float, window_s: float, tick: TickInput | None = None
     ) -> Workload | None:
         """The busiest window's rate and burstiness among those overlapping [start, end + window)
-        (`sizing.busiest_window`), with the lengths of the requests arriving there."""
+        (`sizing.busiest_window`), with the lengths of the requests arriving there and, on a trace with
+        block hashes, their prefix-cache hits (`_known_hits`)."""
         found = busiest_window(self.trace, start_s, end_s, window_s)
         if found is None:
             return None
         rate, scv, lo, hi = found
+        hit_rate, curve = self._known_hits(lo, hi, tick) if tick is not None else (0.0, None)
         return known_workload(
             self.trace.input_tokens[lo:hi], self.trace.output_tokens[lo:hi], rate, scv, hit_rate, curve
         )
+
+    def _known_hits(self, lo: int, hi: int, tick: TickInput) -> tuple[float, PrefixCacheCurve | None]:
+        """The hit rate requests `lo:hi` will see at the ready prefill pool's cache, and, where the
+        spec's engine preset reads the router's curve (dopd's; as `observe` gates what dopd sees), how
+        it moves with the pool: known from every block's exact reuse distance, not sampled from the past
+        (which cannot hold a reuse farther back than the traffic seen so far). Perfect knowledge of the
+        load includes how much of it a cache serves."""
+        if not isinstance(self.trace, PrefixTrace):
+            return 0.0, None
+        kv = tick.profile.kv_capacity_tokens
+        spec = tick.config.spec
+        ready = max(tick.observation.prefill.ready, 1)
+        curve = known_hit_curve(self.trace, lo, hi, ready * kv, spec.prefill.max_replicas * kv)
+        if curve is None:
+            return 0.0, None
+        with_curve = PRESETS[spec.engine].prefix_reuse is not None
+        return curve.observed_hit_rate, curve if with_curve else None
 
     def _size(self, workload: Workload | None, tick: TickInput) -> Layout:
         spec = tick.config.spec
@@ -102,10 +119,8 @@ class OraclePolicy:
         startup = lead - spec.scaling.interval_seconds
         end = now + lead
         window = config.window_seconds
-        hits = tick.observation.prefix_cache_hit_rate or 0.0
-        curve = observed_curve(tick.observation, tick.profile.kv_capacity_tokens, spec.prefill.max_replicas)
-        grow = self._size(self._workload(now + startup, end, window, hits, curve), tick)
-        keep = self._size(self._workload(now, end, window, hits, curve), tick)
+        grow = self._size(self._workload(now + startup, end, window, tick), tick)
+        keep = self._size(self._workload(now, end, window, tick), tick)
         current = tick.current
         return Layout(
             prefill=max(grow.prefill, min(current.prefill, keep.prefill)),
@@ -114,4 +129,4 @@ class OraclePolicy:
 
     def initial_layout(self, tick: TickInput) -> Layout:
         spec, config = tick.config.spec, tick.config
-        return self._size(self._workload(0.0, lead_time_seconds(spec), config.window_seconds, 0.0), tick)
+        return self._size(self._workload(0.0, lead_time_seconds(spec), config.window_seconds), tick)
