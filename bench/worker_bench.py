@@ -5,6 +5,8 @@
    router with several concurrent requests.
 3. Router overhead per request: the same one-token request sent through the router and straight to the
    decode worker's /generate, interleaved; overhead = router latency - direct latency (p50/p99).
+4. Router CPU per request on its event loop, in process: tokenizing a prompt, hashing its blocks for the
+   prefix-reuse curve, and detokenizing a streamed reply, by length.
 
 Run: `python bench/worker_bench.py` (about 2 minutes on 2 cores).
 """
@@ -13,13 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import math
 import os
 import platform
+import random
 import socket
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -28,10 +33,52 @@ import torch
 from dopd_worker.config import PRESETS
 from dopd_worker.kv_cache import PagedKVCache, SequenceSlice, build_batch
 from dopd_worker.model import build_model
+from dopd_worker.prefix_reuse import ReuseSampler, prompt_block_hashes
 from dopd_worker.profiler import measure_gloo_bandwidth
+from dopd_worker.tokenizer import ByteTokenizer, IncrementalDecoder
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks" / "worker.md"
+
+
+def _best_ms(work: Callable[[], object], repeats: int = 5) -> float:
+    """The fastest of `repeats` runs, in ms (the least disturbed by whatever else the machine runs)."""
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
+def router_cpu() -> list[tuple[str, int, float]]:
+    """(what, tokens, ms) of the router's per-request CPU work, with the byte-level tokenizer (dopd's
+    presets): encoding a prompt, its block hashes and reuse bookkeeping, streaming a reply's text."""
+    tokenizer, rng = ByteTokenizer(), random.Random(0)
+    rows: list[tuple[str, int, float]] = []
+    for tokens in (16_384, 131_072):
+        text = "".join(rng.choice("abcdefghij klmnop") for _ in range(tokens - 1))
+        rows.append(("tokenize a prompt", tokens, _best_ms(lambda text=text: tokenizer.encode(text))))
+        ids = tokenizer.encode(text)
+        sampler = ReuseSampler()
+        rows.append(
+            (
+                "hash its blocks, sample their reuse",
+                tokens,
+                _best_ms(lambda ids=ids, sampler=sampler: sampler.observe(prompt_block_hashes(ids))),
+            )
+        )
+    for tokens in (256, 1024, 4096):
+        reply = [rng.randrange(32, 127) for _ in range(tokens)]
+
+        def stream(reply: list[int] = reply) -> None:
+            decoder = IncrementalDecoder(tokenizer)
+            for token in reply:
+                decoder.push(token)
+            decoder.flush()
+
+        rows.append(("detokenize a streamed reply, token by token", tokens, _best_ms(stream)))
+    return rows
 
 
 def memcpy_bandwidth(nbytes: int, repeats: int = 5) -> float:
@@ -163,6 +210,7 @@ def main() -> None:
     sizes = [8 << 20, 64 << 20]
     transfer = [(n, measure_gloo_bandwidth(n, repeats=3), memcpy_bandwidth(n)) for n in sizes]
     throughput = model_throughput()
+    cpu = router_cpu()
     logs = Path("/tmp/dopd-worker-bench")
     logs.mkdir(exist_ok=True)
     procs = []
@@ -183,19 +231,25 @@ def main() -> None:
     finally:
         for p in procs:
             p.kill()
-    write_report(transfer, throughput, serve)
+    write_report(transfer, throughput, serve, cpu)
     print(OUT.read_text())
 
 
 def write_report(
-    transfer: list[tuple[int, float, float]], throughput: list[tuple[str, float]], serve: dict[str, float]
+    transfer: list[tuple[int, float, float]],
+    throughput: list[tuple[str, float]],
+    serve: dict[str, float],
+    router_cpu_rows: list[tuple[str, int, float]],
 ) -> None:
     cpu = platform.processor() or platform.machine()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
     lines = [
         "# Worker benchmarks (CPU)",
         "",
-        f"Written by `bench/worker_bench.py` on {datetime.date.today().isoformat()}: {os.cpu_count()} cores "
-        f"({cpu}), shared with other builds while it ran, torch {torch.__version__}, fp32, one thread per "
+        f"Written by `bench/worker_bench.py` at commit `{commit}` on {datetime.date.today().isoformat()}: "
+        f"{os.cpu_count()} cores ({cpu}), shared with other builds while it ran, torch {torch.__version__}, fp32, one thread per "
         "process. Numbers are indicative of this machine only; rerun the script to refresh them.",
         "",
         "## KV transfer against memcpy",
@@ -233,6 +287,20 @@ def write_report(
         f"| straight to decode | {serve['direct_p50'] * 1e3:.1f} | {serve['direct_p99'] * 1e3:.1f} |",
         f"| router overhead (paired difference) | {serve['overhead_p50'] * 1e3:.1f} | "
         f"{serve['overhead_p99'] * 1e3:.1f} |",
+        "",
+        "## Router CPU per request (in process)",
+        "",
+        "What the router computes on its event loop for one request, with the byte-level tokenizer (dopd's "
+        "presets; a `tokenizer.json` costs more to encode), the fastest of 5 runs. While it computes, no other "
+        "stream on the router moves. Streaming decodes only the tokens since the last delta (as vLLM's "
+        "incremental detokenizer), so a reply costs in proportion to its length.",
+        "",
+        "| what | tokens | ms | us per token |",
+        "|---|---:|---:|---:|",
+        *[
+            f"| {what} | {tokens:,} | {ms:.2f} | {1e3 * ms / tokens:.2f} |"
+            for what, tokens, ms in router_cpu_rows
+        ],
         "",
         "## GPU",
         "",

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dopd_worker.config import PRESETS, ModelConfig, config_from_hf, load_model_config
 from dopd_worker.discovery import parse_workers_file
@@ -135,6 +137,32 @@ def test_tokenizers(tmp_path: Path) -> None:
     hf = load_tokenizer(str(tmp_path), bos_id=3, eos_ids=())
     assert hf.encode("hello world") == [3, 1, 2]
     assert isinstance(load_tokenizer(str(tmp_path / "none"), None, ()), ByteTokenizer)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, 257), st.sampled_from(list("é€😀".encode()))), max_size=60))
+def test_streamed_text_adds_up_to_the_decoded_reply(ids: list[int]) -> None:
+    # Any ids (split multi-byte characters, invalid bytes, BOS/EOS ids that decode to nothing): the
+    # deltas a client receives, then the flush, are exactly the reply's text.
+    byte = ByteTokenizer()
+    decoder = IncrementalDecoder(byte)
+    assert "".join(decoder.push(i) for i in ids) + decoder.flush() == byte.decode(ids)
+
+
+def test_streamed_text_keeps_the_spaces_a_tokenizer_puts_between_tokens(tmp_path: Path) -> None:
+    # A word-level tokenizer joins tokens with a space: each delta after the first starts with it, as
+    # the decoded whole has it, though each push decodes only the tokens since the last delta.
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    hf = load_tokenizer(str(tmp_path), bos_id=None, eos_ids=())
+    ids = [1, 2, 2, 1, 2] * 40
+    decoder = IncrementalDecoder(hf)
+    pieces = [decoder.push(i) for i in ids]
+    assert pieces[:3] == ["hello", " world", " world"]
+    assert "".join(pieces) + decoder.flush() == hf.decode(ids)
 
 
 def test_sampling() -> None:

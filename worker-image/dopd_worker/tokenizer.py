@@ -64,24 +64,32 @@ def load_tokenizer(model: str, bos_id: int | None, eos_ids: tuple[int, ...]) -> 
 
 
 class IncrementalDecoder:
-    """Turns a growing list of ids into text deltas, holding back incomplete UTF-8 / merged pieces."""
+    """Turns a growing list of ids into text deltas, holding back incomplete UTF-8 / merged pieces.
+
+    Each push decodes only the ids since the last emitted delta, plus the delta's own ids as context
+    (`_prefix`..`_read`: a piece's leading space or merge depends on the token before it), as vLLM's
+    incremental detokenizer does, so a stream of n tokens costs O(n), not O(n^2) (decoding everything at
+    every token took 0.7 s of the router's event loop for a 4096-token reply). The deltas add up to
+    `decode(ids)` for the tokenizers here (tests/worker/test_engine_parts.py)."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self._tok = tokenizer
         self._ids: list[int] = []
-        self._emitted = ""
+        self._prefix = 0  # the context window's start: the last emitted delta's first id
+        self._read = 0  # ids before this are emitted
+
+    def _delta(self, final: bool) -> str:
+        before = self._tok.decode(self._ids[self._prefix : self._read])
+        text = self._tok.decode(self._ids[self._prefix :])
+        if len(text) <= len(before) or (text.endswith("\ufffd") and not final):
+            return ""
+        self._prefix, self._read = self._read, len(self._ids)
+        return text[len(before) :]
 
     def push(self, token: int) -> str:
         self._ids.append(token)
-        text = self._tok.decode(self._ids)
-        if text.endswith("\ufffd"):
-            return ""
-        delta = text[len(self._emitted) :]
-        self._emitted = text
-        return delta
+        return self._delta(final=False)
 
     def flush(self) -> str:
-        text = self._tok.decode(self._ids)
-        delta = text[len(self._emitted) :]
-        self._emitted = text
-        return delta
+        """Whatever is still held back (an incomplete character at the end, replaced)."""
+        return self._delta(final=True)
