@@ -295,10 +295,10 @@ def write_report(
         "stream on the router moves. Streaming decodes only the tokens since the last delta (as vLLM's "
         "incremental detokenizer), so a reply costs in proportion to its length.",
         "",
-        "| what | tokens | ms | us per token |",
+        "| what | tokens | ms | ns per token |",
         "|---|---:|---:|---:|",
         *[
-            f"| {what} | {tokens:,} | {ms:.2f} | {1e3 * ms / tokens:.2f} |"
+            f"| {what} | {tokens:,} | {ms:.2f} | {1e6 * ms / tokens:,.0f} |"
             for what, tokens, ms in router_cpu_rows
         ],
         "",
