@@ -132,51 +132,61 @@ def _labels(
     return {"namespace": namespace, "pod": pod, role_label: role, model_label: model}
 
 
-def dopd_pods(namespace: str, model: str = "llama", arrival_rps: float = 6.0) -> list[Pod]:
+def dopd_pods(namespace: str, model: str = "llama", arrival_rps: float = 6.0, routers: int = 1) -> list[Pod]:
     def labels(pod: str, role: str) -> dict[str, str]:
         return _labels(namespace, pod, "role", role, "model", model)
 
     return [
-        Pod(
-            labels("router-0", "router"),
-            gauges={"dopd_requests_waiting": 4.0},
-            # of the arrivals, the router sheds 1/s at entry and lets 0.5/s expire in its queue
-            counters={
-                "dopd_requests_arrived_total": arrival_rps,
-                "dopd_requests_rejected_total": 1.0,
-                "dopd_requests_expired_total": 0.5,
-                # SHARDS-adj: 5 samples/s expected where 4 were taken
-                "dopd_prompt_reuse_expected_samples_total": 5.0,
-            },
-            histograms={
-                # 60% in (0.4, 0.5], 40% in (1.0, 1.25]
-                "dopd_time_to_first_token_seconds": (
-                    6.0,
-                    {0.4: 0.0, 0.5: 0.6, 1.0: 0.0, 1.25: 0.4, math.inf: 0.0},
-                    0.7,
-                ),
-                # 50% in (0.01, 0.0125], 50% in (0.045, 0.05]
-                "dopd_inter_token_latency_seconds": (
-                    900.0,
-                    {0.01: 0.0, 0.0125: 0.5, 0.045: 0.0, 0.05: 0.5, math.inf: 0.0},
-                    0.03,
-                ),
-                # each finished request's mean gap: 80% in (0.02, 0.025], 20% in (0.04, 0.05]
-                "dopd_request_time_per_output_token_seconds": (
-                    4.5,
-                    {0.02: 0.0, 0.025: 0.8, 0.04: 0.0, 0.05: 0.2, math.inf: 0.0},
-                    0.027,
-                ),
-                # the router records every prompt's length at arrival (the demand)
-                "dopd_prompt_tokens": (6.0, {256.0: 0.0, 320.0: 1.0, math.inf: 0.0}, 300.0),
-                # sampled prompt blocks: a quarter reused within 64k tokens, a quarter more within 1M
-                "dopd_prompt_reuse_distance_tokens": (
-                    4.0,
-                    {65536.0: 0.25, 1_000_000.0: 0.25, math.inf: 0.5},
-                    1e9,
-                ),
-            },
-        ),
+        *(_dopd_router(labels(f"router-{i}", "router"), arrival_rps) for i in range(routers)),
+        *_dopd_workers(labels),
+    ]
+
+
+def _dopd_router(labels: dict[str, str], arrival_rps: float) -> Pod:
+    return Pod(
+        labels,
+        gauges={"dopd_requests_waiting": 4.0},
+        # of the arrivals, the router sheds 1/s at entry and lets 0.5/s expire in its queue
+        counters={
+            "dopd_requests_arrived_total": arrival_rps,
+            "dopd_requests_rejected_total": 1.0,
+            "dopd_requests_expired_total": 0.5,
+            # SHARDS-adj: 5 samples/s expected where 4 were taken
+            "dopd_prompt_reuse_expected_samples_total": 5.0,
+        },
+        histograms={
+            # 60% in (0.4, 0.5], 40% in (1.0, 1.25]
+            "dopd_time_to_first_token_seconds": (
+                6.0,
+                {0.4: 0.0, 0.5: 0.6, 1.0: 0.0, 1.25: 0.4, math.inf: 0.0},
+                0.7,
+            ),
+            # 50% in (0.01, 0.0125], 50% in (0.045, 0.05]
+            "dopd_inter_token_latency_seconds": (
+                900.0,
+                {0.01: 0.0, 0.0125: 0.5, 0.045: 0.0, 0.05: 0.5, math.inf: 0.0},
+                0.03,
+            ),
+            # each finished request's mean gap: 80% in (0.02, 0.025], 20% in (0.04, 0.05]
+            "dopd_request_time_per_output_token_seconds": (
+                4.5,
+                {0.02: 0.0, 0.025: 0.8, 0.04: 0.0, 0.05: 0.2, math.inf: 0.0},
+                0.027,
+            ),
+            # the router records every prompt's length at arrival (the demand)
+            "dopd_prompt_tokens": (6.0, {256.0: 0.0, 320.0: 1.0, math.inf: 0.0}, 300.0),
+            # sampled prompt blocks: a quarter reused within 64k tokens, a quarter more within 1M
+            "dopd_prompt_reuse_distance_tokens": (
+                4.0,
+                {65536.0: 0.25, 1_000_000.0: 0.25, math.inf: 0.5},
+                1e9,
+            ),
+        },
+    )
+
+
+def _dopd_workers(labels: Callable[[str, str], dict[str, str]]) -> list[Pod]:
+    return [
         Pod(
             labels("prefill-0", "prefill"),
             gauges={"dopd_requests_waiting": 3.0},
@@ -303,6 +313,7 @@ def world(prometheus_factory: Callable[..., Prometheus]) -> Iterator[Fixture]:
         "vllm": vllm_pods("vllm-e2e"),
         "sglang": sglang_pods("sglang-e2e"),
         "stale": dopd_pods("stale-e2e"),
+        "two-routers": dopd_pods("twin-e2e", routers=2),
     }
     everyone: list[Exporter] = [p for group in pods.values() for p in group]
     everyone.append(EscapeExporter(ESCAPES))
@@ -381,6 +392,25 @@ def test_dopd_preset_reads_every_field(world: Fixture) -> None:
     (small, at_small), (large, at_large) = obs.prefix_reuse_share_within
     assert (small, large) == (65536.0, 1_000_000.0)
     assert at_small == pytest.approx(0.4, rel=0.02) and at_large == pytest.approx(0.6, rel=0.02)
+
+
+def test_behind_two_routers_the_prefix_cache_curve_is_not_read(world: Fixture) -> None:
+    """Each router samples the reuse distances of the prompts it admits only; a prefix reused across
+    routers looks new to each. Against real Prometheus the reading counts the routers that sampled, and
+    with two it reads no curve and says why; the rest of the load is read as ever (both routers'
+    arrivals)."""
+    spec = make_spec(
+        engine="dopd",
+        model="llama",
+        slo={"ttftSeconds": 1.0, "tpotSeconds": 0.03, "percentile": 90},
+        metrics={"selector": {"model": "llama"}, "windowSeconds": WINDOW_SECONDS},
+    )
+    obs = _observe(world.prom, spec, "twin-e2e", ready=(1, 2))
+    assert obs.prefix_reuse_share_within is None
+    assert obs.prefix_reuse_unread == "2 routers each sample only the prompts they admit"
+    assert [p for p in obs.problems if not p.startswith("prefix-cache curve: 2 routers")] == []
+    assert obs.arrival_rate_rps == pytest.approx(12.0, rel=0.05)  # 6/s on each router
+    assert obs.prefix_cache_hit_rate == pytest.approx(0.25)
 
 
 def test_vllm_colon_names_nan_gauge_deprecated_fallback_and_conservation(world: Fixture) -> None:

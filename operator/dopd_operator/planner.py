@@ -128,7 +128,13 @@ def plan(
     reasons = [
         idle_reason or load_reason,
         *_capacity_reasons(
-            model, raw, rate_rps, queue_rps, state, observation.prefix_cache_hit_rate is not None
+            model,
+            raw,
+            rate_rps,
+            queue_rps,
+            state,
+            observation.prefix_cache_hit_rate is not None,
+            observation.prefix_reuse_unread,
         ),
     ]
     reasons.extend(unsettled.values())
@@ -309,15 +315,18 @@ def _metrics_unknown(
 # ---------------------------------------------------------------------------------------- reasons
 
 
-def _prefix_cache_phrase(model: CapacityModel, prefill: int, known: bool) -> str:
+def _prefix_cache_phrase(model: CapacityModel, prefill: int, known: bool, curve_unread: str | None) -> str:
     """What the prefill reason says of the prefix cache: the share it credits (and, where the router
-    measures how hits grow with the pool, the share `prefill` replicas' cache is expected to hold), that
-    it sized for none because the rate is unknown, or nothing (a known rate of 0)."""
+    measures how hits grow with the pool, the share `prefill` replicas' cache is expected to hold, or why
+    that curve is not used), that it sized for none because the rate is unknown, or nothing (a known rate
+    of 0)."""
     hit_rate = model.workload.prefix_cache_hit_rate
     if not known:
         return " (prefix-cache hit rate unknown: sized as no hits)"
     if hit_rate <= 0:
         return ""
+    if model.workload.prefix_cache_curve is None and curve_unread is not None:
+        return f" ({100 * hit_rate:.0f}% prefix-cache hits, taken as the same at every pool size: {curve_unread})"
     expected = model.prefill_hit_rate(prefill)  # the observed rate without a curve
     if abs(expected - hit_rate) < 0.005:
         return f" ({100 * hit_rate:.0f}% prefix-cache hits)"
@@ -350,13 +359,14 @@ def _capacity_reasons(
     queue_rps: float,
     state: PlannerState,
     hit_rate_known: bool,
+    curve_unread: str | None,
 ) -> list[str]:
     w = model.workload
     reasons = [
         (
             f"prefill: {model.prefill_service_seconds_mean * 1000:.1f} ms per prompt in full batches over "
             f"prompts mean {w.input_tokens_mean:.0f}/p90 {w.input_tokens_p90 or w.input_tokens_mean:.0f} tokens"
-            + _prefix_cache_phrase(model, raw.prefill, hit_rate_known)
+            + _prefix_cache_phrase(model, raw.prefill, hit_rate_known, curve_unread)
             + f" ({model.prefill_rps_per_replica:.2f} rps per replica); {raw.prefill} replica(s) keep "
             f"{model.percentile_q * 100:g}% of prompts within TTFT {model.slo.ttft_seconds:g}s"
             + (f" with bursty arrivals (SCV {w.arrival_scv:.1f})" if w.arrival_scv > 1.5 else "")

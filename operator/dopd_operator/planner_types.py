@@ -93,6 +93,12 @@ class Observation(_Frozen):
         "pool's cache size, anchored at prefix_cache_hit_rate (docs/planner.md). None: unknown, the hit "
         "rate is taken as the same at every pool size.",
     )
+    prefix_reuse_unread: str | None = Field(
+        None,
+        description="Why the router's reuse curve is not used although the engine preset reads one (its "
+        "series missing, or several routers each sampling only their own prompts), for the decision's "
+        "reason; None when it is used, or when there is nothing to measure (an idle window).",
+    )
     prefill_queue_depth: float | None = Field(None, ge=0, description="Requests waiting for prefill.")
     decode_kv_usage: float | None = Field(None, ge=0, le=1, description="Mean decode KV usage 0..1.")
     decode_running: float | None = Field(None, ge=0, description="Sequences decoding, all replicas.")

@@ -287,6 +287,24 @@ def test_with_the_routers_curve_prefill_is_sized_for_the_cache_it_will_hold() ->
     )
 
 
+def test_a_curve_the_metrics_could_not_read_is_named_in_the_prefill_reason() -> None:
+    """Behind two routers the curve is not read (each samples only its own prompts): the decision sizes
+    at the measured rate, as without a curve, and its reason says the rate was taken as flat and why."""
+    spec = make_spec(prefill={"maxReplicas": 200})
+    long_prompts = {"rate": 4, "isl": 20_000, "isl_p90": 60_000, "prefill": 4, "decode": 2}
+    why = "2 routers each sample only the prompts they admit"
+    unread = plan(
+        spec,
+        make_obs(**long_prompts, prefix_cache_hit_rate=0.5, prefix_reuse_unread=why),
+        None,
+        PlannerState(),
+        T0,
+    )
+    flat = plan(spec, make_obs(**long_prompts, prefix_cache_hit_rate=0.5), None, PlannerState(), T0)
+    assert unread.raw_prefill == flat.raw_prefill
+    assert f"(50% prefix-cache hits, taken as the same at every pool size: {why})" in " ".join(unread.reasons)
+
+
 def test_while_the_router_sheds_the_prefill_correction_holds() -> None:
     """Demand 40 rps, of which the router sheds 20: the engines serve the 20 rps of the matched-profile
     case above and show its P90 TTFT. Read as the demand's latency, an engine that holds 40 rps at that

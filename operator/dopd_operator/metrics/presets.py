@@ -374,6 +374,9 @@ def query_set(
         buckets = selector(reuse.role).render([reuse.histogram], "_bucket")
         parts.append(("reuse/bucket", f"sum by (le, {by}) (increase({buckets}[{window}]))"))
         parts.append(("reuse/expected", counter_increase(reuse.role, reuse.expected)))
+        # how many routers sampled prompts: each measures distances in its own share of the stream only
+        expected_series = selector(reuse.role).render([reuse.expected])
+        parts.append(("reuse/routers", f"count by ({by}) (increase({expected_series}[{window}]) > 0)"))
     prefix = preset.prefix_cache
     parts.append(("prefix/hits", counter_increase(prefix.role, prefix.hits)))
     parts.append(("prefix/queries", counter_increase(prefix.role, prefix.queries)))

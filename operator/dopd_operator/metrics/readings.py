@@ -302,13 +302,14 @@ class _Reader:
             return None
         return min(hits / queries, 1.0)
 
-    def prefix_reuse(self) -> tuple[tuple[float, float], ...] | None:
-        """The router's reuse distances as (cache tokens, share reused within); None when the preset
-        has none, a series is missing (with a problem line), or no prompt block was sampled in the window
-        (an idle window has nothing to measure)."""
+    def prefix_reuse(self) -> tuple[tuple[tuple[float, float], ...] | None, str | None]:
+        """The router's reuse distances as (cache tokens, share reused within), and why they are not
+        used: (None, None) when the preset has none or no prompt block was sampled in the window (an idle
+        window has nothing to measure); (None, why) when a series is missing or several routers sampled
+        (with a problem line)."""
         read = self.queries.preset.prefix_reuse
         if read is None:
-            return None
+            return None, None
         field, missing = (
             "prefix-cache curve",
             ": the hit rate is taken as the same at every prefill pool size",
@@ -318,11 +319,21 @@ class _Reader:
             self.problems.append(
                 f"{field}: no series of {self._name(read.histogram, read.role)}_bucket{missing}"
             )
-            return None
-        expected = self._increase(field, "reuse/expected", self._name(read.expected, read.role), missing)
+            return None, f"no series of {self._name(read.histogram, read.role)}_bucket"
+        expected_name = self._name(read.expected, read.role)
+        expected = self._increase(field, "reuse/expected", expected_name, missing)
         if expected is None:
-            return None
-        return reuse_share_within(buckets, expected)
+            return None, f"no series of {expected_name}"
+        routers = self.aggregates.scalars.get("reuse/routers", 0.0)
+        if routers > 1:
+            why = f"{routers:.0f} routers each sample only the prompts they admit"
+            self.problems.append(
+                f"{field}: {why} ({expected_name} grew on each), and a prefix reused across routers looks "
+                f"new to each, so their distances are not the stream's{missing}; one router replica per "
+                "model measures the whole stream"
+            )
+            return None, why
+        return reuse_share_within(buckets, expected), None
 
     def arrivals(self) -> ArrivalSummary:
         read = self.queries.preset.arrival
@@ -423,6 +434,7 @@ def build_observation(
     running = reader.gauge("decode running", preset.running)
     shed_rps = reader.shed_rate()
     hit_rate = reader.prefix_cache_hit_rate()
+    reuse, reuse_unread = reader.prefix_reuse()
     return Observation(
         arrival_rate_rps=arrivals.rate_rps,
         shed_rate_rps=shed_rps,
@@ -432,7 +444,8 @@ def build_observation(
         arrival_level_age_seconds=arrivals.level_age_seconds,
         arrival_rate_trend_span_seconds=arrivals.trend_span_seconds,
         prefix_cache_hit_rate=hit_rate,
-        prefix_reuse_share_within=reader.prefix_reuse(),
+        prefix_reuse_share_within=reuse,
+        prefix_reuse_unread=reuse_unread,
         input_tokens_mean=input_mean,
         input_tokens_p90=input_p90,
         output_tokens_mean=output_mean,

@@ -221,44 +221,71 @@ def test_the_prefix_cache_curve_is_read_with_the_shards_correction() -> None:
     """The 25 samples the hottest blocks did not give (125 expected, 100 taken) count as reuses at the
     smallest distance."""
     obs = observe(dopd_queries(), DOPD_AGGREGATE, DOPD_RAW)
-    assert obs.prefix_reuse_share_within is not None
+    assert obs.prefix_reuse_share_within is not None and obs.prefix_reuse_unread is None
     bounds, shares = zip(*obs.prefix_reuse_share_within, strict=True)
     assert bounds == (65_536.0, 1_000_000.0)
     assert shares == pytest.approx((0.36, 0.6))
 
 
-def _reuse(buckets: list[tuple[float, float]] | None, expected: float | None) -> list[InstantSample]:
+def _reuse(
+    buckets: list[tuple[float, float]] | None, expected: float | None, routers: float | None = None
+) -> list[InstantSample]:
     kept = [s for s in DOPD_AGGREGATE if not s.metric["dopd_q"].startswith("reuse/")]
     if buckets is not None:
         kept += histogram("reuse", buckets)
     if expected is not None:
         kept.append(tagged("reuse/expected", expected))
+    if routers is not None:
+        kept.append(tagged("reuse/routers", routers))
     return kept
 
 
 @pytest.mark.parametrize(
-    ("buckets", "expected", "problem"),
+    ("buckets", "expected", "routers", "unread", "problem"),
     [
         (
             None,
             125.0,
+            1.0,
+            'no series of dopd_prompt_reuse_distance_tokens{role=~"router"}_bucket',
             'prefix-cache curve: no series of dopd_prompt_reuse_distance_tokens{role=~"router"}_bucket: '
             "the hit rate is taken as the same at every prefill pool size",
         ),
         (
             [(65_536.0, 20.0), (INF, 100.0)],
             None,
+            None,
+            'no series of dopd_prompt_reuse_expected_samples_total{role=~"router"}',
             'prefix-cache curve: no series of dopd_prompt_reuse_expected_samples_total{role=~"router"}: '
             "the hit rate is taken as the same at every prefill pool size",
         ),
-        ([(65_536.0, 0.0), (INF, 0.0)], 0.0, None),  # no prompt block in the window: nothing to measure
+        # Two routers each see half the prompts: a block one admitted and the other reuses looks new to
+        # the second, and each one's distances count only its own traffic. Not a curve of the stream.
+        (
+            [(65_536.0, 20.0), (INF, 100.0)],
+            125.0,
+            2.0,
+            "2 routers each sample only the prompts they admit",
+            "prefix-cache curve: 2 routers each sample only the prompts they admit "
+            '(dopd_prompt_reuse_expected_samples_total{role=~"router"} grew on each), and a prefix reused '
+            "across routers looks new to each, so their distances are not the stream's: the hit rate is "
+            "taken as the same at every prefill pool size; one router replica per model measures the whole "
+            "stream",
+        ),
+        # no prompt block in the window: nothing to measure, nothing to say
+        ([(65_536.0, 0.0), (INF, 0.0)], 0.0, None, None, None),
     ],
 )
 def test_an_unknown_prefix_cache_curve_leaves_the_rest_known(
-    buckets: list[tuple[float, float]] | None, expected: float | None, problem: str | None
+    buckets: list[tuple[float, float]] | None,
+    expected: float | None,
+    routers: float | None,
+    unread: str | None,
+    problem: str | None,
 ) -> None:
-    obs = observe(dopd_queries(), _reuse(buckets, expected), DOPD_RAW)
+    obs = observe(dopd_queries(), _reuse(buckets, expected, routers), DOPD_RAW)
     assert obs.prefix_reuse_share_within is None
+    assert obs.prefix_reuse_unread == unread
     assert obs.problems == (() if problem is None else (problem,))
     for name, value in HEALTHY.items():
         assert getattr(obs, name) == pytest.approx(value, abs=1e-9), name
@@ -408,10 +435,12 @@ def test_missing_histograms_and_an_empty_answer() -> None:
     known = {
         k: v
         for k, v in obs.model_dump().items()
-        if v is not None and k not in ("prefill", "decode", "problems")
+        if v is not None and k not in ("prefill", "decode", "problems", "prefix_reuse_unread")
     }
-    # nothing else is claimed (what the preset's TTFT spans is a property of the preset, not a reading)
+    # nothing else is claimed (what the preset's TTFT spans is a property of the preset, not a reading;
+    # why the curve is unread is a reason, said in the decision)
     assert known == {"latency_percentile": 90.0, "ttft_includes_kv_transfer": True}
+    assert obs.prefix_reuse_unread == 'no series of dopd_prompt_reuse_distance_tokens{role=~"router"}_bucket'
 
 
 def test_an_idle_window_has_no_latency_but_a_zero_rate() -> None:
