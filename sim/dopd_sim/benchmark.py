@@ -286,6 +286,8 @@ def run_suite_seed(
             model_attainment=found.model_result.summary.slo_attainment,
             model_prefix_cache_hit_rate=found.model_result.summary.prefix_cache_hit_rate,
             calibrated=found.calibrated,
+            prefill_resized=found.prefill_resized,
+            decode_resized=found.decode_resized,
             feasible=found.feasible,
             ceiling=found.ceiling,
             target=target,

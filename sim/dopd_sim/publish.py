@@ -19,6 +19,8 @@ Definitions used throughout:
   over the calibrated oracle's. Where the calibrated oracle ran exactly as the one at 1.0 (same
   GPU-hours, same attainment), its factors changed no size (each rounds back up to the model's) and
   the next lower factor tried missed the target: the model's sizes are the fewest, a factor of 1.0.
+  Likewise for one role whose factor changed none of its sizes (the oracle records it): a pool the model
+  sizes at 1 replica stays at 1 at any factor down to the search's floor, and 1 is the fewest.
 Callers: bench/sim_bench.py.
 """
 
@@ -194,9 +196,13 @@ def targets(raw: dict[str, Any], scenarios: Sequence[ScenarioLike]) -> list[tupl
         if not results:
             continue
         oracle = _rows(results, "oracle")
-        # A factor that changes no decision is the model's own sizes (seed by seed, see the docstring).
-        effective = [(1.0, 1.0) if _unchanged(r) else (r["prefill_scale"], r["decode_scale"]) for r in oracle]
-        factors = [f for pair in effective for f in pair]
+        # A factor that changes no decision is the model's own sizes (seed by seed and role by role, see
+        # the docstring).
+        factors = [
+            1.0 if _unchanged(r) or not r.get(f"{role}_resized", True) else r[f"{role}_scale"]
+            for r in oracle
+            for role in ("prefill", "decode")
+        ]
         calibrated = _calibrated(results)
         reached = (
             f"prefill x{min(r['prefill_scale'] for r in oracle):.2f}-{max(r['prefill_scale'] for r in oracle):.2f}, "
@@ -209,6 +215,14 @@ def targets(raw: dict[str, Any], scenarios: Sequence[ScenarioLike]) -> list[tupl
                 f"; on {seeds} they change no decision (each size rounds back up to the model's, and the "
                 "next factor down misses the target)"
             )
+        for role in ("prefill", "decode"):
+            kept = sum(not _unchanged(r) and not r.get(f"{role}_resized", True) for r in oracle)
+            if kept:
+                seeds = "every seed" if kept == len(oracle) else f"{kept} of {len(oracle)} seeds"
+                reached += (
+                    f"; the {role} factor changes none of the model's {role} sizes on {seeds} (each "
+                    "rounds back to the model's, or to the 1 replica the model asks for)"
+                )
         if not calibrated:
             reached += " (calibration failed)"
         reached += _cache_note(oracle)

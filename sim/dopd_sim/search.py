@@ -126,6 +126,10 @@ class OracleCalibration:
     ceiling: float
     feasible: bool
     calibrated: bool
+    # whether the found factor changed any of that role's sizes from the model's own (rounded up and
+    # clamped): where it changed none, the model's sizes are the fewest found, whatever the factor
+    prefill_resized: bool = True
+    decode_resized: bool = True
 
 
 # The factors searched: wide enough that a capacity model 4x too generous or 4x too stingy is still
@@ -151,9 +155,13 @@ def oracle_calibration(
     (`run.simulate`): the oracle is calibrated to the span the policies it bounds are scored on."""
     from dopd_sim.policies.oracle import OraclePolicy
 
+    resized: dict[int, dict[str, bool]] = {}  # per run (by id), which roles its factors resized
+
     def run_with(prefill: float, decode: float) -> RunResult:
         policy = OraclePolicy(trace, prefill_scale=prefill, decode_scale=decode)
-        return simulate(trace, policy, config, score_from_s=score_from_s)
+        result = simulate(trace, policy, config, score_from_s=score_from_s)
+        resized[id(result)] = dict(policy.resized)
+        return result
 
     goal = target if target is not None else config.spec.slo.attainment_target
     model_result = run_with(1.0, 1.0)
@@ -220,6 +228,8 @@ def oracle_calibration(
         ceiling,
         feasible,
         calibrated and meets(result),
+        resized[id(result)]["prefill"],
+        resized[id(result)]["decode"],
     )
 
 

@@ -13,6 +13,7 @@ from dopd_sim.metrics import IntervalAverages, slo_met
 from dopd_sim.peak import busiest_minute, static_peak_layout
 from dopd_sim.policies.base import Layout, TickInput
 from dopd_sim.policies.dynamo_sla import DynamoSlaPolicy
+from dopd_sim.policies.oracle import OraclePolicy
 from dopd_sim.policies.static import StaticPolicy
 from dopd_sim.run import simulate
 from dopd_sim.search import oracle_calibration
@@ -101,3 +102,17 @@ def test_static_peak_meets_the_busiest_minute_with_the_fewest_replicas() -> None
         busy = trace.arrival_s >= 120.0
         met = slo_met(result.ttft_s[busy], result.tpot_s[busy], slo.ttft_seconds, slo.tpot_seconds)
         assert (float(np.mean(met)) >= 0.99) is meets
+
+
+def test_the_oracle_records_which_roles_its_factors_resized() -> None:
+    # Decode sized at its floor of one replica: a decode factor of x0.25 changes none of its sizes,
+    # while a prefill factor of x2 doubles every prefill size the model asks for.
+    profile = toy_profile(prefill_a=0.0, prefill_b=1e-4, decode_a=0.005)
+    config = toy_config(profile)
+    trace = make_trace([i / 40.0 for i in range(2400)], [1000] * 2400, [20] * 2400)
+    policy = OraclePolicy(trace, prefill_scale=2.0, decode_scale=0.25)
+    simulate(trace, policy, config)
+    assert policy.resized == {"prefill": True, "decode": False}
+    untouched = OraclePolicy(trace)
+    simulate(trace, untouched, config)
+    assert untouched.resized == {"prefill": False, "decode": False}

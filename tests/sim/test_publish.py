@@ -118,6 +118,22 @@ def test_factors_that_change_no_decision_mean_the_model_sizes_are_the_fewest() -
     assert not met and "change no decision" not in reached
 
 
+def test_a_role_whose_factor_changed_none_of_its_sizes_is_the_models_own() -> None:
+    # Prefill at x1.05 (inside 10%) and decode at the search's floor x0.26, where the model asked for one
+    # decode replica throughout: x0.26 of 1 is still 1, the fewest there is. The oracle records that
+    # decode's factor changed no size, and decode counts as the model's own sizes.
+    kept = {**_oracle(10.0, scales=(1.05, 0.26)), "prefill_resized": True, "decode_resized": False}
+    reached, met = _verdict({"suite": {"t": _seeds(11.0, kept)}}, "capacity model")
+    assert met and "the decode factor changes none of the model's decode sizes on every seed" in reached
+    # where decode's factor did resize, x0.26 is the model's error: four times too many replicas
+    moved = {**kept, "decode_resized": True}
+    reached, met = _verdict({"suite": {"t": _seeds(11.0, moved)}}, "capacity model")
+    assert not met and "changes none" not in reached
+    # the role's record does not excuse the other role: prefill at x1.4 misses whatever decode did
+    wide = {**_oracle(10.0, scales=(1.4, 0.26)), "prefill_resized": True, "decode_resized": False}
+    assert not _verdict({"suite": {"t": _seeds(11.0, wide)}}, "capacity model")[1]
+
+
 def test_the_best_tuned_baseline_is_the_cheapest_that_meets_the_target() -> None:
     # dynamo-sla is cheaper (8 GPU-h) but misses (90%); reactive meets at 14.
     assert best_tuned_baseline(_seeds(11.0, _oracle(10.0))) == "reactive"

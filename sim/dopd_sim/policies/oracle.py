@@ -17,12 +17,13 @@ model, told the load exactly, sizes exactly. No forecast error, no stabilization
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from dopd_forecaster.traces import Trace
+from dopd_operator.api import RoleSpec
 from dopd_operator.capacity import CapacityModel, Workload
 from dopd_operator.metrics.presets import PRESETS
 from dopd_operator.planner_load import lead_time_seconds
@@ -67,6 +68,9 @@ class OraclePolicy:
     decode_scale: float = 1.0
     name: str = "oracle"
     architecture: Architecture = "disaggregated"
+    # per role, whether its factor changed any size from the model's own (rounded up, clamped): a factor
+    # that changed none is the model's sizes, whatever its value (a pool of 1 stays 1 at x0.25)
+    resized: dict[str, bool] = field(default_factory=lambda: {"prefill": False, "decode": False})
 
     def _workload(
         self, start_s: float, end_s: float, window_s: float, tick: TickInput | None = None
@@ -106,12 +110,17 @@ class OraclePolicy:
             return Layout(prefill=max(spec.prefill.min_replicas, 1), decode=max(spec.decode.min_replicas, 1))
         model = CapacityModel(tick.profile, spec.slo, workload, tick.config.prefill_token_budget)
         rate = workload.arrival_rate_rps
-        prefill = math.ceil(model.prefill_replicas(rate) * self.prefill_scale - 1e-9)
-        decode = math.ceil(model.decode_replicas(rate) * self.decode_scale - 1e-9)
-        return Layout(
-            prefill=min(max(prefill, spec.prefill.min_replicas, 1), spec.prefill.max_replicas),
-            decode=min(max(decode, spec.decode.min_replicas, 1), spec.decode.max_replicas),
-        )
+        sizes = {"prefill": model.prefill_replicas(rate), "decode": model.decode_replicas(rate)}
+        scales = {"prefill": self.prefill_scale, "decode": self.decode_scale}
+        layout: dict[str, int] = {}
+        for role, role_spec in (("prefill", spec.prefill), ("decode", spec.decode)):
+
+            def bounded(n: int, role_spec: RoleSpec = role_spec) -> int:
+                return min(max(n, role_spec.min_replicas, 1), role_spec.max_replicas)
+
+            layout[role] = bounded(math.ceil(sizes[role] * scales[role] - 1e-9))
+            self.resized[role] = self.resized[role] or layout[role] != bounded(sizes[role])
+        return Layout(prefill=layout["prefill"], decode=layout["decode"])
 
     def decide(self, tick: TickInput) -> Layout:
         spec, config, now = tick.config.spec, tick.config, tick.now_s
