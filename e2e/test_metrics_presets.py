@@ -351,13 +351,18 @@ def _observe(
         source.close()
 
 
-def test_dopd_preset_reads_every_field(world: Fixture) -> None:
-    spec = make_spec(
+def _llama_spec() -> DisaggregatedModelSpec:
+    """The dopd-engine model the dopd exporters serve, its SLO on the exporters' histogram bounds."""
+    return make_spec(
         engine="dopd",
         model="llama",
         slo={"ttftSeconds": 1.0, "tpotSeconds": 0.03, "percentile": 90},
         metrics={"selector": {"model": "llama"}, "windowSeconds": WINDOW_SECONDS},
     )
+
+
+def test_dopd_preset_reads_every_field(world: Fixture) -> None:
+    spec = _llama_spec()
     obs = _observe(world.prom, spec, "dopd-e2e", ready=(1, 2))
     assert obs.problems == (), obs.problems
     # the exporters have run for seconds, not the 120 s the trend window spans: the trend is fitted over
@@ -399,12 +404,7 @@ def test_behind_two_routers_the_prefix_cache_curve_is_not_read(world: Fixture) -
     routers looks new to each. Against real Prometheus the reading counts the routers that sampled, and
     with two it reads no curve and says why; the rest of the load is read as ever (both routers'
     arrivals)."""
-    spec = make_spec(
-        engine="dopd",
-        model="llama",
-        slo={"ttftSeconds": 1.0, "tpotSeconds": 0.03, "percentile": 90},
-        metrics={"selector": {"model": "llama"}, "windowSeconds": WINDOW_SECONDS},
-    )
+    spec = _llama_spec()
     obs = _observe(world.prom, spec, "twin-e2e", ready=(1, 2))
     assert obs.prefix_reuse_share_within is None
     assert obs.prefix_reuse_unread == "2 routers each sample only the prompts they admit"
