@@ -14,7 +14,6 @@ Run: `python bench/worker_bench.py` (about 2 minutes on 2 cores).
 from __future__ import annotations
 
 import asyncio
-import datetime
 import math
 import os
 import platform
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import torch
+from sim_bench import stamp
 
 from dopd_worker.config import PRESETS
 from dopd_worker.kv_cache import PagedKVCache, SequenceSlice, build_batch
@@ -242,13 +242,12 @@ def write_report(
     router_cpu_rows: list[tuple[str, int, float]],
 ) -> None:
     cpu = platform.processor() or platform.machine()
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.strip()
+    meta = stamp()  # the commit, and whether the code differed from it
     lines = [
         "# Worker benchmarks (CPU)",
         "",
-        f"Written by `bench/worker_bench.py` at commit `{commit}` on {datetime.date.today().isoformat()}: "
+        f"Written by `bench/worker_bench.py` at commit `{meta['commit']}`"
+        f"{' (with uncommitted changes)' if meta['dirty'] else ''} on {meta['date']}: "
         f"{os.cpu_count()} cores ({cpu}), shared with other builds while it ran, torch {torch.__version__}, fp32, one thread per "
         "process. Numbers are indicative of this machine only; rerun the script to refresh them.",
         "",

@@ -25,7 +25,7 @@ from dopd_sim.policies.base import Policy
 from dopd_sim.policies.sizing import layout_for_workload
 from dopd_sim.policies.static import StaticPolicy
 from dopd_sim.run import simulate
-from dopd_sim.search import trace_workload
+from dopd_sim.search import ceiling_attainment, trace_workload
 
 PEAK_WINDOW_SECONDS = 60.0
 PEAK_MARGIN_SECONDS = 120.0
@@ -69,9 +69,9 @@ def _goal(peak: PeakSlice, ample: Policy, widest: Policy, config: SimConfig) -> 
     model's sizes x3 (`ample`), and where that misses, the most replicas the spec allows (`widest`), so
     the goal does not hang on the capacity model's sizes (a prefix cache grows with the pool)."""
     target = config.spec.slo.attainment_target
-    ceiling = _peak_attainment(peak, ample, config)
-    if ceiling < target:
-        ceiling = max(ceiling, _peak_attainment(peak, widest, config))
+    ceiling = ceiling_attainment(
+        _peak_attainment(peak, ample, config), lambda: _peak_attainment(peak, widest, config), target
+    )
     return target if ceiling >= target else target * ceiling
 
 

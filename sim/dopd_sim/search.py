@@ -138,6 +138,14 @@ ORACLE_SCALE_RANGE = (0.25, 4.0)
 _CEILING_SCALE = 3.0
 
 
+def ceiling_attainment(ample: float, widest: Callable[[], float], target: float) -> float:
+    """What any layout reaches, for an infeasible trace's goal: the attainment of ample replicas (the
+    model's sizes x3), and where that misses `target`, of the widest layout the spec allows (`widest`,
+    run only then) if higher, so the goal does not hang on the capacity model's sizes (a prefix cache
+    grows with the pool, and a model that buys too little of it would lower its own goal)."""
+    return ample if ample >= target else max(ample, widest())
+
+
 def oracle_calibration(
     trace: Trace,
     config: SimConfig,
@@ -155,23 +163,23 @@ def oracle_calibration(
     (`run.simulate`): the oracle is calibrated to the span the policies it bounds are scored on."""
     from dopd_sim.policies.oracle import OraclePolicy
 
-    resized: dict[int, dict[str, bool]] = {}  # per run (by id), which roles its factors resized
+    resized: dict[tuple[float, float], dict[str, bool]] = {}  # per factors run, the roles they resized
 
     def run_with(prefill: float, decode: float) -> RunResult:
         policy = OraclePolicy(trace, prefill_scale=prefill, decode_scale=decode)
         result = simulate(trace, policy, config, score_from_s=score_from_s)
-        resized[id(result)] = dict(policy.resized)
+        resized[(prefill, decode)] = dict(policy.resized)
         return result
 
     goal = target if target is not None else config.spec.slo.attainment_target
     model_result = run_with(1.0, 1.0)
-    ceiling = run_with(_CEILING_SCALE, _CEILING_SCALE).summary.slo_attainment
-    if ceiling < goal:  # confirm with the most replicas the spec allows, not a multiple of the model's
-        spec = config.spec
-        widest = StaticPolicy(spec.prefill.max_replicas, spec.decode.max_replicas)
-        ceiling = max(
-            ceiling, simulate(trace, widest, config, score_from_s=score_from_s).summary.slo_attainment
-        )
+    spec = config.spec
+    widest = StaticPolicy(spec.prefill.max_replicas, spec.decode.max_replicas)
+    ceiling = ceiling_attainment(
+        run_with(_CEILING_SCALE, _CEILING_SCALE).summary.slo_attainment,
+        lambda: simulate(trace, widest, config, score_from_s=score_from_s).summary.slo_attainment,
+        goal,
+    )
     feasible = ceiling >= goal
     if not feasible:
         goal *= ceiling  # the same share of what any layout can reach
@@ -228,8 +236,8 @@ def oracle_calibration(
         ceiling,
         feasible,
         calibrated and meets(result),
-        resized[id(result)]["prefill"],
-        resized[id(result)]["decode"],
+        resized[(prefill_scale, decode_scale)]["prefill"],
+        resized[(prefill_scale, decode_scale)]["decode"],
     )
 
 

@@ -61,6 +61,11 @@ def known_workload(
     )
 
 
+def _bounded(replicas: int, role: RoleSpec) -> int:
+    """`replicas` within the role's minReplicas (at least 1) and maxReplicas."""
+    return min(max(replicas, role.min_replicas, 1), role.max_replicas)
+
+
 @dataclass
 class OraclePolicy:
     trace: Trace
@@ -110,16 +115,13 @@ class OraclePolicy:
             return Layout(prefill=max(spec.prefill.min_replicas, 1), decode=max(spec.decode.min_replicas, 1))
         model = CapacityModel(tick.profile, spec.slo, workload, tick.config.prefill_token_budget)
         rate = workload.arrival_rate_rps
-        sizes = {"prefill": model.prefill_replicas(rate), "decode": model.decode_replicas(rate)}
-        scales = {"prefill": self.prefill_scale, "decode": self.decode_scale}
         layout: dict[str, int] = {}
-        for role, role_spec in (("prefill", spec.prefill), ("decode", spec.decode)):
-
-            def bounded(n: int, role_spec: RoleSpec = role_spec) -> int:
-                return min(max(n, role_spec.min_replicas, 1), role_spec.max_replicas)
-
-            layout[role] = bounded(math.ceil(sizes[role] * scales[role] - 1e-9))
-            self.resized[role] = self.resized[role] or layout[role] != bounded(sizes[role])
+        for role, size, scale, bounds in (
+            ("prefill", model.prefill_replicas(rate), self.prefill_scale, spec.prefill),
+            ("decode", model.decode_replicas(rate), self.decode_scale, spec.decode),
+        ):
+            layout[role] = _bounded(math.ceil(size * scale - 1e-9), bounds)
+            self.resized[role] = self.resized[role] or layout[role] != _bounded(size, bounds)
         return Layout(prefill=layout["prefill"], decode=layout["decode"])
 
     def decide(self, tick: TickInput) -> Layout:
