@@ -15,6 +15,9 @@ request. Four formats are recognised from their header or first line:
 A malformed line raises `TraceFormatError` naming the file and the 1-based line number, because a
 silently skipped line would quietly change the load a benchmark replays. Files ending in ``.gz`` are
 decompressed on the fly. Arrivals are sorted (stably) if a file is out of order, as Azure 2024 is in places.
+
+A generated trace (`dopd_sim.synthetic`) also carries the `ArrivalLaw` its arrivals were drawn from, the
+load of which they are one draw; windowing and time compression carry it along. A file's trace has none.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
@@ -64,8 +67,82 @@ class TraceFormatError(ValueError):
 
 
 @dataclass(frozen=True, eq=False)
+class ArrivalLaw:
+    """The law a generated trace's arrivals were drawn from: their expected rate, constant over each
+    `bin_s`-second bin from `start_s` (in the trace's time; 0 outside the bins), and the squared
+    coefficient of variation of the gaps between arrivals at a steady rate (1 for Poisson, cv^2 for a
+    Gamma renewal). What "the load" is when the arrivals are one draw of it; a trace read from a file
+    has none."""
+
+    rate_rps: npt.NDArray[np.float64]
+    bin_s: float
+    start_s: float
+    gap_scv: float
+
+    def __post_init__(self) -> None:
+        if not (self.bin_s > 0 and math.isfinite(self.start_s) and self.gap_scv >= 0):
+            raise ValueError(
+                f"an arrival law needs bin_s > 0, a finite start_s and gap_scv >= 0 "
+                f"(got {self.bin_s}, {self.start_s}, {self.gap_scv})"
+            )
+        if np.any(self.rate_rps < 0) or not np.all(np.isfinite(self.rate_rps)):
+            raise ValueError("an arrival law's rates must be finite and non-negative")
+
+    @property
+    def edges_s(self) -> npt.NDArray[np.float64]:
+        return self.start_s + self.bin_s * np.arange(len(self.rate_rps) + 1, dtype=np.float64)
+
+    def expected_arrivals(self, t_s: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """The expected number of arrivals from the first bin's start to each time in `t_s`."""
+        cumulative = np.concatenate([[0.0], np.cumsum(self.rate_rps * self.bin_s)])
+        out: npt.NDArray[np.float64] = np.interp(np.asarray(t_s, dtype=np.float64), self.edges_s, cumulative)
+        return out
+
+    def rate_at(self, t_s: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """The expected rate at each time in `t_s` (0 outside the bins)."""
+        t = np.asarray(t_s, dtype=np.float64)
+        index = np.floor((t - self.start_s) / self.bin_s).astype(np.int64)
+        inside = (index >= 0) & (index < len(self.rate_rps))
+        out: npt.NDArray[np.float64] = np.where(
+            inside, self.rate_rps[np.clip(index, 0, max(len(self.rate_rps) - 1, 0))], 0.0
+        )
+        return out
+
+    def busiest_mean_rps(self, first_start_s: float, last_start_s: float, window_s: float) -> float:
+        """The highest expected rate over a `window_s` window starting in [first, last], exactly: the
+        window's mean is piecewise linear in its start, so its maximum lies where the start or the end
+        crosses a bin edge, or at either end of the range."""
+        if window_s <= 0 or last_start_s < first_start_s:
+            raise ValueError(
+                f"busiest_mean_rps needs window_s > 0 and last >= first (got {window_s}, "
+                f"[{first_start_s}, {last_start_s}])"
+            )
+        edges = self.edges_s
+        starts = np.concatenate([[first_start_s, last_start_s], edges, edges - window_s])
+        starts = starts[(starts >= first_start_s) & (starts <= last_start_s)]
+        means = (self.expected_arrivals(starts + window_s) - self.expected_arrivals(starts)) / window_s
+        return float(np.max(means))
+
+    def within(self, start_s: float, end_s: float) -> ArrivalLaw:
+        """The law of the arrivals in [start_s, end_s) alone (bins whose middle lies outside are 0)."""
+        middles = self.edges_s[:-1] + self.bin_s / 2
+        inside = (middles >= start_s) & (middles < end_s)
+        return ArrivalLaw(np.where(inside, self.rate_rps, 0.0), self.bin_s, self.start_s, self.gap_scv)
+
+    def shifted(self, offset_s: float) -> ArrivalLaw:
+        """The same law with its time moved by `offset_s` (a trace re-based to a later first arrival
+        moves it by minus that arrival)."""
+        return ArrivalLaw(self.rate_rps, self.bin_s, self.start_s + offset_s, self.gap_scv)
+
+    def compressed(self, factor: float) -> ArrivalLaw:
+        """The law of the same arrivals replayed `factor` times as fast."""
+        return ArrivalLaw(self.rate_rps * factor, self.bin_s / factor, self.start_s / factor, self.gap_scv)
+
+
+@dataclass(frozen=True, eq=False)
 class Trace:
-    """Requests as arrival offsets (float64 s, sorted, first 0.0) and token counts (int64).
+    """Requests as arrival offsets (float64 s, sorted, first 0.0) and token counts (int64), and, for a
+    generated trace, the law its arrivals were drawn from (`law`, in the trace's time).
 
     ``eq=False`` because element-wise array equality has no single truth value; compare fields instead.
     """
@@ -75,6 +152,7 @@ class Trace:
     output_tokens: npt.NDArray[np.int64]
     source: str
     format: str
+    law: ArrivalLaw | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)
@@ -97,14 +175,21 @@ class Trace:
         if not (rate_scale > 0 and math.isfinite(rate_scale)):
             raise ValueError(f"rate_scale must be a positive finite number, got {rate_scale!r}")
         return Trace(
-            self.arrival_s / rate_scale, self.input_tokens, self.output_tokens, self.source, self.format
+            self.arrival_s / rate_scale,
+            self.input_tokens,
+            self.output_tokens,
+            self.source,
+            self.format,
+            law=self.law.compressed(rate_scale) if self.law is not None else None,
         )
 
     def window(self, start_s: float, end_s: float) -> Trace:
         """Requests arriving in [start_s, end_s), re-based so the first of them arrives at 0.0."""
         lo = int(np.searchsorted(self.arrival_s, start_s, side="left"))
         hi = int(np.searchsorted(self.arrival_s, end_s, side="left"))
-        return self._slice(lo, max(lo, hi))
+        if self.law is None:
+            return self._slice(lo, max(lo, hi))
+        return replace(self, law=self.law.within(start_s, end_s))._slice(lo, max(lo, hi))
 
     def head(self, n: int) -> Trace:
         """The first `n` requests."""
@@ -114,13 +199,14 @@ class Trace:
 
     def _slice(self, lo: int, hi: int) -> Trace:
         arrival = self.arrival_s[lo:hi]
-        arrival = arrival - arrival[0] if len(arrival) else arrival.copy()
+        first = float(arrival[0]) if len(arrival) else 0.0
         return Trace(
-            arrival,
+            arrival - first,
             self.input_tokens[lo:hi].copy(),
             self.output_tokens[lo:hi].copy(),
             self.source,
             self.format,
+            law=self.law.shifted(-first) if self.law is not None else None,
         )
 
 

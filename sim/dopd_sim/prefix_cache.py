@@ -61,6 +61,7 @@ class PrefixTrace(Trace):
             base.format,
             self.prefix_blocks[lo:hi],
             self.block_tokens,
+            law=base.law,
         )
 
     def scaled(self, rate_scale: float) -> PrefixTrace:
@@ -73,6 +74,7 @@ class PrefixTrace(Trace):
             base.format,
             self.prefix_blocks,
             self.block_tokens,
+            law=base.law,
         )
 
 

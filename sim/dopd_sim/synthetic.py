@@ -15,12 +15,13 @@ workload, demo, bench, tests.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from dopd_forecaster.traces import Trace
+from dopd_forecaster.traces import ArrivalLaw, Trace
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -71,12 +72,46 @@ LENGTH_MIXES: dict[str, LengthModel] = {
 }
 
 
-def _trace(arrivals: FloatArray, rng: np.random.Generator, lengths: LengthModel, name: str) -> Trace:
+RateFn = Callable[[FloatArray], FloatArray]
+# The generators' laws (`Trace.law`): the rate averaged over 1 s bins, from 8 points in each.
+LAW_BIN_SECONDS = 1.0
+_LAW_POINTS_PER_BIN = 8
+
+
+def arrival_law(rate_fn: RateFn, duration_s: float, gap_scv: float = 1.0) -> ArrivalLaw:
+    """The law of arrivals at rate `rate_fn(t)` over [0, duration_s), gaps of `gap_scv` at a steady
+    rate."""
+    bins = max(1, math.ceil(duration_s / LAW_BIN_SECONDS - 1e-9))
+    points: FloatArray = (np.arange(bins * _LAW_POINTS_PER_BIN, dtype=np.float64) + 0.5) * (
+        LAW_BIN_SECONDS / _LAW_POINTS_PER_BIN
+    )
+    rates: FloatArray = np.where(points < duration_s, rate_fn(points), 0.0)
+    means = np.asarray(rates.reshape(bins, _LAW_POINTS_PER_BIN).mean(axis=1), dtype=np.float64)
+    return ArrivalLaw(means, LAW_BIN_SECONDS, 0.0, gap_scv)
+
+
+def _trace(
+    arrivals: FloatArray, rng: np.random.Generator, lengths: LengthModel, name: str, law: ArrivalLaw
+) -> Trace:
+    """The trace of these arrivals, re-based to a first arrival at 0.0 (its law moved with it)."""
     arrivals = np.sort(arrivals)
-    if len(arrivals):
-        arrivals = arrivals - arrivals[0]
+    first = float(arrivals[0]) if len(arrivals) else 0.0
     inputs, outputs = lengths.sample(rng, len(arrivals))
-    return Trace(arrivals.astype(np.float64), inputs, outputs, f"synthetic:{name}", "synthetic")
+    return Trace(
+        (arrivals - first).astype(np.float64),
+        inputs,
+        outputs,
+        f"synthetic:{name}",
+        "synthetic",
+        law=law.shifted(-first),
+    )
+
+
+def _constant(rate_rps: float) -> RateFn:
+    def rate(t: FloatArray) -> FloatArray:
+        return np.full(len(t), rate_rps)
+
+    return rate
 
 
 def poisson(rate_rps: float, duration_s: float, seed: int = 0, lengths: LengthModel | None = None) -> Trace:
@@ -101,19 +136,23 @@ def gamma_bursty(
     while arrivals[-1] < duration_s:
         more = np.cumsum(rng.gamma(shape, 1.0 / (rate_rps * shape), expected)) + arrivals[-1]
         arrivals = np.concatenate([arrivals, more])
-    return _trace(arrivals[arrivals < duration_s], rng, lengths or LengthModel(), name)
+    law = arrival_law(_constant(rate_rps), duration_s, gap_scv=cv * cv)
+    return _trace(arrivals[arrivals < duration_s], rng, lengths or LengthModel(), name, law)
 
 
 def _inhomogeneous(
-    rate_fn: object, peak_rps: float, duration_s: float, rng: np.random.Generator
-) -> FloatArray:
-    """Arrivals of a Poisson process with rate `rate_fn(t) <= peak_rps`, by thinning."""
-    assert callable(rate_fn)
+    rate_fn: RateFn,
+    peak_rps: float,
+    duration_s: float,
+    rng: np.random.Generator,
+    lengths: LengthModel,
+    name: str,
+) -> Trace:
+    """A Poisson process with rate `rate_fn(t) <= peak_rps`, drawn by thinning, with its law."""
     n = rng.poisson(peak_rps * duration_s)
     candidates = np.sort(rng.uniform(0.0, duration_s, n))
     accept = rng.random(n) * peak_rps < rate_fn(candidates)
-    result: FloatArray = candidates[accept]
-    return result
+    return _trace(candidates[accept], rng, lengths, name, arrival_law(rate_fn, duration_s))
 
 
 def diurnal(
@@ -131,11 +170,8 @@ def diurnal(
     def rate(t: FloatArray) -> FloatArray:
         return mean_rps * (1 - amplitude * np.cos(2 * np.pi * t / period_s))
 
-    return _trace(
-        _inhomogeneous(rate, mean_rps * (1 + amplitude), duration_s, rng),
-        rng,
-        lengths or LengthModel(),
-        "diurnal",
+    return _inhomogeneous(
+        rate, mean_rps * (1 + amplitude), duration_s, rng, lengths or LengthModel(), "diurnal"
     )
 
 
@@ -161,9 +197,7 @@ def bursts(
         out: FloatArray = np.where(inside, base_rps * factor, base_rps)
         return out
 
-    return _trace(
-        _inhomogeneous(rate, base_rps * factor, duration_s, rng), rng, lengths or LengthModel(), "bursts"
-    )
+    return _inhomogeneous(rate, base_rps * factor, duration_s, rng, lengths or LengthModel(), "bursts")
 
 
 def trend(
@@ -177,7 +211,7 @@ def trend(
         return out
 
     peak = max(start_rps, end_rps)
-    return _trace(_inhomogeneous(rate, peak, duration_s, rng), rng, lengths or LengthModel(), "trend")
+    return _inhomogeneous(rate, peak, duration_s, rng, lengths or LengthModel(), "trend")
 
 
 def steps(
@@ -186,11 +220,20 @@ def steps(
     """Poisson arrivals whose rate jumps to each of `rates_rps` in turn, `step_seconds` each."""
     rng = np.random.default_rng(seed)
     pieces = []
-    for index, rate in enumerate(rates_rps):
-        n = rng.poisson(rate * step_seconds)
+    for index, level in enumerate(rates_rps):
+        n = rng.poisson(level * step_seconds)
         pieces.append(np.sort(rng.uniform(0.0, step_seconds, n)) + index * step_seconds)
     arrivals = np.concatenate(pieces) if pieces else np.zeros(0)
-    return _trace(arrivals, rng, lengths or LengthModel(), "step")
+    levels = np.asarray(rates_rps, dtype=np.float64)
+
+    def rate(t: FloatArray) -> FloatArray:
+        if not len(levels):
+            return np.zeros(len(t))
+        out: FloatArray = levels[np.minimum((t // step_seconds).astype(np.int64), len(levels) - 1)]
+        return out
+
+    law = arrival_law(rate, step_seconds * len(levels))
+    return _trace(arrivals, rng, lengths or LengthModel(), "step", law)
 
 
 def generate_from_spec(spec: str, seed: int = 0) -> Trace:

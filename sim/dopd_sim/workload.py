@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dopd_forecaster.traces import Trace, load_trace
+from dopd_forecaster.traces import ArrivalLaw, Trace, load_trace
 from dopd_sim.prefix_cache import PrefixTrace, read_mooncake_blocks
 from dopd_sim.synthetic import generate_from_spec
 
@@ -40,11 +40,13 @@ def scale_rate(trace: Trace, rate_scale: float, seed: int = 0) -> Trace:
         if isinstance(trace, PrefixTrace)
         else 0
     )
+    copies: list[tuple[float, float]] = []  # (offset_s, share kept)
     for copy in range(whole + (1 if fraction > 1e-12 else 0)):
         offset = 0.0 if copy == 0 else float(rng.uniform(0.0, span))
         keep = np.ones(len(trace), dtype=bool)
         if copy == whole:  # the fractional copy
             keep = rng.random(len(trace)) < fraction
+        copies.append((offset, fraction if copy == whole else 1.0))
         arrivals.append(np.mod(trace.arrival_s[keep] + offset, span))
         inputs.append(trace.input_tokens[keep])
         outputs.append(trace.output_tokens[keep])
@@ -56,12 +58,27 @@ def scale_rate(trace: Trace, rate_scale: float, seed: int = 0) -> Trace:
     arrival = np.concatenate(arrivals)
     order = np.argsort(arrival, kind="stable")
     arrival = arrival[order]
-    arrival -= arrival[0]
+    first = float(arrival[0])
+    arrival -= first
     columns = (arrival, np.concatenate(inputs)[order], np.concatenate(outputs)[order])
+    law = _superposed(trace.law, copies, span).shifted(-first) if trace.law is not None else None
     if isinstance(trace, PrefixTrace):
         ordered = tuple(blocks[i] for i in order)
-        return PrefixTrace(*columns, trace.source, trace.format, ordered, trace.block_tokens)
-    return Trace(*columns, trace.source, trace.format)
+        return PrefixTrace(*columns, trace.source, trace.format, ordered, trace.block_tokens, law=law)
+    return Trace(*columns, trace.source, trace.format, law=law)
+
+
+def _superposed(law: ArrivalLaw, copies: list[tuple[float, float]], span_s: float) -> ArrivalLaw:
+    """The law of `scale_rate`'s copies of a trace drawn from `law`, each shifted circularly by its
+    offset over [0, span_s) and thinned to its share: the shifted rates summed, on the law's bins, and
+    the gaps' burstiness as Whitt's QNA combines it (a thinned copy's p*scv + 1 - p; a superposition's
+    rate-weighted mean)."""
+    bins = max(1, math.ceil(span_s / law.bin_s - 1e-9))
+    middles = (np.arange(bins) + 0.5) * law.bin_s
+    rate = sum(share * law.rate_at(np.mod(middles - offset, span_s)) for offset, share in copies)
+    scv = sum(share * (share * law.gap_scv + 1.0 - share) for _, share in copies)
+    total = sum(share for _, share in copies)
+    return ArrivalLaw(np.asarray(rate, dtype=np.float64), law.bin_s, 0.0, scv / total)
 
 
 def load_workload(

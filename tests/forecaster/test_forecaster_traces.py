@@ -6,8 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dopd_forecaster.traces import (
+    ArrivalLaw,
     Trace,
     TraceFormatError,
     detect_format,
@@ -244,3 +247,69 @@ def test_window_and_head_rebase_to_zero() -> None:
 def test_columns_of_different_lengths_are_rejected() -> None:
     with pytest.raises(ValueError, match="differ in length"):
         Trace(np.zeros(2), np.zeros(3, dtype=np.int64), np.zeros(2, dtype=np.int64), "mem", "canonical")
+
+
+# --------------------------------------------------------------------------------------- arrival laws
+
+
+def _law_trace() -> Trace:
+    """Requests at 0, 3 and 7 s drawn from 1 rps for [0, 4) then 3 rps for [4, 8)."""
+    law = ArrivalLaw(np.array([1.0] * 4 + [3.0] * 4), 1.0, 0.0, 2.0)
+    return Trace(
+        np.array([0.0, 3.0, 7.0]),
+        np.array([1, 2, 3], dtype=np.int64),
+        np.array([4, 5, 6], dtype=np.int64),
+        source="mem",
+        format="canonical",
+        law=law,
+    )
+
+
+@given(
+    rates=st.lists(st.floats(0.0, 100.0), min_size=1, max_size=12),
+    bin_s=st.floats(0.25, 5.0),
+    start=st.floats(-10.0, 10.0),
+    window=st.floats(0.1, 20.0),
+    first=st.floats(-20.0, 40.0),
+    length=st.floats(0.0, 40.0),
+)
+def test_the_busiest_expected_rate_is_the_highest_window_mean(
+    rates: list[float], bin_s: float, start: float, window: float, first: float, length: float
+) -> None:
+    # Exactly the maximum over every start in the range (checked on a fine grid, which cannot exceed it
+    # and comes within the rate's change over one grid step of it).
+    law = ArrivalLaw(np.array(rates), bin_s, start, 1.0)
+    busiest = law.busiest_mean_rps(first, first + length, window)
+    starts = np.linspace(first, first + length, 2001)
+    means = (law.expected_arrivals(starts + window) - law.expected_arrivals(starts)) / window
+    step = length / 2000
+    assert busiest >= float(np.max(means)) - 1e-9
+    assert busiest <= float(np.max(means)) + max(rates) * 2 * step / window + 1e-9
+
+
+def test_the_law_moves_with_the_trace() -> None:
+    trace = _law_trace()
+    assert trace.law is not None
+    window = trace.window(3.0, 8.0)  # re-based to the request at 3.0
+    assert window.law is not None
+    # The law of [3, 8) alone, in the window's time: 1 rps in [0, 1), 3 rps in [1, 5), nothing before.
+    assert window.law.expected_arrivals([0.0, 1.0, 5.0]).tolist() == [0.0, 1.0, 13.0]
+    assert window.law.rate_at([-0.5, 0.5, 4.5, 5.5]).tolist() == [0.0, 1.0, 3.0, 0.0]
+    faster = trace.scaled(2.0)  # the same arrivals twice as fast: twice the rate for half as long
+    assert faster.law is not None
+    assert faster.law.busiest_mean_rps(0.0, 2.0, 1.0) == 6.0
+    assert faster.law.expected_arrivals(4.0) == trace.law.expected_arrivals(8.0) == 16.0
+    assert faster.law.gap_scv == 2.0
+    head = trace.head(2).law  # the first request stays at 0.0, and so does the law
+    assert head is not None and head.start_s == 0.0 and head.rate_rps.tolist() == trace.law.rate_rps.tolist()
+    plain = Trace(trace.arrival_s, trace.input_tokens, trace.output_tokens, "mem", "canonical")
+    assert plain.law is None and plain.window(1.0, 5.0).law is None
+
+
+def test_an_impossible_law_is_rejected() -> None:
+    with pytest.raises(ValueError, match="bin_s > 0"):
+        ArrivalLaw(np.ones(2), 0.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="non-negative"):
+        ArrivalLaw(np.array([1.0, -1.0]), 1.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="last >= first"):
+        ArrivalLaw(np.ones(2), 1.0, 0.0, 1.0).busiest_mean_rps(1.0, 0.0, 1.0)

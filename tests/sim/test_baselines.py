@@ -3,6 +3,8 @@ calibration where the target is out of reach, and the fixed layout sized for the
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from sim_helpers import make_trace, toy_config, toy_profile
@@ -14,10 +16,11 @@ from dopd_sim.peak import busiest_minute, static_peak_layout
 from dopd_sim.policies.base import Layout, TickInput
 from dopd_sim.policies.dynamo_sla import DynamoSlaPolicy
 from dopd_sim.policies.oracle import OraclePolicy
+from dopd_sim.policies.sizing import busiest_window
 from dopd_sim.policies.static import StaticPolicy
 from dopd_sim.run import simulate
 from dopd_sim.search import oracle_calibration
-from dopd_sim.synthetic import steps
+from dopd_sim.synthetic import gamma_bursty, steps
 
 
 def _tick(now_s: float, averages: IntervalAverages, seen: list[float]) -> TickInput:
@@ -116,3 +119,20 @@ def test_the_oracle_records_which_roles_its_factors_resized() -> None:
     untouched = OraclePolicy(trace)
     simulate(trace, untouched, config)
     assert untouched.resized == {"prefill": False, "decode": False}
+
+
+def test_the_oracle_sizes_a_generated_trace_for_its_law_not_its_draws_busiest_minute() -> None:
+    # 80 rps with gaps of cv 2: chance puts more than 80 rps into the busiest of the minutes around a
+    # decision, and the capacity model, told cv 2, provides for such bursts itself; the oracle gives it
+    # the load (the law), not that chance count on top.
+    trace = gamma_bursty(80.0, 600.0, cv=2.0, seed=0)
+    known = busiest_window(trace, 200.0, 290.0, 60.0)
+    drawn = busiest_window(replace(trace, law=None), 200.0, 290.0, 60.0)
+    assert known is not None and drawn is not None
+    assert known[:2] == (pytest.approx(80.0), 4.0)
+    assert drawn[0] > 82.0  # 83.1: 4% above the load
+    assert known[2:] == drawn[2:]  # the same requests' lengths
+    # The windows overlapping [200, 290 + 60) include the 10 s of the next step's load in the last one.
+    stepped = busiest_window(steps([20.0, 60.0], 300.0, seed=0), 200.0, 250.0, 60.0)
+    assert stepped is not None
+    assert stepped[0] == pytest.approx((50 * 20.0 + 10 * 60.0) / 60.0, abs=0.1)

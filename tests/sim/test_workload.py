@@ -92,3 +92,46 @@ def test_length_mixes(mix: str, input_mean: float, output_mean: float) -> None:
     assert float(np.mean(trace.output_tokens)) == pytest.approx(output_mean, rel=0.06)
     with pytest.raises(ValueError, match="unknown length mix"):
         generate_from_spec("poisson,lengths=chat")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "gamma,rate_rps=80,cv=2,duration_s=1500",
+        "diurnal,mean_rps=60,duration_s=1500,period_s=1500,peak_to_trough=3",
+        "step,rates=20/90/40/120/60,step_seconds=300",
+        "bursts,base_rps=50,factor=2,burst_s=200,per_hour=8,duration_s=1500",
+        "trend,start_rps=20,end_rps=120,duration_s=1500",
+    ],
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_generated_trace_carries_the_law_it_was_drawn_from(spec: str, seed: int) -> None:
+    # Each 5-minute window's arrivals are one draw of the law's expected count, within 4.5 standard
+    # deviations (a renewal process's count varies as its rate times its gaps' scv).
+    trace = generate_from_spec(spec, seed)
+    law = trace.law
+    assert law is not None
+    for start in range(0, 1500, 300):
+        expected = float(law.expected_arrivals(start + 300.0) - law.expected_arrivals(float(start)))
+        drawn = np.count_nonzero((trace.arrival_s >= start) & (trace.arrival_s < start + 300))
+        assert abs(drawn - expected) <= 4.5 * np.sqrt(expected * law.gap_scv), (start, drawn, expected)
+    assert law.gap_scv == (4.0 if spec.startswith("gamma") else 1.0)
+
+
+@pytest.mark.parametrize("rate_scale", [2.5, 0.5])
+def test_rate_scaling_carries_the_superposed_law(rate_scale: float) -> None:
+    # The shifted copies' laws summed: a step load scaled keeps every minute's count within reach of
+    # the law, though the copies' shifts move the step.
+    trace = scale_rate(steps([20.0, 90.0, 40.0], 300.0, seed=4), rate_scale, seed=4)
+    law = trace.law
+    assert law is not None
+    for start in range(0, 840, 60):
+        expected = float(law.expected_arrivals(start + 60.0) - law.expected_arrivals(float(start)))
+        drawn = np.count_nonzero((trace.arrival_s >= start) & (trace.arrival_s < start + 60))
+        assert abs(drawn - expected) <= 4.5 * np.sqrt(expected) + 1, (start, drawn, expected)
+    assert law.gap_scv == 1.0  # thinned or superposed, Poisson stays Poisson
+    bursty = scale_rate(gamma_bursty(40.0, 600.0, cv=2.0, seed=4), rate_scale, seed=4).law
+    assert bursty is not None
+    # Whitt's QNA: a copy thinned to p has scv p*4 + 1 - p; copies mix by rate.
+    thinned = 0.5 * 4.0 + 0.5
+    assert bursty.gap_scv == pytest.approx((2 * 4.0 + 0.5 * thinned) / 2.5 if rate_scale == 2.5 else thinned)

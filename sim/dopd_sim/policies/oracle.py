@@ -5,7 +5,8 @@ decision's replicas are ready (one interval later), so growth is sized for the b
 of [now + startup, now + startup + interval]; replicas it already has are kept only while the busiest
 window of [now, now + startup + interval] needs them (a released replica cannot come back in time).
 Sizes come from the operator's capacity model (`dopd_operator.capacity`) given that window's true load
-(rate, the lengths themselves, burstiness, and on a trace with block hashes the prefix-cache hit rate
+(rate and burstiness, on a generated trace the law's rather than that one draw's, `sizing.busiest_window`;
+the lengths themselves; and on a trace with block hashes the prefix-cache hit rate
 those requests will see, from every block's exact reuse distance, and, where dopd's router would measure
 it, how that rate moves with the prefill pool's size) times per-role factors
 `prefill_scale` / `decode_scale`: `search.calibrate_oracle` searches those factors with the simulator,
