@@ -9,35 +9,19 @@ import random
 
 import pytest
 
+from dopd_tokenizers import train_bpe
 from dopd_worker.metrics import create_metrics
 from dopd_worker.openai_api import PARSE_OFF_LOOP_BYTES, OpenAIServer
 from dopd_worker.router import Router
 from dopd_worker.scheduler import SchedulerConfig
-from dopd_worker.tokenizer import HFTokenizer, load_tokenizer
+from dopd_worker.tokenizer import HFTokenizer
 
 MODEL = "bpe-test"
 
 
 @pytest.fixture(scope="module")
 def bpe(tmp_path_factory: pytest.TempPathFactory) -> HFTokenizer:
-    """A byte-level BPE tokenizer.json trained here (no model hub): what a real model directory holds."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    rng = random.Random(0)
-    words = [
-        "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
-        for _ in range(2000)
-    ]
-    corpus = [" ".join(rng.choice(words) for _ in range(100)) for _ in range(300)]
-    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=3000, special_tokens=["[UNK]", "<s>"]))
-    folder = tmp_path_factory.mktemp("bpe")
-    tok.save(str(folder / "tokenizer.json"))
-    loaded = load_tokenizer(str(folder), bos_id=tok.token_to_id("<s>"), eos_ids=())
-    assert isinstance(loaded, HFTokenizer)
-    return loaded
+    return train_bpe(tmp_path_factory.mktemp("bpe"))
 
 
 def _server(tokenizer: HFTokenizer) -> OpenAIServer:

@@ -107,8 +107,8 @@ class OpenAIServer:
 
     async def parse_body(self, raw: bytes, chat: bool) -> tuple[dict[str, Any], ParsedRequest]:
         """The request's JSON and its parsed form. A body over `PARSE_OFF_LOOP_BYTES` is parsed and
-        tokenized in a thread: a `tokenizer.json` takes about 1.7 us a token here (a 128k-token prompt,
-        0.2 s), and on the event loop every stream the router relays would stall that long (the tokenizer
+        tokenized in a thread: a `tokenizer.json` takes 0.5-1.7 us a token here depending on the text
+        (docs/benchmarks/worker.md; a 128k-token prompt, up to 0.2 s), and on the event loop every stream the router relays would stall that long (the tokenizer
         releases the GIL, `tokenizer.HFTokenizer`)."""
         if len(raw) > PARSE_OFF_LOOP_BYTES:
             return await asyncio.to_thread(self._parse_raw, raw, chat)

@@ -47,8 +47,8 @@ class HFTokenizer:
 
     def encode(self, text: str) -> list[int]:
         # encode_batch, not encode: the same ids, but it releases the GIL while it runs (encode holds it,
-        # about 1.7 us a token), so the router can tokenize a long prompt in a thread while its event
-        # loop relays other streams
+        # 0.5-1.7 us a token here depending on the text, docs/benchmarks/worker.md), so the router can
+        # tokenize a long prompt in a thread while its event loop relays other streams
         ids: list[int] = self._tok.encode_batch([text])[0].ids
         if self.bos_id is not None and (not ids or ids[0] != self.bos_id):
             ids = [self.bos_id, *ids]
