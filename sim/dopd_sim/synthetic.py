@@ -8,8 +8,9 @@ completions).
 
 Lengths are drawn from log-normals fitted to a mean and a median, clipped to [1, max] (the capacity
 model fits a gamma, so the benchmark's generated traces are not drawn from the model's own family).
-Everything is drawn from one seeded numpy Generator, so a (spec, seed) pair is one trace. Callers:
-workload, demo, bench, tests.
+Everything is drawn from one seeded numpy Generator, so a (spec, seed) pair is one trace. Each trace
+also carries the law it was drawn from (`Trace.law`: the rate over 1 s bins, the gaps' scv), the load
+the oracle sizes for rather than that one draw's busiest minute. Callers: workload, demo, bench, tests.
 """
 
 from __future__ import annotations

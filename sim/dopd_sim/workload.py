@@ -8,6 +8,7 @@ third). Time compression (`Trace.scaled`) instead replays the same requests x ti
 compresses bursts and seasonality. Traces that carry prompt block hashes (Mooncake) are loaded as a
 `prefix_cache.PrefixTrace`, so the simulator can model the prefix cache; each superposed copy gets its own
 hash space (its own users), so copies share no prefixes and the cache hit rate stays the trace's own.
+A generated trace's law (`Trace.law`) is summed over the copies the same way.
 Callers: cli, bench, tests.
 """
 
