@@ -212,13 +212,16 @@ def test_missing_file_raises_file_not_found(tmp_path: Path) -> None:
         load_trace(tmp_path / "absent.csv")
 
 
-def _three_requests() -> Trace:
+def _three_requests(
+    arrival_s: tuple[float, float, float] = (0.0, 2.0, 6.0), law: ArrivalLaw | None = None
+) -> Trace:
     return Trace(
-        np.array([0.0, 2.0, 6.0]),
+        np.array(arrival_s),
         np.array([1, 2, 3], dtype=np.int64),
         np.array([4, 5, 6], dtype=np.int64),
         source="mem",
         format="canonical",
+        law=law,
     )
 
 
@@ -254,15 +257,7 @@ def test_columns_of_different_lengths_are_rejected() -> None:
 
 def _law_trace() -> Trace:
     """Requests at 0, 3 and 7 s drawn from 1 rps for [0, 4) then 3 rps for [4, 8)."""
-    law = ArrivalLaw(np.array([1.0] * 4 + [3.0] * 4), 1.0, 0.0, 2.0)
-    return Trace(
-        np.array([0.0, 3.0, 7.0]),
-        np.array([1, 2, 3], dtype=np.int64),
-        np.array([4, 5, 6], dtype=np.int64),
-        source="mem",
-        format="canonical",
-        law=law,
-    )
+    return _three_requests((0.0, 3.0, 7.0), ArrivalLaw(np.array([1.0] * 4 + [3.0] * 4), 1.0, 0.0, 2.0))
 
 
 @given(
