@@ -192,10 +192,14 @@ class Trace:
         return replace(self, law=self.law.within(start_s, end_s))._slice(lo, max(lo, hi))
 
     def head(self, n: int) -> Trace:
-        """The first `n` requests."""
+        """The first `n` requests; a law is cut where the request after them arrives (as `window` up to
+        it would)."""
         if n < 0:
             raise ValueError(f"head needs n >= 0, got {n}")
-        return self._slice(0, min(n, len(self)))
+        kept = min(n, len(self))
+        if self.law is None or kept == len(self):
+            return self._slice(0, kept)
+        return replace(self, law=self.law.within(-math.inf, float(self.arrival_s[kept])))._slice(0, kept)
 
     def _slice(self, lo: int, hi: int) -> Trace:
         arrival = self.arrival_s[lo:hi]

@@ -295,8 +295,12 @@ def test_the_law_moves_with_the_trace() -> None:
     assert faster.law.busiest_mean_rps(0.0, 2.0, 1.0) == 6.0
     assert faster.law.expected_arrivals(4.0) == trace.law.expected_arrivals(8.0) == 16.0
     assert faster.law.gap_scv == 2.0
-    head = trace.head(2).law  # the first request stays at 0.0, and so does the law
-    assert head is not None and head.start_s == 0.0 and head.rate_rps.tolist() == trace.law.rate_rps.tolist()
+    head = trace.head(2).law  # cut where the third request arrives (7 s), from the first request at 0.0
+    assert (
+        head is not None and head.start_s == 0.0 and head.rate_rps.tolist() == [1.0] * 4 + [3.0] * 3 + [0.0]
+    )
+    whole = trace.head(3).law  # every request: the whole law
+    assert whole is not None and whole.rate_rps.tolist() == trace.law.rate_rps.tolist()
     plain = Trace(trace.arrival_s, trace.input_tokens, trace.output_tokens, "mem", "canonical")
     assert plain.law is None and plain.window(1.0, 5.0).law is None
 
