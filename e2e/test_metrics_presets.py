@@ -181,6 +181,18 @@ def _dopd_router(labels: dict[str, str], arrival_rps: float) -> Pod:
                 {65536.0: 0.25, 1_000_000.0: 0.25, math.inf: 0.5},
                 1e9,
             ),
+            # where in their prompts sampled blocks sit (evenly; faster than the distances, so that the
+            # short window holds enough of them), and the reused ones: the first half of every prompt
+            "dopd_prompt_reuse_sampled_position_ratio": (
+                40.0,
+                {round(0.1 * i, 1): 0.1 for i in range(1, 11)} | {math.inf: 0.0},
+                0.5,
+            ),
+            "dopd_prompt_reuse_reused_position_ratio": (
+                20.0,
+                {round(0.1 * i, 1): (0.2 if i <= 5 else 0.0) for i in range(1, 11)} | {math.inf: 0.0},
+                0.25,
+            ),
         },
     )
 
@@ -397,6 +409,9 @@ def test_dopd_preset_reads_every_field(world: Fixture) -> None:
     (small, at_small), (large, at_large) = obs.prefix_reuse_share_within
     assert (small, large) == (65536.0, 1_000_000.0)
     assert at_small == pytest.approx(0.4, rel=0.02) and at_large == pytest.approx(0.6, rel=0.02)
+    # how the hits fall on prompts: every prompt finds its first half cached
+    assert obs.prefix_hit_mix is not None
+    assert [x for pair in obs.prefix_hit_mix for x in pair] == pytest.approx([0.5, 1.0], rel=0.02)
 
 
 def test_behind_two_routers_the_prefix_cache_curve_is_not_read(world: Fixture) -> None:

@@ -10,7 +10,9 @@ oracle checks this model against the engine it sizes (docs/planner.md, "Capacity
   are taken over the distribution, never at its mean.
 - Prefill. A replica computes batches of prompts under a token budget (vLLM's max_num_batched_tokens):
   a batch costs `a + sum(work(l))`, `work(l) = b*new + c*(l^2 - cached^2)` with a prefix-cache hit rate
-  `h` (`new = (1-h)*l`). Under load the fixed cost `a` is shared by the batch, so a busy replica serves
+  `h` (`new = (1-h)*l`); where the router measures how the hits fall on prompts, the prompts are
+  populations each at its own share (`prefix_curve.prefix_populations`: most cached, or none), and each
+  is feasible up to its own limit. Under load the fixed cost `a` is shared by the batch, so a busy replica serves
   a prompt in `E[work] + a/k` seconds, `k` prompts per full batch (`budget / E[new]`); a prompt longer
   than the budget is chunked and pays `a` per chunk. The pool is a G/G/c queue with that service time
   (Erlang C, Allen-Cunneen correction for arrival burstiness and service variability). A prompt's TTFT
@@ -48,7 +50,7 @@ from scipy.special import gammaincc
 
 from dopd_operator.api import SloSpec
 from dopd_operator.lengths import LengthDistribution
-from dopd_operator.prefix_curve import MAX_PREFIX_HIT_RATE, PrefixCacheCurve
+from dopd_operator.prefix_curve import MAX_PREFIX_HIT_RATE, PrefixCacheCurve, prefix_populations
 from dopd_operator.profile import PREFILL_TOKEN_BUDGET_TOKENS, PerformanceProfile
 
 FloatArray = npt.NDArray[np.float64]
@@ -76,12 +78,27 @@ class Workload:
     output_tokens_p90: float | None
     arrival_scv: float = 1.0  # squared coefficient of variation of inter-arrival times; Poisson = 1
     prefix_cache_hit_rate: float = 0.0  # share of prompt tokens served from the prefix cache
+    # How the hits fall on prompts, when known: (share of a prompt's tokens served from the cache, share
+    # of the prompt tokens in prompts hit so) pairs, measured where `prefix_cache_hit_rate` was. Prompts
+    # then hit their cached prefix or nothing (`prefix_populations`). None: every prompt hits the mean rate.
+    prefix_hit_mix: tuple[tuple[float, float], ...] | None = None
     # How the hit rate moves with the prefill pool's size, when the router measures it: prefill is then
     # sized at the hit rate of each candidate size (`CapacityModel.prefill_replicas`).
     prefix_cache_curve: PrefixCacheCurve | None = None
     # The lengths themselves, when known (the oracle): their distribution replaces the gamma fit.
     input_tokens_known: tuple[float, ...] | None = None
     output_tokens_known: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class _FeasiblePrompts:
+    """One population's prompts that can meet the TTFT SLO: their lengths (equally likely) and weight
+    among all feasible prompts, their new tokens, prefill work and KV transfer."""
+
+    weight: float
+    new: FloatArray
+    work: FloatArray
+    transfer: FloatArray
 
 
 @dataclass(frozen=True)
@@ -208,14 +225,15 @@ class CapacityModel:
 
     # ------------------------------------------------------------------------------------ prefill
 
-    def _new_tokens(self, prompts: FloatArray) -> FloatArray:
-        return (1.0 - self._hit) * prompts
+    @staticmethod
+    def _new_tokens(prompts: FloatArray, hit: float) -> FloatArray:
+        return (1.0 - hit) * prompts
 
-    def _work(self, prompts: FloatArray) -> FloatArray:
+    def _work(self, prompts: FloatArray, hit: float) -> FloatArray:
         p = self.profile.prefill
         out: FloatArray = (
-            p.b_seconds_per_token * (1.0 - self._hit) * prompts
-            + p.c_seconds_per_token2 * (1.0 - self._hit * self._hit) * prompts * prompts
+            p.b_seconds_per_token * (1.0 - hit) * prompts
+            + p.c_seconds_per_token2 * (1.0 - hit * hit) * prompts * prompts
         )
         return out
 
@@ -225,24 +243,29 @@ class CapacityModel:
         out: FloatArray = prompts * self.profile.kv_transfer_seconds_per_token
         return out
 
-    def _alone_seconds(self, prompt_tokens: float) -> float:
+    def _alone_seconds(self, prompt_tokens: float, hit: float) -> float:
         """TTFT of one prompt in a batch of its own (chunked past the token budget): its prefill and its
         KV transfer."""
-        new = (1.0 - self._hit) * prompt_tokens
+        new = (1.0 - hit) * prompt_tokens
         fixed = self.profile.prefill.a_seconds * max(1.0, new / self.prefill_token_budget)
         return (
             fixed
-            + float(self._work(np.array([prompt_tokens]))[0])
+            + float(self._work(np.array([prompt_tokens]), hit)[0])
             + self.profile.kv_transfer_seconds(prompt_tokens)
         )
 
     def _prefill_init(self) -> None:
         a = self.profile.prefill.a_seconds
         self._hit = min(max(self.workload.prefix_cache_hit_rate, 0.0), MAX_PREFIX_HIT_RATE)
+        self.prompt_populations = prefix_populations(self._hit, self.workload.prefix_hit_mix)
         grid = self.isl.grid
-        work = self._work(grid)
-        self._work_mean = float(np.mean(work))
-        self._new_mean = float(np.mean(self._new_tokens(grid)))
+        # each population's share of the prompts, and its new tokens and prefill work over the whole grid
+        self._grid_prompts = [
+            (pop.share, self._new_tokens(grid, pop.hit), self._work(grid, pop.hit))
+            for pop in self.prompt_populations
+        ]
+        self._work_mean = sum(share * float(np.mean(work)) for share, _, work in self._grid_prompts)
+        self._new_mean = sum(share * float(np.mean(new)) for share, new, _ in self._grid_prompts)
         budget = float(self.prefill_token_budget)
         # Prompts in a full batch (the engine also caps sequences per batch), and the fixed cost each
         # pays there: a/k, or a per chunk for prompts longer than the budget.
@@ -251,28 +274,45 @@ class CapacityModel:
         )
         fixed_full = a * self._new_mean / budget if self._new_mean > budget else a / self._batch_full
         self.prefill_service_seconds_mean = self._work_mean + fixed_full
-        variance = float(np.var(work))
+        works = [(share, work) for share, _, work in self._grid_prompts]
+        second_moment = sum(share * float(np.mean(work * work)) for share, work in works)
+        variance = (
+            float(np.var(works[0][1])) if len(works) == 1 else max(second_moment - self._work_mean**2, 0.0)
+        )
         self.prefill_service_scv = variance / max(self.prefill_service_seconds_mean**2, _EPS)
-        # The longest prompt that can meet the TTFT SLO at all: alone, with no wait (its transfer too).
-        self.prefill_limit_tokens = self._longest_within(self.slo.ttft_seconds)
-        self._feasible, self.prefill_feasible_share = self.isl.below(self.prefill_limit_tokens)
-        self._feasible_work = self._work(self._feasible)
-        self._feasible_new = self._new_tokens(self._feasible)
-        self._feasible_transfer = self._transfer(self._feasible)
+        # The longest prompt that can meet the TTFT SLO at all: alone, with no wait (its transfer too),
+        # per population (the one that hits least: the uncached limit).
+        limits = [self._longest_within(self.slo.ttft_seconds, pop.hit) for pop in self.prompt_populations]
+        self.prefill_limit_tokens = limits[-1]
+        self.prefill_limit_cached_tokens = limits[0] if len(limits) > 1 else None
+        below = [self.isl.below(limit) for limit in limits]
+        shares = [pop.share * share for pop, (_, share) in zip(self.prompt_populations, below, strict=True)]
+        self.prefill_feasible_share = sum(shares)
+        total = self.prefill_feasible_share
+        self._feasible = tuple(
+            _FeasiblePrompts(
+                weight=(weighted / total) if total > 0 else pop.share,
+                new=self._new_tokens(lengths, pop.hit),
+                work=self._work(lengths, pop.hit),
+                transfer=self._transfer(lengths),
+            )
+            for pop, (lengths, _), weighted in zip(self.prompt_populations, below, shares, strict=True)
+        )
         self.ttft_reachable = self.prefill_feasible_share >= self.percentile_q - _EPS
 
-    def _longest_within(self, seconds: float) -> float:
-        """The longest prompt whose prefill and KV transfer alone take at most `seconds` (0 when none does)."""
-        if self._alone_seconds(0.0) > seconds:
+    def _longest_within(self, seconds: float, hit: float) -> float:
+        """The longest prompt whose prefill and KV transfer alone take at most `seconds` at a hit share
+        `hit` (0 when none does)."""
+        if self._alone_seconds(0.0, hit) > seconds:
             return 0.0
         low, high = 0.0, 1024.0
-        while self._alone_seconds(high) <= seconds:
+        while self._alone_seconds(high, hit) <= seconds:
             low, high = high, high * 2
             if high > 1e9:
                 return high
         for _ in range(40):
             mid = (low + high) / 2
-            if self._alone_seconds(mid) <= seconds:
+            if self._alone_seconds(mid, hit) <= seconds:
                 low = mid
             else:
                 high = mid
@@ -344,11 +384,14 @@ class CapacityModel:
         wait = self._prefill_wait(replicas, rate_rps)
         if wait is None:
             return 0.0
-        batch_seconds = self._batch_seconds(self._feasible_new, self._feasible_work, wait.batch)
-        # A prompt that its batch alone pushes past the SLO meets it only without waiting (and then
-        # in a smaller batch): counting it as needing no wait keeps the requirement continuous.
-        slack = np.maximum(self.slo.ttft_seconds - batch_seconds - self._feasible_transfer, 0.0)
-        return float(np.mean(wait.within(slack)))
+        attained = 0.0
+        for prompts in self._feasible:
+            batch_seconds = self._batch_seconds(prompts.new, prompts.work, wait.batch)
+            # A prompt that its batch alone pushes past the SLO meets it only without waiting (and then
+            # in a smaller batch): counting it as needing no wait keeps the requirement continuous.
+            slack = np.maximum(self.slo.ttft_seconds - batch_seconds - prompts.transfer, 0.0)
+            attained += prompts.weight * float(np.mean(wait.within(slack)))
+        return attained
 
     def wait_percentile_seconds(self, replicas: int, rate_rps: float, quantile: float | None = None) -> float:
         """Predicted wait before prefill at `quantile` (default: the provisioning percentile); infinite
@@ -384,16 +427,28 @@ class CapacityModel:
         if replicas <= 0:
             return math.inf
         grid = self.isl.grid
-        new, work = self._new_tokens(grid), self._work(grid)
         transfer = self._transfer(grid) if include_transfer else np.zeros_like(grid)
         if rate_rps <= 0:
-            return float(np.quantile(self._batch_seconds(new, work, 1.0, slowdown) + transfer, quantile))
+            alone = [
+                (share, self._batch_seconds(new, work, 1.0, slowdown) + transfer)
+                for share, new, work in self._grid_prompts
+            ]
+            if len(alone) == 1:
+                return float(np.quantile(alone[0][1], quantile))
+            return _solve_increasing(
+                lambda t: sum(share * float(np.mean(seconds <= t)) for share, seconds in alone), quantile, 0.0
+            )
         wait = self._prefill_wait(replicas, rate_rps, slowdown)
         if wait is None:
             return math.inf
-        batch_seconds = self._batch_seconds(new, work, wait.batch, slowdown) + transfer
+        batches = [
+            (share, self._batch_seconds(new, work, wait.batch, slowdown) + transfer)
+            for share, new, work in self._grid_prompts
+        ]
         return _solve_increasing(
-            lambda t: float(np.mean(wait.within(t - batch_seconds))), quantile, float(np.min(batch_seconds))
+            lambda t: sum(share * float(np.mean(wait.within(t - seconds))) for share, seconds in batches),
+            quantile,
+            min(float(np.min(seconds)) for _, seconds in batches),
         )
 
     def prefill_slowdown(
@@ -419,15 +474,19 @@ class CapacityModel:
         if replicas <= 0 or rate_rps <= 0:
             return None
         grid = self.isl.grid
-        new, work = self._new_tokens(grid), self._work(grid)
         slack_seconds = observed_ttft_seconds - (self._transfer(grid) if observed_includes_transfer else 0.0)
 
         def share_within(slowdown: float) -> float:
             wait = self._prefill_wait(replicas, rate_rps, slowdown)
             if wait is None:
                 return 0.0
-            slack = slack_seconds - self._batch_seconds(new, work, wait.batch, slowdown)
-            return float(np.mean(wait.within(slack)))
+            return sum(
+                share
+                * float(
+                    np.mean(wait.within(slack_seconds - self._batch_seconds(new, work, wait.batch, slowdown)))
+                )
+                for share, new, work in self._grid_prompts
+            )
 
         low, high = bounds
         if share_within(low) < quantile or share_within(high) > quantile:

@@ -333,6 +333,19 @@ def _prefix_cache_phrase(model: CapacityModel, prefill: int, known: bool, curve_
     return f" ({100 * hit_rate:.0f}% prefix-cache hits now, {100 * expected:.0f}% expected in {prefill} replicas' cache)"
 
 
+def _cached_limit_phrase(model: CapacityModel) -> str:
+    """Where hits are a mix (a prompt hits its cached prefix or nothing, `prefix_curve.prefix_populations`),
+    the longer limit of the prompts that hit most."""
+    cached = model.prefill_limit_cached_tokens
+    if cached is None:
+        return ""
+    deep = model.prompt_populations[0]
+    return (
+        f"; up to {cached:.0f} for the {100 * deep.share:.0f}% that find {100 * deep.hit:.0f}% of "
+        "themselves in the prefix cache"
+    )
+
+
 def _unreachable_cache_phrase(model: CapacityModel) -> str:
     """What the TTFT-unreachable reason adds where prompts are served from a prefix cache: the limit holds
     at the hit rate observed, and the cache is the prefill replicas' KV memory, so a larger pool may hit
@@ -383,8 +396,9 @@ def _capacity_reasons(
     if not model.ttft_reachable:
         reasons.append(
             f"TTFT SLO unreachable by scaling for {100 * (1 - model.prefill_feasible_share):.1f}% of prompts "
-            f"(longer than {model.prefill_limit_tokens:.0f} tokens, whose prefill and KV transfer alone exceed "
-            f"{model.slo.ttft_seconds:g}s{_unreachable_cache_phrase(model)}); prefill sized for the rest"
+            f"(longer than {model.prefill_limit_tokens:.0f} tokens{_cached_limit_phrase(model)}, whose prefill "
+            f"and KV transfer alone exceed {model.slo.ttft_seconds:g}s{_unreachable_cache_phrase(model)}); "
+            "prefill sized for the rest"
         )
     if not model.tpot_reachable:
         reasons.append(

@@ -165,8 +165,9 @@ def observed_workload(
     max_prefill_replicas: int | None = None,
 ) -> Workload:
     """The capacity model's load: `rate_rps` with the observed (or forecast, when larger) lengths and
-    burstiness, and the prefix-cache hit rate; with `cache_tokens_per_replica` (a prefill replica's KV
-    capacity), also how the hit rate moves with the pool's size, where the router measures it."""
+    burstiness, and the prefix-cache hit rate and how it falls on prompts; with `cache_tokens_per_replica`
+    (a prefill replica's KV capacity), also how the hit rate moves with the pool's size, where the router
+    measures it."""
     assert observation.input_tokens_mean is not None and observation.output_tokens_mean is not None
     isl, osl = observation.input_tokens_mean, observation.output_tokens_mean
     if forecast is not None:
@@ -185,6 +186,7 @@ def observed_workload(
         prefix_cache_curve=None
         if cache_tokens_per_replica is None
         else observed_curve(observation, cache_tokens_per_replica, max_prefill_replicas),
+        prefix_hit_mix=observation.prefix_hit_mix,
     )
 
 

@@ -93,6 +93,13 @@ class Observation(_Frozen):
         "pool's cache size, anchored at prefix_cache_hit_rate (docs/planner.md). None: unknown, the hit "
         "rate is taken as the same at every pool size.",
     )
+    prefix_hit_mix: tuple[tuple[float, float], ...] | None = Field(
+        None,
+        description="How the prefix-cache hits fall on prompts, from where in their prompts the router's "
+        "sampled blocks were reused: (share of a prompt served from the cache, share of the prompt tokens "
+        "in prompts served so) pairs; the rest hit nothing (docs/planner.md). None: unknown, every prompt "
+        "is taken to hit the mean rate.",
+    )
     prefix_reuse_unread: str | None = Field(
         None,
         description="Why the router's reuse curve is not used although the engine preset reads one (its "

@@ -21,8 +21,9 @@ production.
   block hashes (`prefix_cache`), else 0 (every prompt looked up, none hit, as the worker counts them).
 - Reuse distances of prompt blocks: the router's `dopd_prompt_reuse_distance_tokens` over the window,
   from the trace's block hashes at each arrival through the router's own sampler
-  (`dopd_worker.prefix_reuse`); unknown where the trace carries none (nothing to hash) or the spec's
-  engine preset does not read it (vLLM, SGLang).
+  (`dopd_worker.prefix_reuse`), and where in their prompts the sampled blocks sit, and those reused
+  (`dopd_prompt_reuse_*_position_ratio`: how the hits fall on prompts); unknown where the trace carries
+  none (nothing to hash) or the spec's engine preset does not read it (vLLM, SGLang).
 - Queue depth, KV usage and running sequences: gauges read at the tick.
 Nothing here looks past `now` except the warm start, which shows every policy the first window of
 load (arrivals and their lengths) so all of them start from a sized cluster.
@@ -45,6 +46,7 @@ from dopd_operator.metrics.estimators import (
     HistogramSummary,
     Intervals,
     histogram_from_values,
+    hit_mix_from_positions,
     reuse_share_within,
     summarize_arrivals,
     summarize_histogram,
@@ -56,7 +58,7 @@ from dopd_sim.metrics import FloatArray, RequestLog, TimelinePoint
 from dopd_sim.policies.base import Layout
 from dopd_sim.prefix_cache import PrefixTrace
 from dopd_worker.metrics import ITL_BUCKETS_SECONDS, LATENCY_BUCKETS_SECONDS, LENGTH_BUCKETS_TOKENS
-from dopd_worker.prefix_reuse import REUSE_BUCKETS_TOKENS, ReuseSampler
+from dopd_worker.prefix_reuse import REUSE_BUCKETS_TOKENS, REUSE_POSITION_BUCKETS, ReuseSampler
 
 if TYPE_CHECKING:
     from dopd_sim.cluster import Simulator
@@ -70,7 +72,8 @@ def _lengths(name: str, values: FloatArray) -> HistogramSummary:
 
 
 class ReuseLog:
-    """The router's reuse-distance histogram of a trace's prompt blocks, fed arrival by arrival."""
+    """The router's reuse-distance and position histograms of a trace's prompt blocks, fed arrival by
+    arrival."""
 
     def __init__(self, trace: PrefixTrace) -> None:
         self.trace = trace
@@ -78,27 +81,42 @@ class ReuseLog:
         self._fed = 0
         self._times_s: list[float] = []
         self._distances: list[float] = []
+        self._positions: list[float] = []
         self._expected = [0.0]  # the expected-samples counter after each arrival fed
 
-    def share_within(self, start_s: float, end_s: float) -> tuple[tuple[float, float], ...] | None:
-        """(cache tokens, share reused within) over the sampled blocks of prompts arriving in [start, end)."""
+    def _window(self, start_s: float, end_s: float) -> tuple[int, int]:
+        """The sampled blocks of prompts arriving in [start, end), as a slice of the log."""
         arrivals = self.trace.arrival_s
         while self._fed < len(arrivals) and arrivals[self._fed] < end_s:
             # full blocks only, as the router hashes them (a partial last block is not cacheable)
             full = int(self.trace.input_tokens[self._fed]) // self.trace.block_tokens
-            found = self.sampler.observe(self.trace.prefix_blocks[self._fed][:full])
+            found = self.sampler.observe_positions(self.trace.prefix_blocks[self._fed][:full])
             self._times_s.extend([float(arrivals[self._fed])] * len(found))
-            self._distances.extend(found)
+            self._positions.extend(position for position, _ in found)
+            self._distances.extend(distance for _, distance in found)
             self._expected.append(self.sampler.expected_samples)
             self._fed += 1
-        lo = bisect.bisect_left(self._times_s, start_s)
-        hi = bisect.bisect_left(self._times_s, end_s)
+        return bisect.bisect_left(self._times_s, start_s), bisect.bisect_left(self._times_s, end_s)
+
+    def share_within(self, start_s: float, end_s: float) -> tuple[tuple[float, float], ...] | None:
+        """(cache tokens, share reused within) over the sampled blocks of prompts arriving in [start, end)."""
+        lo, hi = self._window(start_s, end_s)
         if hi <= lo:
             return None
-        first, last = np.searchsorted(arrivals[: self._fed], (start_s, end_s), side="left")
+        first, last = np.searchsorted(self.trace.arrival_s[: self._fed], (start_s, end_s), side="left")
         values = np.asarray(self._distances[lo:hi], dtype=np.float64)
         expected = self._expected[last] - self._expected[first]
         return reuse_share_within(histogram_from_values(values, REUSE_BUCKETS_TOKENS), expected)
+
+    def hit_mix(self, start_s: float, end_s: float) -> tuple[tuple[float, float], ...] | None:
+        """How the hits fall on prompts, from the positions of the same samples and of those reused."""
+        lo, hi = self._window(start_s, end_s)
+        positions = np.asarray(self._positions[lo:hi], dtype=np.float64)
+        reused = np.isfinite(np.asarray(self._distances[lo:hi], dtype=np.float64))
+        return hit_mix_from_positions(
+            histogram_from_values(positions, REUSE_POSITION_BUCKETS),
+            histogram_from_values(positions[reused], REUSE_POSITION_BUCKETS),
+        )
 
 
 class ObservationBuilder:
@@ -206,9 +224,11 @@ class ObservationBuilder:
         prefill, decode = self._roles(sim.current_layout(), sim.ready_counts(), sim)
         hit_rate: float | None = None
         reuse: tuple[tuple[float, float], ...] | None = None
+        hit_mix: tuple[tuple[float, float], ...] | None = None
         if not warm_start:
             hit_rate = sim.prefix_cache_hit_rate(start, now_s) if sim.prefix_cache is not None else 0.0
             reuse = None if self._reuse is None else self._reuse.share_within(start, now_s)
+            hit_mix = None if self._reuse is None or reuse is None else self._reuse.hit_mix(start, now_s)
         return Observation(
             arrival_rate_rps=arrivals.rate_rps,
             shed_rate_rps=shed,
@@ -219,6 +239,7 @@ class ObservationBuilder:
             arrival_rate_trend_span_seconds=arrivals.trend_span_seconds,
             prefix_cache_hit_rate=hit_rate,
             prefix_reuse_share_within=reuse,
+            prefix_hit_mix=hit_mix,
             input_tokens_mean=inputs.mean,
             input_tokens_p90=inputs.quantile,
             output_tokens_mean=outputs.mean,

@@ -182,6 +182,38 @@ def exact_reuse_distances(trace: PrefixTrace) -> tuple[FloatArray, ...]:
     return tuple(out)
 
 
+HIT_MIX_LEVELS = 10  # a known mix's populations: prompts binned by the share of them cached, in tenths
+
+
+def known_hit_mix(
+    trace: PrefixTrace, lo: int, hi: int, cache_tokens: float
+) -> tuple[tuple[float, float], ...]:
+    """How the hits of requests `lo:hi` at a cache of `cache_tokens` fall on prompts
+    (`capacity.Workload.prefix_hit_mix`): the prompts binned by the share of their tokens an LRU cache of
+    that size serves (in tenths), each bin's token-weighted share cached and its share of the prompt
+    tokens. Prompts that hit nothing are left out (the rest of the tokens). From every block's exact
+    reuse distance, as `known_hit_curve`."""
+    distances = exact_reuse_distances(trace)[lo:hi]
+    prompts = trace.input_tokens[lo:hi].astype(np.float64)
+    cached = np.array(
+        [np.searchsorted(d, cache_tokens, side="right") * float(trace.block_tokens) for d in distances],
+        dtype=np.float64,
+    )
+    cached = np.minimum(cached, np.maximum(prompts - 1.0, 0.0))
+    total = float(prompts.sum())
+    if total <= 0:
+        return ()
+    share = np.divide(cached, prompts, out=np.zeros_like(cached), where=prompts > 0)
+    bins = np.minimum(np.ceil(share * HIT_MIX_LEVELS).astype(np.int64), HIT_MIX_LEVELS)  # 0: no hit
+    mix: list[tuple[float, float]] = []
+    for level in range(HIT_MIX_LEVELS, 0, -1):
+        chosen = bins == level
+        tokens = float(prompts[chosen].sum())
+        if tokens > 0:
+            mix.append((float(cached[chosen].sum()) / tokens, tokens / total))
+    return tuple(mix)
+
+
 def known_hit_curve(
     trace: PrefixTrace, lo: int, hi: int, cache_tokens: float, largest_cache_tokens: float
 ) -> PrefixCacheCurve | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -236,6 +237,33 @@ def test_an_unreachable_ttft_names_the_cache_it_was_judged_at() -> None:
     )
     assert "TTFT SLO unreachable by scaling for" in uncached
     assert "holds more cache" not in uncached
+
+
+def test_where_the_hits_fall_on_whole_prompts_the_decision_counts_and_names_both_limits() -> None:
+    """The same long prompts, half their tokens cached, but as the router measures them: every other
+    prompt found 97% cached, the rest nothing. A cached long prompt computes a few hundred tokens and is
+    feasible: fewer prompts are out of reach than an even spread says, and the reason gives the cached
+    prompts' own limit."""
+    spec = make_spec()
+    long_prompts = {"rate": 4, "isl": 20_000, "isl_p90": 60_000, "prefill": 4, "decode": 2}
+    even = plan(spec, make_obs(**long_prompts, prefix_cache_hit_rate=0.5), None, PlannerState(), T0)
+    mixed = plan(
+        spec,
+        make_obs(**long_prompts, prefix_cache_hit_rate=0.5, prefix_hit_mix=((0.97, 0.52),)),
+        None,
+        PlannerState(),
+        T0,
+    )
+
+    def unreachable(reasons: list[str]) -> float:
+        found = re.search(r"TTFT SLO unreachable by scaling for ([0-9.]+)% of prompts", " ".join(reasons))
+        assert found is not None, reasons
+        return float(found.group(1))
+
+    assert unreachable(mixed.reasons) < unreachable(even.reasons) - 5
+    assert re.search(
+        r"; up to [0-9]+ for the 52% that find 97% of themselves in the prefix cache", " ".join(mixed.reasons)
+    )
 
 
 # The router's reuse distances: a share of prompt-block tokens that keeps growing with the cache size.

@@ -8,6 +8,7 @@ import pytest
 from sim_helpers import make_trace, toy_config, toy_profile
 
 from dopd_forecaster.datasets import MOONCAKE_SYNTHETIC, data_path
+from dopd_forecaster.traces import Trace
 from dopd_operator.prefix_curve import PrefixCacheCurve
 from dopd_sim.cluster import Simulator
 from dopd_sim.config import SimConfig
@@ -15,7 +16,7 @@ from dopd_sim.observe import ReuseLog
 from dopd_sim.policies.base import Layout, TickInput
 from dopd_sim.policies.oracle import OraclePolicy
 from dopd_sim.policies.static import StaticPolicy
-from dopd_sim.prefix_cache import PrefixCache, PrefixTrace, known_hit_curve
+from dopd_sim.prefix_cache import PrefixCache, PrefixTrace, known_hit_curve, known_hit_mix
 from dopd_sim.run import simulate
 from dopd_sim.workload import load_workload, scale_rate
 
@@ -152,6 +153,59 @@ def test_the_oracles_known_curve_is_the_hit_rate_each_pool_size_gets() -> None:
     assert curve.ceiling_hit_rate == pytest.approx(curve.hit_rate(64 * replica_tokens))
 
 
+def test_most_hits_are_whole_prompts_and_the_routers_positions_say_so() -> None:
+    """How the hits fall on prompts (`known_hit_mix`, the oracle's; the router's position histograms,
+    dopd's): on the Mooncake prompts most cached tokens are in prompts found 90% cached or more (a
+    conversation's next turn), the rest of the prompts find nothing; the router, sampling a thirty-second
+    of the blocks, reads the same within a few points; both keep the hit rate they describe."""
+    trace = load_workload(str(data_path(MOONCAKE_SYNTHETIC)), rate_scale=2.0, seed=0, duration_s=600.0)
+    assert isinstance(trace, PrefixTrace)
+    lo, hi = np.searchsorted(trace.arrival_s, (300.0, 600.0))
+    ample = 1e12  # every reuse the window's prompts have, as the router counts them (any distance)
+    known = known_hit_mix(trace, int(lo), int(hi), ample)
+    curve = known_hit_curve(trace, int(lo), int(hi), ample, ample)
+    assert curve is not None
+    mean = sum(level * share for level, share in known)
+    assert mean == pytest.approx(curve.observed_hit_rate, abs=0.01)
+    deep = sum(share for level, share in known if level >= 0.9)
+    assert deep > 0.85 * sum(share for _, share in known)
+    sampled = ReuseLog(trace).hit_mix(300.0, 600.0)
+    assert sampled is not None
+    assert sum(level * share for level, share in sampled) == pytest.approx(mean, abs=0.06)
+    assert sum(share for level, share in sampled if level >= 0.9) == pytest.approx(deep, abs=0.08)
+
+
+def test_the_oracle_sizes_its_first_layout_with_the_hits_ahead() -> None:
+    """Perfect knowledge includes the cache from the start: at t=0, with no pool yet, the oracle's first
+    layout counts every hit its first window's prompts will get at each pool size (14% with an ample
+    cache), not the 1% one replica's cache would get taken as the rate at every size (too few hits to
+    scale a sampled curve from, but this one is known). So it buys the prefill that makes the long
+    cached prompts feasible, as it does later in the run."""
+    trace = load_workload(str(data_path(MOONCAKE_SYNTHETIC)), rate_scale=2.0, duration_s=600.0)
+    assert isinstance(trace, PrefixTrace)
+    plain = Trace(trace.arrival_s, trace.input_tokens, trace.output_tokens, trace.source, trace.format)
+    config = SimConfig()
+    replica_tokens = config.resolved_profile().kv_capacity_tokens
+    sim = Simulator(trace, StaticPolicy(1, 1), config)
+    tick = TickInput(
+        now_s=0.0,
+        observation=sim.observer.observe(0.0, sim, warm_start=True),
+        history_timestamps_s=np.zeros(0),
+        history_arrival_rps=np.zeros(0),
+        current=Layout(prefill=0, decode=0),
+        config=config,
+        profile=config.resolved_profile(),
+    )
+    assert tick.observation.prefill.ready == 0
+    workload = OraclePolicy(trace)._workload(0.0, 150.0, config.window_seconds, tick)
+    assert workload is not None and workload.prefix_cache_curve is not None
+    assert workload.prefix_cache_hit_rate < 0.02  # one replica's cache, cold
+    ceiling = workload.prefix_cache_curve.ceiling_hit_rate
+    assert ceiling > 0.1
+    assert workload.prefix_cache_curve.hit_rate(64 * replica_tokens) > 5 * workload.prefix_cache_hit_rate
+    assert OraclePolicy(trace).initial_layout(tick).prefill > OraclePolicy(plain).initial_layout(tick).prefill
+
+
 @pytest.mark.parametrize(("engine", "has_curve"), [("dopd", True), ("vllm", False)])
 def test_the_oracle_knows_the_hits_ahead_and_the_curve_only_where_dopd_would(
     engine: str, has_curve: bool
@@ -178,6 +232,7 @@ def test_the_oracle_knows_the_hits_ahead_and_the_curve_only_where_dopd_would(
     workload = OraclePolicy(trace)._workload(300.0, 450.0, 60.0, tick)
     assert workload is not None and workload.prefix_cache_hit_rate > 0.1
     assert (workload.prefix_cache_curve is not None) == has_curve
+    assert workload.prefix_hit_mix  # where the hits fall, known whatever the engine
 
 
 @pytest.mark.parametrize(("engine", "has_curve"), [("dopd", True), ("vllm", False), ("sglang", False)])

@@ -1,5 +1,7 @@
 """The router records how far back each admitted prompt's blocks were last used
-(`dopd_prompt_reuse_distance_tokens`): the operator's curve of prefix-cache hits against cache size."""
+(`dopd_prompt_reuse_distance_tokens`): the operator's curve of prefix-cache hits against cache size; and
+where in its prompt each sampled block sits, and those used before
+(`dopd_prompt_reuse_{sampled,reused}_position_ratio`): how the hits fall on prompts."""
 
 from __future__ import annotations
 
@@ -44,6 +46,11 @@ def test_a_repeated_prefix_is_recorded_at_its_reuse_distance(cluster: Cluster) -
     # at zero from the start: the operator reads a missing series as unknown
     assert metric_sample(start, f'dopd_prompt_reuse_distance_tokens_bucket{{le="+Inf",{LABELS}}}') == 0.0
     assert metric_sample(start, f"dopd_prompt_reuse_expected_samples_total{{{LABELS}}}") == 0.0
+    for side in ("sampled", "reused"):
+        assert (
+            metric_sample(start, f'dopd_prompt_reuse_{side}_position_ratio_bucket{{le="+Inf",{LABELS}}}')
+            == 0.0
+        )
     a = [i % 250 for i in range(1024)]  # token ids within the tiny model's vocabulary
     b = [(7 * i + 3) % 250 for i in range(1024)]
     a_again = [*a, *([1] * 300)]  # the same two blocks, then 300 tokens of no full block
@@ -64,3 +71,11 @@ def test_a_repeated_prefix_is_recorded_at_its_reuse_distance(cluster: Cluster) -
     assert within("+Inf") == 6.0  # and four first uses
     assert metric_sample(text, f"dopd_prompt_reuse_distance_tokens_sum{{{LABELS}}}") == float("inf")
     assert metric_sample(text, f"dopd_prompt_reuse_expected_samples_total{{{LABELS}}}") == 6.0
+
+    def positions(side: str, bound: str) -> float | None:
+        return metric_sample(text, f'dopd_prompt_reuse_{side}_position_ratio_bucket{{le="{bound}",{LABELS}}}')
+
+    # each prompt's two blocks sit at a quarter and three quarters of it; only A's, the second time,
+    # were used before: the first half of the prompts' blocks and the second half alike
+    assert [positions("sampled", bound) for bound in ("0.2", "0.3", "0.7", "0.8", "+Inf")] == [0, 3, 3, 6, 6]
+    assert [positions("reused", bound) for bound in ("0.2", "0.3", "0.7", "0.8", "+Inf")] == [0, 1, 1, 2, 2]

@@ -8,7 +8,9 @@ Every series carries `role` (prefill | decode | router) and `model`. Semantics (
   finished request's mean gap, first token to last: the per-request TPOT the SLO is written in) and
   `dopd_prompt_reuse_distance_tokens` (per sampled block of an admitted prompt, its LRU reuse distance:
   the prefix cache's hit rate at every size, `prefix_reuse`) with the counter
-  `dopd_prompt_reuse_expected_samples_total` (blocks looked at x the sampling rate);
+  `dopd_prompt_reuse_expected_samples_total` (blocks looked at x the sampling rate), and
+  `dopd_prompt_reuse_sampled_position_ratio` / `dopd_prompt_reuse_reused_position_ratio` (where in its
+  prompt each sampled block sits, and that of those reused at all: how the hits fall on prompts);
 - counters `dopd_prompt_tokens_total`, `dopd_generation_tokens_total`, `dopd_requests_total{status}`,
   `dopd_kv_transfer_bytes_total`, `dopd_kv_transfer_failures_total`, and on the router
   `dopd_requests_arrived_total` (every valid request, counted on arrival before the admission decision:
@@ -48,7 +50,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from dopd_worker.prefix_reuse import REUSE_BUCKETS_TOKENS
+from dopd_worker.prefix_reuse import REUSE_BUCKETS_TOKENS, REUSE_POSITION_BUCKETS
 
 # Bounds fine enough for the operator's quantiles and SLO attainment (linear interpolation inside a
 # bucket): about 10-25% apart where TTFT and inter-token latencies live, with the default SLOs (TTFT
@@ -84,6 +86,8 @@ class Metrics:
     prompt_tokens: Histogram
     prompt_reuse_distance_tokens: Histogram
     prompt_reuse_expected_samples_total: Counter
+    prompt_reuse_sampled_position_ratio: Histogram
+    prompt_reuse_reused_position_ratio: Histogram
     generation_tokens: Histogram
     prompt_tokens_total: Counter
     generation_tokens_total: Counter
@@ -153,6 +157,18 @@ def create_metrics(role: str, model: str) -> Metrics:
             "hit rate a prefix cache of C tokens would get.",
             REUSE_BUCKETS_TOKENS,
         ),
+        prompt_reuse_sampled_position_ratio=hist(
+            "dopd_prompt_reuse_sampled_position_ratio",
+            "Router: per sampled full block of an admitted prompt, where in the prompt it sits (the share "
+            "of the prompt's blocks before its middle).",
+            REUSE_POSITION_BUCKETS,
+        ),
+        prompt_reuse_reused_position_ratio=hist(
+            "dopd_prompt_reuse_reused_position_ratio",
+            "Router: the same for the sampled blocks used before (a finite reuse distance); per position, "
+            "its share of the sampled ones is the share of prompts that find more of themselves cached.",
+            REUSE_POSITION_BUCKETS,
+        ),
         generation_tokens=hist(
             "dopd_generation_tokens", "Generated tokens per finished request.", LENGTH_BUCKETS_TOKENS
         ),
@@ -212,6 +228,8 @@ def create_metrics(role: str, model: str) -> Metrics:
     if role == "router":  # exposed at zero from the start: a missing series reads as unknown
         m.prompt_reuse_distance_tokens.labels(role=role, model=model)
         m.prompt_reuse_expected_samples_total.labels(role=role, model=model)
+        m.prompt_reuse_sampled_position_ratio.labels(role=role, model=model)
+        m.prompt_reuse_reused_position_ratio.labels(role=role, model=model)
     if role == "prefill":  # exposed at zero from the start: a missing series reads as unknown
         m.prefix_cache_queries_total.labels(role=role, model=model)
         m.prefix_cache_hits_total.labels(role=role, model=model)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -203,11 +204,18 @@ class OpenAIServer:
 
     def _record_reuse(self, prompt_ids: list[int]) -> None:
         """What the prefill pool's prefix cache will be asked for: each sampled block's reuse distance
-        (the hit rate at every pool size), and the samples an unskewed stream would have given."""
+        (the hit rate at every pool size) and position in its prompt (how the hits fall on prompts), and
+        the samples an unskewed stream would have given."""
         histogram = self.metrics.prompt_reuse_distance_tokens.labels(**self.labels)
+        sampled = self.metrics.prompt_reuse_sampled_position_ratio.labels(**self.labels)
+        reused = self.metrics.prompt_reuse_reused_position_ratio.labels(**self.labels)
         expected_before = self.reuse.expected_samples
-        for distance_tokens in self.reuse.observe(prompt_block_hashes(prompt_ids, self.reuse.block_tokens)):
+        blocks = prompt_block_hashes(prompt_ids, self.reuse.block_tokens)
+        for position, distance_tokens in self.reuse.observe_positions(blocks):
             histogram.observe(distance_tokens)
+            sampled.observe(position)
+            if math.isfinite(distance_tokens):
+                reused.observe(position)
         expected = self.reuse.expected_samples - expected_before
         self.metrics.prompt_reuse_expected_samples_total.labels(**self.labels).inc(expected)
 

@@ -28,11 +28,13 @@ from __future__ import annotations
 import bisect
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 # 2^(1/4) apart (19%) from 64k to 2^31 tokens: a pool's cache is its ready prefill replicas' KV capacity,
 # about 0.2-2M tokens a replica on 80 GB GPUs, from one replica to about a thousand.
 REUSE_BUCKETS_TOKENS = tuple(float(round(2 ** (16 + i / 4))) for i in range(61))
+# where in their prompts the sampled blocks sit (share of the prompt's blocks), in tenths
+REUSE_POSITION_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 DEFAULT_SAMPLE_RATE = 1 / 32
 DEFAULT_BLOCK_TOKENS = 512  # Mooncake's block; finer blocks cost hashing and change the curve little
 
@@ -92,21 +94,29 @@ class ReuseSampler:
     def tracked_blocks(self) -> int:
         return len(self._uses)
 
-    def observe(self, blocks: Iterable[int]) -> list[float]:
+    def observe(self, blocks: Sequence[int]) -> list[float]:
         """One prompt's block hashes, in order: the reuse distance (tokens; inf for a first use) of each
         sampled block."""
-        distances: list[float] = []
-        for block in blocks:
+        return [distance for _, distance in self.observe_positions(blocks)]
+
+    def observe_positions(self, blocks: Sequence[int]) -> list[tuple[float, float]]:
+        """As `observe`, each sampled block with its position in the prompt: the share of the prompt's
+        blocks before its middle (0 to 1). A cache serves a prompt a prefix, so the share of the blocks
+        at position u that were reused is the share of prompts (by tokens) that find more than u of
+        themselves cached (`dopd_operator.metrics.estimators.hit_mix_from_positions`)."""
+        found: list[tuple[float, float]] = []
+        for position, block in enumerate(blocks):
             self.expected_samples += self.sample_rate
             if not self.sampled(block):
                 continue
+            share = (position + 0.5) / len(blocks)
             last = self._last_use.get(block)
             if last is None:
-                distances.append(math.inf)
+                found.append((share, math.inf))
             else:
                 index = bisect.bisect_left(self._uses, last)
                 newer = len(self._uses) - index - 1  # distinct tracked blocks used since
-                distances.append((newer / self.sample_rate + 1) * self.block_tokens)
+                found.append((share, (newer / self.sample_rate + 1) * self.block_tokens))
                 del self._uses[index]
                 self._last_use.move_to_end(block)
             self._clock += 1
@@ -115,4 +125,4 @@ class ReuseSampler:
             if len(self._uses) > self._max_tracked:
                 self._uses.pop(0)
                 self._last_use.popitem(last=False)
-        return distances
+        return found

@@ -32,7 +32,7 @@ from dopd_emulator.store import Family, FloatArray
 from dopd_operator.api import Engine
 from dopd_sim.stepping import SteppedSimulator
 from dopd_worker.metrics import ITL_BUCKETS_SECONDS, LATENCY_BUCKETS_SECONDS, LENGTH_BUCKETS_TOKENS
-from dopd_worker.prefix_reuse import REUSE_BUCKETS_TOKENS
+from dopd_worker.prefix_reuse import REUSE_BUCKETS_TOKENS, REUSE_POSITION_BUCKETS
 
 WAITING = Family("dopd_requests_waiting", "gauge", "Requests queued and not yet being processed.")
 RUNNING = Family("dopd_requests_running", "gauge", "Requests being processed (in a batch).")
@@ -81,7 +81,7 @@ CACHE_QUERIES = Family(
 CACHE_HITS = Family(
     "dopd_prefix_cache_hits_total", "counter", "Prompt tokens served from the prefix cache (prefill)."
 )
-# The router's reuse distances of prompt blocks exist at zero and stay there: the emulator's requests are
+# The router's reuse distances (and positions) of prompt blocks exist at zero and stay there: the emulator's requests are
 # lengths without contents, so there is nothing to hash (the operator reads the curve as unknown and takes
 # the hit rate, a measured 0 here, as the same at every pool size).
 REUSE_DISTANCE = Family(
@@ -92,6 +92,18 @@ REUSE_DISTANCE = Family(
 )
 REUSE_EXPECTED = Family(
     "dopd_prompt_reuse_expected_samples_total", "counter", "Full prompt blocks looked at x the sampling rate."
+)
+REUSE_SAMPLED_POSITION = Family(
+    "dopd_prompt_reuse_sampled_position_ratio",
+    "histogram",
+    "Per sampled full block of an admitted prompt, where in the prompt it sits.",
+    REUSE_POSITION_BUCKETS,
+)
+REUSE_REUSED_POSITION = Family(
+    "dopd_prompt_reuse_reused_position_ratio",
+    "histogram",
+    "The same for the sampled blocks used before.",
+    REUSE_POSITION_BUCKETS,
 )
 SHED_LABELS = {"priority": "standard"}
 REJECTED_LABELS = {**SHED_LABELS, "reason": "decode_full"}
@@ -112,6 +124,8 @@ _BY_ROLE: dict[str, tuple[Family, ...]] = {
         EXPIRED,
         REUSE_DISTANCE,
         REUSE_EXPECTED,
+        REUSE_SAMPLED_POSITION,
+        REUSE_REUSED_POSITION,
     ),
     "prefill": (
         WAITING,
@@ -152,6 +166,8 @@ class DopdRecorder(EngineRecorder):
         CACHE_HITS,
         REUSE_DISTANCE,
         REUSE_EXPECTED,
+        REUSE_SAMPLED_POSITION,
+        REUSE_REUSED_POSITION,
     )
 
     def __init__(self, sim: SteppedSimulator, scheme: LabelScheme, router_pod: str | None = None) -> None:

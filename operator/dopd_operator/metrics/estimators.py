@@ -145,6 +145,49 @@ def reuse_share_within(
     )
 
 
+# Fewer sampled blocks than this in a window say too little about how the hits fall on prompts (about 20
+# a position tenth, a share within about 0.1): the hit rate is then spread evenly over the prompts.
+MIN_POSITION_SAMPLES = 200
+
+
+def hit_mix_from_positions(
+    sampled: Iterable[Bucket], reused: Iterable[Bucket]
+) -> tuple[tuple[float, float], ...] | None:
+    """How the prefix-cache hits fall on prompts (`capacity.Workload.prefix_hit_mix`: pairs of the share
+    of a prompt served from the cache and the share of the prompt tokens in prompts served so), from
+    where in their prompts the router's sampled blocks sit (`dopd_prompt_reuse_sampled_position_ratio`)
+    and those of them used before (`dopd_prompt_reuse_reused_position_ratio`).
+
+    A cache serves a prompt a prefix, so among the blocks at position u the share reused is the share of
+    prompt tokens in prompts that find more than u of themselves cached, S(u), non-increasing (made so).
+    Between two position buckets' middles S falls by the share cached that deep, counted at the bound
+    between them; the top bucket's share at halfway between its middle and 1; prompts cached no deeper
+    than the first middle count as hitting nothing. None with fewer than MIN_POSITION_SAMPLES sampled
+    blocks, or a position bucket without one."""
+    every, hits = _prepared(sampled), _prepared(reused)
+    if every is None or hits is None or every[-1][1] < MIN_POSITION_SAMPLES:
+        return None
+    reused_by_bound = dict(hits)
+    previous_bound, previous_count, previous_reused = 0.0, 0.0, 0.0
+    buckets: list[tuple[float, float, float]] = []  # (middle, upper bound, share reused)
+    for bound, count in every:
+        if not math.isfinite(bound):
+            break
+        reused_count = reused_by_bound.get(bound, math.nan)
+        samples, reuses = count - previous_count, reused_count - previous_reused
+        if not samples > 0 or math.isnan(reuses):
+            return None
+        buckets.append(((previous_bound + bound) / 2, bound, min(max(reuses / samples, 0.0), 1.0)))
+        previous_bound, previous_count, previous_reused = bound, count, reused_count
+    if not buckets:
+        return None
+    levels = [bound for _, bound, _ in buckets[:-1]] + [(buckets[-1][0] + buckets[-1][1]) / 2]
+    shares = np.minimum.accumulate([share for _, _, share in buckets])
+    deeper = np.append(shares[1:], 0.0)
+    mix = [(level, float(s - d)) for level, s, d in zip(levels, shares, deeper, strict=True) if s > d]
+    return tuple(sorted(mix, reverse=True))
+
+
 def histogram_from_values(
     values: FloatArray, upper_bounds: Sequence[float], weights: FloatArray | None = None
 ) -> list[Bucket]:

@@ -92,11 +92,15 @@ class PrefixCacheRead:
 @dataclass(frozen=True)
 class PrefixReuseRead:
     """The router's reuse distances of prompt blocks over the window: the `histogram`'s buckets, and the
-    increase of `expected` (the samples an unskewed stream would give, for SHARDS-adj's correction)."""
+    increase of `expected` (the samples an unskewed stream would give, for SHARDS-adj's correction);
+    where in their prompts the sampled blocks sit (`sampled_positions`) and those reused
+    (`reused_positions`): how the hits fall on prompts."""
 
     role: RoleName
     histogram: str
     expected: str
+    sampled_positions: str
+    reused_positions: str
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,11 @@ DOPD = EnginePreset(
     ),
     shed=("dopd_requests_rejected_total", "dopd_requests_expired_total"),
     prefix_reuse=PrefixReuseRead(
-        "router", "dopd_prompt_reuse_distance_tokens", "dopd_prompt_reuse_expected_samples_total"
+        "router",
+        "dopd_prompt_reuse_distance_tokens",
+        "dopd_prompt_reuse_expected_samples_total",
+        "dopd_prompt_reuse_sampled_position_ratio",
+        "dopd_prompt_reuse_reused_position_ratio",
     ),
 )
 
@@ -374,6 +382,12 @@ def query_set(
         buckets = selector(reuse.role).render([reuse.histogram], "_bucket")
         parts.append(("reuse/bucket", f"sum by (le, {by}) (increase({buckets}[{window}]))"))
         parts.append(("reuse/expected", counter_increase(reuse.role, reuse.expected)))
+        for key, family in (
+            ("reuse_sampled", reuse.sampled_positions),
+            ("reuse_reused", reuse.reused_positions),
+        ):
+            positions = selector(reuse.role).render([family], "_bucket")
+            parts.append((f"{key}/bucket", f"sum by (le, {by}) (increase({positions}[{window}]))"))
         # how many routers sampled prompts: each measures distances in its own share of the stream only
         expected_series = selector(reuse.role).render([reuse.expected])
         parts.append(("reuse/routers", f"count by ({by}) (increase({expected_series}[{window}]) > 0)"))

@@ -31,6 +31,7 @@ from dopd_operator.metrics.estimators import (
     HistogramSummary,
     Intervals,
     counter_increments,
+    hit_mix_from_positions,
     reuse_share_within,
     summarize_arrivals,
     summarize_histogram,
@@ -335,6 +336,28 @@ class _Reader:
             return None, why
         return reuse_share_within(buckets, expected), None
 
+    def prefix_hit_mix(self) -> tuple[tuple[float, float], ...] | None:
+        """How the hits fall on prompts, from the router's sampled blocks' positions
+        (`estimators.hit_mix_from_positions`); None when the preset reads none, a series is missing (with
+        a problem line), or the window sampled too few blocks (the hits are then spread evenly)."""
+        read = self.queries.preset.prefix_reuse
+        if read is None:
+            return None
+        found: list[list[Bucket]] = []
+        for key, family in (
+            ("reuse_sampled", read.sampled_positions),
+            ("reuse_reused", read.reused_positions),
+        ):
+            buckets = self.aggregates.buckets.get(key)
+            if not buckets:
+                self.problems.append(
+                    f"prefix-hit mix: no series of {self._name(family, read.role)}_bucket: every prompt is "
+                    "taken to hit the mean rate"
+                )
+                return None
+            found.append(buckets)
+        return hit_mix_from_positions(found[0], found[1])
+
     def arrivals(self) -> ArrivalSummary:
         read = self.queries.preset.arrival
         pieces: list[tuple[bool, list[_Series]]] = []
@@ -435,6 +458,9 @@ def build_observation(
     shed_rps = reader.shed_rate()
     hit_rate = reader.prefix_cache_hit_rate()
     reuse, reuse_unread = reader.prefix_reuse()
+    hit_mix = (
+        reader.prefix_hit_mix() if reuse is not None else None
+    )  # several routers: neither is the stream's
     return Observation(
         arrival_rate_rps=arrivals.rate_rps,
         shed_rate_rps=shed_rps,
@@ -445,6 +471,7 @@ def build_observation(
         arrival_rate_trend_span_seconds=arrivals.trend_span_seconds,
         prefix_cache_hit_rate=hit_rate,
         prefix_reuse_share_within=reuse,
+        prefix_hit_mix=hit_mix,
         prefix_reuse_unread=reuse_unread,
         input_tokens_mean=input_mean,
         input_tokens_p90=input_p90,

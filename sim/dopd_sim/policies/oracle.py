@@ -32,7 +32,7 @@ from dopd_operator.prefix_curve import PrefixCacheCurve
 from dopd_sim.metrics import percentile
 from dopd_sim.policies.base import Architecture, Layout, TickInput
 from dopd_sim.policies.sizing import busiest_window
-from dopd_sim.prefix_cache import PrefixTrace, known_hit_curve
+from dopd_sim.prefix_cache import PrefixTrace, known_hit_curve, known_hit_mix
 
 
 def known_workload(
@@ -42,6 +42,7 @@ def known_workload(
     arrival_scv: float,
     prefix_cache_hit_rate: float = 0.0,
     prefix_cache_curve: PrefixCacheCurve | None = None,
+    prefix_hit_mix: tuple[tuple[float, float], ...] | None = None,
 ) -> Workload:
     """A capacity-model workload that knows its requests' lengths themselves (perfect knowledge, not a
     fit to two of their statistics), at `rate_rps` with that burstiness. The oracle's and
@@ -57,6 +58,7 @@ def known_workload(
         arrival_scv=arrival_scv,
         prefix_cache_hit_rate=prefix_cache_hit_rate,
         prefix_cache_curve=prefix_cache_curve,
+        prefix_hit_mix=prefix_hit_mix,
         input_tokens_known=tuple(inputs.tolist()),
         output_tokens_known=tuple(outputs.tolist()),
     )
@@ -78,9 +80,7 @@ class OraclePolicy:
     # that changed none is the model's sizes, whatever its value (a pool of 1 stays 1 at x0.25)
     resized: dict[str, bool] = field(default_factory=lambda: {"prefill": False, "decode": False})
 
-    def _workload(
-        self, start_s: float, end_s: float, window_s: float, tick: TickInput | None = None
-    ) -> Workload | None:
+    def _workload(self, start_s: float, end_s: float, window_s: float, tick: TickInput) -> Workload | None:
         """The busiest window's rate and burstiness among those overlapping [start, end + window)
         (`sizing.busiest_window`), with the lengths of the requests arriving there and, on a trace with
         block hashes, their prefix-cache hits (`_known_hits`)."""
@@ -88,27 +88,33 @@ class OraclePolicy:
         if found is None:
             return None
         rate, scv, lo, hi = found
-        hit_rate, curve = self._known_hits(lo, hi, tick) if tick is not None else (0.0, None)
+        hit_rate, curve, mix = self._known_hits(lo, hi, tick)
         return known_workload(
-            self.trace.input_tokens[lo:hi], self.trace.output_tokens[lo:hi], rate, scv, hit_rate, curve
+            self.trace.input_tokens[lo:hi], self.trace.output_tokens[lo:hi], rate, scv, hit_rate, curve, mix
         )
 
-    def _known_hits(self, lo: int, hi: int, tick: TickInput) -> tuple[float, PrefixCacheCurve | None]:
-        """The hit rate requests `lo:hi` will see at the ready prefill pool's cache, and, where the
-        spec's engine preset reads the router's curve (dopd's; as `observe` gates what dopd sees), how
-        it moves with the pool: known from every block's exact reuse distance, not sampled from the past
+    def _known_hits(
+        self, lo: int, hi: int, tick: TickInput
+    ) -> tuple[float, PrefixCacheCurve | None, tuple[tuple[float, float], ...] | None]:
+        """The hit rate requests `lo:hi` will see at the ready prefill pool's cache, how those hits fall
+        on prompts (`known_hit_mix`: most hit their cached prefix or nothing), and, where the spec's
+        engine preset reads the router's curve (dopd's; as `observe` gates what dopd sees), how the rate
+        moves with the pool: known from every block's exact reuse distance, not sampled from the past
         (which cannot hold a reuse farther back than the traffic seen so far). Perfect knowledge of the
-        load includes how much of it a cache serves."""
+        load includes how much of it a cache serves, and where."""
         if not isinstance(self.trace, PrefixTrace):
-            return 0.0, None
+            return 0.0, None, None
         kv = tick.profile.kv_capacity_tokens
         spec = tick.config.spec
-        ready = max(tick.observation.prefill.ready, 1)
-        curve = known_hit_curve(self.trace, lo, hi, ready * kv, spec.prefill.max_replicas * kv)
+        largest = spec.prefill.max_replicas * kv
+        # Anchored at the largest pool: known, the curve needs no anchor (its scale is 1 at any), and at a
+        # cold cache's first minute a small pool's few hits would read as too flat to scale from.
+        curve = known_hit_curve(self.trace, lo, hi, largest, largest)
         if curve is None:
-            return 0.0, None
+            return 0.0, None, None
         with_curve = PRESETS[spec.engine].prefix_reuse is not None
-        return curve.observed_hit_rate, curve if with_curve else None
+        hit_rate = curve.hit_rate(max(tick.observation.prefill.ready, 1) * kv)
+        return hit_rate, curve if with_curve else None, known_hit_mix(self.trace, lo, hi, largest)
 
     def _size(self, workload: Workload | None, tick: TickInput) -> Layout:
         spec = tick.config.spec
@@ -141,4 +147,4 @@ class OraclePolicy:
 
     def initial_layout(self, tick: TickInput) -> Layout:
         spec, config = tick.config.spec, tick.config
-        return self._size(self._workload(0.0, lead_time_seconds(spec), config.window_seconds), tick)
+        return self._size(self._workload(0.0, lead_time_seconds(spec), config.window_seconds, tick), tick)

@@ -63,6 +63,10 @@ DOPD_AGGREGATE = [
     # the router's sampled prompt blocks: 20 of 100 reused within 64k tokens, 50 within 1M; 125 expected
     *histogram("reuse", [(65_536.0, 20.0), (1_000_000.0, 50.0), (INF, 100.0)]),
     tagged("reuse/expected", 125.0),
+    # where in their prompts those 100 sit (10 a tenth) and the 50 reused (the first half's): too few
+    # samples to say how the hits fall on prompts (MIN_POSITION_SAMPLES)
+    *histogram("reuse_sampled", [(round(0.1 * i, 1), 10.0 * i) for i in range(1, 11)] + [(INF, 100.0)]),
+    *histogram("reuse_reused", [(round(0.1 * i, 1), 10.0 * min(i, 5)) for i in range(1, 11)] + [(INF, 50.0)]),
 ]
 DOPD_RAW = [
     series("dopd_requests_arrived_total", "router-0", "router", steady(5.0)),
@@ -225,6 +229,34 @@ def test_the_prefix_cache_curve_is_read_with_the_shards_correction() -> None:
     bounds, shares = zip(*obs.prefix_reuse_share_within, strict=True)
     assert bounds == (65_536.0, 1_000_000.0)
     assert shares == pytest.approx((0.36, 0.6))
+
+
+def test_how_the_hits_fall_on_prompts_is_read_from_the_sampled_positions() -> None:
+    """400 sampled blocks, 40 a position tenth; all of the first three tenths' reused, and half of the
+    rest's: every prompt finds at least its first 30% cached, and half the prompt tokens are in prompts
+    found whole (read at 0.975, between the last tenth's middle and the end)."""
+    positions = [(round(0.1 * i, 1), 40.0 * i) for i in range(1, 11)]
+    reused = [(bound, 40.0 * min(i, 3) + 20.0 * max(i - 3, 0)) for i, (bound, _) in enumerate(positions, 1)]
+    kept = [
+        s for s in DOPD_AGGREGATE if not s.metric["dopd_q"].startswith(("reuse_sampled/", "reuse_reused/"))
+    ]
+    kept += histogram("reuse_sampled", [*positions, (INF, 400.0)])
+    kept += histogram("reuse_reused", [*reused, (INF, reused[-1][1])])
+    obs = observe(dopd_queries(), kept, DOPD_RAW)
+    assert obs.problems == ()
+    assert obs.prefix_hit_mix is not None
+    assert [x for pair in obs.prefix_hit_mix for x in pair] == pytest.approx([0.975, 0.5, 0.3, 0.5])
+
+
+def test_without_the_position_series_the_hits_are_spread_evenly_and_said_so() -> None:
+    kept = [s for s in DOPD_AGGREGATE if not s.metric["dopd_q"].startswith("reuse_reused/")]
+    obs = observe(dopd_queries(), kept, DOPD_RAW)
+    assert obs.prefix_hit_mix is None
+    assert obs.problems == (
+        'prefix-hit mix: no series of dopd_prompt_reuse_reused_position_ratio{role=~"router"}_bucket: every '
+        "prompt is taken to hit the mean rate",
+    )
+    assert obs.prefix_reuse_share_within is not None  # the curve is read all the same
 
 
 def _reuse(
