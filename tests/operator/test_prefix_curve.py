@@ -85,16 +85,25 @@ def test_a_malformed_curve_is_refused(
         PrefixCacheCurve(bounds, shares, 0.1, 1.0)
 
 
-def long_prompts(rate_rps: float, curve: PrefixCacheCurve | None, hit_rate: float) -> CapacityModel:
+def long_prompts(
+    rate_rps: float,
+    curve: PrefixCacheCurve | None,
+    hit_rate: float,
+    mix: tuple[tuple[float, float], ...] | None = None,
+) -> CapacityModel:
     """Mooncake-like prompts (mean 15k tokens, P90 30k): at the SLO's 1.5 s many are feasible only when
-    much of them is cached."""
-    return CapacityModel(
-        PROFILE,
-        SloSpec(),
-        Workload(
-            rate_rps, 15_000, 30_000, 200, 400, prefix_cache_hit_rate=hit_rate, prefix_cache_curve=curve
-        ),
+    much of them is cached; the hits spread evenly, or falling as `mix`."""
+    workload = Workload(
+        rate_rps,
+        15_000,
+        30_000,
+        200,
+        400,
+        prefix_cache_hit_rate=hit_rate,
+        prefix_cache_curve=curve,
+        prefix_hit_mix=mix,
     )
+    return CapacityModel(PROFILE, SloSpec(), workload)
 
 
 def overall(model: CapacityModel, replicas: int, rate_rps: float) -> float:
@@ -138,16 +147,23 @@ def test_hits_that_grow_with_the_pool_spare_replicas_where_every_prompt_is_feasi
     assert cached.prefill_hit_rate(n_cached) > 0.2
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
-    rate=st.floats(0.1, 60.0), extra=st.floats(0.0, 60.0), hit=st.floats(0.0, 0.8), ready=st.integers(1, 60)
+    rate=st.floats(0.1, 60.0),
+    extra=st.floats(0.0, 60.0),
+    hit=st.floats(0.0, 0.8),
+    ready=st.integers(1, 60),
+    deep=st.none() | st.floats(0.5, 1.0),
 )
 def test_with_a_curve_more_load_never_yields_fewer_prefill_replicas(
-    rate: float, extra: float, hit: float, ready: int
+    rate: float, extra: float, hit: float, ready: int, deep: float | None
 ) -> None:
+    """With the hits spread evenly or falling on whole prompts (`deep` of each, for as many as the rate
+    allows)."""
     curve = rising(hit, ready)
-    assert long_prompts(rate + extra, curve, hit).prefill_replicas(rate + extra) >= long_prompts(
-        rate, curve, hit
+    mix = None if deep is None else ((deep, min(1.0, hit / deep)),)
+    assert long_prompts(rate + extra, curve, hit, mix).prefill_replicas(rate + extra) >= long_prompts(
+        rate, curve, hit, mix
     ).prefill_replicas(rate)
 
 

@@ -87,19 +87,6 @@ def test_a_mix_where_every_prompt_hits_the_mean_rate_sizes_as_none() -> None:
         ).prefill_replicas(rate)
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    rate=st.floats(0.1, 40.0), extra=st.floats(0.0, 40.0), hit=st.floats(0.0, 0.9), deep=st.floats(0.5, 1.0)
-)
-def test_with_a_mix_more_load_never_yields_fewer_prefill_replicas(
-    rate: float, extra: float, hit: float, deep: float
-) -> None:
-    mix = ((deep, min(1.0, hit / deep)),)
-    assert model(hit, mix, rate + extra).prefill_replicas(rate + extra) >= model(
-        hit, mix, rate
-    ).prefill_replicas(rate)
-
-
 def test_the_predicted_ttft_mixes_the_populations() -> None:
     """The TTFT quantiles (what the online correction is solved against) come from both kinds of prompt:
     at the median a cached prompt's, at the 90th percentile a new long one's."""
