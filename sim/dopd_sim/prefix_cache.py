@@ -185,6 +185,23 @@ def exact_reuse_distances(trace: PrefixTrace) -> tuple[FloatArray, ...]:
 HIT_MIX_LEVELS = 10  # a known mix's populations: prompts binned by the share of them cached, in tenths
 
 
+def _cached_tokens(
+    trace: PrefixTrace, lo: int, hi: int, cache_tokens: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """The prompt tokens of requests `lo:hi` an LRU cache of each size serves (requests x sizes: each
+    prompt's blocks within that distance, at most all but its last token), and the prompts' lengths."""
+    prompts = trace.input_tokens[lo:hi].astype(np.float64)
+    if hi <= lo:
+        return np.zeros((0, len(cache_tokens))), prompts
+    cached = np.stack(
+        [
+            np.searchsorted(d, cache_tokens, side="right") * float(trace.block_tokens)
+            for d in exact_reuse_distances(trace)[lo:hi]
+        ]
+    )
+    return np.minimum(cached, np.maximum(prompts - 1.0, 0.0)[:, None]), prompts
+
+
 def known_hit_mix(
     trace: PrefixTrace, lo: int, hi: int, cache_tokens: float
 ) -> tuple[tuple[float, float], ...]:
@@ -193,13 +210,8 @@ def known_hit_mix(
     that size serves (in tenths), each bin's token-weighted share cached and its share of the prompt
     tokens. Prompts that hit nothing are left out (the rest of the tokens). From every block's exact
     reuse distance, as `known_hit_curve`."""
-    distances = exact_reuse_distances(trace)[lo:hi]
-    prompts = trace.input_tokens[lo:hi].astype(np.float64)
-    cached = np.array(
-        [np.searchsorted(d, cache_tokens, side="right") * float(trace.block_tokens) for d in distances],
-        dtype=np.float64,
-    )
-    cached = np.minimum(cached, np.maximum(prompts - 1.0, 0.0))
+    by_size, prompts = _cached_tokens(trace, lo, hi, np.array([cache_tokens]))
+    cached = by_size[:, 0]
     total = float(prompts.sum())
     if total <= 0:
         return ()
@@ -224,13 +236,8 @@ def known_hit_curve(
     the past, cannot know a reuse farther back than the traffic it has seen. None without requests."""
     if hi <= lo:
         return None
-    distances = exact_reuse_distances(trace)[lo:hi]
-    prompts = trace.input_tokens[lo:hi].astype(np.float64)
     bounds = np.asarray(REUSE_BUCKETS_TOKENS)
-    cached = np.stack(
-        [np.searchsorted(d, bounds, side="right") * float(trace.block_tokens) for d in distances]
-    )
-    cached = np.minimum(cached, np.maximum(prompts - 1.0, 0.0)[:, None])
+    cached, prompts = _cached_tokens(trace, lo, hi, bounds)
     shares = np.minimum(np.maximum.accumulate(cached.sum(axis=0) / max(float(prompts.sum()), 1.0)), 1.0)
     unanchored = PrefixCacheCurve(tuple(bounds.tolist()), tuple(shares.tolist()), 0.0, cache_tokens)
     return replace(

@@ -458,9 +458,8 @@ def build_observation(
     shed_rps = reader.shed_rate()
     hit_rate = reader.prefix_cache_hit_rate()
     reuse, reuse_unread = reader.prefix_reuse()
-    hit_mix = (
-        reader.prefix_hit_mix() if reuse is not None else None
-    )  # several routers: neither is the stream's
+    # where the curve is not read (several routers) the positions are not the stream's either
+    hit_mix = reader.prefix_hit_mix() if reuse is not None else None
     return Observation(
         arrival_rate_rps=arrivals.rate_rps,
         shed_rate_rps=shed_rps,
