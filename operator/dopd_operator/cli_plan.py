@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,30 @@ def _positive(name: str) -> Any:
         return value
 
     return check
+
+
+def _hit_mix(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> tuple[tuple[float, float], ...] | None:
+    """`--prefix-hit-mix CACHED:SHARE ...` as the planner's pairs; a bad pair names the option and the fix."""
+    if not values:
+        return None
+    pairs: list[tuple[float, float]] = []
+    for value in values:
+        cached, _colon, share = value.partition(":")
+        try:
+            pair = (float(cached), float(share))
+        except ValueError:
+            pair = (math.nan, math.nan)
+        if not (0.0 < pair[0] <= 1.0 and 0.0 < pair[1] <= 1.0):
+            raise click.BadParameter(
+                f"{value!r} is not CACHED:SHARE with both in (0, 1], e.g. 0.95:0.6",
+                param_hint="--prefix-hit-mix",
+            )
+        pairs.append(pair)
+    if sum(share for _, share in pairs) > 1.0 + 1e-9:
+        raise click.BadParameter("the SHAREs add up to more than 1", param_hint="--prefix-hit-mix")
+    return tuple(pairs)
 
 
 @click.command()
@@ -55,6 +80,16 @@ def _positive(name: str) -> Any:
     help="Share of prompt tokens served from the prefix cache (vLLM prefix_cache_hits/queries).",
 )
 @click.option(
+    "--prefix-hit-mix",
+    "hit_mix",
+    multiple=True,
+    callback=_hit_mix,
+    metavar="CACHED:SHARE",
+    help="How the hits fall on prompts: SHARE of the prompt tokens are in prompts that find CACHED of "
+    "themselves in the prefix cache (e.g. 0.95:0.6); repeat for several, the rest find nothing (what "
+    "dopd's router measures; default: every prompt hits --prefix-cache-hit-rate).",
+)
+@click.option(
     "--forecast-rate",
     type=float,
     callback=_positive("--forecast-rate"),
@@ -75,6 +110,7 @@ def plan(
     isl_p90: float | None,
     osl_p90: float | None,
     prefix_cache_hit_rate: float,
+    hit_mix: tuple[tuple[float, float], ...] | None,
     forecast_rate: float | None,
     current_prefill: int | None,
     current_decode: int | None,
@@ -102,6 +138,7 @@ def plan(
         output_tokens_mean=osl,
         output_tokens_p90=osl_p90 if osl_p90 is not None else osl,
         prefix_cache_hit_rate=prefix_cache_hit_rate,
+        prefix_hit_mix=hit_mix,
         prefill=RoleObservation(current=prefill_now, ready=prefill_now),
         decode=RoleObservation(current=decode_now, ready=decode_now),
     )

@@ -105,6 +105,22 @@ def test_plan_credits_a_prefix_cache_hit_rate_and_rejects_one_out_of_range() -> 
     assert bad.returncode != 0 and "--prefix-cache-hit-rate" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_plan_takes_how_the_hits_fall_on_prompts() -> None:
+    """Long prompts, 60% of their tokens cached: spread evenly, a long prompt keeps too much to compute
+    and the decision says many are out of reach; as most-or-nothing (the router's measure), fewer are,
+    and the reason names the cached prompts' own limit. A malformed pair is refused, naming the option."""
+    args = ("plan", "-f", str(EXAMPLE), "--rate", "4", "--isl", "20000", "--isl-p90", "60000", "--osl", "100")
+    even = dopd(*args, "--json", "--prefix-cache-hit-rate", "0.6")
+    mixed = dopd(*args, "--json", "--prefix-cache-hit-rate", "0.6", "--prefix-hit-mix", "0.97:0.62")
+    assert even.returncode == 0 and mixed.returncode == 0, mixed.stderr
+    reasons = " ".join(json.loads(mixed.stdout)["reasons"])
+    assert "that find 97% of themselves in the prefix cache" in reasons
+    assert "that find" not in " ".join(json.loads(even.stdout)["reasons"])
+    for bad in ("0.97", "1.5:0.2", "0.9:0.7 0.5:0.5"):
+        out = dopd(*args, *[x for pair in bad.split() for x in ("--prefix-hit-mix", pair)])
+        assert out.returncode != 0 and "--prefix-hit-mix" in out.stderr and "Traceback" not in out.stderr, bad
+
+
 def test_crds_prints_the_committed_crd() -> None:
     out = dopd("crds")
     assert out.returncode == 0
