@@ -18,9 +18,15 @@ shares of full-block tokens. Beside it, `expected_samples` adds rate x blocks pe
 (a shared system prompt) carry much of the traffic at tiny distances, and whether they happen to be
 sampled would move the whole curve; SHARDS-adj counts the difference between the expected and the
 actual samples as reuses at the smallest distance (`dopd_operator.metrics.estimators.reuse_share_within`).
+Each sampled block also has a position in its prompt (`observe_positions`, `REUSE_POSITION_BUCKETS`): a
+cache serves a prompt a prefix, so where the reused blocks sit says how the hits fall on prompts (most
+of a prompt or none of it), which the capacity model needs to tell which long prompts can meet the TTFT
+SLO (`dopd_operator.metrics.estimators.hit_mix_from_positions`). No SHARDS-adj there: a hot first block,
+sampled or not, moves the first position tenth alone.
 
-Callers: the router (`dopd_worker.openai_api`, histogram `dopd_prompt_reuse_distance_tokens`) and the
-simulator's observation (`dopd_sim.observe`, on a trace's block hashes).
+Callers: the router (`dopd_worker.openai_api`, histograms `dopd_prompt_reuse_distance_tokens` and
+`dopd_prompt_reuse_{sampled,reused}_position_ratio`) and the simulator's observation (`dopd_sim.observe`,
+on a trace's block hashes).
 """
 
 from __future__ import annotations
