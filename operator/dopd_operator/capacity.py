@@ -43,6 +43,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from statistics import NormalDist
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -54,6 +55,7 @@ from dopd_operator.prefix_curve import MAX_PREFIX_HIT_RATE, PrefixCacheCurve, pr
 from dopd_operator.profile import PREFILL_TOKEN_BUDGET_TOKENS, PerformanceProfile
 
 FloatArray = npt.NDArray[np.float64]
+Lengths = TypeVar("Lengths", float, FloatArray)  # one prompt's tokens, or many
 
 MAX_REPLICAS_SEARCH = 100_000
 _EPS = 1e-9
@@ -229,9 +231,11 @@ class CapacityModel:
     def _new_tokens(prompts: FloatArray, hit: float) -> FloatArray:
         return (1.0 - hit) * prompts
 
-    def _work(self, prompts: FloatArray, hit: float) -> FloatArray:
+    def _work(self, prompts: Lengths, hit: float) -> Lengths:
+        """Prefill work of each prompt (or one), its fixed cost aside; plain float arithmetic for one, so
+        `_longest_within`'s bisection builds no array per step."""
         p = self.profile.prefill
-        out: FloatArray = (
+        out: Lengths = (
             p.b_seconds_per_token * (1.0 - hit) * prompts
             + p.c_seconds_per_token2 * (1.0 - hit * hit) * prompts * prompts
         )
@@ -248,11 +252,7 @@ class CapacityModel:
         KV transfer."""
         new = (1.0 - hit) * prompt_tokens
         fixed = self.profile.prefill.a_seconds * max(1.0, new / self.prefill_token_budget)
-        return (
-            fixed
-            + float(self._work(np.array([prompt_tokens]), hit)[0])
-            + self.profile.kv_transfer_seconds(prompt_tokens)
-        )
+        return fixed + self._work(prompt_tokens, hit) + self.profile.kv_transfer_seconds(prompt_tokens)
 
     def _prefill_init(self) -> None:
         a = self.profile.prefill.a_seconds

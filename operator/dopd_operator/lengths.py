@@ -9,6 +9,7 @@ model takes moments (prefill time is convex in length, so never at the mean) and
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,6 +60,13 @@ class LengthDistribution:
 
     @classmethod
     def from_mean_p90(cls, mean_tokens: float, p90_tokens: float | None) -> LengthDistribution:
+        """The gamma fitted to a mean and a P90 (a point mass without a P90 above the mean). Memoized: a
+        decision builds a capacity model per rate and hit rate it tries, all with the same lengths, and
+        the fit and its quantile grid were most of a decision's time."""
+        return _fitted(mean_tokens, p90_tokens)
+
+    @classmethod
+    def _fit(cls, mean_tokens: float, p90_tokens: float | None) -> LengthDistribution:
         if mean_tokens <= 0:
             return cls(mean_tokens=0.0, shape=math.inf)
         ratio = 1.0 if p90_tokens is None else min(max(p90_tokens / mean_tokens, 1.0), _MAX_P90_OVER_MEAN)
@@ -111,6 +119,7 @@ class LengthDistribution:
         if self.mean_tokens <= 0:
             return np.zeros(GRID_POINTS)
         out: FloatArray = self._scale * self._quantiles(GRID_P)
+        out.setflags(write=False)  # shared by every model of the same lengths (`from_mean_p90`)
         return out
 
     def below(self, limit_tokens: float) -> tuple[FloatArray, float]:
@@ -135,6 +144,11 @@ class LengthDistribution:
         if self.mean_tokens <= 0:
             return 0.0
         return float(self._quantiles(np.array([q]))[0])
+
+
+@functools.lru_cache(maxsize=256)
+def _fitted(mean_tokens: float, p90_tokens: float | None) -> LengthDistribution:
+    return LengthDistribution._fit(mean_tokens, p90_tokens)
 
 
 def _gamma_p90_over_mean(shape: float) -> float:
