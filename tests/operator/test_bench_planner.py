@@ -1,4 +1,5 @@
-"""Decision-time benchmark (pytest-benchmark). `make bench` records it; target: well under 1 ms of CPU."""
+"""Decision-time benchmark (pytest-benchmark). `make bench` records it; the target and where it is missed:
+docs/benchmarks/planner.md."""
 
 from __future__ import annotations
 
