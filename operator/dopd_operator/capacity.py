@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 from typing import TypeVar
 
@@ -90,6 +90,27 @@ class Workload:
     # The lengths themselves, when known (the oracle): their distribution replaces the gamma fit.
     input_tokens_known: tuple[float, ...] | None = None
     output_tokens_known: tuple[float, ...] | None = None
+
+
+@dataclass
+class _Family:
+    """What a model and its variants at other hit rates (`CapacityModel.at_hit_rate`) share: the fitted
+    lengths (the same workload's) and each hit share's prompt limit (the same profile, SLO and budget).
+    A prefill search builds a variant per hit rate it tries."""
+
+    isl: LengthDistribution
+    osl: LengthDistribution
+    limits: dict[tuple[float, float], float] = field(default_factory=dict)
+    _below: dict[float, tuple[FloatArray, float]] = field(default_factory=dict)
+
+    def prompts_below(self, limit_tokens: float) -> tuple[FloatArray, float]:
+        """`isl.below(limit_tokens)`, memoized (read-only: every variant shares it)."""
+        found = self._below.get(limit_tokens)
+        if found is None:
+            lengths, share = self.isl.below(limit_tokens)
+            lengths.setflags(write=False)
+            found = self._below[limit_tokens] = (lengths, share)
+        return found
 
 
 @dataclass(frozen=True)
@@ -199,7 +220,9 @@ class CapacityModel:
         slo: SloSpec,
         workload: Workload,
         prefill_token_budget: int = PREFILL_TOKEN_BUDGET_TOKENS,
+        family: _Family | None = None,
     ) -> None:
+        """`family`: internal, what `at_hit_rate` shares with its variants."""
         self.profile = profile
         self.slo = slo
         self.workload = workload
@@ -210,18 +233,22 @@ class CapacityModel:
         self.percentile_q = max(slo.percentile / 100.0, slo.attainment_target)
         self._z = NormalDist().inv_cdf(min(self.percentile_q, 0.9999))
         self._arrival_scv = min(max(workload.arrival_scv, 0.0), MAX_ARRIVAL_SCV)
-        self.isl = (
-            LengthDistribution.from_lengths(workload.input_tokens_known)
-            if workload.input_tokens_known is not None
-            else LengthDistribution.from_mean_p90(workload.input_tokens_mean, workload.input_tokens_p90)
-        )
-        self.osl = (
-            LengthDistribution.from_lengths(workload.output_tokens_known)
-            if workload.output_tokens_known is not None
-            else LengthDistribution.from_mean_p90(
-                max(workload.output_tokens_mean, 1.0), workload.output_tokens_p90
+        if family is None:
+            isl = (
+                LengthDistribution.from_lengths(workload.input_tokens_known)
+                if workload.input_tokens_known is not None
+                else LengthDistribution.from_mean_p90(workload.input_tokens_mean, workload.input_tokens_p90)
             )
-        )
+            osl = (
+                LengthDistribution.from_lengths(workload.output_tokens_known)
+                if workload.output_tokens_known is not None
+                else LengthDistribution.from_mean_p90(
+                    max(workload.output_tokens_mean, 1.0), workload.output_tokens_p90
+                )
+            )
+            family = _Family(isl, osl)
+        self._family = family
+        self.isl, self.osl = family.isl, family.osl
         self._prefill_init()
         self._decode_init()
 
@@ -285,7 +312,7 @@ class CapacityModel:
         limits = [self._longest_within(self.slo.ttft_seconds, pop.hit) for pop in self.prompt_populations]
         self.prefill_limit_tokens = limits[-1]
         self.prefill_limit_cached_tokens = limits[0] if len(limits) > 1 else None
-        below = [self.isl.below(limit) for limit in limits]
+        below = [self._family.prompts_below(limit) for limit in limits]
         shares = [pop.share * share for pop, (_, share) in zip(self.prompt_populations, below, strict=True)]
         self.prefill_feasible_share = sum(shares)
         total = self.prefill_feasible_share
@@ -302,7 +329,13 @@ class CapacityModel:
 
     def _longest_within(self, seconds: float, hit: float) -> float:
         """The longest prompt whose prefill and KV transfer alone take at most `seconds` at a hit share
-        `hit` (0 when none does)."""
+        `hit` (0 when none does); memoized in the model's family."""
+        found = self._family.limits.get((seconds, hit))
+        if found is None:
+            found = self._family.limits[(seconds, hit)] = self._solve_longest_within(seconds, hit)
+        return found
+
+    def _solve_longest_within(self, seconds: float, hit: float) -> float:
         if self._alone_seconds(0.0, hit) > seconds:
             return 0.0
         low, high = 0.0, 1024.0
@@ -521,7 +554,7 @@ class CapacityModel:
         found = self._by_hit_rate.get(key)
         if found is None:
             workload = replace(self.workload, prefix_cache_hit_rate=key, prefix_cache_curve=None)
-            found = CapacityModel(self.profile, self.slo, workload, self.prefill_token_budget)
+            found = CapacityModel(self.profile, self.slo, workload, self.prefill_token_budget, self._family)
             self._by_hit_rate[key] = found
         return found
 
