@@ -130,7 +130,7 @@ def main() -> None:
         "fit and its quantile grid, 2026-12-05; the table of 2026-11-28 read 0.2 ms, for a simpler "
         "model); one where the GPU budget binds about 18 ms (the frontier bisection asks the prefill "
         "queue at a hundred rates, each a fixed-point search of Erlang C); behind a prefix cache with "
-        "the router's curve 10-16 ms (prefill sized at the hit rate of each pool size the search tries, "
+        "the router's curve 11-17 ms (prefill sized at the hit rate of each pool size the search tries, "
         "a capacity model per rate, sharing the lengths and limits; with the hit mix, a population per "
         "level in each). The operator "
         "runs each tick in a worker thread (`controller/loop.py`), every 30 s by default, so none of it "
