@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from sim_bench import stamp
 
-from dopd_builders import T0, make_obs, make_spec
+from dopd_builders import RISING_REUSE, T0, make_obs, make_spec
 from dopd_operator.planner import plan
 from dopd_operator.planner_types import LoadForecast, PlannerState, RoleObservation
 
@@ -27,9 +27,8 @@ SECONDS_PER_SCENARIO = 10.0  # a slow scenario stops early (at least MIN_ROUNDS)
 MIN_ROUNDS = 50
 
 # Mooncake-like prompts behind dopd's router and a prefix cache: the router's reuse curve (a share that
-# keeps growing with the cache), 60% of the prompt tokens cached now, spread evenly or as the router's
+# keeps growing with the cache, `RISING_REUSE`), 60% of the prompt tokens cached now, spread evenly or as the router's
 # mix measures it (most of a prompt cached, or none).
-REUSE = tuple((float(2 ** (16 + i / 2)), 0.05 + 0.65 * i / 24) for i in range(25))
 CACHED = {
     "rate": 8,
     "isl": 15_000,
@@ -37,7 +36,7 @@ CACHED = {
     "prefill": 60,
     "decode": 2,
     "prefix_cache_hit_rate": 0.6,
-    "prefix_reuse_share_within": REUSE,
+    "prefix_reuse_share_within": RISING_REUSE,
 }
 
 SCENARIOS = {

@@ -1,14 +1,43 @@
-"""Shared builders for the operator tests: specs and observations from small dicts, validated for real."""
+"""Shared builders for the operator tests (and the planner benchmark): specs and observations from small
+dicts, validated for real; a rising reuse curve and Mooncake-like capacity models for the prefix cache."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dopd_operator.api import DisaggregatedModelSpec, ReadySince
+from dopd_operator.api import DisaggregatedModelSpec, ReadySince, SloSpec
+from dopd_operator.capacity import CapacityModel, Workload
 from dopd_operator.planner_types import Observation, PlannerState, RoleObservation
+from dopd_operator.prefix_curve import PrefixCacheCurve
+from dopd_operator.profile_presets import PRESETS
 
 T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+
+# The router's reuse distances (`Observation.prefix_reuse_share_within`): a share of prompt-block tokens
+# that keeps growing with the cache size, from 5% at 64k tokens to 70% at 268M.
+RISING_REUSE = tuple((float(2 ** (16 + i / 2)), 0.05 + 0.65 * i / 24) for i in range(25))
+
+
+def long_prompts(
+    rate_rps: float,
+    curve: PrefixCacheCurve | None,
+    hit_rate: float,
+    mix: tuple[tuple[float, float], ...] | None = None,
+) -> CapacityModel:
+    """Mooncake-like prompts (mean 15k tokens, P90 30k) on the llama3-8b-h100 profile: at the SLO's 1.5 s
+    many are feasible only when much of them is cached; the hits spread evenly, or falling as `mix`."""
+    workload = Workload(
+        rate_rps,
+        15_000,
+        30_000,
+        200,
+        400,
+        prefix_cache_hit_rate=hit_rate,
+        prefix_cache_curve=curve,
+        prefix_hit_mix=mix,
+    )
+    return CapacityModel(PRESETS["llama3-8b-h100"], SloSpec(), workload)
 
 
 def make_spec(**overrides: Any) -> DisaggregatedModelSpec:

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from dopd_builders import T0, make_obs, make_spec, settled_state
+from dopd_builders import RISING_REUSE, T0, make_obs, make_spec, settled_state
 from dopd_operator.api import Recommendation, SloSpec
 from dopd_operator.capacity import CapacityModel, Workload
 from dopd_operator.planner import plan
@@ -266,10 +266,6 @@ def test_where_the_hits_fall_on_whole_prompts_the_decision_counts_and_names_both
     )
 
 
-# The router's reuse distances: a share of prompt-block tokens that keeps growing with the cache size.
-REUSE = tuple((float(2 ** (16 + i / 2)), 0.05 + 0.65 * i / 24) for i in range(25))
-
-
 def test_with_the_routers_curve_prefill_is_sized_for_the_cache_it_will_hold() -> None:
     """Long prompts, half of each cached on 4 replicas: the router's curve says a larger pool hits more,
     which makes more prompts feasible at all, so the decision buys that cache and says why. Where the
@@ -279,7 +275,7 @@ def test_with_the_routers_curve_prefill_is_sized_for_the_cache_it_will_hold() ->
     flat = plan(spec, make_obs(**long_prompts, prefix_cache_hit_rate=0.5), None, PlannerState(), T0)
     curved = plan(
         spec,
-        make_obs(**long_prompts, prefix_cache_hit_rate=0.5, prefix_reuse_share_within=REUSE),
+        make_obs(**long_prompts, prefix_cache_hit_rate=0.5, prefix_reuse_share_within=RISING_REUSE),
         None,
         PlannerState(),
         T0,
@@ -297,7 +293,7 @@ def test_with_the_routers_curve_prefill_is_sized_for_the_cache_it_will_hold() ->
     assert (
         plan(
             capped,
-            make_obs(**long_prompts, prefix_cache_hit_rate=0.5, prefix_reuse_share_within=REUSE),
+            make_obs(**long_prompts, prefix_cache_hit_rate=0.5, prefix_reuse_share_within=RISING_REUSE),
             None,
             PlannerState(),
             T0,
@@ -309,7 +305,7 @@ def test_with_the_routers_curve_prefill_is_sized_for_the_cache_it_will_hold() ->
     no_cache = {**long_prompts, "prefix_cache_hit_rate": 0.0}
     assert (
         plan(
-            spec, make_obs(**no_cache, prefix_reuse_share_within=REUSE), None, PlannerState(), T0
+            spec, make_obs(**no_cache, prefix_reuse_share_within=RISING_REUSE), None, PlannerState(), T0
         ).raw_prefill
         == plan(spec, make_obs(**no_cache), None, PlannerState(), T0).raw_prefill
     )

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dopd_builders import long_prompts
 from dopd_operator.api import SloSpec
 from dopd_operator.capacity import CapacityModel, Workload
 from dopd_operator.prefix_curve import MAX_PREFIX_HIT_RATE, PrefixCacheCurve
@@ -83,27 +84,6 @@ def test_a_malformed_curve_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         PrefixCacheCurve(bounds, shares, 0.1, 1.0)
-
-
-def long_prompts(
-    rate_rps: float,
-    curve: PrefixCacheCurve | None,
-    hit_rate: float,
-    mix: tuple[tuple[float, float], ...] | None = None,
-) -> CapacityModel:
-    """Mooncake-like prompts (mean 15k tokens, P90 30k): at the SLO's 1.5 s many are feasible only when
-    much of them is cached; the hits spread evenly, or falling as `mix`."""
-    workload = Workload(
-        rate_rps,
-        15_000,
-        30_000,
-        200,
-        400,
-        prefix_cache_hit_rate=hit_rate,
-        prefix_cache_curve=curve,
-        prefix_hit_mix=mix,
-    )
-    return CapacityModel(PROFILE, SloSpec(), workload)
 
 
 def overall(model: CapacityModel, replicas: int, rate_rps: float) -> float:

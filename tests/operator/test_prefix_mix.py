@@ -11,18 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dopd_operator.api import SloSpec
-from dopd_operator.capacity import CapacityModel, Workload
+from dopd_builders import long_prompts
+from dopd_operator.capacity import CapacityModel
 from dopd_operator.metrics.estimators import (
     MIN_POSITION_SAMPLES,
     histogram_from_values,
     hit_mix_from_positions,
 )
 from dopd_operator.prefix_curve import MAX_PREFIX_HIT_RATE, prefix_populations
-from dopd_operator.profile_presets import PRESETS
 from dopd_worker.prefix_reuse import REUSE_POSITION_BUCKETS
-
-PROFILE = PRESETS["llama3-8b-h100"]
 
 mixes = st.lists(st.tuples(st.floats(0.01, 1.0), st.floats(0.01, 1.0)), min_size=1, max_size=6).map(
     lambda pairs: tuple((level, share / max(1.0, sum(s for _, s in pairs))) for level, share in pairs)
@@ -59,9 +56,8 @@ def test_a_larger_cache_hits_more_prompts_then_more_of_each() -> None:
 
 
 def model(hit: float, mix: tuple[tuple[float, float], ...] | None, rate_rps: float = 4.0) -> CapacityModel:
-    """Mooncake-like prompts (mean 15k tokens, P90 30k), `hit` of their tokens cached, falling as `mix`."""
-    workload = Workload(rate_rps, 15_000, 30_000, 200, 400, prefix_cache_hit_rate=hit, prefix_hit_mix=mix)
-    return CapacityModel(PROFILE, SloSpec(), workload)
+    """Mooncake-like prompts (`dopd_builders.long_prompts`), `hit` of their tokens cached, falling as `mix`."""
+    return long_prompts(rate_rps, None, hit, mix)
 
 
 def test_each_kind_of_prompt_is_feasible_up_to_its_own_limit() -> None:
