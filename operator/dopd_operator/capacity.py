@@ -301,11 +301,11 @@ class CapacityModel:
         )
         fixed_full = a * self._new_mean / budget if self._new_mean > budget else a / self._batch_full
         self.prefill_service_seconds_mean = self._work_mean + fixed_full
-        works = [(share, work) for share, _, work in self._grid_prompts]
-        second_moment = sum(share * float(np.mean(work * work)) for share, work in works)
-        variance = (
-            float(np.var(works[0][1])) if len(works) == 1 else max(second_moment - self._work_mean**2, 0.0)
-        )
+        if len(self._grid_prompts) == 1:
+            variance = float(np.var(self._grid_prompts[0][2]))
+        else:  # a mixture's: its second moment less its squared mean
+            second_moment = sum(share * float(np.mean(work * work)) for share, _, work in self._grid_prompts)
+            variance = max(second_moment - self._work_mean**2, 0.0)
         self.prefill_service_scv = variance / max(self.prefill_service_seconds_mean**2, _EPS)
         # The longest prompt that can meet the TTFT SLO at all: alone, with no wait (its transfer too),
         # per population (the one that hits least: the uncached limit).
