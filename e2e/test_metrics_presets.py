@@ -151,8 +151,9 @@ def _dopd_router(labels: dict[str, str], arrival_rps: float) -> Pod:
             "dopd_requests_arrived_total": arrival_rps,
             "dopd_requests_rejected_total": 1.0,
             "dopd_requests_expired_total": 0.5,
-            # SHARDS-adj: 5 samples/s expected where 4 were taken
-            "dopd_prompt_reuse_expected_samples_total": 5.0,
+            # SHARDS-adj: 20 samples/s expected where 4 were taken (200 against 40 in the 10 s window:
+            # the 160 missing are far beyond chance's 2 x sqrt(200), the hottest blocks' reuses)
+            "dopd_prompt_reuse_expected_samples_total": 20.0,
         },
         histograms={
             # 60% in (0.4, 0.5], 40% in (1.0, 1.25]
@@ -404,11 +405,12 @@ def test_dopd_preset_reads_every_field(world: Fixture) -> None:
     assert obs.tpot_mean_seconds == pytest.approx(0.03)  # the gaps' _sum / _count: the decode correction's
     assert obs.tpot_attainment == pytest.approx(0.8)  # 80% of the requests within 30 ms (of the gaps: 50%)
     assert obs.prefix_cache_hit_rate == pytest.approx(0.25)  # 150 of 600 tokens/s, from the counters
-    # the curve's shape: the missing sample a second counts as a reuse at the smallest distance
+    # the curve's shape: of the 160 samples missing in the window, the 132 beyond chance count as reuses
+    # at the smallest distance: (10 + 132) / (40 + 132) and (20 + 132) / (40 + 132)
     assert obs.prefix_reuse_share_within is not None
     (small, at_small), (large, at_large) = obs.prefix_reuse_share_within
     assert (small, large) == (65536.0, 1_000_000.0)
-    assert at_small == pytest.approx(0.4, rel=0.02) and at_large == pytest.approx(0.6, rel=0.02)
+    assert at_small == pytest.approx(0.825, rel=0.02) and at_large == pytest.approx(0.884, rel=0.02)
     # how the hits fall on prompts: every prompt finds its first half cached
     assert obs.prefix_hit_mix is not None
     assert [x for pair in obs.prefix_hit_mix for x in pair] == pytest.approx([0.5, 1.0], rel=0.02)

@@ -8,7 +8,7 @@ every C) give the curve's shape. The curve is anchored at what the engines measu
 cache of C tokens is `share(C)` scaled by `observed / share(C_now)` (at most 1), so an engine whose cache
 serves less than an ideal pooled LRU (per-replica caches behind a router that ignores prefixes, or no
 cache at all: a measured 0 stays 0) is not credited with what it does not do. Measured on the Mooncake
-trace, the curve at a pool's cache is within 0.04 of the simulated pool's hit rate from 16 replicas up
+trace, the curve at a pool's cache is within 0.02 of the simulated pool's hit rate from 8 replicas up
 (tests/sim/test_prefix_cache.py).
 
 A cache serves a prompt its cached prefix, so a prompt hits most of itself (a conversation's next turn)

@@ -231,7 +231,7 @@ class Simulator:
             instance.inflight_tokens -= tokens
             instance.inflight_long -= self.prefill_queue.is_long(tokens)
             if self.prefix_cache is not None:
-                self.prefix_cache.insert(self.prefix_blocks[request])
+                self.prefix_cache.insert(self.prefix_blocks[request], tokens)
             if self.output_tokens[request] <= 1:
                 self.log.first_token(request, now, self.arrival_s[request])
                 self.log.finish(request, now, 0.0)

@@ -133,9 +133,10 @@ class PrefixCache:
 
     def cached_tokens(self, blocks: Sequence[int], prompt_tokens: int, now_s: float) -> int:
         """Tokens of this prompt's prefix found in the cache (touched as recently used, tail first so
-        its head is the most recent), recorded for the hit rate. The last token is always computed."""
+        its head is the most recent), recorded for the hit rate. The last token is always computed, and
+        only full blocks are looked up (`insert`)."""
         hits = 0
-        for block in blocks:
+        for block in blocks[: self.full_blocks(prompt_tokens)]:
             if block not in self._blocks:
                 break
             hits += 1
@@ -154,12 +155,22 @@ class PrefixCache:
         queried = sum(self.queried_tokens[lo:hi])
         return sum(self.hit_tokens[lo:hi]) / queried if queried > 0 else None
 
-    def insert(self, blocks: Sequence[int]) -> None:
-        """A prefilled prompt's blocks become (most recently used) cache entries, tail first: of one
-        prompt's blocks the tail goes first, as vLLM frees a sequence's blocks in reverse order and
+    def full_blocks(self, prompt_tokens: int) -> int:
+        """How many of a prompt's blocks are full: the ones a cache holds."""
+        return prompt_tokens // self.block_tokens
+
+    def insert(self, blocks: Sequence[int], prompt_tokens: int) -> None:
+        """A prefilled prompt's full blocks become (most recently used) cache entries, tail first: of
+        one prompt's blocks the tail goes first, as vLLM frees a sequence's blocks in reverse order and
         SGLang's radix tree evicts leaves first. (Head first, a long prompt under pressure lost its
-        first block, and with it every later block's use, while the tail stayed cached.)"""
-        for block in reversed(blocks):
+        first block, and with it every later block's use, while the tail stayed cached.) A partial last
+        block is not cached: vLLM hashes full blocks only, and SGLang's radix tree holds the tail's own
+        tokens, not a block's worth; no later prompt shares it (the next turn extends it into another
+        block). Cached as a whole block, every prompt's tail took up to a block of room it never served:
+        on the Mooncake trace (seed 0) a pool of 64 replicas hit 2.1 points below an exact LRU of its
+        size (full blocks only, `exact_reuse_distances`), now 1.2, as at 256 replicas (1.3-1.4 either
+        way: a prompt's blocks enter when its prefill ends)."""
+        for block in reversed(blocks[: self.full_blocks(prompt_tokens)]):
             self._blocks[block] = None
             self._blocks.move_to_end(block)
         self._evict()

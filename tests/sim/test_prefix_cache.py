@@ -24,10 +24,10 @@ from dopd_sim.workload import load_workload, scale_rate
 def test_leading_blocks_hit_and_the_least_recently_used_go_first() -> None:
     cache = PrefixCache(block_tokens=10, blocks_per_replica=3)
     cache.resize(1)
-    cache.insert([1, 2, 3])
+    cache.insert([1, 2, 3], 30)
     # Leading blocks only: 1 and 2 hit, 9 breaks the prefix, so 3 does not count although cached.
     assert cache.cached_tokens([1, 2, 9, 3], 40, 0.0) == 20
-    cache.insert([4])  # capacity 3: evicts 3, the least recently used (1 and 2 were just touched)
+    cache.insert([4], 10)  # capacity 3: evicts 3, the least recently used (1 and 2 were just touched)
     assert cache.cached_tokens([3], 10, 1.0) == 0
     assert cache.cached_tokens([1, 2], 20, 2.0) == 19  # a whole prompt cached still computes its last token
     assert cache.hit_rate(0.0, 3.0) == pytest.approx((20 + 0 + 19) / (40 + 10 + 20))
@@ -41,9 +41,22 @@ def test_a_prompts_head_outlives_its_tail() -> None:
     first would leave a cached tail that no lookup can reach (a prefix is matched from its start)."""
     cache = PrefixCache(block_tokens=10, blocks_per_replica=3)
     cache.resize(1)
-    cache.insert([1, 2, 3])
-    cache.insert([4])  # capacity 3: one of the first prompt's blocks goes, its tail
+    cache.insert([1, 2, 3], 30)
+    cache.insert([4], 10)  # capacity 3: one of the first prompt's blocks goes, its tail
     assert cache.cached_tokens([1, 2, 3, 5], 40, 0.0) == 20
+
+
+def test_a_partial_last_block_takes_no_room_and_is_never_served() -> None:
+    """Only full blocks are cached (vLLM hashes full blocks only): a prompt's partial tail block neither
+    evicts a block a later prompt could use nor counts as a hit when the same prompt comes again (its
+    last tokens are computed anew)."""
+    cache = PrefixCache(block_tokens=10, blocks_per_replica=2)
+    cache.resize(1)
+    cache.insert([1, 2], 20)
+    cache.insert([3, 4], 15)  # a full block and a partial one: only 3 enters, evicting 2 (the tail)
+    assert cache.cached_tokens([3, 4], 15, 0.0) == 10  # its partial block is not there to hit
+    # 1 is still cached: the partial block took no room (cached whole, it would have evicted 1 too).
+    assert cache.cached_tokens([1, 2], 20, 1.0) == 10
 
 
 def _prefixed(arrivals: list[float], prompts: list[int], blocks: list[tuple[int, ...]]) -> PrefixTrace:
@@ -105,7 +118,8 @@ def test_mooncake_blocks_follow_windowing_and_rate_scaling() -> None:
 def test_the_routers_curve_predicts_the_hit_rate_of_larger_pools() -> None:
     """What the planner sizes with: the reuse distances the router samples from the Mooncake prompts,
     anchored at the hit rate a pool measures, predict the hit rate of pools 2-8x larger (their cache is
-    their replicas' KV memory), as the simulated cache then measures it."""
+    their replicas' KV memory), as the simulated cache then measures it: within 0.015 on this window.
+    (SHARDS-adj's correction counted whole read 0.04 low here: 85 samples too many by chance.)"""
     trace = load_workload(str(data_path(MOONCAKE_SYNTHETIC)), rate_scale=2.0, seed=0, duration_s=600.0)
     assert isinstance(trace, PrefixTrace)
     config = SimConfig()
@@ -125,7 +139,7 @@ def test_the_routers_curve_predicts_the_hit_rate_of_larger_pools() -> None:
         curve = PrefixCacheCurve(
             tuple(b for b, _ in shares), tuple(s for _, s in shares), measured[now], now * replica_tokens
         )
-        assert curve.hit_rate(larger * replica_tokens) == pytest.approx(measured[larger], abs=0.04), (
+        assert curve.hit_rate(larger * replica_tokens) == pytest.approx(measured[larger], abs=0.02), (
             now,
             larger,
         )
@@ -134,9 +148,10 @@ def test_the_routers_curve_predicts_the_hit_rate_of_larger_pools() -> None:
 def test_the_oracles_known_curve_is_the_hit_rate_each_pool_size_gets() -> None:
     """The oracle's perfect knowledge of the load includes how much of it a cache serves: every block's
     exact reuse distance gives the hit rate a window's requests see at each pool size, with no anchor,
-    as the simulated cache of a pool that size measures it: within 0.03, and above it by 0.015-0.025 on
+    as the simulated cache of a pool that size measures it: within 0.02, and above it by up to 0.013 on
     this trace, since a prompt's blocks enter the cache only when its prefill ends, so a prompt that
-    shares a prefix with one still in flight misses it (as in vLLM), where a stack distance counts it."""
+    shares a prefix with one still in flight misses it (as in vLLM), where a stack distance counts it.
+    (0.015-0.025 while the simulated cache held every prompt's partial last block as a whole block.)"""
     trace = load_workload(str(data_path(MOONCAKE_SYNTHETIC)), rate_scale=2.0, seed=0, duration_s=600.0)
     assert isinstance(trace, PrefixTrace)
     config = SimConfig()
@@ -149,7 +164,7 @@ def test_the_oracles_known_curve_is_the_hit_rate_each_pool_size_gets() -> None:
         sim.run()
         measured = sim.prefix_cache_hit_rate(300.0, 600.0)
         assert measured is not None
-        assert curve.hit_rate(replicas * replica_tokens) == pytest.approx(measured, abs=0.03), replicas
+        assert curve.hit_rate(replicas * replica_tokens) == pytest.approx(measured, abs=0.02), replicas
     assert curve.ceiling_hit_rate == pytest.approx(curve.hit_rate(64 * replica_tokens))
 
 

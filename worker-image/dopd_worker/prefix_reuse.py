@@ -17,7 +17,8 @@ histogram (a block never seen, or last seen beyond the largest bound, is +Inf), 
 shares of full-block tokens. Beside it, `expected_samples` adds rate x blocks per prompt: a few blocks
 (a shared system prompt) carry much of the traffic at tiny distances, and whether they happen to be
 sampled would move the whole curve; SHARDS-adj counts the difference between the expected and the
-actual samples as reuses at the smallest distance (`dopd_operator.metrics.estimators.reuse_share_within`).
+actual samples, as far as it is beyond chance, as reuses at the smallest distance
+(`dopd_operator.metrics.estimators.reuse_share_within`).
 Each sampled block also has a position in its prompt (`observe_positions`, `REUSE_POSITION_BUCKETS`): a
 cache serves a prompt a prefix, so where the reused blocks sit says how the hits fall on prompts (most
 of a prompt or none of it), which the capacity model needs to tell which long prompts can meet the TTFT

@@ -60,9 +60,9 @@ DOPD_AGGREGATE = [
     tagged("shed/dopd_requests_expired_total", 10.0),
     tagged("prefix/hits", 3_000.0),  # prompt tokens served from the prefix cache over the window
     tagged("prefix/queries", 12_000.0),  # prompt tokens looked up
-    # the router's sampled prompt blocks: 20 of 100 reused within 64k tokens, 50 within 1M; 125 expected
+    # the router's sampled prompt blocks: 20 of 100 reused within 64k tokens, 50 within 1M; 144 expected
     *histogram("reuse", [(65_536.0, 20.0), (1_000_000.0, 50.0), (INF, 100.0)]),
-    tagged("reuse/expected", 125.0),
+    tagged("reuse/expected", 144.0),
     # where in their prompts those 100 sit (10 a tenth) and the 50 reused (the first half's): too few
     # samples to say how the hits fall on prompts (MIN_POSITION_SAMPLES)
     *histogram("reuse_sampled", [(round(0.1 * i, 1), 10.0 * i) for i in range(1, 11)] + [(INF, 100.0)]),
@@ -222,13 +222,23 @@ def test_an_unknown_prefix_cache_hit_rate_is_not_zero_and_leaves_the_load_known(
 
 
 def test_the_prefix_cache_curve_is_read_with_the_shards_correction() -> None:
-    """The 25 samples the hottest blocks did not give (125 expected, 100 taken) count as reuses at the
-    smallest distance."""
+    """Of the 44 samples the hottest blocks did not give (144 expected, 100 taken), the 20 beyond what
+    sampling gives a uniform stream by chance (2 x sqrt(144)) count as reuses at the smallest distance."""
     obs = observe(dopd_queries(), DOPD_AGGREGATE, DOPD_RAW)
     assert obs.prefix_reuse_share_within is not None and obs.prefix_reuse_unread is None
     bounds, shares = zip(*obs.prefix_reuse_share_within, strict=True)
     assert bounds == (65_536.0, 1_000_000.0)
-    assert shares == pytest.approx((0.36, 0.6))
+    assert shares == pytest.approx((40 / 120, 70 / 120))
+
+
+@pytest.mark.parametrize("expected", [85.0, 100.0, 120.0])
+def test_a_sample_count_off_by_chance_leaves_the_sampled_shares(expected: float) -> None:
+    """100 blocks taken where 85-120 were expected is within chance (2 x sqrt(expected)): it moves every
+    distance alike, so the shares are the sampled blocks' own, not shifted at the smallest distance."""
+    buckets = [(65_536.0, 20.0), (1_000_000.0, 50.0), (INF, 100.0)]
+    obs = observe(dopd_queries(), _reuse(buckets, expected), DOPD_RAW)
+    assert obs.prefix_reuse_share_within is not None
+    assert [share for _, share in obs.prefix_reuse_share_within] == pytest.approx([0.2, 0.5])
 
 
 def test_how_the_hits_fall_on_prompts_is_read_from_the_sampled_positions() -> None:
