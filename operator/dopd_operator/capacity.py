@@ -23,15 +23,12 @@ oracle checks this model against the engine it sizes (docs/planner.md, "Capacity
   length distribution) reaches the provisioning quantile, among the prompts that can meet the SLO at
   all: a prompt whose prefill and transfer alone exceed the SLO is a miss at any size and is not paid
   for.
-- Decode. A replica holds at most `c1 = min(maxBatchSize, KV / E[prompt + output], B_tpot)` sequences
-  (the engine's batch limit, the KV the router reserves per sequence, the largest batch whose step
-  meets TPOT). The pool is `N*c1` slots, each sequence occupying one for `(n - 1)` steps at the step
-  time of the batch the pool settles at (`decode_mean_batch`: `N*B = rate*(n-1)*step(B+1)`). A sequence
-  may wait for a slot as long as its TPOT stays within the SLO: `(SLO - step)*(n - 1)` seconds, so long
-  outputs absorb waits that short ones cannot. `N_D` is the fewest replicas whose
-  share of sequences waiting no longer than that reaches the provisioning quantile (Erlang C over the
-  slots). When TPOT, not a hard limit, caps the batch, the engine does not stop at `B_tpot`, so each
-  replica is also loaded to a mean `m` with `m + z*sqrt(m) <= B_tpot` (Poisson batch fluctuation).
+- Decode (`capacity_decode.DecodeModel`). A replica holds at most `min(maxBatchSize, KV per sequence,
+  B_tpot)` sequences; the pool is those slots, each held for a sequence's steps at the step time of the
+  batch the pool settles at, and a sequence may wait for a slot as long as its TPOT stays within the SLO.
+  `N_D` is the fewest replicas whose share of sequences waiting no longer than that reaches the
+  provisioning quantile (Erlang C over the slots).
+- The queueing formulas and monotone searches both pools use are in `queueing`.
 
 Every sizing function is monotone non-decreasing in the arrival rate and the prompt lengths; the
 property tests in tests/operator/test_planner_properties.py hold the planner to that.
@@ -40,25 +37,30 @@ property tests in tests/operator/test_planner_properties.py hold the planner to 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import gammaincc
 
 from dopd_operator.api import SloSpec
+from dopd_operator.capacity_decode import DecodeModel
 from dopd_operator.lengths import LengthDistribution
 from dopd_operator.prefix_curve import MAX_PREFIX_HIT_RATE, PrefixCacheCurve, prefix_populations
 from dopd_operator.profile import PREFILL_TOKEN_BUDGET_TOKENS, PerformanceProfile
+from dopd_operator.queueing import (
+    EPS,
+    MAX_REPLICAS_SEARCH,
+    erlang_c,
+    fewest_meeting,
+    highest_fitting,
+    solve_increasing,
+)
 
 FloatArray = npt.NDArray[np.float64]
 Lengths = TypeVar("Lengths", float, FloatArray)  # one prompt's tokens, or many
 
-MAX_REPLICAS_SEARCH = 100_000
-_EPS = 1e-9
 MAX_ARRIVAL_SCV = 20.0
 # A prompt that finds every prefill replica busy goes to the one with the fewest in-flight tokens, whose
 # running batch is among the shortest: its remaining time is taken as uniform over this share of a mean
@@ -95,11 +97,13 @@ class Workload:
 @dataclass
 class _Family:
     """What a model and its variants at other hit rates (`CapacityModel.at_hit_rate`) share: the fitted
-    lengths (the same workload's) and each hit share's prompt limit (the same profile, SLO and budget).
+    lengths (the same workload's), the decode pool's model, and each hit share's prompt limit (the same
+    profile, SLO and budget).
     A prefill search builds a variant per hit rate it tries."""
 
     isl: LengthDistribution
     osl: LengthDistribution
+    decode: DecodeModel | None = None  # the decode pool's model: it does not see the cache
     limits: dict[tuple[float, float], float] = field(default_factory=dict)
     _below: dict[float, tuple[FloatArray, float]] = field(default_factory=dict)
 
@@ -145,72 +149,6 @@ class _PrefillWait:
         return out
 
 
-def _solve_increasing(share: Callable[[float], float], target: float, low: float) -> float:
-    """The smallest t >= low with share(t) >= target, for a non-decreasing share (bisection)."""
-    if share(low) >= target:
-        return low
-    high = max(low, 1e-3) * 2
-    while share(high) < target:
-        low, high = high, high * 2
-        if high > 1e7:
-            return math.inf
-    for _ in range(32):
-        mid = (low + high) / 2
-        if share(mid) >= target:
-            high = mid
-        else:
-            low = mid
-    return high
-
-
-def erlang_c(servers: float, offered_load: float) -> float:
-    """Probability that an arrival waits in an M/M/c queue (offered_load = lambda/mu < servers).
-
-    Erlang B is the Poisson(offered) probability of `servers` over that of at most `servers`, computed
-    with the regularized incomplete gamma function, so it costs the same for 4 or 40,000 servers (decode
-    slots) and takes real-valued server counts (a pool of 73.4 slots) continuously.
-    """
-    if offered_load <= 0:
-        return 0.0
-    if offered_load >= servers:
-        return 1.0
-    log_pmf = servers * math.log(offered_load) - offered_load - math.lgamma(servers + 1.0)
-    at_most = float(gammaincc(servers + 1.0, offered_load))
-    erlang_b = min(math.exp(log_pmf) / at_most, 1.0) if at_most > 0 else 1.0
-    return servers * erlang_b / (servers - offered_load * (1.0 - erlang_b))
-
-
-def fewest_meeting(meets: Callable[[int], bool], start: int, ceiling: int, floor: int) -> int:
-    """The smallest n in [floor, ceiling] with meets(n), for a predicate monotone in n; `ceiling` when
-    none meets. Searched from `start`: halving down while it meets, else doubling up, then bisection, so a
-    good guess costs a few evaluations. (Callers: the pools' sizes here, the simulator's peak layouts.)"""
-    high = min(max(start, floor), ceiling)
-    low = floor - 1  # below the range: taken as not meeting
-    if meets(high):
-        while high > floor:
-            probe = max(floor, high // 2)
-            if not meets(probe):
-                low = probe
-                break
-            high = probe
-    else:
-        low = high
-        while True:
-            if high >= ceiling:
-                return ceiling
-            high = min(max(high * 2, high + 1), ceiling)
-            if meets(high):
-                break
-            low = high
-    while high - low > 1:
-        mid = (low + high) // 2
-        if meets(mid):
-            high = mid
-        else:
-            low = mid
-    return high
-
-
 class CapacityModel:
     """Per-replica capacities and replica counts for one profile, SLO and length mix."""
 
@@ -250,7 +188,15 @@ class CapacityModel:
         self._family = family
         self.isl, self.osl = family.isl, family.osl
         self._prefill_init()
-        self._decode_init()
+        if family.decode is None:
+            family.decode = DecodeModel(
+                profile, slo, workload, family.osl, self.percentile_q, self._z, self._arrival_scv
+            )
+        self.decode_model = d = family.decode
+        self.output_tokens_mean, self.context_tokens_mean = d.output_tokens_mean, d.context_tokens_mean
+        self.decode_batch_limited_by, self.tpot_reachable = d.batch_limited_by, d.tpot_reachable
+        self.decode_batch_size, self.decode_step_seconds = d.batch_size, d.step_seconds
+        self.decode_rps_per_replica = d.rps_per_replica
 
     # ------------------------------------------------------------------------------------ prefill
 
@@ -306,7 +252,7 @@ class CapacityModel:
         else:  # a mixture's: its second moment less its squared mean
             second_moment = sum(share * float(np.mean(work * work)) for share, _, work in self._grid_prompts)
             variance = max(second_moment - self._work_mean**2, 0.0)
-        self.prefill_service_scv = variance / max(self.prefill_service_seconds_mean**2, _EPS)
+        self.prefill_service_scv = variance / max(self.prefill_service_seconds_mean**2, EPS)
         # The longest prompt that can meet the TTFT SLO at all: alone, with no wait (its transfer too),
         # per population (the one that hits least: the uncached limit).
         limits = [self._longest_within(self.slo.ttft_seconds, pop.hit) for pop in self.prompt_populations]
@@ -325,7 +271,7 @@ class CapacityModel:
             )
             for pop, (lengths, _), weighted in zip(self.prompt_populations, below, shares, strict=True)
         )
-        self.ttft_reachable = self.prefill_feasible_share >= self.percentile_q - _EPS
+        self.ttft_reachable = self.prefill_feasible_share >= self.percentile_q - EPS
 
     def _longest_within(self, seconds: float, hit: float) -> float:
         """The longest prompt whose prefill and KV transfer alone take at most `seconds` at a hit share
@@ -354,7 +300,7 @@ class CapacityModel:
     @property
     def prefill_rps_per_replica(self) -> float:
         """Prompts per second one busy replica computes (full batches)."""
-        return 1.0 / max(self.prefill_service_seconds_mean, _EPS)
+        return 1.0 / max(self.prefill_service_seconds_mean, EPS)
 
     def _prefill_wait(self, replicas: float, rate_rps: float, slowdown: float = 1.0) -> _PrefillWait | None:
         """The wait before a prompt's batch starts at this load; None when overloaded.
@@ -437,7 +383,7 @@ class CapacityModel:
         if wait is None:
             return math.inf
         target = self.percentile_q if quantile is None else quantile
-        return _solve_increasing(lambda t: float(wait.within(np.array([t]))[0]), target, 0.0)
+        return solve_increasing(lambda t: float(wait.within(np.array([t]))[0]), target, 0.0)
 
     def ttft_percentile_seconds(self, replicas: int, rate_rps: float) -> float:
         """Predicted TTFT at the provisioning percentile (infinite when the replicas cannot keep up)."""
@@ -468,7 +414,7 @@ class CapacityModel:
             ]
             if len(alone) == 1:
                 return float(np.quantile(alone[0][1], quantile))
-            return _solve_increasing(
+            return solve_increasing(
                 lambda t: sum(share * float(np.mean(seconds <= t)) for share, seconds in alone), quantile, 0.0
             )
         wait = self._prefill_wait(replicas, rate_rps, slowdown)
@@ -478,7 +424,7 @@ class CapacityModel:
             (share, self._batch_seconds(new, work, wait.batch, slowdown) + transfer)
             for share, new, work in self._grid_prompts
         ]
-        return _solve_increasing(
+        return solve_increasing(
             lambda t: sum(share * float(np.mean(wait.within(t - seconds))) for share, seconds in batches),
             quantile,
             min(float(np.min(seconds)) for _, seconds in batches),
@@ -538,11 +484,11 @@ class CapacityModel:
         if rate_rps <= 0:
             return 0
         stable = max(rate_rps * self.prefill_service_seconds_mean, rate_rps * self._work_mean)
-        start = max(1, math.floor(stable + _EPS) + 1)
+        start = max(1, math.floor(stable + EPS) + 1)
         if self.workload.prefix_cache_curve is not None:
             return self._prefill_replicas_cached(self.workload.prefix_cache_curve, rate_rps, start)
         return fewest_meeting(
-            lambda n: self.prefill_attainment(n, rate_rps) >= self.percentile_q - _EPS,
+            lambda n: self.prefill_attainment(n, rate_rps) >= self.percentile_q - EPS,
             start,
             MAX_REPLICAS_SEARCH,
             floor=start,
@@ -576,152 +522,31 @@ class CapacityModel:
 
         def meets(n: int) -> bool:
             model = self.at_hit_rate(self.prefill_hit_rate(n))
-            return model.prefill_feasible_share * model.prefill_attainment(n, rate_rps) >= target - _EPS
+            return model.prefill_feasible_share * model.prefill_attainment(n, rate_rps) >= target - EPS
 
         return fewest_meeting(meets, start, MAX_REPLICAS_SEARCH, floor=1)
 
     # ------------------------------------------------------------------------------------- decode
 
-    def _decode_init(self) -> None:
-        w, prof, d = self.workload, self.profile, self.profile.decode
-        self.output_tokens_mean = max(w.output_tokens_mean, 1.0)
-        # The sequences in a batch at any moment are length-biased: one with a long output stays long.
-        # Averaged over residents (weighted by output length), a sequence holds its prompt plus
-        # E[n^2] / (2 E[n]) generated tokens (E[n]/2 only if every output were as long), and the router
-        # has reserved KV for its prompt and whole output, E[n^2] / E[n]. For the Azure outputs that is
-        # 30% more than E[n]: sized on the mean, a full decode pool runs 5% slower than planned. Where
-        # the (prompt, output) pairs are known, the prompts are weighted by their own outputs too: on
-        # the Azure trace long prompts get shorter answers (correlation -0.17), and the residents'
-        # context is 11% below what independent lengths give.
-        prompt_tokens_resident, output_tokens_resident = self._resident_lengths()
-        self.context_tokens_mean = prompt_tokens_resident + output_tokens_resident / 2
-        reserved = max(prompt_tokens_resident + output_tokens_resident, 1.0)
-        per_seq = d.b_seconds_per_context_token * self.context_tokens_mean + d.c_seconds_per_sequence
-        self._step_seconds_per_sequence = per_seq
-        tpot_budget = self.slo.tpot_seconds - d.a_seconds
-        batch_tpot = tpot_budget / per_seq if per_seq > 0 else math.inf
-        batch_kv = prof.kv_capacity_tokens / reserved
-        self.decode_batch_limited_by, slots = min(
-            ("tpot", batch_tpot),
-            ("kv", batch_kv),
-            ("max-batch", float(prof.max_batch_size)),
-            key=lambda x: x[1],
-        )
-        self.tpot_reachable = batch_tpot >= 1.0
-        self._slots = max(slots, 1.0)
-        self.decode_batch_size = max(1, math.floor(self._slots + _EPS))
-        self.decode_step_seconds = prof.decode_step_seconds(self._slots, self.context_tokens_mean)
-        steps = np.maximum(self.osl.grid - 1.0, 0.0)
-        self._steps_mean = float(np.mean(steps))
-        self._residency_scv = float(np.var(steps)) / max(self._steps_mean**2, _EPS)
-        # Seconds each output may wait for a slot and still meet TPOT (the KV transfer came before the
-        # first token, in TTFT); outputs of one token have no TPOT and always meet it.
-        per_token = self.slo.tpot_seconds - self.decode_step_seconds
-        slack = per_token * steps
-        self._decode_slack = np.where(steps > 0, np.maximum(slack, 0.0), np.inf)
-        # Mean residents per replica such that mean + z*sqrt(mean) <= B_tpot (TPOT-capped batches only).
-        z = max(self._z, 0.0)
-        root = (-z + math.sqrt(z * z + 4 * self._slots)) / 2
-        self._fluctuating_mean = max(root * root, 1e-3)
-        # A full replica's rate: every slot taken, each step at B*.
-        self.decode_rps_per_replica = self._slots / max(self._steps_mean * self.decode_step_seconds, _EPS)
-
-    def _resident_lengths(self) -> tuple[float, float]:
-        """(prompt, output) tokens of the mean decode resident: lengths weighted by their outputs (a
-        sequence stays resident for its output's steps). Known pairs are weighted pair by pair; otherwise
-        the two are taken as independent (the prompt's mean, and E[n^2] / E[n] of the outputs)."""
-        w = self.workload
-        known_in, known_out = w.input_tokens_known, w.output_tokens_known
-        if known_in is not None and known_out is not None and len(known_in) == len(known_out) > 0:
-            outputs = np.maximum(np.asarray(known_out, dtype=np.float64), 1.0)
-            prompts = np.asarray(known_in, dtype=np.float64)
-            weights = outputs / float(np.sum(outputs))
-            return float(np.sum(weights * prompts)), float(np.sum(weights * outputs))
-        outputs = np.maximum(self.osl.grid, 1.0)
-        return w.input_tokens_mean, float(np.mean(outputs**2) / np.mean(outputs))
+    # The decode pool (`capacity_decode.DecodeModel`), under the names the planner and the simulator use.
 
     def decode_mean_batch(self, replicas: float, rate_rps: float) -> float:
-        """Mean sequences per decode replica once the pool settles at `rate_rps`; the slot limit B* where
-        it cannot settle below it (sequences queue for slots). Residents slow the step and a slower step
-        keeps them longer: by Little's law `B = rate * steps * step(B + 1) / N` (a resident shares its
-        step with B others on average, a Poisson batch seen from inside), linear in B for the linear
-        step model. Sizing at B* instead (every slot always taken) over-provisioned: on the Azure trace
-        four replicas settle at 176 sequences each (19 ms steps), where B* = 256 (27 ms) called for five."""
-        if rate_rps <= 0 or replicas <= 0:
-            return 0.0
-        tokens_per_second = rate_rps * self._steps_mean
-        per_sequence = self._step_seconds_per_sequence
-        headroom = replicas - tokens_per_second * per_sequence
-        if headroom <= 0:
-            return self._slots
-        fixed = self.profile.decode.a_seconds
-        return min(tokens_per_second * (fixed + per_sequence) / headroom, self._slots)
-
-    def _decode_residency_seconds(
-        self, replicas: float, rate_rps: float, every_slot_taken: bool = False
-    ) -> float:
-        """Mean seconds a sequence holds its slot at `rate_rps` on `replicas`: its steps at the batch the
-        pool settles at, or, `every_slot_taken`, at the full batch B*."""
-        batch = (
-            self._slots
-            if every_slot_taken
-            else min(self.decode_mean_batch(replicas, rate_rps) + 1.0, self._slots)
-        )
-        return self._steps_mean * self.predicted_tpot_seconds(batch)
+        return self.decode_model.mean_batch(replicas, rate_rps)
 
     def decode_attainment(self, replicas: float, rate_rps: float, every_slot_taken: bool = False) -> float:
-        """Predicted share of sequences that get a decode slot within their TPOT slack (`every_slot_taken`:
-        were every step that of a full batch)."""
-        if rate_rps <= 0 or self._steps_mean <= 0:
-            return 1.0
-        residency = self._decode_residency_seconds(replicas, rate_rps, every_slot_taken)
-        servers = replicas * self._slots
-        offered = rate_rps * residency
-        if offered >= servers * (1 - 1e-9):
-            return 0.0
-        wait_probability = erlang_c(servers, offered)
-        variability = max((self._arrival_scv + self._residency_scv) / 2.0, 1e-3)
-        decay = (servers / residency - rate_rps) / variability
-        return float(np.mean(1.0 - wait_probability * np.exp(-decay * self._decode_slack)))
+        return self.decode_model.attainment(replicas, rate_rps, every_slot_taken)
 
     def decode_replicas(self, rate_rps: float, every_slot_taken: bool = False) -> int:
-        """Fewest decode replicas that hold the TPOT SLO at `rate_rps` (0 at zero load).
-
-        `every_slot_taken`: the fewest that would hold it were every step that of a full batch B*, as
-        if each sequence held its slot for its steps at B*'s step time (more replicas: the pool then
-        settles well below B*, and a rise fills its slots before it slows the steps). The planner's
-        slot headroom (`planner.plan`); the default is the fewest that do hold it, the model's answer."""
-        if rate_rps <= 0:
-            return 0
-        if self._steps_mean <= 0:
-            return 1
-        tpot_capped = self.decode_batch_limited_by == "tpot"
-
-        def meets(replicas: int) -> bool:
-            if self.decode_attainment(replicas, rate_rps, every_slot_taken) < self.percentile_q - _EPS:
-                return False
-            residents = rate_rps * self._decode_residency_seconds(replicas, rate_rps, every_slot_taken)
-            return not tpot_capped or residents / replicas <= self._fluctuating_mean + _EPS
-
-        # Fewer replicas than the pool's token rate at the per-sequence step cost never settle.
-        start = max(1, math.floor(rate_rps * self._steps_mean * self._step_seconds_per_sequence + _EPS) + 1)
-        return fewest_meeting(meets, start, MAX_REPLICAS_SEARCH, floor=1)
+        return self.decode_model.replicas(rate_rps, every_slot_taken)
 
     def decode_concurrency(self, rate_rps: float, replicas: int) -> float:
-        """Little's law: sequences resident in decode at `rate_rps` on `replicas`, each for its steps at
-        the batch the pool settles at."""
-        if rate_rps <= 0:
-            return 0.0
-        return rate_rps * self._decode_residency_seconds(max(replicas, 1), rate_rps)
+        return self.decode_model.concurrency(rate_rps, replicas)
 
     def predicted_tpot_seconds(self, batch_size: float) -> float:
-        return self.profile.decode_step_seconds(max(batch_size, 1.0), self.context_tokens_mean)
+        return self.decode_model.tpot_seconds(batch_size)
 
     def tpot_mean_seconds(self, mean_batch_size: float) -> float:
-        """Predicted mean inter-token latency, over tokens, for replicas holding `mean_batch_size`
-        sequences on average. A step of B sequences yields B tokens, so the step a token sees is
-        size-biased: that of the batch E[B^2]/E[B], one more than the mean for a Poisson batch."""
-        return self.predicted_tpot_seconds(max(mean_batch_size, 0.0) + 1.0)
+        return self.decode_model.tpot_mean_seconds(mean_batch_size)
 
     # ------------------------------------------------------------------------------------ layouts
 
@@ -729,7 +554,7 @@ class CapacityModel:
         """Highest arrival rate `prefill` replicas serve within the TTFT SLO (0 for none)."""
         if prefill <= 0:
             return 0.0
-        return _highest_fitting(
+        return highest_fitting(
             lambda r: self.prefill_replicas(r) <= prefill, prefill * self.prefill_rps_per_replica
         )
 
@@ -737,7 +562,7 @@ class CapacityModel:
         """Highest arrival rate `decode` replicas serve within the TPOT SLO (0 for none)."""
         if decode <= 0:
             return 0.0
-        return _highest_fitting(
+        return highest_fitting(
             lambda r: self.decode_replicas(r) <= decode, decode * self.decode_rps_per_replica
         )
 
@@ -746,17 +571,3 @@ class CapacityModel:
         if prefill <= 0 or decode <= 0:
             return 0.0
         return min(self.prefill_sustainable_rps(prefill), self.decode_sustainable_rps(decode))
-
-
-def _highest_fitting(fits: Callable[[float], bool], guess: float) -> float:
-    """The highest rate with `fits(rate)`, for a predicate true at 0 and monotone (bisection from `guess`)."""
-    low, high = 0.0, guess
-    while fits(high) and high < 1e7:
-        low, high = high, high * 2
-    for _ in range(30):
-        mid = (low + high) / 2
-        if fits(mid):
-            low = mid
-        else:
-            high = mid
-    return low

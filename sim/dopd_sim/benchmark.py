@@ -35,7 +35,7 @@ from typing import Any
 from tqdm import tqdm
 
 from dopd_forecaster.traces import Trace
-from dopd_operator.capacity import fewest_meeting
+from dopd_operator.queueing import fewest_meeting
 from dopd_sim.config import SimConfig
 from dopd_sim.peak import CHUNK_SIZES_TOKENS, aggregated_peak_layout, static_peak_layout
 from dopd_sim.policies import POLICY_NAMES, make_policy

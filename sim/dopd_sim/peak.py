@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dopd_forecaster.traces import Trace
-from dopd_operator.capacity import fewest_meeting
+from dopd_operator.queueing import fewest_meeting
 from dopd_sim.config import SimConfig
 from dopd_sim.metrics import slo_met
 from dopd_sim.policies.aggregated import FixedAggregatedPolicy

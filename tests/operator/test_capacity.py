@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dopd_operator.api import SloSpec
-from dopd_operator.capacity import CapacityModel, Workload, erlang_c, fewest_meeting
+from dopd_operator.capacity import CapacityModel, Workload
 from dopd_operator.lengths import LengthDistribution
 from dopd_operator.profile_presets import PRESETS
+from dopd_operator.queueing import erlang_c, fewest_meeting
 
 
 @pytest.mark.parametrize(
@@ -277,5 +278,5 @@ def test_the_settled_decode_batch_obeys_littles_law(
     assert 0 < batch <= model.decode_batch_size + 1
     assert model.decode_mean_batch(replicas + 1, rate) <= batch
     if batch < model.decode_batch_size:
-        residency_s = model._steps_mean * model.predicted_tpot_seconds(batch + 1)
+        residency_s = model.decode_model.steps_mean * model.predicted_tpot_seconds(batch + 1)
         assert batch * replicas == pytest.approx(rate * residency_s, rel=1e-6)
