@@ -140,13 +140,39 @@ def test_tokenizers(tmp_path: Path) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(st.integers(0, 257), st.sampled_from(list("é€😀".encode()))), max_size=60))
+@given(
+    st.lists(
+        st.one_of(st.integers(0, 400), st.sampled_from(list("é€😀".encode())), st.just(300)), max_size=60
+    )
+)
 def test_streamed_text_adds_up_to_the_decoded_reply(ids: list[int]) -> None:
-    # Any ids (split multi-byte characters, invalid bytes, BOS/EOS ids that decode to nothing): the
-    # deltas a client receives, then the flush, are exactly the reply's text.
+    # Any ids (split multi-byte characters, invalid bytes, BOS/EOS and ids past the byte range that
+    # decode to nothing, in runs): the deltas a client receives, then the flush, are exactly the
+    # reply's text.
     byte = ByteTokenizer()
     decoder = IncrementalDecoder(byte)
     assert "".join(decoder.push(i) for i in ids) + decoder.flush() == byte.decode(ids)
+
+
+class _CountingTokenizer(ByteTokenizer):
+    def __init__(self) -> None:
+        self.decoded_ids = 0
+
+    def decode(self, ids: list[int]) -> str:
+        self.decoded_ids += len(ids)
+        return super().decode(ids)
+
+
+def test_ids_that_decode_to_nothing_do_not_grow_what_each_push_decodes() -> None:
+    """A random llama3-8b preset behind the byte tokenizer emits ids that almost all decode to nothing
+    (128,256 ids, 256 of them bytes): streaming its reply costs a few ids decoded per token, not the
+    whole reply at every token (4,000 tokens would decode 16 million ids)."""
+    counting = _CountingTokenizer()
+    decoder = IncrementalDecoder(counting)
+    ids = [1000 + i if i % 50 else ord("a") for i in range(4000)]
+    text = "".join(decoder.push(i) for i in ids) + decoder.flush()
+    assert text == "a" * 80
+    assert counting.decoded_ids <= 8 * len(ids)
 
 
 def test_streamed_text_keeps_the_spaces_a_tokenizer_puts_between_tokens(tmp_path: Path) -> None:

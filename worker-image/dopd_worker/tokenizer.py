@@ -84,6 +84,13 @@ class IncrementalDecoder:
     def _delta(self, final: bool) -> str:
         before = self._tok.decode(self._ids[self._prefix : self._read])
         text = self._tok.decode(self._ids[self._prefix :])
+        if text == before:
+            # The ids since the last delta add nothing, even in context (the byte tokenizer's ids above
+            # 255, special tokens): they are dropped, so a run of them does not grow the window each push
+            # decodes. Kept, a random llama3-8b preset behind the byte tokenizer (99.8% of its ids
+            # decode to nothing) made every push decode the whole reply so far.
+            del self._ids[self._read :]
+            return ""
         if len(text) <= len(before) or (text.endswith("\ufffd") and not final):
             return ""
         self._prefix, self._read = self._read, len(self._ids)
