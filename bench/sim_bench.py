@@ -124,6 +124,12 @@ SCENARIOS = (
         "code completion: 2k-token prompts, 30-token outputs, 120 rps, bursty (CV 2), 30 min",
         "synthetic:gamma,rate_rps=120,cv=2,duration_s=1800,lengths=code",
     ),
+    Scenario(
+        "chat",
+        "multi-turn chat: 10 new conversations a second (about 40 rps), 4 turns and 60 s think time on "
+        "average, 16 tenants' system prompts, 30 min (prefix cache modelled)",
+        "synthetic:chat,conversations_per_s=10,duration_s=1800",
+    ),
     # The two shapes whose first surge nothing foretells, after 30 minutes of the same kind of load, as
     # a cluster that has been serving has it: what dopd's surge headroom learns from, and what every
     # policy is scored without (the first 30 minutes are replayed, not scored; static-peak and the

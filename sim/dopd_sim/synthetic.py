@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dopd_forecaster.traces import ArrivalLaw, Trace
+from dopd_sim.conversations import ChatModel, conversations
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -241,7 +242,9 @@ def generate_from_spec(spec: str, seed: int = 0) -> Trace:
     """`KIND[,key=value...]`, e.g. `diurnal,mean_rps=40,duration_s=7200,period_s=3600`,
     `gamma,rate_rps=20,cv=3,duration_s=600`, `step,rates=10/40/10,step_seconds=600`,
     `bursts,base_rps=60,factor=3,burst_s=120,per_hour=6,duration_s=3600`,
-    `trend,start_rps=30,end_rps=200,duration_s=3600`; any kind takes `lengths=azure|long-mix|code`."""
+    `trend,start_rps=30,end_rps=200,duration_s=3600`; any kind but chat takes
+    `lengths=azure|long-mix|code`. `chat,conversations_per_s=10,duration_s=1800` is multi-turn
+    conversations with prompt block hashes (`conversations`: turns_mean, think_s, tenants)."""
     kind, *pairs = [part.strip() for part in spec.split(",") if part.strip()]
     args: dict[str, str] = {}
     for pair in pairs:
@@ -251,6 +254,19 @@ def generate_from_spec(spec: str, seed: int = 0) -> Trace:
     def number(key: str, default: float) -> float:
         return float(args.pop(key, default))
 
+    if kind == "chat":
+        chat = ChatModel(
+            tenants=int(number("tenants", 16)),
+            turns_mean=number("turns_mean", 4.0),
+            think_seconds_mean=number("think_s", 60.0),
+        )
+        talk = conversations(number("conversations_per_s", 5.0), number("duration_s", 1800.0), seed, chat)
+        if args:
+            raise ValueError(
+                f"unknown parameters for synthetic:chat: {', '.join(sorted(args))} (a chat trace draws "
+                "its own lengths; it takes conversations_per_s, duration_s, turns_mean, think_s, tenants)"
+            )
+        return talk
     mix = args.pop("lengths", "azure")
     if mix not in LENGTH_MIXES:
         raise ValueError(f"unknown length mix {mix!r}; use one of: {', '.join(LENGTH_MIXES)}")
@@ -290,7 +306,7 @@ def generate_from_spec(spec: str, seed: int = 0) -> Trace:
         )
     else:
         raise ValueError(
-            f"unknown synthetic trace kind {kind!r}; use poisson, gamma, diurnal, step, bursts or trend"
+            f"unknown synthetic trace kind {kind!r}; use poisson, gamma, diurnal, step, bursts, trend or chat"
         )
     if args:
         raise ValueError(f"unknown parameters for synthetic:{kind}: {', '.join(sorted(args))}")
