@@ -124,14 +124,14 @@ def main() -> None:
         f"Python {platform.python_version()} on {platform.machine()}. process_time has a coarse "
         "resolution on some kernels, so the median of many rounds is the number to read.",
         "",
-        "Target: well under 1 ms. Missed: a steady decision takes about 1.4 ms and one over a thousand "
+        "Target: well under 1 ms. Missed: a steady decision takes about 1.3 ms and one over a thousand "
         "replicas about 3 ms (3.6 ms and more before a decision's capacity models shared their length "
         "fit and its quantile grid, 2026-12-05; the table of 2026-11-28 read 0.2 ms, for a simpler "
-        "model); one where the GPU budget binds about 18 ms (the frontier bisection asks the prefill "
+        "model); one where the GPU budget binds about 16 ms (the frontier bisection asks the prefill "
         "queue at a hundred rates, each a fixed-point search of Erlang C); behind a prefix cache with "
-        "the router's curve 11-17 ms (prefill sized at the hit rate of each pool size the search tries, "
-        "a capacity model per rate, sharing the lengths and limits; with the hit mix, a population per "
-        "level in each). The operator "
+        "the router's curve 9-14 ms (prefill sized at the hit rate of each pool size the search tries, "
+        "a capacity model per rate, sharing the lengths, limits and decode model; with the hit mix, a "
+        "population per level in each; 11-17 ms before the variants shared the decode model). The operator "
         "runs each tick in a worker thread (`controller/loop.py`), every 30 s by default, so none of it "
         "is event-loop time.",
         "",
