@@ -22,13 +22,12 @@ the oracle sizes it as a trace read from a file. Callers: `synthetic.generate_fr
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from dopd_sim.prefix_cache import MOONCAKE_BLOCK_TOKENS, PrefixTrace
+from dopd_sim.synthetic import lognormal
 
 # Block hashes: a tenant's system-prompt blocks below this, each conversation's above it.
 _CONVERSATION_HASHES = 1 << 32
@@ -59,11 +58,6 @@ class ChatModel:
             raise ValueError("a chat model needs tenants >= 1, turns_mean >= 1 and think_seconds_mean > 0")
 
 
-def _lognormal(rng: np.random.Generator, mean: float, median: float, size: int) -> npt.NDArray[np.float64]:
-    sigma = math.sqrt(2 * math.log(max(mean / median, 1.0)))
-    return np.asarray(rng.lognormal(math.log(median), sigma, size), dtype=np.float64)
-
-
 def conversations(
     conversations_per_s: float, duration_s: float, seed: int = 0, model: ChatModel | None = None
 ) -> PrefixTrace:
@@ -75,7 +69,7 @@ def conversations(
     rng = np.random.default_rng(seed)
     popularity = 1.0 / np.arange(1, chat.tenants + 1)
     system_tokens = np.clip(
-        np.rint(_lognormal(rng, chat.system_tokens_mean, chat.system_tokens_median, chat.tenants)),
+        np.rint(lognormal(rng, chat.system_tokens_mean, chat.system_tokens_median, chat.tenants)),
         1,
         chat.max_prompt_tokens // 2,
     ).astype(np.int64)
@@ -86,10 +80,10 @@ def conversations(
     for conversation, (start, tenant) in enumerate(zip(starts, tenants.tolist(), strict=True)):
         turns = int(rng.geometric(1.0 / chat.turns_mean))
         messages = np.maximum(
-            np.rint(_lognormal(rng, chat.message_tokens_mean, chat.message_tokens_median, turns)), 1
+            np.rint(lognormal(rng, chat.message_tokens_mean, chat.message_tokens_median, turns)), 1
         )
         answers = np.clip(
-            np.rint(_lognormal(rng, chat.answer_tokens_mean, chat.answer_tokens_median, turns)),
+            np.rint(lognormal(rng, chat.answer_tokens_mean, chat.answer_tokens_median, turns)),
             1,
             chat.answer_tokens_max,
         )

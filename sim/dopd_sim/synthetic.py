@@ -23,9 +23,14 @@ import numpy as np
 import numpy.typing as npt
 
 from dopd_forecaster.traces import ArrivalLaw, Trace
-from dopd_sim.conversations import ChatModel, conversations
 
 FloatArray = npt.NDArray[np.float64]
+
+
+def lognormal(rng: np.random.Generator, mean: float, median: float, size: int) -> FloatArray:
+    """`size` draws of the log-normal with this mean and median (its sigma from their ratio)."""
+    sigma = math.sqrt(2 * math.log(max(mean / median, 1.0)))
+    return np.asarray(rng.lognormal(math.log(median), sigma, size), dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -46,9 +51,7 @@ class LengthModel:
 
     def sample(self, rng: np.random.Generator, n: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         def draw(mean: float, median: float, top: int) -> npt.NDArray[np.int64]:
-            sigma = math.sqrt(2 * math.log(max(mean / median, 1.0)))
-            values = rng.lognormal(math.log(median), sigma, n)
-            return np.clip(np.rint(values), 1, top).astype(np.int64)
+            return np.clip(np.rint(lognormal(rng, mean, median, n)), 1, top).astype(np.int64)
 
         inputs = draw(self.input_mean, self.input_median, self.input_max)
         outputs = draw(self.output_mean, self.output_median, self.output_max)
@@ -255,6 +258,8 @@ def generate_from_spec(spec: str, seed: int = 0) -> Trace:
         return float(args.pop(key, default))
 
     if kind == "chat":
+        from dopd_sim.conversations import ChatModel, conversations  # it draws with `lognormal` here
+
         chat = ChatModel(
             tenants=int(number("tenants", 16)),
             turns_mean=number("turns_mean", 4.0),
