@@ -47,14 +47,9 @@ class DecodeModel:
     ) -> None:
         """`percentile_q` and `z`: the provisioning quantile and its normal deviate; `arrival_scv`: the
         arrivals' burstiness as the capacity model bounds it."""
-        self.profile = profile
-        self.slo = slo
-        self.workload = workload
-        self.osl = osl
-        self.percentile_q = percentile_q
-        self._arrival_scv = arrival_scv
-        w, prof, d = workload, profile, profile.decode
-        self.output_tokens_mean = max(w.output_tokens_mean, 1.0)
+        self.profile, self.percentile_q, self._arrival_scv = profile, percentile_q, arrival_scv
+        prof, d = profile, profile.decode
+        self.output_tokens_mean = max(workload.output_tokens_mean, 1.0)
         # The sequences in a batch at any moment are length-biased: one with a long output stays long.
         # Averaged over residents (weighted by output length), a sequence holds its prompt plus
         # E[n^2] / (2 E[n]) generated tokens (E[n]/2 only if every output were as long), and the router
@@ -63,7 +58,7 @@ class DecodeModel:
         # the (prompt, output) pairs are known, the prompts are weighted by their own outputs too: on
         # the Azure trace long prompts get shorter answers (correlation -0.17), and the residents'
         # context is 11% below what independent lengths give.
-        prompt_tokens_resident, output_tokens_resident = self._resident_lengths()
+        prompt_tokens_resident, output_tokens_resident = _resident_lengths(workload, osl)
         self.context_tokens_mean = prompt_tokens_resident + output_tokens_resident / 2
         reserved = max(prompt_tokens_resident + output_tokens_resident, 1.0)
         per_seq = d.b_seconds_per_context_token * self.context_tokens_mean + d.c_seconds_per_sequence
@@ -95,20 +90,6 @@ class DecodeModel:
         self._fluctuating_mean = max(root * root, 1e-3)
         # A full replica's rate: every slot taken, each step at B*.
         self.rps_per_replica = self.slots / max(self.steps_mean * self.step_seconds, EPS)
-
-    def _resident_lengths(self) -> tuple[float, float]:
-        """(prompt, output) tokens of the mean decode resident: lengths weighted by their outputs (a
-        sequence stays resident for its output's steps). Known pairs are weighted pair by pair; otherwise
-        the two are taken as independent (the prompt's mean, and E[n^2] / E[n] of the outputs)."""
-        w = self.workload
-        known_in, known_out = w.input_tokens_known, w.output_tokens_known
-        if known_in is not None and known_out is not None and len(known_in) == len(known_out) > 0:
-            outputs = np.maximum(np.asarray(known_out, dtype=np.float64), 1.0)
-            prompts = np.asarray(known_in, dtype=np.float64)
-            weights = outputs / float(np.sum(outputs))
-            return float(np.sum(weights * prompts)), float(np.sum(weights * outputs))
-        outputs = np.maximum(self.osl.grid, 1.0)
-        return w.input_tokens_mean, float(np.mean(outputs**2) / np.mean(outputs))
 
     def mean_batch(self, replicas: float, rate_rps: float) -> float:
         """Mean sequences per decode replica once the pool settles at `rate_rps`; the slot limit B* where
@@ -187,3 +168,18 @@ class DecodeModel:
         sequences on average. A step of B sequences yields B tokens, so the step a token sees is
         size-biased: that of the batch E[B^2]/E[B], one more than the mean for a Poisson batch."""
         return self.tpot_seconds(max(mean_batch_size, 0.0) + 1.0)
+
+
+def _resident_lengths(workload: Workload, osl: LengthDistribution) -> tuple[float, float]:
+    """(prompt, output) tokens of the mean decode resident: lengths weighted by their outputs (a
+    sequence stays resident for its output's steps). Known pairs are weighted pair by pair; otherwise
+    the two are taken as independent (the prompt's mean, and E[n^2] / E[n] of the outputs)."""
+    w = workload
+    known_in, known_out = w.input_tokens_known, w.output_tokens_known
+    if known_in is not None and known_out is not None and len(known_in) == len(known_out) > 0:
+        outputs = np.maximum(np.asarray(known_out, dtype=np.float64), 1.0)
+        prompts = np.asarray(known_in, dtype=np.float64)
+        weights = outputs / float(np.sum(outputs))
+        return float(np.sum(weights * prompts)), float(np.sum(weights * outputs))
+    outputs = np.maximum(osl.grid, 1.0)
+    return w.input_tokens_mean, float(np.mean(outputs**2) / np.mean(outputs))
