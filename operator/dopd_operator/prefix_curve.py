@@ -22,7 +22,7 @@ Callers: `planner_load.observed_workload` (from an `Observation`), the simulator
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 MAX_PREFIX_HIT_RATE = 0.99  # a prompt always computes at least its last tokens
 # Below this share at the current size the curve is too flat to scale from (a cold cache, a window with
@@ -50,6 +50,22 @@ class PrefixCacheCurve:
             b < a for a, b in zip(self.share_within, self.share_within[1:], strict=False)
         ):
             raise ValueError("prefix-cache curve shares must be within [0, 1] and non-decreasing")
+
+    @classmethod
+    def self_anchored(
+        cls, shares_within: tuple[tuple[float, float], ...], largest_cache_tokens: float
+    ) -> PrefixCacheCurve:
+        """A curve with no engine measurement to anchor at: `(cache tokens, share reused within)` pairs
+        taken as the hit rate at every size (anchored at their own share at the largest pool, so the scale
+        is 1). Where the reuses are known (the oracle), or before any engine has served a prompt."""
+        curve = cls(
+            tuple(bound for bound, _ in shares_within),
+            tuple(share for _, share in shares_within),
+            0.0,
+            largest_cache_tokens,
+            largest_cache_tokens,
+        )
+        return replace(curve, observed_hit_rate=curve.share(largest_cache_tokens))
 
     def share(self, cache_tokens: float) -> float:
         """Share of prompt-block tokens an LRU cache of `cache_tokens` serves: linear in log size between

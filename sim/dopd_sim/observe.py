@@ -26,7 +26,8 @@ production.
   none (nothing to hash) or the spec's engine preset does not read it (vLLM, SGLang).
 - Queue depth, KV usage and running sequences: gauges read at the tick.
 Nothing here looks past `now` except the warm start, which shows every policy the first window of
-load (arrivals and their lengths) so all of them start from a sized cluster.
+load (arrivals, their lengths and the router's reuse distances) so all of them start from a sized
+cluster.
 
 Callers: `cluster.Simulator` at each controller tick.
 """
@@ -225,10 +226,14 @@ class ObservationBuilder:
         hit_rate: float | None = None
         reuse: tuple[tuple[float, float], ...] | None = None
         hit_mix: tuple[tuple[float, float], ...] | None = None
+        # the warm start sees the router's reuse distances over the first window (no engine has served a
+        # prompt, so no hit rate is measured)
+        end_s = self.window_s if warm_start else now_s
+        if self._reuse is not None:
+            reuse = self._reuse.share_within(start, end_s)
+            hit_mix = None if reuse is None else self._reuse.hit_mix(start, end_s)
         if not warm_start:
             hit_rate = sim.prefix_cache_hit_rate(start, now_s) if sim.prefix_cache is not None else 0.0
-            reuse = None if self._reuse is None else self._reuse.share_within(start, now_s)
-            hit_mix = None if self._reuse is None or reuse is None else self._reuse.hit_mix(start, now_s)
         return Observation(
             arrival_rate_rps=arrivals.rate_rps,
             shed_rate_rps=shed,

@@ -23,7 +23,7 @@ import functools
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -238,21 +238,18 @@ def known_hit_mix(
 
 
 def known_hit_curve(
-    trace: PrefixTrace, lo: int, hi: int, cache_tokens: float, largest_cache_tokens: float
+    trace: PrefixTrace, lo: int, hi: int, largest_cache_tokens: float
 ) -> PrefixCacheCurve | None:
     """How the prefix-cache hit rate of requests `lo:hi` moves with the pool's cache, known rather than
     sampled: the share of their prompt tokens an LRU cache of each `REUSE_BUCKETS_TOKENS` size serves
-    (each prompt's blocks within that distance, at most all but its last token), anchored at itself at
-    `cache_tokens` (the pool's cache now). What the oracle sizes with: the router's curve, sampled from
-    the past, cannot know a reuse farther back than the traffic it has seen. None without requests."""
+    (each prompt's blocks within that distance, at most all but its last token), anchored at itself
+    (`PrefixCacheCurve.self_anchored`). What the oracle sizes with: the router's curve, sampled from the
+    past, cannot know a reuse farther back than the traffic it has seen. None without requests."""
     if hi <= lo:
         return None
     bounds = np.asarray(REUSE_BUCKETS_TOKENS)
     cached, prompts = _cached_tokens(trace, lo, hi, bounds)
     shares = np.minimum(np.maximum.accumulate(cached.sum(axis=0) / max(float(prompts.sum()), 1.0)), 1.0)
-    unanchored = PrefixCacheCurve(tuple(bounds.tolist()), tuple(shares.tolist()), 0.0, cache_tokens)
-    return replace(
-        unanchored,
-        observed_hit_rate=unanchored.share(cache_tokens),
-        largest_cache_tokens=largest_cache_tokens,
+    return PrefixCacheCurve.self_anchored(
+        tuple(zip(bounds.tolist(), shares.tolist(), strict=True)), largest_cache_tokens
     )

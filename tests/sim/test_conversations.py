@@ -66,7 +66,7 @@ def test_a_larger_pools_cache_serves_more_of_a_chat() -> None:
     assert isinstance(trace, PrefixTrace)
     kv = SimConfig().resolved_profile().kv_capacity_tokens
     n = len(trace)
-    curve = known_hit_curve(trace, n // 2, n, 256 * kv, 256 * kv)
+    curve = known_hit_curve(trace, n // 2, n, 256 * kv)
     assert curve is not None
     rates = [curve.hit_rate(replicas * kv) for replicas in (1, 4, 16, 32)]
     assert rates == sorted(rates) and rates[-1] - rates[0] > 0.3

@@ -15,9 +15,11 @@ from dopd_sim.config import SimConfig
 from dopd_sim.observe import ReuseLog
 from dopd_sim.policies.base import Layout, TickInput
 from dopd_sim.policies.oracle import OraclePolicy
+from dopd_sim.policies.sizing import warm_start_layout
 from dopd_sim.policies.static import StaticPolicy
 from dopd_sim.prefix_cache import PrefixCache, PrefixTrace, known_hit_curve, known_hit_mix
 from dopd_sim.run import simulate
+from dopd_sim.synthetic import generate_from_spec
 from dopd_sim.workload import load_workload, scale_rate
 
 
@@ -157,7 +159,7 @@ def test_the_oracles_known_curve_is_the_hit_rate_each_pool_size_gets() -> None:
     config = SimConfig()
     replica_tokens = config.resolved_profile().kv_capacity_tokens
     lo, hi = np.searchsorted(trace.arrival_s, (300.0, 600.0))
-    curve = known_hit_curve(trace, int(lo), int(hi), 8 * replica_tokens, 64 * replica_tokens)
+    curve = known_hit_curve(trace, int(lo), int(hi), 64 * replica_tokens)
     assert curve is not None
     for replicas in (8, 16, 32, 64):
         sim = Simulator(trace, StaticPolicy(replicas, 4), config)
@@ -178,7 +180,7 @@ def test_most_hits_are_whole_prompts_and_the_routers_positions_say_so() -> None:
     lo, hi = np.searchsorted(trace.arrival_s, (300.0, 600.0))
     ample = 1e12  # every reuse the window's prompts have, as the router counts them (any distance)
     known = known_hit_mix(trace, int(lo), int(hi), ample)
-    curve = known_hit_curve(trace, int(lo), int(hi), ample, ample)
+    curve = known_hit_curve(trace, int(lo), int(hi), ample)
     assert curve is not None
     mean = sum(level * share for level, share in known)
     assert mean == pytest.approx(curve.observed_hit_rate, abs=0.01)
@@ -261,3 +263,29 @@ def test_policies_see_the_curve_only_where_the_engine_preset_reads_it(engine: st
     observation = sim.observer.observe(120.0, sim)
     assert (observation.prefix_reuse_share_within is not None) == has_curve
     assert observation.prefix_cache_hit_rate is not None and observation.prefix_cache_hit_rate > 0
+
+
+@pytest.mark.parametrize("engine", ["dopd", "vllm"])
+def test_the_shared_warm_start_sizes_prefill_for_the_first_windows_hits(engine: str) -> None:
+    """The cluster every scaling policy starts from is what a planner that watched the first window would
+    order, and on a chat the cache serves a third or more of each prompt from its first minute (system
+    prompts, recent turns). Where the router samples reuse distances (dopd's preset) the warm start sizes
+    prefill for those hits, as the planner does a tick later; behind vLLM's router there is no curve and
+    hits unknown are sized as none, so the start is the same as on a trace without block hashes."""
+    trace = generate_from_spec("chat,conversations_per_s=10,duration_s=300", seed=0)
+    assert isinstance(trace, PrefixTrace)
+    plain = Trace(trace.arrival_s, trace.input_tokens, trace.output_tokens, trace.source, trace.format)
+    config = SimConfig(spec=SimConfig().spec.model_copy(update={"engine": engine}))
+
+    def warm_start(t: Trace) -> Layout:
+        sim = Simulator(t, StaticPolicy(1, 1), config)
+        observation = sim.observer.observe(0.0, sim, warm_start=True)
+        assert observation.prefix_cache_hit_rate is None  # no engine has served a prompt yet
+        return warm_start_layout(observation, sim.profile, config, aggregated=False)
+
+    cached, uncached = warm_start(trace), warm_start(plain)
+    assert cached.decode == uncached.decode  # decode does not see the prefix cache
+    if engine == "dopd":
+        assert cached.prefill < uncached.prefill
+    else:
+        assert cached.prefill == uncached.prefill

@@ -109,7 +109,7 @@ class OraclePolicy:
         largest = spec.prefill.max_replicas * kv
         # Anchored at the largest pool: known, the curve needs no anchor (its scale is 1 at any), and at a
         # cold cache's first minute a small pool's few hits would read as too flat to scale from.
-        curve = known_hit_curve(self.trace, lo, hi, largest, largest)
+        curve = known_hit_curve(self.trace, lo, hi, largest)
         if curve is None:
             return 0.0, None, None
         with_curve = PRESETS[spec.engine].prefix_reuse is not None

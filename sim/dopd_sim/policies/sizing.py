@@ -14,6 +14,7 @@ import numpy as np
 from dopd_forecaster.traces import Trace
 from dopd_operator.capacity import CapacityModel, Workload
 from dopd_operator.planner_types import Observation
+from dopd_operator.prefix_curve import PrefixCacheCurve
 from dopd_operator.profile import PerformanceProfile
 from dopd_sim.config import SimConfig
 from dopd_sim.policies.base import Layout
@@ -86,7 +87,10 @@ def warm_start_layout(
     """The cluster a run starts from: the capacity model's sizes for the first metrics window's load as
     the operator sees it at its end (`first`: its mean rate, the lengths' mean and P90), ready at time 0:
     what a planner that had watched that minute would have ordered, and no more (nothing from later in
-    the trace). The same for every policy but `static` and `oracle` (which bring their own) and a
+    the trace). Where the router samples reuse distances (a trace with block hashes, an engine preset that
+    reads them), the prefill pool is sized for the hits its cache would hold: the first window's curve,
+    taken at face value (no engine has measured a hit rate to anchor it at), as the planner sizes with it
+    a tick later. The same for every policy but `static` and `oracle` (which bring their own) and a
     cold-started dopd, so runs compare scaling, not a cold first minute. Nothing arrived in the first
     window: minReplicas."""
     rate = first.arrival_rate_rps
@@ -98,6 +102,12 @@ def warm_start_layout(
         input_tokens_p90=first.input_tokens_p90,
         output_tokens_mean=first.output_tokens_mean,
         output_tokens_p90=first.output_tokens_p90,
+        prefix_hit_mix=first.prefix_hit_mix,
+        prefix_cache_curve=None
+        if not first.prefix_reuse_share_within
+        else PrefixCacheCurve.self_anchored(
+            first.prefix_reuse_share_within, config.spec.prefill.max_replicas * profile.kv_capacity_tokens
+        ),
     )
     return layout_for_workload(workload, profile, config, aggregated)
 
