@@ -17,7 +17,7 @@ every conversation finds its tenant's system prompt.
 Conversations start `burn_in_s` before the trace, so it opens with turns of conversations under way, as
 a service that has been up for a while does (the cache, though, starts empty). Its arrivals are
 clustered by conversation rather than drawn from a rate law, so the trace carries none (`Trace.law`):
-the oracle sizes it as a trace read from a file. Callers: `synthetic.generate_from_spec` (`chat`).
+the oracle sizes it as a trace read from a file. Callers: `trace_spec.generate_from_spec` (`chat`).
 """
 
 from __future__ import annotations

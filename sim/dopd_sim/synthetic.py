@@ -10,7 +10,8 @@ Lengths are drawn from log-normals fitted to a mean and a median, clipped to [1,
 model fits a gamma, so the benchmark's generated traces are not drawn from the model's own family).
 Everything is drawn from one seeded numpy Generator, so a (spec, seed) pair is one trace. Each trace
 also carries the law it was drawn from (`Trace.law`: the rate over 1 s bins, the gaps' scv), the load
-the oracle sizes for rather than that one draw's busiest minute. Callers: workload, demo, bench, tests.
+the oracle sizes for rather than that one draw's busiest minute. Callers: `trace_spec` (a spec string
+to a trace), demo, bench, tests.
 """
 
 from __future__ import annotations
@@ -239,80 +240,3 @@ def steps(
 
     law = arrival_law(rate, step_seconds * len(levels))
     return _trace(arrivals, rng, lengths or LengthModel(), "step", law)
-
-
-def generate_from_spec(spec: str, seed: int = 0) -> Trace:
-    """`KIND[,key=value...]`, e.g. `diurnal,mean_rps=40,duration_s=7200,period_s=3600`,
-    `gamma,rate_rps=20,cv=3,duration_s=600`, `step,rates=10/40/10,step_seconds=600`,
-    `bursts,base_rps=60,factor=3,burst_s=120,per_hour=6,duration_s=3600`,
-    `trend,start_rps=30,end_rps=200,duration_s=3600`; any kind but chat takes
-    `lengths=azure|long-mix|code`. `chat,conversations_per_s=10,duration_s=1800` is multi-turn
-    conversations with prompt block hashes (`conversations`: turns_mean, think_s, tenants)."""
-    kind, *pairs = [part.strip() for part in spec.split(",") if part.strip()]
-    args: dict[str, str] = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        args[key.strip()] = value.strip()
-
-    def number(key: str, default: float) -> float:
-        return float(args.pop(key, default))
-
-    if kind == "chat":
-        from dopd_sim.conversations import ChatModel, conversations  # it draws with `lognormal` here
-
-        chat = ChatModel(
-            tenants=int(number("tenants", 16)),
-            turns_mean=number("turns_mean", 4.0),
-            think_seconds_mean=number("think_s", 60.0),
-        )
-        talk = conversations(number("conversations_per_s", 5.0), number("duration_s", 1800.0), seed, chat)
-        if args:
-            raise ValueError(
-                f"unknown parameters for synthetic:chat: {', '.join(sorted(args))} (a chat trace draws "
-                "its own lengths; it takes conversations_per_s, duration_s, turns_mean, think_s, tenants)"
-            )
-        return talk
-    mix = args.pop("lengths", "azure")
-    if mix not in LENGTH_MIXES:
-        raise ValueError(f"unknown length mix {mix!r}; use one of: {', '.join(LENGTH_MIXES)}")
-    lengths = LENGTH_MIXES[mix]
-    trace: Trace
-    if kind == "poisson":
-        trace = poisson(number("rate_rps", 10), number("duration_s", 600), seed, lengths)
-    elif kind == "gamma":
-        trace = gamma_bursty(
-            number("rate_rps", 10), number("duration_s", 600), number("cv", 3.0), seed, lengths
-        )
-    elif kind == "diurnal":
-        trace = diurnal(
-            number("mean_rps", 10),
-            number("duration_s", 7200),
-            number("period_s", 3600),
-            number("peak_to_trough", 4),
-            seed,
-            lengths,
-        )
-    elif kind == "step":
-        rates = [float(x) for x in args.pop("rates", "10/40/10").split("/")]
-        trace = steps(rates, number("step_seconds", 600), seed, lengths)
-    elif kind == "bursts":
-        trace = bursts(
-            number("base_rps", 10),
-            number("duration_s", 3600),
-            number("factor", 3.0),
-            number("burst_s", 120),
-            number("per_hour", 6),
-            seed,
-            lengths,
-        )
-    elif kind == "trend":
-        trace = trend(
-            number("start_rps", 10), number("end_rps", 40), number("duration_s", 3600), seed, lengths
-        )
-    else:
-        raise ValueError(
-            f"unknown synthetic trace kind {kind!r}; use poisson, gamma, diurnal, step, bursts, trend or chat"
-        )
-    if args:
-        raise ValueError(f"unknown parameters for synthetic:{kind}: {', '.join(sorted(args))}")
-    return trace

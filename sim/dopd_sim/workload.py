@@ -21,7 +21,7 @@ import numpy as np
 
 from dopd_forecaster.traces import ArrivalLaw, Trace, load_trace
 from dopd_sim.prefix_cache import PrefixTrace, read_mooncake_blocks
-from dopd_sim.synthetic import generate_from_spec
+from dopd_sim.trace_spec import generate_from_spec
 
 
 def scale_rate(trace: Trace, rate_scale: float, seed: int = 0) -> Trace:

@@ -11,7 +11,7 @@ import pytest
 from dopd_sim.config import SimConfig
 from dopd_sim.conversations import ChatModel, conversations
 from dopd_sim.prefix_cache import PrefixTrace, known_hit_curve
-from dopd_sim.synthetic import generate_from_spec
+from dopd_sim.trace_spec import generate_from_spec
 
 
 def test_a_chat_trace_is_one_draw_per_seed_within_its_bounds() -> None:

@@ -19,7 +19,7 @@ from dopd_sim.policies.sizing import warm_start_layout
 from dopd_sim.policies.static import StaticPolicy
 from dopd_sim.prefix_cache import PrefixCache, PrefixTrace, known_hit_curve, known_hit_mix
 from dopd_sim.run import simulate
-from dopd_sim.synthetic import generate_from_spec
+from dopd_sim.trace_spec import generate_from_spec
 from dopd_sim.workload import load_workload, scale_rate
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from sim_helpers import make_trace
 
-from dopd_sim.synthetic import bursts, diurnal, gamma_bursty, generate_from_spec, poisson, steps, trend
+from dopd_sim.synthetic import bursts, diurnal, gamma_bursty, poisson, steps, trend
+from dopd_sim.trace_spec import generate_from_spec
 from dopd_sim.workload import scale_rate
 
 
