@@ -192,11 +192,7 @@ class CapacityModel:
             family.decode = DecodeModel(
                 profile, slo, workload, family.osl, self.percentile_q, self._z, self._arrival_scv
             )
-        self.decode_model = d = family.decode
-        self.output_tokens_mean, self.context_tokens_mean = d.output_tokens_mean, d.context_tokens_mean
-        self.decode_batch_limited_by, self.tpot_reachable = d.batch_limited_by, d.tpot_reachable
-        self.decode_batch_size, self.decode_step_seconds = d.batch_size, d.step_seconds
-        self.decode_rps_per_replica = d.rps_per_replica
+        self.decode_model = family.decode
 
     # ------------------------------------------------------------------------------------ prefill
 
@@ -529,6 +525,36 @@ class CapacityModel:
     # ------------------------------------------------------------------------------------- decode
 
     # The decode pool (`capacity_decode.DecodeModel`), under the names the planner and the simulator use.
+
+    @property
+    def output_tokens_mean(self) -> float:
+        return self.decode_model.output_tokens_mean
+
+    @property
+    def context_tokens_mean(self) -> float:
+        """The mean decode resident's context (prompt plus half its output, length-biased)."""
+        return self.decode_model.context_tokens_mean
+
+    @property
+    def tpot_reachable(self) -> bool:
+        return self.decode_model.tpot_reachable
+
+    @property
+    def decode_batch_limited_by(self) -> str:
+        return self.decode_model.batch_limited_by
+
+    @property
+    def decode_batch_size(self) -> int:
+        """B*: the sequences a decode replica holds at most."""
+        return self.decode_model.batch_size
+
+    @property
+    def decode_step_seconds(self) -> float:
+        return self.decode_model.step_seconds
+
+    @property
+    def decode_rps_per_replica(self) -> float:
+        return self.decode_model.rps_per_replica
 
     def decode_mean_batch(self, replicas: float, rate_rps: float) -> float:
         return self.decode_model.mean_batch(replicas, rate_rps)
