@@ -273,7 +273,7 @@ class ScalingSpec(ApiModel):
         0.1,
         ge=0,
         le=1,
-        description="Dead band: a change smaller than this fraction of the current replicas is skipped.",
+        description="Dead band: a scale-down smaller than this fraction of the current replicas is skipped (scale-ups to what the SLO needs always go ahead).",
     )
     on_metrics_unknown: MetricsUnknownPolicy = Field(
         MetricsUnknownPolicy.HOLD,
