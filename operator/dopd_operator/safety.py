@@ -318,11 +318,7 @@ def apply_tolerance(
     out = layout
     for role in ROLES:
         now_value, wanted = current.get(role), layout.get(role)
-        if (
-            wanted < now_value
-            and now_value > 0
-            and abs(wanted - now_value) <= spec.scaling.tolerance * now_value
-        ):
+        if 0 < now_value - wanted <= spec.scaling.tolerance * now_value:
             _record(
                 clamps,
                 "WithinTolerance",
