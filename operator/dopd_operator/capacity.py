@@ -200,14 +200,16 @@ class CapacityModel:
     def _new_tokens(prompts: FloatArray, hit: float) -> FloatArray:
         return (1.0 - hit) * prompts
 
-    def _work(self, prompts: Lengths, hit: float) -> Lengths:
-        """Prefill work of each prompt (or one), its fixed cost aside; plain float arithmetic for one, so
-        `_longest_within`'s bisection builds no array per step."""
+    def _work_coefficients(self, hit: float) -> tuple[float, float]:
+        """Seconds per token and per token squared of a prompt's prefill work at a hit share `hit`: the
+        cached prefix is not computed, and its tokens are attended to."""
         p = self.profile.prefill
-        out: Lengths = (
-            p.b_seconds_per_token * (1.0 - hit) * prompts
-            + p.c_seconds_per_token2 * (1.0 - hit * hit) * prompts * prompts
-        )
+        return p.b_seconds_per_token * (1.0 - hit), p.c_seconds_per_token2 * (1.0 - hit * hit)
+
+    def _work(self, prompts: Lengths, hit: float) -> Lengths:
+        """Prefill work of each prompt (or one), its fixed cost aside."""
+        linear, quadratic = self._work_coefficients(hit)
+        out: Lengths = linear * prompts + quadratic * prompts * prompts
         return out
 
     def _transfer(self, prompts: FloatArray) -> FloatArray:
@@ -215,13 +217,6 @@ class CapacityModel:
         first token when the KV has arrived (a cached prefix is shipped too)."""
         out: FloatArray = prompts * self.profile.kv_transfer_seconds_per_token
         return out
-
-    def _alone_seconds(self, prompt_tokens: float, hit: float) -> float:
-        """TTFT of one prompt in a batch of its own (chunked past the token budget): its prefill and its
-        KV transfer."""
-        new = (1.0 - hit) * prompt_tokens
-        fixed = self.profile.prefill.a_seconds * max(1.0, new / self.prefill_token_budget)
-        return fixed + self._work(prompt_tokens, hit) + self.profile.kv_transfer_seconds(prompt_tokens)
 
     def _prefill_init(self) -> None:
         a = self.profile.prefill.a_seconds
@@ -278,16 +273,26 @@ class CapacityModel:
         return found
 
     def _solve_longest_within(self, seconds: float, hit: float) -> float:
-        if self._alone_seconds(0.0, hit) > seconds:
+        # The TTFT of one prompt in a batch of its own (chunked past the token budget): its prefill (as
+        # `_work`, its coefficients taken once: plain float arithmetic per step) and its KV transfer.
+        fixed_s, budget = self.profile.prefill.a_seconds, self.prefill_token_budget
+        linear, quadratic = self._work_coefficients(hit)
+        transfer = self.profile.kv_transfer_seconds_per_token
+
+        def alone(tokens: float) -> float:
+            work = linear * tokens + quadratic * tokens * tokens
+            return fixed_s * max(1.0, (1.0 - hit) * tokens / budget) + work + tokens * transfer
+
+        if alone(0.0) > seconds:
             return 0.0
         low, high = 0.0, 1024.0
-        while self._alone_seconds(high, hit) <= seconds:
+        while alone(high) <= seconds:
             low, high = high, high * 2
             if high > 1e9:
                 return high
         for _ in range(40):
             mid = (low + high) / 2
-            if self._alone_seconds(mid, hit) <= seconds:
+            if alone(mid) <= seconds:
                 low = mid
             else:
                 high = mid

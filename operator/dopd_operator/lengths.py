@@ -76,6 +76,8 @@ class LengthDistribution:
         low, high = math.log(_MIN_SHAPE), math.log(1e6)
         for _ in range(60):
             mid = (low + high) / 2
+            if mid in (low, high):  # converged to the last bit: the steps left change nothing
+                break
             if _gamma_p90_over_mean(math.exp(mid)) > ratio:
                 low = mid
             else:
@@ -109,8 +111,13 @@ class LengthDistribution:
         return float(np.mean(self.grid**k)) if self.mean_tokens > 0 else 0.0
 
     @cached_property
+    def _unscaled_grid(self) -> FloatArray:
+        """The grid's quantiles before rescaling: computed once, read by `_scale` and `grid`."""
+        return self._quantiles(GRID_P)
+
+    @cached_property
     def _scale(self) -> float:
-        return float(self.mean_tokens / np.mean(self._quantiles(GRID_P)))
+        return float(self.mean_tokens / np.mean(self._unscaled_grid))
 
     @cached_property
     def grid(self) -> FloatArray:
@@ -118,7 +125,7 @@ class LengthDistribution:
         their mean is the observed mean."""
         if self.mean_tokens <= 0:
             return np.zeros(GRID_POINTS)
-        out: FloatArray = self._scale * self._quantiles(GRID_P)
+        out: FloatArray = self._scale * self._unscaled_grid
         out.setflags(write=False)  # shared by every model of the same lengths (`from_mean_p90`)
         return out
 
