@@ -530,6 +530,13 @@ class ReadySince(ApiModel):
     since: datetime = Field(..., description="When the planner first saw this count.")
 
 
+class OutputLengths(ApiModel):
+    """Output tokens as one metrics window measured them."""
+
+    mean: float = Field(..., ge=0, description="Mean output tokens.")
+    p90: float | None = Field(None, ge=0, description="P90 output tokens; None: unknown.")
+
+
 class PlannerStateStatus(ApiModel):
     """The planner's memory, kept in status so a restarted operator resumes without flapping."""
 
@@ -553,6 +560,15 @@ class PlannerStateStatus(ApiModel):
         None,
         description="Ready decode replicas and since when: the TPOT window a correction learns from must "
         "have been measured on the current layout.",
+    )
+    output_lengths_free_slots: OutputLengths | None = Field(
+        None,
+        description="The output lengths last measured while the decode pool had free slots: sized with "
+        "while its slots are full, when the sequences finishing are the join order's pick, not the "
+        "demand's mix.",
+    )
+    decode_slots_full: bool = Field(
+        False, description="Whether the decode pool's slots (or its KV cache) were full at the last tick."
     )
 
 

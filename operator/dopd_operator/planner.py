@@ -32,7 +32,13 @@ from dopd_operator.api import (
 )
 from dopd_operator.capacity import CapacityModel
 from dopd_operator.planner_corrections import track_ready, update_corrections
-from dopd_operator.planner_load import backlog_rps, lead_time_seconds, observed_workload, provisioned_rate
+from dopd_operator.planner_load import (
+    backlog_rps,
+    hold_output_lengths,
+    lead_time_seconds,
+    observed_workload,
+    provisioned_rate,
+)
 from dopd_operator.planner_types import (
     CapacityEstimate,
     Clamp,
@@ -100,6 +106,9 @@ def plan(
         observation = observation.model_copy(update={"input_tokens_mean": 0.0, "output_tokens_mean": 0.0})
 
     base_profile = resolve_profile(spec.profile)
+    lengths_reason = None
+    if not observation.idle:
+        observation, state, lengths_reason = hold_output_lengths(observation, state, base_profile)
     state, unsettled = track_ready(spec, observation, state, now)
     state = update_corrections(spec, observation, state, base_profile, unsettled)
     profile = base_profile.scaled(
@@ -138,6 +147,8 @@ def plan(
         ),
     ]
     reasons.extend(unsettled.values())
+    if lengths_reason is not None:
+        reasons.append(lengths_reason)
     if observation.tpot_mean_seconds is None and observation.tpot_seconds is not None:
         reasons.append(
             f"decode correction held at x{state.decode_correction:.2f}: the mean inter-token latency is "

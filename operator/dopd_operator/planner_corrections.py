@@ -11,7 +11,7 @@ from datetime import datetime
 
 from dopd_operator.api import DisaggregatedModelSpec, ReadySince
 from dopd_operator.capacity import CapacityModel
-from dopd_operator.planner_load import observed_workload, stepped_s
+from dopd_operator.planner_load import FULL_BATCH_SHARE, observed_workload, stepped_s
 from dopd_operator.planner_types import Observation, PlannerState
 from dopd_operator.profile import PerformanceProfile
 
@@ -26,9 +26,6 @@ CORRECTION_SMOOTHING = 0.5
 # TTFT is admission's doing (it admits what it predicts will meet the SLO, the short prompts first), not
 # the engine's: neither the demand nor the served rate at the demand's prompt mix explains it.
 MAX_SHED_SHARE_TO_LEARN = 0.02
-# A decode pool whose mean batch is at this share of its slot limit (`CapacityModel.decode_batch_size`)
-# is full: sequences queue for its slots (`update_corrections`).
-FULL_BATCH_SHARE = 0.95
 
 
 def track_ready(

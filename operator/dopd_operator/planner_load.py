@@ -1,8 +1,9 @@
 """The load the planner sizes for, read from an observation: how far ahead it must look (the lead
 time), the rate to provision for (the observed rate with its surge headroom, the forecast's upper
 quantile, the trend extrapolated), the rate that drains a prefill backlog, and the capacity model's
-`Workload`. Pure; callers: `planner.plan`, `planner_corrections` (the workload a latency is judged at),
-the tick and the simulator's oracle (`lead_time_seconds`).
+`Workload`, with the output lengths held while the decode pool's slots are full (`hold_output_lengths`).
+Pure; callers: `planner.plan`, `planner_corrections` (the workload a latency is judged at), the tick and
+the simulator's oracle (`lead_time_seconds`).
 """
 
 from __future__ import annotations
@@ -10,13 +11,17 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-from dopd_operator.api import DisaggregatedModelSpec
+from dopd_operator.api import DisaggregatedModelSpec, OutputLengths
 from dopd_operator.capacity import CapacityModel, Workload
 from dopd_operator.planner_types import LoadForecast, Observation, PlannerState
 from dopd_operator.prefix_curve import PrefixCacheCurve
+from dopd_operator.profile import PerformanceProfile
 from dopd_operator.surge import SurgeHeadroom
 
 MIN_ARRIVAL_SCV, MAX_ARRIVAL_SCV = 0.5, 20.0
+# A decode pool whose mean batch is at this share of its slot limit is full: sequences queue for its
+# slots (`decode_slots_full`, `planner_corrections.update_corrections`).
+FULL_BATCH_SHARE = 0.95
 
 
 def lead_time_seconds(spec: DisaggregatedModelSpec, observation: Observation | None = None) -> float:
@@ -207,3 +212,55 @@ def observed_curve(
         ready * cache_tokens_per_replica,
         math.inf if max_replicas is None else max_replicas * cache_tokens_per_replica,
     )
+
+
+def decode_slots_full(observation: Observation, profile: PerformanceProfile) -> bool:
+    """Whether the ready decode replicas run FULL_BATCH_SHARE of their slots (the profile's largest
+    batch) or of their KV cache; False where the running count is unknown (not known to be full)."""
+    running, ready = observation.decode_running, observation.decode.ready
+    if running is None or ready <= 0:
+        return False
+    kv_usage = observation.decode_kv_usage
+    return running / ready >= FULL_BATCH_SHARE * profile.max_batch_size or (
+        kv_usage is not None and kv_usage >= FULL_BATCH_SHARE
+    )
+
+
+def hold_output_lengths(
+    observation: Observation, state: PlannerState, profile: PerformanceProfile
+) -> tuple[Observation, PlannerState, str | None]:
+    """The observation with the output lengths to size with, the state that remembers them, and why
+    they were held (None: the window's own).
+
+    Output lengths are measured as sequences finish (the engines' generation-token histograms, the
+    router's). While the decode pool's slots are full, sequences wait to join, and the join order
+    (`dopd_worker.join_order`: the oldest sequence that can still meet its TPOT SLO first) admits long
+    outputs, whose deadlines are furthest, before short ones gone late: the sequences finishing
+    over-represent long outputs, then, once the late short ones join, under-represent them. On the
+    steps trace a 2x jump that filled the slots read the mean output as 306, 410 and 446 tokens over
+    three windows where the demand's was 210, and the pool was sized for 14 replicas where 6 serve.
+    So while the pool is full, or was at the last tick (the window still holds that time), the lengths
+    last measured with free slots are sized with; with none measured yet, the window's.
+    """
+    full = decode_slots_full(observation, profile)
+    held = state.output_lengths_free_slots
+    if (full or state.decode_slots_full) and held is not None:
+        measured = observation.output_tokens_mean
+        reason = (
+            f"output lengths held at mean {held.mean:.0f}"
+            + (f"/P90 {held.p90:.0f}" if held.p90 is not None else "")
+            + " tokens, as last measured with free decode slots: the slots are full"
+            + ("" if full else " (they were at the last tick, within this window)")
+            + ", and the sequences finishing are those the join order admitted, not the demand's mix"
+            + (f" (this window's mean {measured:.0f})" if measured is not None else "")
+        )
+        observation = observation.model_copy(
+            update={"output_tokens_mean": held.mean, "output_tokens_p90": held.p90}
+        )
+        return observation, state.model_copy(update={"decode_slots_full": full}), reason
+    update: dict[str, object] = {"decode_slots_full": full}
+    if not full and not state.decode_slots_full and observation.output_tokens_mean is not None:
+        update["output_lengths_free_slots"] = OutputLengths(
+            mean=observation.output_tokens_mean, p90=observation.output_tokens_p90
+        )
+    return observation, state.model_copy(update=update), None

@@ -1,0 +1,135 @@
+"""The output lengths the planner sizes decode with while the decode pool's slots are full: the sequences
+finishing then are the join order's pick (long outputs first), not the demand's mix, so the lengths last
+measured with free slots are kept until a window without full slots measures them again."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dopd_builders import T0, make_obs, make_spec
+from dopd_operator.api import OutputLengths
+from dopd_operator.planner import plan
+from dopd_operator.planner_load import decode_slots_full, hold_output_lengths
+from dopd_operator.planner_types import Decision, Observation, PlannerState, RoleObservation
+from dopd_operator.profile import resolve_profile
+
+SPEC = make_spec(decode={"maxReplicas": 64})
+PROFILE = resolve_profile(SPEC.profile)
+SLOTS = PROFILE.max_batch_size
+
+
+def _tick(
+    decode_ready: int, running: float, osl: float, decode_current: int | None = None, **extra: Any
+) -> Observation:
+    return make_obs(
+        rate=160.0,
+        isl=1150.0,
+        osl=osl,
+        prefill=7,
+        decode_obs=RoleObservation(current=decode_current or decode_ready, ready=decode_ready),
+        decode_running=running,
+        **extra,
+    )
+
+
+def _run(ticks: list[Observation]) -> list[Decision]:
+    state, out = PlannerState(), []
+    for i, observation in enumerate(ticks):
+        decision = plan(SPEC, observation, None, state, T0 + timedelta(seconds=30 * i))
+        state = decision.state
+        out.append(decision)
+    return out
+
+
+def test_a_full_decode_pool_is_sized_for_the_lengths_measured_with_free_slots() -> None:
+    """As on the steps trace: 2 decode replicas with free slots measure 210-token outputs; the load
+    doubles and fills every slot while more replicas start, and the finishing sequences read 446 tokens
+    (the join order admitted the long ones first). The pool is sized for the 210 tokens, as it would be
+    had the window measured the demand, not for twice the sequences."""
+    free = _tick(2, 0.6 * 2 * SLOTS, 210.0)
+    full = _tick(2, 2 * SLOTS, 446.0, decode_current=6)
+    (held,) = _run([free, full])[1:]
+    demand = _run([free, _tick(2, 2 * SLOTS, 210.0, decode_current=6)])[1]
+    unheld = plan(SPEC, full, None, PlannerState(), T0)  # no lengths measured with free slots yet
+    assert held.raw_decode == demand.raw_decode < unheld.raw_decode
+    assert any(
+        "output lengths held at mean 210/P90 420 tokens" in r and "mean 446" in r for r in held.reasons
+    )
+    assert not any("output lengths held" in r for r in unheld.reasons)
+    assert held.state.output_lengths_free_slots == OutputLengths(mean=210.0, p90=420.0)
+
+
+def test_the_lengths_stay_held_for_the_window_after_the_slots_free_up() -> None:
+    """Once new replicas join, the late short sequences finish and the window reads short (165 tokens):
+    the window still holds the full time, so the held lengths are kept for one tick more; the next
+    window with free slots throughout measures them afresh."""
+    decisions = _run(
+        [
+            _tick(2, 0.6 * 2 * SLOTS, 210.0),
+            _tick(2, 2 * SLOTS, 446.0, decode_current=6),
+            _tick(6, 0.4 * 6 * SLOTS, 165.0),
+            _tick(6, 0.4 * 6 * SLOTS, 205.0),
+        ]
+    )
+    after, fresh = decisions[2], decisions[3]
+    assert any("they were at the last tick" in r and "mean 165" in r for r in after.reasons)
+    assert after.state.output_lengths_free_slots == OutputLengths(mean=210.0, p90=420.0)
+    assert not any("output lengths held" in r for r in fresh.reasons)
+    assert fresh.state.output_lengths_free_slots == OutputLengths(mean=205.0, p90=410.0)
+
+
+@pytest.mark.parametrize(
+    ("running", "kv_usage", "full"),
+    [
+        (0.95 * 2 * SLOTS, None, True),  # every slot (95% of them) taken
+        (0.5 * 2 * SLOTS, 0.97, True),  # the KV cache full before the slots are
+        (0.9 * 2 * SLOTS, 0.9, False),
+        (None, 0.99, False),  # the running count unknown: not known to be full
+    ],
+)
+def test_a_decode_pool_is_full_at_its_slots_or_its_kv_cache(
+    running: float | None, kv_usage: float | None, full: bool
+) -> None:
+    observation = make_obs(rate=100.0, decode=2, decode_running=running, decode_kv_usage=kv_usage)
+    assert decode_slots_full(observation, PROFILE) is full
+
+
+@given(
+    free_osl=st.floats(1.0, 4000.0),
+    window_osl=st.floats(1.0, 4000.0),
+    running_share=st.floats(0.0, 1.0),
+    was_full=st.booleans(),
+)
+def test_the_hold_changes_nothing_but_the_output_lengths(
+    free_osl: float, window_osl: float, running_share: float, was_full: bool
+) -> None:
+    """Whatever the pool's fill: the observation keeps its rate, prompt lengths and pools; its output
+    lengths are either the window's or the held ones, and the held ones are only ever replaced by a
+    window with free slots at both ends."""
+    state = PlannerState(
+        output_lengths_free_slots=OutputLengths(mean=free_osl, p90=2 * free_osl), decode_slots_full=was_full
+    )
+    observation = _tick(2, running_share * 2 * SLOTS, window_osl)
+    sized, after, reason = hold_output_lengths(observation, state, PROFILE)
+    assert (
+        sized.model_copy(
+            update={
+                "output_tokens_mean": observation.output_tokens_mean,
+                "output_tokens_p90": observation.output_tokens_p90,
+            }
+        )
+        == observation
+    )
+    full = decode_slots_full(observation, PROFILE)
+    assert after.decode_slots_full is full
+    if full or was_full:
+        assert (sized.output_tokens_mean, reason is not None) == (free_osl, True)
+        assert after.output_lengths_free_slots == state.output_lengths_free_slots
+    else:
+        assert (sized, reason) == (observation, None)
+        assert after.output_lengths_free_slots == OutputLengths(mean=window_osl, p90=2 * window_osl)
