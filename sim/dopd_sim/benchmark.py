@@ -4,7 +4,7 @@ run.
 `run_policies` is one trace, one seed, the named policies: `oracle` calibrated with the simulator
 (`search.oracle_calibration`), `static` and `aggregated-static` given dopd's mean GPU count unless
 `static_gpus` says otherwise (the split searched offline, `search.best_static_layout`), `static-peak`
-sized for the busiest minute (`peak.static_peak_layout`).
+sized for the busiest minute and raised where it falls behind over the trace (`peak.fitted_static_peak`).
 
 `run_suite_seed` is what the published benchmark runs for one trace and seed: dopd, and each baseline at
 the best a competent user would get from it (docs/benchmarks/sim.md says how each is tuned):
@@ -37,14 +37,19 @@ from tqdm import tqdm
 from dopd_forecaster.traces import Trace
 from dopd_operator.queueing import fewest_meeting
 from dopd_sim.config import SimConfig
-from dopd_sim.peak import CHUNK_SIZES_TOKENS, aggregated_peak_layout, static_peak_layout
+from dopd_sim.peak import (
+    CHUNK_SIZES_TOKENS,
+    aggregated_peak_layout,
+    fitted_static_peak,
+    raise_static_peak,
+    static_peak_layout,
+)
 from dopd_sim.policies import POLICY_NAMES, make_policy
 from dopd_sim.policies.aggregated import FixedAggregatedPolicy
 from dopd_sim.policies.base import Policy
 from dopd_sim.policies.dopd import DopdPolicy
 from dopd_sim.policies.dynamo_sla import DYNAMO_DEFAULT_INTERVAL_SECONDS, DynamoSlaPolicy, Predictor
 from dopd_sim.policies.reactive import ReactivePolicy
-from dopd_sim.policies.static import StaticPolicy
 from dopd_sim.run import RunResult, scored_span, simulate
 from dopd_sim.search import best_static_layout, oracle_calibration
 
@@ -81,6 +86,9 @@ def run_policies(
             layout = best_static_layout(trace, config, gpus)
         elif name == "aggregated-static" and gpus is not None:
             layout = (gpus, 0)
+        if name == "static-peak":  # its fitting runs it: no second run
+            results[name] = _named(fitted_static_peak(trace, config).result, trace_name, rate_scale)
+            continue
         if name == "oracle":
             found = oracle_calibration(trace, config)
             found.result.summary.layout = _oracle_label(
@@ -174,40 +182,11 @@ def static_peak_row(
 ) -> dict[str, Any]:
     """static-peak's row of a suite seed (`run_suite_seed`), alone: the fewest prefill and decode replicas
     that meet the target at the scored span's busiest minute (`peak.static_peak_layout`), run on the
-    scored span alone (a fixed layout learns nothing from a past). Where that layout misses `goal` over
-    the span, it is raised as a user who saw it fall behind would, and as aggregated-static is: a
-    replica at a time to the role whose objective misses more (TTFT: prefill, TPOT: decode), each role
-    up to 1.5x its size, until it meets; kept as sized where none does (the goal is out of a fixed
-    layout's reach)."""
+    scored span alone (a fixed layout learns nothing from a past), and raised where it misses `goal`
+    over the span (`peak.raise_static_peak`)."""
     scored = scored_span(trace, score_from_s)
-    sized = static_peak_layout(scored, config)
-
-    def run(layout: tuple[int, int]) -> RunResult:
-        return simulate(scored, StaticPolicy(layout[0], layout[1], name="static-peak"), config)
-
-    def meets(result: RunResult) -> bool:
-        return goal is None or result.summary.slo_attainment >= goal - 1e-12
-
-    layout, result = sized, run(sized)
-    first = result
-    ceiling = (math.ceil(1.5 * sized[0]), math.ceil(1.5 * sized[1]))
-    while not meets(result):
-        summary = result.summary
-        prefill_first = (1.0 - summary.ttft_attainment) >= (1.0 - summary.tpot_attainment)
-        grow = [0, 1] if prefill_first else [1, 0]
-        role = next((r for r in grow if layout[r] < ceiling[r]), None)
-        if role is None:
-            break
-        layout = (layout[0] + (role == 0), layout[1] + (role == 1))
-        result = run(layout)
-    if not meets(result):
-        layout, result = sized, first
-    setting = f"{layout[0]}P/{layout[1]}D"
-    if layout != sized:
-        setting += (
-            f" (raised from the busiest minute's {sized[0]}P/{sized[1]}D, which fell behind over the span)"
-        )
-    return _row(result, "static-peak", setting)
+    raised = raise_static_peak(scored, config, static_peak_layout(scored, config), goal)
+    return _row(raised.result, "static-peak", raised.setting)
 
 
 def aggregated_static_row(

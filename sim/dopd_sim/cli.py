@@ -182,6 +182,11 @@ def simulate(
 
         result = calibrate_oracle(trace, config, score_from_s=history_s)[2]
         result.summary.trace, result.summary.rate_scale = trace_path, rate_scale
+    elif policy == "static-peak" and layout is None:  # its fitting runs it: no second run
+        from dopd_sim.peak import fitted_static_peak
+
+        result = fitted_static_peak(trace, config).result
+        result.summary.trace, result.summary.rate_scale = trace_path, rate_scale
     else:
         result = run_simulation(
             trace,

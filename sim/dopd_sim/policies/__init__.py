@@ -2,7 +2,8 @@
 
 `make_policy(name, trace, config)` builds a fresh policy for one run (policies keep per-run state).
 `static` needs a layout: pass `static_layout`, or let `search.best_static_layout` find one; `static-peak`
-is the fixed layout `peak.static_peak_layout` sizes for the trace's busiest minute.
+is the fixed layout sized for the trace's busiest minute and raised where it falls behind over the trace
+(`peak.fitted_static_peak`).
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ def make_policy(
         return FixedAggregatedPolicy(static_layout[0])
     if name == "static-peak":
         if static_layout is None:
-            from dopd_sim.peak import static_peak_layout
+            from dopd_sim.peak import fitted_static_peak
 
-            static_layout = static_peak_layout(trace, config)
+            static_layout = fitted_static_peak(trace, config).layout
         return StaticPolicy(*static_layout, name="static-peak")
     if name == "static":
         if static_layout is None:
