@@ -588,7 +588,8 @@ def fidelity(
 
 def stamp() -> dict[str, Any]:
     """The commit the numbers were produced at, and whether the code differed from it: uncommitted
-    changes outside docs/benchmarks (another benchmark's fresh results there change no number here)."""
+    changes outside docs/benchmarks and README.md (another benchmark's fresh results there, or the
+    results block an earlier `--rerun` wrote into the README, change no number here)."""
 
     def git(*args: str) -> str:
         return subprocess.run(
@@ -606,7 +607,17 @@ def stamp() -> dict[str, Any]:
                 f"numbers would be that code's under this commit's stamp. Run `make setup-python` here (an editable "
                 "install of this checkout), or set PYTHONPATH to this checkout's operator, forecaster and sim folders"
             )
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs/benchmarks"))
+    dirty = bool(
+        git(
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(exclude)docs/benchmarks",
+            ":(exclude)README.md",
+        )
+    )
     return {
         "commit": git("rev-parse", "--short=12", "HEAD"),
         "dirty": dirty,
