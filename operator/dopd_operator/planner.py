@@ -115,9 +115,7 @@ def plan(
         state.prefill_correction * SERVICE_TIME_HEADROOM, state.decode_correction * SERVICE_TIME_HEADROOM
     )
     rate_rps, load_reason = provisioned_rate(spec, observation, forecast, surge, no_forecast_why)
-    workload = observed_workload(
-        observation, forecast, rate_rps, profile.kv_capacity_tokens, spec.prefill.max_replicas
-    )
+    workload = observed_workload(observation, rate_rps, profile.kv_capacity_tokens, spec.prefill.max_replicas)
     model = CapacityModel(profile, spec.slo, workload)
     queue_rps = backlog_rps(spec, observation, state, model, now)
 

@@ -218,12 +218,6 @@ class LoadForecast(_Frozen):
         description="The forecaster's own upper quantile when it passed the history's peak rate and was "
         "capped there (never below the point forecast); None when not capped.",
     )
-    input_tokens_mean_upper: float | None = Field(
-        None, ge=0, description="Upper forecast of mean prompt tokens."
-    )
-    output_tokens_mean_upper: float | None = Field(
-        None, ge=0, description="Upper forecast of mean output tokens."
-    )
 
 
 class Clamp(_Frozen):
