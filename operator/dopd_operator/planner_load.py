@@ -168,9 +168,10 @@ def observed_workload(
     cache_tokens_per_replica: float | None = None,
     max_prefill_replicas: int | None = None,
 ) -> Workload:
-    """The capacity model's load: `rate_rps` with the observed lengths and burstiness, and the prefix-cache hit rate and how it falls on prompts; with `cache_tokens_per_replica`
-    (a prefill replica's KV capacity), also how the hit rate moves with the pool's size, where the router
-    measures it."""
+    """The capacity model's load: `rate_rps` with the observed lengths and burstiness, and the
+    prefix-cache hit rate and how it falls on prompts; with `cache_tokens_per_replica` (a prefill
+    replica's KV capacity), also how the hit rate moves with the pool's size, where the router measures
+    it."""
     assert observation.input_tokens_mean is not None and observation.output_tokens_mean is not None
     isl, osl = observation.input_tokens_mean, observation.output_tokens_mean
     burstiness = observation.arrival_scv if observation.arrival_scv is not None else 1.0
