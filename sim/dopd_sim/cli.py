@@ -258,7 +258,12 @@ def bench(
     out_dir: str,
     no_plots: bool,
 ) -> None:
-    """Run every policy on the same trace and seed; write results.json, report.md and plots."""
+    """Run every policy on the same trace and seed; write results.json, report.md and plots.
+
+    A quick comparison: reactive and dynamo-sla run at their defaults (HPA's target, Dynamo's interval),
+    static and aggregated-static at dopd's mean GPUs (--static-gpus says otherwise), static-peak sized
+    for the busiest minute and raised where it falls behind. The published suite (bench/sim_bench.py,
+    docs/benchmarks/sim.md) tunes each baseline per trace, several seeds each."""
     from dopd_sim.benchmark import run_policies
 
     names = [name.strip() for name in policies.split(",") if name.strip()]
