@@ -10,7 +10,6 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,16 +17,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from sim_bench import stamp
 
-from dopd_builders import RISING_REUSE, T0, make_obs, make_spec
+from dopd_builders import RISING_REUSE, T0, fresh_ticks, make_obs, make_spec
 from dopd_operator.planner import plan
-from dopd_operator.planner_types import LoadForecast, Observation, PlannerState, RoleObservation
+from dopd_operator.planner_types import LoadForecast, PlannerState, RoleObservation
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "planner.md"
 ROUNDS = 2000
 SECONDS_PER_SCENARIO = 10.0  # a slow scenario stops early (at least MIN_ROUNDS)
 MIN_ROUNDS = 50
 TARGET_MICROSECONDS = 1000.0  # "well under 1 ms": a median at or above it misses
-FRESH_LENGTHS_STEP = 1e-6  # each round's token means move by this share (`ticks`)
 
 # Mooncake-like prompts behind dopd's router and a prefix cache: the router's reuse curve (a share that
 # keeps growing with the cache, `RISING_REUSE`), 60% of the prompt tokens cached now, spread evenly or as the router's
@@ -115,27 +113,10 @@ def cpu_microseconds(fn: object, rounds: int) -> list[float]:
     return samples
 
 
-def ticks(observation: Observation, rounds: int) -> Iterator[Observation]:
-    """The observation as consecutive ticks read it: the same load, its measured token lengths a little
-    different each time (a real window's means never repeat), so no round finds the previous round's
-    length fit memoized (`LengthDistribution.from_mean_p90`)."""
-    for i in range(rounds):
-        if observation.input_tokens_mean is None or observation.output_tokens_mean is None:
-            yield observation
-            continue
-        moved = 1.0 + FRESH_LENGTHS_STEP * (i + 1)
-        yield observation.model_copy(
-            update={
-                "input_tokens_mean": observation.input_tokens_mean * moved,
-                "output_tokens_mean": observation.output_tokens_mean * moved,
-            }
-        )
-
-
 def main() -> None:
     rows = []
     for name, (spec, obs, forecast) in SCENARIOS.items():
-        fresh = ticks(obs, ROUNDS)
+        fresh = fresh_ticks(obs)
         samples = cpu_microseconds(
             lambda s=spec, t=fresh, f=forecast: plan(s, next(t), f, PlannerState(), T0), ROUNDS
         )

@@ -3,6 +3,8 @@ dicts, validated for real; a rising reuse curve and Mooncake-like capacity model
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -84,6 +86,21 @@ def make_obs(
         ),
         **extra,
     )
+
+
+def fresh_ticks(observation: Observation) -> Iterator[Observation]:
+    """The observation as consecutive ticks read it, for timing decisions: the same load, its token
+    means a millionth apart each time (a real window's means never repeat), so no tick finds the last
+    one's length fit memoized (`LengthDistribution.from_mean_p90`). Unknown lengths stay unknown."""
+    isl, osl = observation.input_tokens_mean, observation.output_tokens_mean
+    for i in itertools.count(1):
+        if isl is None or osl is None:
+            yield observation
+            continue
+        moved = 1.0 + 1e-6 * i
+        yield observation.model_copy(
+            update={"input_tokens_mean": isl * moved, "output_tokens_mean": osl * moved}
+        )
 
 
 def settled_state(obs: Observation, **fields: Any) -> PlannerState:

@@ -5,30 +5,19 @@ last one's memoized length fit."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from dopd_builders import T0, make_obs, make_spec
+from dopd_builders import T0, fresh_ticks, make_obs, make_spec
 from dopd_operator.api import DisaggregatedModelSpec
 from dopd_operator.planner import plan
 from dopd_operator.planner_types import Decision, Observation, PlannerState
 
 
 def _ticks(spec: DisaggregatedModelSpec, observation: Observation) -> Callable[[], Decision]:
-    assert observation.input_tokens_mean is not None and observation.output_tokens_mean is not None
-    isl, osl = observation.input_tokens_mean, observation.output_tokens_mean
-    counter = itertools.count(1)
-
-    def tick() -> Decision:
-        moved = 1.0 + 1e-6 * next(counter)
-        fresh = observation.model_copy(
-            update={"input_tokens_mean": isl * moved, "output_tokens_mean": osl * moved}
-        )
-        return plan(spec, fresh, None, PlannerState(), T0)
-
-    return tick
+    fresh = fresh_ticks(observation)
+    return lambda: plan(spec, next(fresh), None, PlannerState(), T0)
 
 
 def test_one_decision(benchmark: BenchmarkFixture) -> None:
