@@ -125,6 +125,12 @@ SCENARIOS = (
         "synthetic:gamma,rate_rps=120,cv=2,duration_s=1800,lengths=code",
     ),
     Scenario(
+        "reasoning",
+        "reasoning: outputs of 2400 tokens on average (P90 5000, up to 16k) after 800-token prompts, "
+        "10 rps rising to 30 and back over 30 min",
+        "synthetic:diurnal,mean_rps=20,duration_s=1800,period_s=1800,peak_to_trough=3,lengths=reasoning",
+    ),
+    Scenario(
         "chat",
         "multi-turn chat: 10 new conversations a second (about 40 rps), 4 turns and 60 s think time on "
         "average, 16 tenants' system prompts, 30 min (prefix cache modelled)",

@@ -38,6 +38,7 @@ from dopd_operator.planner_load import (
     lead_time_seconds,
     observed_workload,
     provisioned_rate,
+    resident_output_lengths,
 )
 from dopd_operator.planner_types import (
     CapacityEstimate,
@@ -106,9 +107,11 @@ def plan(
         observation = observation.model_copy(update={"input_tokens_mean": 0.0, "output_tokens_mean": 0.0})
 
     base_profile = resolve_profile(spec.profile)
-    lengths_reason = None
+    lengths_reasons: list[str] = []
     if not observation.idle:
-        observation, state, lengths_reason = hold_output_lengths(observation, state, base_profile)
+        observation, raised = resident_output_lengths(spec, observation)
+        observation, state, held = hold_output_lengths(observation, state, base_profile)
+        lengths_reasons = [r for r in (raised, held) if r is not None]
     state, unsettled = track_ready(spec, observation, state, now)
     state = update_corrections(spec, observation, state, base_profile, unsettled)
     profile = base_profile.scaled(
@@ -145,8 +148,7 @@ def plan(
         ),
     ]
     reasons.extend(unsettled.values())
-    if lengths_reason is not None:
-        reasons.append(lengths_reason)
+    reasons.extend(lengths_reasons)
     if observation.tpot_mean_seconds is None and observation.tpot_seconds is not None:
         reasons.append(
             f"decode correction held at x{state.decode_correction:.2f}: the mean inter-token latency is "

@@ -1,7 +1,9 @@
 """The load the planner sizes for, read from an observation: how far ahead it must look (the lead
 time), the rate to provision for (the observed rate with its surge headroom, the forecast's upper
 quantile, the trend extrapolated), the rate that drains a prefill backlog, and the capacity model's
-`Workload`, with the output lengths held while the decode pool's slots are full (`hold_output_lengths`).
+`Workload`, with the output lengths raised to what the decode residents imply where the window is too short
+to see the long outputs finish (`resident_output_lengths`) and held while the decode pool's slots are
+full (`hold_output_lengths`).
 Pure; callers: `planner.plan`, `planner_corrections` (the workload a latency is judged at), the tick and
 the simulator's oracle (`lead_time_seconds`).
 """
@@ -22,6 +24,9 @@ MIN_ARRIVAL_SCV, MAX_ARRIVAL_SCV = 0.5, 20.0
 # A decode pool whose mean batch is at this share of its slot limit is full: sequences queue for its
 # slots (`decode_slots_full`, `planner_corrections.update_corrections`).
 FULL_BATCH_SHARE = 0.95
+# Output lengths are raised to what the decode residents imply only where the P90 output takes longer
+# than this share of the metrics window to generate (`resident_output_lengths`).
+RESIDENT_LENGTHS_WINDOW_SHARE = 0.5
 
 
 def lead_time_seconds(spec: DisaggregatedModelSpec, observation: Observation | None = None) -> float:
@@ -220,6 +225,57 @@ def decode_slots_full(observation: Observation, profile: PerformanceProfile) -> 
     return running / ready >= FULL_BATCH_SHARE * profile.max_batch_size or (
         kv_usage is not None and kv_usage >= FULL_BATCH_SHARE
     )
+
+
+def resident_output_lengths(
+    spec: DisaggregatedModelSpec, observation: Observation
+) -> tuple[Observation, str | None]:
+    """The observation with output lengths no shorter than the decode pool's residents imply, where the
+    metrics window is too short to see its long outputs finish; and why (None: the window's own).
+
+    Output lengths are measured as sequences finish. Where an output takes longer to generate than the
+    window lasts, the sequences finishing in it are not the demand's mix: from a cold start or on a
+    rising load they are those that arrived late enough to be short, while the long ones are still
+    decoding. On a reasoning mix (mean 2400 output tokens, P90 5000, 60-120 s at 15-25 ms a token) the
+    first windows read a mean of 1020, then 1420 and 1750, and the pool was sized for less than half
+    the outputs it got. The residents are what the pool holds: by Little's law, `running = rate *
+    (n - 1) * gap`, so the mean output is at least `running / (rate * gap) + 1` (the gap is the mean
+    inter-token latency, slot waits included; the rate the engines were given). That bound is only as
+    good as one gauge read at the tick (10-20% apart from the window's mean from tick to tick on the
+    Azure trace, either way), so it is taken only where the window cannot hold the outputs: the P90
+    output at the implied lengths takes longer than RESIDENT_LENGTHS_WINDOW_SHARE of the window. The
+    P90 is scaled with the mean (the shape the window measured). While the slots are full the residents
+    are capped by the slots and the bound reads low: the window's lengths stand (`hold_output_lengths`).
+    """
+    running, mean = observation.decode_running, observation.output_tokens_mean
+    rate = observation.served_rate_rps
+    if rate is None:
+        rate = observation.arrival_rate_rps
+    gap_s = observation.tpot_mean_seconds
+    if not running or mean is None or mean <= 0 or not rate or not gap_s:
+        return observation, None
+    implied = running / (rate * gap_s) + 1.0
+    if implied <= mean:
+        return observation, None
+    scale = implied / mean
+    p90 = observation.output_tokens_p90
+    implied_p90 = None if p90 is None else p90 * scale
+    longest_s = (implied if implied_p90 is None else implied_p90) * gap_s
+    window_s = spec.metrics.window_seconds
+    if longest_s <= RESIDENT_LENGTHS_WINDOW_SHARE * window_s:
+        return observation, None
+    reason = (
+        f"output lengths raised to mean {implied:.0f}"
+        + (f"/P90 {implied_p90:.0f}" if implied_p90 is not None else "")
+        + f" tokens from the window's {mean:.0f}: {running:.0f} sequences decode at {rate:.2f} rps and "
+        f"{gap_s * 1000:.1f} ms a token (Little's law); its P90 output takes {longest_s:.0f}s to generate, "
+        f"over {RESIDENT_LENGTHS_WINDOW_SHARE:.0%} of the {window_s:g}s window, so those finishing in it are "
+        "the shorter ones"
+    )
+    observation = observation.model_copy(
+        update={"output_tokens_mean": implied, "output_tokens_p90": implied_p90}
+    )
+    return observation, reason
 
 
 def hold_output_lengths(

@@ -3,8 +3,9 @@ real trace. Arrival shapes: Poisson, Gamma-bursty renewal, diurnal (sinusoidal r
 changes, bursts (a Poisson base with episodes at a multiple of its rate, at random times) and a slow
 linear trend. Length mixes (`LENGTH_MIXES`): `azure` (the Azure 2023 conversation trace's 1155/1020
 prompt and 211/129 output tokens, mean/median), `long-mix` (85% of those and 15% long-document prompts,
-12k/10k tokens up to 32k) and `code` (code completion: 2k/1.5k-token prompts of context, 30/20-token
-completions).
+12k/10k tokens up to 32k), `code` (code completion: 2k/1.5k-token prompts of context, 30/20-token
+completions) and `reasoning` (a reasoning model's answers, decode-heavy: 800/500-token prompts, 2400/1600
+output tokens up to 16k, so a decode replica's KV cache, not its batch limit, caps its sequences).
 
 Lengths are drawn from log-normals fitted to a mean and a median, clipped to [1, max] (the capacity
 model fits a gamma, so the benchmark's generated traces are not drawn from the model's own family).
@@ -74,6 +75,14 @@ LENGTH_MIXES: dict[str, LengthModel] = {
         output_mean=30.0,
         output_median=20.0,
         output_max=256,
+    ),
+    "reasoning": LengthModel(
+        input_mean=800.0,
+        input_median=500.0,
+        input_max=8192,
+        output_mean=2400.0,
+        output_median=1600.0,
+        output_max=16384,
     ),
 }
 

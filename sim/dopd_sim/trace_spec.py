@@ -15,7 +15,7 @@ def generate_from_spec(spec: str, seed: int = 0) -> Trace:
     `gamma,rate_rps=20,cv=3,duration_s=600`, `step,rates=10/40/10,step_seconds=600`,
     `bursts,base_rps=60,factor=3,burst_s=120,per_hour=6,duration_s=3600`,
     `trend,start_rps=30,end_rps=200,duration_s=3600`; any kind but chat takes
-    `lengths=azure|long-mix|code`. `chat,conversations_per_s=10,duration_s=1800` is multi-turn
+    `lengths=azure|long-mix|code|reasoning`. `chat,conversations_per_s=10,duration_s=1800` is multi-turn
     conversations with prompt block hashes (`conversations`: turns_mean, think_s, tenants)."""
     kind, *pairs = [part.strip() for part in spec.split(",") if part.strip()]
     args: dict[str, str] = {}

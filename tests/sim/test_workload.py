@@ -85,6 +85,8 @@ def test_trend_rises_linearly() -> None:
         # 85% x 1155 + 15% x 12000 (capped at 32k)
         pytest.param("long-mix", 2780, 211, id="long-prompt-mix"),
         pytest.param("code", 2000, 30, id="code-completion"),
+        # the log-normal's mean, a little less for the clip at 16k
+        pytest.param("reasoning", 800, 2400, id="reasoning"),
     ],
 )
 def test_length_mixes(mix: str, input_mean: float, output_mean: float) -> None:

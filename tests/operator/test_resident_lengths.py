@@ -1,0 +1,130 @@
+"""The output lengths the planner sizes decode with where the metrics window is too short to see the long
+outputs finish: no shorter than what the decode pool's residents imply by Little's law. The numbers are
+those the reasoning trace's first tick read (`dopd simulate --trace synthetic:diurnal,...,lengths=reasoning`):
+mean 1020 finished in the window, where the demand's is 2400."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dopd_builders import T0, make_obs, make_spec
+from dopd_operator.planner import plan
+from dopd_operator.planner_load import RESIDENT_LENGTHS_WINDOW_SHARE, resident_output_lengths
+from dopd_operator.planner_types import Observation, PlannerState, RoleObservation
+
+SPEC = make_spec(decode={"maxReplicas": 64})
+WINDOW_S = SPEC.metrics.window_seconds
+
+
+def _cold_reasoning(**extra: object) -> Observation:
+    """The first tick of the reasoning trace: 178 sequences decode on 5 replicas at 10.87 rps and 8.5 ms
+    a token, while the window saw outputs of 1020 tokens on average finish (P90 1950)."""
+    fields: dict[str, object] = {
+        "decode_running": 178.0,
+        "tpot_mean_seconds": 0.0085,
+        "tpot_seconds": 0.0097,
+        "osl_p90": 1950.0,
+        "decode_kv_usage": 0.32,
+    }
+    fields.update(extra)
+    return make_obs(
+        rate=10.87,
+        isl=720.0,
+        osl=1020.0,
+        prefill=1,
+        decode_obs=RoleObservation(current=5, ready=5),
+        **fields,
+    )
+
+
+def test_long_outputs_still_decoding_raise_the_lengths_to_what_the_residents_imply() -> None:
+    """178 residents at 10.87 rps and 8.5 ms a token hold outputs of 178 / (10.87 * 0.0085) + 1 = 1928
+    tokens on average: the mean is raised to that, the P90 with it, and the reason says why."""
+    raised, reason = resident_output_lengths(SPEC, _cold_reasoning())
+    implied = 178.0 / (10.87 * 0.0085) + 1.0
+    assert raised.output_tokens_mean == pytest.approx(implied)
+    assert raised.output_tokens_p90 == pytest.approx(1950.0 * implied / 1020.0)
+    assert reason is not None
+    assert "raised to mean 1928/P90 3685 tokens from the window's 1020" in reason
+    assert "178 sequences decode at 10.87 rps and 8.5 ms a token (Little's law)" in reason
+    assert "its P90 output takes 31s to generate, over 50% of the 60s window" in reason
+    assert raised.input_tokens_mean == 720.0  # nothing but the output lengths moves
+
+
+def test_the_decode_pool_is_sized_for_the_implied_lengths() -> None:
+    """Sized on the 1020 tokens that finished, the pool gets fewer replicas than on the residents'
+    1927; the decision's reasons carry the raise."""
+    raised, _ = resident_output_lengths(SPEC, _cold_reasoning())
+    decision = plan(SPEC, _cold_reasoning(), None, PlannerState(), T0)
+    as_if_told = plan(SPEC, raised, None, PlannerState(), T0)
+    short = _cold_reasoning(decode_running=10.87 * 0.0085 * 1019.0)  # residents that agree with 1020
+    unraised = plan(SPEC, short, None, PlannerState(), T0)
+    assert decision.raw_decode == as_if_told.raw_decode > unraised.raw_decode
+    assert any("output lengths raised" in r for r in decision.reasons)
+    assert not any("output lengths raised" in r for r in unraised.reasons)
+
+
+def test_short_outputs_keep_the_window_lengths_whatever_the_gauge_reads() -> None:
+    """On a chat mix (210-token outputs, P90 420, 20 ms a token: 8 s, well within the window) the
+    sequences finishing in a window are the demand's; a running count 30% above what they imply is
+    the gauge's noise, not a censored tail, and changes nothing."""
+    chat = make_obs(
+        rate=160.0, isl=1150.0, osl=210.0, decode_running=1.3 * 160.0 * 0.02 * 209.0, tpot_mean_seconds=0.02
+    )
+    kept, reason = resident_output_lengths(SPEC, chat)
+    assert kept == chat and reason is None
+
+
+def test_residents_fewer_than_the_window_implies_never_lower_the_lengths() -> None:
+    """A full pool caps its residents (the rest wait for a slot), so they read low: the window's lengths
+    stand."""
+    full = _cold_reasoning(decode_running=40.0)
+    kept, reason = resident_output_lengths(SPEC, full)
+    assert kept == full and reason is None
+
+
+@pytest.mark.parametrize(
+    "missing", [{"decode_running": None}, {"tpot_mean_seconds": None}, {"rate": None}, {"osl": None}]
+)
+def test_an_unknown_input_leaves_the_window_lengths(missing: dict[str, object]) -> None:
+    """Unknown is not zero: without the running count, the mean gap, the rate or the window's lengths there
+    is no bound to take, and the observation is left as measured (the planner says what is unknown)."""
+    fields = {"rate": 10.87, "osl": 1020.0, "decode_running": 178.0, "tpot_mean_seconds": 0.0085, **missing}
+    rate, osl = fields.pop("rate"), fields.pop("osl")
+    observation = make_obs(rate=rate, isl=720.0, osl=osl, **fields)  # type: ignore[arg-type]
+    kept, reason = resident_output_lengths(SPEC, observation)
+    assert kept == observation and reason is None
+
+
+@given(
+    running=st.floats(0.0, 5000.0),
+    rate=st.floats(0.1, 200.0),
+    gap_s=st.floats(0.002, 0.2),
+    osl=st.floats(1.0, 20000.0),
+    p90_ratio=st.floats(1.0, 4.0),
+)
+def test_the_bound_only_raises_the_output_lengths_and_only_where_the_window_is_short(
+    running: float, rate: float, gap_s: float, osl: float, p90_ratio: float
+) -> None:
+    observation = make_obs(
+        rate=rate,
+        isl=800.0,
+        osl=osl,
+        osl_p90=osl * p90_ratio,
+        decode_running=running,
+        tpot_mean_seconds=gap_s,
+    )
+    result, reason = resident_output_lengths(SPEC, observation)
+    moved = {k for k, v in result.model_dump().items() if v != observation.model_dump()[k]}
+    assert moved <= {"output_tokens_mean", "output_tokens_p90"}
+    assert result.output_tokens_mean is not None
+    assert result.output_tokens_mean >= osl
+    if reason is None:
+        assert result == observation
+    else:
+        assert result.output_tokens_mean == pytest.approx(running / (rate * gap_s) + 1.0)
+        assert result.output_tokens_p90 is not None
+        assert result.output_tokens_p90 * gap_s > RESIDENT_LENGTHS_WINDOW_SHARE * WINDOW_S
+        assert result.output_tokens_p90 / result.output_tokens_mean == pytest.approx(p90_ratio)
