@@ -113,7 +113,12 @@ def plan(
         observation, state, held = hold_output_lengths(observation, state, base_profile)
         lengths_reasons = [r for r in (raised, held) if r is not None]
     state, unsettled = track_ready(spec, observation, state, now)
+    held_decode = state.decode_correction
     state = update_corrections(spec, observation, state, base_profile, unsettled)
+    if "decode" in unsettled and state.decode_correction != held_decode:
+        unsettled["decode"] = _unsettled_decode_raised(
+            spec, observation, held_decode, state.decode_correction
+        )
     profile = base_profile.scaled(
         state.prefill_correction * SERVICE_TIME_HEADROOM, state.decode_correction * SERVICE_TIME_HEADROOM
     )
@@ -324,6 +329,18 @@ def _metrics_unknown(
 
 
 # ---------------------------------------------------------------------------------------- reasons
+
+
+def _unsettled_decode_raised(
+    spec: DisaggregatedModelSpec, observation: Observation, before: float, after: float
+) -> str:
+    """Why the decode correction moved though the pool's Ready count changed within the window: its
+    slots are full and the SLO missed, so it is too small now (`planner_corrections.update_corrections`)."""
+    return (
+        f"decode correction raised x{before:.2f} -> x{after:.2f} though the pool changed to "
+        f"{observation.decode.ready} Ready within the {spec.metrics.window_seconds:g}s window: its slots "
+        "are still full and the TPOT SLO missed, so it is too small now"
+    )
 
 
 def _prefix_cache_phrase(model: CapacityModel, prefill: int, known: bool, curve_unread: str | None) -> str:
