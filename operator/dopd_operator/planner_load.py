@@ -241,8 +241,9 @@ def resident_output_lengths(
     the outputs it got. The residents are what the pool holds: by Little's law, `running = rate *
     (n - 1) * gap`, so the mean output is at least `running / (rate * gap) + 1` (the gap is the mean
     inter-token latency, slot waits included; the rate the engines were given). That bound is only as
-    good as one gauge read at the tick (10-20% apart from the window's mean from tick to tick on the
-    Azure trace, either way), so it is taken only where the window cannot hold the outputs: the P90
+    good as one gauge read at the tick (from tick to tick 0.90-1.13x the window's mean, P10-P90, on the
+    Azure trace; 0.72-1.34x on the bursty code mix), so it is taken only where the window cannot hold
+    the outputs: the P90
     output at the implied lengths takes longer than RESIDENT_LENGTHS_WINDOW_SHARE of the window. The
     P90 is scaled with the mean (the shape the window measured). While the slots are full the residents
     are capped by the slots and the bound reads low: the window's lengths stand (`hold_output_lengths`).
