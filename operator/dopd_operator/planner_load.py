@@ -24,9 +24,11 @@ MIN_ARRIVAL_SCV, MAX_ARRIVAL_SCV = 0.5, 20.0
 # A decode pool whose mean batch is at this share of its slot limit is full: sequences queue for its
 # slots (`decode_slots_full`, `planner_corrections.update_corrections`).
 FULL_BATCH_SHARE = 0.95
-# Output lengths are raised to what the decode residents imply only where the P90 output takes longer
-# than this share of the metrics window to generate (`resident_output_lengths`).
+# Output lengths are raised to what the decode residents imply only where the P90 output at the implied
+# lengths takes longer than this share of the metrics window to generate, and the P90 the window saw
+# finish already takes FINISHED_LENGTHS_WINDOW_SHARE of it (`resident_output_lengths`).
 RESIDENT_LENGTHS_WINDOW_SHARE = 0.5
+FINISHED_LENGTHS_WINDOW_SHARE = 0.25
 
 
 def lead_time_seconds(spec: DisaggregatedModelSpec, observation: Observation | None = None) -> float:
@@ -243,10 +245,14 @@ def resident_output_lengths(
     inter-token latency, slot waits included; the rate the engines were given). That bound is only as
     good as one gauge read at the tick (from tick to tick 0.90-1.13x the window's mean, P10-P90, on the
     Azure trace; 0.72-1.34x on the bursty code mix), so it is taken only where the window cannot hold
-    the outputs: the P90
-    output at the implied lengths takes longer than RESIDENT_LENGTHS_WINDOW_SHARE of the window. The
-    P90 is scaled with the mean (the shape the window measured). While the slots are full the residents
-    are capped by the slots and the bound reads low: the window's lengths stand (`hold_output_lengths`).
+    the outputs: the P90 output at the implied lengths takes longer than RESIDENT_LENGTHS_WINDOW_SHARE
+    of the window to generate, and the P90 that did finish in it already takes
+    FINISHED_LENGTHS_WINDOW_SHARE of it (a window whose finishers are all short next to it has seen
+    every length the load holds finish: residents beyond what they imply are then something else, a
+    decode pool flooded from a prefill backlog faster than the arrivals, not a tail it could not see).
+    The P90 is scaled with the mean (the shape the window measured). While the slots are full the
+    residents are capped by the slots and the bound reads low: the window's lengths stand
+    (`hold_output_lengths`).
     """
     running, mean = observation.decode_running, observation.output_tokens_mean
     rate = observation.served_rate_rps
@@ -262,16 +268,20 @@ def resident_output_lengths(
     p90 = observation.output_tokens_p90
     implied_p90 = None if p90 is None else p90 * scale
     longest_s = (implied if implied_p90 is None else implied_p90) * gap_s
+    finished_longest_s = (mean if p90 is None else p90) * gap_s
     window_s = spec.metrics.window_seconds
-    if longest_s <= RESIDENT_LENGTHS_WINDOW_SHARE * window_s:
+    if (
+        longest_s <= RESIDENT_LENGTHS_WINDOW_SHARE * window_s
+        or finished_longest_s <= FINISHED_LENGTHS_WINDOW_SHARE * window_s
+    ):
         return observation, None
     reason = (
         f"output lengths raised to mean {implied:.0f}"
         + (f"/P90 {implied_p90:.0f}" if implied_p90 is not None else "")
         + f" tokens from the window's {mean:.0f}: {running:.0f} sequences decode at {rate:.2f} rps and "
         f"{gap_s * 1000:.1f} ms a token (Little's law); its P90 output takes {longest_s:.0f}s to generate, "
-        f"over {RESIDENT_LENGTHS_WINDOW_SHARE:.0%} of the {window_s:g}s window, so those finishing in it are "
-        "the shorter ones"
+        f"over {RESIDENT_LENGTHS_WINDOW_SHARE:.0%} of the {window_s:g}s window (those that finished in it, "
+        f"{finished_longest_s:.0f}s), so those finishing in it are the shorter ones"
     )
     observation = observation.model_copy(
         update={"output_tokens_mean": implied, "output_tokens_p90": implied_p90}

@@ -11,7 +11,11 @@ from hypothesis import strategies as st
 
 from dopd_builders import T0, make_obs, make_spec
 from dopd_operator.planner import plan
-from dopd_operator.planner_load import RESIDENT_LENGTHS_WINDOW_SHARE, resident_output_lengths
+from dopd_operator.planner_load import (
+    FINISHED_LENGTHS_WINDOW_SHARE,
+    RESIDENT_LENGTHS_WINDOW_SHARE,
+    resident_output_lengths,
+)
 from dopd_operator.planner_types import Observation, PlannerState, RoleObservation
 
 SPEC = make_spec(decode={"maxReplicas": 64})
@@ -49,7 +53,10 @@ def test_long_outputs_still_decoding_raise_the_lengths_to_what_the_residents_imp
     assert reason is not None
     assert "raised to mean 1928/P90 3685 tokens from the window's 1020" in reason
     assert "178 sequences decode at 10.87 rps and 8.5 ms a token (Little's law)" in reason
-    assert "its P90 output takes 31s to generate, over 50% of the 60s window" in reason
+    assert (
+        "its P90 output takes 31s to generate, over 50% of the 60s window (those that finished in it, 17s)"
+        in reason
+    )
     assert raised.input_tokens_mean == 720.0  # nothing but the output lengths moves
 
 
@@ -83,6 +90,19 @@ def test_residents_fewer_than_the_window_implies_never_lower_the_lengths() -> No
     full = _cold_reasoning(decode_running=40.0)
     kept, reason = resident_output_lengths(SPEC, full)
     assert kept == full and reason is None
+
+
+def test_residents_beyond_what_short_finishers_imply_are_not_taken_for_a_tail() -> None:
+    """150 sequences a replica at 20 rps of 200-token outputs (P90 400) and 17.7 ms a token: Little's law
+    says outputs of 848 tokens, but the window saw outputs up to 400 finish in 7 s each, a window that
+    would have seen 848-token ones finish too. The residents are something else (a pool flooded faster
+    than the arrivals), and the window's lengths stand: on a right engine the decode correction stays
+    at 1 (tests/operator/test_decode_correction.py)."""
+    flooded = make_obs(
+        rate=20.0, isl=1000.0, osl=200.0, decode=2, decode_running=300.0, tpot_mean_seconds=0.0177
+    )
+    kept, reason = resident_output_lengths(SPEC, flooded)
+    assert kept == flooded and reason is None
 
 
 @pytest.mark.parametrize(
@@ -127,4 +147,5 @@ def test_the_bound_only_raises_the_output_lengths_and_only_where_the_window_is_s
         assert result.output_tokens_mean == pytest.approx(running / (rate * gap_s) + 1.0)
         assert result.output_tokens_p90 is not None
         assert result.output_tokens_p90 * gap_s > RESIDENT_LENGTHS_WINDOW_SHARE * WINDOW_S
+        assert osl * p90_ratio * gap_s > FINISHED_LENGTHS_WINDOW_SHARE * WINDOW_S
         assert result.output_tokens_p90 / result.output_tokens_mean == pytest.approx(p90_ratio)
