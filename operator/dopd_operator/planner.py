@@ -113,11 +113,11 @@ def plan(
         observation, state, held = hold_output_lengths(observation, state, base_profile)
         lengths_reasons = [r for r in (raised, held) if r is not None]
     state, unsettled = track_ready(spec, observation, state, now)
-    held_decode = state.decode_correction
+    decode_correction_before = state.decode_correction
     state = update_corrections(spec, observation, state, base_profile, unsettled)
-    if "decode" in unsettled and state.decode_correction != held_decode:
+    if "decode" in unsettled and state.decode_correction != decode_correction_before:
         unsettled["decode"] = _unsettled_decode_raised(
-            spec, observation, held_decode, state.decode_correction
+            spec, observation, decode_correction_before, state.decode_correction
         )
     profile = base_profile.scaled(
         state.prefill_correction * SERVICE_TIME_HEADROOM, state.decode_correction * SERVICE_TIME_HEADROOM

@@ -267,8 +267,8 @@ def resident_output_lengths(
     scale = implied / mean
     p90 = observation.output_tokens_p90
     implied_p90 = None if p90 is None else p90 * scale
-    longest_s = (implied if implied_p90 is None else implied_p90) * gap_s
     finished_longest_s = (mean if p90 is None else p90) * gap_s
+    longest_s = finished_longest_s * scale
     window_s = spec.metrics.window_seconds
     if (
         longest_s <= RESIDENT_LENGTHS_WINDOW_SHARE * window_s
