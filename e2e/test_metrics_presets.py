@@ -210,12 +210,20 @@ def _dopd_workers(labels: Callable[[str, str], dict[str, str]]) -> list[Pod]:
         ),
         Pod(
             labels("decode-0", "decode"),
-            gauges={"dopd_kv_cache_usage_ratio": 0.25, "dopd_requests_running": 10.0},
+            gauges={
+                "dopd_kv_cache_usage_ratio": 0.25,
+                "dopd_requests_running": 10.0,
+                "dopd_requests_waiting": 1.0,
+            },
             histograms={"dopd_generation_tokens": (3.0, {160.0: 0.0, 192.0: 1.0, math.inf: 0.0}, 180.0)},
         ),
         Pod(
             labels("decode-1", "decode"),
-            gauges={"dopd_kv_cache_usage_ratio": 0.75, "dopd_requests_running": 14.0},
+            gauges={
+                "dopd_kv_cache_usage_ratio": 0.75,
+                "dopd_requests_running": 14.0,
+                "dopd_requests_waiting": 2.0,
+            },
             histograms={"dopd_generation_tokens": (3.0, {160.0: 0.0, 192.0: 1.0, math.inf: 0.0}, 180.0)},
         ),
     ]
@@ -244,7 +252,11 @@ def vllm_pods(namespace: str) -> list[Pod]:
         ),
         Pod(
             labels("decode-0", "decode"),
-            gauges={"vllm:kv_cache_usage_perc": math.nan, "vllm:num_requests_running": 30.0},
+            gauges={
+                "vllm:kv_cache_usage_perc": math.nan,
+                "vllm:num_requests_running": 30.0,
+                "vllm:num_requests_waiting": 6.0,  # waiting for their KV or a free slot
+            },
             histograms={
                 "vllm:request_generation_tokens": (4.0, {100.0: 0.0, 200.0: 1.0, math.inf: 0.0}, 150.0),
                 # only the deprecated TPOT family: the preset falls back to it
@@ -276,7 +288,7 @@ def sglang_pods(namespace: str) -> list[Pod]:
         ),
         Pod(
             labels("decode-0", "decode"),
-            gauges={"sglang:token_usage": 0.4, "sglang:num_running_reqs": 12.0},
+            gauges={"sglang:token_usage": 0.4, "sglang:num_running_reqs": 12.0, "sglang:num_queue_reqs": 3.0},
             counters={"sglang:num_requests_total": 2.0, "sglang:generation_tokens_total": 2.0 * 250.0},
             histograms={
                 "sglang:inter_token_latency_seconds": (500.0, {0.02: 0.0, 0.025: 1.0, math.inf: 0.0}, 0.022),
@@ -394,6 +406,7 @@ def test_dopd_preset_reads_every_field(world: Fixture) -> None:
     assert obs.output_tokens_mean == pytest.approx(180.0)
     assert obs.output_tokens_p90 == pytest.approx(188.8)  # 160 + 0.9 * 32: both decode pods summed
     assert obs.prefill_queue_depth == 7.0  # router 4 + prefill 3 (3 if the router's queue were missed)
+    assert obs.decode_queue_depth == 3.0  # decode 1 + 2: the same family, the decode pods' own
     assert obs.decode_kv_usage == 0.5  # mean of 0.25 and 0.75
     assert obs.decode_running == 24.0
     assert obs.latency_percentile == 90
@@ -431,7 +444,7 @@ def test_behind_two_routers_the_prefix_cache_curve_is_not_read(world: Fixture) -
 
 
 def test_vllm_colon_names_nan_gauge_deprecated_fallback_and_conservation(world: Fixture) -> None:
-    stored = world.prom.query('vllm_num_requests_waiting{namespace="vllm-e2e"}')
+    stored = world.prom.query('vllm_num_requests_waiting{namespace="vllm-e2e", role="prefill"}')
     assert len(stored) == 1  # OpenMetrics negotiation: ':' is stored as '_', the preset must match it
     spec = make_spec(
         engine="vllm",
@@ -454,6 +467,7 @@ def test_vllm_colon_names_nan_gauge_deprecated_fallback_and_conservation(world: 
     assert obs.tpot_attainment == pytest.approx(0.745, abs=0.005)
     assert obs.decode_running == 30.0
     assert obs.prefill_queue_depth is not None and obs.prefill_queue_depth >= 2.0
+    assert obs.decode_queue_depth == 6.0  # the decode pod's: not the prefill pod's growing queue
     assert obs.decode_kv_usage is None  # NaN is unknown, never 0
     assert any("decode KV usage" in p and "nan" in p and "decode-0" in p for p in obs.problems), obs.problems
     assert obs.prefix_cache_hit_rate == pytest.approx(0.5)  # prefix_cache_hits / prefix_cache_queries
@@ -474,6 +488,7 @@ def test_sglang_engine_type_role_and_means_without_length_histograms(world: Fixt
     assert obs.output_tokens_p90 is None
     assert any("--collect-tokens-histogram" in p for p in obs.problems), obs.problems
     assert obs.prefill_queue_depth == 5.0
+    assert obs.decode_queue_depth == 3.0
     assert obs.decode_kv_usage == 0.4
     assert obs.decode_running == 12.0
     assert obs.ttft_seconds == pytest.approx(0.98)  # 0.8 + 0.9 * 0.2
@@ -588,7 +603,13 @@ def test_models_of_one_batch_share_each_query_and_read_only_their_own_series(wor
     assert llama_history.arrival_rate_rps[-1] == pytest.approx(6.0, rel=0.05)
     assert mistral_history.arrival_rate_rps[-1] == pytest.approx(9.0, rel=0.05)
     alone = _observe(world.prom, specs["llama"], "dopd-e2e", ready=(1, 2))
-    for field_name in ("prefill_queue_depth", "decode_kv_usage", "decode_running", "input_tokens_mean"):
+    for field_name in (
+        "prefill_queue_depth",
+        "decode_queue_depth",
+        "decode_kv_usage",
+        "decode_running",
+        "input_tokens_mean",
+    ):
         assert getattr(llama, field_name) == getattr(alone, field_name), field_name
     # the same problems (their numbers aside: a young series' counts grow between the two reads)
     assert [re.sub(r"[0-9.]+", "N", p) for p in llama.problems] == [
@@ -606,8 +627,8 @@ def test_pod_loads_are_the_models_own_pods(world: Fixture) -> None:
     finally:
         source.close()
     assert loads == {
-        "decode-0": PodLoad(inflight=10.0, kv_usage=0.25),
-        "decode-1": PodLoad(inflight=14.0, kv_usage=0.75),
+        "decode-0": PodLoad(inflight=11.0, kv_usage=0.25),  # running 10 + waiting 1
+        "decode-1": PodLoad(inflight=16.0, kv_usage=0.75),
     }
 
 

@@ -480,6 +480,9 @@ class ObservedLoad(ApiModel):
     output_tokens_mean: float | None = Field(None, description="Mean output length, tokens.")
     output_tokens_p90: float | None = Field(None, description="P90 output length, tokens.")
     queue_depth: float | None = Field(None, description="Requests waiting for prefill.")
+    decode_queue_depth: float | None = Field(
+        None, description="Sequences at the decode pods waiting to join a batch (a slot or KV free)."
+    )
     kv_usage: float | None = Field(None, description="Mean decode KV-cache usage, 0..1.")
 
 

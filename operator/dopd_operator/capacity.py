@@ -561,6 +561,11 @@ class CapacityModel:
     def decode_rps_per_replica(self) -> float:
         return self.decode_model.rps_per_replica
 
+    @property
+    def decode_slack_seconds_mean(self) -> float:
+        """Mean seconds a sequence may wait for a decode slot and still meet the TPOT SLO."""
+        return self.decode_model.slack_seconds_mean
+
     def decode_mean_batch(self, replicas: float, rate_rps: float) -> float:
         return self.decode_model.mean_batch(replicas, rate_rps)
 

@@ -33,7 +33,9 @@ from dopd_operator.api import (
 from dopd_operator.capacity import CapacityModel
 from dopd_operator.planner_corrections import track_ready, update_corrections
 from dopd_operator.planner_load import (
+    DecodeBacklog,
     backlog_rps,
+    decode_backlog_replicas,
     hold_output_lengths,
     lead_time_seconds,
     observed_workload,
@@ -131,15 +133,18 @@ def plan(
         # Decode with slot headroom: as many replicas as serve the load with every step at the full
         # batch's time (`CapacityModel.decode_replicas`), where the fewest that hold the SLO settle well
         # short of it.
+        decode = model.decode_replicas(rate + queue_rps, every_slot_taken=True)
         return Layout(
             model.prefill_replicas(rate + queue_rps),
-            model.decode_replicas(rate + queue_rps, every_slot_taken=True),
+            decode + decode_backlog_replicas(spec, observation, state, model, decode, now).replicas,
         )
 
     def shaped_at(rate: float) -> Layout:
         return apply_ratio_band(clamp_bounds(raw_at(rate), spec, None), spec, None)
 
     raw = raw_at(rate_rps)
+    planned_decode = model.decode_replicas(rate_rps + queue_rps, every_slot_taken=True)
+    decode_backlog = decode_backlog_replicas(spec, observation, state, model, planned_decode, now)
     reasons = [
         idle_reason or load_reason,
         *_capacity_reasons(
@@ -147,6 +152,8 @@ def plan(
             raw,
             rate_rps,
             queue_rps,
+            decode_backlog,
+            lead_time_seconds(spec, observation),
             state,
             observation.prefix_cache_hit_rate is not None,
             observation.prefix_reuse_unread,
@@ -398,11 +405,14 @@ def _capacity_reasons(
     raw: Layout,
     rate_rps: float,
     queue_rps: float,
+    decode_backlog: DecodeBacklog,
+    lead_s: float,
     state: PlannerState,
     hit_rate_known: bool,
     curve_unread: str | None,
 ) -> list[str]:
     w = model.workload
+    planned = raw.decode - decode_backlog.replicas
     reasons = [
         (
             f"prefill: {model.prefill_service_seconds_mean * 1000:.1f} ms per prompt in full batches over "
@@ -416,9 +426,10 @@ def _capacity_reasons(
         (
             f"decode: B*={model.decode_batch_size} (limited by {model.decode_batch_limited_by}), step "
             f"{model.decode_step_seconds * 1000:.1f} ms, {model.decode_rps_per_replica:.2f} rps per replica; "
-            f"{raw.decode} replica(s) for {model.decode_concurrency(rate_rps + queue_rps, raw.decode):.0f} "
-            f"concurrent sequences ({model.decode_mean_batch(raw.decode, rate_rps + queue_rps):.0f} per replica)"
-            + _slot_headroom_phrase(model, raw.decode, rate_rps + queue_rps)
+            f"{planned} replica(s) for {model.decode_concurrency(rate_rps + queue_rps, planned):.0f} "
+            f"concurrent sequences ({model.decode_mean_batch(planned, rate_rps + queue_rps):.0f} per replica)"
+            + _slot_headroom_phrase(model, planned, rate_rps + queue_rps)
+            + _decode_backlog_phrase(decode_backlog, lead_s)
         ),
     ]
     if not model.ttft_reachable:
@@ -447,6 +458,16 @@ def _slot_headroom_phrase(model: CapacityModel, decode: int, rate_rps: float) ->
     return (
         f"; slot headroom: {fewest} would hold the SLO at {model.decode_mean_batch(fewest, rate_rps):.0f} "
         f"sequences each, {decode} still would with every slot taken"
+    )
+
+
+def _decode_backlog_phrase(backlog: DecodeBacklog, lead_s: float) -> str:
+    if backlog.replicas <= 0:
+        return ""
+    return (
+        f"; {backlog.replicas} more for the {backlog.waiting:.0f} sequences waiting for a decode slot "
+        f"({backlog.timely:.0f} of them and those joining until the replicas ordered serve can still meet "
+        f"the TPOT SLO), which that pool would not get into one within the lead time ({lead_s:g}s)"
     )
 
 

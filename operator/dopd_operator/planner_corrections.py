@@ -120,7 +120,7 @@ def update_corrections(
         and shed <= MAX_SHED_SHARE_TO_LEARN * rate
         and "prefill" not in unsettled
     )
-    model = CapacityModel(base, spec.slo, observed_workload(observation, rate if served is None else served))
+    model = CapacityModel(base, spec.slo, observed_workload(observation, observation.given_rate_rps))
     prefill_factor, decode_factor = state.prefill_correction, state.decode_correction
     low, high = CORRECTION_BOUNDS
     quantile = (observation.latency_percentile or 0.0) / 100.0

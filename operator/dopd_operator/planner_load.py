@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from typing import NamedTuple
 
 from dopd_operator.api import DisaggregatedModelSpec, OutputLengths
 from dopd_operator.capacity import CapacityModel, Workload
@@ -76,13 +77,71 @@ def backlog_rps(
         # away, not queued, so the queue does not grow by them (counting them would also report the
         # budget layout's sustainable rate low by the shed rate, docs/benchmarks/overload.md).
         return queue / lead_s
-    startup_s = lead_s - spec.scaling.interval_seconds
-    growing_s = startup_s
-    if observation.prefill.pending > 0 and state.last_scale_up_time is not None:
-        growing_s = min(max(startup_s - (now - state.last_scale_up_time).total_seconds(), 0.0), startup_s)
     computed_rps = observation.prefill.ready * model.prefill_rps_per_replica
-    growth = max((observation.arrival_rate_rps or 0.0) - computed_rps, 0.0) * growing_s
+    growth = max((observation.arrival_rate_rps or 0.0) - computed_rps, 0.0) * _growing_seconds(
+        spec, observation, state, now, "prefill"
+    )
     return (queue + growth) / lead_s
+
+
+class DecodeBacklog(NamedTuple):
+    """What the sequences waiting for a decode slot add to the decode pool (`decode_backlog_replicas`)."""
+
+    replicas: int
+    waiting: float  # sequences waiting now
+    timely: float  # of those and the ones that join them until the replicas ordered serve, still in time
+
+
+def decode_backlog_replicas(
+    spec: DisaggregatedModelSpec,
+    observation: Observation,
+    state: PlannerState,
+    model: CapacityModel,
+    planned: int,
+    now: datetime,
+) -> DecodeBacklog:
+    """Decode replicas beyond `planned` (the pool sized for the load) that get the sequences waiting for
+    a decode slot into one within a lead time once the capacity ordered serves.
+
+    The backlog is the queue now plus what it grows by until then: the rate the engines are given
+    beyond what the ready replicas turn over with every slot taken, for as long as the replicas already
+    starting still take (as `backlog_rps` counts it for prefill). Only the sequences that can still
+    meet their TPOT count: one may wait its slack, `(SLO - step) * (n - 1)` seconds, so by Little's
+    law at most `rate * mean slack` of them are in time; the rest are late whatever is ordered, and the
+    join order lets the timely ones go first (`dopd_worker.join_order`). The planned pool drains the
+    timely backlog by what it turns over beyond the rate, over a lead time; only the rest is ordered
+    for, at a full replica's turnover.
+
+    So a backlog the pool sized for the load drains by itself orders nothing, nor does one of short
+    outputs, whose slack is seconds (a step or a burst: what waits is late by the time anything ordered
+    serves). A pool that runs full on long outputs (a reasoning model's, read short from a window that
+    cannot see them finish, `resident_output_lengths`) keeps a queue of sequences with a minute of
+    slack each: that orders replicas."""
+    queue = observation.decode_queue_depth or 0.0
+    per_replica_rps = model.decode_rps_per_replica
+    if queue <= 0 or per_replica_rps <= 0:
+        return DecodeBacklog(0, queue, 0.0)
+    lead_s = lead_time_seconds(spec, observation)
+    rate_rps = observation.given_rate_rps
+    turned_over_rps = observation.decode.ready * per_replica_rps
+    growth = max(rate_rps - turned_over_rps, 0.0) * _growing_seconds(spec, observation, state, now, "decode")
+    drained = max(planned * per_replica_rps - rate_rps, 0.0) * lead_s
+    timely = min(queue + growth, rate_rps * model.decode_slack_seconds_mean)
+    excess = timely - drained
+    replicas = math.ceil(excess / (per_replica_rps * lead_s) - 1e-9) if excess > 0 else 0
+    return DecodeBacklog(replicas, queue, timely)
+
+
+def _growing_seconds(
+    spec: DisaggregatedModelSpec, observation: Observation, state: PlannerState, now: datetime, role: str
+) -> float:
+    """How long a backlog of `role` still grows before capacity ordered serves: what remains of the
+    startup of the replicas already starting (since the last scale-up), or a whole startup when none
+    is starting (those ordered now)."""
+    startup_s = lead_time_seconds(spec, observation) - spec.scaling.interval_seconds
+    if observation.role(role).pending > 0 and state.last_scale_up_time is not None:
+        return min(max(startup_s - (now - state.last_scale_up_time).total_seconds(), 0.0), startup_s)
+    return startup_s
 
 
 def provisioned_rate(
@@ -255,9 +314,7 @@ def resident_output_lengths(
     (`hold_output_lengths`).
     """
     running, mean = observation.decode_running, observation.output_tokens_mean
-    rate = observation.served_rate_rps
-    if rate is None:
-        rate = observation.arrival_rate_rps
+    rate = observation.given_rate_rps
     gap_s = observation.tpot_mean_seconds
     if not running or mean is None or mean <= 0 or not rate or not gap_s:
         return observation, None

@@ -107,6 +107,12 @@ class Observation(_Frozen):
         "reason; None when it is used, or when there is nothing to measure (an idle window).",
     )
     prefill_queue_depth: float | None = Field(None, ge=0, description="Requests waiting for prefill.")
+    decode_queue_depth: float | None = Field(
+        None,
+        ge=0,
+        description="Sequences at the decode pods waiting to join a batch (their KV arriving, or no slot "
+        "or KV free), all replicas.",
+    )
     decode_kv_usage: float | None = Field(None, ge=0, le=1, description="Mean decode KV usage 0..1.")
     decode_running: float | None = Field(None, ge=0, description="Sequences decoding, all replicas.")
     latency_percentile: float | None = Field(
@@ -173,6 +179,13 @@ class Observation(_Frozen):
         if self.arrival_rate_rps is None or self.shed_rate_rps is None:
             return None
         return max(self.arrival_rate_rps - self.shed_rate_rps, 0.0)
+
+    @property
+    def given_rate_rps(self) -> float:
+        """The rate the engines were given: the served rate where the shed rate is known, else the
+        arrivals (all of them, as a router that sheds nothing gives them); 0 where both are unknown."""
+        served = self.served_rate_rps
+        return served if served is not None else self.arrival_rate_rps or 0.0
 
     @property
     def unknown_reason(self) -> str:

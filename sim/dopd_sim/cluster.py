@@ -552,6 +552,11 @@ class Simulator:
             return float(len(self.mixed_waiting) + queued)
         return float(len(self.prefill_queue))
 
+    def decode_queue_depth(self) -> float:
+        """Sequences waiting for a decode slot; none in the aggregated layout (its one queue is
+        `queue_depth`)."""
+        return float(len(self.decode_waiting))
+
     # ------------------------------------------------- driven from outside (dopd_sim.stepping)
     # Additive: run() never calls these two. `stepping.SteppedSimulator` (the engine emulator's clock and
     # replica follower) builds its stepping API on them.

@@ -250,6 +250,7 @@ class ObservationBuilder:
             output_tokens_mean=outputs.mean,
             output_tokens_p90=outputs.quantile,
             prefill_queue_depth=sim.queue_depth(),
+            decode_queue_depth=sim.decode_queue_depth(),
             decode_kv_usage=None if warm_start else sim.decode_kv_usage(),
             decode_running=sim.decode_running(),
             latency_percentile=self.percentile,

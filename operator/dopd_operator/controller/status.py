@@ -161,6 +161,7 @@ def _load(observation: Observation) -> ObservedLoad:
         output_tokens_mean=_round(observation.output_tokens_mean),
         output_tokens_p90=_round(observation.output_tokens_p90),
         queue_depth=_round(observation.prefill_queue_depth),
+        decode_queue_depth=_round(observation.decode_queue_depth),
         kv_usage=_round(observation.decode_kv_usage, 4),
     )
 

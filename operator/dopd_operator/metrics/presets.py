@@ -110,6 +110,8 @@ class EnginePreset:
     model_label: str  # where the engine puts the served model name (for spec.metrics.selector)
     arrival: ArrivalRead
     queue_depth: GaugeRead
+    # sequences at the decode pods waiting to join a batch (their KV arriving, or no slot free)
+    decode_queue_depth: GaugeRead
     kv_usage: GaugeRead
     running: GaugeRead
     input_tokens: LengthRead
@@ -153,7 +155,12 @@ class EnginePreset:
         return found
 
     def gauges(self) -> dict[str, GaugeRead]:
-        return {"queue_depth": self.queue_depth, "kv_usage": self.kv_usage, "running": self.running}
+        return {
+            "queue_depth": self.queue_depth,
+            "decode_queue_depth": self.decode_queue_depth,
+            "kv_usage": self.kv_usage,
+            "running": self.running,
+        }
 
     def raw_families(self) -> tuple[str, ...]:
         names = [*self.arrival.counters, *self.arrival.in_system]
@@ -174,6 +181,7 @@ DOPD = EnginePreset(
     model_label="model",
     arrival=ArrivalRead("router", ("dopd_requests_arrived_total",)),
     queue_depth=GaugeRead(("dopd_requests_waiting",), ("router", "prefill"), "sum"),
+    decode_queue_depth=GaugeRead(("dopd_requests_waiting",), ("decode",), "sum"),
     kv_usage=GaugeRead(("dopd_kv_cache_usage_ratio",), ("decode",), "mean"),
     running=GaugeRead(("dopd_requests_running",), ("decode",), "sum"),
     # the router records prompt lengths at arrival: the demand's mix, shed requests included (the
@@ -205,6 +213,7 @@ VLLM = EnginePreset(
         "prefill", ("vllm:request_success_total",), ("vllm:num_requests_waiting", "vllm:num_requests_running")
     ),
     queue_depth=GaugeRead(("vllm:num_requests_waiting",), ("prefill",), "sum"),
+    decode_queue_depth=GaugeRead(("vllm:num_requests_waiting",), ("decode",), "sum"),
     kv_usage=GaugeRead(("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"), ("decode",), "mean"),
     running=GaugeRead(("vllm:num_requests_running",), ("decode",), "sum"),
     input_tokens=LengthRead(HistogramRead("vllm:request_prompt_tokens", "prefill")),
@@ -228,6 +237,7 @@ SGLANG = EnginePreset(
         "prefill", ("sglang:num_requests_total",), ("sglang:num_queue_reqs", "sglang:num_running_reqs")
     ),
     queue_depth=GaugeRead(("sglang:num_queue_reqs",), ("prefill",), "sum"),
+    decode_queue_depth=GaugeRead(("sglang:num_queue_reqs",), ("decode",), "sum"),
     kv_usage=GaugeRead(("sglang:token_usage",), ("decode",), "mean"),
     running=GaugeRead(("sglang:num_running_reqs",), ("decode",), "sum"),
     input_tokens=LengthRead(

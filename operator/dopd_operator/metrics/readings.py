@@ -453,6 +453,7 @@ def build_observation(
         tpot_p = tpot.quantile
         tpot_attainment = reader.tpot_attainment_with_waits(tpot, preset.decode_wait, output_mean)
     queue_depth = reader.gauge("prefill queue depth", preset.queue_depth)
+    decode_queue_depth = reader.gauge("decode queue depth", preset.decode_queue_depth)
     kv_usage = reader.gauge("decode KV usage", preset.kv_usage, upper=1.0)
     running = reader.gauge("decode running", preset.running)
     shed_rps = reader.shed_rate()
@@ -477,6 +478,7 @@ def build_observation(
         output_tokens_mean=output_mean,
         output_tokens_p90=output_p90,
         prefill_queue_depth=queue_depth,
+        decode_queue_depth=decode_queue_depth,
         decode_kv_usage=kv_usage,
         decode_running=running,
         latency_percentile=queries.percentile,

@@ -15,6 +15,7 @@ from dopd_operator.metrics.presets import PRESETS, check_metrics_spec, query_set
     [
         (Engine.DOPD, "arrival", ("dopd_requests_arrived_total",), ("router",)),
         (Engine.DOPD, "queue_depth", ("dopd_requests_waiting",), ("router", "prefill")),
+        (Engine.DOPD, "decode_queue_depth", ("dopd_requests_waiting",), ("decode",)),
         (Engine.DOPD, "kv_usage", ("dopd_kv_cache_usage_ratio",), ("decode",)),
         (Engine.DOPD, "ttft", ("dopd_time_to_first_token_seconds",), ("router",)),
         (Engine.DOPD, "tpot", ("dopd_inter_token_latency_seconds",), ("router",)),
@@ -33,6 +34,7 @@ from dopd_operator.metrics.presets import PRESETS, check_metrics_spec, query_set
             ("prefill",),
         ),
         (Engine.VLLM, "queue_depth", ("vllm:num_requests_waiting",), ("prefill",)),
+        (Engine.VLLM, "decode_queue_depth", ("vllm:num_requests_waiting",), ("decode",)),
         (Engine.VLLM, "kv_usage", ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"), ("decode",)),
         (Engine.VLLM, "running", ("vllm:num_requests_running",), ("decode",)),
         (Engine.VLLM, "ttft", ("vllm:time_to_first_token_seconds",), ("prefill",)),
@@ -57,6 +59,7 @@ from dopd_operator.metrics.presets import PRESETS, check_metrics_spec, query_set
             ("prefill",),
         ),
         (Engine.SGLANG, "queue_depth", ("sglang:num_queue_reqs",), ("prefill",)),
+        (Engine.SGLANG, "decode_queue_depth", ("sglang:num_queue_reqs",), ("decode",)),
         (Engine.SGLANG, "kv_usage", ("sglang:token_usage",), ("decode",)),
         (Engine.SGLANG, "running", ("sglang:num_running_reqs",), ("decode",)),
         (Engine.SGLANG, "ttft", ("sglang:time_to_first_token_seconds",), ("prefill",)),

@@ -72,6 +72,9 @@ DOPD_RAW = [
     series("dopd_requests_arrived_total", "router-0", "router", steady(5.0)),
     series("dopd_requests_waiting", "router-0", "router", [2.0] * 121),
     series("dopd_requests_waiting", "prefill-0", "prefill", [3.0] * 121),
+    # sequences at the decode pods waiting to join a batch
+    series("dopd_requests_waiting", "decode-0", "decode", [1.0] * 121),
+    series("dopd_requests_waiting", "decode-1", "decode", [3.0] * 121),
     series("dopd_kv_cache_usage_ratio", "decode-0", "decode", [0.2] * 121),
     series("dopd_kv_cache_usage_ratio", "decode-1", "decode", [0.6] * 121),
     series("dopd_requests_running", "decode-0", "decode", [8.0] * 121),
@@ -112,6 +115,7 @@ HEALTHY = {
     "output_tokens_mean": 200.0,
     "output_tokens_p90": 128.0 + 128.0 * 0.9,
     "prefill_queue_depth": 5.0,  # router 2 + prefill 3
+    "decode_queue_depth": 4.0,  # decode 1 + 3 (the router's and prefill's are not waiting for decode)
     "decode_kv_usage": 0.4,  # mean of 0.2 and 0.6
     "decode_running": 20.0,
     "ttft_seconds": 1.0 + 1.0 * 30.0 / 40.0,  # rank 90 in (1, 2]
@@ -379,7 +383,7 @@ def _replace(
                 else s
                 for s in raw
             ],
-            {"decode_kv_usage", "decode_running"},
+            {"decode_kv_usage", "decode_running", "decode_queue_depth"},
             'decode KV usage: dopd_kv_cache_usage_ratio{role=~"decode"} is stale: newest sample 100 s old '
             "(limit 45 s)",
             id="stale-target",
@@ -389,6 +393,12 @@ def _replace(
             {"prefill_queue_depth"},
             'prefill queue depth: no series of dopd_requests_waiting{role=~"router"}',
             id="router-queue-missing-is-not-prefill-only",
+        ),
+        pytest.param(
+            _without("dopd_requests_waiting", "decode-1"),
+            {"decode_queue_depth"},
+            'decode queue depth: 1 of 2 ready decode pods report a fresh dopd_requests_waiting{role=~"decode"}',
+            id="decode-queue-on-one-of-two-pods-is-unknown",
         ),
         pytest.param(
             _without("dopd_requests_arrived_total"),
@@ -465,6 +475,7 @@ def test_missing_histograms_and_an_empty_answer() -> None:
         'dopd_inter_token_latency_seconds{role=~"router"}: no series',
         'dopd_request_time_per_output_token_seconds{role=~"router"}: no series',
         'prefill queue depth: no series of dopd_requests_waiting{role=~"router|prefill"}',
+        'decode queue depth: no series of dopd_requests_waiting{role=~"decode"}',
         'decode KV usage: no series of dopd_kv_cache_usage_ratio{role=~"decode"}',
         'decode running: no series of dopd_requests_running{role=~"decode"}',
         'shed rate: no series of dopd_requests_rejected_total{role=~"router"} '
