@@ -11,7 +11,8 @@ No I/O, no clock reads, no globals (the Kopf timer and the simulator both call i
    quantile of the rises within a lead time that neither the observed rate nor its trend foresaw,
    measured on the arrival history by the tick, `surge.py`), the forecast's upper quantile at the lead
    time and the observed trend extrapolated over it, plus the rate that drains the prefill queue over
-   the lead time (for both pools).
+   the lead time (for both pools), and for decode the replicas that seat the sequences waiting for a
+   slot that can still meet their TPOT, where the pool sized for the load would not.
 4. Capacity model (`capacity.py`): raw N_P, N_D, with service times 5% above the corrected profile.
 5. Safety layer (`safety.py`), every change recorded as a Clamp. The first decision of a fresh planner
    (no recommendation history) is not step-limited, so from minReplicas at a standing load it sizes for

@@ -1,6 +1,7 @@
 """The load the planner sizes for, read from an observation: how far ahead it must look (the lead
 time), the rate to provision for (the observed rate with its surge headroom, the forecast's upper
-quantile, the trend extrapolated), the rate that drains a prefill backlog, and the capacity model's
+quantile, the trend extrapolated), the rate that drains a prefill backlog, the decode replicas a
+backlog waiting for decode slots needs (`decode_backlog_replicas`), and the capacity model's
 `Workload`, with the output lengths raised to what the decode residents imply where the window is too short
 to see the long outputs finish (`resident_output_lengths`) and held while the decode pool's slots are
 full (`hold_output_lengths`).
