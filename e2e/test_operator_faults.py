@@ -133,9 +133,10 @@ def test_an_operator_killed_mid_scale_up_continues_without_flapping(s: Scenario,
     )
     s.apply(doc)
     s.wait_children("grow")
-    # 80 rps of 1000-token outputs: about 1300 sequences decoding, six decode replicas of 256 slots at
-    # the engine's own speed (the scale-up must outlast the restart by more than one step)
-    s.emulate(doc, write_trace(tmp_path / "grow.csv", [(80, 100)], isl=100, osl=1000, seed=7))
+    # 10 rps first, so the first decision (sized at once, not step-limited) finds one decode replica
+    # enough; then 80 rps of 1000-token outputs: about 1300 sequences decoding, six decode replicas of
+    # 256 slots at the engine's own speed (the scale-up must outlast the restart by more than one step)
+    s.emulate(doc, write_trace(tmp_path / "grow.csv", [(10, 30), (80, 100)], isl=100, osl=1000, seed=7))
     # one replica a tick at most: the scale-up takes several ticks; kill the operator in the middle
     wait_until(lambda: s.replicas("grow")[1] >= 3, 90, "the scale-up to be under way")
     s.operator.kill()
