@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dopd_builders import T0, make_obs, make_spec
+from dopd_builders import T0, make_obs, make_spec, settled_state
 from dopd_operator.planner import plan
 from dopd_operator.planner_load import (
     FINISHED_LENGTHS_WINDOW_SHARE,
@@ -149,3 +149,35 @@ def test_the_bound_only_raises_the_output_lengths_and_only_where_the_window_is_s
         assert result.output_tokens_p90 * gap_s > RESIDENT_LENGTHS_WINDOW_SHARE * WINDOW_S
         assert osl * p90_ratio * gap_s > FINISHED_LENGTHS_WINDOW_SHARE * WINDOW_S
         assert result.output_tokens_p90 / result.output_tokens_mean == pytest.approx(p90_ratio)
+
+
+def _decode_factor_after(osl: float, osl_p90: float, rate: float, decode: int, gap_s: float) -> float:
+    """The decode factor after six settled ticks whose windows read mean gaps of `gap_s`, the running
+    sequences as many as those gaps imply (Little's law), so the lengths stand as measured."""
+    spec = make_spec()
+    obs = make_obs(
+        rate=rate,
+        isl=800,
+        osl=osl,
+        osl_p90=osl_p90,
+        prefill=2,
+        decode=decode,
+        tpot_seconds=1.2 * gap_s,
+        tpot_mean_seconds=gap_s,
+        decode_running=rate * (osl - 1) * gap_s,
+    )
+    state = settled_state(obs)
+    for _ in range(6):
+        state = plan(spec, obs, None, state, T0).state
+    return state.decode_correction
+
+
+def test_a_window_too_short_for_the_outputs_can_raise_the_decode_factor_but_not_lower_it() -> None:
+    """Outputs that take longer than half the window to generate (2400 tokens, P90 5000, at 10-25 ms):
+    the window has not seen its residents through, and on a rising load their contexts are shorter than
+    the steady state's, so their steps read fast (on the reasoning trace a right profile's factor sank
+    to 0.81 in the first two minutes). Such a window lowers nothing; a slow one still raises the factor.
+    Short outputs (200 tokens) the window sees through: a fast read lowers it as ever."""
+    assert _decode_factor_after(2400, 5000, 14.0, 9, gap_s=0.010) == 1.0
+    assert _decode_factor_after(2400, 5000, 14.0, 9, gap_s=0.025) > 1.1
+    assert _decode_factor_after(200, 400, 60.0, 2, gap_s=0.008) < 0.9
