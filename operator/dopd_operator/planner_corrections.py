@@ -33,9 +33,14 @@ CORRECTION_SMOOTHING = 0.5
 MAX_SHED_SHARE_TO_LEARN = 0.02
 
 
-def _outputs_outlast_window(spec: DisaggregatedModelSpec, observation: Observation) -> bool:
-    """Whether the P90 output (as sized for: raised to what the residents imply, or held) takes longer
-    than RESIDENT_LENGTHS_WINDOW_SHARE of the metrics window to generate at the window's mean gap."""
+def _young_residents(spec: DisaggregatedModelSpec, observation: Observation) -> bool:
+    """Whether the decode residents are younger than the steady state: the load rises (its trend beyond
+    the slope's noise) and the P90 output (as sized for: raised to what the residents imply, or held)
+    takes longer than RESIDENT_LENGTHS_WINDOW_SHARE of the metrics window to generate at the window's
+    mean gap, so the window has not seen them through."""
+    trend = observation.arrival_rate_trend_rps_per_s or 0.0
+    if trend <= (observation.arrival_rate_trend_noise_rps_per_s or 0.0):
+        return False
     p90 = observation.output_tokens_p90 or observation.output_tokens_mean or 0.0
     gap_s = observation.tpot_mean_seconds or 0.0
     return p90 * gap_s > RESIDENT_LENGTHS_WINDOW_SHARE * spec.metrics.window_seconds
@@ -109,9 +114,9 @@ def update_corrections(
     longer than the SLO alone: `prefill_feasible_share` below it): that percentile is the longest prompts'
     own prefill time, where a prefix cache saves most (a long prompt is mostly a cached conversation), and
     a factor fitted to it misjudges the prompts that can meet the SLO, which attainment is made of.
-    Where the P90 output takes longer than half the window to generate, the decode factor rises but
-    does not fall (`_outputs_outlast_window`): the window has not seen its residents through, and on a
-    rising load their contexts are shorter than the steady state's.
+    On a rising load whose P90 output takes longer than half the window to generate, the decode factor
+    rises but does not fall (`_young_residents`): the window has not seen its residents through, and
+    their contexts are shorter than the steady state's.
     """
     rate = observation.arrival_rate_rps or 0.0
     # The load stepped within the window: its latencies mix two loads, the one measured at the tick
@@ -186,12 +191,13 @@ def update_corrections(
         if "decode" in unsettled and not (full and missed):
             pass  # the window's TPOT is the old pool's (its slot waits included), not this one's
         elif low <= ratio <= high and "decode" not in unsettled:
-            if _outputs_outlast_window(spec, observation):
+            if _young_residents(spec, observation):
                 # The residents' contexts grow over lives longer than the window: on a rising load they
                 # are younger than the steady state the model predicts at, and their steps faster. On
                 # the reasoning trace a right profile's factor sank to 0.81 in the first two minutes and
                 # the pool grew behind the load from there. Such a window can say the engine is slower,
-                # never that it is faster.
+                # never that it is faster. (Not on a flat or falling load: held there too, a factor
+                # raised at a cold start kept 15-20% more GPU-hours for good.)
                 ratio = max(ratio, decode_factor)
             decode_factor += CORRECTION_SMOOTHING * (ratio - decode_factor)
         elif ratio > high and missed:
