@@ -197,7 +197,7 @@ def update_corrections(
                 # the reasoning trace a right profile's factor sank to 0.81 in the first two minutes and
                 # the pool grew behind the load from there. Such a window can say the engine is slower,
                 # never that it is faster. (Not on a flat or falling load: held there too, a factor
-                # raised at a cold start kept 15-20% more GPU-hours for good.)
+                # raised at a cold start kept 15-25% more GPU-hours for good.)
                 ratio = max(ratio, decode_factor)
             decode_factor += CORRECTION_SMOOTHING * (ratio - decode_factor)
         elif ratio > high and missed:

@@ -183,7 +183,7 @@ def test_on_a_rise_a_window_too_short_for_the_outputs_can_raise_the_decode_facto
     the steady state's, so their steps read fast (on the reasoning trace a right profile's factor sank
     to 0.81 in the first two minutes). Such a window lowers nothing; a slow one still raises the factor.
     On a flat load, or with short outputs (200 tokens) the window sees through, a fast read lowers it
-    (held on flat loads too, a factor raised at a cold start kept 15-20% more GPU-hours for good)."""
+    (held on flat loads too, a factor raised at a cold start kept 15-25% more GPU-hours for good)."""
     assert _decode_factor_after(2400, 5000, 14.0, 9, gap_s=0.010) == 1.0
     assert _decode_factor_after(2400, 5000, 14.0, 9, gap_s=0.025) > 1.1
     assert _decode_factor_after(2400, 5000, 14.0, 9, gap_s=0.010, trend_rps_per_s=0.0) < 0.95
