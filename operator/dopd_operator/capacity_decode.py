@@ -87,7 +87,7 @@ class DecodeModel:
         # Mean seconds a sequence may wait for a slot before it is late (one-token outputs never are:
         # they count as no wait). By Little's law at most `rate * slack_seconds_mean` sequences wait
         # and can still join in time.
-        self.slack_seconds_mean = float(np.mean(np.where(steps > 0, np.maximum(slack, 0.0), 0.0)))
+        self.slack_seconds_mean = float(np.mean(np.where(np.isfinite(self._slack), self._slack, 0.0)))
         # Mean residents per replica such that mean + z*sqrt(mean) <= B_tpot (TPOT-capped batches only).
         z = max(z, 0.0)
         root = (-z + math.sqrt(z * z + 4 * self.slots)) / 2

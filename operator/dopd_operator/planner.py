@@ -130,22 +130,18 @@ def plan(
     model = CapacityModel(profile, spec.slo, workload)
     queue_rps = backlog_rps(spec, observation, state, model, now)
 
-    def raw_at(rate: float) -> Layout:
+    def raw_at(rate: float) -> tuple[Layout, DecodeBacklog]:
         # Decode with slot headroom: as many replicas as serve the load with every step at the full
         # batch's time (`CapacityModel.decode_replicas`), where the fewest that hold the SLO settle well
-        # short of it.
+        # short of it; plus those the sequences waiting for a slot need.
         decode = model.decode_replicas(rate + queue_rps, every_slot_taken=True)
-        return Layout(
-            model.prefill_replicas(rate + queue_rps),
-            decode + decode_backlog_replicas(spec, observation, state, model, decode, now).replicas,
-        )
+        backlog = decode_backlog_replicas(spec, observation, state, model, decode, now)
+        return Layout(model.prefill_replicas(rate + queue_rps), decode + backlog.replicas), backlog
 
     def shaped_at(rate: float) -> Layout:
-        return apply_ratio_band(clamp_bounds(raw_at(rate), spec, None), spec, None)
+        return apply_ratio_band(clamp_bounds(raw_at(rate)[0], spec, None), spec, None)
 
-    raw = raw_at(rate_rps)
-    planned_decode = model.decode_replicas(rate_rps + queue_rps, every_slot_taken=True)
-    decode_backlog = decode_backlog_replicas(spec, observation, state, model, planned_decode, now)
+    raw, decode_backlog = raw_at(rate_rps)
     reasons = [
         idle_reason or load_reason,
         *_capacity_reasons(
