@@ -461,10 +461,15 @@ def _slot_headroom_phrase(model: CapacityModel, decode: int, rate_rps: float) ->
 def _decode_backlog_phrase(backlog: DecodeBacklog, lead_s: float) -> str:
     if backlog.replicas <= 0:
         return ""
+    horizon = (
+        f"the lead time ({lead_s:g}s)"
+        if backlog.drain_seconds <= lead_s
+        else f"{backlog.drain_seconds:.0f}s (their mean slack, longer than the {lead_s:g}s lead time)"
+    )
     return (
         f"; {backlog.replicas} more for the {backlog.waiting:.0f} sequences waiting for a decode slot "
         f"({backlog.timely:.0f} of them and those joining until the replicas ordered serve can still meet "
-        f"the TPOT SLO), which that pool would not get into one within the lead time ({lead_s:g}s)"
+        f"the TPOT SLO), which that pool would not get into one within {horizon}"
     )
 
 

@@ -91,6 +91,7 @@ class DecodeBacklog(NamedTuple):
     replicas: int
     waiting: float  # sequences waiting now
     timely: float  # of those and the ones that join them until the replicas ordered serve, still in time
+    drain_seconds: float  # drained over: the lead time, or the mean slack where longer (0: nothing waits)
 
 
 def decode_backlog_replicas(
@@ -110,8 +111,12 @@ def decode_backlog_replicas(
     meet their TPOT count: one may wait its slack, `(SLO - step) * (n - 1)` seconds, so by Little's
     law at most `rate * mean slack` of them are in time; the rest are late whatever is ordered, and the
     join order lets the timely ones go first (`dopd_worker.join_order`). The planned pool drains the
-    timely backlog by what it turns over beyond the rate, over a lead time; only the rest is ordered
-    for, at a full replica's turnover.
+    timely backlog by what it turns over beyond the rate, over a lead time, or over the mean slack where
+    that is longer (a short startup: the timely sequences can wait longer than the replicas ordered
+    take to serve); only the rest is ordered for, at a full replica's turnover over the same horizon.
+    As the timely backlog is at most `rate * mean slack`, the queue never orders more than a second
+    pool for the load: drained over a 15 s lead time, a flood of 1000-token outputs with 35 s of slack
+    each had ordered 18 decode replicas where 6 serve (the e2e cluster's 10 s startups).
 
     So a backlog the pool sized for the load drains by itself orders nothing, nor does one of short
     outputs, whose slack is seconds (a step or a burst: what waits is late by the time anything ordered
@@ -121,16 +126,17 @@ def decode_backlog_replicas(
     queue = observation.decode_queue_depth or 0.0
     per_replica_rps = model.decode_rps_per_replica
     if queue <= 0 or per_replica_rps <= 0:
-        return DecodeBacklog(0, queue, 0.0)
-    lead_s = lead_time_seconds(spec, observation)
+        return DecodeBacklog(0, queue, 0.0, 0.0)
+    slack_s = model.decode_slack_seconds_mean
+    drain_s = max(lead_time_seconds(spec, observation), slack_s)
     rate_rps = observation.given_rate_rps
     turned_over_rps = observation.decode.ready * per_replica_rps
     growth = max(rate_rps - turned_over_rps, 0.0) * _growing_seconds(spec, observation, state, now, "decode")
-    drained = max(planned * per_replica_rps - rate_rps, 0.0) * lead_s
-    timely = min(queue + growth, rate_rps * model.decode_slack_seconds_mean)
+    drained = max(planned * per_replica_rps - rate_rps, 0.0) * drain_s
+    timely = min(queue + growth, rate_rps * slack_s)
     excess = timely - drained
-    replicas = math.ceil(excess / (per_replica_rps * lead_s) - 1e-9) if excess > 0 else 0
-    return DecodeBacklog(replicas, queue, timely)
+    replicas = math.ceil(excess / (per_replica_rps * drain_s) - 1e-9) if excess > 0 else 0
+    return DecodeBacklog(replicas, queue, timely, drain_s)
 
 
 def _growing_seconds(

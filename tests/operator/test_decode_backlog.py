@@ -7,6 +7,8 @@ before anything ordered could serve them, orders nothing.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 import pytest
@@ -89,6 +91,32 @@ def test_the_replicas_ordered_are_the_fewest_that_drain_the_timely_backlog_withi
     assert backlog.replicas > 0
     assert drains(planned + backlog.replicas)
     assert not drains(planned + backlog.replicas - 1)
+
+
+def test_a_short_startup_drains_over_the_slack_and_never_orders_more_than_a_second_pool() -> None:
+    """Replicas that start in 10 s (the e2e cluster's): the timely sequences can wait their slack, a
+    minute here, longer than the 15 s lead time, so the backlog is drained over that minute. Drained
+    over the lead time, a full queue had ordered four pools for the load on top of the one it needs."""
+    fast = make_spec(
+        prefill={"startupSeconds": 10}, decode={"startupSeconds": 10}, scaling={"intervalSeconds": 5}
+    )
+    obs = make_obs(**REASONING, prefill=1, decode=_sized(REASONING).decode, decode_queue_depth=5_000)
+    model = _model(obs)
+    planned = model.decode_replicas(obs.given_rate_rps, every_slot_taken=True)
+    slack_s = model.decode_slack_seconds_mean
+    assert lead_time_seconds(fast, obs) == 15 < slack_s
+    backlog = decode_backlog_replicas(fast, obs, PlannerState(), model, planned, T0)
+    per_replica = model.decode_rps_per_replica
+
+    def drains(replicas: int) -> bool:
+        return (replicas * per_replica - obs.given_rate_rps) * slack_s >= backlog.timely - 1e-6
+
+    assert backlog.drain_seconds == slack_s
+    assert 0 < backlog.replicas <= math.ceil(obs.given_rate_rps / per_replica)
+    assert drains(planned + backlog.replicas) and not drains(planned + backlog.replicas - 1)
+    reasons = plan(fast, obs, None, PlannerState(), T0).reasons
+    said = "s (their mean slack, longer than the 15s lead time)"
+    assert any(re.search(r"within \d+" + re.escape(said), r) for r in reasons)
 
 
 def test_late_sequences_of_short_outputs_order_nothing() -> None:
