@@ -181,3 +181,20 @@ def test_a_first_token_that_ends_the_sequence_finishes_it_without_a_slot() -> No
     assert events == [("one", 5), ("one", None)]  # its token, then the end: nothing joins
     assert engine.in_flight() == 0 and not engine.has_work()
     assert engine.cache.allocator.usage() == 0.0  # its blocks went back
+
+
+def test_the_waiting_gauge_counts_sequences_waiting_for_a_slot_not_transfers_in_flight() -> None:
+    """The planner reads `dopd_requests_waiting` on decode as the sequences waiting for a decode slot
+    (`Observation.decode_queue_depth`), as the simulator counts them: those whose KV has arrived. A
+    transfer still in flight has its blocks and no wait for a slot; it is counted apart, and a drain
+    still waits for it."""
+    engine = _decode_engine(None)
+    events: list[tuple[str, int | None]] = []
+    _admit(engine, "a", events)
+    engine.step()  # `a` takes the batch of one
+    _admit(engine, "b", events)  # `b` waits for the slot
+    engine.pending_transfers += 2  # two receives under way (as the decode server counts them)
+    engine.gauges()
+    waiting = engine.metrics.requests_waiting.labels(role="decode", model="tiny")
+    assert waiting.collect()[0].samples[0].value == 1
+    assert engine.in_flight() == 4  # a drain waits for all of them

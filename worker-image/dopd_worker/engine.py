@@ -354,7 +354,10 @@ class DecodeEngine(EngineThread):
 
     def gauges(self) -> None:
         labels = {"role": self.metrics.role, "model": self.metrics.model}
-        self.metrics.requests_waiting.labels(**labels).set(len(self._joining) + self.pending_transfers)
+        # Waiting for a slot: the sequences whose KV arrived. A transfer in flight is not waiting for a slot
+        # (its blocks are taken; `dopd_kv_transfers_pending` counts it): counted here, a slow transfer
+        # read as a decode queue, and the planner ordered decode replicas for it.
+        self.metrics.requests_waiting.labels(**labels).set(len(self._joining))
         self.metrics.requests_running.labels(**labels).set(len(self.active))
         self.metrics.kv_cache_usage_ratio.labels(**labels).set(self.cache.allocator.usage())
 
