@@ -338,15 +338,20 @@ class Simulator:
                 else:
                     instance.pending.append((request, entry[1] + 1, steps, entry[4]))
         for request in instance.pop_finished():
-            steps = self.output_tokens[request] - 1
-            self.log.finish(request, now, (now - self.log.first_token_s[request]) / steps)
-        instance.join_pending()
+            tokens = int(self.output_tokens[request])
+            self.log.finish(request, now, (now - self.log.first_token_s[request]) / (tokens - 1), tokens)
+        self._join_pending(instance, now)
         if mixed:
             self._dispatch_mixed()
         elif not instance.draining:
             self._drain_decode_waiting()
-        instance.join_pending()  # sequences admitted at this boundary start with the next step
+        self._join_pending(instance, now)  # sequences admitted at this boundary start with the next step
         self._reschedule(instance)
+
+    def _join_pending(self, instance: DecodeInstance, now: float) -> None:
+        for request, *_ in instance.pending:
+            self.log.join(request, now, int(self.output_tokens[request]))
+        instance.join_pending()
 
     def _reschedule(self, instance: DecodeInstance) -> None:
         if isinstance(instance, MixedInstance) and instance.prefills:

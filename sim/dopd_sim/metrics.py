@@ -49,6 +49,12 @@ class RequestLog:
         self.finish_times: list[float] = []
         self.finish_tpot: list[float] = []
         self.finish_output_index: list[int] = []
+        # The inter-token gaps as the decode worker observes them, each when it leaves: a sequence's wait
+        # for a decode slot when it joins a batch (`join`), its decode steps when it finishes (their mean).
+        self.join_s: list[float] = [math.nan] * requests
+        self.join_times: list[float] = []  # sequences of three or more tokens, as they join a batch
+        self.join_waits: list[float] = []  # seconds each waited for its slot after its first token
+        self.finish_step_gap: list[float] = []  # mean gap after the first (two tokens: the one gap)
         self.shed_times: list[float] = []  # when each request the router turned away was turned away
 
     def first_token(self, request: int, now_s: float, arrival_s: float) -> None:
@@ -59,7 +65,19 @@ class RequestLog:
         self.first_token_ttft.append(ttft)
         self.first_token_index.append(request)
 
-    def finish(self, request: int, now_s: float, tpot_s: float) -> None:
+    def join(self, request: int, now_s: float, output_tokens: int) -> None:
+        """A sequence joins a decode batch. Its first inter-token gap holds its wait for the slot (the
+        prefill's token left when its KV arrived): logged now, as the worker observes the gap when the
+        next token leaves, not a sequence's life later at its finish (for a 3000-token output, two
+        minutes). A two-token output has one gap only, logged whole at its finish."""
+        self.join_s[request] = now_s
+        if output_tokens >= 3:
+            self.join_times.append(now_s)
+            self.join_waits.append(now_s - self.first_token_s[request])
+
+    def finish(self, request: int, now_s: float, tpot_s: float, output_tokens: int = 0) -> None:
+        """A request completes with `tpot_s`, its mean gap from first token to last (waits included); the
+        gaps after its first (`output_tokens` - 2 of them, from its join on) are logged at their mean."""
         self.finish_s[request] = now_s
         self.tpot_s[request] = tpot_s
         self.finished += 1
@@ -67,6 +85,11 @@ class RequestLog:
         self.finish_times.append(now_s)
         self.finish_tpot.append(tpot_s)
         self.finish_output_index.append(request)
+        joined = self.join_s[request]
+        if output_tokens >= 3 and not math.isnan(joined):
+            self.finish_step_gap.append((now_s - joined) / (output_tokens - 2))
+        else:
+            self.finish_step_gap.append(tpot_s)
 
     def reject(self, request: int, now_s: float) -> None:
         self.rejected[request] = True

@@ -10,8 +10,10 @@ production.
   output lengths: the decode workers' `dopd_generation_tokens`, observed at the last token; mean from
   the sum, P90 from the buckets (the worker's bucket boundaries, `dopd_worker.metrics`).
 - TTFT at the SLO percentile and its attainment: `dopd_time_to_first_token_seconds` over the first
-  tokens of the window; TPOT: its mean from `dopd_inter_token_latency_seconds`, where each finished
-  request adds its output tokens - 1 gaps at its mean gap (the simulator does not time single tokens),
+  tokens of the window; TPOT: its mean from `dopd_inter_token_latency_seconds`, each gap observed when
+  it leaves, as the worker and the emulator observe it: a sequence's first gap, its wait for a decode
+  slot, when it joins a batch; the gaps after it at their mean when it finishes (the simulator does
+  not time single steps),
   its percentile and attainment from `dopd_request_time_per_output_token_seconds`, one observation per
   finished request of two or more tokens (its mean gap, waits for a decode slot included).
 - Shed rate: the router's `dopd_requests_rejected_total` + `dopd_requests_expired_total` over the
@@ -196,10 +198,18 @@ class ObservationBuilder:
             finished = np.asarray(log.finish_output_index[first:], dtype=np.int64)
             outputs = _lengths("dopd_generation_tokens", self._output_f[finished])
             gap_s, gaps = np.asarray(log.finish_tpot[first:]), self._gaps_f[finished]
+            # Each gap when it leaves: the waits for a slot of the sequences that joined a batch in the
+            # window, and the steps after them of those that finished in it (`RequestLog.join`).
+            joined = bisect.bisect_left(log.join_times, start)
+            step_weights = np.where(gaps >= 2.0, gaps - 1.0, gaps)
+            itl_s = np.concatenate(
+                (np.asarray(log.finish_step_gap[first:]), np.asarray(log.join_waits[joined:]))
+            )
+            itl_weights = np.concatenate((step_weights, np.ones(len(log.join_waits) - joined)))
             gaps_summary = summarize_histogram(
                 "dopd_inter_token_latency_seconds",
-                histogram_from_values(gap_s, ITL_BUCKETS_SECONDS, weights=gaps),
-                float(np.sum(gap_s * gaps)),
+                histogram_from_values(itl_s, ITL_BUCKETS_SECONDS, weights=itl_weights),
+                float(np.sum(itl_s * itl_weights)),
             )
             # the router's per-request TPOT: one observation per finished request of two or more tokens
             per_request = summarize_histogram(

@@ -8,11 +8,12 @@ import math
 
 import numpy as np
 import pytest
-from sim_helpers import ScriptedPolicy
+from sim_helpers import ScriptedPolicy, make_trace, toy_config, toy_profile
 
+from dopd_operator.planner_types import Observation
 from dopd_sim.cluster import Simulator
 from dopd_sim.config import SimConfig, default_spec
-from dopd_sim.policies.base import Layout
+from dopd_sim.policies.base import Layout, TickInput
 from dopd_sim.synthetic import poisson
 
 
@@ -39,3 +40,44 @@ def test_the_tpot_attainment_counts_requests_where_the_gaps_would_count_tokens()
     assert obs.tpot_attainment == pytest.approx(per_request, abs=1e-9)  # 50 ms is a bucket bound
     assert obs.tpot_mean_seconds == pytest.approx(float(np.sum(tpot * gaps) / np.sum(gaps)))
     assert obs.tpot_seconds is not None and math.isfinite(obs.tpot_seconds)
+
+
+class _Watching(ScriptedPolicy):
+    """A fixed layout that keeps the observation of each tick."""
+
+    def __init__(self, layout: Layout) -> None:
+        super().__init__(layout)
+        self.seen: dict[float, Observation] = {}
+
+    def decide(self, tick: TickInput) -> Layout:
+        self.seen[tick.now_s] = tick.observation
+        return super().decide(tick)
+
+
+def test_a_wait_for_a_decode_slot_shows_in_the_mean_gap_when_the_sequence_joins() -> None:
+    """One decode replica of two slots, 10 ms a step, and six 3001-token outputs at once: two decode for
+    30 s while four wait. At 45 s the two that joined at 30 s have not finished, but the worker observed
+    their first gaps (30 s each) as their second tokens left, so the window's mean gap holds them, as
+    the emulator's and the worker's histograms do: about twice the step. Seen only at their finish, a
+    minute later for a reasoning model's outputs, the decode correction read them minutes late."""
+    step_s = 0.01
+    trace = make_trace([0.0] * 6, [100] * 6, [3001] * 6)
+    policy = _Watching(Layout(prefill=1, decode=1))
+    config = toy_config(
+        toy_profile(prefill_a=0.1, decode_a=step_s, max_batch_size=2), controller_interval_seconds=15.0
+    )
+    sim = Simulator(trace, policy, config)
+    sim.run()
+    obs = policy.seen[45.0]
+    log = sim.log
+    joined = [r for r in range(6) if log.join_s[r] <= 45.0]
+    finished = [r for r in range(6) if log.finish_s[r] <= 45.0]
+    assert len(joined) == 4 and len(finished) == 2  # two decoding since 30 s, two still waiting
+    waits = sum(log.join_s[r] - log.first_token_s[r] for r in joined)
+    steps = sum(log.finish_s[r] - log.join_s[r] for r in finished)
+    assert waits == pytest.approx(60.0, abs=0.5)
+    assert obs.tpot_mean_seconds == pytest.approx((waits + steps) / (len(joined) + 2 * 2999))
+    assert obs.tpot_mean_seconds > 1.8 * step_s
+    assert (
+        obs.tpot_attainment == 1.0
+    )  # the two that finished kept their 10 ms: the percentile waits for the rest
