@@ -13,9 +13,9 @@ from dopd_operator.api import DisaggregatedModelSpec, ReadySince
 from dopd_operator.capacity import CapacityModel
 from dopd_operator.planner_load import (
     FULL_BATCH_SHARE,
-    RESIDENT_LENGTHS_WINDOW_SHARE,
     observed_workload,
     stepped_s,
+    young_residents,
 )
 from dopd_operator.planner_types import Observation, PlannerState
 from dopd_operator.profile import PerformanceProfile
@@ -31,19 +31,6 @@ CORRECTION_SMOOTHING = 0.5
 # TTFT is admission's doing (it admits what it predicts will meet the SLO, the short prompts first), not
 # the engine's: neither the demand nor the served rate at the demand's prompt mix explains it.
 MAX_SHED_SHARE_TO_LEARN = 0.02
-
-
-def _young_residents(spec: DisaggregatedModelSpec, observation: Observation) -> bool:
-    """Whether the decode residents are younger than the steady state: the load rises (its trend beyond
-    the slope's noise) and the P90 output (as sized for: raised to what the residents imply, or held)
-    takes longer than RESIDENT_LENGTHS_WINDOW_SHARE of the metrics window to generate at the window's
-    mean gap, so the window has not seen them through."""
-    trend = observation.arrival_rate_trend_rps_per_s or 0.0
-    if trend <= (observation.arrival_rate_trend_noise_rps_per_s or 0.0):
-        return False
-    p90 = observation.output_tokens_p90 or observation.output_tokens_mean or 0.0
-    gap_s = observation.tpot_mean_seconds or 0.0
-    return p90 * gap_s > RESIDENT_LENGTHS_WINDOW_SHARE * spec.metrics.window_seconds
 
 
 def track_ready(
@@ -115,7 +102,7 @@ def update_corrections(
     own prefill time, where a prefix cache saves most (a long prompt is mostly a cached conversation), and
     a factor fitted to it misjudges the prompts that can meet the SLO, which attainment is made of.
     On a rising load whose P90 output takes longer than half the window to generate, the decode factor
-    rises but does not fall (`_young_residents`): the window has not seen its residents through, and
+    rises but does not fall (`planner_load.young_residents`): the window has not seen its residents through, and
     their contexts are shorter than the steady state's.
     """
     rate = observation.arrival_rate_rps or 0.0
@@ -191,7 +178,7 @@ def update_corrections(
         if "decode" in unsettled and not (full and missed):
             pass  # the window's TPOT is the old pool's (its slot waits included), not this one's
         elif low <= ratio <= high and "decode" not in unsettled:
-            if _young_residents(spec, observation):
+            if young_residents(spec, observation):
                 # The residents' contexts grow over lives longer than the window: on a rising load they
                 # are younger than the steady state the model predicts at, and their steps faster. On
                 # the reasoning trace a right profile's factor sank to 0.81 in the first two minutes and

@@ -353,8 +353,22 @@ def resident_output_lengths(
     return observation, reason
 
 
+def young_residents(spec: DisaggregatedModelSpec, observation: Observation) -> bool:
+    """Whether the decode residents are younger than the steady state: the load rises (its trend beyond
+    the slope's noise) and the P90 output (as sized for: raised to what the residents imply, or held)
+    takes longer than RESIDENT_LENGTHS_WINDOW_SHARE of the metrics window to generate at the window's
+    mean gap, so the window has not seen them through. Then every length measured so far reads short
+    (`hold_output_lengths`), and so does the engine's step (`planner_corrections.update_corrections`)."""
+    trend = observation.arrival_rate_trend_rps_per_s or 0.0
+    if trend <= (observation.arrival_rate_trend_noise_rps_per_s or 0.0):
+        return False
+    p90 = observation.output_tokens_p90 or observation.output_tokens_mean or 0.0
+    gap_s = observation.tpot_mean_seconds or 0.0
+    return p90 * gap_s > RESIDENT_LENGTHS_WINDOW_SHARE * spec.metrics.window_seconds
+
+
 def hold_output_lengths(
-    observation: Observation, state: PlannerState, profile: PerformanceProfile
+    spec: DisaggregatedModelSpec, observation: Observation, state: PlannerState, profile: PerformanceProfile
 ) -> tuple[Observation, PlannerState, str | None]:
     """The observation with the output lengths to size with, the state that remembers them, and why
     they were held (None: the window's own).
@@ -368,11 +382,31 @@ def hold_output_lengths(
     three windows where the demand's was 210, and the pool was sized for 14 replicas where 6 serve.
     So while the pool is full, or was at the last tick (the window still holds that time), the lengths
     last measured with free slots are sized with; with none measured yet, the window's.
+
+    Except where they are shorter than the window's on a rise of outputs that outlast the window
+    (`young_residents`): there the sequences finishing are the shorter ones whatever the join order
+    admits, and the lengths measured earlier are shorter still (the rise was younger then), so the
+    longer, the window's, stands. On the reasoning trace the hold kept a mean of 2161 tokens for four
+    minutes of a rise while the windows read 2300-2800, and the pool grew behind the load; that had been
+    hidden while the simulator observed a sequence's wait for a slot at its finish, not when it joined.
     """
     full = decode_slots_full(observation, profile)
     held = state.output_lengths_free_slots
+    measured = observation.output_tokens_mean
+    if (
+        (full or state.decode_slots_full)
+        and held is not None
+        and measured is not None
+        and measured > held.mean
+        and young_residents(spec, observation)
+    ):
+        reason = (
+            f"output lengths of this window kept (mean {measured:.0f}), not those last measured with free "
+            f"decode slots ({held.mean:.0f}): the slots are full, but the load rises and its outputs "
+            "outlast the window, so both read short of the demand's, the earlier ones more"
+        )
+        return observation, state.model_copy(update={"decode_slots_full": full}), reason
     if (full or state.decode_slots_full) and held is not None:
-        measured = observation.output_tokens_mean
         reason = (
             f"output lengths held at mean {held.mean:.0f}"
             + (f"/P90 {held.p90:.0f}" if held.p90 is not None else "")

@@ -99,6 +99,50 @@ def test_a_decode_pool_is_full_at_its_slots_or_its_kv_cache(
     assert decode_slots_full(observation, PROFILE) is full
 
 
+def _rising(osl: float, p90: float, full: bool) -> Observation:
+    """A reasoning load on the rise (its trend beyond the slope's noise): outputs of `osl` tokens (P90
+    `p90`) at 20 ms a token, so the P90 takes 100 s to generate, over half the 60 s window; as many
+    residents as those lengths imply (Little's law), in a KV cache full or half full."""
+    return make_obs(
+        rate=20.0,
+        isl=800.0,
+        osl=osl,
+        osl_p90=p90,
+        prefill=1,
+        decode=12,
+        decode_running=20.0 * (osl - 1.0) * 0.02,
+        decode_kv_usage=0.97 if full else 0.5,
+        tpot_mean_seconds=0.02,
+        arrival_rate_trend_rps_per_s=0.03,
+        arrival_rate_trend_noise_rps_per_s=0.01,
+    )
+
+
+def test_on_a_rise_of_outputs_that_outlast_the_window_the_longer_lengths_stand() -> None:
+    """On the reasoning trace's rise both readings are short of the demand's mix: the window's finishers
+    are the shorter outputs, and the lengths measured with free slots a few minutes earlier, when the rise
+    was younger, are shorter still. The hold kept those (2161 tokens where the windows read 2300-2800),
+    and the pool grew behind the load. There the window's stand, and the reason says why; shorter than
+    the held ones, or on a flat load, the held ones do (the join order's pick, as on the steps trace)."""
+    state = PlannerState(output_lengths_free_slots=OutputLengths(mean=2160.0, p90=4620.0))
+    longer = _rising(2600.0, 5300.0, full=True)
+    sized, _, reason = hold_output_lengths(SPEC, longer, state, PROFILE)
+    assert (sized.output_tokens_mean, sized.output_tokens_p90) == (2600.0, 5300.0)
+    assert reason is not None and "output lengths of this window kept (mean 2600)" in reason
+    shorter = _rising(1900.0, 4000.0, full=True)
+    assert hold_output_lengths(SPEC, shorter, state, PROFILE)[0].output_tokens_mean == 2160.0
+    flat = longer.model_copy(update={"arrival_rate_trend_rps_per_s": 0.0})
+    assert hold_output_lengths(SPEC, flat, state, PROFILE)[0].output_tokens_mean == 2160.0
+    # and the decision: sized for the window's lengths, as with nothing held, beyond what the held buy
+    decided = plan(SPEC, longer, None, state, T0)
+    assert decided.raw_decode == plan(SPEC, longer, None, PlannerState(), T0).raw_decode
+    assert (
+        decided.raw_decode
+        > plan(SPEC, _rising(2160.0, 4620.0, full=True), None, PlannerState(), T0).raw_decode
+    )
+    assert any("output lengths of this window kept" in r for r in decided.reasons)
+
+
 @given(
     free_osl=st.floats(1.0, 4000.0),
     window_osl=st.floats(1.0, 4000.0),
@@ -115,7 +159,7 @@ def test_the_hold_changes_nothing_but_the_output_lengths(
         output_lengths_free_slots=OutputLengths(mean=free_osl, p90=2 * free_osl), decode_slots_full=was_full
     )
     observation = _tick(2, running_share * 2 * SLOTS, window_osl)
-    sized, after, reason = hold_output_lengths(observation, state, PROFILE)
+    sized, after, reason = hold_output_lengths(SPEC, observation, state, PROFILE)
     assert (
         sized.model_copy(
             update={
