@@ -57,6 +57,12 @@ class RequestLog:
         self.finish_step_gap: list[float] = []  # mean gap after the first (two tokens: the one gap)
         self.shed_times: list[float] = []  # when each request the router turned away was turned away
 
+    def grow(self, count: int) -> None:
+        """Room for `count` more requests (the emulator extends its load as it loops a trace)."""
+        for column in (self.first_token_s, self.finish_s, self.ttft_s, self.tpot_s, self.join_s):
+            column.extend([math.nan] * count)
+        self.rejected.extend([False] * count)
+
     def first_token(self, request: int, now_s: float, arrival_s: float) -> None:
         self.first_token_s[request] = now_s
         ttft = now_s - arrival_s

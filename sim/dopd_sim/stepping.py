@@ -154,10 +154,7 @@ class SteppedSimulator(Simulator):
         self.arrival_s.extend(float(a) for a in arrival_s)
         self.input_tokens.extend(int(t) for t in input_tokens)  # the prefill queue shares this list
         self.output_tokens.extend(int(t) for t in output_tokens)
-        log = self.log
-        for column in (log.first_token_s, log.finish_s, log.ttft_s, log.tpot_s):
-            column.extend([math.nan] * count)
-        log.rejected.extend([False] * count)
+        self.log.grow(count)
         self.prefill_queue.grow(count)
 
     def advance_to(self, time_s: float) -> None:
