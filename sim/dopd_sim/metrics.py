@@ -81,7 +81,7 @@ class RequestLog:
             self.join_times.append(now_s)
             self.join_waits.append(now_s - self.first_token_s[request])
 
-    def finish(self, request: int, now_s: float, tpot_s: float, output_tokens: int = 0) -> None:
+    def finish(self, request: int, now_s: float, tpot_s: float, output_tokens: int) -> None:
         """A request completes with `tpot_s`, its mean gap from first token to last (waits included); the
         gaps after its first (`output_tokens` - 2 of them, from its join on) are logged at their mean."""
         self.finish_s[request] = now_s
