@@ -116,7 +116,7 @@ def decode_backlog_replicas(
     take to serve); only the rest is ordered for, at a full replica's turnover over the same horizon.
     As the timely backlog is at most `rate * mean slack`, the queue never orders more than a second
     pool for the load: drained over a 15 s lead time, a flood of 1000-token outputs with 35 s of slack
-    each had ordered 18 decode replicas where 6 serve (the e2e cluster's 10 s startups).
+    each had ordered up to 18 decode replicas where 6 serve (the e2e cluster's 10 s startups); now 8.
 
     So a backlog the pool sized for the load drains by itself orders nothing, nor does one of short
     outputs, whose slack is seconds (a step or a burst: what waits is late by the time anything ordered
