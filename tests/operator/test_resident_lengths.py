@@ -60,6 +60,39 @@ def test_long_outputs_still_decoding_raise_the_lengths_to_what_the_residents_imp
     assert raised.input_tokens_mean == 720.0  # nothing but the output lengths moves
 
 
+def _rising_with_a_queue(trend_rps_per_s: float) -> Observation:
+    """The reasoning trace's rise at minute 9 (seed 0): 22 rps, 900 sequences decoding at 20 ms a token
+    with every KV slot taken, 300 more waiting for one, outputs of 2300 tokens finishing (P90 5000)."""
+    return make_obs(
+        rate=22.0,
+        isl=800.0,
+        osl=2300.0,
+        osl_p90=5000.0,
+        prefill=1,
+        decode_obs=RoleObservation(current=12, ready=12),
+        decode_running=900.0,
+        decode_queue_depth=300.0,
+        decode_kv_usage=0.99,
+        tpot_mean_seconds=0.02,
+        arrival_rate_trend_rps_per_s=trend_rps_per_s,
+        arrival_rate_trend_noise_rps_per_s=0.01,
+    )
+
+
+def test_on_a_rise_the_sequences_waiting_for_a_slot_count_with_the_residents() -> None:
+    """By Little's law the sequences past their first token, decoding or waiting for a slot, are the rate
+    times their time there, which the mean gap (slot waits included) measures: (900 + 300) / (22 *
+    0.02) + 1 = 2728 tokens. The residents alone imply 2046, below the 2300 that finished, and a full
+    pool caps them. Counted only on a rise of outputs that outlast the window: after a step, the queue
+    of a flood is arrivals beyond the pool, not outputs still decoding (on the steps trace it had read
+    200-token outputs as 860-2000)."""
+    raised, reason = resident_output_lengths(SPEC, _rising_with_a_queue(0.03))
+    assert raised.output_tokens_mean == pytest.approx((900.0 + 300.0) / (22.0 * 0.02) + 1.0)
+    assert reason is not None and "1200 sequences decode or wait for a slot at 22.00 rps" in reason
+    flat, reason = resident_output_lengths(SPEC, _rising_with_a_queue(0.0))
+    assert (flat.output_tokens_mean, reason) == (2300.0, None)
+
+
 def test_the_decode_pool_is_sized_for_the_implied_lengths() -> None:
     """Sized on the 1020 tokens that finished, the pool gets fewer replicas than on the residents'
     1927; the decision's reasons carry the raise."""
