@@ -401,20 +401,15 @@ def hold_output_lengths(
     full = decode_slots_full(observation, profile)
     held = state.output_lengths_free_slots
     measured = observation.output_tokens_mean
-    if (
-        (full or state.decode_slots_full)
-        and held is not None
-        and measured is not None
-        and measured > held.mean
-        and young_residents(spec, observation)
-    ):
-        reason = (
-            f"output lengths of this window kept (mean {measured:.0f}), not those last measured with free "
-            f"decode slots ({held.mean:.0f}): the slots are full, but the load rises and its outputs "
-            "outlast the window, so both read short of the demand's, the earlier ones more"
-        )
-        return observation, state.model_copy(update={"decode_slots_full": full}), reason
     if (full or state.decode_slots_full) and held is not None:
+        after = state.model_copy(update={"decode_slots_full": full})
+        if measured is not None and measured > held.mean and young_residents(spec, observation):
+            reason = (
+                f"output lengths of this window kept (mean {measured:.0f}), not those last measured with "
+                f"free decode slots ({held.mean:.0f}): the slots are full, but the load rises and its "
+                "outputs outlast the window, so both read short of the demand's, the earlier ones more"
+            )
+            return observation, after, reason
         reason = (
             f"output lengths held at mean {held.mean:.0f}"
             + (f"/P90 {held.p90:.0f}" if held.p90 is not None else "")
@@ -426,7 +421,7 @@ def hold_output_lengths(
         observation = observation.model_copy(
             update={"output_tokens_mean": held.mean, "output_tokens_p90": held.p90}
         )
-        return observation, state.model_copy(update={"decode_slots_full": full}), reason
+        return observation, after, reason
     update: dict[str, object] = {"decode_slots_full": full}
     if not full and not state.decode_slots_full and observation.output_tokens_mean is not None:
         update["output_lengths_free_slots"] = OutputLengths(
