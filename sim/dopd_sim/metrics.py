@@ -55,6 +55,7 @@ class RequestLog:
         self.join_times: list[float] = []  # sequences of three or more tokens, as they join a batch
         self.join_waits: list[float] = []  # seconds each waited for its slot after its first token
         self.finish_step_gap: list[float] = []  # mean gap after the first (two tokens: the one gap)
+        self.finish_step_gaps: list[int] = []  # how many gaps that mean stands for
         self.shed_times: list[float] = []  # when each request the router turned away was turned away
 
     def grow(self, count: int) -> None:
@@ -94,8 +95,10 @@ class RequestLog:
         joined = self.join_s[request]
         if output_tokens >= 3 and not math.isnan(joined):
             self.finish_step_gap.append((now_s - joined) / (output_tokens - 2))
+            self.finish_step_gaps.append(output_tokens - 2)
         else:
             self.finish_step_gap.append(tpot_s)
+            self.finish_step_gaps.append(max(output_tokens - 1, 0))
 
     def reject(self, request: int, now_s: float) -> None:
         self.rejected[request] = True

@@ -201,7 +201,7 @@ class ObservationBuilder:
             # Each gap when it leaves: the waits for a slot of the sequences that joined a batch in the
             # window, and the steps after them of those that finished in it (`RequestLog.join`).
             joined = bisect.bisect_left(log.join_times, start)
-            step_weights = np.where(gaps >= 2.0, gaps - 1.0, gaps)
+            step_weights = np.asarray(log.finish_step_gaps[first:], dtype=np.float64)
             itl_s = np.concatenate(
                 (np.asarray(log.finish_step_gap[first:]), np.asarray(log.join_waits[joined:]))
             )
