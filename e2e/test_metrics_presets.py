@@ -215,7 +215,11 @@ def _dopd_workers(labels: Callable[[str, str], dict[str, str]]) -> list[Pod]:
                 "dopd_requests_running": 10.0,
                 "dopd_requests_waiting": 1.0,
             },
-            histograms={"dopd_generation_tokens": (3.0, {160.0: 0.0, 192.0: 1.0, math.inf: 0.0}, 180.0)},
+            histograms={
+                "dopd_generation_tokens": (3.0, {160.0: 0.0, 192.0: 1.0, math.inf: 0.0}, 180.0),
+                # 2.25 sequences/s join a batch, after waiting 0.6 s on average for a slot
+                "dopd_decode_slot_wait_seconds": (2.25, {0.5: 0.5, 0.75: 0.5, math.inf: 0.0}, 0.6),
+            },
         ),
         Pod(
             labels("decode-1", "decode"),
@@ -224,7 +228,11 @@ def _dopd_workers(labels: Callable[[str, str], dict[str, str]]) -> list[Pod]:
                 "dopd_requests_running": 14.0,
                 "dopd_requests_waiting": 2.0,
             },
-            histograms={"dopd_generation_tokens": (3.0, {160.0: 0.0, 192.0: 1.0, math.inf: 0.0}, 180.0)},
+            histograms={
+                "dopd_generation_tokens": (3.0, {160.0: 0.0, 192.0: 1.0, math.inf: 0.0}, 180.0),
+                # 2.25 sequences/s join a batch, after waiting 0.6 s on average for a slot
+                "dopd_decode_slot_wait_seconds": (2.25, {0.5: 0.5, 0.75: 0.5, math.inf: 0.0}, 0.6),
+            },
         ),
     ]
 
@@ -415,7 +423,10 @@ def test_dopd_preset_reads_every_field(world: Fixture) -> None:
     # per request, as the SLO is written: rank 0.9 in (0.04, 0.05], 0.04 + 0.01 * 0.1 / 0.2 (the gaps'
     # P90 would read 0.049)
     assert obs.tpot_seconds == pytest.approx(0.045)
-    assert obs.tpot_mean_seconds == pytest.approx(0.03)  # the gaps' _sum / _count: the decode correction's
+    assert obs.tpot_mean_seconds == pytest.approx(0.03)  # the gaps' _sum / _count: the gap users see
+    # less the decode pods' slot waits (2 x 2.25/s at 0.6 s of the gaps' 900/s at 0.03 s): the engine's
+    # step, which the decode correction learns from
+    assert obs.decode_step_mean_seconds == pytest.approx((900 * 0.03 - 2 * 2.25 * 0.6) / 900, rel=1e-3)
     assert obs.tpot_attainment == pytest.approx(0.8)  # 80% of the requests within 30 ms (of the gaps: 50%)
     assert obs.prefix_cache_hit_rate == pytest.approx(0.25)  # 150 of 600 tokens/s, from the counters
     # the curve's shape: of the 160 samples missing in the window, the 132 beyond chance count as reuses
@@ -462,6 +473,7 @@ def test_vllm_colon_names_nan_gauge_deprecated_fallback_and_conservation(world: 
     assert obs.tpot_seconds == pytest.approx(0.0475)  # from vllm:time_per_output_token_seconds
     # its _sum (600 gaps/s at 0.04 s) and the decode pods' waits (4/s at 1.2 s): (24 + 4.8) / 600
     assert obs.tpot_mean_seconds == pytest.approx(0.048)
+    assert obs.decode_step_mean_seconds == pytest.approx(0.04)  # vLLM's gaps leave the waits out
     # every gap is within the 50 ms SLO, but a request's gaps leave (0.05 - 0.04) x 149 = 1.49 s for
     # its wait, and the waits between 1 and 2 s are half of the requests: 0.5 + 0.5 x 0.49
     assert obs.tpot_attainment == pytest.approx(0.745, abs=0.005)
@@ -493,6 +505,7 @@ def test_sglang_engine_type_role_and_means_without_length_histograms(world: Fixt
     assert obs.decode_running == 12.0
     assert obs.ttft_seconds == pytest.approx(0.98)  # 0.8 + 0.9 * 0.2
     assert obs.tpot_mean_seconds == pytest.approx(0.023)  # (500 * 0.022 + 2 * 0.25) / 500: waits included
+    assert obs.decode_step_mean_seconds == pytest.approx(0.022)
     assert obs.prefix_cache_hit_rate == pytest.approx(0.75)  # cached_tokens / prompt_tokens (not the gauge)
     assert obs.tpot_attainment == pytest.approx(1.0)
 

@@ -103,6 +103,9 @@ def test_the_preset_reads_what_the_engine_does(engines: tuple[Any, dict[str, Emu
     assert obs.decode_running is not None and obs.decode_running > 0
     assert obs.ttft_seconds is not None and obs.tpot_seconds is not None
     assert obs.tpot_mean_seconds is not None and 0 < obs.tpot_mean_seconds <= obs.tpot_seconds * 1.5
+    # the decode pods' slot waits are read too: the engine's step is known, never above the gap users see
+    step_s = obs.decode_step_mean_seconds
+    assert step_s is not None and 0 < step_s <= obs.tpot_mean_seconds, obs.problems
     assert obs.latency_percentile == 90.0
     # nothing is turned away at 20 rps: for dopd the router's shed counters are there at zero (a missing
     # series would be unknown); vLLM and SGLang count arrivals at the engines, which see only admissions

@@ -84,6 +84,8 @@ def make_obs(
             "latency_percentile",
             90.0 if "ttft_seconds" in extra or "tpot_seconds" in extra else None,
         ),
+        # no sequence waited for a decode slot unless said: the step's mean is the gaps'
+        decode_step_mean_seconds=extra.pop("decode_step_mean_seconds", extra.get("tpot_mean_seconds")),
         **extra,
     )
 

@@ -158,11 +158,11 @@ def plan(
     ]
     reasons.extend(unsettled.values())
     reasons.extend(lengths_reasons)
-    if observation.tpot_mean_seconds is None and observation.tpot_seconds is not None:
+    if observation.decode_step_mean_seconds is None and observation.tpot_seconds is not None:
         reasons.append(
-            f"decode correction held at x{state.decode_correction:.2f}: the mean inter-token latency is "
-            "unknown (the TPOT histogram's _sum is missing), and a percentile read from its buckets is "
-            "not the engine's speed"
+            f"decode correction held at x{state.decode_correction:.2f}: the decode step's mean is unknown "
+            "(the TPOT histogram's _sum or the decode pods' slot waits are missing), and a percentile "
+            "read from its buckets is not the engine's speed"
         )
     clamps: list[Clamp] = []
     shaped = apply_ratio_band(clamp_bounds(raw, spec, clamps), spec, clamps)

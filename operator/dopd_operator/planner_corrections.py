@@ -79,7 +79,10 @@ def update_corrections(
     factor to its floor. The decode factor is the observed mean inter-token latency over the predicted
     mean at the observed batch (`CapacityModel.tpot_mean_seconds`): the histogram's sum over its count
     is exact, its percentile an interpolation within a bucket (tests/operator/test_decode_correction.py);
-    the percentile and the attainment only say whether the SLO is missed.
+    the percentile and the attainment only say whether the SLO is missed. The mean is the engine's step
+    (`Observation.decode_step_mean_seconds`, the sequences' waits for a slot left out), except while
+    every slot is taken and the SLO is missed: then the waits count (`tpot_mean_seconds`), as a pool
+    too small now.
 
     Nothing is learned from what no factor within CORRECTION_BOUNDS explains (except a decode pool
     missing the TPOT SLO, at its percentile or its attainment target, by more than the upper bound
@@ -157,7 +160,7 @@ def update_corrections(
         if wanted is not None:
             prefill_factor += CORRECTION_SMOOTHING * (wanted - prefill_factor)
     if (
-        observation.tpot_mean_seconds is not None
+        observation.decode_step_mean_seconds is not None
         and observation.tpot_seconds is not None
         and observation.decode_running
         and observation.decode.ready > 0
@@ -167,7 +170,6 @@ def update_corrections(
         # interpolated within a bucket 20-25% wide reads up to 17% high just past a bucket's lower bound
         # (10 ms, 20 ms), and a factor fitted to it swings with the batch across that bound.
         predicted = model.tpot_mean_seconds(mean_batch)
-        ratio = observation.tpot_mean_seconds / predicted if predicted > 0 else 0.0
         # Missing the SLO: the percentile past it, or fewer sequences within it than the target.
         missed = observation.tpot_seconds > spec.slo.tpot_seconds or (
             observation.tpot_attainment is not None
@@ -175,6 +177,16 @@ def update_corrections(
         )
         # Every slot taken: the pool is too small now, whatever the window saw.
         full = mean_batch >= FULL_BATCH_SHARE * model.decode_batch_size
+        # The engine's step, its slot waits left out: a wait is a pool short of slots (the decode backlog
+        # sizes it), not a slow engine. Only while every slot is taken and the SLO missed do the waits
+        # count (the gap users see), as a pool too small now. Counted in any window, the waits of a
+        # queue seated by a grown pool, observed as its sequences join (after the pool grew), read as a
+        # 1.5x slower engine on the reasoning trace, and the pool grew to 31 decode replicas where 18
+        # serve.
+        mean_s = observation.decode_step_mean_seconds
+        if full and missed and observation.tpot_mean_seconds is not None:
+            mean_s = observation.tpot_mean_seconds
+        ratio = mean_s / predicted if predicted > 0 else 0.0
         if "decode" in unsettled and not (full and missed):
             pass  # the window's TPOT is the old pool's (its slot waits included), not this one's
         elif low <= ratio <= high and "decode" not in unsettled:

@@ -141,10 +141,19 @@ class Observation(_Frozen):
     tpot_mean_seconds: float | None = Field(
         None,
         ge=0,
-        description="Mean TPOT over the window: the histogram's sum over its count, exact where a "
-        "percentile read from buckets is not (linear interpolation within a bucket 20-25% wide reads up to "
-        "17% high). The decode correction learns from it; the percentile and the attainment say whether "
-        "the SLO is missed.",
+        description="Mean TPOT over the window as users see it, waits for a decode slot included: the "
+        "histogram's sum over its count, exact where a percentile read from buckets is not (linear "
+        "interpolation within a bucket 20-25% wide reads up to 17% high). The resident output lengths "
+        "(Little's law over the decode stage) divide by it; the decode correction reads it only while "
+        "every slot is taken and the SLO is missed (`decode_step_mean_seconds` otherwise).",
+    )
+    decode_step_mean_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="Mean decode step over the window: the inter-token gaps' mean with the sequences' "
+        "waits for a decode slot left out (vLLM's and SGLang's inter-token histograms; dopd's router's "
+        "less the decode pods' slot waits). The decode correction learns the engine's speed from it: "
+        "a wait is a pool short of slots, not a slow engine.",
     )
     ttft_attainment: float | None = Field(None, ge=0, le=1, description="Share meeting the TTFT SLO.")
     tpot_attainment: float | None = Field(None, ge=0, le=1, description="Share meeting the TPOT SLO.")

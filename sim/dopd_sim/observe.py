@@ -174,6 +174,7 @@ class ObservationBuilder:
         arrivals = self._arrivals(now_s, warm_start)
         problems = list(arrivals.problems)
         q = self.percentile / 100.0
+        step_mean: float | None = None  # the decode step's mean (below)
         if warm_start:
             lo = int(np.searchsorted(self.trace.arrival_s, 0.0, side="left"))
             hi = int(np.searchsorted(self.trace.arrival_s, self.window_s, side="left"))
@@ -211,6 +212,11 @@ class ObservationBuilder:
                 histogram_from_values(itl_s, ITL_BUCKETS_SECONDS, weights=itl_weights),
                 float(np.sum(itl_s * itl_weights)),
             )
+            # the decode step's mean as the operator's dopd preset reads it: the gaps' sum less the
+            # decode pods' slot waits (`dopd_decode_slot_wait_seconds`) of the same window, over the count
+            if gaps_summary.mean is not None and gaps_summary.observations:
+                waited_s = float(np.sum(log.join_waits[joined:]))
+                step_mean = max(gaps_summary.mean - waited_s / gaps_summary.observations, 0.0)
             # the router's per-request TPOT: one observation per finished request of two or more tokens
             per_request = summarize_histogram(
                 "dopd_request_time_per_output_token_seconds",
@@ -267,6 +273,7 @@ class ObservationBuilder:
             ttft_seconds=ttft.quantile,
             tpot_seconds=tpot.quantile,
             tpot_mean_seconds=tpot.mean,
+            decode_step_mean_seconds=step_mean,
             ttft_attainment=ttft.share_at_or_below,
             tpot_attainment=tpot.share_at_or_below,
             prefill=prefill,

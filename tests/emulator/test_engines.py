@@ -176,6 +176,11 @@ def test_dopd_accounting_per_role() -> None:
     assert value(metrics, "dopd_generation_tokens_total", **decode) == 32
     assert value(metrics, "dopd_requests_total", status="ok", **decode) == 2
     assert value(metrics, "dopd_generation_tokens_count", **decode) == 2
+    # each of the two sequences joined a batch with a slot free: two waits of nothing, so the router's
+    # gaps (the operator's decode steps, the waits taken off) are the 30 steps of 10 ms
+    assert value(metrics, "dopd_decode_slot_wait_seconds_count", **decode) == 2
+    assert value(metrics, "dopd_decode_slot_wait_seconds_sum", **decode) == pytest.approx(0.0)
+    assert value(metrics, "dopd_inter_token_latency_seconds_sum", **router) == pytest.approx(0.3)
     # nothing turned away: the router's shed counters are there, at zero (the operator's served rate)
     assert value(metrics, "dopd_requests_rejected_total", **router) == 0
     assert value(metrics, "dopd_requests_expired_total", **router) == 0

@@ -91,20 +91,58 @@ def test_a_slow_engine_is_learned_from_the_mean() -> None:
 
 
 def test_without_the_mean_the_decode_factor_holds() -> None:
-    """An engine that exposes the buckets but no sum: the percentile alone is not read as the engine's
-    speed, the factor holds, and the decision says so (read from Prometheus, the observation's problems
-    also name the missing `_sum`)."""
+    """An engine that exposes the buckets but no sum (or no slot waits to take off it): the percentile
+    alone is not read as the engine's speed, the factor holds, and the decision says so (read from
+    Prometheus, the observation's problems also name the missing `_sum`)."""
     spec = make_spec()
     obs = make_obs(rate=RATE_RPS, prefill=3, decode=DECODE_REPLICAS, tpot_seconds=0.03, decode_running=160)
     decision = plan(spec, obs, None, settled_state(obs), T0)
     assert decision.state.decode_correction == 1.0
     assert any(
-        r.startswith("decode correction held at x1.00: the mean inter-token latency is unknown")
+        r.startswith("decode correction held at x1.00: the decode step's mean is unknown")
         for r in decision.reasons
     ), decision.reasons
     # With the mean, no such reason.
-    with_mean = obs.model_copy(update={"tpot_mean_seconds": 0.02})
+    with_mean = obs.model_copy(update={"tpot_mean_seconds": 0.02, "decode_step_mean_seconds": 0.02})
     assert not any(
-        "mean inter-token latency is unknown" in r
+        "decode step's mean is unknown" in r
         for r in plan(spec, with_mean, None, settled_state(with_mean), T0).reasons
     )
+
+
+def _after_waits(mean_batch: float, ticks: int) -> float:
+    """The decode factor after `ticks` windows of a right engine at `mean_batch` sequences per replica
+    whose sequences also waited for slots: the gap users see half again the step, the SLO missed."""
+    step_s = _model().tpot_mean_seconds(mean_batch)
+    spec = make_spec()
+    obs = make_obs(
+        rate=RATE_RPS,
+        isl=ISL,
+        osl=OSL,
+        prefill=3,
+        decode=DECODE_REPLICAS,
+        tpot_seconds=2 * spec.slo.tpot_seconds,
+        tpot_mean_seconds=1.5 * step_s,
+        decode_step_mean_seconds=step_s,
+        decode_running=mean_batch * DECODE_REPLICAS,
+    )
+    state = settled_state(obs)
+    for _ in range(ticks):
+        state = plan(spec, obs, None, state, T0).state
+    return state.decode_correction
+
+
+def test_slot_waits_in_a_pool_with_room_are_not_a_slow_engine() -> None:
+    """The waits of a queue a grown pool has seated are observed as its sequences join, in the windows
+    after the pool grew, while its slots are free: on the reasoning trace they read as an engine 1.5x
+    slower than its profile, and the decode pool grew to 31 replicas where 18 serve. The engine's
+    step is what the factor learns: it stays at one."""
+    half_full = 0.5 * _model().decode_batch_size
+    assert _after_waits(half_full, ticks=8) == pytest.approx(1.0, abs=0.02)
+
+
+def test_slot_waits_in_a_full_pool_missing_the_slo_raise_the_factor() -> None:
+    """Every slot taken and the TPOT SLO missed: the pool is too small now, and the waits count (the
+    gap users see), so the factor rises toward what they cost."""
+    full = _model().decode_batch_size
+    assert _after_waits(full, ticks=8) == pytest.approx(1.5, abs=0.05)

@@ -1,6 +1,8 @@
 """The simulator's observation of TPOT is what the dopd router exposes: its percentile and attainment per
 finished request (`dopd_request_time_per_output_token_seconds`, as the SLO is written), its mean from
-the inter-token gaps (waits for a decode slot included), which the decode correction learns from."""
+the inter-token gaps (waits for a decode slot included: the gap users see), and the decode step's mean,
+those gaps less the decode pods' slot waits (`dopd_decode_slot_wait_seconds`), which the decode
+correction learns the engine's speed from."""
 
 from __future__ import annotations
 
@@ -78,6 +80,9 @@ def test_a_wait_for_a_decode_slot_shows_in_the_mean_gap_when_the_sequence_joins(
     assert waits == pytest.approx(60.0, abs=0.5)
     assert obs.tpot_mean_seconds == pytest.approx((waits + steps) / (len(joined) + 2 * 2999))
     assert obs.tpot_mean_seconds > 1.8 * step_s
+    # less the waits the decode pod counts apart, the gaps are the engine's steps
+    assert obs.decode_step_mean_seconds == pytest.approx(steps / (len(joined) + 2 * 2999))
+    assert obs.decode_step_mean_seconds == pytest.approx(step_s, rel=0.01)
     assert (
         obs.tpot_attainment == 1.0
     )  # the two that finished kept their 10 ms: the percentile waits for the rest

@@ -167,6 +167,15 @@ def test_the_first_token_leaves_with_the_kv_and_a_wait_for_a_slot_is_the_gap_aft
     gaps = {s.name: s.value for s in itl.collect()[0].samples}
     assert gaps["dopd_inter_token_latency_seconds_count"] == 4  # two gaps each
     assert gaps["dopd_inter_token_latency_seconds_sum"] >= 0.05  # `b`'s first gap holds its wait
+    # and the wait is counted apart, once per sequence joining: the router's gaps less it are the
+    # decode steps the operator's decode correction learns the engine's speed from
+    slot = engine.metrics.decode_slot_wait_seconds.labels(role="decode", model="tiny")
+    waits = {(s.name, s.labels.get("le")): s.value for s in slot.collect()[0].samples}
+    assert waits[("dopd_decode_slot_wait_seconds_count", None)] == 2
+    assert waits[("dopd_decode_slot_wait_seconds_bucket", "0.025")] == 1  # `a` found its slot free
+    waited_s = waits[("dopd_decode_slot_wait_seconds_sum", None)]
+    assert waited_s >= 0.05  # `b` waited
+    assert waited_s < gaps["dopd_inter_token_latency_seconds_sum"]  # within its gap, a step after it
 
 
 def test_a_first_token_that_ends_the_sequence_finishes_it_without_a_slot() -> None:

@@ -387,6 +387,12 @@ class DecodeEngine(EngineThread):
             joining = [self._joining.pop(now) for _ in range(min(room, len(self._joining)))]
             cancelled, self._cancelled = self._cancelled, set()
             self._writing_kv = len(joining)  # out of the queue, not in the batch: a drain waits for them
+        if joining:  # each waited for its slot since its first token went out (`admit`)
+            waits = self.metrics.decode_slot_wait_seconds.labels(
+                role=self.metrics.role, model=self.metrics.model
+            )
+            for seq in joining:
+                waits.observe(now - seq.last_emit_seconds)
         for seq in joining:
             try:
                 self._place(seq)

@@ -4,7 +4,9 @@ Every series carries `role` (prefill | decode | router) and `model`. Semantics (
 - gauges `dopd_requests_waiting`, `dopd_requests_running`, `dopd_kv_cache_usage_ratio` (0..1);
 - histograms `dopd_time_to_first_token_seconds` (router: end to end; prefill: arrival to first token),
   `dopd_inter_token_latency_seconds`, `dopd_prompt_tokens`, `dopd_generation_tokens` (at request end),
-  `dopd_kv_transfer_seconds`, and on the router `dopd_request_time_per_output_token_seconds` (each
+  `dopd_kv_transfer_seconds`, on decode `dopd_decode_slot_wait_seconds` (per sequence joining a batch,
+  its wait for the slot after its first token: the share of its first gap that is not a decode step,
+  so the router's gaps less these waits are the engine's steps), and on the router `dopd_request_time_per_output_token_seconds` (each
   finished request's mean gap, first token to last: the per-request TPOT the SLO is written in) and
   `dopd_prompt_reuse_distance_tokens` (per sampled block of an admitted prompt, its LRU reuse distance:
   the prefix cache's hit rate at every size, `prefix_reuse`) with the counter
@@ -82,6 +84,7 @@ class Metrics:
     kv_cache_usage_ratio: Gauge
     ttft_seconds: Histogram
     inter_token_latency_seconds: Histogram
+    decode_slot_wait_seconds: Histogram
     request_tpot_seconds: Histogram
     prompt_tokens: Histogram
     prompt_reuse_distance_tokens: Histogram
@@ -142,6 +145,12 @@ def create_metrics(role: str, model: str) -> Metrics:
         ),
         inter_token_latency_seconds=hist(
             "dopd_inter_token_latency_seconds", "Time between consecutive output tokens.", ITL_BUCKETS_SECONDS
+        ),
+        decode_slot_wait_seconds=hist(
+            "dopd_decode_slot_wait_seconds",
+            "Decode: per sequence joining a batch, how long it waited for a slot after its first token (the "
+            "prefill's) went out; its first inter-token gap is this wait plus a decode step.",
+            LATENCY_BUCKETS_SECONDS,
         ),
         request_tpot_seconds=hist(
             "dopd_request_time_per_output_token_seconds",
@@ -230,6 +239,8 @@ def create_metrics(role: str, model: str) -> Metrics:
         m.prompt_reuse_expected_samples_total.labels(role=role, model=model)
         m.prompt_reuse_sampled_position_ratio.labels(role=role, model=model)
         m.prompt_reuse_reused_position_ratio.labels(role=role, model=model)
+    if role == "decode":  # exposed at zero from the start: a missing series reads as unknown
+        m.decode_slot_wait_seconds.labels(role=role, model=model)
     if role == "prefill":  # exposed at zero from the start: a missing series reads as unknown
         m.prefix_cache_queries_total.labels(role=role, model=model)
         m.prefix_cache_hits_total.labels(role=role, model=model)

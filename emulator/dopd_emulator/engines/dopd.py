@@ -17,8 +17,8 @@ plus the namespace label and `pod` that Prometheus' pod discovery adds in a clus
   token; prompt tokens; the KV it ships (bytes, seconds); `requests_total{status="ok"}` per prompt.
 - decode worker: the prefill's first token (counted at join), then one token per sequence per step
   (`dopd_inter_token_latency_seconds` observed per step with weight B, a joining sequence's first gap
-  being its wait for the slot plus its first step); the KV it receives; lengths and status at
-  completion.
+  being its wait for the slot plus its first step, the wait also in `dopd_decode_slot_wait_seconds` at
+  the join); the KV it receives; lengths and status at completion.
 Bucket bounds are the worker's own (imported from dopd_worker.metrics, as the simulator's observer does).
 Callers: `engines.make_recorder`.
 """
@@ -45,6 +45,12 @@ ITL = Family(
     "histogram",
     "Time between consecutive output tokens.",
     ITL_BUCKETS_SECONDS,
+)
+SLOT_WAIT = Family(
+    "dopd_decode_slot_wait_seconds",
+    "histogram",
+    "Decode: per sequence joining a batch, how long it waited for a slot after its first token went out.",
+    LATENCY_BUCKETS_SECONDS,
 )
 REQUEST_TPOT = Family(
     "dopd_request_time_per_output_token_seconds",
@@ -139,7 +145,17 @@ _BY_ROLE: dict[str, tuple[Family, ...]] = {
         CACHE_QUERIES,
         CACHE_HITS,
     ),
-    "decode": (WAITING, RUNNING, KV_USAGE, ITL, OUTPUT_LENGTH, OUTPUT_TOKENS, KV_BYTES, KV_SECONDS),
+    "decode": (
+        WAITING,
+        RUNNING,
+        KV_USAGE,
+        ITL,
+        SLOT_WAIT,
+        OUTPUT_LENGTH,
+        OUTPUT_TOKENS,
+        KV_BYTES,
+        KV_SECONDS,
+    ),
 }
 
 
@@ -151,6 +167,7 @@ class DopdRecorder(EngineRecorder):
         KV_USAGE,
         TTFT,
         ITL,
+        SLOT_WAIT,
         REQUEST_TPOT,
         PROMPT_LENGTH,
         OUTPUT_LENGTH,
@@ -224,8 +241,11 @@ class DopdRecorder(EngineRecorder):
         self.inc(KV_BYTES.name, pod, track.input_tokens * self.kv_bytes_per_token)
         self.observe(KV_SECONDS.name, pod, track.input_tokens * self.kv_seconds_per_token)
         self.inc(OUTPUT_TOKENS.name, pod)  # the prefill's token, emitted by this pod
-        # the wait for the slot lengthens the sequence's first gap (its first step is the next one)
-        self._waits.setdefault(pod, []).append(track.join_s - track.kv_arrival_s)
+        # the wait for the slot lengthens the sequence's first gap (its first step is the next one), and
+        # is counted apart as the worker counts it
+        waited_s = track.join_s - track.kv_arrival_s
+        self.observe(SLOT_WAIT.name, pod, waited_s)
+        self._waits.setdefault(pod, []).append(waited_s)
 
     def on_steps(self, pod: str, step_seconds: FloatArray, sequences: int) -> None:
         tokens = float(len(step_seconds) * sequences)

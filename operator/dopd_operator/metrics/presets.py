@@ -12,7 +12,8 @@ Where each field comes from (docs/metrics.md has the PromQL and the reasons):
 | decode KV usage (mean) | `dopd_kv_cache_usage_ratio` decode | `vllm:kv_cache_usage_perc` decode (`vllm:gpu_cache_usage_perc` fallback) | `sglang:token_usage` decode |
 | decode running | `dopd_requests_running` decode | `vllm:num_requests_running` decode | `sglang:num_running_reqs` decode |
 | TTFT at the SLO percentile, attainment | `dopd_time_to_first_token_seconds` router (end to end) | `vllm:time_to_first_token_seconds` prefill (queue + prefill) | `sglang:time_to_first_token_seconds` prefill |
-| TPOT at the SLO percentile, mean (`_sum`), attainment | `dopd_inter_token_latency_seconds` router | `vllm:inter_token_latency_seconds` decode (`vllm:time_per_output_token_seconds` fallback); the mean adds `vllm:request_queue_time_seconds` decode's `_sum` | `sglang:inter_token_latency_seconds` decode; the mean adds `sglang:queue_time_seconds` decode's `_sum` |
+| TPOT at the SLO percentile, attainment | `dopd_request_time_per_output_token_seconds` router (per request) | `vllm:inter_token_latency_seconds` decode (`vllm:time_per_output_token_seconds` fallback), attainment scaled by the waits below | `sglang:inter_token_latency_seconds` decode, likewise |
+| TPOT mean as users see it (`_sum`), decode step mean | `dopd_inter_token_latency_seconds` router; the step mean takes `dopd_decode_slot_wait_seconds` decode's `_sum` off | `vllm:inter_token_latency_seconds` decode is the step mean; the mean users see adds `vllm:request_queue_time_seconds` decode's `_sum` | `sglang:inter_token_latency_seconds` decode is the step mean; the mean users see adds `sglang:queue_time_seconds` decode's `_sum` |
 | prefix-cache hit rate (prompt tokens served from the cache / looked up) | `dopd_prefix_cache_hits_total` / `dopd_prefix_cache_queries_total` prefill | `vllm:prefix_cache_hits_total` / `vllm:prefix_cache_queries_total` prefill | `sglang:cached_tokens_total` / `sglang:prompt_tokens_total` prefill |
 | shed rate (requests the router turned away) | `dopd_requests_rejected_total` + `dopd_requests_expired_total` router | 0: arrivals are counted at the engines | 0: likewise |
 
@@ -121,17 +122,23 @@ class EnginePreset:
     # decode worker once the KV has arrived) or ends with the prefill (vLLM's, SGLang's prefill pods)
     ttft_includes_kv_transfer: bool
     tpot: HistogramRead
+    # the decode pods' wait before a sequence's first decode step (vLLM, SGLang: its KV, then a free
+    # slot; dopd: a free slot, its first token having left with the KV). Its sum tells the gap users see
+    # from the engine's step: the decode correction learns the engine from the step alone (a pool that
+    # makes sequences wait is short of slots, which the decode backlog sizes, not slow), and the gap
+    # users see, waits included, is what the resident output lengths' Little's law divides by. Its
+    # buckets scale the TPOT attainment where no per-request TPOT is read
+    # (`readings._Reader.tpot_attainment_with_waits`)
+    decode_wait: HistogramRead
+    # whether `tpot` times that wait inside a sequence's first gap (dopd's router streams the tokens as
+    # its user sees them) or leaves it out (vLLM's and SGLang's inter-token histograms time a running
+    # sequence's steps only)
+    tpot_includes_decode_wait: bool
     prefix_cache: PrefixCacheRead
     # the router's counters of requests it turned away (shed at entry, expired in its queue): their
     # increase is the shed rate; none where arrivals are counted at the engines, which see only what
     # was admitted (the shed rate is then 0 by construction)
     shed: tuple[str, ...] = ()
-    # the decode pods' wait before a sequence's first decode step (its KV, then a free slot), where the
-    # TPOT histogram times only the gaps between a running sequence's tokens and so leaves it out: its
-    # sum joins the TPOT sum, so the mean is the gap users see (as the simulator's observation counts
-    # it), and the share of requests whose wait fits in the slack their gaps leave scales the TPOT
-    # attainment (`readings._Reader.tpot_attainment_with_waits`)
-    decode_wait: HistogramRead | None = None
     # each finished request's TPOT as its user saw it (its mean gap, first token to last, waits
     # included), where the engine exposes one: the TPOT percentile and attainment are read from it,
     # since the SLO is per request; the mean stays the gaps' (`tpot`), which the decode correction
@@ -191,6 +198,8 @@ DOPD = EnginePreset(
     ttft=HistogramRead("dopd_time_to_first_token_seconds", "router"),
     ttft_includes_kv_transfer=True,
     tpot=HistogramRead("dopd_inter_token_latency_seconds", "router"),
+    decode_wait=HistogramRead("dopd_decode_slot_wait_seconds", "decode"),
+    tpot_includes_decode_wait=True,
     request_tpot=HistogramRead("dopd_request_time_per_output_token_seconds", "router"),
     prefix_cache=PrefixCacheRead(
         "prefill", "dopd_prefix_cache_hits_total", "dopd_prefix_cache_queries_total"
@@ -223,10 +232,11 @@ VLLM = EnginePreset(
     tpot=HistogramRead(
         "vllm:inter_token_latency_seconds", "decode", fallback="vllm:time_per_output_token_seconds"
     ),
+    decode_wait=HistogramRead("vllm:request_queue_time_seconds", "decode"),
+    tpot_includes_decode_wait=False,
     prefix_cache=PrefixCacheRead(
         "prefill", "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"
     ),
-    decode_wait=HistogramRead("vllm:request_queue_time_seconds", "decode"),
 )
 
 SGLANG = EnginePreset(
@@ -251,9 +261,10 @@ SGLANG = EnginePreset(
     ttft=HistogramRead("sglang:time_to_first_token_seconds", "prefill"),
     ttft_includes_kv_transfer=False,
     tpot=HistogramRead("sglang:inter_token_latency_seconds", "decode"),
+    decode_wait=HistogramRead("sglang:queue_time_seconds", "decode"),
+    tpot_includes_decode_wait=False,
     # cached_tokens_total carries cache_source (device/host/storage): the sum is every cached token
     prefix_cache=PrefixCacheRead("prefill", "sglang:cached_tokens_total", "sglang:prompt_tokens_total"),
-    decode_wait=HistogramRead("sglang:queue_time_seconds", "decode"),
 )
 
 PRESETS: dict[Engine, EnginePreset] = {p.engine: p for p in (DOPD, VLLM, SGLANG)}
@@ -376,12 +387,13 @@ def query_set(
             if with_sum:
                 sums = chosen.render([family], "_sum")
                 parts.append((f"{tag}/sum", f"sum by ({by}) (increase({sums}[{window}]))"))
-    if preset.decode_wait is not None:  # its sum joins the TPOT sum, its buckets the attainment
-        chosen = selector(preset.decode_wait.role)
-        buckets = chosen.render([preset.decode_wait.family], "_bucket")
-        parts.append(("decode_wait/bucket", f"sum by (le, {by}) (increase({buckets}[{window}]))"))
-        waits = chosen.render([preset.decode_wait.family], "_sum")
-        parts.append(("decode_wait/sum", f"sum by ({by}) (increase({waits}[{window}]))"))
+    # the decode waits: their sum parts the gap users see from the engine's step, their buckets scale
+    # the attainment where no per-request TPOT is read
+    chosen = selector(preset.decode_wait.role)
+    buckets = chosen.render([preset.decode_wait.family], "_bucket")
+    parts.append(("decode_wait/bucket", f"sum by (le, {by}) (increase({buckets}[{window}]))"))
+    waits = chosen.render([preset.decode_wait.family], "_sum")
+    parts.append(("decode_wait/sum", f"sum by ({by}) (increase({waits}[{window}]))"))
     for key, read_length in (("input", preset.input_tokens), ("output", preset.output_tokens)):
         if read_length.totals is not None:
             role = read_length.histogram.role

@@ -159,33 +159,41 @@ class _Reader:
             )
         return summary
 
-    def tpot_mean_with_waits(self, tpot: HistogramSummary, wait: HistogramRead | None) -> float | None:
-        """The mean gap users see: the TPOT histogram's sum over its count, with the decode pods' waits
-        before a first decode step added to the sum where the preset's TPOT leaves them out
-        (`EnginePreset.decode_wait`). Unknown, with a problem line, where that wait is not exposed: the
-        mean without it would read a pool that makes sequences wait for slots as a fast one."""
-        if wait is None or tpot.mean is None or not tpot.observations:
-            return tpot.mean
+    def tpot_means(
+        self, tpot: HistogramSummary, wait: HistogramRead, includes_wait: bool
+    ) -> tuple[float | None, float | None]:
+        """(The mean gap users see, the decode step's mean) over the TPOT histogram's count: its sum with
+        the decode pods' waits before a first decode step added where the histogram leaves them out
+        (vLLM, SGLang), or taken off where it times them in a first gap (dopd's router)
+        (`EnginePreset.decode_wait`). The one the histogram does not time directly is unknown, with a
+        problem line, where the waits are not exposed: without them a pool that makes sequences wait
+        for slots reads as a fast one (the gap users see), or as a slow engine (the step)."""
+        if tpot.mean is None or not tpot.observations:
+            return tpot.mean, tpot.mean
         waited = self.aggregates.scalars.get("decode_wait/sum")
         if waited is None or not math.isfinite(waited):
-            self.problems.append(
-                f"TPOT mean: {self._name(wait.family, wait.role)}_sum has no series (the decode pods' wait "
-                "for their KV and a free slot, which the inter-token histogram leaves out): unknown, so "
-                "the decode correction holds"
+            unknown = (
+                "decode step mean: unknown, so the decode correction holds"
+                if includes_wait
+                else "TPOT mean as users see it: unknown"
             )
-            return None
-        return (tpot.mean * tpot.observations + waited) / tpot.observations
+            self.problems.append(
+                f"{unknown} ({self._name(wait.family, wait.role)}_sum has no series: the decode pods' wait "
+                "for a free slot before a first decode step)"
+            )
+            return (tpot.mean, None) if includes_wait else (None, tpot.mean)
+        if includes_wait:
+            return tpot.mean, max(tpot.mean - waited / tpot.observations, 0.0)
+        return tpot.mean + waited / tpot.observations, tpot.mean
 
     def tpot_attainment_with_waits(
-        self, tpot: HistogramSummary, wait: HistogramRead | None, output_mean: float | None
+        self, tpot: HistogramSummary, wait: HistogramRead, output_mean: float | None
     ) -> float | None:
         """The TPOT attainment: the gaps' share, scaled by the share of requests whose wait for a decode
         slot fits in their slack where the preset's histogram leaves the waits out
         (`EnginePreset.decode_wait`, `estimators.tpot_attainment_with_waits`); unknown, with a problem
         line, where the waits cannot be read (never the gaps' share alone, which reads a decode pool
         past its slots as meeting the SLO: docs/metrics.md)."""
-        if wait is None:
-            return tpot.share_at_or_below
         share, problem = tpot_attainment_with_waits(
             tpot,
             self._name(wait.family, wait.role),
@@ -441,7 +449,7 @@ def build_observation(
     ttft = reader.histogram("ttft", preset.ttft, False, q=q, threshold=queries.ttft_slo_seconds)
     tpot = reader.histogram("tpot", preset.tpot, True, q=q, threshold=queries.tpot_slo_seconds)
     problems.extend(s.problem for s in (ttft, tpot) if s.problem)
-    tpot_mean = reader.tpot_mean_with_waits(tpot, preset.decode_wait)
+    tpot_mean, step_mean = reader.tpot_means(tpot, preset.decode_wait, preset.tpot_includes_decode_wait)
     if preset.request_tpot is not None:  # per request, as the SLO is written: read, never estimated
         per_request = reader.histogram(
             "request_tpot", preset.request_tpot, False, q=q, threshold=queries.tpot_slo_seconds
@@ -451,7 +459,11 @@ def build_observation(
         tpot_p, tpot_attainment = per_request.quantile, per_request.share_at_or_below
     else:
         tpot_p = tpot.quantile
-        tpot_attainment = reader.tpot_attainment_with_waits(tpot, preset.decode_wait, output_mean)
+        tpot_attainment = (
+            tpot.share_at_or_below
+            if preset.tpot_includes_decode_wait
+            else reader.tpot_attainment_with_waits(tpot, preset.decode_wait, output_mean)
+        )
     queue_depth = reader.gauge("prefill queue depth", preset.queue_depth)
     decode_queue_depth = reader.gauge("decode queue depth", preset.decode_queue_depth)
     kv_usage = reader.gauge("decode KV usage", preset.kv_usage, upper=1.0)
@@ -486,6 +498,7 @@ def build_observation(
         ttft_includes_kv_transfer=preset.ttft_includes_kv_transfer,
         tpot_seconds=tpot_p,
         tpot_mean_seconds=tpot_mean,
+        decode_step_mean_seconds=step_mean,
         ttft_attainment=ttft.share_at_or_below,
         tpot_attainment=tpot_attainment,
         prefill=prefill,

@@ -54,6 +54,8 @@ DOPD_AGGREGATE = [
     # the 20 finished requests' mean gaps: 2 past the 50 ms SLO (a wait for a decode slot in their
     # first gap), where 98 of 100 gaps are within it
     *histogram("request_tpot", [(0.02, 4.0), (0.05, 18.0), (0.1, 20.0), (INF, 20.0)]),
+    # the decode pods' waits for a slot of the 20 sequences that joined: 0.5 s of the gaps' 2.5 s
+    *histogram("decode_wait", [(0.01, 18.0), (0.5, 20.0), (INF, 20.0)], total=0.5),
     *histogram("input", [(1024.0, 0.0), (2048.0, 10.0), (INF, 10.0)], total=15_000.0),
     *histogram("output", [(128.0, 0.0), (256.0, 20.0), (INF, 20.0)], total=4_000.0),
     tagged("shed/dopd_requests_rejected_total", 20.0),  # over the 60 s window
@@ -122,7 +124,8 @@ HEALTHY = {
     "ttft_attainment": 0.8,  # 60 + 40 * (1.5 - 1) / (2 - 1), of 100
     # per request, as the SLO is written: rank 18 of 20 at the top of (0.02, 0.05]; 18 of 20 within
     "tpot_seconds": 0.05,
-    "tpot_mean_seconds": 0.025,  # 2.5 / 100 gaps, from _sum: the engine's speed, for the decode correction
+    "tpot_mean_seconds": 0.025,  # 2.5 / 100 gaps, from _sum: the gap users see
+    "decode_step_mean_seconds": 0.02,  # (2.5 - 0.5 s of slot waits) / 100: the engine's step
     "tpot_attainment": 0.9,
     "latency_percentile": 90.0,
     "prefix_cache_hit_rate": 0.25,  # 3000 / 12000 tokens
@@ -159,6 +162,22 @@ def test_dopd_tpot_percentile_and_attainment_are_per_request_and_unknown_without
     assert obs.tpot_seconds is None and obs.tpot_attainment is None
     assert obs.problems == ('dopd_request_time_per_output_token_seconds{role=~"router"}: no series',)
     assert obs.tpot_mean_seconds == pytest.approx(0.025)  # the gaps' mean stays: the decode correction's
+    assert obs.load_known
+
+
+def test_dopd_decode_step_is_the_routers_gaps_less_the_slot_waits_and_unknown_without_them() -> None:
+    """The router's gaps time a sequence's wait for a decode slot inside its first gap; the decode pods
+    count the waits apart. Without them the step is unknown (the decode correction holds), never the
+    gaps' mean, which reads a pool short of slots as a slow engine; the gap users see stays."""
+    kept = [s for s in DOPD_AGGREGATE if not s.metric["dopd_q"].startswith("decode_wait/")]
+    obs = observe(dopd_queries(), kept, DOPD_RAW)
+    assert obs.decode_step_mean_seconds is None
+    assert obs.tpot_mean_seconds == pytest.approx(0.025)
+    assert obs.problems == (
+        "decode step mean: unknown, so the decode correction holds (dopd_decode_slot_wait_seconds"
+        '{role=~"decode"}_sum has no series: the decode pods\' wait for a free slot before a first decode '
+        "step)",
+    )
     assert obs.load_known
 
 
@@ -650,10 +669,12 @@ def test_vllm_tpot_mean_counts_the_waits_for_a_decode_slot_its_histogram_leaves_
     gaps = histogram("tpot", [(0.01, 0.0), (0.02, 10.0), (INF, 10.0)], total=0.15)
     obs = vllm([series("vllm:kv_cache_usage_perc", "d-0", "decode", [0.5] * 121)], gaps, decode_waits_s=0.05)
     assert obs.tpot_mean_seconds == pytest.approx(0.02)  # 0.015 if the waits were left out
+    assert obs.decode_step_mean_seconds == pytest.approx(0.015)  # the engine's step: the gaps alone
     assert obs.tpot_seconds == pytest.approx(0.019)  # the percentile and the attainment are the gaps'
-    # Not exposed: the mean is unknown (the decode correction holds), not the gaps' alone.
+    # Not exposed: the mean users see is unknown, not the gaps' alone; the step is still the gaps'.
     obs = vllm([series("vllm:kv_cache_usage_perc", "d-0", "decode", [0.5] * 121)], gaps, decode_waits_s=None)
     assert obs.tpot_mean_seconds is None
+    assert obs.decode_step_mean_seconds == pytest.approx(0.015)
     assert any("request_queue_time_seconds" in p and "_sum has no series" in p for p in obs.problems)
     assert obs.load_known  # the load is still known
 
