@@ -51,8 +51,11 @@ def _model(decode_factor: float = 1.0) -> CapacityModel:
     return CapacityModel(profile, spec.slo, Workload(RATE_RPS, ISL, 2 * ISL, OSL, 2 * OSL))
 
 
-def _learned(quantile: float, mean: float, mean_batch: float, ticks: int) -> float:
-    """The decode factor after `ticks` decisions that each saw these latencies at this batch."""
+def _learned(
+    quantile: float, mean: float, mean_batch: float, ticks: int, step_mean: float | None = None
+) -> float:
+    """The decode factor after `ticks` decisions that each saw these latencies at this batch (the
+    decode step's mean `step_mean`; None: no sequence waited for a slot, the gaps' `mean`)."""
     spec = make_spec()
     obs = make_obs(
         rate=RATE_RPS,
@@ -62,6 +65,7 @@ def _learned(quantile: float, mean: float, mean_batch: float, ticks: int) -> flo
         decode=DECODE_REPLICAS,
         tpot_seconds=quantile,
         tpot_mean_seconds=mean,
+        decode_step_mean_seconds=mean if step_mean is None else step_mean,
         decode_running=mean_batch * DECODE_REPLICAS,
     )
     state = settled_state(obs)
@@ -114,22 +118,7 @@ def _after_waits(mean_batch: float, ticks: int) -> float:
     """The decode factor after `ticks` windows of a right engine at `mean_batch` sequences per replica
     whose sequences also waited for slots: the gap users see half again the step, the SLO missed."""
     step_s = _model().tpot_mean_seconds(mean_batch)
-    spec = make_spec()
-    obs = make_obs(
-        rate=RATE_RPS,
-        isl=ISL,
-        osl=OSL,
-        prefill=3,
-        decode=DECODE_REPLICAS,
-        tpot_seconds=2 * spec.slo.tpot_seconds,
-        tpot_mean_seconds=1.5 * step_s,
-        decode_step_mean_seconds=step_s,
-        decode_running=mean_batch * DECODE_REPLICAS,
-    )
-    state = settled_state(obs)
-    for _ in range(ticks):
-        state = plan(spec, obs, None, state, T0).state
-    return state.decode_correction
+    return _learned(2 * make_spec().slo.tpot_seconds, 1.5 * step_s, mean_batch, ticks, step_mean=step_s)
 
 
 def test_slot_waits_in_a_pool_with_room_are_not_a_slow_engine() -> None:
