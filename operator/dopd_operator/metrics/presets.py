@@ -141,8 +141,8 @@ class EnginePreset:
     shed: tuple[str, ...] = ()
     # each finished request's TPOT as its user saw it (its mean gap, first token to last, waits
     # included), where the engine exposes one: the TPOT percentile and attainment are read from it,
-    # since the SLO is per request; the mean stays the gaps' (`tpot`), which the decode correction
-    # learns from
+    # since the SLO is per request; the means stay the gaps' (`tpot`, with `decode_wait`: the gap users
+    # see and the decode step the decode correction learns from)
     request_tpot: HistogramRead | None = None
     # the router's reuse distances of prompt blocks (`dopd_worker.prefix_reuse`): how the prefix-cache
     # hit rate moves with the prefill pool's size; none where no router of ours sees the prompts (the

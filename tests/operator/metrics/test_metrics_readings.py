@@ -161,7 +161,7 @@ def test_dopd_tpot_percentile_and_attainment_are_per_request_and_unknown_without
     obs = observe(dopd_queries(), kept, DOPD_RAW)
     assert obs.tpot_seconds is None and obs.tpot_attainment is None
     assert obs.problems == ('dopd_request_time_per_output_token_seconds{role=~"router"}: no series',)
-    assert obs.tpot_mean_seconds == pytest.approx(0.025)  # the gaps' mean stays: the decode correction's
+    assert obs.tpot_mean_seconds == pytest.approx(0.025)  # the gaps' mean stays: the gap users see
     assert obs.load_known
 
 
