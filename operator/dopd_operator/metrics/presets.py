@@ -154,6 +154,9 @@ class EnginePreset:
         found = {
             "ttft": (self.ttft, False),
             "tpot": (self.tpot, True),  # its mean teaches the decode correction
+            # the decode waits: their sum parts the gap users see from the engine's step, their buckets
+            # scale the attainment where no per-request TPOT is read
+            "decode_wait": (self.decode_wait, True),
             "input": (self.input_tokens.histogram, True),
             "output": (self.output_tokens.histogram, True),
         }
@@ -387,13 +390,6 @@ def query_set(
             if with_sum:
                 sums = chosen.render([family], "_sum")
                 parts.append((f"{tag}/sum", f"sum by ({by}) (increase({sums}[{window}]))"))
-    # the decode waits: their sum parts the gap users see from the engine's step, their buckets scale
-    # the attainment where no per-request TPOT is read
-    chosen = selector(preset.decode_wait.role)
-    buckets = chosen.render([preset.decode_wait.family], "_bucket")
-    parts.append(("decode_wait/bucket", f"sum by (le, {by}) (increase({buckets}[{window}]))"))
-    waits = chosen.render([preset.decode_wait.family], "_sum")
-    parts.append(("decode_wait/sum", f"sum by ({by}) (increase({waits}[{window}]))"))
     for key, read_length in (("input", preset.input_tokens), ("output", preset.output_tokens)):
         if read_length.totals is not None:
             role = read_length.histogram.role
