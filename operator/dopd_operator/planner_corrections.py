@@ -175,8 +175,8 @@ def update_corrections(
             observation.tpot_attainment is not None
             and observation.tpot_attainment < spec.slo.attainment_target
         )
-        # Every slot taken: the pool is too small now, whatever the window saw.
-        full = mean_batch >= FULL_BATCH_SHARE * model.decode_batch_size
+        # Every slot taken and the SLO missed: the pool is too small now, whatever the window saw.
+        too_small = mean_batch >= FULL_BATCH_SHARE * model.decode_batch_size and missed
         # The engine's step, its slot waits left out: a wait is a pool short of slots (the decode backlog
         # sizes it), not a slow engine. Only while every slot is taken and the SLO missed do the waits
         # count (the gap users see), as a pool too small now. Counted in any window, the waits of a
@@ -184,10 +184,10 @@ def update_corrections(
         # 1.5x slower engine on the reasoning trace, and the pool grew to 31 decode replicas where 18
         # serve.
         mean_s = observation.decode_step_mean_seconds
-        if full and missed and observation.tpot_mean_seconds is not None:
+        if too_small and observation.tpot_mean_seconds is not None:
             mean_s = observation.tpot_mean_seconds
         ratio = mean_s / predicted if predicted > 0 else 0.0
-        if "decode" in unsettled and not (full and missed):
+        if "decode" in unsettled and not too_small:
             pass  # the window's TPOT is the old pool's (its slot waits included), not this one's
         elif low <= ratio <= high and "decode" not in unsettled:
             if young_residents(spec, observation):
