@@ -570,8 +570,10 @@ class PlannerStateStatus(ApiModel):
         "while its slots are full, when the sequences finishing are the join order's pick, not the "
         "demand's mix.",
     )
-    decode_slots_full: bool = Field(
-        False, description="Whether the decode pool's slots (or its KV cache) were full at the last tick."
+    decode_slots_full_time: datetime | None = Field(
+        None,
+        description="When the decode pool's slots (or its KV cache) were last seen full: the output "
+        "lengths stay held until what it seated then has finished.",
     )
 
 

@@ -113,7 +113,7 @@ def plan(
     lengths_reasons: list[str] = []
     if not observation.idle:
         observation, raised = resident_output_lengths(spec, observation)
-        observation, state, held = hold_output_lengths(spec, observation, state, base_profile)
+        observation, state, held = hold_output_lengths(spec, observation, state, base_profile, now)
         lengths_reasons = [r for r in (raised, held) if r is not None]
     state, unsettled = track_ready(spec, observation, state, now)
     decode_correction_before = state.decode_correction

@@ -376,7 +376,11 @@ def young_residents(spec: DisaggregatedModelSpec, observation: Observation) -> b
 
 
 def hold_output_lengths(
-    spec: DisaggregatedModelSpec, observation: Observation, state: PlannerState, profile: PerformanceProfile
+    spec: DisaggregatedModelSpec,
+    observation: Observation,
+    state: PlannerState,
+    profile: PerformanceProfile,
+    now: datetime,
 ) -> tuple[Observation, PlannerState, str | None]:
     """The observation with the output lengths to size with, the state that remembers them, and why
     they were held (None: the window's own).
@@ -388,8 +392,13 @@ def hold_output_lengths(
     over-represent long outputs, then, once the late short ones join, under-represent them. On the
     steps trace a 2x jump that filled the slots read the mean output as 306, 410 and 446 tokens over
     three windows where the demand's was 210, and the pool was sized for 14 replicas where 6 serve.
-    So while the pool is full, or was at the last tick (the window still holds that time), the lengths
-    last measured with free slots are sized with; with none measured yet, the window's.
+    So while the pool is full, and until the sequences it seated then have finished and left the window
+    (`seated_while_full_seconds`: the window plus the time the P90 output takes to generate), the
+    lengths last measured with free slots are sized with; with none measured yet, the window's. The
+    hold had ended a tick after the slots freed: on the reasoning trace (P90 outputs of 5000 tokens,
+    two minutes each) the long outputs seated at the peak then finished into the next windows, which
+    read a mean of 2500-2700 tokens (P90 5800-6000) where the demand's was 2400 (P90 5000), and the
+    pool grew by a quarter on the way down.
 
     Except where they are shorter than the window's on a rise of outputs that outlast the window
     (`young_residents`): there the sequences finishing are the shorter ones whatever the join order
@@ -401,8 +410,13 @@ def hold_output_lengths(
     full = decode_slots_full(observation, profile)
     held = state.output_lengths_free_slots
     measured = observation.output_tokens_mean
-    if (full or state.decode_slots_full) and held is not None:
-        after = state.model_copy(update={"decode_slots_full": full})
+    last_full = now if full else state.decode_slots_full_time
+    after = state.model_copy(update={"decode_slots_full_time": last_full})
+    since_full_s = None if last_full is None else (now - last_full).total_seconds()
+    seated_s = seated_while_full_seconds(spec, observation, held)
+    if since_full_s is not None and since_full_s < seated_s:
+        if held is None:
+            return observation, after, None
         if measured is not None and measured > held.mean and young_residents(spec, observation):
             reason = (
                 f"output lengths of this window kept (mean {measured:.0f}), not those last measured with "
@@ -414,7 +428,12 @@ def hold_output_lengths(
             f"output lengths held at mean {held.mean:.0f}"
             + (f"/P90 {held.p90:.0f}" if held.p90 is not None else "")
             + " tokens, as last measured with free decode slots: the slots are full"
-            + ("" if full else " (they were at the last tick, within this window)")
+            + (
+                ""
+                if full
+                else f" (they were {since_full_s:.0f}s ago, and what they seated finishes for "
+                f"{seated_s:.0f}s: the window and the P90 output's generation)"
+            )
             + ", and the sequences finishing are those the join order admitted, not the demand's mix"
             + (f" (this window's mean {measured:.0f})" if measured is not None else "")
         )
@@ -422,9 +441,27 @@ def hold_output_lengths(
             update={"output_tokens_mean": held.mean, "output_tokens_p90": held.p90}
         )
         return observation, after, reason
-    update: dict[str, object] = {"decode_slots_full": full}
-    if not full and not state.decode_slots_full and observation.output_tokens_mean is not None:
-        update["output_lengths_free_slots"] = OutputLengths(
-            mean=observation.output_tokens_mean, p90=observation.output_tokens_p90
+    if measured is not None:
+        after = after.model_copy(
+            update={
+                "output_lengths_free_slots": OutputLengths(mean=measured, p90=observation.output_tokens_p90)
+            }
         )
-    return observation, state.model_copy(update=update), None
+    return observation, after, None
+
+
+def seated_while_full_seconds(
+    spec: DisaggregatedModelSpec, observation: Observation, held: OutputLengths | None
+) -> float:
+    """How long after the decode slots were last full the sequences finishing in the metrics window may
+    still be those the join order seated then: the window, plus the time the P90 output (as last
+    measured with free slots, else the window's) takes to generate at the window's mean gap (slot waits
+    included; unknown: the window alone)."""
+    source = (
+        held
+        if held is not None
+        else OutputLengths(mean=observation.output_tokens_mean or 0.0, p90=observation.output_tokens_p90)
+    )
+    tokens = source.p90 if source.p90 is not None else source.mean
+    gap_s = observation.tpot_mean_seconds or 0.0
+    return spec.metrics.window_seconds + tokens * gap_s

@@ -1,6 +1,7 @@
 """The output lengths the planner sizes decode with while the decode pool's slots are full: the sequences
 finishing then are the join order's pick (long outputs first), not the demand's mix, so the lengths last
-measured with free slots are kept until a window without full slots measures them again."""
+measured with free slots are kept until what the full pool seated has finished and a window without
+full slots measures them again."""
 
 from __future__ import annotations
 
@@ -66,8 +67,9 @@ def test_a_full_decode_pool_is_sized_for_the_lengths_measured_with_free_slots() 
 
 def test_the_lengths_stay_held_for_the_window_after_the_slots_free_up() -> None:
     """Once new replicas join, the late short sequences finish and the window reads short (165 tokens):
-    the window still holds the full time, so the held lengths are kept for one tick more; the next
-    window with free slots throughout measures them afresh."""
+    the window still holds the full time, so the held lengths are kept for one tick more (outputs of a
+    few hundred tokens finish within it); the next window with free slots throughout measures them
+    afresh."""
     decisions = _run(
         [
             _tick(2, 0.6 * 2 * SLOTS, 210.0),
@@ -77,10 +79,36 @@ def test_the_lengths_stay_held_for_the_window_after_the_slots_free_up() -> None:
         ]
     )
     after, fresh = decisions[2], decisions[3]
-    assert any("they were at the last tick" in r and "mean 165" in r for r in after.reasons)
+    assert any("they were 30s ago" in r and "mean 165" in r for r in after.reasons)
     assert after.state.output_lengths_free_slots == OutputLengths(mean=210.0, p90=420.0)
     assert not any("output lengths held" in r for r in fresh.reasons)
     assert fresh.state.output_lengths_free_slots == OutputLengths(mean=205.0, p90=410.0)
+
+
+def test_long_outputs_seated_while_the_slots_were_full_keep_the_lengths_held_until_they_finish() -> None:
+    """The reasoning trace's peak: the slots fill and the join order seats the long outputs first.
+    Those take minutes to generate (P90 4800 tokens at 20 ms: 96 s), so they finish into the windows
+    after the slots free up, which read 2700 tokens where the demand's are 2400 (the pool had grown by a
+    quarter on the way down). The held lengths stand until the window and the P90 output's generation
+    (156 s) have passed since the slots were last full; then the window's are measured afresh."""
+
+    def reading(osl: float, full: bool) -> Observation:
+        return _rising(osl, 2 * osl, full).model_copy(update={"arrival_rate_trend_rps_per_s": 0.0})
+
+    state = PlannerState(output_lengths_free_slots=OutputLengths(mean=2400.0, p90=4800.0))
+    _, state, _ = hold_output_lengths(SPEC, reading(2600.0, full=True), state, PROFILE, T0)
+    assert state.decode_slots_full_time == T0
+    for seconds in (30, 60, 90, 120, 150):
+        sized, state, reason = hold_output_lengths(
+            SPEC, reading(2700.0, full=False), state, PROFILE, T0 + timedelta(seconds=seconds)
+        )
+        assert (sized.output_tokens_mean, sized.output_tokens_p90) == (2400.0, 4800.0)
+        assert reason is not None and f"they were {seconds}s ago" in reason and "for 156s" in reason
+    sized, state, reason = hold_output_lengths(
+        SPEC, reading(2450.0, full=False), state, PROFILE, T0 + timedelta(seconds=180)
+    )
+    assert (sized.output_tokens_mean, reason) == (2450.0, None)
+    assert state.output_lengths_free_slots == OutputLengths(mean=2450.0, p90=4900.0)
 
 
 @pytest.mark.parametrize(
@@ -126,13 +154,13 @@ def test_on_a_rise_of_outputs_that_outlast_the_window_the_longer_lengths_stand()
     the held ones, or on a flat load, the held ones do (the join order's pick, as on the steps trace)."""
     state = PlannerState(output_lengths_free_slots=OutputLengths(mean=2160.0, p90=4620.0))
     longer = _rising(2600.0, 5300.0, full=True)
-    sized, _, reason = hold_output_lengths(SPEC, longer, state, PROFILE)
+    sized, _, reason = hold_output_lengths(SPEC, longer, state, PROFILE, T0)
     assert (sized.output_tokens_mean, sized.output_tokens_p90) == (2600.0, 5300.0)
     assert reason is not None and "output lengths of this window kept (mean 2600)" in reason
     shorter = _rising(1900.0, 4000.0, full=True)
-    assert hold_output_lengths(SPEC, shorter, state, PROFILE)[0].output_tokens_mean == 2160.0
+    assert hold_output_lengths(SPEC, shorter, state, PROFILE, T0)[0].output_tokens_mean == 2160.0
     flat = longer.model_copy(update={"arrival_rate_trend_rps_per_s": 0.0})
-    assert hold_output_lengths(SPEC, flat, state, PROFILE)[0].output_tokens_mean == 2160.0
+    assert hold_output_lengths(SPEC, flat, state, PROFILE, T0)[0].output_tokens_mean == 2160.0
     # and the decision: sized for the window's lengths, as with nothing held, beyond what the held buy
     decided = plan(SPEC, longer, None, state, T0)
     assert decided.raw_decode == plan(SPEC, longer, None, PlannerState(), T0).raw_decode
@@ -156,10 +184,11 @@ def test_the_hold_changes_nothing_but_the_output_lengths(
     lengths are either the window's or the held ones, and the held ones are only ever replaced by a
     window with free slots at both ends."""
     state = PlannerState(
-        output_lengths_free_slots=OutputLengths(mean=free_osl, p90=2 * free_osl), decode_slots_full=was_full
+        output_lengths_free_slots=OutputLengths(mean=free_osl, p90=2 * free_osl),
+        decode_slots_full_time=T0 - timedelta(seconds=30) if was_full else None,
     )
     observation = _tick(2, running_share * 2 * SLOTS, window_osl)
-    sized, after, reason = hold_output_lengths(SPEC, observation, state, PROFILE)
+    sized, after, reason = hold_output_lengths(SPEC, observation, state, PROFILE, T0)
     assert (
         sized.model_copy(
             update={
@@ -170,7 +199,7 @@ def test_the_hold_changes_nothing_but_the_output_lengths(
         == observation
     )
     full = decode_slots_full(observation, PROFILE)
-    assert after.decode_slots_full is full
+    assert after.decode_slots_full_time == (T0 if full else state.decode_slots_full_time)
     if full or was_full:
         assert (sized.output_tokens_mean, reason is not None) == (free_osl, True)
         assert after.output_lengths_free_slots == state.output_lengths_free_slots
