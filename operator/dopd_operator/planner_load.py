@@ -31,6 +31,9 @@ FULL_BATCH_SHARE = 0.95
 # finish already takes FINISHED_LENGTHS_WINDOW_SHARE of it (`resident_output_lengths`).
 RESIDENT_LENGTHS_WINDOW_SHARE = 0.5
 FINISHED_LENGTHS_WINDOW_SHARE = 0.25
+# A load declines, rather than dips, where its trend is below zero by this many standard errors of the
+# slope a flat load shows at its burstiness (one in 40 windows of a flat load reads that by chance).
+DECLINE_NOISE_MULTIPLE = 2.0
 
 
 def lead_time_seconds(spec: DisaggregatedModelSpec, observation: Observation | None = None) -> float:
@@ -46,6 +49,19 @@ def lead_time_seconds(spec: DisaggregatedModelSpec, observation: Observation | N
         learned = observation.role(role).startup_seconds if observation is not None else None
         startups.append(learned if learned is not None else spec.role(role).startup_seconds)
     return max(startups) + spec.scaling.interval_seconds
+
+
+def declining(observation: Observation) -> str | None:
+    """How the load declines, where its trend is below zero by DECLINE_NOISE_MULTIPLE times the noise of
+    a flat load's slope (a decline, not a dip); None where it does not, or the noise is unknown."""
+    slope = observation.arrival_rate_trend_rps_per_s
+    noise = observation.arrival_rate_trend_noise_rps_per_s
+    if slope is None or noise is None or slope >= -DECLINE_NOISE_MULTIPLE * noise:
+        return None
+    return (
+        f"the load declines ({slope * 60:+.2f} rps/min, beyond {DECLINE_NOISE_MULTIPLE:g}x its noise "
+        f"of {noise * 60:.2f})"
+    )
 
 
 def stepped_s(spec: DisaggregatedModelSpec, observation: Observation) -> float | None:
@@ -323,12 +339,19 @@ def resident_output_lengths(
     they are in the decode stage too, and the mean gap holds their waits (reasoning 99.28% -> 99.43%,
     seed 0 98.54% -> 99.03%). Not elsewhere: after a step the queue of a flood is arrivals beyond the
     pool, not outputs still decoding, and on the steps trace it read 200-token outputs as 860-2000.
+    Nor is the bound read where the rate the residents arrived at is not the one read now: after a step
+    in the arrivals (the rate is then read from the step on) or on a decline (`declining`). There the
+    residents came at a higher rate, and the finishers read long, not short: when the reasoning trace's
+    load stopped, 92 sequences still decoding at 0.16 rps read as 48,000-token outputs and ordered the
+    most replicas the spec allows (5P/24D, held for the scale-down window after the load had gone).
     """
     running, mean = observation.decode_running, observation.output_tokens_mean
     rate = observation.given_rate_rps
     gap_s = observation.tpot_mean_seconds
     if not running or mean is None or mean <= 0 or not rate or not gap_s:
         return observation, None
+    if observation.arrival_level_age_seconds is not None or declining(observation) is not None:
+        return observation, None  # the residents arrived at a rate other than the one read now
     waiting = (observation.decode_queue_depth or 0.0) if young_residents(spec, observation) else 0.0
     in_stage = running + waiting
     implied = in_stage / (rate * gap_s) + 1.0

@@ -135,3 +135,32 @@ def test_slot_waits_in_a_full_pool_missing_the_slo_raise_the_factor() -> None:
     gap users see), so the factor rises toward what they cost."""
     full = _model().decode_batch_size
     assert _after_waits(full, ticks=8) == pytest.approx(1.5, abs=0.05)
+
+
+def test_the_tail_of_a_load_that_has_gone_teaches_the_corrections_nothing() -> None:
+    """A minute after the reasoning trace's load stopped, nothing arrived in the window (the planner
+    sizes for no load) while its last long outputs still decode, at gaps of their own load. Judged at
+    no workload they had raised a right decode factor from 1.03 to 1.45, and the next load would have
+    been sized for an engine half again slower: both factors hold while idle."""
+    spec = make_spec()
+    idle = make_obs(
+        rate=0.0,
+        isl=None,
+        osl=4200.0,
+        prefill=1,
+        decode=12,
+        decode_running=30.0,
+        tpot_seconds=0.0122,
+        tpot_mean_seconds=0.011,
+        ttft_seconds=0.3,
+    )
+    state = settled_state(idle, prefill_correction=1.13, decode_correction=1.03)
+    decision = plan(spec, idle, None, state, T0)
+    assert decision.reasons[0] == "no request arrived in the metrics window: sizing for no load"
+    assert (decision.state.prefill_correction, decision.state.decode_correction) == (1.13, 1.03)
+    # the same gaps with the load still arriving are learned from
+    busy = idle.model_copy(update={"arrival_rate_rps": 10.0, "input_tokens_mean": 860.0})
+    assert (
+        plan(spec, busy, None, settled_state(busy, decode_correction=1.03), T0).state.decode_correction
+        != 1.03
+    )

@@ -543,6 +543,46 @@ def test_scale_down_window_shortens_when_the_forecasts_held(
     assert any("scale-down window 150s" in r for r in d.reasons) is (not held)
 
 
+@pytest.mark.parametrize(
+    ("slope_noises", "window_s"),
+    [
+        pytest.param(-3.0, 30, id="declining-one-interval"),
+        # a flat load's chance dip (1.5 standard errors down) keeps the lead-time window
+        pytest.param(-1.5, 150, id="dip-lead-time"),
+        pytest.param(0.0, 150, id="flat-lead-time"),
+    ],
+)
+def test_on_a_decline_the_scale_down_window_shortens_to_one_interval(
+    slope_noises: float, window_s: int
+) -> None:
+    """The reasoning trace's decline: the layouts recommended 150 s and 60 s ago (12P/8D) were sized for
+    the load then, and cover what the load observed now needs (the forecasts held). Where the trend
+    shows the load declining beyond twice its noise, those are a load that has passed: the pool follows
+    this decision (sized for the forecast's upper quantile over the lead time) at once; a dip within the
+    noise keeps the lead-time window, which holds the 12P/8D."""
+    spec = make_spec(scaling={"scaleDown": {"stabilizationSeconds": 300, "maxStepReplicas": 1000}})
+    state = PlannerState(recommendations=[_recommendation_at(150, 12, 8), _recommendation_at(60, 12, 8)])
+    noise = 0.01
+    obs = make_obs(
+        rate=20,
+        prefill=12,
+        decode=8,
+        arrival_rate_trend_rps_per_s=slope_noises * noise,
+        arrival_rate_trend_noise_rps_per_s=noise,
+    )
+    upcoming = LoadForecast(
+        model="naive", horizon_seconds=150, quantile=0.9, arrival_rate_rps_mean=20, arrival_rate_rps_upper=21
+    )
+    d = plan(spec, obs, upcoming, state, T0)
+    assert any(f"scale-down window {window_s}s instead of 300s" in r for r in d.reasons)
+    if window_s == 30:
+        assert (d.prefill, d.decode) == (d.raw_prefill, d.raw_decode)
+        assert d.prefill < 12 and d.decode < 8
+        assert any("the load declines (-1.80 rps/min" in r for r in d.reasons)
+    else:
+        assert (d.prefill, d.decode) == (12, 8)
+
+
 def test_a_backlog_teaches_the_corrections_nothing() -> None:
     """600 prompts queued at 20 rps is 30 s of arrivals, far more than the 1.5 s TTFT SLO's worth: the
     40 s P90 TTFT is the backlog's, not a slow engine's. Dividing it by the predicted 0.07 s would drive

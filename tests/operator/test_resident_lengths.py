@@ -138,6 +138,62 @@ def test_residents_beyond_what_short_finishers_imply_are_not_taken_for_a_tail() 
     assert kept == flooded and reason is None
 
 
+def _load_stopped(**extra: object) -> Observation:
+    """The reasoning trace 30 s after its load stopped: the rate is read from the step on (0.16 rps),
+    while 92 sequences that arrived at 10 rps still decode at 11.4 ms a token."""
+    fields: dict[str, object] = {
+        "decode_running": 92.0,
+        "tpot_mean_seconds": 0.0114,
+        "osl_p90": 5940.0,
+        "decode_kv_usage": 0.17,
+        "arrival_level_age_seconds": 30.0,
+    }
+    fields.update(extra)
+    return make_obs(
+        rate=0.16, isl=860.0, osl=2810.0, decode_obs=RoleObservation(current=12, ready=12), **fields
+    )
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        pytest.param({}, id="stepped"),
+        pytest.param(
+            {
+                "rate": 11.3,
+                "osl": 2480.0,
+                "arrival_level_age_seconds": None,
+                "decode_running": 286.0,
+                "tpot_mean_seconds": 0.0098,
+                "arrival_rate_trend_rps_per_s": -0.02,
+                "arrival_rate_trend_noise_rps_per_s": 0.005,
+            },
+            id="declining",
+        ),
+    ],
+)
+def test_residents_that_came_at_another_rate_leave_the_window_lengths(changed: dict[str, object]) -> None:
+    """Little's law holds the residents to the rate they arrived at. After a step (the rate is read from
+    it on) or on a decline they came at a higher rate than the one read now, and the bound reads long:
+    when the reasoning trace's load stopped it read 48,000-token outputs, and the planner ordered the
+    most replicas the spec allows after the load had gone. The window's lengths stand, and the pool is
+    sized for them; the same residents on a flat load still raise the lengths."""
+    fields = dict(changed)
+    rate, osl = fields.pop("rate", 0.16), fields.pop("osl", 2810.0)
+    observation = _load_stopped(**fields).model_copy(
+        update={"arrival_rate_rps": rate, "output_tokens_mean": osl}
+    )
+    kept, reason = resident_output_lengths(SPEC, observation)
+    assert kept == observation and reason is None
+    steady = observation.model_copy(
+        update={"arrival_level_age_seconds": None, "arrival_rate_trend_rps_per_s": 0.0}
+    )
+    assert resident_output_lengths(SPEC, steady)[1] is not None
+    decision = plan(SPEC, observation, None, settled_state(observation), T0)
+    assert decision.raw_decode <= observation.decode.ready
+    assert not any("output lengths raised" in r for r in decision.reasons)
+
+
 @pytest.mark.parametrize(
     "missing", [{"decode_running": None}, {"tpot_mean_seconds": None}, {"rate": None}, {"osl": None}]
 )
