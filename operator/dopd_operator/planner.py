@@ -259,13 +259,13 @@ def _scale_down_window(
     earlier recommendation fell short, the spec's window holds (the HPA's behaviour).
 
     The window holds the highest recent recommendation so that a dip does not release what the next
-    tick needs. Where the load declines (`planner_load.declining`) the recent recommendations are sized for a load that has passed, and each
-    decision is itself sized for the forecast's upper quantile over the lead time: the window shortens
-    to one interval. On the reasoning trace's decline (30 to 10 rps over 15 minutes) the lead-time
-    window held the decode pool 3-5 replicas above what the load needed (recommendations 150 s old):
-    1.19x -> 1.15x the oracle's GPU-hours at the same attainment, diurnal 1.05x -> 1.03x. At one
-    standard error a flat load's chance dips had released the replica a surge then needed (bursts seed
-    0 97.2% -> 93.8%).
+    tick needs. Where the load declines (`planner_load.declining`) the recent recommendations are sized
+    for a load that has passed, and each decision is itself sized for the forecast's upper quantile over
+    the lead time: the window shortens to one interval. On the reasoning trace's decline (30 to 10 rps
+    over 15 minutes) the lead-time window held the decode pool 3-5 replicas above what the load needed
+    (recommendations 150 s old): 1.19x -> 1.15x the oracle's GPU-hours at the same attainment, diurnal
+    1.05x -> 1.03x. At one standard error a flat load's chance dips had released the replica a surge
+    then needed (bursts seed 0 97.2% -> 93.8%).
     """
     window = spec.scaling.scale_down.stabilization_seconds
     lead = lead_time_seconds(spec, observation)
