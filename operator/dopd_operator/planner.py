@@ -114,17 +114,17 @@ def plan(
 
     base_profile = resolve_profile(spec.profile)
     lengths_reasons: list[str] = []
-    if not idle:
-        observation, raised = resident_output_lengths(spec, observation)
-        observation, state, held = hold_output_lengths(spec, observation, state, base_profile, now)
-        lengths_reasons = [r for r in (raised, held) if r is not None]
     state, unsettled = track_ready(spec, observation, state, now)
     decode_correction_before = state.decode_correction
     if not idle:
-        # Idle, the window's latencies are the tail of a load that has gone (the sequences still
-        # decoding), at no workload the lengths say: judged at none (the sizing's zero lengths), the
-        # reasoning trace's last long outputs had raised the decode factor from 1.03 to 1.45 a minute
-        # after its load stopped, and the next load would have been sized for that.
+        # Idle, nothing measured the lengths, and the window's latencies are the tail of a load that has
+        # gone (the sequences still decoding), at no workload the lengths say: judged at none (the
+        # sizing's zero lengths), the reasoning trace's last long outputs had raised the decode factor
+        # from 1.03 to 1.45 a minute after its load stopped, and the next load would have been sized
+        # for that.
+        observation, raised = resident_output_lengths(spec, observation)
+        observation, state, held = hold_output_lengths(spec, observation, state, base_profile, now)
+        lengths_reasons = [r for r in (raised, held) if r is not None]
         state = update_corrections(spec, observation, state, base_profile, unsettled)
     if "decode" in unsettled and state.decode_correction != decode_correction_before:
         unsettled["decode"] = _unsettled_decode_raised(

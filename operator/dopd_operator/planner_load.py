@@ -480,11 +480,11 @@ def seated_while_full_seconds(
     still be those the join order seated then: the window, plus the time the P90 output (as last
     measured with free slots, else the window's) takes to generate at the window's mean gap (slot waits
     included; unknown: the window alone)."""
-    source = (
-        held
-        if held is not None
-        else OutputLengths(mean=observation.output_tokens_mean or 0.0, p90=observation.output_tokens_p90)
-    )
-    tokens = source.p90 if source.p90 is not None else source.mean
+    if held is not None:
+        tokens = held.p90 if held.p90 is not None else held.mean
+    elif observation.output_tokens_p90 is not None:
+        tokens = observation.output_tokens_p90
+    else:
+        tokens = observation.output_tokens_mean or 0.0
     gap_s = observation.tpot_mean_seconds or 0.0
     return spec.metrics.window_seconds + tokens * gap_s
