@@ -110,6 +110,22 @@ class Simulator:
         counts = {role: sum(1 for i in pool if not i.draining) for role, pool in self.pools.items()}
         return Layout(prefill=counts["prefill"], decode=counts["decode"], mixed=counts["mixed"])
 
+    def running_decode_steps(self, now_s: float) -> list[tuple[float, float, int, int]]:
+        """The steps each decode replica has run by `now_s` in the stretch not yet logged (start, end,
+        batch, steps): the worker has observed those gaps, the log will at the stretch's end."""
+        running: list[tuple[float, float, int, int]] = []
+        for instance in self.pools["decode"]:
+            assert isinstance(instance, DecodeInstance)
+            if not instance.batch_size:
+                continue
+            steps = instance.steps_done_by(now_s)
+            if steps:
+                start_s = instance.segment_start_s
+                running.append(
+                    (start_s, start_s + instance.segment_seconds(steps), instance.batch_size, steps)
+                )
+        return running
+
     # ------------------------------------------------------------------------------------- run
 
     def run(self) -> None:
@@ -325,6 +341,10 @@ class Simulator:
             return
         now = self.now_s
         instance.scheduled_step = None
+        if step > instance.segment_step and instance.batch_size:
+            self.log.decode_steps(
+                instance.segment_start_s, now, instance.batch_size, step - instance.segment_step
+            )
         instance.advance(step, now)
         mixed = isinstance(instance, MixedInstance)
         if mixed:

@@ -50,12 +50,15 @@ class RequestLog:
         self.finish_tpot: list[float] = []
         self.finish_output_index: list[int] = []
         # The inter-token gaps as the decode worker observes them, each when it leaves: a sequence's wait
-        # for a decode slot when it joins a batch (`join`), its decode steps when it finishes (their mean).
+        # for a decode slot when it joins a batch (`join`, folded into its first step's gap), and the
+        # batch's steps as they run (`decode_steps`, one entry per stretch of steps with one batch).
         self.join_s: list[float] = [math.nan] * requests
-        self.join_times: list[float] = []  # sequences of three or more tokens, as they join a batch
+        self.join_times: list[float] = []  # sequences of two or more tokens, as they join a batch
         self.join_waits: list[float] = []  # seconds each waited for its slot after its first token
-        self.finish_step_gap: list[float] = []  # mean gap after the first (two tokens: the one gap)
-        self.finish_step_gaps: list[int] = []  # how many gaps that mean stands for
+        self.steps_start_s: list[float] = []  # when each stretch of decode steps began
+        self.steps_end_s: list[float] = []  # when it ended (time-ordered)
+        self.steps_batch: list[int] = []  # sequences in its batch: each step yields that many gaps
+        self.steps_count: list[int] = []  # decode steps in it
         self.shed_times: list[float] = []  # when each request the router turned away was turned away
 
     def grow(self, count: int) -> None:
@@ -73,18 +76,25 @@ class RequestLog:
         self.first_token_index.append(request)
 
     def join(self, request: int, now_s: float, output_tokens: int) -> None:
-        """A sequence joins a decode batch. Its first inter-token gap holds its wait for the slot (the
-        prefill's token left when its KV arrived): logged now, as the worker observes the gap when the
-        next token leaves, not a sequence's life later at its finish (for a 3000-token output, two
-        minutes). A two-token output has one gap only, logged whole at its finish."""
+        """A sequence joins a decode batch. Its first inter-token gap is its wait for the slot (the
+        prefill's token left when its KV arrived) plus its first step: the wait is logged now, as the
+        worker observes the gap when the next token leaves, not a sequence's life later at its finish
+        (for a 3000-token output, two minutes)."""
         self.join_s[request] = now_s
-        if output_tokens >= 3:
+        if output_tokens >= 2:
             self.join_times.append(now_s)
             self.join_waits.append(now_s - self.first_token_s[request])
 
+    def decode_steps(self, start_s: float, end_s: float, batch: int, steps: int) -> None:
+        """A decode replica ran `steps` steps with `batch` sequences from `start_s` to `end_s`: `batch`
+        gaps a step, as the worker observes them (per step, weight B), not at each sequence's finish."""
+        self.steps_start_s.append(start_s)
+        self.steps_end_s.append(end_s)
+        self.steps_batch.append(batch)
+        self.steps_count.append(steps)
+
     def finish(self, request: int, now_s: float, tpot_s: float, output_tokens: int) -> None:
-        """A request completes with `tpot_s`, its mean gap from first token to last (waits included); the
-        gaps after its first (`output_tokens` - 2 of them, from its join on) are logged at their mean."""
+        """A request completes with `tpot_s`, its mean gap from first token to last (waits included)."""
         self.finish_s[request] = now_s
         self.tpot_s[request] = tpot_s
         self.finished += 1
@@ -92,13 +102,6 @@ class RequestLog:
         self.finish_times.append(now_s)
         self.finish_tpot.append(tpot_s)
         self.finish_output_index.append(request)
-        joined = self.join_s[request]
-        if output_tokens >= 3 and not math.isnan(joined):
-            self.finish_step_gap.append((now_s - joined) / (output_tokens - 2))
-            self.finish_step_gaps.append(output_tokens - 2)
-        else:
-            self.finish_step_gap.append(tpot_s)
-            self.finish_step_gaps.append(max(output_tokens - 1, 0))
 
     def reject(self, request: int, now_s: float) -> None:
         self.rejected[request] = True

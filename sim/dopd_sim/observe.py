@@ -11,11 +11,11 @@ production.
   the sum, P90 from the buckets (the worker's bucket boundaries, `dopd_worker.metrics`).
 - TTFT at the SLO percentile and its attainment: `dopd_time_to_first_token_seconds` over the first
   tokens of the window; TPOT: its mean from `dopd_inter_token_latency_seconds`, each gap observed when
-  it leaves, as the worker and the emulator observe it: a sequence's first gap, its wait for a decode
-  slot, when it joins a batch; the gaps after it at their mean when it finishes (the simulator does
-  not time single steps),
-  its percentile and attainment from `dopd_request_time_per_output_token_seconds`, one observation per
-  finished request of two or more tokens (its mean gap, waits for a decode slot included).
+  it leaves, as the worker and the emulator observe it: B gaps at each step of a batch of B (from the
+  decode replicas' stretches of steps, `RequestLog.decode_steps`, and the stretches still running), a
+  sequence's wait for its slot in its first gap, when it joins; its percentile, attainment and the
+  mean over lives from `dopd_request_time_per_output_token_seconds`, one observation per finished
+  request of two or more tokens (its mean gap, waits for a decode slot included).
 - Shed rate: the router's `dopd_requests_rejected_total` + `dopd_requests_expired_total` over the
   window (requests turned away at entry or expired in its queue, and prompts no decode replica holds).
 - Prefix-cache hit rate: the prefill workers' `dopd_prefix_cache_hits_total` over
@@ -67,6 +67,49 @@ if TYPE_CHECKING:
     from dopd_sim.cluster import Simulator
 
 ARRIVAL_BIN_SECONDS = 1.0  # the arrival counter as a 1 s scrape interval resolves it
+
+
+def _inter_token_gaps(
+    log: RequestLog, running: list[tuple[float, float, int, int]], start_s: float, now_s: float
+) -> tuple[HistogramSummary, float | None]:
+    """`dopd_inter_token_latency_seconds` over [start_s, now_s] as the decode worker observes it, and the
+    decode step's mean as the operator's dopd preset reads it. Each step yields B gaps when it ends
+    (weight B, its duration); a stretch of steps that straddles the window's start counts its share in
+    it; the stretches still running count the steps they have run. A sequence's wait for its slot is
+    part of its first gap (the sum), observed when it joins; the step mean is the sum less those waits
+    (`dopd_decode_slot_wait_seconds` over the same window), over the count."""
+    first = bisect.bisect_left(log.steps_end_s, start_s)
+    stretches = np.asarray(
+        list(
+            zip(
+                log.steps_start_s[first:],
+                log.steps_end_s[first:],
+                log.steps_batch[first:],
+                log.steps_count[first:],
+                strict=True,
+            )
+        )
+        + running,
+        dtype=np.float64,
+    ).reshape(-1, 4)
+    begin, end, batch, steps = stretches.T
+    seconds = end - begin
+    inside_s = end - np.maximum(begin, start_s)
+    share = np.divide(inside_s, seconds, out=np.ones_like(seconds), where=seconds > 0)
+    joined = bisect.bisect_left(log.join_times, start_s)
+    waited_s = float(np.sum(log.join_waits[joined:]))
+    steps_s = float(np.sum(batch * inside_s))
+    summary = summarize_histogram(
+        "dopd_inter_token_latency_seconds",
+        histogram_from_values(
+            np.divide(seconds, steps, out=np.zeros_like(seconds), where=steps > 0),
+            ITL_BUCKETS_SECONDS,
+            weights=batch * steps * share,
+        ),
+        steps_s + waited_s,
+    )
+    step_mean = steps_s / summary.observations if summary.mean is not None and summary.observations else None
+    return summary, step_mean
 
 
 def _lengths(name: str, values: FloatArray) -> HistogramSummary:
@@ -175,6 +218,7 @@ class ObservationBuilder:
         problems = list(arrivals.problems)
         q = self.percentile / 100.0
         step_mean: float | None = None  # the decode step's mean (below)
+        request_tpot_mean: float | None = None  # the per-request TPOT's mean (below)
         if warm_start:
             lo = int(np.searchsorted(self.trace.arrival_s, 0.0, side="left"))
             hi = int(np.searchsorted(self.trace.arrival_s, self.window_s, side="left"))
@@ -199,31 +243,16 @@ class ObservationBuilder:
             finished = np.asarray(log.finish_output_index[first:], dtype=np.int64)
             outputs = _lengths("dopd_generation_tokens", self._output_f[finished])
             gap_s, gaps = np.asarray(log.finish_tpot[first:]), self._gaps_f[finished]
-            # Each gap when it leaves: the waits for a slot of the sequences that joined a batch in the
-            # window, and the steps after them of those that finished in it (`RequestLog.join`).
-            joined = bisect.bisect_left(log.join_times, start)
-            step_weights = np.asarray(log.finish_step_gaps[first:], dtype=np.float64)
-            itl_s = np.concatenate(
-                (np.asarray(log.finish_step_gap[first:]), np.asarray(log.join_waits[joined:]))
-            )
-            itl_weights = np.concatenate((step_weights, np.ones(len(log.join_waits) - joined)))
-            gaps_summary = summarize_histogram(
-                "dopd_inter_token_latency_seconds",
-                histogram_from_values(itl_s, ITL_BUCKETS_SECONDS, weights=itl_weights),
-                float(np.sum(itl_s * itl_weights)),
-            )
-            # the decode step's mean as the operator's dopd preset reads it: the gaps' sum less the
-            # decode pods' slot waits (`dopd_decode_slot_wait_seconds`) of the same window, over the count
-            if gaps_summary.mean is not None and gaps_summary.observations:
-                waited_s = float(np.sum(log.join_waits[joined:]))
-                step_mean = max(gaps_summary.mean - waited_s / gaps_summary.observations, 0.0)
+            gaps_summary, step_mean = _inter_token_gaps(log, sim.running_decode_steps(now_s), start, now_s)
             # the router's per-request TPOT: one observation per finished request of two or more tokens
             per_request = summarize_histogram(
                 "dopd_request_time_per_output_token_seconds",
                 histogram_from_values(gap_s[gaps > 0], ITL_BUCKETS_SECONDS),
+                float(np.sum(gap_s[gaps > 0])),
                 q=q,
                 threshold=self.tpot_slo_s,
             )
+            request_tpot_mean = per_request.mean
             tpot = HistogramSummary(
                 gaps_summary.observations,
                 gaps_summary.mean,
@@ -274,6 +303,7 @@ class ObservationBuilder:
             tpot_seconds=tpot.quantile,
             tpot_mean_seconds=tpot.mean,
             decode_step_mean_seconds=step_mean,
+            request_tpot_mean_seconds=request_tpot_mean,
             ttft_attainment=ttft.share_at_or_below,
             tpot_attainment=tpot.share_at_or_below,
             prefill=prefill,

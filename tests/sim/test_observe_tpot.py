@@ -59,9 +59,10 @@ class _Watching(ScriptedPolicy):
 def test_a_wait_for_a_decode_slot_shows_in_the_mean_gap_when_the_sequence_joins() -> None:
     """One decode replica of two slots, 10 ms a step, and six 3001-token outputs at once: two decode for
     30 s while four wait. At 45 s the two that joined at 30 s have not finished, but the worker observed
-    their first gaps (30 s each) as their second tokens left, so the window's mean gap holds them, as
-    the emulator's and the worker's histograms do: about twice the step. Seen only at their finish, a
-    minute later for a reasoning model's outputs, the decode correction read them minutes late."""
+    their first gaps (30 s of wait each) as their second tokens left, and every step since as it ended
+    (B gaps a step), so the window's mean gap holds them, as the emulator's and the worker's histograms
+    do. Seen only at their finish, a minute later for a reasoning model's outputs, the decode correction
+    read the waits and the steps minutes late."""
     step_s = 0.01
     trace = make_trace([0.0] * 6, [100] * 6, [3001] * 6)
     policy = _Watching(Layout(prefill=1, decode=1))
@@ -76,13 +77,15 @@ def test_a_wait_for_a_decode_slot_shows_in_the_mean_gap_when_the_sequence_joins(
     finished = [r for r in range(6) if log.finish_s[r] <= 45.0]
     assert len(joined) == 4 and len(finished) == 2  # two decoding since 30 s, two still waiting
     waits = sum(log.join_s[r] - log.first_token_s[r] for r in joined)
-    steps = sum(log.finish_s[r] - log.join_s[r] for r in finished)
+    # the steps run by 45 s: the first two's 3000 each, and the 1500 each of the two that joined at 30 s
+    steps_s = sum(min(log.finish_s[r], 45.0) - log.join_s[r] for r in joined)
+    gaps = round(steps_s / step_s)
     assert waits == pytest.approx(60.0, abs=0.5)
-    assert obs.tpot_mean_seconds == pytest.approx((waits + steps) / (len(joined) + 2 * 2999))
-    assert obs.tpot_mean_seconds > 1.8 * step_s
+    assert gaps == pytest.approx(2 * 3000 + 2 * 1500, abs=40)  # the second of a pair joins 0.11 s later
+    assert obs.tpot_mean_seconds == pytest.approx((waits + steps_s) / gaps, rel=1e-3)
+    assert obs.tpot_mean_seconds > 1.6 * step_s
     # less the waits the decode pod counts apart, the gaps are the engine's steps
-    assert obs.decode_step_mean_seconds == pytest.approx(steps / (len(joined) + 2 * 2999))
-    assert obs.decode_step_mean_seconds == pytest.approx(step_s, rel=0.01)
+    assert obs.decode_step_mean_seconds == pytest.approx(step_s, rel=1e-3)
     assert (
         obs.tpot_attainment == 1.0
     )  # the two that finished kept their 10 ms: the percentile waits for the rest
