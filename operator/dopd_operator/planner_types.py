@@ -144,8 +144,18 @@ class Observation(_Frozen):
         description="Mean TPOT over the window as users see it, waits for a decode slot included: the "
         "histogram's sum over its count, exact where a percentile read from buckets is not (linear "
         "interpolation within a bucket 20-25% wide reads up to 17% high). The resident output lengths "
-        "(Little's law over the decode stage) divide by it; the decode correction reads it only while "
-        "every slot is taken and the SLO is missed (`decode_step_mean_seconds` otherwise).",
+        "(Little's law over the decode stage) divide by it where `request_tpot_mean_seconds` is unknown; "
+        "the decode correction reads it only while every slot is taken and the SLO is missed "
+        "(`decode_step_mean_seconds` otherwise).",
+    )
+    request_tpot_mean_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="Mean over the requests finished in the window of each one's mean gap, first token "
+        "to last, slot waits included (dopd's router's per-request TPOT histogram, its sum over its "
+        "count): the gap over a sequence's whole life, where the inter-token gaps are the window's "
+        "steps. The resident output lengths (Little's law: a resident's time in the decode stage is its "
+        "life) divide by it. Unknown where the preset reads no per-request TPOT (vLLM, SGLang).",
     )
     decode_step_mean_seconds: float | None = Field(
         None,

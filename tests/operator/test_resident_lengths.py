@@ -52,12 +52,26 @@ def test_long_outputs_still_decoding_raise_the_lengths_to_what_the_residents_imp
     assert raised.output_tokens_p90 == pytest.approx(1950.0 * implied / 1020.0)
     assert reason is not None
     assert "raised to mean 1928/P90 3685 tokens from the window's 1020" in reason
-    assert "178 sequences decode at 10.87 rps and 8.5 ms a token (Little's law)" in reason
+    assert "178 sequences decode at 10.87 rps and 8.5 ms a token in the window's gaps (Little's law)" in reason
     assert (
         "its P90 output takes 31s to generate, over 50% of the 60s window (those that finished in it, 17s)"
         in reason
     )
     assert raised.input_tokens_mean == 720.0  # nothing but the output lengths moves
+
+
+def test_the_residents_gap_is_the_one_over_their_lives_where_the_router_reads_it() -> None:
+    """A resident's time in the decode stage is its life. On a ramp the window's gaps, observed as each
+    step leaves, are the fuller batches' of now (10.4 ms) while the requests that finished lived at 8.5
+    ms a token: divided by the window's gaps the residents imply 1575 tokens, by their lives' 1928."""
+    raised, reason = resident_output_lengths(
+        SPEC, _cold_reasoning(tpot_mean_seconds=0.0104, request_tpot_mean_seconds=0.0085)
+    )
+    assert raised.output_tokens_mean == pytest.approx(178.0 / (10.87 * 0.0085) + 1.0)
+    assert reason is not None
+    assert "8.5 ms a token over the finished requests' lives (Little's law)" in reason
+    window, _ = resident_output_lengths(SPEC, _cold_reasoning(tpot_mean_seconds=0.0104))
+    assert window.output_tokens_mean == pytest.approx(178.0 / (10.87 * 0.0104) + 1.0)
 
 
 def _rising_with_a_queue(trend_rps_per_s: float) -> Observation:

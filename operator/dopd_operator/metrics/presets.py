@@ -161,7 +161,8 @@ class EnginePreset:
             "output": (self.output_tokens.histogram, True),
         }
         if self.request_tpot is not None:
-            found["request_tpot"] = (self.request_tpot, False)
+            # its sum: the gap over a sequence's life, for the residents' Little's law
+            found["request_tpot"] = (self.request_tpot, True)
         return found
 
     def gauges(self) -> dict[str, GaugeRead]:

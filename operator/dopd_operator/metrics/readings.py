@@ -452,12 +452,14 @@ def build_observation(
     tpot_mean, step_mean = reader.tpot_means(tpot, preset.decode_wait, preset.tpot_includes_decode_wait)
     if preset.request_tpot is not None:  # per request, as the SLO is written: read, never estimated
         per_request = reader.histogram(
-            "request_tpot", preset.request_tpot, False, q=q, threshold=queries.tpot_slo_seconds
+            "request_tpot", preset.request_tpot, True, q=q, threshold=queries.tpot_slo_seconds
         )
         if per_request.problem:
             problems.append(per_request.problem)
         tpot_p, tpot_attainment = per_request.quantile, per_request.share_at_or_below
+        request_tpot_mean = per_request.mean
     else:
+        request_tpot_mean = None
         tpot_p = tpot.quantile
         tpot_attainment = (
             tpot.share_at_or_below
@@ -498,6 +500,7 @@ def build_observation(
         ttft_includes_kv_transfer=preset.ttft_includes_kv_transfer,
         tpot_seconds=tpot_p,
         tpot_mean_seconds=tpot_mean,
+        request_tpot_mean_seconds=request_tpot_mean,
         decode_step_mean_seconds=step_mean,
         ttft_attainment=ttft.share_at_or_below,
         tpot_attainment=tpot_attainment,

@@ -53,7 +53,7 @@ DOPD_AGGREGATE = [
     *histogram("tpot", [(0.02, 50.0), (0.05, 98.0), (INF, 100.0)], total=2.5),
     # the 20 finished requests' mean gaps: 2 past the 50 ms SLO (a wait for a decode slot in their
     # first gap), where 98 of 100 gaps are within it
-    *histogram("request_tpot", [(0.02, 4.0), (0.05, 18.0), (0.1, 20.0), (INF, 20.0)]),
+    *histogram("request_tpot", [(0.02, 4.0), (0.05, 18.0), (0.1, 20.0), (INF, 20.0)], total=0.7),
     # the decode pods' waits for a slot of the 20 sequences that joined: 0.5 s of the gaps' 2.5 s
     *histogram("decode_wait", [(0.01, 18.0), (0.5, 20.0), (INF, 20.0)], total=0.5),
     *histogram("input", [(1024.0, 0.0), (2048.0, 10.0), (INF, 10.0)], total=15_000.0),
@@ -125,6 +125,8 @@ HEALTHY = {
     # per request, as the SLO is written: rank 18 of 20 at the top of (0.02, 0.05]; 18 of 20 within
     "tpot_seconds": 0.05,
     "tpot_mean_seconds": 0.025,  # 2.5 / 100 gaps, from _sum: the gap users see
+    # 0.7 / 20 requests: each one's mean gap over its life (the residents' Little's law divides by it)
+    "request_tpot_mean_seconds": 0.035,
     "decode_step_mean_seconds": 0.02,  # (2.5 - 0.5 s of slot waits) / 100: the engine's step
     "tpot_attainment": 0.9,
     "latency_percentile": 90.0,
@@ -163,6 +165,17 @@ def test_dopd_tpot_percentile_and_attainment_are_per_request_and_unknown_without
     assert obs.problems == ('dopd_request_time_per_output_token_seconds{role=~"router"}: no series',)
     assert obs.tpot_mean_seconds == pytest.approx(0.025)  # the gaps' mean stays: the gap users see
     assert obs.load_known
+
+
+def test_dopd_mean_gap_over_lives_is_the_per_request_histograms_and_unknown_without_its_sum() -> None:
+    # the window's steps (25 ms a gap) and the finished requests' lives (35 ms) are different gaps: a
+    # sum missing is an unknown with its reason, never the other one
+    kept = [s for s in DOPD_AGGREGATE if s.metric["dopd_q"] != "request_tpot/sum"]
+    obs = observe(dopd_queries(), kept, DOPD_RAW)
+    assert obs.request_tpot_mean_seconds is None
+    assert obs.problems == ('dopd_request_time_per_output_token_seconds{role=~"router"}_sum: no series',)
+    assert obs.tpot_seconds == pytest.approx(0.05) and obs.tpot_attainment == pytest.approx(0.9)
+    assert obs.tpot_mean_seconds == pytest.approx(0.025)
 
 
 def test_dopd_decode_step_is_the_routers_gaps_less_the_slot_waits_and_unknown_without_them() -> None:
@@ -669,6 +682,7 @@ def test_vllm_tpot_mean_counts_the_waits_for_a_decode_slot_its_histogram_leaves_
     gaps = histogram("tpot", [(0.01, 0.0), (0.02, 10.0), (INF, 10.0)], total=0.15)
     obs = vllm([series("vllm:kv_cache_usage_perc", "d-0", "decode", [0.5] * 121)], gaps, decode_waits_s=0.05)
     assert obs.tpot_mean_seconds == pytest.approx(0.02)  # 0.015 if the waits were left out
+    assert obs.request_tpot_mean_seconds is None  # no per-request TPOT read: unknown, not the gaps'
     assert obs.decode_step_mean_seconds == pytest.approx(0.015)  # the engine's step: the gaps alone
     assert obs.tpot_seconds == pytest.approx(0.019)  # the percentile and the attainment are the gaps'
     # Not exposed: the mean users see is unknown, not the gaps' alone; the step is still the gaps'.
