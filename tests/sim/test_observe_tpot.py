@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sim_helpers import ScriptedPolicy, make_trace, toy_config, toy_profile
 
 from dopd_operator.planner_types import Observation
@@ -89,3 +91,47 @@ def test_a_wait_for_a_decode_slot_shows_in_the_mean_gap_when_the_sequence_joins(
     assert (
         obs.tpot_attainment == 1.0
     )  # the two that finished kept their 10 ms: the percentile waits for the rest
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(0.0, 10.0), st.integers(1, 400), st.integers(1, 600)),  # arrival, prompt, output
+        min_size=1,
+        max_size=24,
+    ),
+    st.integers(1, 6),  # decode slots
+)
+def test_over_a_window_that_holds_the_whole_run_every_gap_is_counted_once(
+    requests: list[tuple[float, int, int]], slots: int
+) -> None:
+    """However the batches form (sequences joining and leaving mid-stretch, waits for a slot), a window
+    that holds the whole run counts n - 1 gaps a request of n tokens and sums them to its time from
+    first token to last, as the worker's histogram does; less the waits, the sum is the steps'."""
+    requests = sorted(requests)
+    trace = make_trace([r[0] for r in requests], [r[1] for r in requests], [r[2] for r in requests])
+    policy = _Watching(Layout(prefill=1, decode=1))
+    # a step of 10 ms plus 10 us a token of context: the steps lengthen within a stretch
+    config = toy_config(
+        toy_profile(prefill_a=0.05, decode_a=0.01, decode_b=1e-5, max_batch_size=slots),
+        controller_interval_seconds=15.0,
+        metrics_window_seconds=600.0,  # longer than any run drawn here (24 x 600 tokens in one slot)
+    )
+    sim = Simulator(trace, policy, config)
+    sim.run()
+    log = sim.log
+    end_s = max(log.finish_s)
+    assert end_s < config.window_seconds  # the window from 0 on holds every gap
+    obs = sim.observer.observe(end_s + 1e-6, sim)
+    outputs = [r[2] for r in requests]
+    gaps = sum(n - 1 for n in outputs)
+    lives_s = sum(log.finish_s[i] - log.first_token_s[i] for i, n in enumerate(outputs) if n > 1)
+    steps_s = sum(log.finish_s[i] - log.join_s[i] for i, n in enumerate(outputs) if n > 1)
+    if gaps == 0:
+        assert obs.tpot_mean_seconds is None
+        return
+    assert obs.tpot_mean_seconds == pytest.approx(lives_s / gaps, rel=1e-6)
+    assert obs.decode_step_mean_seconds == pytest.approx(steps_s / gaps, rel=1e-6)
+    assert obs.request_tpot_mean_seconds == pytest.approx(
+        float(np.mean([log.tpot_s[i] for i, n in enumerate(outputs) if n > 1])), rel=1e-9
+    )
