@@ -52,7 +52,9 @@ def test_long_outputs_still_decoding_raise_the_lengths_to_what_the_residents_imp
     assert raised.output_tokens_p90 == pytest.approx(1950.0 * implied / 1020.0)
     assert reason is not None
     assert "raised to mean 1928/P90 3685 tokens from the window's 1020" in reason
-    assert "178 sequences decode at 10.87 rps and 8.5 ms a token in the window's gaps (Little's law)" in reason
+    assert (
+        "178 sequences decode at 10.87 rps and 8.5 ms a token in the window's gaps (Little's law)" in reason
+    )
     assert (
         "its P90 output takes 31s to generate, over 50% of the 60s window (those that finished in it, 17s)"
         in reason
