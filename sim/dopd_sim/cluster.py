@@ -250,7 +250,7 @@ class Simulator:
                 self.prefix_cache.insert(self.prefix_blocks[request], tokens)
             if self.output_tokens[request] <= 1:
                 self.log.first_token(request, now, self.arrival_s[request])
-                self.log.finish(request, now, 0.0, int(self.output_tokens[request]))
+                self.log.finish(request, now, 0.0)
                 continue
             self._push(now + tokens * self._kv_seconds_per_token, _KV_ARRIVED, request)
         instance.batch = []
@@ -354,12 +354,12 @@ class Simulator:
                 self.log.first_token(request, now, self.arrival_s[request])
                 if steps <= 0:
                     instance.kv_reserved_tokens -= entry[4]
-                    self.log.finish(request, now, 0.0, int(self.output_tokens[request]))
+                    self.log.finish(request, now, 0.0)
                 else:
                     instance.pending.append((request, entry[1] + 1, steps, entry[4]))
         for request in instance.pop_finished():
             tokens = int(self.output_tokens[request])
-            self.log.finish(request, now, (now - self.log.first_token_s[request]) / (tokens - 1), tokens)
+            self.log.finish(request, now, (now - self.log.first_token_s[request]) / (tokens - 1))
         self._join_pending(instance, now)
         if mixed:
             self._dispatch_mixed()

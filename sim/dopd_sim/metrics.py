@@ -93,7 +93,7 @@ class RequestLog:
         self.steps_batch.append(batch)
         self.steps_count.append(steps)
 
-    def finish(self, request: int, now_s: float, tpot_s: float, output_tokens: int) -> None:
+    def finish(self, request: int, now_s: float, tpot_s: float) -> None:
         """A request completes with `tpot_s`, its mean gap from first token to last (waits included)."""
         self.finish_s[request] = now_s
         self.tpot_s[request] = tpot_s

@@ -70,14 +70,14 @@ ARRIVAL_BIN_SECONDS = 1.0  # the arrival counter as a 1 s scrape interval resolv
 
 
 def _inter_token_gaps(
-    log: RequestLog, running: list[tuple[float, float, int, int]], start_s: float, now_s: float
+    log: RequestLog, running: list[tuple[float, float, int, int]], start_s: float
 ) -> tuple[HistogramSummary, float | None]:
-    """`dopd_inter_token_latency_seconds` over [start_s, now_s] as the decode worker observes it, and the
+    """`dopd_inter_token_latency_seconds` from `start_s` to now as the decode worker observes it, and the
     decode step's mean as the operator's dopd preset reads it. Each step yields B gaps when it ends
     (weight B, its duration); a stretch of steps that straddles the window's start counts its share in
-    it; the stretches still running count the steps they have run. A sequence's wait for its slot is
-    part of its first gap (the sum), observed when it joins; the step mean is the sum less those waits
-    (`dopd_decode_slot_wait_seconds` over the same window), over the count."""
+    it; the stretches still running (`running`) count the steps they have run. A sequence's wait for
+    its slot is part of its first gap (the sum), observed when it joins; the step mean is the sum less
+    those waits (`dopd_decode_slot_wait_seconds` over the same window), over the count."""
     first = bisect.bisect_left(log.steps_end_s, start_s)
     stretches = np.asarray(
         list(
@@ -243,7 +243,7 @@ class ObservationBuilder:
             finished = np.asarray(log.finish_output_index[first:], dtype=np.int64)
             outputs = _lengths("dopd_generation_tokens", self._output_f[finished])
             gap_s, gaps = np.asarray(log.finish_tpot[first:]), self._gaps_f[finished]
-            gaps_summary, step_mean = _inter_token_gaps(log, sim.running_decode_steps(now_s), start, now_s)
+            gaps_summary, step_mean = _inter_token_gaps(log, sim.running_decode_steps(now_s), start)
             # the router's per-request TPOT: one observation per finished request of two or more tokens
             per_request = summarize_histogram(
                 "dopd_request_time_per_output_token_seconds",
