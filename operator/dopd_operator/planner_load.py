@@ -437,6 +437,14 @@ def hold_output_lengths(
     longer, the window's, stands. On the reasoning trace the hold kept a mean of 2161 tokens for four
     minutes of a rise while the windows read 2300-2800, and the pool grew behind the load; that had been
     hidden while the simulator observed a sequence's wait for a slot at its finish, not when it joined.
+
+    Nor are the lengths of a window the arrivals stepped in (within the window and the P90 output's
+    generation) remembered as measured with free slots: its finishers are not the demand's mix. After
+    a rise the new level's short outputs have finished and its long ones still decode: on the steps
+    trace the windows at 110 rps read 202-213 tokens, the two after the jump to 190 rps read 190 (P90
+    420 where the demand's is 460), and those were held when the slots filled a tick later; the pool,
+    sized for outputs 10% short, was a decode replica short with every slot taken (steps 94.74% ->
+    94.91%, bursts 94.75% -> 94.86%, every other trace the same to the last digit).
     """
     full = decode_slots_full(observation, profile)
     held = state.output_lengths_free_slots
@@ -472,7 +480,11 @@ def hold_output_lengths(
             update={"output_tokens_mean": held.mean, "output_tokens_p90": held.p90}
         )
         return observation, after, reason
-    if measured is not None:
+    # A step in the arrivals within the window and the P90 output's generation: the finishers are not
+    # the steady mix (after a rise the new level's long outputs still decode), so not remembered.
+    age_s = observation.arrival_level_age_seconds
+    stepped = age_s is not None and age_s < seated_s
+    if measured is not None and not stepped:
         after = after.model_copy(
             update={
                 "output_lengths_free_slots": OutputLengths(mean=measured, p90=observation.output_tokens_p90)

@@ -111,6 +111,29 @@ def test_long_outputs_seated_while_the_slots_were_full_keep_the_lengths_held_unt
     assert state.output_lengths_free_slots == OutputLengths(mean=2450.0, p90=4900.0)
 
 
+def test_lengths_measured_just_after_a_step_are_not_remembered_as_the_demands() -> None:
+    """As on the steps trace: free slots at 110 rps measure 205-token outputs; the rate steps to 190
+    rps, and the windows after it read 190 (the new level's long outputs still decode). Those are sized
+    with while the slots are free, but not remembered: when the slots fill a tick later, the 205
+    measured before the step is held. A window clear of the step is remembered again."""
+    state = PlannerState()
+    _, state, _ = hold_output_lengths(SPEC, _tick(4, 0.5 * 4 * SLOTS, 205.0), state, PROFILE, T0)
+    assert state.output_lengths_free_slots == OutputLengths(mean=205.0, p90=410.0)
+    stepped = _tick(4, 0.8 * 4 * SLOTS, 190.0, arrival_level_age_seconds=30.0)
+    sized, state, reason = hold_output_lengths(SPEC, stepped, state, PROFILE, T0 + timedelta(seconds=30))
+    assert (sized.output_tokens_mean, reason) == (190.0, None)  # the window's, this tick
+    assert state.output_lengths_free_slots == OutputLengths(mean=205.0, p90=410.0)
+    full = _tick(4, 4 * SLOTS, 190.0, arrival_level_age_seconds=60.0)
+    sized, state, reason = hold_output_lengths(SPEC, full, state, PROFILE, T0 + timedelta(seconds=60))
+    assert sized.output_tokens_mean == 205.0
+    assert reason is not None and "held at mean 205/P90 410" in reason
+    # free again, and the step far behind (past the window and the P90 output's generation)
+    settled = _tick(6, 0.5 * 6 * SLOTS, 212.0, arrival_level_age_seconds=110.0)
+    later = T0 + timedelta(seconds=300)
+    _, state, _ = hold_output_lengths(SPEC, settled, state, PROFILE, later)
+    assert state.output_lengths_free_slots == OutputLengths(mean=212.0, p90=424.0)
+
+
 @pytest.mark.parametrize(
     ("running", "kv_usage", "full"),
     [
