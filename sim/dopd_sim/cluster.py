@@ -370,7 +370,7 @@ class Simulator:
 
     def _join_pending(self, instance: DecodeInstance, now: float) -> None:
         for request, *_ in instance.pending:
-            self.log.join(request, now, int(self.output_tokens[request]))
+            self.log.join(request, now)
         instance.join_pending()
 
     def _reschedule(self, instance: DecodeInstance) -> None:

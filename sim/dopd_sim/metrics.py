@@ -53,7 +53,7 @@ class RequestLog:
         # for a decode slot when it joins a batch (`join`, folded into its first step's gap), and the
         # batch's steps as they run (`decode_steps`, one entry per stretch of steps with one batch).
         self.join_s: list[float] = [math.nan] * requests
-        self.join_times: list[float] = []  # sequences of two or more tokens, as they join a batch
+        self.join_times: list[float] = []  # when each sequence joined its batch
         self.join_waits: list[float] = []  # seconds each waited for its slot after its first token
         self.steps_start_s: list[float] = []  # when each stretch of decode steps began
         self.steps_end_s: list[float] = []  # when it ended (time-ordered)
@@ -75,15 +75,14 @@ class RequestLog:
         self.first_token_ttft.append(ttft)
         self.first_token_index.append(request)
 
-    def join(self, request: int, now_s: float, output_tokens: int) -> None:
-        """A sequence joins a decode batch. Its first inter-token gap is its wait for the slot (the
-        prefill's token left when its KV arrived) plus its first step: the wait is logged now, as the
-        worker observes the gap when the next token leaves, not a sequence's life later at its finish
-        (for a 3000-token output, two minutes)."""
+    def join(self, request: int, now_s: float) -> None:
+        """A sequence joins a decode batch (only outputs of two or more tokens reach one). Its first
+        inter-token gap is its wait for the slot (the prefill's token left when its KV arrived) plus its
+        first step: the wait is logged now, as the worker observes the gap when the next token leaves,
+        not a sequence's life later at its finish (for a 3000-token output, two minutes)."""
         self.join_s[request] = now_s
-        if output_tokens >= 2:
-            self.join_times.append(now_s)
-            self.join_waits.append(now_s - self.first_token_s[request])
+        self.join_times.append(now_s)
+        self.join_waits.append(now_s - self.first_token_s[request])
 
     def decode_steps(self, start_s: float, end_s: float, batch: int, steps: int) -> None:
         """A decode replica ran `steps` steps with `batch` sequences from `start_s` to `end_s`: `batch`
