@@ -336,13 +336,18 @@ class Simulator:
         )
         self._push(when, _DECODE_BOUNDARY, instance, instance.version, step)
 
+    def _log_decode_steps(self, start_s: float, end_s: float, batch: int, steps: int) -> None:
+        """A stretch of decode steps with one batch ended: logged for the observer's inter-token gaps
+        (`observe._inter_token_gaps`)."""
+        self.log.decode_steps(start_s, end_s, batch, steps)
+
     def _on_decode_boundary(self, instance: DecodeInstance, version: int, step: int) -> None:
         if version != instance.version:
             return
         now = self.now_s
         instance.scheduled_step = None
         if step > instance.segment_step and instance.batch_size:
-            self.log.decode_steps(
+            self._log_decode_steps(
                 instance.segment_start_s, now, instance.batch_size, step - instance.segment_step
             )
         instance.advance(step, now)

@@ -248,6 +248,11 @@ class SteppedSimulator(Simulator):
         if self.listener is not None:
             self.listener.decode_admitted(self._name(instance), request, self.now_s)
 
+    def _log_decode_steps(self, start_s: float, end_s: float, batch: int, steps: int) -> None:
+        """Not logged: the listener observes every step as it runs (`_report_steps`), and the simulator's
+        observer, the only reader of the log's stretches, does not run here. Logged, they grew the
+        emulator's memory by four entries a decode boundary for as long as it ran."""
+
     def _on_decode_boundary(self, instance: DecodeInstance, version: int, step: int) -> None:
         if version != instance.version:
             return  # superseded (as in Simulator)

@@ -81,6 +81,9 @@ def test_stepping_with_a_static_layout_reproduces_run_request_for_request(queue:
     assert reference.log.completed == len(trace) == stepped.log.completed
     np.testing.assert_array_equal(np.asarray(stepped.log.ttft_s), np.asarray(reference.log.ttft_s))
     np.testing.assert_array_equal(np.asarray(stepped.log.tpot_s), np.asarray(reference.log.tpot_s))
+    # The listener hears every step; the log keeps no stretches of them, which only the simulator's
+    # observer reads (kept, they grew a long-running emulator's memory with every decode boundary).
+    assert reference.log.steps_end_s and not stepped.log.steps_end_s
 
 
 def test_decode_steps_are_reported_once_each_however_the_clock_is_stepped() -> None:
