@@ -152,10 +152,10 @@ def _vllm_tpot_attainment(em: Emulation, slo_s: float) -> float:
 
 
 def test_the_ground_truth_scores_each_request_as_simulate_does_and_sees_waits_the_histograms_miss() -> None:
-    # 52 rps of Azure-like requests on one decode replica (it serves about 44 within the 50 ms TPOT): the
+    # 60 rps of Azure-like requests on one decode replica (it serves about 44 within the 50 ms TPOT): the
     # sequences that find its slots full wait for room. vLLM times gaps between a running sequence's
     # tokens, so its histogram stays within the SLO; the request's TPOT, as the user sees it, does not.
-    load = load_workload("synthetic:poisson,rate_rps=52,duration_s=120", seed=1)
+    load = load_workload("synthetic:poisson,rate_rps=60,duration_s=120", seed=1)
     em = emulation("vllm", load, prefill=4, decode=1)
     run_to(em, 150.0, step_s=1.0)
     truth = em.truth()
@@ -184,12 +184,12 @@ def test_the_ground_truth_scores_each_request_as_simulate_does_and_sees_waits_th
 
 
 def test_the_dopd_router_sees_a_wait_for_a_decode_slot_in_the_gaps_as_its_users_do() -> None:
-    # 52 rps on one decode replica (about 44 fit in its slots within the TPOT SLO): sequences wait for a
+    # 60 rps on one decode replica (about 44 fit in its slots within the TPOT SLO): sequences wait for a
     # slot. The dopd decode worker emits the prefill's token as the KV arrives, so the router's TTFT is
     # the prefill's plus the transfer, and each wait is in the gap after the first token: the router's
     # inter-token sum is the users' TPOT over their gaps and its TTFT sum their TTFTs, as `dopd simulate`
     # scores them (the transfer before the first token).
-    load = load_workload("synthetic:poisson,rate_rps=52,duration_s=60", seed=1)
+    load = load_workload("synthetic:poisson,rate_rps=60,duration_s=60", seed=1)
     em = emulation("dopd", load, prefill=4, decode=1)
     run_to(em, 400.0, step_s=1.0)
     log, out = em.sim.log, load.output_tokens

@@ -1,6 +1,6 @@
 """Which waiting sequence joins a decode batch next (`dopd_worker.join_order`), the one policy the decode
-worker and the simulator share: timely sequences first, in arrival order, then the late ones, oldest
-first; nothing dropped; first come, first served without a TPOT SLO; a sequence on its way into the
+worker and the simulator share: timely sequences first, the newest of them first, then the late ones,
+oldest first; nothing dropped; first come, first served without a TPOT SLO; a sequence on its way into the
 batch is in flight all the way; its first token leaves when its KV is admitted, so a wait for a slot is
 the gap after it (TPOT), as the simulator scores it."""
 
@@ -28,15 +28,45 @@ def test_the_deadline_leaves_a_share_of_the_tpot_budget() -> None:
     assert join_deadline_s(100.0, 201, None) == math.inf  # no SLO: never late
 
 
-def test_timely_sequences_join_before_late_ones_and_late_ones_oldest_first() -> None:
+def test_timely_sequences_join_newest_first_before_late_ones_and_late_ones_oldest_first() -> None:
     queue: JoinQueue[str] = JoinQueue()
     queue.append("late-a", 1.0)
     queue.append("timely-b", 10.0)
     queue.append("late-c", 2.0)
     queue.append("timely-d", 10.0)
-    assert queue.peek(5.0) == "timely-b"
-    assert [queue.pop(5.0) for _ in range(len(queue))] == ["timely-b", "timely-d", "late-a", "late-c"]
+    queue.append("late-e", 3.0)  # the newest, but late: it waits behind the timely ones
+    assert queue.peek(5.0) == "timely-d"
+    assert [queue.pop(5.0) for _ in range(len(queue))] == [
+        "timely-d",
+        "timely-b",
+        "late-a",
+        "late-c",
+        "late-e",
+    ]
     assert not queue
+
+
+def test_under_a_flood_the_sequences_that_join_keep_their_slack() -> None:
+    """A flood: a sequence a second, each timely for 5 s after it arrives (half of a 10 s TPOT budget);
+    a slot frees every 1.25 s (the pool turns over 80% of the arrivals), for 200 s. Served oldest timely
+    first, the queue grows by 0.2 s a second and from the 17th join on each sequence reaches the batch
+    with its wait near 5 s, too little of its budget left for steps at about half the SLO: a miss, one
+    after another. Served newest first, each joins within a slot's time, and the late ones are only
+    those the pool had no room for."""
+    queue: JoinQueue[float] = JoinQueue()
+    waits_s: list[float] = []
+    next_arrival_s, next_slot_s = 0.0, 1.25
+    while next_slot_s < 200.0:
+        if next_arrival_s <= next_slot_s:
+            queue.append(next_arrival_s, next_arrival_s + 5.0)
+            next_arrival_s += 1.0
+            continue
+        if queue:
+            waits_s.append(next_slot_s - queue.pop(next_slot_s))
+        next_slot_s += 1.25
+    assert len(waits_s) == 159  # the pool's turnover, whatever the order
+    assert max(waits_s) < 1.25  # each joined with its slack intact
+    assert len(queue) == next_arrival_s - 159 == 40  # the excess waits, late, and is not dropped
 
 
 @settings(max_examples=200, deadline=None)
@@ -47,7 +77,7 @@ def test_timely_sequences_join_before_late_ones_and_late_ones_oldest_first() -> 
         max_size=60,
     )
 )
-def test_the_queue_loses_nothing_and_always_gives_the_oldest_timely_else_the_oldest(
+def test_the_queue_loses_nothing_and_always_gives_the_newest_timely_else_the_oldest(
     ops: list[tuple[bool, float, float]],
 ) -> None:
     """Random appends (a deadline each) and pops at a clock that only moves forward."""
@@ -62,7 +92,7 @@ def test_the_queue_loses_nothing_and_always_gives_the_oldest_timely_else_the_old
             next_item += 1
             continue
         timely = [entry for entry in model if entry[1] >= now]
-        expected = (timely or model)[0]
+        expected = timely[-1] if timely else model[0]
         assert queue.peek(now) == expected[0]
         assert queue.pop(now) == expected[0]
         model.remove(expected)

@@ -55,9 +55,9 @@ def _logging(level: str) -> None:
     "--tpot-slo-seconds",
     type=click.FloatRange(min=0.0, min_open=True),
     default=None,
-    help="Decode: the TPOT SLO; sequences waiting for room in the batch join timely ones first (a "
-    "sequence that waited past half its TPOT budget goes after them). Default: first come, first "
-    "served. The operator sets it from spec.slo.tpotSeconds.",
+    help="Decode: the TPOT SLO; sequences waiting for room in the batch join timely ones first, the "
+    "newest of them first (a sequence that waited past half its TPOT budget goes after them, oldest "
+    "first). Default: first come, first served. The operator sets it from spec.slo.tpotSeconds.",
 )
 @click.option("--max-model-len", type=int, default=None, help="Longest prompt + output, tokens.")
 @click.option("--transfer-timeout-seconds", type=float, default=30.0, show_default=True)
