@@ -88,12 +88,17 @@ class JoinQueue(Generic[T]):
             _, arrival, item = timely.pop()
             heapq.heappush(late, (arrival, item))
 
+    def _oldest_first(self) -> bool:
+        """Whether the timely sequence that joins next is the oldest: only where no deadline is finite
+        (no SLO: first come, first served); else the newest."""
+        return self._timely[-1][0] == math.inf
+
     def peek(self, now_s: float) -> T:
         """The sequence that joins next (IndexError when none waits)."""
         self._settle(now_s)
         timely = self._timely
         if timely:
-            return timely[0][2] if timely[-1][0] == math.inf else timely[-1][2]
+            return timely[0 if self._oldest_first() else -1][2]
         return self._late[0][1]
 
     def pop(self, now_s: float) -> T:
@@ -101,7 +106,7 @@ class JoinQueue(Generic[T]):
         self._settle(now_s)
         timely = self._timely
         if timely:
-            return timely.popleft()[2] if timely[-1][0] == math.inf else timely.pop()[2]
+            return (timely.popleft() if self._oldest_first() else timely.pop())[2]
         return heapq.heappop(self._late)[1]
 
     def clear(self) -> None:
