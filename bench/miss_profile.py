@@ -1,0 +1,65 @@
+"""Where a policy's SLO misses fall: by output length, and how many finished only after the last arrival.
+
+    python bench/miss_profile.py SCENARIO [--seed N] [--policy oracle|dopd]
+
+Runs one benchmark scenario and seed (`sim_bench.SCENARIOS`) as the suite runs it: the oracle at the
+calibration factors docs/benchmarks/sim/results.json recorded for that seed, or dopd. Prints the scored
+requests and misses per output-length band, and how many misses finished only after the trace's last
+arrival: requests a pool left waiting until the load stopped. The attainment target counts such a
+request as one miss, however long it waited; in a service whose load does not stop, it would still be
+waiting. On the reasoning trace the oracle's 1% is spent there (docs/benchmarks/sim.md, "Reading the
+results").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from sim_bench import RESULTS, SCENARIOS
+
+from dopd_sim.config import SimConfig
+from dopd_sim.miss_profile import miss_profile
+from dopd_sim.policies.dopd import DopdPolicy
+from dopd_sim.policies.oracle import OraclePolicy
+from dopd_sim.run import simulate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenario", choices=[s.name for s in SCENARIOS])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--policy", choices=["oracle", "dopd"], default="oracle")
+    args = parser.parse_args()
+    scenario = next(s for s in SCENARIOS if s.name == args.scenario)
+    trace, config = scenario.trace(args.seed, False), SimConfig(seed=args.seed)
+    if args.policy == "oracle":
+        raw = json.loads(RESULTS.read_text(encoding="utf-8"))
+        runs = raw["suite"].get(scenario.name, [])
+        run = next((r for r in runs if r["seed"] == args.seed), None)
+        if run is None:
+            parser.error(f"{RESULTS} holds no run of {scenario.name} seed {args.seed}: run sim_bench first")
+        prefill_scale, decode_scale = run["tuning"]["oracle_scales"]
+        policy: OraclePolicy | DopdPolicy = OraclePolicy(trace, prefill_scale, decode_scale)
+        what = f"oracle at prefill x{prefill_scale:.2f}, decode x{decode_scale:.2f}"
+    else:
+        policy, what = DopdPolicy(), "dopd"
+    score_from_s = scenario.scored_from_s(False)
+    result = simulate(trace, policy, config, score_from_s=score_from_s)
+    profile = miss_profile(trace, result.ttft_s, result.tpot_s, config, score_from_s)
+    print(
+        f"{scenario.name} seed {args.seed}, {what}: {result.summary.slo_attainment * 100:.2f}% attainment, "
+        f"{result.summary.gpu_hours:.2f} GPU-hours; {profile.misses} of {profile.requests} scored requests missed"
+    )
+    print("output tokens | requests | missed | share missed")
+    for band in profile.bands:
+        share = band.misses / band.requests * 100 if band.requests else 0.0
+        print(f"{band.label:>13} | {band.requests:8d} | {band.misses:6d} | {share:.2f}%")
+    print(
+        f"misses that finished only after the last arrival: {profile.misses_finished_after_last_arrival} "
+        f"(the last request finished {profile.latest_finish_after_last_arrival_s:.0f} s after it)"
+    )
+
+
+if __name__ == "__main__":
+    main()
