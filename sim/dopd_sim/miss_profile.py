@@ -59,13 +59,13 @@ def miss_profile(
     served = np.isfinite(finish)
     after = missed & served & (finish > last_arrival)
     latest = float(np.max(finish[served]) - last_arrival) if served.any() else 0.0
-    bands = []
-    low = 0
-    for high in (*BANDS_TOKENS, None):
-        in_band = scored & (outputs > low) & (outputs <= high if high is not None else True)
+    bands: list[Band] = []
+    for low, high in zip((0, *BANDS_TOKENS), (*BANDS_TOKENS, None), strict=True):
+        in_band = scored & (outputs > low)
+        if high is not None:
+            in_band &= outputs <= high
         label = f"{low + 1}-{high}" if high is not None else f">{low}"
         bands.append(Band(label, int(in_band.sum()), int((missed & in_band).sum())))
-        low = high if high is not None else low
     return MissProfile(
         requests=int(scored.sum()),
         misses=int(missed.sum()),
