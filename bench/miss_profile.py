@@ -1,9 +1,10 @@
 """Where a policy's SLO misses fall: by output length, and how many finished only after the last arrival.
 
-    python bench/miss_profile.py SCENARIO [--seed N] [--policy oracle|dopd]
+    python bench/miss_profile.py SCENARIO [--seed N] [--policy oracle|dopd|static-peak]
 
 Runs one benchmark scenario and seed (`sim_bench.SCENARIOS`) as the suite runs it: the oracle at the
-calibration factors docs/benchmarks/sim/results.json recorded for that seed, or dopd. Prints the scored
+calibration factors docs/benchmarks/sim/results.json recorded for that seed, dopd, or static-peak (held
+to the target the oracle was held to there). Prints the scored
 requests and misses per output-length band, and how many misses finished only after the trace's last
 arrival: requests a pool left waiting until the load stopped. The attainment target counts such a
 request as one miss, however long it waited; in a service whose load does not stop, it would still be
@@ -15,37 +16,54 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from sim_bench import RESULTS, SCENARIOS
 
 from dopd_sim.config import SimConfig
 from dopd_sim.miss_profile import miss_profile
+from dopd_sim.peak import raise_static_peak, static_peak_layout
 from dopd_sim.policies.dopd import DopdPolicy
 from dopd_sim.policies.oracle import OraclePolicy
-from dopd_sim.run import simulate
+from dopd_sim.run import scored_span, simulate
+
+
+def _recorded_run(parser: argparse.ArgumentParser, name: str, seed: int) -> dict[str, Any]:
+    """The suite's entry for `name` and `seed` in results.json (its tuning and rows)."""
+    raw = json.loads(RESULTS.read_text(encoding="utf-8"))
+    run = next((r for r in raw["suite"].get(name, []) if r["seed"] == seed), None)
+    if run is None:
+        parser.error(f"{RESULTS} holds no run of {name} seed {seed}: run bench/sim_bench.py first")
+    return dict(run)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=[s.name for s in SCENARIOS])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--policy", choices=["oracle", "dopd"], default="oracle")
+    parser.add_argument("--policy", choices=["oracle", "dopd", "static-peak"], default="oracle")
     args = parser.parse_args()
     scenario = next(s for s in SCENARIOS if s.name == args.scenario)
     trace, config = scenario.trace(args.seed, False), SimConfig(seed=args.seed)
-    if args.policy == "oracle":
-        raw = json.loads(RESULTS.read_text(encoding="utf-8"))
-        runs = raw["suite"].get(scenario.name, [])
-        run = next((r for r in runs if r["seed"] == args.seed), None)
-        if run is None:
-            parser.error(f"{RESULTS} holds no run of {scenario.name} seed {args.seed}: run sim_bench first")
-        prefill_scale, decode_scale = run["tuning"]["oracle_scales"]
-        policy: OraclePolicy | DopdPolicy = OraclePolicy(trace, prefill_scale, decode_scale)
-        what = f"oracle at prefill x{prefill_scale:.2f}, decode x{decode_scale:.2f}"
-    else:
-        policy, what = DopdPolicy(), "dopd"
     score_from_s = scenario.scored_from_s(False)
-    result = simulate(trace, policy, config, score_from_s=score_from_s)
+    if args.policy == "static-peak":
+        # As the suite runs it: sized at the scored span's busiest minute, run on that span alone, and
+        # raised where it misses the seed's target (the one the oracle was held to).
+        run = _recorded_run(parser, scenario.name, args.seed)
+        goal = float(next(r for r in run["rows"] if r["policy"] == "oracle")["target"])
+        trace = scored_span(trace, score_from_s)
+        score_from_s = 0.0
+        raised = raise_static_peak(trace, config, static_peak_layout(trace, config), goal)
+        result, what = raised.result, f"static-peak {raised.setting}"
+    else:
+        if args.policy == "oracle":
+            run = _recorded_run(parser, scenario.name, args.seed)
+            prefill_scale, decode_scale = run["tuning"]["oracle_scales"]
+            policy: OraclePolicy | DopdPolicy = OraclePolicy(trace, prefill_scale, decode_scale)
+            what = f"oracle at prefill x{prefill_scale:.2f}, decode x{decode_scale:.2f}"
+        else:
+            policy, what = DopdPolicy(), "dopd"
+        result = simulate(trace, policy, config, score_from_s=score_from_s)
     profile = miss_profile(trace, result.ttft_s, result.tpot_s, config, score_from_s)
     print(
         f"{scenario.name} seed {args.seed}, {what}: {result.summary.slo_attainment * 100:.2f}% attainment, "
