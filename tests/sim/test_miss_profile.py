@@ -4,8 +4,13 @@ which it left waiting until the load stopped, a wait the attainment target count
 from __future__ import annotations
 
 import math
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dopd_forecaster.traces import Trace
 from dopd_sim.config import SimConfig
@@ -64,3 +69,25 @@ def test_a_saturated_decode_pool_leaves_its_longest_outputs_waiting_until_the_lo
     assert profile.misses_finished_after_last_arrival == profile.misses
     shortest, longest = profile.bands[0], profile.bands[-1]
     assert longest.misses / longest.requests > 10 * shortest.misses / shortest.requests
+
+
+@pytest.mark.parametrize("policy", ["oracle", "static-peak"])
+def test_the_command_profiles_a_recorded_benchmark_seed(policy: str) -> None:
+    """`bench/miss_profile.py` as the docs cite it: a recorded seed of the reasoning trace, the oracle
+    at the factors results.json holds and static-peak held to its target, each line of the table adding
+    up to the total it prints."""
+    script = Path(__file__).resolve().parents[2] / "bench" / "miss_profile.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "reasoning", "--seed", "0", "--policy", policy],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
+    head = re.search(r"(\d+) of (\d+) scored requests missed", out)
+    assert head is not None, out
+    rows = re.findall(r"^\s*\S+ \|\s+(\d+) \|\s+(\d+) \|", out, re.MULTILINE)
+    assert len(rows) == 4, out
+    assert sum(int(r[0]) for r in rows) == int(head.group(2))
+    assert sum(int(r[1]) for r in rows) == int(head.group(1))
+    assert "misses that finished only after the last arrival" in out
