@@ -18,14 +18,14 @@ import argparse
 import json
 from typing import Any
 
-from sim_bench import RESULTS, SCENARIOS
+from sim_bench import RESULTS, SCENARIOS, oracle_target
 
+from dopd_sim.benchmark import static_peak_run
 from dopd_sim.config import SimConfig
 from dopd_sim.miss_profile import miss_profile
-from dopd_sim.peak import raise_static_peak, static_peak_layout
 from dopd_sim.policies.dopd import DopdPolicy
 from dopd_sim.policies.oracle import OraclePolicy
-from dopd_sim.run import scored_span, simulate
+from dopd_sim.run import simulate
 
 
 def _recorded_run(parser: argparse.ArgumentParser, name: str, seed: int) -> dict[str, Any]:
@@ -47,13 +47,10 @@ def main() -> None:
     trace, config = scenario.trace(args.seed, False), SimConfig(seed=args.seed)
     score_from_s = scenario.scored_from_s(False)
     if args.policy == "static-peak":
-        # As the suite runs it: sized at the scored span's busiest minute, run on that span alone, and
-        # raised where it misses the seed's target (the one the oracle was held to).
-        run = _recorded_run(parser, scenario.name, args.seed)
-        goal = float(next(r for r in run["rows"] if r["policy"] == "oracle")["target"])
-        trace = scored_span(trace, score_from_s)
-        score_from_s = 0.0
-        raised = raise_static_peak(trace, config, static_peak_layout(trace, config), goal)
+        # As the suite runs it, held to the seed's target (the one the oracle was held to).
+        goal = oracle_target(_recorded_run(parser, scenario.name, args.seed))
+        trace, raised = static_peak_run(trace, config, score_from_s, goal)
+        score_from_s = 0.0  # the span it ran on is the scored one
         result, what = raised.result, f"static-peak {raised.setting}"
     else:
         if args.policy == "oracle":

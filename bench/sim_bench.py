@@ -418,6 +418,12 @@ def aggregated_row_job(
     return scenario.name, seed, row
 
 
+def oracle_target(entry: dict[str, Any]) -> float:
+    """The attainment target the oracle was held to on a suite seed's results.json entry (the goal
+    the fixed layouts are sized to there: 99%, or the trace's feasible ceiling)."""
+    return float(next(r for r in entry["rows"] if r["policy"] == "oracle")["target"])
+
+
 def rerun_rows(policy: str, names: set[str], why: str, jobs: int) -> dict[str, Any]:
     """results.json with `policy`'s rows (ROW_POLICIES) of the suite scenarios `names` replaced by a run
     at this commit, every other row kept, each replacement stamped in meta["reruns"] with the policy and
@@ -441,8 +447,7 @@ def rerun_rows(policy: str, names: set[str], why: str, jobs: int) -> dict[str, A
         return None if seed == first["seed"] else int(first["tuning"]["aggregated_chunk_tokens"])
 
     def goal(name: str, seed: int) -> float:
-        entry = next(e for e in raw["suite"][name] if e["seed"] == seed)
-        return float(next(r for r in entry["rows"] if r["policy"] == "oracle")["target"])
+        return oracle_target(next(e for e in raw["suite"][name] if e["seed"] == seed))
 
     with ProcessPoolExecutor(max_workers=jobs) as pool:
 

@@ -39,6 +39,7 @@ from dopd_operator.queueing import fewest_meeting
 from dopd_sim.config import SimConfig
 from dopd_sim.peak import (
     CHUNK_SIZES_TOKENS,
+    RaisedLayout,
     aggregated_peak_layout,
     fitted_static_peak,
     raise_static_peak,
@@ -180,13 +181,20 @@ def dopd_row(trace: Trace, config: SimConfig, score_from_s: float = 0.0) -> dict
 def static_peak_row(
     trace: Trace, config: SimConfig, score_from_s: float = 0.0, goal: float | None = None
 ) -> dict[str, Any]:
-    """static-peak's row of a suite seed (`run_suite_seed`), alone: the fewest prefill and decode replicas
-    that meet the target at the scored span's busiest minute (`peak.static_peak_layout`), run on the
-    scored span alone (a fixed layout learns nothing from a past), and raised where it misses `goal`
-    over the span (`peak.raise_static_peak`)."""
-    scored = scored_span(trace, score_from_s)
-    raised = raise_static_peak(scored, config, static_peak_layout(scored, config), goal)
+    """static-peak's row of a suite seed (`run_suite_seed`), alone (`static_peak_run`)."""
+    raised = static_peak_run(trace, config, score_from_s, goal)[1]
     return _row(raised.result, "static-peak", raised.setting)
+
+
+def static_peak_run(
+    trace: Trace, config: SimConfig, score_from_s: float = 0.0, goal: float | None = None
+) -> tuple[Trace, RaisedLayout]:
+    """static-peak as a suite seed runs it: the fewest prefill and decode replicas that meet the target at
+    the scored span's busiest minute (`peak.static_peak_layout`), run on the scored span alone (a fixed
+    layout learns nothing from a past), and raised where it misses `goal` over the span
+    (`peak.raise_static_peak`). Returns that span (its requests are the run's) and the raised layout."""
+    scored = scored_span(trace, score_from_s)
+    return scored, raise_static_peak(scored, config, static_peak_layout(scored, config), goal)
 
 
 def aggregated_static_row(
