@@ -59,6 +59,27 @@ def test_ratio_band(layout: Layout, expected: Layout) -> None:
     assert all(c.stage == "RatioBand" for c in clamps)
 
 
+@pytest.mark.parametrize(
+    ("layout", "expected"),
+    [
+        # The skewed ratios real workloads need pass untouched: a reasoning model's long answers (the
+        # benchmark's reasoning mix peaks at 1P/22D) and long prompts with short outputs (Mooncake's
+        # pools reach 74P/2D). The band of [0.05, 20] that came before bought a replica on both.
+        pytest.param(Layout(1, 22), Layout(1, 22), id="reasoning-1p-22d-untouched"),
+        pytest.param(Layout(1, 90), Layout(1, 90), id="1p-90d-untouched"),
+        pytest.param(Layout(74, 2), Layout(74, 2), id="long-prompts-74p-2d-untouched"),
+        # A planner gone wrong by orders of magnitude is still caught, by raising the short side.
+        pytest.param(Layout(1, 250), Layout(3, 250), id="1p-250d-raises-prefill"),
+        pytest.param(Layout(250, 1), Layout(250, 3), id="250p-1d-raises-decode"),
+    ],
+)
+def test_default_ratio_band_passes_real_workloads_ratios(layout: Layout, expected: Layout) -> None:
+    spec = make_spec(prefill={"maxReplicas": 256}, decode={"maxReplicas": 256})
+    clamps: list[Clamp] = []
+    assert apply_ratio_band(layout, spec, clamps) == expected
+    assert [c.stage for c in clamps] == ["RatioBand"] * (layout != expected)
+
+
 def test_budget_picks_the_frontier_layout_that_sustains_the_most() -> None:
     spec = make_spec(scaling={"gpuBudget": 10})
 
