@@ -18,7 +18,7 @@ import argparse
 import json
 from typing import Any
 
-from sim_bench import RESULTS, SCENARIOS, oracle_target
+from sim_bench import RESULTS, SCENARIOS, oracle_target, suite_entry
 
 from dopd_sim.benchmark import static_peak_run
 from dopd_sim.config import SimConfig
@@ -30,11 +30,10 @@ from dopd_sim.run import simulate
 
 def _recorded_run(parser: argparse.ArgumentParser, name: str, seed: int) -> dict[str, Any]:
     """The suite's entry for `name` and `seed` in results.json (its tuning and rows)."""
-    raw = json.loads(RESULTS.read_text(encoding="utf-8"))
-    run = next((r for r in raw["suite"].get(name, []) if r["seed"] == seed), None)
-    if run is None:
-        parser.error(f"{RESULTS} holds no run of {name} seed {seed}: run bench/sim_bench.py first")
-    return dict(run)
+    try:
+        return suite_entry(json.loads(RESULTS.read_text(encoding="utf-8")), name, seed)
+    except KeyError as missing:
+        parser.error(str(missing.args[0]))
 
 
 def main() -> None:

@@ -418,6 +418,15 @@ def aggregated_row_job(
     return scenario.name, seed, row
 
 
+def suite_entry(raw: dict[str, Any], name: str, seed: int) -> dict[str, Any]:
+    """A suite seed's entry in results.json (`raw`): its tuning and rows. KeyError, naming the run, when
+    results.json holds none."""
+    entry = next((e for e in raw["suite"].get(name, []) if e["seed"] == seed), None)
+    if entry is None:
+        raise KeyError(f"{RESULTS} holds no run of {name} seed {seed}: run bench/sim_bench.py first")
+    return entry
+
+
 def oracle_target(entry: dict[str, Any]) -> float:
     """The attainment target the oracle was held to on a suite seed's results.json entry (the goal
     the fixed layouts are sized to there: 99%, or the trace's feasible ceiling)."""
@@ -447,7 +456,7 @@ def rerun_rows(policy: str, names: set[str], why: str, jobs: int) -> dict[str, A
         return None if seed == first["seed"] else int(first["tuning"]["aggregated_chunk_tokens"])
 
     def goal(name: str, seed: int) -> float:
-        return oracle_target(next(e for e in raw["suite"][name] if e["seed"] == seed))
+        return oracle_target(suite_entry(raw, name, seed))
 
     with ProcessPoolExecutor(max_workers=jobs) as pool:
 
@@ -476,7 +485,7 @@ def with_rows(
     scenarios' rerun of that policy's rows stamped with `now` and `why` (an earlier stamp of the same
     scenario and policy is dropped; a full rerun's stays: its other rows still stand)."""
     for name, seed, row in fresh:
-        entry = next(e for e in raw["suite"][name] if e["seed"] == seed)
+        entry = suite_entry(raw, name, seed)
         entry["rows"] = [row if r["policy"] == policy else r for r in entry["rows"]]
     names = {name for name, _, _ in fresh}
     kept = [
