@@ -11,6 +11,7 @@ on the benchmark's scenarios. Pure.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -38,16 +39,12 @@ def clamp_census(decisions_clamps: Iterable[Sequence[Clamp]], interval_seconds: 
     counts that decision once and both changes."""
     if interval_seconds <= 0:
         raise ValueError(f"interval_seconds is {interval_seconds:g}: give the decision interval (> 0)")
-    ticks: dict[tuple[str, str], int] = {}
-    replicas: dict[tuple[str, str], int] = {}
+    ticks: Counter[tuple[str, str]] = Counter()
+    replicas: Counter[tuple[str, str]] = Counter()
     for clamps in decisions_clamps:
-        seen: set[tuple[str, str]] = set()
+        ticks.update({(clamp.stage, clamp.role) for clamp in clamps})  # once per decision
         for clamp in clamps:
-            key = (clamp.stage, clamp.role)
-            replicas[key] = replicas.get(key, 0) + clamp.after - clamp.before
-            if key not in seen:
-                seen.add(key)
-                ticks[key] = ticks.get(key, 0) + 1
+            replicas[clamp.stage, clamp.role] += clamp.after - clamp.before
     effects = [
         StageEffect(stage, role, ticks[stage, role], moved, moved * interval_seconds / 3600.0)
         for (stage, role), moved in replicas.items()

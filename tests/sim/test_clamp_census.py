@@ -22,10 +22,10 @@ def _clamp(stage: str, role: str, before: int, after: int) -> Clamp:
 
 
 def test_each_stage_counts_the_decisions_it_changed_and_the_replicas_it_moved() -> None:
-    """Three decisions at a 30 s interval: the ratio band raises prefill 1 -> 2 twice; in the second
+    """Four decisions at a 30 s interval: the ratio band raises prefill 1 -> 2 twice; in the second
     decision the scale-down window also holds decode at 5 where 3 were asked for, and in the third it
-    holds decode twice over (5 -> 6, then the tolerance 6 -> 7 counts apart). A step limit cuts a
-    scale-up 9 -> 6 once."""
+    clamps decode twice (4 -> 5 -> 6; the tolerance's 6 -> 7 counts apart) while a step limit cuts a
+    prefill scale-up 9 -> 6; the fourth changes nothing."""
     effects = clamp_census(
         [
             [_clamp("RatioBand", "prefill", 1, 2)],
