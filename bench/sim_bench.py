@@ -1,5 +1,5 @@
-"""Publish the simulator benchmark: dopd against the oracle and tuned baselines on eight traces (two real,
-six generated shapes) and two of the shapes again after 30 minutes of history, five seeds each,
+"""Publish the simulator benchmark: dopd against the oracle and tuned baselines on eleven traces (two real,
+nine generated shapes) and two of the shapes again after 30 minutes of history, five seeds each,
 reported as mean and 95% interval; plus a cold start, a wrong profile, the `dopd demo` scenario, the
 simulator's speed and (with --fidelity) real CPU workers.
 Llama-3-8B on H100 (`llama3-8b-h100`), SLO TTFT 1.5 s / TPOT 50 ms at P90, a 99% attainment target.
@@ -135,6 +135,13 @@ SCENARIOS = (
         "multi-turn chat: 10 new conversations a second (about 40 rps), 4 turns and 60 s think time on "
         "average, 16 tenants' system prompts, 30 min (prefix cache modelled)",
         "synthetic:chat,conversations_per_s=10,duration_s=1800",
+    ),
+    Scenario(
+        "mix-shift",
+        "mix shift: 120 rps (bursty, CV 2) throughout, its requests moving from code completion to "
+        "conversation lengths over minutes 5-25, 30 min",
+        "synthetic:gamma,rate_rps=120,cv=2,duration_s=1800,lengths=code,shift_to=azure,"
+        "shift_start_s=300,shift_end_s=1500",
     ),
     # The two shapes whose first surge nothing foretells, after 30 minutes of the same kind of load, as
     # a cluster that has been serving has it: what dopd's surge headroom learns from, and what every

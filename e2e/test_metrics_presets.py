@@ -413,6 +413,14 @@ def test_dopd_preset_reads_every_field(world: Fixture) -> None:
     assert obs.input_tokens_p90 == pytest.approx(313.6)  # 256 + 0.9 * 64 inside the only bucket
     assert obs.output_tokens_mean == pytest.approx(180.0)
     assert obs.output_tokens_p90 == pytest.approx(188.8)  # 160 + 0.9 * 32: both decode pods summed
+    # the lengths' trend compares this window with the one before (the same counters, `offset` one
+    # 10 s window): the exporters' mix is steady, so the means are equal, and the noise is the spread
+    # inside the one bucket each length falls in (zero would read any rise as a trend)
+    for slope, noise in (
+        (obs.input_tokens_trend_per_s, obs.input_tokens_trend_noise_per_s),
+        (obs.output_tokens_trend_per_s, obs.output_tokens_trend_noise_per_s),
+    ):
+        assert slope == pytest.approx(0.0, abs=1e-6) and noise is not None and noise > 0, obs
     assert obs.prefill_queue_depth == 7.0  # router 4 + prefill 3 (3 if the router's queue were missed)
     assert obs.decode_queue_depth == 3.0  # decode 1 + 2: the same family, the decode pods' own
     assert obs.decode_kv_usage == 0.5  # mean of 0.25 and 0.75

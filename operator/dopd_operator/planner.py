@@ -44,6 +44,7 @@ from dopd_operator.planner_load import (
     observed_workload,
     provisioned_rate,
     resident_output_lengths,
+    trending_lengths,
 )
 from dopd_operator.planner_types import (
     CapacityEstimate,
@@ -134,7 +135,12 @@ def plan(
         state.prefill_correction * SERVICE_TIME_HEADROOM, state.decode_correction * SERVICE_TIME_HEADROOM
     )
     rate_rps, load_reason = provisioned_rate(spec, observation, forecast, surge, no_forecast_why)
-    workload = observed_workload(observation, rate_rps, profile.kv_capacity_tokens, spec.prefill.max_replicas)
+    # The corrections above judged the latencies at the window's own lengths; the pools are sized for
+    # the lengths a lead time ahead.
+    sized, trend_reason = trending_lengths(spec, observation, bool(lengths_reasons))
+    if trend_reason is not None:
+        lengths_reasons.append(trend_reason)
+    workload = observed_workload(sized, rate_rps, profile.kv_capacity_tokens, spec.prefill.max_replicas)
     model = CapacityModel(profile, spec.slo, workload)
     queue_rps = backlog_rps(spec, observation, state, model, now)
 

@@ -34,6 +34,9 @@ FINISHED_LENGTHS_WINDOW_SHARE = 0.25
 # A load declines, rather than dips, where its trend is below zero by this many standard errors of the
 # slope a flat load shows at its burstiness (one in 40 windows of a flat load reads that by chance).
 DECLINE_NOISE_MULTIPLE = 2.0
+# A length's mean rises, rather than wanders, where its slope between two windows is above zero by this
+# many standard errors of what two windows of the same mix differ by (`trending_lengths`).
+LENGTH_TREND_NOISE_MULTIPLE = 3.0
 
 
 def lead_time_seconds(spec: DisaggregatedModelSpec, observation: Observation | None = None) -> float:
@@ -249,6 +252,63 @@ def provisioned_rate(
     if forecast is None:
         reason += f"; no forecast ({no_forecast_why})" if no_forecast_why else "; no forecast"
     return rate, reason
+
+
+def trending_lengths(
+    spec: DisaggregatedModelSpec, observation: Observation, outputs_adjusted: bool
+) -> tuple[Observation, str | None]:
+    """The observation with its lengths extrapolated along their rise over the lead time, and what was
+    extrapolated (None: nothing). A load's work can rise at a flat rate: a tenant whose prompts are
+    longer, or whose answers are, moving onto the model. The replicas ordered now serve a lead time
+    later, when the requests are longer; the rate's trend guard does not see it. Only the rise beyond
+    LENGTH_TREND_NOISE_MULTIPLE standard errors of what two windows of the same mix differ by counts
+    (a length's mean is heavy-tailed: one long request moves it), and a falling length is sized as
+    observed (the scale-down window releases what it no longer needs). The mean and the P90 are
+    scaled alike. Not the outputs where `outputs_adjusted` (raised to what the residents imply, or held
+    while the decode slots are full), nor where the arrivals stepped within the two windows compared
+    (`Observation.arrival_level_age_seconds` is set within the trend window, which spans both): the
+    finishers are not the demand's mix then (after a rise the new level's short outputs finish first;
+    on the bursts trace a surge read as outputs rising 25 tokens/min). The prompts are measured as they
+    arrive, and stand."""
+    lead_s = lead_time_seconds(spec, observation)
+    stepped = observation.arrival_level_age_seconds is not None
+    update: dict[str, float] = {}
+    said: list[str] = []
+    for role, mean_key, p90_key, slope, noise in (
+        (
+            "prompts",
+            "input_tokens_mean",
+            "input_tokens_p90",
+            observation.input_tokens_trend_per_s,
+            observation.input_tokens_trend_noise_per_s,
+        ),
+        (
+            "outputs",
+            "output_tokens_mean",
+            "output_tokens_p90",
+            None if outputs_adjusted or stepped else observation.output_tokens_trend_per_s,
+            observation.output_tokens_trend_noise_per_s,
+        ),
+    ):
+        mean = getattr(observation, mean_key)
+        if slope is None or noise is None or mean is None or mean <= 0:
+            continue
+        rise = slope - LENGTH_TREND_NOISE_MULTIPLE * noise
+        if rise <= 0:
+            continue
+        factor = (mean + rise * lead_s) / mean
+        update[mean_key] = mean * factor
+        p90 = getattr(observation, p90_key)
+        if p90 is not None:
+            update[p90_key] = p90 * factor
+        said.append(
+            f"{role} {mean:.0f} -> {mean * factor:.0f} tokens (rising {slope * 60:.1f}/min, "
+            f"{rise * 60:.1f} of it beyond {LENGTH_TREND_NOISE_MULTIPLE:g}x its noise)"
+        )
+    if not update:
+        return observation, None
+    reason = f"lengths extrapolated over the {lead_s:g}s lead time: " + "; ".join(said)
+    return observation.model_copy(update=update), reason
 
 
 def observed_workload(

@@ -50,6 +50,23 @@ class Observation(_Frozen):
     input_tokens_p90: float | None = Field(None, ge=0, description="P90 prompt tokens.")
     output_tokens_mean: float | None = Field(None, ge=0, description="Mean output tokens.")
     output_tokens_p90: float | None = Field(None, ge=0, description="P90 output tokens.")
+    input_tokens_trend_per_s: float | None = Field(
+        None,
+        description="How fast the mean prompt moves: this metrics window's mean less the window's before, "
+        "over the window (tokens per second). None: unknown (the window's lengths are sized for).",
+    )
+    input_tokens_trend_noise_per_s: float | None = Field(
+        None,
+        ge=0,
+        description="Standard error of that slope: what two windows of the same mix differ by, from the "
+        "lengths' spread and the requests in each. The planner extrapolates only the rise beyond it.",
+    )
+    output_tokens_trend_per_s: float | None = Field(
+        None, description="The same for the mean output (of the requests finished in each window)."
+    )
+    output_tokens_trend_noise_per_s: float | None = Field(
+        None, ge=0, description="Standard error of the output slope."
+    )
     arrival_rate_trend_rps_per_s: float | None = Field(
         None, description="Slope of the arrival rate over the recent past (PromQL deriv), rps per second."
     )

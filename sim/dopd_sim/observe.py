@@ -48,8 +48,10 @@ from dopd_operator.metrics.estimators import (
     ArrivalSummary,
     HistogramSummary,
     Intervals,
+    LengthTrend,
     histogram_from_values,
     hit_mix_from_positions,
+    length_trend,
     reuse_share_within,
     summarize_arrivals,
     summarize_histogram,
@@ -212,6 +214,16 @@ class ObservationBuilder:
             return ArrivalSummary(summary.rate_rps, summary.scv, None, summary.problems)
         return summary
 
+    def _length_trend(self, window: FloatArray, before: FloatArray, start_s: float) -> LengthTrend:
+        """The lengths' trend between the window before the metrics window and the metrics window, as
+        the operator reads it (`estimators.length_trend`); unknown until a whole window precedes."""
+        if start_s < self.window_s:
+            return LengthTrend(None, None)
+        buckets = histogram_from_values(window, LENGTH_BUCKETS_TOKENS)
+        return length_trend(
+            buckets, float(np.sum(window)), float(len(before)), float(np.sum(before)), self.window_s
+        )
+
     def observe(self, now_s: float, sim: Simulator, warm_start: bool = False) -> Observation:
         start = 0.0 if warm_start else max(now_s - self.window_s, 0.0)
         arrivals = self._arrivals(now_s, warm_start)
@@ -225,6 +237,7 @@ class ObservationBuilder:
             inputs = _lengths("dopd_prompt_tokens", self._input_f[lo:hi])
             outputs = _lengths("dopd_generation_tokens", self._output_f[lo:hi])
             ttft = tpot = HistogramSummary(None, None, None, None, None)
+            input_trend = output_trend = LengthTrend(None, None)
         else:
             log = self.log
             first = bisect.bisect_left(log.first_token_times, start)
@@ -233,6 +246,8 @@ class ObservationBuilder:
             # prefill workers serve is shorter than what is asked).
             lo, hi = np.searchsorted(self.trace.arrival_s, (start, now_s), side="left")
             inputs = _lengths("dopd_prompt_tokens", self._input_f[lo:hi])
+            before = int(np.searchsorted(self.trace.arrival_s, start - self.window_s, side="left"))
+            input_trend = self._length_trend(self._input_f[lo:hi], self._input_f[before:lo], start)
             ttft = summarize_histogram(
                 "dopd_time_to_first_token_seconds",
                 histogram_from_values(np.asarray(log.first_token_ttft[first:]), LATENCY_BUCKETS_SECONDS),
@@ -242,6 +257,11 @@ class ObservationBuilder:
             first = bisect.bisect_left(log.finish_times, start)
             finished = np.asarray(log.finish_output_index[first:], dtype=np.int64)
             outputs = _lengths("dopd_generation_tokens", self._output_f[finished])
+            earlier = bisect.bisect_left(log.finish_times, start - self.window_s)
+            finished_before = np.asarray(log.finish_output_index[earlier:first], dtype=np.int64)
+            output_trend = self._length_trend(
+                self._output_f[finished], self._output_f[finished_before], start
+            )
             gap_s, gaps = np.asarray(log.finish_tpot[first:]), self._gaps_f[finished]
             gaps_summary, step_mean = _inter_token_gaps(log, sim.running_decode_steps(now_s), start)
             # the router's per-request TPOT: one observation per finished request of two or more tokens
@@ -294,6 +314,10 @@ class ObservationBuilder:
             input_tokens_p90=inputs.quantile,
             output_tokens_mean=outputs.mean,
             output_tokens_p90=outputs.quantile,
+            input_tokens_trend_per_s=input_trend.tokens_per_s,
+            input_tokens_trend_noise_per_s=input_trend.noise_tokens_per_s,
+            output_tokens_trend_per_s=output_trend.tokens_per_s,
+            output_tokens_trend_noise_per_s=output_trend.noise_tokens_per_s,
             prefill_queue_depth=sim.queue_depth(),
             decode_queue_depth=sim.decode_queue_depth(),
             decode_kv_usage=None if warm_start else sim.decode_kv_usage(),

@@ -6,6 +6,8 @@ prompt and 211/129 output tokens, mean/median), `long-mix` (85% of those and 15%
 12k/10k tokens up to 32k), `code` (code completion: 2k/1.5k-token prompts of context, 30/20-token
 completions) and `reasoning` (a reasoning model's answers, decode-heavy: 800/500-token prompts, 2400/1600
 output tokens up to 16k, so a decode replica's KV cache, not its batch limit, caps its sequences).
+A `MixShift` moves a trace's requests from one mix to another over a span of time (a tenant's traffic
+moving onto the model at a flat rate: the P/D ratio the load needs changes while its rate does not).
 
 Lengths are drawn from log-normals fitted to a mean and a median, clipped to [1, max] (the capacity
 model fits a gamma, so the benchmark's generated traces are not drawn from the model's own family).
@@ -87,6 +89,46 @@ LENGTH_MIXES: dict[str, LengthModel] = {
 }
 
 
+@dataclass(frozen=True)
+class MixShift:
+    """Requests drawn from `before` until `start_s`, from `after` from `end_s` on, and in between from
+    `after` with a probability rising linearly from 0 to 1 (times in the trace's own seconds)."""
+
+    before: LengthModel
+    after: LengthModel
+    start_s: float
+    end_s: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.start_s <= self.end_s:
+            raise ValueError(
+                f"a mix shift needs 0 <= shift_start_s <= shift_end_s, got {self.start_s} and {self.end_s}"
+            )
+
+    def after_share(self, arrival_s: FloatArray) -> FloatArray:
+        """The probability that a request arriving at each of `arrival_s` is drawn from `after`."""
+        if self.end_s == self.start_s:
+            return np.where(arrival_s >= self.start_s, 1.0, 0.0)
+        share: FloatArray = np.clip((arrival_s - self.start_s) / (self.end_s - self.start_s), 0.0, 1.0)
+        return share
+
+
+Lengths = LengthModel | MixShift
+
+
+def sample_lengths(
+    lengths: Lengths, rng: np.random.Generator, arrival_s: FloatArray
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Prompt and output tokens for requests arriving at `arrival_s`."""
+    n = len(arrival_s)
+    if isinstance(lengths, LengthModel):
+        return lengths.sample(rng, n)
+    early_inputs, early_outputs = lengths.before.sample(rng, n)
+    late_inputs, late_outputs = lengths.after.sample(rng, n)
+    late = rng.random(n) < lengths.after_share(arrival_s)
+    return np.where(late, late_inputs, early_inputs), np.where(late, late_outputs, early_outputs)
+
+
 RateFn = Callable[[FloatArray], FloatArray]
 # The generators' laws (`Trace.law`): the rate averaged over 1 s bins, from 8 points in each.
 LAW_BIN_SECONDS = 1.0
@@ -106,12 +148,12 @@ def arrival_law(rate_fn: RateFn, duration_s: float, gap_scv: float = 1.0) -> Arr
 
 
 def _trace(
-    arrivals: FloatArray, rng: np.random.Generator, lengths: LengthModel, name: str, law: ArrivalLaw
+    arrivals: FloatArray, rng: np.random.Generator, lengths: Lengths, name: str, law: ArrivalLaw
 ) -> Trace:
     """The trace of these arrivals, re-based to a first arrival at 0.0 (its law moved with it)."""
     arrivals = np.sort(arrivals)
     first = float(arrivals[0]) if len(arrivals) else 0.0
-    inputs, outputs = lengths.sample(rng, len(arrivals))
+    inputs, outputs = sample_lengths(lengths, rng, arrivals)
     return Trace(
         (arrivals - first).astype(np.float64),
         inputs,
@@ -129,7 +171,7 @@ def _constant(rate_rps: float) -> RateFn:
     return rate
 
 
-def poisson(rate_rps: float, duration_s: float, seed: int = 0, lengths: LengthModel | None = None) -> Trace:
+def poisson(rate_rps: float, duration_s: float, seed: int = 0, lengths: Lengths | None = None) -> Trace:
     """Homogeneous Poisson arrivals."""
     return gamma_bursty(rate_rps, duration_s, cv=1.0, seed=seed, lengths=lengths, name="poisson")
 
@@ -139,7 +181,7 @@ def gamma_bursty(
     duration_s: float,
     cv: float = 3.0,
     seed: int = 0,
-    lengths: LengthModel | None = None,
+    lengths: Lengths | None = None,
     name: str = "gamma",
 ) -> Trace:
     """Renewal arrivals with Gamma inter-arrival times of coefficient of variation `cv` (1 = Poisson)."""
@@ -160,7 +202,7 @@ def _inhomogeneous(
     peak_rps: float,
     duration_s: float,
     rng: np.random.Generator,
-    lengths: LengthModel,
+    lengths: Lengths,
     name: str,
 ) -> Trace:
     """A Poisson process with rate `rate_fn(t) <= peak_rps`, drawn by thinning, with its law."""
@@ -176,7 +218,7 @@ def diurnal(
     period_s: float = 3600.0,
     peak_to_trough: float = 4.0,
     seed: int = 0,
-    lengths: LengthModel | None = None,
+    lengths: Lengths | None = None,
 ) -> Trace:
     """Sinusoidal rate with the given period, mean and peak/trough ratio; starts at the trough."""
     amplitude = (peak_to_trough - 1) / (peak_to_trough + 1)
@@ -197,7 +239,7 @@ def bursts(
     burst_s: float = 120.0,
     per_hour: float = 6.0,
     seed: int = 0,
-    lengths: LengthModel | None = None,
+    lengths: Lengths | None = None,
 ) -> Trace:
     """Poisson arrivals at `base_rps`, with burst episodes (at `factor` times the base rate, `burst_s`
     long) starting as a Poisson process of `per_hour` a hour: a flash crowd, a batch job, a retry storm."""
@@ -216,7 +258,7 @@ def bursts(
 
 
 def trend(
-    start_rps: float, end_rps: float, duration_s: float, seed: int = 0, lengths: LengthModel | None = None
+    start_rps: float, end_rps: float, duration_s: float, seed: int = 0, lengths: Lengths | None = None
 ) -> Trace:
     """Poisson arrivals whose rate moves linearly from `start_rps` to `end_rps` (a slow trend)."""
     rng = np.random.default_rng(seed)
@@ -230,7 +272,7 @@ def trend(
 
 
 def steps(
-    rates_rps: list[float], step_seconds: float, seed: int = 0, lengths: LengthModel | None = None
+    rates_rps: list[float], step_seconds: float, seed: int = 0, lengths: Lengths | None = None
 ) -> Trace:
     """Poisson arrivals whose rate jumps to each of `rates_rps` in turn, `step_seconds` each."""
     rng = np.random.default_rng(seed)

@@ -7,7 +7,18 @@ from __future__ import annotations
 
 from dopd_forecaster.traces import Trace
 from dopd_sim.conversations import ChatModel, conversations
-from dopd_sim.synthetic import LENGTH_MIXES, bursts, diurnal, gamma_bursty, poisson, steps, trend
+from dopd_sim.synthetic import (
+    LENGTH_MIXES,
+    LengthModel,
+    Lengths,
+    MixShift,
+    bursts,
+    diurnal,
+    gamma_bursty,
+    poisson,
+    steps,
+    trend,
+)
 
 
 def generate_from_spec(spec: str, seed: int = 0) -> Trace:
@@ -15,7 +26,8 @@ def generate_from_spec(spec: str, seed: int = 0) -> Trace:
     `gamma,rate_rps=20,cv=3,duration_s=600`, `step,rates=10/40/10,step_seconds=600`,
     `bursts,base_rps=60,factor=3,burst_s=120,per_hour=6,duration_s=3600`,
     `trend,start_rps=30,end_rps=200,duration_s=3600`; any kind but chat takes
-    `lengths=azure|long-mix|code|reasoning`. `chat,conversations_per_s=10,duration_s=1800` is multi-turn
+    `lengths=azure|long-mix|code|reasoning`, and `shift_to=MIX,shift_start_s=S,shift_end_s=E` moves its
+    requests from that mix to another between S and E seconds (`MixShift`). `chat,conversations_per_s=10,duration_s=1800` is multi-turn
     conversations with prompt block hashes (`conversations`: turns_mean, think_s, tenants)."""
     kind, *pairs = [part.strip() for part in spec.split(",") if part.strip()]
     args: dict[str, str] = {}
@@ -39,10 +51,7 @@ def generate_from_spec(spec: str, seed: int = 0) -> Trace:
                 "its own lengths; it takes conversations_per_s, duration_s, turns_mean, think_s, tenants)"
             )
         return talk
-    mix = args.pop("lengths", "azure")
-    if mix not in LENGTH_MIXES:
-        raise ValueError(f"unknown length mix {mix!r}; use one of: {', '.join(LENGTH_MIXES)}")
-    lengths = LENGTH_MIXES[mix]
+    lengths = _lengths(args)
     trace: Trace
     if kind == "poisson":
         trace = poisson(number("rate_rps", 10), number("duration_s", 600), seed, lengths)
@@ -83,3 +92,29 @@ def generate_from_spec(spec: str, seed: int = 0) -> Trace:
     if args:
         raise ValueError(f"unknown parameters for synthetic:{kind}: {', '.join(sorted(args))}")
     return trace
+
+
+def _mix(name: str, key: str) -> LengthModel:
+    if name not in LENGTH_MIXES:
+        raise ValueError(f"unknown length mix {key}={name!r}; use one of: {', '.join(LENGTH_MIXES)}")
+    return LENGTH_MIXES[name]
+
+
+def _lengths(args: dict[str, str]) -> Lengths:
+    """`lengths=MIX` (azure by default), moving to `shift_to=MIX` between `shift_start_s` and
+    `shift_end_s` where given; the keys it reads are taken out of `args`."""
+    before = _mix(args.pop("lengths", "azure"), "lengths")
+    shift = {key: args.pop(key) for key in ("shift_to", "shift_start_s", "shift_end_s") if key in args}
+    if not shift:
+        return before
+    if len(shift) < 3:
+        raise ValueError(
+            "a mix shift takes all of shift_to, shift_start_s and shift_end_s "
+            f"(got only {', '.join(sorted(shift))})"
+        )
+    return MixShift(
+        before,
+        _mix(shift["shift_to"], "shift_to"),
+        float(shift["shift_start_s"]),
+        float(shift["shift_end_s"]),
+    )

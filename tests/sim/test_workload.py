@@ -97,6 +97,38 @@ def test_length_mixes(mix: str, input_mean: float, output_mean: float) -> None:
         generate_from_spec("poisson,lengths=chat")
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_mix_shift_moves_the_lengths_at_a_flat_rate(seed: int) -> None:
+    """Code completion before the shift, conversation after, linearly in between; the rate stays flat, so
+    what changes is the ratio of prefill to decode work the requests bring."""
+    trace = generate_from_spec(
+        "poisson,rate_rps=60,duration_s=1200,lengths=code,shift_to=azure,shift_start_s=300,shift_end_s=900",
+        seed,
+    )
+    arrival = np.asarray(trace.arrival_s)
+    outputs = np.asarray(trace.output_tokens)
+    before, after = arrival < 300, arrival >= 900
+    middle = (arrival >= 550) & (arrival < 650)
+    assert float(np.mean(outputs[before])) == pytest.approx(30, rel=0.1)
+    assert float(np.mean(outputs[after])) == pytest.approx(211, rel=0.1)
+    # Halfway through the shift about half the requests come from each mix: code's outputs stop at 256.
+    assert float(np.mean(outputs[middle] > 256)) == pytest.approx(
+        0.5 * float(np.mean(outputs[after] > 256)), rel=0.25
+    )
+    assert np.count_nonzero(before) / 300 == pytest.approx(np.count_nonzero(after) / 300, rel=0.05)
+
+
+def test_a_mix_shift_names_what_is_missing_or_wrong() -> None:
+    with pytest.raises(ValueError, match=r"takes all of shift_to, shift_start_s and shift_end_s .*shift_to"):
+        generate_from_spec("poisson,lengths=code,shift_to=azure")
+    with pytest.raises(ValueError, match="unknown length mix shift_to='chat'"):
+        generate_from_spec("poisson,shift_to=chat,shift_start_s=0,shift_end_s=10")
+    with pytest.raises(ValueError, match="shift_start_s <= shift_end_s"):
+        generate_from_spec("poisson,shift_to=code,shift_start_s=20,shift_end_s=10")
+    with pytest.raises(ValueError, match="unknown parameters for synthetic:poisson: shift_at"):
+        generate_from_spec("poisson,shift_at=4")
+
+
 @pytest.mark.parametrize(
     "spec",
     [

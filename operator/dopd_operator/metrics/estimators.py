@@ -261,6 +261,67 @@ def summarize_histogram(
     )
 
 
+def bucket_variance(buckets: Sequence[Bucket], mean: float) -> float | None:
+    """The observations' variance read from cumulative buckets: each bucket's count at its midpoint,
+    plus the spread within it (a uniform one's width^2/12); the +Inf bucket's at its lower bound (an
+    underestimate only where the histogram's last bound is too low for the lengths). None: no +Inf
+    bucket or no observations."""
+    prepared = _prepared(buckets)
+    if prepared is None or prepared[-1][1] <= 0:
+        return None
+    total, second_moment, lower, below = prepared[-1][1], 0.0, 0.0, 0.0
+    for bound, cumulative in prepared:
+        count = cumulative - below
+        if count > 0:
+            upper = bound if math.isfinite(bound) else lower
+            middle = (lower + upper) / 2
+            second_moment += count * ((middle - mean) ** 2 + (upper - lower) ** 2 / 12)
+        lower, below = bound if math.isfinite(bound) else lower, cumulative
+    return second_moment / total
+
+
+@dataclass(frozen=True)
+class LengthTrend:
+    """How fast a length's mean moves (this window's mean less the one before, over the window) and the
+    standard error two windows of the same mix differ by; None fields are unknown."""
+
+    tokens_per_s: float | None
+    noise_tokens_per_s: float | None
+
+
+def length_trend(
+    buckets: Sequence[Bucket] | None,
+    sum_tokens: float | None,
+    previous_count: float | None,
+    previous_sum_tokens: float | None,
+    window_seconds: float,
+) -> LengthTrend:
+    """The mean length's slope between the window before and this one (`buckets` and `sum_tokens`:
+    this window's histogram; the `previous_` ones the same counters' increases over the window before),
+    and its noise: the spread this window's buckets show, over the requests each window holds. Unknown
+    where either window has no requests or a sum is missing."""
+    unknown = LengthTrend(None, None)
+    prepared = _prepared(buckets) if buckets else None
+    if (
+        prepared is None
+        or sum_tokens is None
+        or previous_count is None
+        or previous_sum_tokens is None
+        or not all(math.isfinite(x) for x in (sum_tokens, previous_count, previous_sum_tokens))
+    ):
+        return unknown
+    count = prepared[-1][1]
+    if count <= 0 or previous_count <= 0 or window_seconds <= 0:
+        return unknown
+    mean = sum_tokens / count
+    variance = bucket_variance(prepared, mean)
+    if variance is None:
+        return unknown
+    slope = (mean - previous_sum_tokens / previous_count) / window_seconds
+    noise = math.sqrt(variance * (1 / count + 1 / previous_count)) / window_seconds
+    return LengthTrend(slope, noise)
+
+
 def tpot_attainment_with_waits(
     gaps: HistogramSummary,
     waits_name: str,

@@ -392,6 +392,13 @@ def query_set(
                 sums = chosen.render([family], "_sum")
                 parts.append((f"{tag}/sum", f"sum by ({by}) (increase({sums}[{window}]))"))
     for key, read_length in (("input", preset.input_tokens), ("output", preset.output_tokens)):
+        # the window before this one, for the lengths' trend (`estimators.length_trend`)
+        lengths = selector(read_length.histogram.role)
+        for part, suffix in (("sum", "_sum"), ("count", "_count")):
+            series = lengths.render([read_length.histogram.family], suffix)
+            parts.append(
+                (f"{key}.previous/{part}", f"sum by ({by}) (increase({series}[{window}] offset {window}))")
+            )
         if read_length.totals is not None:
             role = read_length.histogram.role
             for part, family in zip(("tokens", "requests"), read_length.totals, strict=True):

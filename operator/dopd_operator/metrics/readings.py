@@ -30,8 +30,10 @@ from dopd_operator.metrics.estimators import (
     FloatArray,
     HistogramSummary,
     Intervals,
+    LengthTrend,
     counter_increments,
     hit_mix_from_positions,
+    length_trend,
     reuse_share_within,
     summarize_arrivals,
     summarize_histogram,
@@ -219,6 +221,19 @@ class _Reader:
         if summary.problem:
             self.problems.append(summary.problem)
         return summary.mean, summary.quantile
+
+    def length_trend(self, key: str) -> LengthTrend:
+        """The mean length's slope from the window before to this one and its noise
+        (`estimators.length_trend`); unknown where the histogram or the window before has no answer
+        (a series younger than two windows, SGLang without its token histograms)."""
+        scalars = self.aggregates.scalars
+        return length_trend(
+            self.aggregates.buckets.get(key),
+            scalars.get(f"{key}/sum"),
+            scalars.get(f"{key}.previous/count"),
+            scalars.get(f"{key}.previous/sum"),
+            self.queries.window_seconds,
+        )
 
     def gauge(self, field: str, read: GaugeRead, upper: float = math.inf) -> float | None:
         family = next((f for f in read.families if all(self.raw.get((f, r)) for r in read.roles)), None)
@@ -445,6 +460,7 @@ def build_observation(
     problems.extend(arrivals.problems)
     input_mean, input_p90 = reader.lengths("input", preset.input_tokens)
     output_mean, output_p90 = reader.lengths("output", preset.output_tokens)
+    input_trend, output_trend = reader.length_trend("input"), reader.length_trend("output")
     q = queries.percentile / 100.0
     ttft = reader.histogram("ttft", preset.ttft, False, q=q, threshold=queries.ttft_slo_seconds)
     tpot = reader.histogram("tpot", preset.tpot, True, q=q, threshold=queries.tpot_slo_seconds)
@@ -479,6 +495,10 @@ def build_observation(
         arrival_rate_rps=arrivals.rate_rps,
         shed_rate_rps=shed_rps,
         arrival_scv=arrivals.scv,
+        input_tokens_trend_per_s=input_trend.tokens_per_s,
+        input_tokens_trend_noise_per_s=input_trend.noise_tokens_per_s,
+        output_tokens_trend_per_s=output_trend.tokens_per_s,
+        output_tokens_trend_noise_per_s=output_trend.noise_tokens_per_s,
         arrival_rate_trend_rps_per_s=arrivals.trend_rps_per_s,
         arrival_rate_trend_noise_rps_per_s=arrivals.trend_noise_rps_per_s,
         arrival_level_age_seconds=arrivals.level_age_seconds,

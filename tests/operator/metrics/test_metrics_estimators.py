@@ -10,22 +10,25 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dopd_operator.metrics.estimators import (
     Intervals,
+    LengthTrend,
     arrivals_until,
     bucket_quantile,
     bucket_share_at_or_below,
     counter_increments,
     histogram_from_values,
     least_squares_slope,
+    length_trend,
     min_rate_coverage_seconds,
     slope_noise_rps_per_s,
     summarize_arrivals,
     summarize_histogram,
 )
+from dopd_worker.metrics import LENGTH_BUCKETS_TOKENS
 
 INF = math.inf
 # 10 observations <= 0.1, 20 in (0.1, 0.5], 10 in (0.5, 1.0], 10 above 1.0
@@ -329,3 +332,37 @@ def test_a_rise_that_has_stopped_is_not_read_as_a_trend() -> None:
     assert whole > 1.0
     assert summary.trend_rps_per_s < 0.5
     assert summary.rate_rps == pytest.approx(240.0, rel=0.05)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31), median=st.floats(100.0, 2000.0), sigma=st.floats(0.3, 1.0))
+def test_the_length_trends_noise_is_what_two_windows_of_one_mix_differ_by(
+    seed: int, median: float, sigma: float
+) -> None:
+    """Two windows of 2,000 requests drawn from one log-normal mix: the slope between them, over its
+    noise read from the window's buckets (`bucket_variance`), is a standard normal. So a rise past
+    three times the noise is rare (at most 3% of pairs, 0.13% for a normal; the buckets' midpoints
+    read the spread a little off), and about a sixth of pairs pass one times it. (Where the buckets are
+    coarse for the spread, as outputs of a few dozen tokens in buckets 16 wide, they read the noise
+    high: the trend then errs towards sizing for the window's lengths.)"""
+    rng = np.random.default_rng(seed)
+    bounds = LENGTH_BUCKETS_TOKENS
+    scores = []
+    for _ in range(200):
+        now, before = (rng.lognormal(math.log(median), sigma, 2_000) for _ in range(2))
+        trend = length_trend(
+            histogram_from_values(now, bounds), float(now.sum()), 2_000.0, float(before.sum()), 60.0
+        )
+        assert trend.tokens_per_s is not None and trend.noise_tokens_per_s is not None
+        scores.append(trend.tokens_per_s / trend.noise_tokens_per_s)
+    z = np.asarray(scores)
+    assert np.mean(z > 3.0) <= 0.03
+    assert 0.08 <= np.mean(z > 1.0) <= 0.26
+
+
+def test_a_length_trend_needs_both_windows() -> None:
+    buckets = [(100.0, 5.0), (math.inf, 5.0)]
+    assert length_trend(buckets, 400.0, None, 300.0, 60.0) == LengthTrend(None, None)
+    assert length_trend(buckets, 400.0, 0.0, 0.0, 60.0) == LengthTrend(None, None)
+    assert length_trend(buckets, None, 5.0, 300.0, 60.0) == LengthTrend(None, None)
+    assert length_trend(buckets, 400.0, 5.0, 300.0, 60.0).tokens_per_s == pytest.approx(20.0 / 60.0)

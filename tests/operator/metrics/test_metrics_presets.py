@@ -138,6 +138,11 @@ def test_vllm_queries() -> None:
         "sum by (namespace, model_name) "
         f'(increase({{__name__=~"vllm[:_]prefix_cache_hits_total",{selector}}}[60000ms]))'
     )
+    # the window before, for the lengths' trend: the same counters, offset by one window
+    assert parts["output.previous/count"] == (
+        "sum by (namespace, model_name) "
+        f'(increase({{__name__=~"vllm[:_]request_generation_tokens_count",{decode}}}[60000ms] offset 60000ms))'
+    )
     assert set(parts) == {
         "ttft/bucket",
         "tpot/bucket",
@@ -150,6 +155,10 @@ def test_vllm_queries() -> None:
         "input/sum",
         "output/bucket",
         "output/sum",
+        "input.previous/sum",
+        "input.previous/count",
+        "output.previous/sum",
+        "output.previous/count",
         "prefix/hits",
         "prefix/queries",
     }
@@ -157,7 +166,7 @@ def test_vllm_queries() -> None:
         "label_replace(sum by (le, namespace, model_name) "
         '(increase({__name__=~"vllm[:_]time_to_first_token_seconds_bucket",'
     )
-    assert queries.aggregate.count(" or label_replace(") == 12
+    assert queries.aggregate.count(" or label_replace(") == 16
     assert ', "dopd_q", "tpot.fallback/bucket", "", "")' in queries.aggregate
     # one raw range vector: the gauges and the arrival counter of both roles over the trend window
     assert queries.raw == (

@@ -721,3 +721,20 @@ def test_vllm_tpot_attainment_counts_the_requests_whose_wait_for_a_slot_eats_the
     obs = vllm(kv, gaps, decode_waits_s=0.0, decode_wait_buckets=[(0.3, 0.0), (INF, 0.0)])
     assert obs.tpot_attainment is None
     assert any("no observations in the window" in p for p in obs.problems), obs.problems
+
+
+def test_the_lengths_trend_is_this_windows_mean_less_the_window_befores() -> None:
+    """The output mean rose from 150 (the window before: 3,000 tokens over 20 requests) to 200 tokens;
+    over the 60 s window that is 50/60 tokens a second. Its noise comes from the spread this window's
+    buckets show (all 20 in (128, 256]: a uniform spread of 128 tokens around a midpoint 8 tokens off
+    the mean) over the 20 requests in each window. Without the window before (a series younger than
+    two windows) the trend is unknown, not flat."""
+    before = [tagged("output.previous/sum", 3_000.0), tagged("output.previous/count", 20.0)]
+    obs = observe(dopd_queries(), [*DOPD_AGGREGATE, *before], DOPD_RAW)
+    assert obs.problems == ()
+    assert obs.output_tokens_trend_per_s == pytest.approx(50.0 / 60.0)
+    variance = (192.0 - 200.0) ** 2 + 128.0**2 / 12
+    assert obs.output_tokens_trend_noise_per_s == pytest.approx(math.sqrt(variance * (2 / 20)) / 60.0)
+    assert obs.input_tokens_trend_per_s is None and obs.input_tokens_trend_noise_per_s is None
+    empty = observe(dopd_queries(), [*DOPD_AGGREGATE, tagged("output.previous/count", 0.0)], DOPD_RAW)
+    assert empty.output_tokens_trend_per_s is None and empty.output_tokens_trend_noise_per_s is None
