@@ -585,6 +585,12 @@ class PlannerStateStatus(ApiModel):
         description="When the decode pool's slots (or its KV cache) were last seen full: the output "
         "lengths stay held until what it seated then has finished.",
     )
+    output_lengths_held_since: datetime | None = Field(
+        None,
+        description="When the output lengths began to be held for full decode slots: a hold lasts one "
+        "lead time, until the replicas ordered for the held lengths serve; slots still full then say "
+        "the held lengths were short of the demand's.",
+    )
 
 
 class SloAttainmentStatus(ApiModel):

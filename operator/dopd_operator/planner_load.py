@@ -510,7 +510,7 @@ def hold_output_lengths(
     held = state.output_lengths_free_slots
     measured = observation.output_tokens_mean
     last_full = now if full else state.decode_slots_full_time
-    after = state.model_copy(update={"decode_slots_full_time": last_full})
+    after = state.model_copy(update={"decode_slots_full_time": last_full, "output_lengths_held_since": None})
     since_full_s = None if last_full is None else (now - last_full).total_seconds()
     seated_s = seated_while_full_seconds(spec, observation, held)
     if since_full_s is not None and since_full_s < seated_s:
@@ -521,6 +521,18 @@ def hold_output_lengths(
                 f"output lengths of this window kept (mean {measured:.0f}), not those last measured with "
                 f"free decode slots ({held.mean:.0f}): the slots are full, but the load rises and its "
                 "outputs outlast the window, so both read short of the demand's, the earlier ones more"
+            )
+            return observation, after, reason
+        held_since = state.output_lengths_held_since or now
+        after = after.model_copy(update={"output_lengths_held_since": held_since})
+        held_s = (now - held_since).total_seconds()
+        lead_s = lead_time_seconds(spec, observation)
+        if held_s > lead_s and measured is not None and measured > held.mean:
+            reason = (
+                f"output lengths of this window used (mean {measured:.0f}), no longer those held for "
+                f"{held_s:.0f}s ({held.mean:.0f}): the decode slots are still full a {lead_s:g}s lead "
+                "time after the hold began, when the replicas ordered for the held lengths serve, so "
+                "those were short of the demand's"
             )
             return observation, after, reason
         reason = (

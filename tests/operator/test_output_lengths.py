@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from dopd_builders import T0, make_obs, make_spec
 from dopd_operator.api import OutputLengths
 from dopd_operator.planner import plan
-from dopd_operator.planner_load import decode_slots_full, hold_output_lengths
+from dopd_operator.planner_load import decode_slots_full, hold_output_lengths, lead_time_seconds
 from dopd_operator.planner_types import Decision, Observation, PlannerState, RoleObservation
 from dopd_operator.profile import resolve_profile
 
@@ -229,3 +229,34 @@ def test_the_hold_changes_nothing_but_the_output_lengths(
     else:
         assert (sized, reason) == (observation, None)
         assert after.output_lengths_free_slots == OutputLengths(mean=window_osl, p90=2 * window_osl)
+
+
+def test_a_hold_ends_when_the_slots_are_still_full_a_lead_time_after_it_began() -> None:
+    """As on the mix-shift trace (code completion's answers giving way to conversation's at a flat
+    rate): the pool fills while the answers lengthen, and the finishers read longer outputs window after
+    window. The held lengths ordered the replicas that serve a lead time later; slots still full then
+    say the held lengths were short of the demand's, so the window's are sized with. Held for ever, the
+    pool had stayed at one replica while 21,000 sequences queued for a slot (70.5% of requests within
+    both SLOs on seed 1; 97.3% with the hold ending)."""
+    lead_s = lead_time_seconds(SPEC)
+    full_ticks = int(lead_s // 30) + 2
+    decisions = _run([_tick(2, 0.6 * 2 * SLOTS, 210.0)] + [_tick(2, 2 * SLOTS, 420.0)] * full_ticks)
+    demand = _run([_tick(2, 0.6 * 2 * SLOTS, 210.0), _tick(2, 2 * SLOTS, 210.0)])[1]
+    window = _run([_tick(2, 0.6 * 2 * SLOTS, 420.0), _tick(2, 2 * SLOTS, 420.0)])[1]
+    held_for = [30.0 * i for i in range(full_ticks)]  # seconds since the hold began, tick by tick
+    for seconds, decision in zip(held_for, decisions[1:], strict=True):
+        expected = demand if seconds <= lead_s else window
+        assert decision.raw_decode == expected.raw_decode, seconds
+    assert demand.raw_decode < window.raw_decode
+    assert any(
+        "output lengths of this window used (mean 420), no longer those held for" in r
+        for r in decisions[-1].reasons
+    )
+    assert decisions[-1].state.output_lengths_held_since == T0 + timedelta(seconds=30)
+    # a tick with free slots long enough to measure again clears it
+    assert (
+        hold_output_lengths(
+            SPEC, _tick(6, 0.3 * 6 * SLOTS, 400.0), decisions[-1].state, PROFILE, T0 + timedelta(hours=1)
+        )[1].output_lengths_held_since
+        is None
+    )
