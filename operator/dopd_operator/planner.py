@@ -41,6 +41,7 @@ from dopd_operator.planner_load import (
     decode_backlog_replicas,
     hold_output_lengths,
     lead_time_seconds,
+    lengths_declining,
     observed_workload,
     provisioned_rate,
     resident_output_lengths,
@@ -289,7 +290,7 @@ def _scale_down_window(
         f"the layouts recommended {lead:g}s ago cover the load observed now ({needed_now.prefill}P/"
         f"{needed_now.decode}D), so the forecasts held"
     )
-    decline = declining(observation)
+    decline = declining(observation) or lengths_declining(observation)
     if decline is not None:
         shortest = spec.scaling.interval_seconds
         return shortest, (

@@ -67,6 +67,28 @@ def declining(observation: Observation) -> str | None:
     )
 
 
+def lengths_declining(observation: Observation) -> str | None:
+    """How the requests' work declines at the rate observed: the prompts' or the outputs' mean falling
+    by more than LENGTH_TREND_NOISE_MULTIPLE times the noise two windows of one mix differ by (as
+    `trending_lengths` reads a rise); None where neither does, or their trend is unknown. Outputs only
+    where the arrivals did not step within the two windows compared (the finishers are then the new
+    level's short ones first, not the demand's mix)."""
+    said = []
+    for what, slope, noise in (
+        ("prompts", observation.input_tokens_trend_per_s, observation.input_tokens_trend_noise_per_s),
+        ("outputs", observation.output_tokens_trend_per_s, observation.output_tokens_trend_noise_per_s),
+    ):
+        if what == "outputs" and observation.arrival_level_age_seconds is not None:
+            continue
+        if slope is None or noise is None or slope >= -LENGTH_TREND_NOISE_MULTIPLE * noise:
+            continue
+        said.append(
+            f"the {what} shorten ({slope * 60:+.1f} tokens/min, beyond {LENGTH_TREND_NOISE_MULTIPLE:g}x "
+            f"its noise of {noise * 60:.1f})"
+        )
+    return " and ".join(said) or None
+
+
 def stepped_s(spec: DisaggregatedModelSpec, observation: Observation) -> float | None:
     """Seconds since the arrival rate stepped to its level, when that is within the metrics window (the
     window's rate is then read from the step on, `estimators.summarize_arrivals`); else None."""

@@ -6,6 +6,7 @@ longer answers three minutes late (98.3% of requests within both SLOs; 99.2-100%
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -13,9 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dopd_builders import T0, make_obs, make_spec
+from dopd_operator.api import Recommendation
 from dopd_operator.planner import plan
 from dopd_operator.planner_load import LENGTH_TREND_NOISE_MULTIPLE, lead_time_seconds, trending_lengths
-from dopd_operator.planner_types import Decision, Observation, PlannerState
+from dopd_operator.planner_types import Decision, LoadForecast, Observation, PlannerState
 
 SPEC = make_spec(prefill={"maxReplicas": 64}, decode={"maxReplicas": 64})
 LEAD_S = lead_time_seconds(SPEC)
@@ -95,3 +97,50 @@ def test_after_a_step_in_the_arrivals_only_the_prompts_are_extrapolated() -> Non
     assert reason is not None and "prompts 1800 ->" in reason and "outputs" not in reason
     held, _ = trending_lengths(SPEC, _rising(30.0), True)
     assert held.output_tokens_mean == 60.0
+
+
+@pytest.mark.parametrize(
+    ("slope_noises", "stepped", "window_s"),
+    [
+        pytest.param(-4.0, False, 30, id="prompts-shorten-one-interval"),
+        # two standard errors down is a chance dip of the mix, not a decline (3x is the bound)
+        pytest.param(-2.0, False, 150, id="dip-lead-time"),
+        pytest.param(-4.0, True, 30, id="prompts-stand-after-a-step"),
+    ],
+)
+def test_shortening_prompts_release_prefill_after_one_interval(
+    slope_noises: float, stepped: bool, window_s: int
+) -> None:
+    """As on the mix shift's second half: the rate is flat, the prompts shorten, and the layouts
+    recommended a lead time and a minute ago (12P/3D) were sized for the longer prompts then. Where the
+    forecasts held and the prompts' mean falls beyond three times its noise, the window shortens to one
+    interval, as for a falling rate (`planner_load.lengths_declining`); a chance dip keeps the lead-time
+    window. Prompts are measured as they arrive, so a step in the arrivals does not discount them."""
+    spec = make_spec(scaling={"scaleDown": {"stabilizationSeconds": 300, "maxStepReplicas": 1000}})
+    history = [
+        Recommendation(time=T0 - timedelta(seconds=150), prefill=12, decode=3),
+        Recommendation(time=T0 - timedelta(seconds=60), prefill=12, decode=3),
+    ]
+    noise = 50.0 / 60
+    obs = make_obs(
+        rate=40,
+        isl=1200.0,
+        osl=200.0,
+        prefill=12,
+        decode=3,
+        input_tokens_trend_per_s=slope_noises * noise,
+        input_tokens_trend_noise_per_s=noise,
+        arrival_level_age_seconds=40.0 if stepped else None,
+    )
+    upcoming = LoadForecast(
+        model="naive", horizon_seconds=150, quantile=0.9, arrival_rate_rps_mean=40, arrival_rate_rps_upper=41
+    )
+    d = plan(spec, obs, upcoming, PlannerState(recommendations=history), T0)
+    assert any(f"scale-down window {window_s}s instead of 300s" in r for r in d.reasons), d.reasons
+    if window_s == 30:
+        assert d.prefill == d.raw_prefill < 12
+        assert any(
+            "the prompts shorten (-200.0 tokens/min, beyond 3x its noise of 50.0)" in r for r in d.reasons
+        )
+    else:
+        assert d.prefill == 12
