@@ -67,25 +67,47 @@ def declining(observation: Observation) -> str | None:
     )
 
 
+class _LengthSlope(NamedTuple):
+    what: str  # "prompts" or "outputs"
+    field: str  # the Observation's field prefix: input_tokens or output_tokens
+    slope_per_s: float
+    noise_per_s: float
+
+
+def _length_slopes(observation: Observation, outputs_usable: bool) -> list[_LengthSlope]:
+    """The lengths whose trend and noise are known; the outputs only where `outputs_usable`."""
+    found = []
+    for what, field, slope, noise in (
+        (
+            "prompts",
+            "input_tokens",
+            observation.input_tokens_trend_per_s,
+            observation.input_tokens_trend_noise_per_s,
+        ),
+        (
+            "outputs",
+            "output_tokens",
+            observation.output_tokens_trend_per_s,
+            observation.output_tokens_trend_noise_per_s,
+        ),
+    ):
+        if slope is not None and noise is not None and (what == "prompts" or outputs_usable):
+            found.append(_LengthSlope(what, field, slope, noise))
+    return found
+
+
 def lengths_declining(observation: Observation) -> str | None:
     """How the requests' work declines at the rate observed: the prompts' or the outputs' mean falling
     by more than LENGTH_TREND_NOISE_MULTIPLE times the noise two windows of one mix differ by (as
     `trending_lengths` reads a rise); None where neither does, or their trend is unknown. Outputs only
     where the arrivals did not step within the two windows compared (the finishers are then the new
     level's short ones first, not the demand's mix)."""
-    said = []
-    for what, slope, noise in (
-        ("prompts", observation.input_tokens_trend_per_s, observation.input_tokens_trend_noise_per_s),
-        ("outputs", observation.output_tokens_trend_per_s, observation.output_tokens_trend_noise_per_s),
-    ):
-        if what == "outputs" and observation.arrival_level_age_seconds is not None:
-            continue
-        if slope is None or noise is None or slope >= -LENGTH_TREND_NOISE_MULTIPLE * noise:
-            continue
-        said.append(
-            f"the {what} shorten ({slope * 60:+.1f} tokens/min, beyond {LENGTH_TREND_NOISE_MULTIPLE:g}x "
-            f"its noise of {noise * 60:.1f})"
-        )
+    said = [
+        f"the {s.what} shorten ({s.slope_per_s * 60:+.1f} tokens/min, beyond "
+        f"{LENGTH_TREND_NOISE_MULTIPLE:g}x its noise of {s.noise_per_s * 60:.1f})"
+        for s in _length_slopes(observation, observation.arrival_level_age_seconds is None)
+        if s.slope_per_s < -LENGTH_TREND_NOISE_MULTIPLE * s.noise_per_s
+    ]
     return " and ".join(said) or None
 
 
@@ -293,38 +315,21 @@ def trending_lengths(
     on the bursts trace a surge read as outputs rising 25 tokens/min). The prompts are measured as they
     arrive, and stand."""
     lead_s = lead_time_seconds(spec, observation)
-    stepped = observation.arrival_level_age_seconds is not None
+    outputs_usable = not outputs_adjusted and observation.arrival_level_age_seconds is None
     update: dict[str, float] = {}
     said: list[str] = []
-    for role, mean_key, p90_key, slope, noise in (
-        (
-            "prompts",
-            "input_tokens_mean",
-            "input_tokens_p90",
-            observation.input_tokens_trend_per_s,
-            observation.input_tokens_trend_noise_per_s,
-        ),
-        (
-            "outputs",
-            "output_tokens_mean",
-            "output_tokens_p90",
-            None if outputs_adjusted or stepped else observation.output_tokens_trend_per_s,
-            observation.output_tokens_trend_noise_per_s,
-        ),
-    ):
-        mean = getattr(observation, mean_key)
-        if slope is None or noise is None or mean is None or mean <= 0:
-            continue
-        rise = slope - LENGTH_TREND_NOISE_MULTIPLE * noise
-        if rise <= 0:
+    for length in _length_slopes(observation, outputs_usable):
+        mean = getattr(observation, f"{length.field}_mean")
+        rise = length.slope_per_s - LENGTH_TREND_NOISE_MULTIPLE * length.noise_per_s
+        if mean is None or mean <= 0 or rise <= 0:
             continue
         factor = (mean + rise * lead_s) / mean
-        update[mean_key] = mean * factor
-        p90 = getattr(observation, p90_key)
+        update[f"{length.field}_mean"] = mean * factor
+        p90 = getattr(observation, f"{length.field}_p90")
         if p90 is not None:
-            update[p90_key] = p90 * factor
+            update[f"{length.field}_p90"] = p90 * factor
         said.append(
-            f"{role} {mean:.0f} -> {mean * factor:.0f} tokens (rising {slope * 60:.1f}/min, "
+            f"{length.what} {mean:.0f} -> {mean * factor:.0f} tokens (rising {length.slope_per_s * 60:.1f}/min, "
             f"{rise * 60:.1f} of it beyond {LENGTH_TREND_NOISE_MULTIPLE:g}x its noise)"
         )
     if not update:
