@@ -315,10 +315,17 @@ def trending_lengths(
     while the decode slots are full), nor where the arrivals stepped within the two windows compared
     (`Observation.arrival_level_age_seconds` is set within the trend window, which spans both): the
     finishers are not the demand's mix then (after a rise the new level's short outputs finish first;
-    on the bursts trace a surge read as outputs rising 25 tokens/min). The prompts are measured as they
-    arrive, and stand."""
+    on the bursts trace a surge read as outputs rising 25 tokens/min), nor where the outputs outlast
+    the window (`outputs_outlast_window`): the finishers trail the arrivals by more than a window, and
+    their slope is that lag as much as the mix's (on a shift from code completion into a reasoning
+    model's answers it bought 17-23% more GPU-hours at no attainment). The prompts are measured as
+    they arrive, and stand."""
     lead_s = lead_time_seconds(spec, observation)
-    outputs_usable = not outputs_adjusted and observation.arrival_level_age_seconds is None
+    outputs_usable = (
+        not outputs_adjusted
+        and observation.arrival_level_age_seconds is None
+        and not outputs_outlast_window(spec, observation)
+    )
     update: dict[str, float] = {}
     said: list[str] = []
     for length in _length_slopes(observation, outputs_usable):
@@ -491,6 +498,12 @@ def young_residents(spec: DisaggregatedModelSpec, observation: Observation) -> b
     trend = observation.arrival_rate_trend_rps_per_s or 0.0
     if trend <= (observation.arrival_rate_trend_noise_rps_per_s or 0.0):
         return False
+    return outputs_outlast_window(spec, observation)
+
+
+def outputs_outlast_window(spec: DisaggregatedModelSpec, observation: Observation) -> bool:
+    """Whether the P90 output takes longer than RESIDENT_LENGTHS_WINDOW_SHARE of the metrics window to
+    generate at the window's mean gap: the window's finishers then trail the arrivals by more than it."""
     p90 = observation.output_tokens_p90 or observation.output_tokens_mean or 0.0
     gap_s = observation.tpot_mean_seconds or 0.0
     return p90 * gap_s > RESIDENT_LENGTHS_WINDOW_SHARE * spec.metrics.window_seconds

@@ -144,3 +144,22 @@ def test_shortening_prompts_release_prefill_after_one_interval(
         )
     else:
         assert d.prefill == 12
+
+
+def test_outputs_that_outlast_the_window_are_not_extrapolated() -> None:
+    """A reasoning model's answers (P90 4,000 tokens, 80 s at 20 ms a token) take longer to generate than
+    half the 60 s window: the window's finishers trail the arrivals by more than a window, and their
+    mean's slope is that lag as much as the mix's (on a shift from code completion into such answers
+    it bought 17-23% more GPU-hours at no attainment). The residents' Little's law reads those
+    (`resident_output_lengths`). Answers of 60 tokens with the same slope are extrapolated."""
+    long_answers = _obs(
+        osl=2000.0,
+        osl_p90=4000.0,
+        tpot_mean_seconds=0.02,
+        output_tokens_trend_per_s=600.0 / 60,
+        output_tokens_trend_noise_per_s=NOISE,
+    )
+    assert trending_lengths(SPEC, long_answers, False) == (long_answers, None)
+    short_answers = _rising(30.0, tpot_mean_seconds=0.02)
+    sized, reason = trending_lengths(SPEC, short_answers, False)
+    assert reason is not None and sized.output_tokens_mean is not None and sized.output_tokens_mean > 60.0
