@@ -34,18 +34,20 @@ from dopd_operator.api import (
 )
 from dopd_operator.capacity import CapacityModel
 from dopd_operator.planner_corrections import track_ready, update_corrections
+from dopd_operator.planner_lengths import (
+    hold_output_lengths,
+    lengths_declining,
+    resident_output_lengths,
+    trending_lengths,
+)
 from dopd_operator.planner_load import (
     DecodeBacklog,
     backlog_rps,
     declining,
     decode_backlog_replicas,
-    hold_output_lengths,
     lead_time_seconds,
-    lengths_declining,
     observed_workload,
     provisioned_rate,
-    resident_output_lengths,
-    trending_lengths,
 )
 from dopd_operator.planner_types import (
     CapacityEstimate,

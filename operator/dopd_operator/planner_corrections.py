@@ -11,12 +11,8 @@ from datetime import datetime
 
 from dopd_operator.api import DisaggregatedModelSpec, ReadySince
 from dopd_operator.capacity import CapacityModel
-from dopd_operator.planner_load import (
-    FULL_BATCH_SHARE,
-    observed_workload,
-    stepped_s,
-    young_residents,
-)
+from dopd_operator.planner_lengths import young_residents
+from dopd_operator.planner_load import FULL_BATCH_SHARE, observed_workload, stepped_s
 from dopd_operator.planner_types import Observation, PlannerState
 from dopd_operator.profile import PerformanceProfile
 
@@ -105,7 +101,7 @@ def update_corrections(
     own prefill time, where a prefix cache saves most (a long prompt is mostly a cached conversation), and
     a factor fitted to it misjudges the prompts that can meet the SLO, which attainment is made of.
     On a rising load whose P90 output takes longer than half the window to generate, the decode factor
-    rises but does not fall (`planner_load.young_residents`): the window has not seen its residents through, and
+    rises but does not fall (`planner_lengths.young_residents`): the window has not seen its residents through, and
     their contexts are shorter than the steady state's.
     """
     rate = observation.arrival_rate_rps or 0.0

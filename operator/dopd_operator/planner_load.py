@@ -2,11 +2,9 @@
 time), the rate to provision for (the observed rate with its surge headroom, the forecast's upper
 quantile, the trend extrapolated), the rate that drains a prefill backlog, the decode replicas a
 backlog waiting for decode slots needs (`decode_backlog_replicas`), and the capacity model's
-`Workload`, with the output lengths raised to what the decode residents imply where the window is too short
-to see the long outputs finish (`resident_output_lengths`) and held while the decode pool's slots are
-full (`hold_output_lengths`).
-Pure; callers: `planner.plan`, `planner_corrections` (the workload a latency is judged at), the tick and
-the simulator's oracle (`lead_time_seconds`).
+`Workload` (the lengths it is given: `planner_lengths`).
+Pure; callers: `planner.plan`, `planner_corrections` (the workload a latency is judged at),
+`planner_lengths`, the tick and the simulator's oracle (`lead_time_seconds`).
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import math
 from datetime import datetime
 from typing import NamedTuple
 
-from dopd_operator.api import DisaggregatedModelSpec, OutputLengths
+from dopd_operator.api import DisaggregatedModelSpec
 from dopd_operator.capacity import CapacityModel, Workload
 from dopd_operator.planner_types import LoadForecast, Observation, PlannerState
 from dopd_operator.prefix_curve import PrefixCacheCurve
@@ -26,17 +24,9 @@ MIN_ARRIVAL_SCV, MAX_ARRIVAL_SCV = 0.5, 20.0
 # A decode pool whose mean batch is at this share of its slot limit is full: sequences queue for its
 # slots (`decode_slots_full`, `planner_corrections.update_corrections`).
 FULL_BATCH_SHARE = 0.95
-# Output lengths are raised to what the decode residents imply only where the P90 output at the implied
-# lengths takes longer than this share of the metrics window to generate, and the P90 the window saw
-# finish already takes FINISHED_LENGTHS_WINDOW_SHARE of it (`resident_output_lengths`).
-RESIDENT_LENGTHS_WINDOW_SHARE = 0.5
-FINISHED_LENGTHS_WINDOW_SHARE = 0.25
 # A load declines, rather than dips, where its trend is below zero by this many standard errors of the
 # slope a flat load shows at its burstiness (one in 40 windows of a flat load reads that by chance).
 DECLINE_NOISE_MULTIPLE = 2.0
-# A length's mean rises, rather than wanders, where its slope between two windows is above zero by this
-# many standard errors of what two windows of the same mix differ by (`trending_lengths`).
-LENGTH_TREND_NOISE_MULTIPLE = 3.0
 
 
 def lead_time_seconds(spec: DisaggregatedModelSpec, observation: Observation | None = None) -> float:
@@ -65,53 +55,6 @@ def declining(observation: Observation) -> str | None:
         f"the load declines ({slope * 60:+.2f} rps/min, beyond {DECLINE_NOISE_MULTIPLE:g}x its noise "
         f"of {noise * 60:.2f})"
     )
-
-
-class _LengthSlope(NamedTuple):
-    what: str  # "prompts" or "outputs"
-    field: str  # the Observation's field prefix: input_tokens or output_tokens
-    slope_per_s: float
-    noise_per_s: float
-
-
-def _length_slopes(observation: Observation, outputs_usable: bool) -> list[_LengthSlope]:
-    """The lengths whose trend and noise are known; the outputs only where `outputs_usable`."""
-    found = []
-    for what, field, slope, noise in (
-        (
-            "prompts",
-            "input_tokens",
-            observation.input_tokens_trend_per_s,
-            observation.input_tokens_trend_noise_per_s,
-        ),
-        (
-            "outputs",
-            "output_tokens",
-            observation.output_tokens_trend_per_s,
-            observation.output_tokens_trend_noise_per_s,
-        ),
-    ):
-        if slope is not None and noise is not None and (what == "prompts" or outputs_usable):
-            found.append(_LengthSlope(what, field, slope, noise))
-    return found
-
-
-def lengths_declining(observation: Observation) -> str | None:
-    """How the requests' work declines at the rate observed: the prompts' mean falling by more than
-    LENGTH_TREND_NOISE_MULTIPLE times the noise two windows of one mix differ by (as `trending_lengths`
-    reads a rise); None where it does not, or its trend is unknown. Not the outputs: they are measured
-    as sequences finish, and after a step in the arrivals their mean moves for longer than the trend
-    window that reports the step (on a steps trace the outputs read -32 tokens/min two minutes after
-    the rate fell to 100 rps, the window released the replica that the surge headroom had held, and
-    the next jump met 47% of its requests where it had met 99.8%). The prompts are measured as they
-    arrive."""
-    said = [
-        f"the prompts shorten ({s.slope_per_s * 60:+.1f} tokens/min, beyond "
-        f"{LENGTH_TREND_NOISE_MULTIPLE:g}x its noise of {s.noise_per_s * 60:.1f})"
-        for s in _length_slopes(observation, outputs_usable=False)
-        if s.slope_per_s < -LENGTH_TREND_NOISE_MULTIPLE * s.noise_per_s
-    ]
-    return said[0] if said else None
 
 
 def stepped_s(spec: DisaggregatedModelSpec, observation: Observation) -> float | None:
@@ -301,53 +244,6 @@ def provisioned_rate(
     return rate, reason
 
 
-def trending_lengths(
-    spec: DisaggregatedModelSpec, observation: Observation, outputs_adjusted: bool
-) -> tuple[Observation, str | None]:
-    """The observation with its lengths extrapolated along their rise over the lead time, and what was
-    extrapolated (None: nothing). A load's work can rise at a flat rate: a tenant whose prompts are
-    longer, or whose answers are, moving onto the model. The replicas ordered now serve a lead time
-    later, when the requests are longer; the rate's trend guard does not see it. Only the rise beyond
-    LENGTH_TREND_NOISE_MULTIPLE standard errors of what two windows of the same mix differ by counts
-    (a length's mean is heavy-tailed: one long request moves it), and a falling length is sized as
-    observed (the scale-down window releases what it no longer needs). The mean and the P90 are
-    scaled alike. Not the outputs where `outputs_adjusted` (raised to what the residents imply, or held
-    while the decode slots are full), nor where the arrivals stepped within the two windows compared
-    (`Observation.arrival_level_age_seconds` is set within the trend window, which spans both): the
-    finishers are not the demand's mix then (after a rise the new level's short outputs finish first;
-    on the bursts trace a surge read as outputs rising 25 tokens/min), nor where the outputs outlast
-    the window (`outputs_outlast_window`): the finishers trail the arrivals by more than a window, and
-    their slope is that lag as much as the mix's (on a shift from code completion into a reasoning
-    model's answers it bought 17-23% more GPU-hours at no attainment). The prompts are measured as
-    they arrive, and stand."""
-    lead_s = lead_time_seconds(spec, observation)
-    outputs_usable = (
-        not outputs_adjusted
-        and observation.arrival_level_age_seconds is None
-        and not outputs_outlast_window(spec, observation)
-    )
-    update: dict[str, float] = {}
-    said: list[str] = []
-    for length in _length_slopes(observation, outputs_usable):
-        mean = getattr(observation, f"{length.field}_mean")
-        rise = length.slope_per_s - LENGTH_TREND_NOISE_MULTIPLE * length.noise_per_s
-        if mean is None or mean <= 0 or rise <= 0:
-            continue
-        factor = (mean + rise * lead_s) / mean
-        update[f"{length.field}_mean"] = mean * factor
-        p90 = getattr(observation, f"{length.field}_p90")
-        if p90 is not None:
-            update[f"{length.field}_p90"] = p90 * factor
-        said.append(
-            f"{length.what} {mean:.0f} -> {mean * factor:.0f} tokens (rising {length.slope_per_s * 60:.1f}/min, "
-            f"{rise * 60:.1f} of it beyond {LENGTH_TREND_NOISE_MULTIPLE:g}x its noise)"
-        )
-    if not update:
-        return observation, None
-    reason = f"lengths extrapolated over the {lead_s:g}s lead time: " + "; ".join(said)
-    return observation.model_copy(update=update), reason
-
-
 def observed_workload(
     observation: Observation,
     rate_rps: float,
@@ -406,220 +302,3 @@ def decode_slots_full(observation: Observation, profile: PerformanceProfile) -> 
     return running / ready >= FULL_BATCH_SHARE * profile.max_batch_size or (
         kv_usage is not None and kv_usage >= FULL_BATCH_SHARE
     )
-
-
-def resident_output_lengths(
-    spec: DisaggregatedModelSpec, observation: Observation
-) -> tuple[Observation, str | None]:
-    """The observation with output lengths no shorter than the decode pool's residents imply, where the
-    metrics window is too short to see its long outputs finish; and why (None: the window's own).
-
-    Output lengths are measured as sequences finish. Where an output takes longer to generate than the
-    window lasts, the sequences finishing in it are not the demand's mix: from a cold start or on a
-    rising load they are those that arrived late enough to be short, while the long ones are still
-    decoding. On a reasoning mix (mean 2400 output tokens, P90 5000, 60-120 s at 15-25 ms a token) the
-    first windows read a mean of 1020, then 1420 and 1750, and the pool was sized for less than half
-    the outputs it got. The residents are what the pool holds: by Little's law, `running = rate *
-    (n - 1) * gap`, so the mean output is at least `running / (rate * gap) + 1` (the rate the engines
-    were given; the gap is the mean over a sequence's life, slot waits included: the per-request TPOT's
-    mean where the preset reads one, else the window's inter-token gaps). A resident's time in the stage
-    is its life, and on a rise the window's steps are slower than the lives before them: divided by the
-    window's steps, which the workers observe as each step leaves, the reasoning trace's first minutes
-    read 2230 tokens where the lives' gap reads 2360 (the demand's mean is 2400), the pool grew a
-    replica behind the load at every tick of the ramp, and attainment fell from 99.6% to 98.9% on five
-    seeds, 99.63% at 1.11x the oracle with the lives' gap. That bound is only as
-    good as one gauge read at the tick (from tick to tick 0.90-1.13x the window's mean, P10-P90, on the
-    Azure trace; 0.72-1.34x on the bursty code mix), so it is taken only where the window cannot hold
-    the outputs: the P90 output at the implied lengths takes longer than RESIDENT_LENGTHS_WINDOW_SHARE
-    of the window to generate, and the P90 that did finish in it already takes
-    FINISHED_LENGTHS_WINDOW_SHARE of it (a window whose finishers are all short next to it has seen
-    every length the load holds finish: residents beyond what they imply are then something else, a
-    decode pool flooded from a prefill backlog faster than the arrivals, not a tail it could not see).
-    The P90 is scaled with the mean (the shape the window measured). While the slots are full the
-    residents are capped by the slots and the bound reads low: the window's lengths stand
-    (`hold_output_lengths`). On a rise of outputs that outlast the window (`young_residents`, at the
-    window's P90) the sequences waiting for a slot count with the residents: past their first token
-    they are in the decode stage too, and the mean gap holds their waits (reasoning 99.28% -> 99.43%,
-    seed 0 98.54% -> 99.03%). Not elsewhere: after a step the queue of a flood is arrivals beyond the
-    pool, not outputs still decoding, and on the steps trace it read 200-token outputs as 860-2000.
-    Nor is the bound read where the rate the residents arrived at is not the one read now: after a step
-    in the arrivals (the rate is then read from the step on) or on a decline (`declining`). There the
-    residents came at a higher rate, and the finishers read long, not short: when the reasoning trace's
-    load stopped, 92 sequences still decoding at 0.16 rps read as 48,000-token outputs and ordered the
-    most replicas the spec allows (5P/24D, held for the scale-down window after the load had gone).
-    """
-    running, mean = observation.decode_running, observation.output_tokens_mean
-    rate = observation.given_rate_rps
-    lives = observation.request_tpot_mean_seconds is not None
-    gap_s = observation.request_tpot_mean_seconds if lives else observation.tpot_mean_seconds
-    if not running or mean is None or mean <= 0 or not rate or not gap_s:
-        return observation, None
-    if observation.arrival_level_age_seconds is not None or declining(observation) is not None:
-        return observation, None  # the residents arrived at a rate other than the one read now
-    waiting = (observation.decode_queue_depth or 0.0) if young_residents(spec, observation) else 0.0
-    in_stage = running + waiting
-    implied = in_stage / (rate * gap_s) + 1.0
-    if implied <= mean:
-        return observation, None
-    scale = implied / mean
-    p90 = observation.output_tokens_p90
-    implied_p90 = None if p90 is None else p90 * scale
-    finished_longest_s = (mean if p90 is None else p90) * gap_s
-    longest_s = finished_longest_s * scale
-    window_s = spec.metrics.window_seconds
-    if (
-        longest_s <= RESIDENT_LENGTHS_WINDOW_SHARE * window_s
-        or finished_longest_s <= FINISHED_LENGTHS_WINDOW_SHARE * window_s
-    ):
-        return observation, None
-    over = "over the finished requests' lives" if lives else "in the window's gaps"
-    reason = (
-        f"output lengths raised to mean {implied:.0f}"
-        + (f"/P90 {implied_p90:.0f}" if implied_p90 is not None else "")
-        + f" tokens from the window's {mean:.0f}: {in_stage:.0f} sequences "
-        + ("decode or wait for a slot" if waiting else "decode")
-        + f" at {rate:.2f} rps and "
-        f"{gap_s * 1000:.1f} ms a token {over} (Little's law); its P90 output takes {longest_s:.0f}s to generate, "
-        f"over {RESIDENT_LENGTHS_WINDOW_SHARE:.0%} of the {window_s:g}s window (those that finished in it, "
-        f"{finished_longest_s:.0f}s), so those finishing in it are the shorter ones"
-    )
-    observation = observation.model_copy(
-        update={"output_tokens_mean": implied, "output_tokens_p90": implied_p90}
-    )
-    return observation, reason
-
-
-def young_residents(spec: DisaggregatedModelSpec, observation: Observation) -> bool:
-    """Whether the decode residents are younger than the steady state: the load rises (its trend beyond
-    the slope's noise) and the P90 output (as sized for: raised to what the residents imply, or held)
-    takes longer than RESIDENT_LENGTHS_WINDOW_SHARE of the metrics window to generate at the window's
-    mean gap, so the window has not seen them through. Then every length measured so far reads short
-    (`hold_output_lengths`), and so does the engine's step (`planner_corrections.update_corrections`)."""
-    trend = observation.arrival_rate_trend_rps_per_s or 0.0
-    if trend <= (observation.arrival_rate_trend_noise_rps_per_s or 0.0):
-        return False
-    return outputs_outlast_window(spec, observation)
-
-
-def outputs_outlast_window(spec: DisaggregatedModelSpec, observation: Observation) -> bool:
-    """Whether the P90 output takes longer than RESIDENT_LENGTHS_WINDOW_SHARE of the metrics window to
-    generate at the window's mean gap: the window's finishers then trail the arrivals by more than it."""
-    p90 = observation.output_tokens_p90 or observation.output_tokens_mean or 0.0
-    gap_s = observation.tpot_mean_seconds or 0.0
-    return p90 * gap_s > RESIDENT_LENGTHS_WINDOW_SHARE * spec.metrics.window_seconds
-
-
-def hold_output_lengths(
-    spec: DisaggregatedModelSpec,
-    observation: Observation,
-    state: PlannerState,
-    profile: PerformanceProfile,
-    now: datetime,
-) -> tuple[Observation, PlannerState, str | None]:
-    """The observation with the output lengths to size with, the state that remembers them, and why
-    they were held (None: the window's own).
-
-    Output lengths are measured as sequences finish (the engines' generation-token histograms, the
-    router's). While the decode pool's slots are full, sequences wait to join, and the join order
-    (`dopd_worker.join_order`: the oldest sequence that can still meet its TPOT SLO first) admits long
-    outputs, whose deadlines are furthest, before short ones gone late: the sequences finishing
-    over-represent long outputs, then, once the late short ones join, under-represent them. On the
-    steps trace a 2x jump that filled the slots read the mean output as 306, 410 and 446 tokens over
-    three windows where the demand's was 210, and the pool was sized for 14 replicas where 6 serve.
-    So while the pool is full, and until the sequences it seated then have finished and left the window
-    (`seated_while_full_seconds`: the window plus the time the P90 output takes to generate), the
-    lengths last measured with free slots are sized with; with none measured yet, the window's. The
-    hold had ended a tick after the slots freed: on the reasoning trace (P90 outputs of 5000 tokens,
-    two minutes each) the long outputs seated at the peak then finished into the next windows, which
-    read a mean of 2500-2700 tokens (P90 5800-6000) where the demand's was 2400 (P90 5000), and the
-    pool grew by a quarter on the way down.
-
-    Except where they are shorter than the window's on a rise of outputs that outlast the window
-    (`young_residents`): there the sequences finishing are the shorter ones whatever the join order
-    admits, and the lengths measured earlier are shorter still (the rise was younger then), so the
-    longer, the window's, stands. On the reasoning trace the hold kept a mean of 2161 tokens for four
-    minutes of a rise while the windows read 2300-2800, and the pool grew behind the load; that had been
-    hidden while the simulator observed a sequence's wait for a slot at its finish, not when it joined.
-
-    Nor are the lengths of a window the arrivals stepped in (within the window and the P90 output's
-    generation) remembered as measured with free slots: its finishers are not the demand's mix. After
-    a rise the new level's short outputs have finished and its long ones still decode: on the steps
-    trace the windows at 110 rps read 202-213 tokens, the two after the jump to 190 rps read 190 (P90
-    420 where the demand's is 460), and those were held when the slots filled a tick later; the pool,
-    sized for outputs 10% short, was a decode replica short with every slot taken (steps 94.74% ->
-    94.91%, bursts 94.75% -> 94.86%, every other trace the same to the last digit).
-    """
-    full = decode_slots_full(observation, profile)
-    held = state.output_lengths_free_slots
-    measured = observation.output_tokens_mean
-    last_full = now if full else state.decode_slots_full_time
-    after = state.model_copy(update={"decode_slots_full_time": last_full, "output_lengths_held_since": None})
-    since_full_s = None if last_full is None else (now - last_full).total_seconds()
-    seated_s = seated_while_full_seconds(spec, observation, held)
-    if since_full_s is not None and since_full_s < seated_s:
-        if held is None:
-            return observation, after, None
-        if measured is not None and measured > held.mean and young_residents(spec, observation):
-            reason = (
-                f"output lengths of this window kept (mean {measured:.0f}), not those last measured with "
-                f"free decode slots ({held.mean:.0f}): the slots are full, but the load rises and its "
-                "outputs outlast the window, so both read short of the demand's, the earlier ones more"
-            )
-            return observation, after, reason
-        held_since = state.output_lengths_held_since or now
-        after = after.model_copy(update={"output_lengths_held_since": held_since})
-        held_s = (now - held_since).total_seconds()
-        lead_s = lead_time_seconds(spec, observation)
-        if held_s > lead_s and measured is not None and measured > held.mean:
-            reason = (
-                f"output lengths of this window used (mean {measured:.0f}), no longer those held for "
-                f"{held_s:.0f}s ({held.mean:.0f}): the decode slots are still full a {lead_s:g}s lead "
-                "time after the hold began, when the replicas ordered for the held lengths serve, so "
-                "those were short of the demand's"
-            )
-            return observation, after, reason
-        reason = (
-            f"output lengths held at mean {held.mean:.0f}"
-            + (f"/P90 {held.p90:.0f}" if held.p90 is not None else "")
-            + " tokens, as last measured with free decode slots: the slots are full"
-            + (
-                ""
-                if full
-                else f" (they were {since_full_s:.0f}s ago, and what they seated finishes for "
-                f"{seated_s:.0f}s: the window and the P90 output's generation)"
-            )
-            + ", and the sequences finishing are those the join order admitted, not the demand's mix"
-            + (f" (this window's mean {measured:.0f})" if measured is not None else "")
-        )
-        observation = observation.model_copy(
-            update={"output_tokens_mean": held.mean, "output_tokens_p90": held.p90}
-        )
-        return observation, after, reason
-    # A step in the arrivals within the window and the P90 output's generation: the finishers are not
-    # the steady mix (after a rise the new level's long outputs still decode), so not remembered.
-    age_s = observation.arrival_level_age_seconds
-    stepped = age_s is not None and age_s < seated_s
-    if measured is not None and not stepped:
-        after = after.model_copy(
-            update={
-                "output_lengths_free_slots": OutputLengths(mean=measured, p90=observation.output_tokens_p90)
-            }
-        )
-    return observation, after, None
-
-
-def seated_while_full_seconds(
-    spec: DisaggregatedModelSpec, observation: Observation, held: OutputLengths | None
-) -> float:
-    """How long after the decode slots were last full the sequences finishing in the metrics window may
-    still be those the join order seated then: the window, plus the time the P90 output (as last
-    measured with free slots, else the window's) takes to generate at the window's mean gap (slot waits
-    included; unknown: the window alone)."""
-    if held is not None:
-        tokens = held.p90 if held.p90 is not None else held.mean
-    elif observation.output_tokens_p90 is not None:
-        tokens = observation.output_tokens_p90
-    else:
-        tokens = observation.output_tokens_mean or 0.0
-    gap_s = observation.tpot_mean_seconds or 0.0
-    return spec.metrics.window_seconds + tokens * gap_s

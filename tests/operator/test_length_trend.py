@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from dopd_builders import T0, make_obs, make_spec
 from dopd_operator.api import Recommendation
 from dopd_operator.planner import plan
-from dopd_operator.planner_load import LENGTH_TREND_NOISE_MULTIPLE, lead_time_seconds, trending_lengths
+from dopd_operator.planner_lengths import LENGTH_TREND_NOISE_MULTIPLE, trending_lengths
+from dopd_operator.planner_load import lead_time_seconds
 from dopd_operator.planner_types import Decision, LoadForecast, Observation, PlannerState
 
 SPEC = make_spec(prefill={"maxReplicas": 64}, decode={"maxReplicas": 64})
@@ -114,7 +115,7 @@ def test_shortening_prompts_release_prefill_after_one_interval(
     """As on the mix shift's second half: the rate is flat, the prompts shorten, and the layouts
     recommended a lead time and a minute ago (12P/3D) were sized for the longer prompts then. Where the
     forecasts held and the prompts' mean falls beyond three times its noise, the window shortens to one
-    interval, as for a falling rate (`planner_load.lengths_declining`); a chance dip keeps the lead-time
+    interval, as for a falling rate (`planner_lengths.lengths_declining`); a chance dip keeps the lead-time
     window. Prompts are measured as they arrive, so a step in the arrivals does not discount them."""
     spec = make_spec(scaling={"scaleDown": {"stabilizationSeconds": 300, "maxStepReplicas": 1000}})
     history = [

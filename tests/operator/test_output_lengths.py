@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from dopd_builders import T0, make_obs, make_spec
 from dopd_operator.api import OutputLengths
 from dopd_operator.planner import plan
-from dopd_operator.planner_load import decode_slots_full, hold_output_lengths, lead_time_seconds
+from dopd_operator.planner_lengths import hold_output_lengths
+from dopd_operator.planner_load import decode_slots_full, lead_time_seconds
 from dopd_operator.planner_types import Decision, Observation, PlannerState, RoleObservation
 from dopd_operator.profile import resolve_profile
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from dopd_builders import T0, make_obs, make_spec, settled_state
 from dopd_operator.planner import plan
-from dopd_operator.planner_load import (
+from dopd_operator.planner_lengths import (
     FINISHED_LENGTHS_WINDOW_SHARE,
     RESIDENT_LENGTHS_WINDOW_SHARE,
     resident_output_lengths,
