@@ -118,6 +118,7 @@ def plan(
 
     base_profile = resolve_profile(spec.profile)
     lengths_reasons: list[str] = []
+    outputs_adjusted = False  # raised to what the residents imply, or held for full decode slots
     state, unsettled = track_ready(spec, observation, state, now)
     decode_correction_before = state.decode_correction
     if not idle:
@@ -129,6 +130,7 @@ def plan(
         observation, raised = resident_output_lengths(spec, observation)
         observation, state, held = hold_output_lengths(spec, observation, state, base_profile, now)
         lengths_reasons = [r for r in (raised, held) if r is not None]
+        outputs_adjusted = bool(lengths_reasons)
         state = update_corrections(spec, observation, state, base_profile, unsettled)
     if "decode" in unsettled and state.decode_correction != decode_correction_before:
         unsettled["decode"] = _unsettled_decode_raised(
@@ -140,7 +142,7 @@ def plan(
     rate_rps, load_reason = provisioned_rate(spec, observation, forecast, surge, no_forecast_why)
     # The corrections above judged the latencies at the window's own lengths; the pools are sized for
     # the lengths a lead time ahead.
-    sized, trend_reason = trending_lengths(spec, observation, bool(lengths_reasons))
+    sized, trend_reason = trending_lengths(spec, observation, outputs_adjusted)
     if trend_reason is not None:
         lengths_reasons.append(trend_reason)
     workload = observed_workload(sized, rate_rps, profile.kv_capacity_tokens, spec.prefill.max_replicas)

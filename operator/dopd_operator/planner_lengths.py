@@ -9,7 +9,6 @@ Pure; callers: `planner.plan`, `planner_corrections`.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import NamedTuple
 
 from dopd_operator.api import DisaggregatedModelSpec, OutputLengths
 from dopd_operator.planner_load import declining, decode_slots_full, lead_time_seconds
@@ -26,35 +25,6 @@ FINISHED_LENGTHS_WINDOW_SHARE = 0.25
 LENGTH_TREND_NOISE_MULTIPLE = 3.0
 
 
-class _LengthSlope(NamedTuple):
-    what: str  # "prompts" or "outputs"
-    field: str  # the Observation's field prefix: input_tokens or output_tokens
-    slope_per_s: float
-    noise_per_s: float
-
-
-def _length_slopes(observation: Observation, outputs_usable: bool) -> list[_LengthSlope]:
-    """The lengths whose trend and noise are known; the outputs only where `outputs_usable`."""
-    found = []
-    for what, field, slope, noise in (
-        (
-            "prompts",
-            "input_tokens",
-            observation.input_tokens_trend_per_s,
-            observation.input_tokens_trend_noise_per_s,
-        ),
-        (
-            "outputs",
-            "output_tokens",
-            observation.output_tokens_trend_per_s,
-            observation.output_tokens_trend_noise_per_s,
-        ),
-    ):
-        if slope is not None and noise is not None and (what == "prompts" or outputs_usable):
-            found.append(_LengthSlope(what, field, slope, noise))
-    return found
-
-
 def lengths_declining(observation: Observation) -> str | None:
     """How the requests' work declines at the rate observed: the prompts' mean falling by more than
     LENGTH_TREND_NOISE_MULTIPLE times the noise two windows of one mix differ by (as `trending_lengths`
@@ -64,13 +34,13 @@ def lengths_declining(observation: Observation) -> str | None:
     the rate fell to 100 rps, the window released the replica that the surge headroom had held, and
     the next jump met 47% of its requests where it had met 99.8%). The prompts are measured as they
     arrive."""
-    said = [
-        f"the prompts shorten ({s.slope_per_s * 60:+.1f} tokens/min, beyond "
-        f"{LENGTH_TREND_NOISE_MULTIPLE:g}x its noise of {s.noise_per_s * 60:.1f})"
-        for s in _length_slopes(observation, outputs_usable=False)
-        if s.slope_per_s < -LENGTH_TREND_NOISE_MULTIPLE * s.noise_per_s
-    ]
-    return said[0] if said else None
+    slope, noise = observation.input_tokens_trend_per_s, observation.input_tokens_trend_noise_per_s
+    if slope is None or noise is None or slope >= -LENGTH_TREND_NOISE_MULTIPLE * noise:
+        return None
+    return (
+        f"the prompts shorten ({slope * 60:+.1f} tokens/min, beyond {LENGTH_TREND_NOISE_MULTIPLE:g}x its "
+        f"noise of {noise * 60:.1f})"
+    )
 
 
 def trending_lengths(
@@ -100,18 +70,33 @@ def trending_lengths(
     )
     update: dict[str, float] = {}
     said: list[str] = []
-    for length in _length_slopes(observation, outputs_usable):
-        mean = getattr(observation, f"{length.field}_mean")
-        rise = length.slope_per_s - LENGTH_TREND_NOISE_MULTIPLE * length.noise_per_s
-        if mean is None or mean <= 0 or rise <= 0:
+    for what, field, slope, noise in (
+        (
+            "prompts",
+            "input_tokens",
+            observation.input_tokens_trend_per_s,
+            observation.input_tokens_trend_noise_per_s,
+        ),
+        (
+            "outputs",
+            "output_tokens",
+            observation.output_tokens_trend_per_s if outputs_usable else None,
+            observation.output_tokens_trend_noise_per_s,
+        ),
+    ):
+        mean = getattr(observation, f"{field}_mean")
+        if slope is None or noise is None or mean is None or mean <= 0:
             continue
-        factor = (mean + rise * lead_s) / mean
-        update[f"{length.field}_mean"] = mean * factor
-        p90 = getattr(observation, f"{length.field}_p90")
+        rise = slope - LENGTH_TREND_NOISE_MULTIPLE * noise
+        if rise <= 0:
+            continue
+        ahead = mean + rise * lead_s
+        update[f"{field}_mean"] = ahead
+        p90 = getattr(observation, f"{field}_p90")
         if p90 is not None:
-            update[f"{length.field}_p90"] = p90 * factor
+            update[f"{field}_p90"] = p90 * ahead / mean
         said.append(
-            f"{length.what} {mean:.0f} -> {mean * factor:.0f} tokens (rising {length.slope_per_s * 60:.1f}/min, "
+            f"{what} {mean:.0f} -> {ahead:.0f} tokens (rising {slope * 60:.1f}/min, "
             f"{rise * 60:.1f} of it beyond {LENGTH_TREND_NOISE_MULTIPLE:g}x its noise)"
         )
     if not update:

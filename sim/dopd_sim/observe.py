@@ -114,9 +114,17 @@ def _inter_token_gaps(
     return summary, step_mean
 
 
-def _lengths(name: str, values: FloatArray) -> HistogramSummary:
+def _lengths(
+    name: str, values: FloatArray, before: FloatArray | None, window_s: float
+) -> tuple[HistogramSummary, LengthTrend]:
+    """The window's length histogram, and the lengths' trend from `before` (the same lengths over the
+    window before, None: unknown) as the operator reads it (`estimators.length_trend`)."""
     buckets = histogram_from_values(values, LENGTH_BUCKETS_TOKENS)
-    return summarize_histogram(name, buckets, float(np.sum(values)), q=0.9)
+    total = float(np.sum(values))
+    summary = summarize_histogram(name, buckets, total, q=0.9)
+    if before is None:
+        return summary, LengthTrend(None, None)
+    return summary, length_trend(buckets, total, float(len(before)), float(np.sum(before)), window_s)
 
 
 class ReuseLog:
@@ -214,16 +222,6 @@ class ObservationBuilder:
             return ArrivalSummary(summary.rate_rps, summary.scv, None, summary.problems)
         return summary
 
-    def _length_trend(self, window: FloatArray, before: FloatArray, start_s: float) -> LengthTrend:
-        """The lengths' trend between the window before the metrics window and the metrics window, as
-        the operator reads it (`estimators.length_trend`); unknown until a whole window precedes."""
-        if start_s < self.window_s:
-            return LengthTrend(None, None)
-        buckets = histogram_from_values(window, LENGTH_BUCKETS_TOKENS)
-        return length_trend(
-            buckets, float(np.sum(window)), float(len(before)), float(np.sum(before)), self.window_s
-        )
-
     def observe(self, now_s: float, sim: Simulator, warm_start: bool = False) -> Observation:
         start = 0.0 if warm_start else max(now_s - self.window_s, 0.0)
         arrivals = self._arrivals(now_s, warm_start)
@@ -234,10 +232,11 @@ class ObservationBuilder:
         if warm_start:
             lo = int(np.searchsorted(self.trace.arrival_s, 0.0, side="left"))
             hi = int(np.searchsorted(self.trace.arrival_s, self.window_s, side="left"))
-            inputs = _lengths("dopd_prompt_tokens", self._input_f[lo:hi])
-            outputs = _lengths("dopd_generation_tokens", self._output_f[lo:hi])
+            inputs, input_trend = _lengths("dopd_prompt_tokens", self._input_f[lo:hi], None, self.window_s)
+            outputs, output_trend = _lengths(
+                "dopd_generation_tokens", self._output_f[lo:hi], None, self.window_s
+            )
             ttft = tpot = HistogramSummary(None, None, None, None, None)
-            input_trend = output_trend = LengthTrend(None, None)
         else:
             log = self.log
             first = bisect.bisect_left(log.first_token_times, start)
@@ -245,9 +244,15 @@ class ObservationBuilder:
             # demand's mix, shed requests included (admission sheds long prompts first, so what the
             # prefill workers serve is shorter than what is asked).
             lo, hi = np.searchsorted(self.trace.arrival_s, (start, now_s), side="left")
-            inputs = _lengths("dopd_prompt_tokens", self._input_f[lo:hi])
+            # the lengths' trend needs a whole window before this one
+            whole_before = start >= self.window_s
             before = int(np.searchsorted(self.trace.arrival_s, start - self.window_s, side="left"))
-            input_trend = self._length_trend(self._input_f[lo:hi], self._input_f[before:lo], start)
+            inputs, input_trend = _lengths(
+                "dopd_prompt_tokens",
+                self._input_f[lo:hi],
+                self._input_f[before:lo] if whole_before else None,
+                self.window_s,
+            )
             ttft = summarize_histogram(
                 "dopd_time_to_first_token_seconds",
                 histogram_from_values(np.asarray(log.first_token_ttft[first:]), LATENCY_BUCKETS_SECONDS),
@@ -256,11 +261,13 @@ class ObservationBuilder:
             )
             first = bisect.bisect_left(log.finish_times, start)
             finished = np.asarray(log.finish_output_index[first:], dtype=np.int64)
-            outputs = _lengths("dopd_generation_tokens", self._output_f[finished])
             earlier = bisect.bisect_left(log.finish_times, start - self.window_s)
             finished_before = np.asarray(log.finish_output_index[earlier:first], dtype=np.int64)
-            output_trend = self._length_trend(
-                self._output_f[finished], self._output_f[finished_before], start
+            outputs, output_trend = _lengths(
+                "dopd_generation_tokens",
+                self._output_f[finished],
+                self._output_f[finished_before] if whole_before else None,
+                self.window_s,
             )
             gap_s, gaps = np.asarray(log.finish_tpot[first:]), self._gaps_f[finished]
             gaps_summary, step_mean = _inter_token_gaps(log, sim.running_decode_steps(now_s), start)

@@ -374,11 +374,12 @@ def query_set(
 
     window = duration(metrics.window_seconds)
 
-    def counter_increase(role: RoleName, family: str) -> str:
-        """One counter family's increase over the window, per member. One family each: increase()
-        drops the name, so two families in one selector collide on the same labels and Prometheus
-        refuses the whole query (HTTP 422)."""
-        return f"sum by ({by}) (increase({selector(role).render([family])}[{window}]))"
+    def counter_increase(role: RoleName, family: str, suffix: str = "", before: bool = False) -> str:
+        """One counter family's increase over the window (`before`: over the window before it, `offset`
+        one window), per member. One family each: increase() drops the name, so two families in one
+        selector collide on the same labels and Prometheus refuses the whole query (HTTP 422)."""
+        shift = f" offset {window}" if before else ""
+        return f"sum by ({by}) (increase({selector(role).render([family], suffix)}[{window}]{shift}))"
 
     parts: list[tuple[str, str]] = []
     for key, (read, with_sum) in preset.histograms().items():
@@ -389,18 +390,13 @@ def query_set(
             buckets = chosen.render([family], "_bucket")
             parts.append((f"{tag}/bucket", f"sum by (le, {by}) (increase({buckets}[{window}]))"))
             if with_sum:
-                sums = chosen.render([family], "_sum")
-                parts.append((f"{tag}/sum", f"sum by ({by}) (increase({sums}[{window}]))"))
+                parts.append((f"{tag}/sum", counter_increase(read.role, family, "_sum")))
     for key, read_length in (("input", preset.input_tokens), ("output", preset.output_tokens)):
+        role, histogram = read_length.histogram.role, read_length.histogram.family
         # the window before this one, for the lengths' trend (`estimators.length_trend`)
-        lengths = selector(read_length.histogram.role)
         for part, suffix in (("sum", "_sum"), ("count", "_count")):
-            series = lengths.render([read_length.histogram.family], suffix)
-            parts.append(
-                (f"{key}.previous/{part}", f"sum by ({by}) (increase({series}[{window}] offset {window}))")
-            )
+            parts.append((f"{key}.previous/{part}", counter_increase(role, histogram, suffix, before=True)))
         if read_length.totals is not None:
-            role = read_length.histogram.role
             for part, family in zip(("tokens", "requests"), read_length.totals, strict=True):
                 parts.append((f"{key}.totals/{part}", counter_increase(role, family)))
     if preset.prefix_reuse is not None:
