@@ -143,6 +143,13 @@ SCENARIOS = (
         "synthetic:gamma,rate_rps=120,cv=2,duration_s=1800,lengths=code,shift_to=azure,"
         "shift_start_s=300,shift_end_s=1500",
     ),
+    Scenario(
+        "reasoning-shift",
+        "shift to long answers: 12 rps (Poisson) throughout, its requests moving from code completion to "
+        "a reasoning model's lengths (answers of 30 tokens to 2,400) over minutes 5-25, 30 min",
+        "synthetic:poisson,rate_rps=12,duration_s=1800,lengths=code,shift_to=reasoning,"
+        "shift_start_s=300,shift_end_s=1500",
+    ),
     # The two shapes whose first surge nothing foretells, after 30 minutes of the same kind of load, as
     # a cluster that has been serving has it: what dopd's surge headroom learns from, and what every
     # policy is scored without (the first 30 minutes are replayed, not scored; static-peak and the

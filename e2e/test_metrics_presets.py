@@ -214,6 +214,7 @@ def _dopd_workers(labels: Callable[[str, str], dict[str, str]]) -> list[Pod]:
                 "dopd_kv_cache_usage_ratio": 0.25,
                 "dopd_requests_running": 10.0,
                 "dopd_requests_waiting": 1.0,
+                "dopd_decode_generated_tokens": 900.0,
             },
             histograms={
                 "dopd_generation_tokens": (3.0, {160.0: 0.0, 192.0: 1.0, math.inf: 0.0}, 180.0),
@@ -227,6 +228,7 @@ def _dopd_workers(labels: Callable[[str, str], dict[str, str]]) -> list[Pod]:
                 "dopd_kv_cache_usage_ratio": 0.75,
                 "dopd_requests_running": 14.0,
                 "dopd_requests_waiting": 2.0,
+                "dopd_decode_generated_tokens": 1500.0,
             },
             histograms={
                 "dopd_generation_tokens": (3.0, {160.0: 0.0, 192.0: 1.0, math.inf: 0.0}, 180.0),
@@ -425,6 +427,7 @@ def test_dopd_preset_reads_every_field(world: Fixture) -> None:
     assert obs.decode_queue_depth == 3.0  # decode 1 + 2: the same family, the decode pods' own
     assert obs.decode_kv_usage == 0.5  # mean of 0.25 and 0.75
     assert obs.decode_running == 24.0
+    assert obs.decode_generated_tokens_mean == 100.0  # (900 + 1500) tokens over the 24 running
     assert obs.latency_percentile == 90
     assert obs.ttft_seconds == pytest.approx(1.1875)  # rank 0.9 in (1.0, 1.25]: 1.0 + 0.25 * 0.3 / 0.4
     assert obs.ttft_attainment == pytest.approx(0.6)  # SLO 1.0 s sits on a bound

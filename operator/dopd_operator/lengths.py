@@ -163,3 +163,12 @@ def _gamma_p90_over_mean(shape: float) -> float:
 
 
 _MAX_P90_OVER_MEAN = _gamma_p90_over_mean(_MIN_SHAPE)
+# The widest spread a fit takes: P90 over mean at the least gamma shape (3.03).
+MAX_P90_OVER_MEAN = _MAX_P90_OVER_MEAN
+
+
+def length_bias(p90_over_mean: float) -> float:
+    """E[L^2] / E[L]^2 of the lengths fitted to a mean and this P90 over it: how much longer than the
+    mean the average length a resident weighted by its length is (1 for a point mass)."""
+    fitted = _fitted(1.0, p90_over_mean)
+    return fitted.moment(2) / fitted.moment(1) ** 2

@@ -38,6 +38,7 @@ from dopd_operator.planner_lengths import (
     hold_output_lengths,
     lengths_declining,
     resident_output_lengths,
+    seated_output_lengths,
     trending_lengths,
 )
 from dopd_operator.planner_load import (
@@ -129,7 +130,8 @@ def plan(
         # for that.
         observation, raised = resident_output_lengths(spec, observation)
         observation, state, held = hold_output_lengths(spec, observation, state, base_profile, now)
-        lengths_reasons = [r for r in (raised, held) if r is not None]
+        observation, seated = seated_output_lengths(observation)
+        lengths_reasons = [r for r in (raised, held, seated) if r is not None]
         outputs_adjusted = bool(lengths_reasons)
         state = update_corrections(spec, observation, state, base_profile, unsettled)
     if "decode" in unsettled and state.decode_correction != decode_correction_before:

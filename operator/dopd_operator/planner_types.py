@@ -132,6 +132,12 @@ class Observation(_Frozen):
     )
     decode_kv_usage: float | None = Field(None, ge=0, le=1, description="Mean decode KV usage 0..1.")
     decode_running: float | None = Field(None, ge=0, description="Sequences decoding, all replicas.")
+    decode_generated_tokens_mean: float | None = Field(
+        None,
+        ge=0,
+        description="Mean tokens generated so far by the sequences decoding on the decode replicas; None "
+        "where the engine does not report it.",
+    )
     latency_percentile: float | None = Field(
         None,
         gt=0,

@@ -329,6 +329,7 @@ class ObservationBuilder:
             decode_queue_depth=sim.decode_queue_depth(),
             decode_kv_usage=None if warm_start else sim.decode_kv_usage(),
             decode_running=sim.decode_running(),
+            decode_generated_tokens_mean=None if warm_start else sim.decode_generated_tokens_mean(),
             latency_percentile=self.percentile,
             ttft_seconds=ttft.quantile,
             tpot_seconds=tpot.quantile,

@@ -189,6 +189,24 @@ def test_dopd_accounting_per_role() -> None:
     assert value(metrics, "dopd_prefix_cache_hits_total", **prefill) == 0
 
 
+def test_dopd_decode_reports_how_far_its_residents_are_into_their_answers() -> None:
+    """`dopd_decode_generated_tokens`: the tokens the running sequences have generated, the prefill's
+    first included, as the worker's decode engine counts them after each step (what the planner reads
+    longer answers seated before they finish from, `planner_lengths.seated_output_lengths`)."""
+    em = emulation("dopd", TOY_TRACE, profile=TOY_PROFILE)
+    for time_s, generated, running in (
+        (0.15, 6.0, 1.0),
+        (1.2, 11.0, 1.0),
+        (1.25, 16.0, 1.0),
+        (5.0, 0.0, 0.0),
+    ):
+        run_to(em, time_s, step_s=0.05)
+        metrics = scrape(em)
+        # the first sequence joined at 0.1 s with its first token, then 5 steps of 10 ms; the second at 1.1 s
+        assert value(metrics, "dopd_decode_generated_tokens", role="decode") == generated, time_s
+        assert value(metrics, "dopd_requests_running", role="decode") == running, time_s
+
+
 def test_negotiation_matches_each_engine() -> None:
     # vLLM and SGLang serve through prometheus_client's negotiation: Prometheus gets OpenMetrics, and
     # prometheus_client 0.26 escapes ':' to '_' there; plain text keeps the colon.

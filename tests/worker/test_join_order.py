@@ -237,3 +237,24 @@ def test_the_waiting_gauge_counts_sequences_waiting_for_a_slot_not_transfers_in_
     waiting = engine.metrics.requests_waiting.labels(role="decode", model="tiny")
     assert waiting.collect()[0].samples[0].value == 1
     assert engine.in_flight() == 4  # a drain waits for all of them
+
+
+def test_the_generated_tokens_gauge_counts_how_far_the_running_sequences_are_into_their_answers() -> None:
+    """`dopd_decode_generated_tokens`: the tokens the sequences in the batch have generated, the
+    prefill's first included, summed after each step; a sequence waiting for a slot is not in it. The
+    planner divides it by `dopd_requests_running` to read longer answers seated before they finish
+    (`planner_lengths.seated_output_lengths`)."""
+    engine = _decode_engine(None)
+    events: list[tuple[str, int | None]] = []
+    generated = engine.metrics.decode_generated_tokens.labels(role="decode", model="tiny")
+    _admit(engine, "a", events)
+    engine.step()  # `a` joins the batch of one with its first token and decodes its second
+    _admit(engine, "b", events)  # `b` waits for the slot: nothing generated in the batch
+    assert generated.collect()[0].samples[0].value == 2
+    engine.step()  # `a`'s third and last token: it leaves, and `b` joins at the next step
+    assert generated.collect()[0].samples[0].value == 0
+    engine.step()  # `b` joins and decodes its second token
+    assert generated.collect()[0].samples[0].value == 2
+    while engine.has_work():
+        engine.step()
+    assert generated.collect()[0].samples[0].value == 0

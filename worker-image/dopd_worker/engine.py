@@ -360,6 +360,10 @@ class DecodeEngine(EngineThread):
         self.metrics.requests_waiting.labels(**labels).set(len(self._joining))
         self.metrics.requests_running.labels(**labels).set(len(self.active))
         self.metrics.kv_cache_usage_ratio.labels(**labels).set(self.cache.allocator.usage())
+        # How far the residents are into their answers: the planner reads longer answers seated before
+        # they finish from it.
+        generated = sum(len(seq.generated) for seq in self.active)
+        self.metrics.decode_generated_tokens.labels(**labels).set(generated)
 
     def _finish(self, seq: DecodeSequence, reason: str) -> None:
         labels = {"role": self.metrics.role, "model": self.metrics.model}

@@ -1,7 +1,8 @@
 """Prometheus metrics of the workers and the router, with the names the operator's `dopd` preset queries.
 
 Every series carries `role` (prefill | decode | router) and `model`. Semantics (docs/worker.md):
-- gauges `dopd_requests_waiting`, `dopd_requests_running`, `dopd_kv_cache_usage_ratio` (0..1);
+- gauges `dopd_requests_waiting`, `dopd_requests_running`, `dopd_kv_cache_usage_ratio` (0..1), on decode
+  `dopd_decode_generated_tokens` (the tokens the running sequences have generated so far, summed);
 - histograms `dopd_time_to_first_token_seconds` (router: end to end; prefill: arrival to first token),
   `dopd_inter_token_latency_seconds`, `dopd_prompt_tokens`, `dopd_generation_tokens` (at request end),
   `dopd_kv_transfer_seconds`, on decode `dopd_decode_slot_wait_seconds` (per sequence joining a batch,
@@ -82,6 +83,7 @@ class Metrics:
     requests_waiting: Gauge
     requests_running: Gauge
     kv_cache_usage_ratio: Gauge
+    decode_generated_tokens: Gauge
     ttft_seconds: Histogram
     inter_token_latency_seconds: Histogram
     decode_slot_wait_seconds: Histogram
@@ -140,6 +142,9 @@ def create_metrics(role: str, model: str) -> Metrics:
         requests_waiting=gauge("dopd_requests_waiting", "Requests queued and not yet being processed."),
         requests_running=gauge("dopd_requests_running", "Requests being processed (in a batch)."),
         kv_cache_usage_ratio=gauge("dopd_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use, 0..1."),
+        decode_generated_tokens=gauge(
+            "dopd_decode_generated_tokens", "Tokens generated so far by the sequences decoding, summed."
+        ),
         ttft_seconds=hist(
             "dopd_time_to_first_token_seconds", "Time to first token.", LATENCY_BUCKETS_SECONDS
         ),

@@ -67,6 +67,7 @@ class PodState:
     waiting: int  # assigned + its share of the shared queue of its role
     running: int
     kv_usage: float
+    generated_tokens: float  # decode: the tokens its batch has generated so far, summed; prefill: 0
 
 
 def split_evenly(total: int, pods: Sequence[str]) -> dict[str, int]:
@@ -195,11 +196,15 @@ class EngineRecorder:
                 tokens = sum(sim.input_tokens[r] for r in instance.batch)
                 assigned, share = len(instance.held), prefill_share.get(pod, 0)
                 running, kv = len(instance.batch), tokens / self.kv_capacity_tokens
+                generated = 0.0
             else:
                 assert isinstance(instance, DecodeInstance)
                 assigned, share = len(instance.pending), decode_share.get(pod, 0)
                 running, kv = instance.batch_size, instance.kv_usage()
-            state = PodState(instance.role, instance.draining, assigned, assigned + share, running, kv)
+                generated = instance.generated_tokens(sim.now_s)
+            state = PodState(
+                instance.role, instance.draining, assigned, assigned + share, running, kv, generated
+            )
             self.states[pod] = state
             self.on_gauges(pod, instance.role, state)
         if self.router_pod is not None:

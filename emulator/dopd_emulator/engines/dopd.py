@@ -37,6 +37,11 @@ from dopd_worker.prefix_reuse import REUSE_BUCKETS_TOKENS, REUSE_POSITION_BUCKET
 WAITING = Family("dopd_requests_waiting", "gauge", "Requests queued and not yet being processed.")
 RUNNING = Family("dopd_requests_running", "gauge", "Requests being processed (in a batch).")
 KV_USAGE = Family("dopd_kv_cache_usage_ratio", "gauge", "Fraction of KV-cache blocks in use, 0..1.")
+DECODE_GENERATED = Family(
+    "dopd_decode_generated_tokens",
+    "gauge",
+    "Tokens generated so far by the sequences decoding, summed.",
+)
 TTFT = Family(
     "dopd_time_to_first_token_seconds", "histogram", "Time to first token.", LATENCY_BUCKETS_SECONDS
 )
@@ -149,6 +154,7 @@ _BY_ROLE: dict[str, tuple[Family, ...]] = {
         WAITING,
         RUNNING,
         KV_USAGE,
+        DECODE_GENERATED,
         ITL,
         SLOT_WAIT,
         OUTPUT_LENGTH,
@@ -165,6 +171,7 @@ class DopdRecorder(EngineRecorder):
         WAITING,
         RUNNING,
         KV_USAGE,
+        DECODE_GENERATED,
         TTFT,
         ITL,
         SLOT_WAIT,
@@ -281,6 +288,8 @@ class DopdRecorder(EngineRecorder):
         self.set(WAITING.name, pod, state.assigned if role == "prefill" else state.waiting)
         self.set(RUNNING.name, pod, state.running)
         self.set(KV_USAGE.name, pod, state.kv_usage)
+        if role == "decode":
+            self.set(DECODE_GENERATED.name, pod, state.generated_tokens)
 
     def on_router_gauges(self, queued: int, in_flight: int) -> None:
         self.set(WAITING.name, self._router, queued)

@@ -11,6 +11,7 @@ Where each field comes from (docs/metrics.md has the PromQL and the reasons):
 | prefill queue depth | `dopd_requests_waiting` router + prefill | `vllm:num_requests_waiting` prefill | `sglang:num_queue_reqs` prefill |
 | decode KV usage (mean) | `dopd_kv_cache_usage_ratio` decode | `vllm:kv_cache_usage_perc` decode (`vllm:gpu_cache_usage_perc` fallback) | `sglang:token_usage` decode |
 | decode running | `dopd_requests_running` decode | `vllm:num_requests_running` decode | `sglang:num_running_reqs` decode |
+| decode residents' tokens generated so far (mean) | `dopd_decode_generated_tokens` decode / decode running | unknown (not read) | unknown (not read) |
 | TTFT at the SLO percentile, attainment | `dopd_time_to_first_token_seconds` router (end to end) | `vllm:time_to_first_token_seconds` prefill (queue + prefill) | `sglang:time_to_first_token_seconds` prefill |
 | TPOT at the SLO percentile, attainment | `dopd_request_time_per_output_token_seconds` router (per request) | `vllm:inter_token_latency_seconds` decode (`vllm:time_per_output_token_seconds` fallback), attainment scaled by the waits below | `sglang:inter_token_latency_seconds` decode, likewise |
 | TPOT mean as users see it (`_sum`), decode step mean | `dopd_inter_token_latency_seconds` router; the step mean takes `dopd_decode_slot_wait_seconds` decode's `_sum` off | `vllm:inter_token_latency_seconds` decode is the step mean; the mean users see adds `vllm:request_queue_time_seconds` decode's `_sum` | `sglang:inter_token_latency_seconds` decode is the step mean; the mean users see adds `sglang:queue_time_seconds` decode's `_sum` |
@@ -148,6 +149,10 @@ class EnginePreset:
     # hit rate moves with the prefill pool's size; none where no router of ours sees the prompts (the
     # hit rate is then taken as the same at every size)
     prefix_reuse: PrefixReuseRead | None = None
+    # the tokens the decode pods' running sequences have generated so far, summed: over the running
+    # count, how far the residents are into their answers, which reads longer answers seated before
+    # they finish (`planner_lengths.seated_output_lengths`); none where the engine does not export it
+    generated_tokens: GaugeRead | None = None
 
     def histograms(self) -> dict[str, tuple[HistogramRead, bool]]:
         """Key -> (read, whether its mean is needed)."""
@@ -166,12 +171,15 @@ class EnginePreset:
         return found
 
     def gauges(self) -> dict[str, GaugeRead]:
-        return {
+        found = {
             "queue_depth": self.queue_depth,
             "decode_queue_depth": self.decode_queue_depth,
             "kv_usage": self.kv_usage,
             "running": self.running,
         }
+        if self.generated_tokens is not None:
+            found["generated_tokens"] = self.generated_tokens
+        return found
 
     def raw_families(self) -> tuple[str, ...]:
         names = [*self.arrival.counters, *self.arrival.in_system]
@@ -216,6 +224,7 @@ DOPD = EnginePreset(
         "dopd_prompt_reuse_sampled_position_ratio",
         "dopd_prompt_reuse_reused_position_ratio",
     ),
+    generated_tokens=GaugeRead(("dopd_decode_generated_tokens",), ("decode",), "sum"),
 )
 
 VLLM = EnginePreset(

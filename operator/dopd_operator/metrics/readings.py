@@ -486,6 +486,11 @@ def build_observation(
     decode_queue_depth = reader.gauge("decode queue depth", preset.decode_queue_depth)
     kv_usage = reader.gauge("decode KV usage", preset.kv_usage, upper=1.0)
     running = reader.gauge("decode running", preset.running)
+    generated_mean = None
+    if preset.generated_tokens is not None:
+        generated = reader.gauge("decode tokens generated", preset.generated_tokens)
+        if generated is not None and running:  # none running: no resident to have generated any
+            generated_mean = generated / running
     shed_rps = reader.shed_rate()
     hit_rate = reader.prefix_cache_hit_rate()
     reuse, reuse_unread = reader.prefix_reuse()
@@ -515,6 +520,7 @@ def build_observation(
         decode_queue_depth=decode_queue_depth,
         decode_kv_usage=kv_usage,
         decode_running=running,
+        decode_generated_tokens_mean=generated_mean,
         latency_percentile=queries.percentile,
         ttft_seconds=ttft.quantile,
         ttft_includes_kv_transfer=preset.ttft_includes_kv_transfer,

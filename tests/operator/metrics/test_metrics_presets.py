@@ -17,6 +17,7 @@ from dopd_operator.metrics.presets import PRESETS, check_metrics_spec, query_set
         (Engine.DOPD, "queue_depth", ("dopd_requests_waiting",), ("router", "prefill")),
         (Engine.DOPD, "decode_queue_depth", ("dopd_requests_waiting",), ("decode",)),
         (Engine.DOPD, "kv_usage", ("dopd_kv_cache_usage_ratio",), ("decode",)),
+        (Engine.DOPD, "generated_tokens", ("dopd_decode_generated_tokens",), ("decode",)),
         (Engine.DOPD, "ttft", ("dopd_time_to_first_token_seconds",), ("router",)),
         (Engine.DOPD, "tpot", ("dopd_inter_token_latency_seconds",), ("router",)),
         (Engine.DOPD, "input_tokens", ("dopd_prompt_tokens",), ("router",)),
@@ -89,6 +90,16 @@ def test_where_each_field_comes_from(
         assert ((read.hits, read.queries), (read.role,)) == (families, roles)
     else:
         assert (read.families, read.roles) == (families, roles)
+
+
+def test_only_dopd_reports_what_its_decode_residents_have_generated() -> None:
+    """vLLM and SGLang export no count of the tokens their running sequences have generated: the field
+    stays unknown there, never zero (`planner_lengths.seated_output_lengths` then reads nothing)."""
+    assert {e: p.generated_tokens is not None for e, p in PRESETS.items()} == {
+        Engine.DOPD: True,
+        Engine.VLLM: False,
+        Engine.SGLANG: False,
+    }
 
 
 def test_default_role_labels() -> None:

@@ -81,6 +81,9 @@ DOPD_RAW = [
     series("dopd_kv_cache_usage_ratio", "decode-1", "decode", [0.6] * 121),
     series("dopd_requests_running", "decode-0", "decode", [8.0] * 121),
     series("dopd_requests_running", "decode-1", "decode", [12.0] * 121),
+    # the tokens the running sequences have generated so far: 800 over 8, 1600 over 12
+    series("dopd_decode_generated_tokens", "decode-0", "decode", [800.0] * 121),
+    series("dopd_decode_generated_tokens", "decode-1", "decode", [1600.0] * 121),
 ]
 
 
@@ -120,6 +123,7 @@ HEALTHY = {
     "decode_queue_depth": 4.0,  # decode 1 + 3 (the router's and prefill's are not waiting for decode)
     "decode_kv_usage": 0.4,  # mean of 0.2 and 0.6
     "decode_running": 20.0,
+    "decode_generated_tokens_mean": 120.0,  # 2400 tokens over the 20 running
     "ttft_seconds": 1.0 + 1.0 * 30.0 / 40.0,  # rank 90 in (1, 2]
     "ttft_attainment": 0.8,  # 60 + 40 * (1.5 - 1) / (2 - 1), of 100
     # per request, as the SLO is written: rank 18 of 20 at the top of (0.02, 0.05]; 18 of 20 within
@@ -415,10 +419,22 @@ def _replace(
                 else s
                 for s in raw
             ],
-            {"decode_kv_usage", "decode_running", "decode_queue_depth"},
+            {"decode_kv_usage", "decode_running", "decode_queue_depth", "decode_generated_tokens_mean"},
             'decode KV usage: dopd_kv_cache_usage_ratio{role=~"decode"} is stale: newest sample 100 s old '
             "(limit 45 s)",
             id="stale-target",
+        ),
+        pytest.param(
+            _without("dopd_decode_generated_tokens"),
+            {"decode_generated_tokens_mean"},
+            'decode tokens generated: no series of dopd_decode_generated_tokens{role=~"decode"}',
+            id="an-older-worker-without-the-generated-tokens-gauge",
+        ),
+        pytest.param(
+            _without("dopd_requests_running", "decode-1"),
+            {"decode_running", "decode_generated_tokens_mean"},
+            'decode running: 1 of 2 ready decode pods report a fresh dopd_requests_running{role=~"decode"}',
+            id="unknown-running-leaves-the-residents-progress-unknown",
         ),
         pytest.param(
             _without("dopd_requests_waiting", "router-0"),
@@ -488,6 +504,19 @@ def test_fewer_reporting_pods_than_ready_pods_is_unknown() -> None:
     )
 
 
+def test_no_sequence_decoding_has_no_mean_progress() -> None:
+    raw = [
+        series(s.metric["__name__"], s.metric["pod"], "decode", [0.0] * 121)
+        if s.metric["__name__"] in ("dopd_requests_running", "dopd_decode_generated_tokens")
+        else s
+        for s in DOPD_RAW
+    ]
+    obs = observe(dopd_queries(), DOPD_AGGREGATE, raw)
+    assert obs.decode_running == 0.0
+    assert obs.decode_generated_tokens_mean is None
+    assert obs.problems == ()
+
+
 def test_a_counter_restart_is_not_a_drop_in_load() -> None:
     restarted = steady(5.0, 90) + steady(5.0, 31, start=0.0)  # the router restarted 30 s ago: 1445 -> 0
     raw = _replace("dopd_requests_arrived_total", "router-0", restarted)(DOPD_RAW)
@@ -510,6 +539,7 @@ def test_missing_histograms_and_an_empty_answer() -> None:
         'decode queue depth: no series of dopd_requests_waiting{role=~"decode"}',
         'decode KV usage: no series of dopd_kv_cache_usage_ratio{role=~"decode"}',
         'decode running: no series of dopd_requests_running{role=~"decode"}',
+        'decode tokens generated: no series of dopd_decode_generated_tokens{role=~"decode"}',
         'shed rate: no series of dopd_requests_rejected_total{role=~"router"} '
         "(the router exposes it at zero from its start): the prefill correction holds",
         'prefix-cache hit rate: no series of dopd_prefix_cache_hits_total{role=~"prefill"}: '
