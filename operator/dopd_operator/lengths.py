@@ -69,7 +69,7 @@ class LengthDistribution:
     def _fit(cls, mean_tokens: float, p90_tokens: float | None) -> LengthDistribution:
         if mean_tokens <= 0:
             return cls(mean_tokens=0.0, shape=math.inf)
-        ratio = 1.0 if p90_tokens is None else min(max(p90_tokens / mean_tokens, 1.0), _MAX_P90_OVER_MEAN)
+        ratio = 1.0 if p90_tokens is None else min(max(p90_tokens / mean_tokens, 1.0), MAX_P90_OVER_MEAN)
         if ratio <= 1.0 + 1e-9:
             return cls(mean_tokens=mean_tokens, shape=math.inf)
         # P90/mean of a gamma falls as the shape grows (from its maximum at _MIN_SHAPE): bisect in log k.
@@ -162,9 +162,8 @@ def _gamma_p90_over_mean(shape: float) -> float:
     return float(gammaincinv(shape, 0.9) / shape)
 
 
-_MAX_P90_OVER_MEAN = _gamma_p90_over_mean(_MIN_SHAPE)
 # The widest spread a fit takes: P90 over mean at the least gamma shape (3.03).
-MAX_P90_OVER_MEAN = _MAX_P90_OVER_MEAN
+MAX_P90_OVER_MEAN = _gamma_p90_over_mean(_MIN_SHAPE)
 
 
 def length_bias(p90_over_mean: float) -> float:

@@ -130,8 +130,7 @@ def plan(
         # for that.
         observation, raised = resident_output_lengths(spec, observation)
         observation, state, held = hold_output_lengths(spec, observation, state, base_profile, now)
-        observation, seated = seated_output_lengths(observation)
-        lengths_reasons = [r for r in (raised, held, seated) if r is not None]
+        lengths_reasons = [r for r in (raised, held) if r is not None]
         outputs_adjusted = bool(lengths_reasons)
         state = update_corrections(spec, observation, state, base_profile, unsettled)
     if "decode" in unsettled and state.decode_correction != decode_correction_before:
@@ -145,8 +144,8 @@ def plan(
     # The corrections above judged the latencies at the window's own lengths; the pools are sized for
     # the lengths a lead time ahead.
     sized, trend_reason = trending_lengths(spec, observation, outputs_adjusted)
-    if trend_reason is not None:
-        lengths_reasons.append(trend_reason)
+    sized, seated_reason = seated_output_lengths(observation, sized)
+    lengths_reasons.extend(r for r in (trend_reason, seated_reason) if r is not None)
     workload = observed_workload(sized, rate_rps, profile.kv_capacity_tokens, spec.prefill.max_replicas)
     model = CapacityModel(profile, spec.slo, workload)
     queue_rps = backlog_rps(spec, observation, state, model, now)

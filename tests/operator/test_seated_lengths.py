@@ -48,7 +48,7 @@ def _expected_generated(observation: Observation) -> float:
 
 
 def test_residents_deep_into_longer_answers_raise_the_outputs_to_the_least_that_accounts_for_them() -> None:
-    raised, reason = seated_output_lengths(_shifting())
+    raised, reason = seated_output_lengths(_shifting(), _shifting())  # no trend extrapolated
     assert raised.output_tokens_mean is not None and raised.output_tokens_p90 is not None
     # the least mean that explains the residents: the widest spread a fit takes, at a raised mean
     assert raised.output_tokens_p90 == pytest.approx(MAX_P90_OVER_MEAN * raised.output_tokens_mean)
@@ -64,11 +64,29 @@ def test_a_wider_spread_at_the_window_mean_where_one_accounts_for_the_residents(
     """Residents twice as far in as the window implies: the window's mean stands, its tail widens."""
     base = _shifting(osl_p90=45.0, decode_running=500.0)
     target = 2.0 * _expected_generated(base)
-    raised, reason = seated_output_lengths(base.model_copy(update={"decode_generated_tokens_mean": target}))
+    observation = base.model_copy(update={"decode_generated_tokens_mean": target})
+    raised, reason = seated_output_lengths(observation, observation)
     assert reason is not None
     assert raised.output_tokens_mean == 31.0
     assert raised.output_tokens_p90 is not None and 45.0 < raised.output_tokens_p90 < MAX_P90_OVER_MEAN * 31.0
     assert _expected_generated(raised) == pytest.approx(target, rel=1e-4)
+
+
+def test_the_trends_lengths_stand_where_they_account_for_the_residents_and_are_widened_where_not() -> None:
+    """The floor is on the lengths sized with: where the trend extrapolated the outputs far enough that
+    residents weighted by them would be 638 tokens in, they stand; where it extrapolated the mean but not
+    far enough, the raise starts from its mean, not the window's."""
+    observation = _shifting()
+    far = observation.model_copy(update={"output_tokens_mean": 900.0, "output_tokens_p90": 1800.0})
+    assert _expected_generated(far) > 638.0
+    assert seated_output_lengths(observation, far) == (far, None)
+    near = observation.model_copy(update={"output_tokens_mean": 150.0, "output_tokens_p90": 300.0})
+    raised, reason = seated_output_lengths(observation, near)
+    assert reason is not None
+    assert raised.output_tokens_mean is not None and raised.output_tokens_mean >= 150.0
+    assert _expected_generated(raised) == pytest.approx(638.0, rel=1e-4)
+    # read against the window's own lengths: 31 tokens, as the reason says
+    assert "from the window's 31/P90 62" in reason
 
 
 def test_more_decode_replicas_are_ordered_before_the_new_answers_finish() -> None:
@@ -126,7 +144,7 @@ def test_outputs_stand_where_the_residents_are_not_evidence_of_longer_answers(
     why: str, extra: dict[str, object]
 ) -> None:
     observation = _shifting(**extra)
-    same, reason = seated_output_lengths(observation)
+    same, reason = seated_output_lengths(observation, observation)
     assert reason is None, why
     assert same == observation, why
 
@@ -153,7 +171,7 @@ def test_a_raise_is_upward_accounts_for_the_residents_and_is_not_raised_again(
     )
     generated = _expected_generated(base) * (1.0 + excess)
     observation = base.model_copy(update={"decode_generated_tokens_mean": generated})
-    raised, reason = seated_output_lengths(observation)
+    raised, reason = seated_output_lengths(observation, observation)
     assert raised.output_tokens_mean is not None
     assert raised.output_tokens_mean >= output
     if reason is None:
@@ -161,6 +179,6 @@ def test_a_raise_is_upward_accounts_for_the_residents_and_is_not_raised_again(
         return
     assert excess > RESIDENT_GENERATED_MARGIN
     assert _expected_generated(raised) == pytest.approx(generated, rel=1e-4)
-    again, again_reason = seated_output_lengths(raised)
+    again, again_reason = seated_output_lengths(raised, raised)
     assert again_reason is None
     assert again == raised

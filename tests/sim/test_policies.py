@@ -7,6 +7,7 @@ import pytest
 from sim_helpers import make_trace, toy_profile
 
 from dopd_forecaster.traces import Trace
+from dopd_sim.cluster import Simulator
 from dopd_sim.config import SimConfig
 from dopd_sim.metrics import slo_met
 from dopd_sim.policies import FIXED_POLICIES, POLICY_NAMES, make_policy
@@ -15,6 +16,7 @@ from dopd_sim.policies.dynamo_sla import best_decode_throughput_per_gpu
 from dopd_sim.policies.hpa import HpaBehavior, ratio_replicas
 from dopd_sim.run import simulate
 from dopd_sim.synthetic import steps
+from dopd_sim.trace_spec import generate_from_spec
 
 
 @pytest.mark.parametrize(
@@ -129,3 +131,29 @@ def test_the_shared_warm_start_knows_only_the_first_minute() -> None:
     for name in ("dopd", "reactive", "dynamo-sla"):
         assert start_gpus(name, surge) == start_gpus(name, quiet), name
     assert start_gpus("oracle", surge) > start_gpus("oracle", quiet)
+
+
+@pytest.mark.slow
+def test_dopd_sizes_decode_for_longer_answers_before_they_finish(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flat 12 rps whose requests move from code completion's answers (30 tokens) to a reasoning
+    model's (2,400) over minutes 5-25: the window's finishers are the old mix until the new answers
+    end, but the decode residents are deep into the new ones from the first minute
+    (`planner_lengths.seated_output_lengths`). With what they have generated the pool grows ahead of
+    the KV filling; without it (an engine that does not report it), one replica fills its KV cache and
+    the sequences queue for minutes."""
+    trace = generate_from_spec(
+        "poisson,rate_rps=12,duration_s=1800,lengths=code,shift_to=reasoning,shift_start_s=300,"
+        "shift_end_s=1500",
+        seed=1,
+    )
+    slo = SimConfig(seed=1).spec.slo
+
+    def attainment() -> float:
+        result = simulate(trace, DopdPolicy(), SimConfig(seed=1))
+        return float(np.mean(slo_met(result.ttft_s, result.tpot_s, slo.ttft_seconds, slo.tpot_seconds)))
+
+    seeing = attainment()
+    monkeypatch.setattr(Simulator, "decode_generated_tokens_mean", lambda self: None)
+    blind = attainment()
+    assert seeing >= 0.99
+    assert blind < 0.97
