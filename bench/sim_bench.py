@@ -1,5 +1,5 @@
-"""Publish the simulator benchmark: dopd against the oracle and tuned baselines on eleven traces (two real,
-nine generated shapes) and two of the shapes again after 30 minutes of history, five seeds each,
+"""Publish the simulator benchmark: dopd against the oracle and tuned baselines on twelve traces (two real,
+ten generated shapes) and two of the shapes again after 30 minutes of history, five seeds each,
 reported as mean and 95% interval; plus a cold start, a wrong profile, the `dopd demo` scenario, the
 simulator's speed and (with --fidelity) real CPU workers.
 Llama-3-8B on H100 (`llama3-8b-h100`), SLO TTFT 1.5 s / TPOT 50 ms at P90, a 99% attainment target.
