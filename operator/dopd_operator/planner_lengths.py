@@ -163,8 +163,8 @@ def resident_output_lengths(
     gap_s = observation.request_tpot_mean_seconds if lives else observation.tpot_mean_seconds
     if not running or mean is None or mean <= 0 or not rate or not gap_s:
         return observation, None
-    if observation.arrival_level_age_seconds is not None or declining(observation) is not None:
-        return observation, None  # the residents arrived at a rate other than the one read now
+    if residents_of_another_rate(observation):
+        return observation, None
     waiting = (observation.decode_queue_depth or 0.0) if young_residents(spec, observation) else 0.0
     in_stage = running + waiting
     implied = in_stage / (rate * gap_s) + 1.0
@@ -196,6 +196,13 @@ def resident_output_lengths(
         update={"output_tokens_mean": implied, "output_tokens_p90": implied_p90}
     )
     return observation, reason
+
+
+def residents_of_another_rate(observation: Observation) -> bool:
+    """Whether the decode residents arrived at a rate other than the one read now: after a step in the
+    arrivals (the rate is then read from the step on) or on a decline (`declining`). What they hold
+    then says nothing of the load's lengths at this rate (on a decline the short ones have left first)."""
+    return observation.arrival_level_age_seconds is not None or declining(observation) is not None
 
 
 def young_residents(spec: DisaggregatedModelSpec, observation: Observation) -> bool:
@@ -372,7 +379,7 @@ def seated_output_lengths(observation: Observation, sized: Observation) -> tuple
     mean, p90 = observation.output_tokens_mean, observation.output_tokens_p90
     if generated is None or not running or not mean:
         return sized, None
-    if observation.arrival_level_age_seconds is not None or declining(observation) is not None:
+    if residents_of_another_rate(observation):
         return sized, None
     slope = observation.output_tokens_trend_per_s
     if slope is None or slope < 0:
