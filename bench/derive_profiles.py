@@ -909,8 +909,8 @@ spec:
    longest you serve (the quadratic term needs long prompts), decode batches from 1 to the largest you
    run and contexts from short to long (otherwise b and c are not separable).
 
-Online, the planner also multiplies a profile by correction factors learned from the observed TTFT/TPOT
-(`PerformanceProfile.scaled`), which absorbs engine overheads a preset does not model, but a profile
+Online, the planner also multiplies a profile by correction factors learned from the observed TTFT
+percentile and mean TPOT (`PerformanceProfile.scaled`), which absorbs engine overheads a preset does not model, but a profile
 that is wrong in shape (for example a decode slope taken from the wrong batch regime) is not fixed by a
 scale factor.
 """
