@@ -5,7 +5,6 @@ Also the `Derivation` record of one preset and the two latency forms a preset is
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -96,8 +95,3 @@ def _prefill_model(p: PrefillCoefficients, lengths: Sequence[float]) -> float:
 
 def _decode_model(d: DecodeCoefficients, batch: float, total_ctx: float) -> float:
     return d.a_seconds + d.b_seconds_per_context_token * total_ctx + d.c_seconds_per_sequence * batch
-
-
-def _errors(points: Sequence[tuple[str, float, float]]) -> tuple[float, float]:
-    pct = [abs(m - s) / s for _, s, m in points]
-    return statistics.fmean(pct), max(pct)

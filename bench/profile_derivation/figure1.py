@@ -35,8 +35,8 @@ class Figure1Anchor:
 
 
 def figure1_anchor(d: Derivation) -> Figure1Anchor:
-    """Prefill-only and decode-only goodput of one A100 for OPT-13B, input 512 / output 64 (DistServe Fig. "
-    "1)."""
+    """Prefill-only and decode-only goodput of one A100 for OPT-13B, input 512 / output 64 (DistServe
+    Fig. 1)."""
     prompt, output = 512, 64
     ttft_slo, tpot_slo = 0.4, 0.04
     t_p = _prefill_model(d.prefill, [prompt])
