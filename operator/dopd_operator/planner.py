@@ -46,6 +46,7 @@ from dopd_operator.planner_load import (
     backlog_rps,
     declining,
     decode_backlog_replicas,
+    decode_saturated,
     lead_time_seconds,
     observed_workload,
     provisioned_rate,
@@ -69,6 +70,7 @@ from dopd_operator.safety import (
     gpus,
     hold_found_replicas,
     hold_unschedulable,
+    hold_while_saturated,
     limit_steps,
     stabilize,
 )
@@ -199,6 +201,7 @@ def plan(
     if window_reason is not None:
         reasons.append(window_reason)
     target = stabilize(target, current, history, spec, now, clamps, down_window)
+    target = hold_while_saturated(target, current, decode_saturated(observation, base_profile), clamps)
     history.append(recommendation)
     if fresh:
         target = hold_found_replicas(target, current, spec, clamps)

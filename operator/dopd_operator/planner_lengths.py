@@ -275,6 +275,11 @@ def hold_output_lengths(
     if since_full_s is not None and since_full_s < seated_s:
         if held is None:
             return observation, after, None
+        # The hold's clock runs from the tick it first applied while the slots stayed full, whichever
+        # lengths a tick then sized with: restarted by a tick that kept the window's, it had held the
+        # old lengths for another lead time with every slot still taken.
+        held_since = state.output_lengths_held_since or now
+        after = after.model_copy(update={"output_lengths_held_since": held_since})
         if measured is not None and measured > held.mean and young_residents(spec, observation):
             reason = (
                 f"output lengths of this window kept (mean {measured:.0f}), not those last measured with "
@@ -282,8 +287,6 @@ def hold_output_lengths(
                 "outputs outlast the window, so both read short of the demand's, the earlier ones more"
             )
             return observation, after, reason
-        held_since = state.output_lengths_held_since or now
-        after = after.model_copy(update={"output_lengths_held_since": held_since})
         held_s = (now - held_since).total_seconds()
         lead_s = lead_time_seconds(spec, observation)
         if held_s > lead_s and measured is not None and measured > held.mean:

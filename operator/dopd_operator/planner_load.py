@@ -302,3 +302,19 @@ def decode_slots_full(observation: Observation, profile: PerformanceProfile) -> 
     return running / ready >= FULL_BATCH_SHARE * profile.max_batch_size or (
         kv_usage is not None and kv_usage >= FULL_BATCH_SHARE
     )
+
+
+def decode_saturated(observation: Observation, profile: PerformanceProfile) -> str | None:
+    """How the decode pool is saturated, for `safety.hold_while_saturated`: its slots full
+    (`decode_slots_full`) and sequences waiting for one; None where it is not, or that is unknown."""
+    waiting = observation.decode_queue_depth
+    if not waiting or waiting <= 0 or not decode_slots_full(observation, profile):
+        return None
+    kv = observation.decode_kv_usage
+    return (
+        f"its slots are full ({observation.decode_running:.0f} sequences on {observation.decode.ready} "
+        f"ready replica(s)"
+        + (f", KV cache {kv:.0%} used" if kv is not None else "")
+        + f") and {waiting:.0f} "
+        "wait for one"
+    )

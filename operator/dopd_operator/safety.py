@@ -2,8 +2,9 @@
 
 Each stage takes a `Layout` (prefill, decode replicas) and returns one, appending a `Clamp` for every
 role it changed, so `kubectl describe dm` can say exactly which rule moved the answer and why. Order
-(see `planner.plan`): bounds -> ratio band -> GPU budget -> pending pods -> stabilization -> step
-limits -> tolerance -> bounds and budget again (hard limits win over smoothing). Stabilization comes
+(see `planner.plan`): bounds -> ratio band -> GPU budget -> pending pods -> stabilization -> the
+saturated decode pool's hold -> step limits -> tolerance -> bounds and budget again (hard limits win
+over smoothing). Stabilization comes
 before the step limits as in the HPA (`normalizeDesiredReplicasWithBehaviors`): the window smooths
 the recommendation, the rate limit then bounds the move.
 """
@@ -241,6 +242,30 @@ def stabilize(
             )
             out = out.replace(role, result)
     return out
+
+
+def hold_while_saturated(
+    layout: Layout, current: Layout, saturated: str | None, clamps: list[Clamp] | None
+) -> Layout:
+    """No decode replica is released while the decode pool is saturated (`saturated` says how: its
+    slots full and sequences waiting for one; None: it is not). A pool that cannot seat what it is
+    given needs more replicas whatever the capacity model reads: a model that sizes it smaller has
+    read the load wrong (the lengths measured as requests end trail a mix moving to longer answers),
+    and releasing replicas there, or cancelling those still starting, deepens the queue that shows it.
+    On a conversation trace shifting to a reasoning model's answers, the held lengths read one decode
+    replica enough while 600 sequences waited for a slot, and the scale-down window, shortened on a
+    dip of the arrivals, cancelled six of the twelve ordered a minute before."""
+    if saturated is None or layout.decode >= current.decode:
+        return layout
+    _record(
+        clamps,
+        "SaturatedHold",
+        "decode",
+        layout.decode,
+        current.decode,
+        f"no decode replica released while {saturated}",
+    )
+    return layout.replace("decode", current.decode)
 
 
 def hold_found_replicas(

@@ -261,3 +261,24 @@ def test_a_hold_ends_when_the_slots_are_still_full_a_lead_time_after_it_began() 
         )[1].output_lengths_held_since
         is None
     )
+
+
+def test_a_tick_that_keeps_the_windows_lengths_does_not_restart_the_holds_clock() -> None:
+    """A tick on a rise keeps the window's (longer) lengths rather than the held ones; the hold's lead
+    time still runs from when it first applied. Restarted there, on a conversation trace shifting to a
+    reasoning model's answers, the hold went back to 272-token outputs for another lead time while 600
+    sequences waited for a slot, and sized the decode pool at one replica where twelve were ordered."""
+    state = PlannerState(output_lengths_free_slots=OutputLengths(mean=2160.0, p90=4620.0))
+    kept = _rising(2600.0, 5300.0, full=True)
+    _, after, reason = hold_output_lengths(SPEC, kept, state, PROFILE, T0)
+    assert reason is not None and "output lengths of this window kept" in reason
+    assert after.output_lengths_held_since == T0
+    # a flat tick a lead time later, its slots still full: the held lengths were short, the window's stand
+    later = T0 + timedelta(seconds=lead_time_seconds(SPEC) + 30)
+    flat = _rising(2600.0, 5300.0, full=True).model_copy(update={"arrival_rate_trend_rps_per_s": 0.0})
+    sized, _, reason = hold_output_lengths(SPEC, flat, after, PROFILE, later)
+    assert sized.output_tokens_mean == 2600.0
+    assert reason is not None and "no longer those held" in reason
+    # had the clock restarted at the kept tick, the same tick holds them again
+    restarted = after.model_copy(update={"output_lengths_held_since": None})
+    assert hold_output_lengths(SPEC, flat, restarted, PROFILE, later)[0].output_tokens_mean == 2160.0

@@ -702,3 +702,30 @@ def test_decode_keeps_slot_headroom_and_says_how_many_would_hold_the_slo() -> No
     decode_reason = next(r for r in d.reasons if r.startswith("decode: B*="))
     assert f"slot headroom: {fewest} would hold the SLO at 247 sequences each" in decode_reason, decode_reason
     assert f"{d.raw_decode} still would with every slot taken" in decode_reason
+
+
+@pytest.mark.parametrize("waiting", [60.0, 0.0])
+def test_a_saturated_decode_pool_keeps_its_replicas_whatever_the_model_reads(waiting: float) -> None:
+    """Eight decode replicas with every slot taken and sequences waiting: the window's lengths read one
+    replica enough (the lengths trail a mix moving to longer answers), and no window or step limit holds
+    the others. None is released while sequences wait for a slot; with none waiting, the pool shrinks."""
+    spec = make_spec(
+        scaling={"scaleDown": {"stabilizationSeconds": 0, "maxStepReplicas": 100, "maxStepPercent": 100}}
+    )
+    slots = resolve_profile(spec.profile).max_batch_size
+    observation = make_obs(
+        rate=10.0, osl=200.0, decode=8, decode_running=8.0 * slots, decode_queue_depth=waiting
+    )
+    state = PlannerState(
+        recommendations=[Recommendation(time=T0 - timedelta(seconds=30), prefill=1, decode=8)]
+    )
+    decision = plan(spec, observation, None, state, T0)
+    assert decision.raw_decode < 8
+    held = [c for c in decision.clamps if c.stage == "SaturatedHold"]
+    if waiting:
+        assert decision.decode == 8
+        assert len(held) == 1 and held[0].role == "decode" and held[0].after == 8
+        assert f"{8 * slots} sequences on 8 ready replica(s)" in held[0].reason
+        assert "60 wait for one" in held[0].reason
+    else:
+        assert decision.decode < 8 and not held

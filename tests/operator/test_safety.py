@@ -18,6 +18,7 @@ from dopd_operator.safety import (
     fit_budget,
     hold_found_replicas,
     hold_unschedulable,
+    hold_while_saturated,
     limit_steps,
     stabilize,
 )
@@ -197,3 +198,21 @@ def test_a_fresh_planner_holds_the_replicas_it_finds(
     clamps: list[Clamp] = []
     assert hold_found_replicas(layout, Layout(3, 2), spec, clamps) == expected
     assert [c.stage for c in clamps] == stages
+
+
+@pytest.mark.parametrize(
+    ("saturated", "wanted", "expected", "stages"),
+    [
+        pytest.param("its slots are full", Layout(2, 3), Layout(2, 6), ["SaturatedHold"], id="held"),
+        pytest.param("its slots are full", Layout(1, 9), Layout(1, 9), [], id="scale-up-untouched"),
+        pytest.param(None, Layout(2, 3), Layout(2, 3), [], id="not-saturated-released"),
+    ],
+)
+def test_a_saturated_decode_pool_releases_no_replica(
+    saturated: str | None, wanted: Layout, expected: Layout, stages: list[str]
+) -> None:
+    """Prefill is not this stage's: only the decode pool's own saturation holds its replicas."""
+    clamps: list[Clamp] = []
+    assert hold_while_saturated(wanted, Layout(3, 6), saturated, clamps) == expected
+    assert [c.stage for c in clamps] == stages
+    assert all(c.role == "decode" and "its slots are full" in c.reason for c in clamps)
