@@ -311,10 +311,8 @@ def decode_saturated(observation: Observation, profile: PerformanceProfile) -> s
     if not waiting or waiting <= 0 or not decode_slots_full(observation, profile):
         return None
     kv = observation.decode_kv_usage
+    kv_said = "" if kv is None else f", KV cache {kv:.0%} used"
     return (
         f"its slots are full ({observation.decode_running:.0f} sequences on {observation.decode.ready} "
-        f"ready replica(s)"
-        + (f", KV cache {kv:.0%} used" if kv is not None else "")
-        + f") and {waiting:.0f} "
-        "wait for one"
+        f"ready replica(s){kv_said}) and {waiting:.0f} wait for one"
     )

@@ -4,9 +4,9 @@ Each stage takes a `Layout` (prefill, decode replicas) and returns one, appendin
 role it changed, so `kubectl describe dm` can say exactly which rule moved the answer and why. Order
 (see `planner.plan`): bounds -> ratio band -> GPU budget -> pending pods -> stabilization -> the
 saturated decode pool's hold -> step limits -> tolerance -> bounds and budget again (hard limits win
-over smoothing). Stabilization comes
-before the step limits as in the HPA (`normalizeDesiredReplicasWithBehaviors`): the window smooths
-the recommendation, the rate limit then bounds the move.
+over smoothing). Stabilization comes before the step limits as in the HPA
+(`normalizeDesiredReplicasWithBehaviors`): the window smooths the recommendation, the rate limit then
+bounds the move.
 """
 
 from __future__ import annotations
