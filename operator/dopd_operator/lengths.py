@@ -166,8 +166,11 @@ def _gamma_p90_over_mean(shape: float) -> float:
 MAX_P90_OVER_MEAN = _gamma_p90_over_mean(_MIN_SHAPE)
 
 
+@functools.lru_cache(maxsize=64)
 def length_bias(p90_over_mean: float) -> float:
     """E[L^2] / E[L]^2 of the lengths fitted to a mean and this P90 over it: how much longer than the
-    mean the average length a resident weighted by its length is (1 for a point mass)."""
-    fitted = _fitted(1.0, p90_over_mean)
+    mean the average length a resident weighted by its length is (1 for a point mass). Memoized apart
+    from the fits (`from_mean_p90`): a search over spreads (`planner_lengths.seated_output_lengths`)
+    tries some thirty, which had evicted a tick's own fits from theirs."""
+    fitted = LengthDistribution._fit(1.0, p90_over_mean)
     return fitted.moment(2) / fitted.moment(1) ** 2
