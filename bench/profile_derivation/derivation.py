@@ -85,7 +85,7 @@ class Derivation:
     extra_tables: list[str] = field(default_factory=list)
 
 
-def _prefill_model(p: PrefillCoefficients, lengths: Sequence[float]) -> float:
+def prefill_batch_seconds(p: PrefillCoefficients, lengths: Sequence[float]) -> float:
     return (
         p.a_seconds
         + p.b_seconds_per_token * sum(lengths)
@@ -93,5 +93,5 @@ def _prefill_model(p: PrefillCoefficients, lengths: Sequence[float]) -> float:
     )
 
 
-def _decode_model(d: DecodeCoefficients, batch: float, total_ctx: float) -> float:
+def decode_step_seconds(d: DecodeCoefficients, batch: float, total_ctx: float) -> float:
     return d.a_seconds + d.b_seconds_per_context_token * total_ctx + d.c_seconds_per_sequence * batch

@@ -19,9 +19,9 @@ from profile_derivation.derivation import (
     MS,
     Derivation,
     ModelShape,
-    _decode_model,
-    _prefill_model,
+    decode_step_seconds,
     kv_capacity_tokens,
+    prefill_batch_seconds,
 )
 
 DISTSERVE_JSON = "distserve/simdistserve/estimators/profile_data/profiler-a100-80g.distserve.json"
@@ -68,16 +68,18 @@ def derive_distserve(data: Path, model: str, tp: int, name: str, shape: ModelSha
 
     # error per regime, for the doc
     pct_small = [
-        abs(_decode_model(decode, b, c) - s) / s
+        abs(decode_step_seconds(decode, b, c) - s) / s
         for b, c, s in zip(batches, ctxs, secs, strict=True)
         if b < 95
     ]
     pct_large = [
-        abs(_decode_model(decode, b, c) - s) / s
+        abs(decode_step_seconds(decode, b, c) - s) / s
         for b, c, s in zip(batches, ctxs, secs, strict=True)
         if b >= 95
     ]
-    all_pct = [abs(_decode_model(decode, b, c) - s) / s for b, c, s in zip(batches, ctxs, secs, strict=True)]
+    all_pct = [
+        abs(decode_step_seconds(decode, b, c) - s) / s for b, c, s in zip(batches, ctxs, secs, strict=True)
+    ]
     i_worst = int(np.argmax(all_pct))
     worst = (int(batches[i_worst]), ctxs[i_worst] / batches[i_worst])
     # the alternative: DistServe's small-batch set verbatim, extrapolated to large batches
@@ -87,10 +89,11 @@ def derive_distserve(data: Path, model: str, tp: int, name: str, shape: ModelSha
         if b >= 95
     ]
     prefill_points = [
-        (f"l={n}", _prefill_model(prefill, [n]), _prefill_model(prefill, [n])) for n in (128, 512, 1024, 2048)
+        (f"l={n}", prefill_batch_seconds(prefill, [n]), prefill_batch_seconds(prefill, [n]))
+        for n in (128, 512, 1024, 2048)
     ]
     decode_points = [
-        (f"B={b}, ctx/seq={ctx}", source_ms(b, b * ctx) * MS, _decode_model(decode, b, b * ctx))
+        (f"B={b}, ctx/seq={ctx}", source_ms(b, b * ctx) * MS, decode_step_seconds(decode, b, b * ctx))
         for b in (1, 8, 32, 64, 94, 95, 128, 192, 256)
         for ctx in (256, 1024)
         if b * ctx <= cap

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from profile_derivation.derivation import Derivation, _decode_model, _prefill_model
+from profile_derivation.derivation import Derivation, decode_step_seconds, prefill_batch_seconds
 
 
 def _md1_p90_wait(rate: float, service: float, n: int = 200_000, seed: int = 0) -> float:
@@ -39,7 +39,7 @@ def figure1_anchor(d: Derivation) -> Figure1Anchor:
     Fig. 1)."""
     prompt, output = 512, 64
     ttft_slo, tpot_slo = 0.4, 0.04
-    t_p = _prefill_model(d.prefill, [prompt])
+    t_p = prefill_batch_seconds(d.prefill, [prompt])
     capacity = 1.0 / t_p
     # largest Poisson rate whose P90 TTFT (M/D/1, one prompt per prefill batch) meets the SLO
     lo, hi = 0.0, capacity * 0.999
@@ -54,13 +54,13 @@ def figure1_anchor(d: Derivation) -> Figure1Anchor:
     ctx = prompt + output / 2
     per_seq = d.decode.b_seconds_per_context_token * ctx + d.decode.c_seconds_per_sequence
     b_max = int((tpot_slo - d.decode.a_seconds) // per_seq)
-    step_at_bmax = _decode_model(d.decode, b_max, b_max * ctx)
+    step_at_bmax = decode_step_seconds(d.decode, b_max, b_max * ctx)
     decode_saturated = b_max / (output * step_at_bmax)
     # with Poisson arrivals the in-flight count is ~Poisson(m); keep its P90 (normal approximation,
     # m + 1.2816 sqrt(m)) at b_max: solve for sqrt(m)
     z = 1.2816
     mean_inflight = ((-z + math.sqrt(z * z + 4 * b_max)) / 2) ** 2
-    step_mean = _decode_model(d.decode, mean_inflight, mean_inflight * ctx)
+    step_mean = decode_step_seconds(d.decode, mean_inflight, mean_inflight * ctx)
     decode_poisson = mean_inflight / (output * step_mean)
     return Figure1Anchor(t_p, capacity, prefill_goodput, b_max, decode_saturated, decode_poisson)
 

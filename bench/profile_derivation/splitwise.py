@@ -18,9 +18,9 @@ from profile_derivation.derivation import (
     MS,
     Derivation,
     ModelShape,
-    _decode_model,
-    _prefill_model,
+    decode_step_seconds,
     kv_capacity_tokens,
+    prefill_batch_seconds,
 )
 
 SPLITWISE_CSV = "splitwise-sim/data/perf_model.csv"
@@ -86,7 +86,7 @@ def derive_splitwise(
     )
     pre_raw = [
         abs(
-            _prefill_model(prefill, [float(int(r["prompt_size"]))] * int(r["batch_size"]))
+            prefill_batch_seconds(prefill, [float(int(r["prompt_size"]))] * int(r["batch_size"]))
             - float(r["prompt_time"]) * MS
         )
         / (float(r["prompt_time"]) * MS)
@@ -96,7 +96,7 @@ def derive_splitwise(
     for r in rows:
         p, b, t = int(r["prompt_size"]), int(r["batch_size"]), int(r["token_size"])
         s = float(r["token_time"]) * MS
-        dec_raw.append(abs(_decode_model(decode, b, total_ctx(p, b, t)) - s) / s)
+        dec_raw.append(abs(decode_step_seconds(decode, b, total_ctx(p, b, t)) - s) / s)
     return SplitwiseFit(
         prefill=prefill,
         decode=decode,
@@ -148,10 +148,11 @@ def derivation_from_splitwise(data: Path, name: str, hardware: str, tp: int, sha
         prefill_quality=fit.prefill_quality,
         decode_quality=fit.decode_quality,
         prefill_points=[
-            (f"{b} x {p}", s, _prefill_model(fit.prefill, [float(p)] * b)) for p, b, s in fit.prefill_medians
+            (f"{b} x {p}", s, prefill_batch_seconds(fit.prefill, [float(p)] * b))
+            for p, b, s in fit.prefill_medians
         ],
         decode_points=[
-            (f"B={b}, prompt={p}, gen={t}", s, _decode_model(fit.decode, b, b * (p + t / 2)))
+            (f"B={b}, prompt={p}, gen={t}", s, decode_step_seconds(fit.decode, b, b * (p + t / 2)))
             for p, b, t, s in fit.decode_medians
         ],
         notes=[
