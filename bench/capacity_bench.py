@@ -19,7 +19,7 @@ baselines', vLLM's default); the prefill rows are measured again behind dopd's o
 (`dopd_worker.scheduler`, with its dispatch deadline), the queue the model sizes for in production: what
 it serves at the attainment target, not at the P90, is what the model has to predict.
 
-    python bench/capacity_bench.py            # 3 seeds, 1, 4 (and 16 prefill) replicas, 5 mixes x arrivals (~20 min)
+    python bench/capacity_bench.py            # 3 seeds, 1, 4 (and 16 prefill) replicas, 6 mixes x arrivals (~25 min)
     python bench/capacity_bench.py --quick    # 1 seed, 1 replica, to check the script
 """
 
@@ -42,11 +42,17 @@ from dopd_sim.steady import BRACKET, Role, measure
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks"
 RESULTS = DOCS / "capacity" / "results.json"
-MIXES = ("azure", "long-mix", "code")  # dopd_sim.synthetic.LENGTH_MIXES
+MIXES = ("azure", "long-mix", "code", "reasoning")  # dopd_sim.synthetic.LENGTH_MIXES
 # Arrivals' coefficients of variation per mix: 1 (Poisson) for each, and the suite's bursty CV 2 where the
 # suite's trace of that mix has it (bench/sim_bench.py: long-mix, code).
-ARRIVAL_CVS = {"azure": (1.0,), "long-mix": (1.0, 2.0), "code": (1.0, 2.0)}
+ARRIVAL_CVS = {"azure": (1.0,), "long-mix": (1.0, 2.0), "code": (1.0, 2.0), "reasoning": (1.0,)}
 ROLES: tuple[Role, ...] = ("prefill", "decode")
+# The roles measured per mix: both, but for reasoning, whose prompts (800 tokens) are of Azure's kind and
+# whose decode pool is what it adds: capped by its KV cache, not its batch limit, and holding answers a
+# minute or two long. Its runs at 1 and 4 decode replicas last a hundred lives and more; larger pools
+# would need runs long beside the minutes an answer may wait for a slot and still meet its TPOT (a
+# shorter run lets a pool defer them past its end: docs/benchmarks/sim-history.md).
+MIX_ROLES: dict[str, tuple[Role, ...]] = {"reasoning": ("decode",)}
 # Pool sizes per role: 1 and 4 for both, and 16 prefill replicas, the size the suite's traces run (long-mix
 # holds about 20), where a pooled queue's waits differ most from a small pool's. (16 decode replicas would
 # mean steady loads of 700-3800 rps: hours of simulation for a role whose pools stay small in the suite.)
@@ -72,7 +78,7 @@ def run(quick: bool, jobs: int) -> dict[str, Any]:
         (m, r, n, s, cv, q)
         for m in MIXES
         for cv in ARRIVAL_CVS[m]
-        for r in ROLES
+        for r in MIX_ROLES.get(m, ROLES)
         for q in QUEUES[r]
         for n in (REPLICAS[r][:1] if quick else REPLICAS[r])
         for s in seeds
