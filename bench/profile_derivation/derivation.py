@@ -5,7 +5,6 @@ Also the `Derivation` record of one preset and the two latency forms a preset is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dopd_operator.api import DecodeCoefficients, PrefillCoefficients
@@ -83,14 +82,6 @@ class Derivation:
     decode_points: list[tuple[str, float, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     extra_tables: list[str] = field(default_factory=list)
-
-
-def prefill_batch_seconds(p: PrefillCoefficients, lengths: Sequence[float]) -> float:
-    return (
-        p.a_seconds
-        + p.b_seconds_per_token * sum(lengths)
-        + p.c_seconds_per_token2 * sum(x * x for x in lengths)
-    )
 
 
 def decode_step_seconds(d: DecodeCoefficients, batch: float, total_ctx: float) -> float:

@@ -21,7 +21,6 @@ from profile_derivation.derivation import (
     ModelShape,
     decode_step_seconds,
     kv_capacity_tokens,
-    prefill_batch_seconds,
 )
 
 DISTSERVE_JSON = "distserve/simdistserve/estimators/profile_data/profiler-a100-80g.distserve.json"
@@ -89,8 +88,7 @@ def derive_distserve(data: Path, model: str, tp: int, name: str, shape: ModelSha
         if b >= 95
     ]
     prefill_points = [
-        (f"l={n}", prefill_batch_seconds(prefill, [n]), prefill_batch_seconds(prefill, [n]))
-        for n in (128, 512, 1024, 2048)
+        (f"l={n}", prefill.batch_seconds([n]), prefill.batch_seconds([n])) for n in (128, 512, 1024, 2048)
     ]
     decode_points = [
         (f"B={b}, ctx/seq={ctx}", source_ms(b, b * ctx) * MS, decode_step_seconds(decode, b, b * ctx))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from profile_derivation.derivation import Derivation, decode_step_seconds, prefill_batch_seconds
+from profile_derivation.derivation import Derivation, decode_step_seconds
 
 
 def _md1_p90_wait(rate: float, service: float, n: int = 200_000, seed: int = 0) -> float:
@@ -39,7 +39,7 @@ def figure1_anchor(d: Derivation) -> Figure1Anchor:
     Fig. 1)."""
     prompt, output = 512, 64
     ttft_slo, tpot_slo = 0.4, 0.04
-    t_p = prefill_batch_seconds(d.prefill, [prompt])
+    t_p = d.prefill.batch_seconds([prompt])
     capacity = 1.0 / t_p
     # largest Poisson rate whose P90 TTFT (M/D/1, one prompt per prefill batch) meets the SLO
     lo, hi = 0.0, capacity * 0.999

@@ -18,7 +18,6 @@ from profile_derivation.derivation import (
     Derivation,
     decode_step_seconds,
     kv_capacity_tokens,
-    prefill_batch_seconds,
 )
 
 LLMSERVINGSIM_CSV = "llmservingsim/profiler/v0/perf_models/H100/meta-llama/Llama-3.1-8B/tp1/layers.csv"
@@ -111,7 +110,7 @@ def derive_llama3_8b_h100(data: Path) -> Derivation:
     pre_secs = [llama3_prefill_seconds(ops, n) for n in pre_lengths]
     prefill, pq = fit_prefill([[float(n)] for n in pre_lengths], pre_secs)
     all_pct = [
-        abs(prefill_batch_seconds(prefill, [float(n)]) - llama3_prefill_seconds(ops, n))
+        abs(prefill.batch_seconds([float(n)]) - llama3_prefill_seconds(ops, n))
         / llama3_prefill_seconds(ops, n)
         for n in range(1, 2049)
     ]
@@ -205,7 +204,7 @@ def derive_llama3_8b_h100(data: Path) -> Derivation:
         prefill_quality=pq,
         decode_quality=dq,
         prefill_points=[
-            (f"l={n}", llama3_prefill_seconds(ops, n), prefill_batch_seconds(prefill, [float(n)]))
+            (f"l={n}", llama3_prefill_seconds(ops, n), prefill.batch_seconds([float(n)]))
             for n in (1, 16, 64, 128, 256, 512, 768, 1024, 1536, 2048)
         ],
         decode_points=[
@@ -225,7 +224,7 @@ def derive_llama3_8b_h100(data: Path) -> Derivation:
             + " (single noisy source points and the memory- to compute-bound knee near 256 tokens); short "
             "prompts (16-64 tokens) are under-predicted by up to ~9%.",
             f"Beyond the data (prompts > 2048 tokens) the convex fit over-predicts: it gives "
-            f"{prefill_batch_seconds(prefill, [8192.0]) * 1e3:.0f} ms for 8192 tokens, while at 2048 tokens the "
+            f"{prefill.batch_seconds([8192.0]) * 1e3:.0f} ms for 8192 tokens, while at 2048 tokens the "
             "forward "
             "already runs the layer GEMMs at ~460 TFLOP/s, so a compute-bound extrapolation (4 x T(2048) "
             "plus "

@@ -20,7 +20,6 @@ from profile_derivation.derivation import (
     ModelShape,
     decode_step_seconds,
     kv_capacity_tokens,
-    prefill_batch_seconds,
 )
 
 SPLITWISE_CSV = "splitwise-sim/data/perf_model.csv"
@@ -86,7 +85,7 @@ def derive_splitwise(
     )
     pre_raw = [
         abs(
-            prefill_batch_seconds(prefill, [float(int(r["prompt_size"]))] * int(r["batch_size"]))
+            prefill.batch_seconds([float(int(r["prompt_size"]))] * int(r["batch_size"]))
             - float(r["prompt_time"]) * MS
         )
         / (float(r["prompt_time"]) * MS)
@@ -148,8 +147,7 @@ def derivation_from_splitwise(data: Path, name: str, hardware: str, tp: int, sha
         prefill_quality=fit.prefill_quality,
         decode_quality=fit.decode_quality,
         prefill_points=[
-            (f"{b} x {p}", s, prefill_batch_seconds(fit.prefill, [float(p)] * b))
-            for p, b, s in fit.prefill_medians
+            (f"{b} x {p}", s, fit.prefill.batch_seconds([float(p)] * b)) for p, b, s in fit.prefill_medians
         ],
         decode_points=[
             (f"B={b}, prompt={p}, gen={t}", s, decode_step_seconds(fit.decode, b, b * (p + t / 2)))

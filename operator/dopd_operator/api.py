@@ -12,6 +12,7 @@ the same message for files that never went through an API server).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -326,6 +327,13 @@ class PrefillCoefficients(ApiModel):
     c_seconds_per_token2: float = Field(
         0.0, ge=0, description="Quadratic (attention) cost per squared prompt token, seconds."
     )
+
+    def batch_seconds(self, prompt_tokens: Sequence[float]) -> float:
+        """T for one batch of prompts of these lengths (the fixed cost `a` even for none: callers that
+        mean no batch at all say so, as `PerformanceProfile.prefill_batch_seconds` does)."""
+        total = sum(prompt_tokens)
+        squares = sum(length * length for length in prompt_tokens)
+        return self.a_seconds + self.b_seconds_per_token * total + self.c_seconds_per_token2 * squares
 
 
 class DecodeCoefficients(ApiModel):

@@ -36,10 +36,7 @@ class PerformanceProfile(InlineProfile):
         """Seconds to prefill one batch of prompts of the given lengths."""
         if not prompt_tokens:
             return 0.0
-        p = self.prefill
-        total = sum(prompt_tokens)
-        squares = sum(length * length for length in prompt_tokens)
-        return p.a_seconds + p.b_seconds_per_token * total + p.c_seconds_per_token2 * squares
+        return self.prefill.batch_seconds(prompt_tokens)
 
     def prefill_seconds(self, prompt_tokens: float) -> float:
         """Seconds to prefill a single prompt alone."""
