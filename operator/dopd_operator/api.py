@@ -558,6 +558,17 @@ class OutputLengths(ApiModel):
     p90: float | None = Field(None, ge=0, description="P90 output tokens; None: unknown.")
 
 
+class KvInUse(ApiModel):
+    """The decode pool's KV cache in use at one tick."""
+
+    time: datetime = Field(..., description="When it was read.")
+    replicas: float = Field(
+        ...,
+        ge=0,
+        description="KV in use, in replicas' worth: the mean KV usage times the Ready decode replicas.",
+    )
+
+
 class PlannerStateStatus(ApiModel):
     """The planner's memory, kept in status so a restarted operator resumes without flapping."""
 
@@ -598,6 +609,11 @@ class PlannerStateStatus(ApiModel):
         description="When the output lengths began to be held for full decode slots: a hold lasts one "
         "lead time, until the replicas ordered for the held lengths serve; slots still full then say "
         "the held lengths were short of the demand's.",
+    )
+    decode_kv_in_use: list[KvInUse] = Field(
+        default_factory=list,
+        description="The decode KV in use at the last few ticks: where it rises beyond its noise, the decode "
+        "pool is sized for where it leads in a lead time.",
     )
 
 

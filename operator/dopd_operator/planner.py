@@ -51,6 +51,7 @@ from dopd_operator.planner_load import (
     observed_workload,
     provisioned_rate,
 )
+from dopd_operator.planner_occupancy import decode_occupancy_floor, occupancy_trend, record_kv_in_use
 from dopd_operator.planner_types import (
     CapacityEstimate,
     Clamp,
@@ -123,6 +124,7 @@ def plan(
     lengths_reasons: list[str] = []
     outputs_adjusted = False  # raised to what the residents imply, or held for full decode slots
     state, unsettled = track_ready(spec, observation, state, now)
+    state = record_kv_in_use(spec, observation, state, now)
     decode_correction_before = state.decode_correction
     if not idle:
         # Idle, nothing measured the lengths, and the window's latencies are the tail of a load that has
@@ -151,6 +153,9 @@ def plan(
     workload = observed_workload(sized, rate_rps, profile.kv_capacity_tokens, spec.prefill.max_replicas)
     model = CapacityModel(profile, spec.slo, workload)
     queue_rps = backlog_rps(spec, observation, state, model, now)
+    occupancy_floor, occupancy_reason = decode_occupancy_floor(
+        observation, occupancy_trend(state.decode_kv_in_use), lead_time_seconds(spec, observation)
+    )
 
     def raw_at(rate: float) -> tuple[Layout, DecodeBacklog]:
         # Decode with slot headroom: as many replicas as serve the load with every step at the full
@@ -201,6 +206,10 @@ def plan(
     if window_reason is not None:
         reasons.append(window_reason)
     target = stabilize(target, current, history, spec, now, clamps, down_window)
+    if occupancy_floor > target.decode and occupancy_reason is not None:
+        # After the scale-down window, and not remembered by it: the floor lasts as long as the rise.
+        target = target.replace("decode", occupancy_floor)
+        reasons.append(occupancy_reason)
     target = hold_while_saturated(target, current, decode_saturated(observation, base_profile), clamps)
     history.append(recommendation)
     if fresh:

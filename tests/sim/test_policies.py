@@ -7,6 +7,7 @@ import pytest
 from sim_helpers import make_trace, toy_profile
 
 from dopd_forecaster.traces import Trace
+from dopd_operator import planner
 from dopd_operator.planner_load import decode_saturated
 from dopd_sim.cluster import Simulator
 from dopd_sim.config import SimConfig
@@ -141,8 +142,9 @@ def test_dopd_sizes_decode_for_longer_answers_before_they_finish(monkeypatch: py
     model's (2,400) over minutes 5-25: the window's finishers are the old mix until the new answers
     end, but the decode residents are deep into the new ones from the first minute
     (`planner_lengths.seated_output_lengths`). With what they have generated the pool grows ahead of
-    the KV filling; without it (an engine that does not report it), one replica fills its KV cache and
-    the sequences queue for minutes."""
+    the KV filling. Without it (vLLM and SGLang do not report it), the KV cache's rise orders replicas
+    as it fills (`planner_occupancy`); without either, one replica fills its KV cache and the sequences
+    queue for minutes."""
     trace = generate_from_spec(
         "poisson,rate_rps=12,duration_s=1800,lengths=code,shift_to=reasoning,shift_start_s=300,"
         "shift_end_s=1500",
@@ -157,8 +159,36 @@ def test_dopd_sizes_decode_for_longer_answers_before_they_finish(monkeypatch: py
     seeing = attainment()
     monkeypatch.setattr(Simulator, "decode_generated_tokens_mean", lambda self: None)
     blind = attainment()
+    monkeypatch.setattr(planner, "decode_occupancy_floor", lambda observation, trend, lead_s: (0, None))
+    neither = attainment()
     assert seeing >= 0.99
-    assert blind < 0.97
+    assert neither < 0.97
+    assert blind > neither + 0.005
+
+
+def test_dopd_orders_decode_replicas_as_the_kv_fills_before_the_lengths_say(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Conversation shifting to a reasoning model's answers at a bursty 20 rps: the window's finishers
+    read 204-272-token answers while one decode replica's KV fills from 22% to 99% in two minutes. The
+    KV's rise orders the second replica before the cache is full (`planner_occupancy`); without it the
+    misses of the minutes a replica takes to start keep the run under the 99% target."""
+    trace = generate_from_spec(
+        "gamma,rate_rps=20,cv=2,duration_s=2400,lengths=azure,shift_to=reasoning,shift_start_s=600,"
+        "shift_end_s=1800",
+        seed=0,
+    )
+    slo = SimConfig(seed=0).spec.slo
+
+    def attainment() -> float:
+        result = simulate(trace, DopdPolicy(), SimConfig(seed=0))
+        return float(np.mean(slo_met(result.ttft_s, result.tpot_s, slo.ttft_seconds, slo.tpot_seconds)))
+
+    with_trend = attainment()
+    monkeypatch.setattr(planner, "decode_occupancy_floor", lambda observation, trend, lead_s: (0, None))
+    without = attainment()
+    assert with_trend >= 0.99
+    assert without < 0.985
 
 
 def test_dopd_releases_no_decode_replica_while_sequences_wait_for_a_slot() -> None:

@@ -1,0 +1,118 @@
+"""The decode pool's occupancy trend: the KV cache in use, read at each tick and extrapolated over the
+lead time where it rises beyond its noise, as a floor under the decode pool's size.
+
+The capacity model sizes decode for the lengths the window's finishers report. When the mix moves to
+answers longer than the window (a tenant moving onto a reasoning model), the finishers are still the
+old mix's for minutes while the new answers fill the KV cache: on a conversation trace shifting to a
+reasoning model's answers at a bursty 20 rps, one decode replica's KV read 22%, 45%, 56%, 81% and 99%
+at ticks 30 s apart, and the second replica, ordered when the lengths caught up, served two minutes
+after the cache was full. The KV in use is what the lengths have not yet said.
+
+- The reading is the KV in use in replicas' worth (the mean KV usage times the Ready decode replicas),
+  so a replica joining does not read as a fall. The last `OCCUPANCY_TREND_TICKS` ticks' readings are
+  kept in the planner's state (`status.planner.decodeKvInUse`); a tick whose KV usage is unknown clears
+  them, as a gap in the ticks drops the readings before it.
+- The trend is their least-squares slope and its standard error (from the fit's residuals). Where the
+  slope is above its standard error, the KV in use is projected over the lead time at the slope less
+  its error, and the decode pool is at least the replicas that hold that at `FULL_BATCH_SHARE` of their
+  KV (`decode_occupancy_floor`). It only raises: a falling or flat occupancy leaves the sizing alone.
+- It covers what the arrival rate does not explain: not after a step in the arrivals, nor while they
+  rise beyond their noise (the trend guard extrapolates the rate, and the pools are sized for it).
+
+Pure; caller: `planner.plan`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+from dopd_operator.api import DisaggregatedModelSpec, KvInUse
+from dopd_operator.planner_load import FULL_BATCH_SHARE
+from dopd_operator.planner_types import Observation, PlannerState
+
+# Readings fitted: this tick's and the three before it (three intervals, 90 s at the default 30 s).
+OCCUPANCY_TREND_TICKS = 4
+MIN_TREND_READINGS = 3  # a slope and a standard error need a residual degree of freedom
+# The arrivals rise, rather than wander, where their trend is above zero by this many standard errors of
+# the slope a flat load shows (as `planner_load.DECLINE_NOISE_MULTIPLE` judges a decline).
+RISE_NOISE_MULTIPLE = 2.0
+
+
+@dataclass(frozen=True)
+class OccupancyTrend:
+    """The decode KV in use now (replicas' worth) and its least-squares slope and standard error."""
+
+    in_use_replicas: float
+    slope_replicas_per_s: float
+    noise_replicas_per_s: float
+
+
+def record_kv_in_use(
+    spec: DisaggregatedModelSpec, observation: Observation, state: PlannerState, now: datetime
+) -> PlannerState:
+    """Keep this tick's decode KV in use with the readings of the ticks before it that are still within
+    `OCCUPANCY_TREND_TICKS` intervals; an unknown KV usage (or no Ready decode replica) clears them."""
+    usage, ready = observation.decode_kv_usage, observation.decode.ready
+    if usage is None or ready <= 0:
+        return state.model_copy(update={"decode_kv_in_use": []}) if state.decode_kv_in_use else state
+    # Readings older than the ticks kept span (with half an interval's slack for a late timer) are from
+    # before a gap: a hold, a paused model, an operator that was down.
+    oldest_s = (OCCUPANCY_TREND_TICKS - 0.5) * spec.scaling.interval_seconds
+    kept = [r for r in state.decode_kv_in_use if 0 < (now - r.time).total_seconds() <= oldest_s]
+    kept.append(KvInUse(time=now, replicas=usage * ready))
+    return state.model_copy(update={"decode_kv_in_use": kept[-OCCUPANCY_TREND_TICKS:]})
+
+
+def occupancy_trend(readings: list[KvInUse]) -> OccupancyTrend | None:
+    """The least-squares line through the readings (oldest first); None with fewer than
+    `MIN_TREND_READINGS`."""
+    if len(readings) < MIN_TREND_READINGS:
+        return None
+    origin = readings[0].time
+    times_s = [(r.time - origin).total_seconds() for r in readings]
+    values = [r.replicas for r in readings]
+    count = len(readings)
+    mean_t, mean_v = sum(times_s) / count, sum(values) / count
+    spread = sum((t - mean_t) ** 2 for t in times_s)
+    if spread <= 0:
+        return None
+    slope = sum((t - mean_t) * (v - mean_v) for t, v in zip(times_s, values, strict=True)) / spread
+    residuals = [v - mean_v - slope * (t - mean_t) for t, v in zip(times_s, values, strict=True)]
+    noise = math.sqrt(sum(e * e for e in residuals) / (count - 2) / spread)
+    return OccupancyTrend(values[-1], slope, noise)
+
+
+def arrivals_rising(observation: Observation) -> bool:
+    """Whether the arrival rate rises by more than RISE_NOISE_MULTIPLE times its trend's noise."""
+    slope = observation.arrival_rate_trend_rps_per_s
+    noise = observation.arrival_rate_trend_noise_rps_per_s
+    return slope is not None and noise is not None and slope > RISE_NOISE_MULTIPLE * noise
+
+
+def decode_occupancy_floor(
+    observation: Observation, trend: OccupancyTrend | None, lead_s: float
+) -> tuple[int, str | None]:
+    """The fewest decode replicas that hold the KV in use a lead time ahead at `FULL_BATCH_SHARE` each,
+    where it rises beyond its noise, and why; (0, None) otherwise, and where the arrivals explain the rise.
+
+    After a step in the arrivals (`Observation.arrival_level_age_seconds` set) the KV rises to the new
+    level within an answer's life and stays: the readings across the step fit a slope that extrapolates
+    a jump, and the new rate is sized for already. While the arrivals rise beyond their noise the trend
+    guard extrapolates them. Read at the onset of a 2x burst (`bursts`, seed 0), the floor had ordered
+    15 decode replicas for a pool the burst's rate sizes at 7."""
+    if observation.arrival_level_age_seconds is not None or arrivals_rising(observation):
+        return 0, None
+    if trend is None or trend.slope_replicas_per_s <= trend.noise_replicas_per_s:
+        return 0, None
+    rise = trend.slope_replicas_per_s - trend.noise_replicas_per_s
+    projected = trend.in_use_replicas + rise * lead_s
+    replicas = max(1, math.ceil(projected / FULL_BATCH_SHARE - 1e-9))
+    reason = (
+        f"decode KV in use rising {trend.slope_replicas_per_s * 60:.2f} replicas' worth a minute "
+        f"(noise {trend.noise_replicas_per_s * 60:.2f}): {trend.in_use_replicas:.2f} now, "
+        f"{projected:.2f} in {lead_s:.0f}s at the rise beyond the noise: at least {replicas} decode "
+        f"replica(s) at {FULL_BATCH_SHARE:.0%} of their KV"
+    )
+    return replicas, reason
