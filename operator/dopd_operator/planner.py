@@ -154,7 +154,10 @@ def plan(
     model = CapacityModel(profile, spec.slo, workload)
     queue_rps = backlog_rps(spec, observation, state, model, now)
     occupancy_floor, occupancy_reason = decode_occupancy_floor(
-        observation, occupancy_trend(state.decode_kv_in_use), lead_time_seconds(spec, observation)
+        observation,
+        occupancy_trend(state.decode_kv_in_use),
+        lead_time_seconds(spec, observation),
+        spec.slo.ttft_seconds,
     )
 
     def raw_at(rate: float) -> tuple[Layout, DecodeBacklog]:

@@ -159,7 +159,9 @@ def test_dopd_sizes_decode_for_longer_answers_before_they_finish(monkeypatch: py
     seeing = attainment()
     monkeypatch.setattr(Simulator, "decode_generated_tokens_mean", lambda self: None)
     blind = attainment()
-    monkeypatch.setattr(planner, "decode_occupancy_floor", lambda observation, trend, lead_s: (0, None))
+    monkeypatch.setattr(
+        planner, "decode_occupancy_floor", lambda observation, trend, lead_s, ttft_seconds: (0, None)
+    )
     neither = attainment()
     assert seeing >= 0.99
     assert neither < 0.97
@@ -185,7 +187,9 @@ def test_dopd_orders_decode_replicas_as_the_kv_fills_before_the_lengths_say(
         return float(np.mean(slo_met(result.ttft_s, result.tpot_s, slo.ttft_seconds, slo.tpot_seconds)))
 
     with_trend = attainment()
-    monkeypatch.setattr(planner, "decode_occupancy_floor", lambda observation, trend, lead_s: (0, None))
+    monkeypatch.setattr(
+        planner, "decode_occupancy_floor", lambda observation, trend, lead_s, ttft_seconds: (0, None)
+    )
     without = attainment()
     assert with_trend >= 0.99
     assert without < 0.985
