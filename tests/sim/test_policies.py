@@ -136,6 +136,27 @@ def test_the_shared_warm_start_knows_only_the_first_minute() -> None:
     assert start_gpus("oracle", surge) > start_gpus("oracle", quiet)
 
 
+# Conversation shifting to a reasoning model's answers at a bursty 20 rps (held out when it was added).
+HELD_OUT_SHIFT = (
+    "gamma,rate_rps=20,cv=2,duration_s=2400,lengths=azure,shift_to=reasoning,shift_start_s=600,"
+    "shift_end_s=1800"
+)
+
+
+def dopd_attainment(spec: str, seed: int) -> float:
+    """Share of a generated trace's requests within both SLOs under dopd, the simulator's defaults."""
+    result = simulate(generate_from_spec(spec, seed=seed), DopdPolicy(), SimConfig(seed=seed))
+    slo = SimConfig(seed=seed).spec.slo
+    return float(np.mean(slo_met(result.ttft_s, result.tpot_s, slo.ttft_seconds, slo.tpot_seconds)))
+
+
+def without_kv_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planner with no floor from the decode KV's rise (`planner_occupancy`)."""
+    monkeypatch.setattr(
+        planner, "decode_occupancy_floor", lambda observation, trend, lead_s, ttft_seconds: (0, None)
+    )
+
+
 @pytest.mark.slow
 def test_dopd_sizes_decode_for_longer_answers_before_they_finish(monkeypatch: pytest.MonkeyPatch) -> None:
     """A flat 12 rps whose requests move from code completion's answers (30 tokens) to a reasoning
@@ -145,24 +166,15 @@ def test_dopd_sizes_decode_for_longer_answers_before_they_finish(monkeypatch: py
     the KV filling. Without it (vLLM and SGLang do not report it), the KV cache's rise orders replicas
     as it fills (`planner_occupancy`); without either, one replica fills its KV cache and the sequences
     queue for minutes."""
-    trace = generate_from_spec(
+    spec = (
         "poisson,rate_rps=12,duration_s=1800,lengths=code,shift_to=reasoning,shift_start_s=300,"
-        "shift_end_s=1500",
-        seed=1,
+        "shift_end_s=1500"
     )
-    slo = SimConfig(seed=1).spec.slo
-
-    def attainment() -> float:
-        result = simulate(trace, DopdPolicy(), SimConfig(seed=1))
-        return float(np.mean(slo_met(result.ttft_s, result.tpot_s, slo.ttft_seconds, slo.tpot_seconds)))
-
-    seeing = attainment()
+    seeing = dopd_attainment(spec, seed=1)
     monkeypatch.setattr(Simulator, "decode_generated_tokens_mean", lambda self: None)
-    blind = attainment()
-    monkeypatch.setattr(
-        planner, "decode_occupancy_floor", lambda observation, trend, lead_s, ttft_seconds: (0, None)
-    )
-    neither = attainment()
+    blind = dopd_attainment(spec, seed=1)
+    without_kv_floor(monkeypatch)
+    neither = dopd_attainment(spec, seed=1)
     assert seeing >= 0.99
     assert neither < 0.97
     assert blind > neither + 0.005
@@ -175,38 +187,21 @@ def test_dopd_orders_decode_replicas_as_the_kv_fills_before_the_lengths_say(
     read 204-272-token answers while one decode replica's KV fills from 22% to 99% in two minutes. The
     KV's rise orders the second replica before the cache is full (`planner_occupancy`); without it the
     misses of the minutes a replica takes to start keep the run under the 99% target."""
-    trace = generate_from_spec(
-        "gamma,rate_rps=20,cv=2,duration_s=2400,lengths=azure,shift_to=reasoning,shift_start_s=600,"
-        "shift_end_s=1800",
-        seed=0,
-    )
-    slo = SimConfig(seed=0).spec.slo
-
-    def attainment() -> float:
-        result = simulate(trace, DopdPolicy(), SimConfig(seed=0))
-        return float(np.mean(slo_met(result.ttft_s, result.tpot_s, slo.ttft_seconds, slo.tpot_seconds)))
-
-    with_trend = attainment()
-    monkeypatch.setattr(
-        planner, "decode_occupancy_floor", lambda observation, trend, lead_s, ttft_seconds: (0, None)
-    )
-    without = attainment()
+    with_trend = dopd_attainment(HELD_OUT_SHIFT, seed=0)
+    without_kv_floor(monkeypatch)
+    without = dopd_attainment(HELD_OUT_SHIFT, seed=0)
     assert with_trend >= 0.99
     assert without < 0.985
 
 
 def test_dopd_releases_no_decode_replica_while_sequences_wait_for_a_slot() -> None:
-    """Conversation shifting to a reasoning model's answers at a bursty 20 rps (held out: nothing was
-    tuned on it). The lengths measured as requests end trail the shift, and at times read fewer decode
+    """Conversation shifting to a reasoning model's answers at a bursty 20 rps (held out when the hold
+    was added). The lengths measured as requests end trail the shift, and at times read fewer decode
     replicas than the pool has while its KV cache is full and hundreds of sequences wait for a slot;
     no decision then releases a replica or cancels one still starting (`safety.hold_while_saturated`).
     Before it, a dip of the arrivals shortened the scale-down window there and six of twelve ordered
     decode replicas were cancelled."""
-    trace = generate_from_spec(
-        "gamma,rate_rps=20,cv=2,duration_s=2400,lengths=azure,shift_to=reasoning,shift_start_s=600,"
-        "shift_end_s=1800",
-        seed=0,
-    )
+    trace = generate_from_spec(HELD_OUT_SHIFT, seed=0)
     config = SimConfig(seed=0)
     saturated: list[tuple[float, int, int, int]] = []  # (now, current decode, model's, decided)
 
