@@ -153,11 +153,9 @@ def plan(
     workload = observed_workload(sized, rate_rps, profile.kv_capacity_tokens, spec.prefill.max_replicas)
     model = CapacityModel(profile, spec.slo, workload)
     queue_rps = backlog_rps(spec, observation, state, model, now)
+    lead_s = lead_time_seconds(spec, observation)
     occupancy_floor, occupancy_reason = decode_occupancy_floor(
-        observation,
-        occupancy_trend(state.decode_kv_in_use),
-        lead_time_seconds(spec, observation),
-        spec.slo.ttft_seconds,
+        spec, observation, occupancy_trend(state.decode_kv_in_use), lead_s
     )
 
     def raw_at(rate: float) -> tuple[Layout, DecodeBacklog]:
@@ -180,7 +178,7 @@ def plan(
             rate_rps,
             queue_rps,
             decode_backlog,
-            lead_time_seconds(spec, observation),
+            lead_s,
             state,
             observation.prefix_cache_hit_rate is not None,
             observation.prefix_reuse_unread,

@@ -12,7 +12,7 @@ from datetime import datetime
 from dopd_operator.api import DisaggregatedModelSpec, ReadySince
 from dopd_operator.capacity import CapacityModel
 from dopd_operator.planner_lengths import young_residents
-from dopd_operator.planner_load import FULL_BATCH_SHARE, observed_workload, stepped_s
+from dopd_operator.planner_load import FULL_BATCH_SHARE, observed_workload, prefill_backlogged, stepped_s
 from dopd_operator.planner_types import Observation, PlannerState
 from dopd_operator.profile import PerformanceProfile
 
@@ -113,7 +113,7 @@ def update_corrections(
     # deadline serves the timely prompts first and keeps the late ones queued: there the first tokens
     # of the window still tell the engine's speed.)
     served_late = observation.ttft_seconds is None or observation.ttft_seconds > spec.slo.ttft_seconds
-    backlog = (observation.prefill_queue_depth or 0.0) > rate * spec.slo.ttft_seconds
+    backlog = prefill_backlogged(spec, observation)
     if backlog and served_late:
         return state
     # The latencies are those of the load the engines were given, the served rate. While the router

@@ -1,10 +1,12 @@
 """The load the planner sizes for, read from an observation: how far ahead it must look (the lead
 time), the rate to provision for (the observed rate with its surge headroom, the forecast's upper
 quantile, the trend extrapolated), the rate that drains a prefill backlog, the decode replicas a
-backlog waiting for decode slots needs (`decode_backlog_replicas`), and the capacity model's
-`Workload` (the lengths it is given: `planner_lengths`).
-Pure; callers: `planner.plan`, `planner_corrections` (the workload a latency is judged at),
-`planner_lengths`, the tick and the simulator's oracle (`lead_time_seconds`).
+backlog waiting for decode slots needs (`decode_backlog_replicas`), whether the arrivals decline or
+rise beyond their noise and whether prompts back up at prefill, and the capacity model's `Workload`
+(the lengths it is given: `planner_lengths`).
+Pure; callers: `planner.plan`, `planner_corrections` (the workload a latency is judged at, and whether a
+prefill backlog's latencies describe the engine), `planner_lengths`, `planner_occupancy`, the tick and
+the simulator's oracle (`lead_time_seconds`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ FULL_BATCH_SHARE = 0.95
 # A load declines, rather than dips, where its trend is below zero by this many standard errors of the
 # slope a flat load shows at its burstiness (one in 40 windows of a flat load reads that by chance).
 DECLINE_NOISE_MULTIPLE = 2.0
+# A load rises, rather than wanders, where its trend is above zero by this many standard errors (as a
+# decline is judged; `arrivals_rising`).
+RISE_NOISE_MULTIPLE = 2.0
 
 
 def lead_time_seconds(spec: DisaggregatedModelSpec, observation: Observation | None = None) -> float:
@@ -55,6 +60,21 @@ def declining(observation: Observation) -> str | None:
         f"the load declines ({slope * 60:+.2f} rps/min, beyond {DECLINE_NOISE_MULTIPLE:g}x its noise "
         f"of {noise * 60:.2f})"
     )
+
+
+def arrivals_rising(observation: Observation) -> bool:
+    """Whether the arrival rate rises by more than RISE_NOISE_MULTIPLE times its trend's noise (False
+    where either is unknown)."""
+    slope = observation.arrival_rate_trend_rps_per_s
+    noise = observation.arrival_rate_trend_noise_rps_per_s
+    return slope is not None and noise is not None and slope > RISE_NOISE_MULTIPLE * noise
+
+
+def prefill_backlogged(spec: DisaggregatedModelSpec, observation: Observation) -> bool:
+    """Whether more prompts wait for prefill than arrive in one TTFT objective (an unknown queue or rate
+    reads as none waiting, none arriving)."""
+    rate = observation.arrival_rate_rps or 0.0
+    return (observation.prefill_queue_depth or 0.0) > rate * spec.slo.ttft_seconds
 
 
 def stepped_s(spec: DisaggregatedModelSpec, observation: Observation) -> float | None:

@@ -29,16 +29,16 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
+
 from dopd_operator.api import DisaggregatedModelSpec, KvInUse
-from dopd_operator.planner_load import FULL_BATCH_SHARE
+from dopd_operator.metrics.estimators import least_squares_slope
+from dopd_operator.planner_load import FULL_BATCH_SHARE, arrivals_rising, prefill_backlogged
 from dopd_operator.planner_types import Observation, PlannerState
 
 # Readings fitted: this tick's and the three before it (three intervals, 90 s at the default 30 s).
 OCCUPANCY_TREND_TICKS = 4
 MIN_TREND_READINGS = 3  # a slope and a standard error need a residual degree of freedom
-# The arrivals rise, rather than wander, where their trend is above zero by this many standard errors of
-# the slope a flat load shows (as `planner_load.DECLINE_NOISE_MULTIPLE` judges a decline).
-RISE_NOISE_MULTIPLE = 2.0
 
 
 @dataclass(frozen=True)
@@ -72,35 +72,19 @@ def occupancy_trend(readings: list[KvInUse]) -> OccupancyTrend | None:
     if len(readings) < MIN_TREND_READINGS:
         return None
     origin = readings[0].time
-    times_s = [(r.time - origin).total_seconds() for r in readings]
-    values = [r.replicas for r in readings]
-    count = len(readings)
-    mean_t, mean_v = sum(times_s) / count, sum(values) / count
-    spread = sum((t - mean_t) ** 2 for t in times_s)
-    if spread <= 0:
+    times_s = np.array([(r.time - origin).total_seconds() for r in readings])
+    values = np.array([r.replicas for r in readings])
+    slope = least_squares_slope(times_s, values)
+    if math.isnan(slope):  # every reading at one time
         return None
-    slope = sum((t - mean_t) * (v - mean_v) for t, v in zip(times_s, values, strict=True)) / spread
-    residuals = [v - mean_v - slope * (t - mean_t) for t, v in zip(times_s, values, strict=True)]
-    noise = math.sqrt(sum(e * e for e in residuals) / (count - 2) / spread)
-    return OccupancyTrend(values[-1], slope, noise)
-
-
-def arrivals_rising(observation: Observation) -> bool:
-    """Whether the arrival rate rises by more than RISE_NOISE_MULTIPLE times its trend's noise."""
-    slope = observation.arrival_rate_trend_rps_per_s
-    noise = observation.arrival_rate_trend_noise_rps_per_s
-    return slope is not None and noise is not None and slope > RISE_NOISE_MULTIPLE * noise
-
-
-def prefill_backlogged(observation: Observation, ttft_seconds: float) -> bool:
-    """Whether more prompts wait for prefill than arrive in one TTFT objective (False where the queue
-    is unknown: the floor then acts, as an unknown is not taken for a backlog that would explain it)."""
-    waiting, rate = observation.prefill_queue_depth, observation.arrival_rate_rps
-    return waiting is not None and rate is not None and waiting > rate * ttft_seconds
+    centred_s = times_s - np.mean(times_s)
+    residuals = values - np.mean(values) - slope * centred_s
+    noise = math.sqrt(float(residuals @ residuals) / (len(readings) - 2) / float(centred_s @ centred_s))
+    return OccupancyTrend(float(values[-1]), slope, noise)
 
 
 def decode_occupancy_floor(
-    observation: Observation, trend: OccupancyTrend | None, lead_s: float, ttft_seconds: float
+    spec: DisaggregatedModelSpec, observation: Observation, trend: OccupancyTrend | None, lead_s: float
 ) -> tuple[int, str | None]:
     """The fewest decode replicas that hold the KV in use a lead time ahead at `FULL_BATCH_SHARE` each,
     where it rises beyond its noise, and why; (0, None) otherwise, and where the arrivals explain the rise.
@@ -117,7 +101,7 @@ def decode_occupancy_floor(
     if (
         observation.arrival_level_age_seconds is not None
         or arrivals_rising(observation)
-        or prefill_backlogged(observation, ttft_seconds)
+        or prefill_backlogged(spec, observation)
     ):
         return 0, None
     if trend is None or trend.slope_replicas_per_s <= trend.noise_replicas_per_s:

@@ -22,6 +22,7 @@ from dopd_operator.planner_occupancy import (
 from dopd_operator.planner_types import Decision, PlannerState, RoleObservation
 
 INTERVAL = timedelta(seconds=30)
+SPEC = make_spec()  # TTFT objective 1.5 s
 
 
 def readings(*values: float) -> list[KvInUse]:
@@ -70,7 +71,7 @@ def test_a_rise_beyond_its_noise_floors_the_pool_at_what_it_leads_to() -> None:
     # 0.11, 0.22, 0.45, 0.56 at ticks 30 s apart: one replica's KV filling as a mix moves to long answers
     trend = occupancy_trend(readings(0.11, 0.22, 0.45, 0.56))
     assert trend is not None
-    floor, reason = decode_occupancy_floor(make_obs(), trend, 150.0, 1.5)
+    floor, reason = decode_occupancy_floor(SPEC, make_obs(), trend, 150.0)
     rise = trend.slope_replicas_per_s - trend.noise_replicas_per_s
     assert floor == math.ceil((0.56 + rise * 150.0) / 0.95)
     assert floor >= 2
@@ -79,11 +80,11 @@ def test_a_rise_beyond_its_noise_floors_the_pool_at_what_it_leads_to() -> None:
 
 def test_a_flat_noisy_or_falling_occupancy_puts_no_floor() -> None:
     for values in ((0.5, 0.5, 0.5, 0.5), (0.5, 0.8, 0.4, 0.7), (0.9, 0.7, 0.5, 0.3)):
-        assert decode_occupancy_floor(make_obs(), occupancy_trend(readings(*values)), 150.0, 1.5) == (
+        assert decode_occupancy_floor(SPEC, make_obs(), occupancy_trend(readings(*values)), 150.0) == (
             0,
             None,
         ), values
-    assert decode_occupancy_floor(make_obs(), None, 150.0, 1.5) == (0, None)
+    assert decode_occupancy_floor(SPEC, make_obs(), None, 150.0) == (0, None)
 
 
 @given(
@@ -96,12 +97,12 @@ def test_a_flat_noisy_or_falling_occupancy_puts_no_floor() -> None:
 def test_the_floor_never_falls_as_the_kv_in_use_or_its_rise_grows(
     in_use: float, more: float, slope: float, noise: float, lead: float
 ) -> None:
-    base, _ = decode_occupancy_floor(make_obs(), OccupancyTrend(in_use, slope, noise), lead, 1.5)
+    base, _ = decode_occupancy_floor(SPEC, make_obs(), OccupancyTrend(in_use, slope, noise), lead)
     assert (
-        decode_occupancy_floor(make_obs(), OccupancyTrend(in_use + more, slope, noise), lead, 1.5)[0] >= base
+        decode_occupancy_floor(SPEC, make_obs(), OccupancyTrend(in_use + more, slope, noise), lead)[0] >= base
     )
     assert (
-        decode_occupancy_floor(make_obs(), OccupancyTrend(in_use, slope + more / 100, noise), lead, 1.5)[0]
+        decode_occupancy_floor(SPEC, make_obs(), OccupancyTrend(in_use, slope + more / 100, noise), lead)[0]
         >= base
     )
     if slope <= noise:
@@ -112,8 +113,8 @@ def test_a_step_in_the_arrivals_puts_no_floor() -> None:
     """The KV rises to a new level within an answer's life after the arrivals step, and the readings
     across the step fit a slope that would extrapolate the jump: the new rate is sized for instead."""
     trend = occupancy_trend(readings(1.0, 1.0, 2.0, 2.0))
-    assert decode_occupancy_floor(make_obs(), trend, 150.0, 1.5)[0] >= 3
-    assert decode_occupancy_floor(make_obs(arrival_level_age_seconds=45.0), trend, 150.0, 1.5) == (0, None)
+    assert decode_occupancy_floor(SPEC, make_obs(), trend, 150.0)[0] >= 3
+    assert decode_occupancy_floor(SPEC, make_obs(arrival_level_age_seconds=45.0), trend, 150.0) == (0, None)
 
 
 def test_arrivals_rising_beyond_their_noise_put_no_floor_and_a_wandering_rate_does_not_stop_it() -> None:
@@ -122,8 +123,8 @@ def test_arrivals_rising_beyond_their_noise_put_no_floor_and_a_wandering_rate_do
     trend = occupancy_trend(readings(0.11, 0.22, 0.45, 0.56))
     rising = make_obs(arrival_rate_trend_rps_per_s=0.05, arrival_rate_trend_noise_rps_per_s=0.02)
     wandering = make_obs(arrival_rate_trend_rps_per_s=0.03, arrival_rate_trend_noise_rps_per_s=0.02)
-    assert decode_occupancy_floor(rising, trend, 150.0, 1.5) == (0, None)
-    assert decode_occupancy_floor(wandering, trend, 150.0, 1.5)[0] >= 2
+    assert decode_occupancy_floor(SPEC, rising, trend, 150.0) == (0, None)
+    assert decode_occupancy_floor(SPEC, wandering, trend, 150.0)[0] >= 2
 
 
 def test_the_planner_orders_decode_replicas_as_the_kv_fills_before_the_lengths_say() -> None:
@@ -167,9 +168,9 @@ def test_a_prefill_backlog_puts_no_floor_and_an_unknown_queue_does_not_stop_it()
     queue within one TTFT's arrivals, or an unknown one, leaves the floor to act."""
     trend = occupancy_trend(readings(0.11, 0.22, 0.45, 0.56))
     # 20 rps and a 1.5 s TTFT: 30 prompts is one objective's worth of arrivals
-    assert decode_occupancy_floor(make_obs(rate=20.0, prefill_queue_depth=31.0), trend, 150.0, 1.5) == (
+    assert decode_occupancy_floor(SPEC, make_obs(rate=20.0, prefill_queue_depth=31.0), trend, 150.0) == (
         0,
         None,
     )
-    assert decode_occupancy_floor(make_obs(rate=20.0, prefill_queue_depth=30.0), trend, 150.0, 1.5)[0] >= 2
-    assert decode_occupancy_floor(make_obs(rate=20.0, prefill_queue_depth=None), trend, 150.0, 1.5)[0] >= 2
+    assert decode_occupancy_floor(SPEC, make_obs(rate=20.0, prefill_queue_depth=30.0), trend, 150.0)[0] >= 2
+    assert decode_occupancy_floor(SPEC, make_obs(rate=20.0, prefill_queue_depth=None), trend, 150.0)[0] >= 2

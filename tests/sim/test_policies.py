@@ -152,9 +152,7 @@ def dopd_attainment(spec: str, seed: int) -> float:
 
 def without_kv_floor(monkeypatch: pytest.MonkeyPatch) -> None:
     """The planner with no floor from the decode KV's rise (`planner_occupancy`)."""
-    monkeypatch.setattr(
-        planner, "decode_occupancy_floor", lambda observation, trend, lead_s, ttft_seconds: (0, None)
-    )
+    monkeypatch.setattr(planner, "decode_occupancy_floor", lambda spec, observation, trend, lead_s: (0, None))
 
 
 @pytest.mark.slow
