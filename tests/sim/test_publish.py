@@ -134,6 +134,30 @@ def test_a_role_whose_factor_changed_none_of_its_sizes_is_the_models_own() -> No
     assert not _verdict({"suite": {"t": _seeds(11.0, wide)}}, "capacity model")[1]
 
 
+def _headline_saved(raw: dict[str, Any]) -> str:
+    """The headline's "saved vs static-peak" cell of trace t."""
+    row = next(line for line in render_readme(raw, [Trace("t", "t")]).splitlines() if line.startswith("| t "))
+    return row.split(" | ")[5]
+
+
+def test_a_saving_is_at_equal_attainment_only_where_both_meet_the_target() -> None:
+    # dopd at 11 GPU-h and 99.5% against static-peak at 20 and 100%: 45% saved, both at the target.
+    both = {"suite": {"t": _seeds(11.0, _oracle(10.0))}}
+    assert _headline_saved(both) == "45.00% ± 0.00"
+    # dopd cheaper at 97%: GPU-hours bought at a lower attainment are no saving, and the cell says so.
+    seeds = _seeds(11.0, _oracle(10.0))
+    for seed in seeds:
+        seed["rows"] = [_row("dopd", 0.97, 11.0) if r["policy"] == "dopd" else r for r in seed["rows"]]
+    assert _headline_saved({"suite": {"t": seeds}}).endswith(
+        "(not at equal attainment: dopd misses the target)"
+    )
+    for seed in seeds:
+        seed["rows"] = [
+            _row("static-peak", 0.98, 20.0) if r["policy"] == "static-peak" else r for r in seed["rows"]
+        ]
+    assert _headline_saved({"suite": {"t": seeds}}).endswith("(not at equal attainment: neither meets the target)")
+
+
 def test_the_best_tuned_baseline_is_the_cheapest_that_meets_the_target() -> None:
     # dynamo-sla is cheaper (8 GPU-h) but misses (90%); reactive meets at 14.
     assert best_tuned_baseline(_seeds(11.0, _oracle(10.0))) == "reactive"
