@@ -155,7 +155,9 @@ def test_a_saving_is_at_equal_attainment_only_where_both_meet_the_target() -> No
         seed["rows"] = [
             _row("static-peak", 0.98, 20.0) if r["policy"] == "static-peak" else r for r in seed["rows"]
         ]
-    assert _headline_saved({"suite": {"t": seeds}}).endswith("(not at equal attainment: neither meets the target)")
+    assert _headline_saved({"suite": {"t": seeds}}).endswith(
+        "(not at equal attainment: neither meets the target)"
+    )
 
 
 def test_the_best_tuned_baseline_is_the_cheapest_that_meets_the_target() -> None:
