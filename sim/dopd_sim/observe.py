@@ -52,6 +52,7 @@ from dopd_operator.metrics.estimators import (
     histogram_from_values,
     hit_mix_from_positions,
     length_trend,
+    load_fields,
     reuse_share_within,
     summarize_arrivals,
     summarize_histogram,
@@ -307,13 +308,8 @@ class ObservationBuilder:
         if not warm_start:
             hit_rate = sim.prefix_cache_hit_rate(start, now_s) if sim.prefix_cache is not None else 0.0
         return Observation(
-            arrival_rate_rps=arrivals.rate_rps,
+            **load_fields(arrivals, input_trend, output_trend),
             shed_rate_rps=shed,
-            arrival_scv=arrivals.scv,
-            arrival_rate_trend_rps_per_s=arrivals.trend_rps_per_s,
-            arrival_rate_trend_noise_rps_per_s=arrivals.trend_noise_rps_per_s,
-            arrival_level_age_seconds=arrivals.level_age_seconds,
-            arrival_rate_trend_span_seconds=arrivals.trend_span_seconds,
             prefix_cache_hit_rate=hit_rate,
             prefix_reuse_share_within=reuse,
             prefix_hit_mix=hit_mix,
@@ -321,10 +317,6 @@ class ObservationBuilder:
             input_tokens_p90=inputs.quantile,
             output_tokens_mean=outputs.mean,
             output_tokens_p90=outputs.quantile,
-            input_tokens_trend_per_s=input_trend.tokens_per_s,
-            input_tokens_trend_noise_per_s=input_trend.noise_tokens_per_s,
-            output_tokens_trend_per_s=output_trend.tokens_per_s,
-            output_tokens_trend_noise_per_s=output_trend.noise_tokens_per_s,
             prefill_queue_depth=sim.queue_depth(),
             decode_queue_depth=sim.decode_queue_depth(),
             decode_kv_usage=None if warm_start else sim.decode_kv_usage(),

@@ -22,6 +22,8 @@ exactly what these functions can make of production metrics, and no more.
   least-squares slope of the rate, what PromQL `deriv()` of a rate computes; after a step between two
   flat levels, `level_change`, all three from the step on). Each says why a value is unknown instead
   of guessing one; a series younger than `min_rate_coverage_seconds` has no rate yet.
+- `load_fields`: the Observation fields of the arrivals' summary and the lengths' trends, named once
+  for both callers.
 - `Intervals`, `counter_increments`, `arrivals_until`: raw samples to arrivals per scrape interval
   (counter resets handled as Prometheus does: a drop means the counter restarted from zero), and the
   arrivals up to any time with each interval's count spread evenly over it, so that pods scraped at
@@ -35,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -524,6 +527,38 @@ class ArrivalSummary:
     # While the series is younger than the trend window: the seconds of data the trend was fitted over
     # (the planner extrapolates it no further ahead); None: the whole window (or a new level's bins).
     trend_span_seconds: float | None = None
+
+
+class LoadFields(TypedDict):
+    """The `planner_types.Observation` fields that the arrivals and the lengths' trends fill."""
+
+    arrival_rate_rps: float | None
+    arrival_scv: float | None
+    arrival_rate_trend_rps_per_s: float | None
+    arrival_rate_trend_noise_rps_per_s: float | None
+    arrival_level_age_seconds: float | None
+    arrival_rate_trend_span_seconds: float | None
+    input_tokens_trend_per_s: float | None
+    input_tokens_trend_noise_per_s: float | None
+    output_tokens_trend_per_s: float | None
+    output_tokens_trend_noise_per_s: float | None
+
+
+def load_fields(arrivals: ArrivalSummary, input_trend: LengthTrend, output_trend: LengthTrend) -> LoadFields:
+    """The Observation fields of a reading's arrivals and lengths' trends, the same for the operator's
+    reading (`readings`) and the simulator's (`dopd_sim.observe`)."""
+    return LoadFields(
+        arrival_rate_rps=arrivals.rate_rps,
+        arrival_scv=arrivals.scv,
+        arrival_rate_trend_rps_per_s=arrivals.trend_rps_per_s,
+        arrival_rate_trend_noise_rps_per_s=arrivals.trend_noise_rps_per_s,
+        arrival_level_age_seconds=arrivals.level_age_seconds,
+        arrival_rate_trend_span_seconds=arrivals.trend_span_seconds,
+        input_tokens_trend_per_s=input_trend.tokens_per_s,
+        input_tokens_trend_noise_per_s=input_trend.noise_tokens_per_s,
+        output_tokens_trend_per_s=output_trend.tokens_per_s,
+        output_tokens_trend_noise_per_s=output_trend.noise_tokens_per_s,
+    )
 
 
 def trend_bins(rates_rps: FloatArray, step: LevelChange | None) -> FloatArray | None:

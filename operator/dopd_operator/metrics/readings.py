@@ -34,6 +34,7 @@ from dopd_operator.metrics.estimators import (
     counter_increments,
     hit_mix_from_positions,
     length_trend,
+    load_fields,
     reuse_share_within,
     summarize_arrivals,
     summarize_histogram,
@@ -497,17 +498,8 @@ def build_observation(
     # where the curve is not read (several routers) the positions are not the stream's either
     hit_mix = reader.prefix_hit_mix() if reuse is not None else None
     return Observation(
-        arrival_rate_rps=arrivals.rate_rps,
+        **load_fields(arrivals, input_trend, output_trend),
         shed_rate_rps=shed_rps,
-        arrival_scv=arrivals.scv,
-        input_tokens_trend_per_s=input_trend.tokens_per_s,
-        input_tokens_trend_noise_per_s=input_trend.noise_tokens_per_s,
-        output_tokens_trend_per_s=output_trend.tokens_per_s,
-        output_tokens_trend_noise_per_s=output_trend.noise_tokens_per_s,
-        arrival_rate_trend_rps_per_s=arrivals.trend_rps_per_s,
-        arrival_rate_trend_noise_rps_per_s=arrivals.trend_noise_rps_per_s,
-        arrival_level_age_seconds=arrivals.level_age_seconds,
-        arrival_rate_trend_span_seconds=arrivals.trend_span_seconds,
         prefix_cache_hit_rate=hit_rate,
         prefix_reuse_share_within=reuse,
         prefix_hit_mix=hit_mix,
