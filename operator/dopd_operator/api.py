@@ -565,7 +565,14 @@ class KvInUse(ApiModel):
     replicas: float = Field(
         ...,
         ge=0,
-        description="KV in use, in replicas' worth: the mean KV usage times the Ready decode replicas.",
+        description=(
+            "KV in use, in replicas' worth: the mean KV usage times the Ready decode replicas; where the "
+            "queue for a decode slot grew since the reading before, times the arrivals over the admissions "
+            "(the KV the pool would hold were it admitting what arrives)."
+        ),
+    )
+    waiting: float | None = Field(
+        None, ge=0, description="Sequences waiting for a decode slot then (unset where unknown)."
     )
 
 

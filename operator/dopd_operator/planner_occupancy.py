@@ -12,6 +12,14 @@ after the cache was full. The KV in use is what the lengths have not yet said.
   so a replica joining does not read as a fall. The last `OCCUPANCY_TREND_TICKS` ticks' readings are
   kept in the planner's state (`status.planner.decodeKvInUse`); a tick whose KV usage is unknown clears
   them, as a gap in the ticks drops the readings before it.
+- A pool whose KV is full cannot show a rise in it: the excess waits for a slot. Where the queue for a
+  slot grew since the reading before, the pool admitted the arrivals less that growth, and the reading
+  is the KV in use times the arrivals over the admissions: the KV the pool would hold were it
+  admitting what arrives (`saturated_demand`; at most `SATURATED_DEMAND_MAX_FACTOR` times what it
+  holds). On a conversation trace moving to a reasoning model's answers at 30 rps (Poisson), the pool
+  ran KV-full from minute 14 to 20 with its queue growing from 1,400 to 2,500 sequences, and the KV
+  in use, pinned at 99% of two to seven replicas, read no rise; with the queue's growth counted the
+  pool grows with the demand (seeds 3-5: 96.5-98.6% -> 97.6-98.9%).
 - The trend is their least-squares slope and its standard error (from the fit's residuals). Where the
   slope is above its standard error, the KV in use is projected over the lead time at the slope less
   its error, and the decode pool is at least the replicas that hold that at `FULL_BATCH_SHARE` of their
@@ -39,6 +47,10 @@ from dopd_operator.planner_types import Observation, PlannerState
 # Readings fitted: this tick's and the three before it (three intervals, 90 s at the default 30 s).
 OCCUPANCY_TREND_TICKS = 4
 MIN_TREND_READINGS = 3  # a slope and a standard error need a residual degree of freedom
+# A queue growing nearly as fast as the arrivals says the pool admits next to nothing, not that it needs
+# unboundedly many replicas: the demand read is at most this many times the KV in use (the per-decision
+# step limits bound the decision harder still).
+SATURATED_DEMAND_MAX_FACTOR = 4.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,7 @@ class OccupancyTrend:
     in_use_replicas: float
     slope_replicas_per_s: float
     noise_replicas_per_s: float
+    queue_grew: bool = False  # the last reading counted a growing queue for a slot (`saturated_demand`)
 
 
 def record_kv_in_use(
@@ -62,8 +75,28 @@ def record_kv_in_use(
     # before a gap: a hold, a paused model, an operator that was down.
     oldest_s = (OCCUPANCY_TREND_TICKS - 0.5) * spec.scaling.interval_seconds
     kept = [r for r in state.decode_kv_in_use if 0 < (now - r.time).total_seconds() <= oldest_s]
-    kept.append(KvInUse(time=now, replicas=usage * ready))
+    waiting = observation.decode_queue_depth
+    in_use = saturated_demand(
+        usage * ready, observation.given_rate_rps, waiting, kept[-1] if kept else None, now
+    )
+    kept.append(KvInUse(time=now, replicas=in_use, waiting=waiting))
     return state.model_copy(update={"decode_kv_in_use": kept[-OCCUPANCY_TREND_TICKS:]})
+
+
+def saturated_demand(
+    in_use_replicas: float, rate_rps: float, waiting: float | None, previous: KvInUse | None, now: datetime
+) -> float:
+    """The KV in use, scaled by the arrivals over the admissions where the queue for a decode slot grew
+    since `previous` (module docstring): the pool admitted `rate_rps` less the queue's growth. The KV in
+    use as read where the queue did not grow, or either count is unknown."""
+    if waiting is None or previous is None or previous.waiting is None or rate_rps <= 0:
+        return in_use_replicas
+    elapsed_s = (now - previous.time).total_seconds()
+    growth_rps = (waiting - previous.waiting) / elapsed_s if elapsed_s > 0 else 0.0
+    if growth_rps <= 0:
+        return in_use_replicas
+    admitted_rps = max(rate_rps - growth_rps, rate_rps / SATURATED_DEMAND_MAX_FACTOR)
+    return in_use_replicas * rate_rps / admitted_rps
 
 
 def occupancy_trend(readings: list[KvInUse]) -> OccupancyTrend | None:
@@ -80,7 +113,9 @@ def occupancy_trend(readings: list[KvInUse]) -> OccupancyTrend | None:
     centred_s = times_s - np.mean(times_s)
     residuals = values - np.mean(values) - slope * centred_s
     noise = math.sqrt(float(residuals @ residuals) / (len(readings) - 2) / float(centred_s @ centred_s))
-    return OccupancyTrend(float(values[-1]), slope, noise)
+    last, before = readings[-1], readings[-2]
+    grew = last.waiting is not None and before.waiting is not None and last.waiting > before.waiting
+    return OccupancyTrend(float(values[-1]), slope, noise, grew)
 
 
 def decode_occupancy_floor(
@@ -109,9 +144,11 @@ def decode_occupancy_floor(
     rise = trend.slope_replicas_per_s - trend.noise_replicas_per_s
     projected = trend.in_use_replicas + rise * lead_s
     replicas = max(1, math.ceil(projected / FULL_BATCH_SHARE - 1e-9))
+    queue = " (the queue for a slot growing: read as what the pool would hold admitting the arrivals)"
     reason = (
         f"decode KV in use rising {trend.slope_replicas_per_s * 60:.2f} replicas' worth a minute "
-        f"(noise {trend.noise_replicas_per_s * 60:.2f}): {trend.in_use_replicas:.2f} now, "
+        f"(noise {trend.noise_replicas_per_s * 60:.2f}): {trend.in_use_replicas:.2f} now"
+        f"{queue if trend.queue_grew else ''}, "
         f"{projected:.2f} in {lead_s:.0f}s at the rise beyond the noise: at least {replicas} decode "
         f"replica(s) at {FULL_BATCH_SHARE:.0%} of their KV"
     )

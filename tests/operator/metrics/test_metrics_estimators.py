@@ -334,7 +334,10 @@ def test_a_rise_that_has_stopped_is_not_read_as_a_trend() -> None:
     assert summary.rate_rps == pytest.approx(240.0, rel=0.05)
 
 
-@settings(max_examples=25, deadline=None)
+# Derandomized: each example's share of pairs past one error is a binomial estimate over 200 pairs
+# (standard deviation 0.026 about 0.16), so a bound three deviations out fails one example in a few
+# hundred; drawn anew at every run the 25 examples failed about one run in twenty (seed 10049: 0.075).
+@settings(max_examples=25, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 2**31), median=st.floats(100.0, 2000.0), sigma=st.floats(0.3, 1.0))
 def test_the_length_trends_noise_is_what_two_windows_of_one_mix_differ_by(
     seed: int, median: float, sigma: float
