@@ -151,12 +151,12 @@ def resident_output_lengths(
     they are in the decode stage too, and the mean gap holds their waits (reasoning 99.28% -> 99.43%,
     seed 0 98.54% -> 99.03%). Not elsewhere: after a step the queue of a flood is arrivals beyond the
     pool, not outputs still decoding, and on the steps trace it read 200-token outputs as 860-2000.
-    Nor where more wait than run: the lag of a rise is a fraction of the pool (0-58 waiting beside
-    287-1,303 running on the reasoning trace), and a queue larger than the pool is a backlog of
-    sequences late already, whose waits the finished lives do not hold yet. On a conversation trace
-    moving to a reasoning model's answers, a KV-full pool with 2,314 waiting beside 507 running read
-    4,587-token outputs where the demand's were about 1,150, and ordered 216 decode replicas (the
-    growing queue is read by the KV floor instead, `planner_occupancy`).
+    Where more wait than run (a KV-full pool behind a backlog of late sequences, whose waits the finished
+    lives do not hold yet) the count overshoots: on a conversation trace moving to a reasoning model's
+    answers, 2,314 waiting beside 507 running read 4,587-token outputs where about 1,150 arrived. Left
+    so: from a cold start the same overshoot is what grows a pool that a wrong profile undersized
+    (docs/benchmarks/sim-history.md), and the KV floor, reading the growing queue
+    (`planner_occupancy.saturated_demand`), now grows such a pool before it gets there.
     Nor is the bound read where the rate the residents arrived at is not the one read now: after a step
     in the arrivals (the rate is then read from the step on) or on a decline (`declining`). There the
     residents came at a higher rate, and the finishers read long, not short: when the reasoning trace's
@@ -172,8 +172,6 @@ def resident_output_lengths(
     if residents_of_another_rate(observation):
         return observation, None
     waiting = (observation.decode_queue_depth or 0.0) if young_residents(spec, observation) else 0.0
-    if waiting > running:  # a backlog beyond the pool, not the lag of a rise (docstring)
-        waiting = 0.0
     in_stage = running + waiting
     implied = in_stage / (rate * gap_s) + 1.0
     if implied <= mean:

@@ -14,12 +14,13 @@ from dopd_operator.api import KvInUse
 from dopd_operator.planner import plan
 from dopd_operator.planner_occupancy import (
     OCCUPANCY_TREND_TICKS,
+    SATURATED_DEMAND_MAX_FACTOR,
     OccupancyTrend,
     decode_occupancy_floor,
     occupancy_trend,
     record_kv_in_use,
 )
-from dopd_operator.planner_types import Decision, PlannerState, RoleObservation
+from dopd_operator.planner_types import Decision, Observation, PlannerState, RoleObservation
 
 INTERVAL = timedelta(seconds=30)
 SPEC = make_spec()  # TTFT objective 1.5 s
@@ -174,3 +175,42 @@ def test_a_prefill_backlog_puts_no_floor_and_an_unknown_queue_does_not_stop_it()
     )
     assert decode_occupancy_floor(SPEC, make_obs(rate=20.0, prefill_queue_depth=30.0), trend, 150.0)[0] >= 2
     assert decode_occupancy_floor(SPEC, make_obs(rate=20.0, prefill_queue_depth=None), trend, 150.0)[0] >= 2
+
+
+def _full(waiting: float | None, rate: float = 30.0) -> Observation:
+    """Two decode replicas with their KV full, `waiting` sequences queued for a slot."""
+    return make_obs(rate=rate, decode=2, decode_kv_usage=0.99, decode_queue_depth=waiting)
+
+
+def test_a_kv_full_pool_whose_queue_grows_reads_the_kv_it_would_hold_admitting_the_arrivals() -> None:
+    """The queue for a slot grew by 150 in 30 s: of 30 rps the pool admitted 25, and what it holds
+    (1.98 replicas' worth) reads 30/25 of itself. A queue that does not grow, or is unknown, leaves the
+    reading as the KV in use; one that grows as fast as the arrivals reads at most 4x."""
+    spec = make_spec()
+    first = record_kv_in_use(spec, _full(100.0), PlannerState(), T0)
+    assert first.decode_kv_in_use[-1].replicas == 1.98 and first.decode_kv_in_use[-1].waiting == 100.0
+    grew = record_kv_in_use(spec, _full(250.0), first, T0 + INTERVAL).decode_kv_in_use[-1]
+    assert math.isclose(grew.replicas, 1.98 * 30.0 / 25.0)
+    assert record_kv_in_use(spec, _full(80.0), first, T0 + INTERVAL).decode_kv_in_use[-1].replicas == 1.98
+    assert record_kv_in_use(spec, _full(None), first, T0 + INTERVAL).decode_kv_in_use[-1].replicas == 1.98
+    flood = record_kv_in_use(spec, _full(100.0 + 30 * 60.0), first, T0 + INTERVAL).decode_kv_in_use[-1]
+    assert math.isclose(flood.replicas, 1.98 * SATURATED_DEMAND_MAX_FACTOR)
+
+
+def test_a_pinned_kv_with_a_growing_queue_floors_the_pool_above_what_it_holds() -> None:
+    """With the KV pinned at 99% the readings are flat and floor nothing; the same ticks with the queue
+    growing faster each tick (a demand rising past the pool) read a rise, and the floor and its reason
+    say so."""
+    spec = make_spec()
+    pinned, growing = PlannerState(), PlannerState()
+    for i, waiting in enumerate((100.0, 160.0, 280.0, 460.0)):
+        now = T0 + i * INTERVAL
+        pinned = record_kv_in_use(spec, _full(None), pinned, now)
+        growing = record_kv_in_use(spec, _full(waiting), growing, now)
+    obs = _full(460.0)
+    assert decode_occupancy_floor(spec, obs, occupancy_trend(pinned.decode_kv_in_use), 150.0) == (0, None)
+    trend = occupancy_trend(growing.decode_kv_in_use)
+    assert trend is not None and trend.queue_grew
+    floor, reason = decode_occupancy_floor(spec, obs, trend, 150.0)
+    assert floor > 3
+    assert reason is not None and "the queue for a slot growing" in reason

@@ -7,7 +7,7 @@ import pytest
 from sim_helpers import make_trace, toy_profile
 
 from dopd_forecaster.traces import Trace
-from dopd_operator import planner
+from dopd_operator import planner, planner_occupancy
 from dopd_operator.planner_load import decode_saturated
 from dopd_sim.cluster import Simulator
 from dopd_sim.config import SimConfig
@@ -190,6 +190,24 @@ def test_dopd_orders_decode_replicas_as_the_kv_fills_before_the_lengths_say(
     without = dopd_attainment(HELD_OUT_SHIFT, seed=0)
     assert with_trend >= 0.99
     assert without < 0.985
+
+
+def test_a_kv_full_decode_pool_grows_with_its_queue_and_not_past_the_demand(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Conversation shifting to a reasoning model's answers at a Poisson 30 rps (seed 5): from minute 14
+    the decode pool ran KV-full with thousands of sequences queued for a slot, and the KV, pinned at
+    99%, showed no rise; when the residents' Little's law at last counted the queue it read 4,587-token
+    outputs where about 1,150 arrived and ordered 56 decode replicas (13.3 GPU-hours). Read as the KV
+    the pool would hold admitting the arrivals (`planner_occupancy.saturated_demand`), the queue's
+    growth grows the pool with the demand before that."""
+    spec = "poisson,rate_rps=30,duration_s=2400,lengths=azure,shift_to=reasoning,shift_start_s=600,shift_end_s=1800"
+    config = SimConfig(seed=5)
+    result = simulate(generate_from_spec(spec, seed=5), DopdPolicy(), config)
+    assert result.summary.slo_attainment >= 0.975
+    assert result.summary.gpu_hours < 9.0
+    monkeypatch.setattr(planner_occupancy, "saturated_demand", lambda in_use, *_: in_use)
+    assert dopd_attainment(spec, seed=5) < 0.970
 
 
 def test_dopd_releases_no_decode_replica_while_sequences_wait_for_a_slot() -> None:
