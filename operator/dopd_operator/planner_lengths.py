@@ -156,7 +156,8 @@ def resident_output_lengths(
     answers, 2,314 waiting beside 507 running read 4,587-token outputs where about 1,150 arrived. Left
     so: from a cold start the same overshoot is what grows a pool that a wrong profile undersized
     (docs/benchmarks/sim-history.md), and the KV floor, reading the growing queue
-    (`planner_occupancy.saturated_demand`), now grows such a pool before it gets there.
+    (`planner_occupancy.saturated_demand`), now grows such a pool earlier (on that trace the overshoot
+    peaks at 14 decode replicas, where it reached 56).
     Nor is the bound read where the rate the residents arrived at is not the one read now: after a step
     in the arrivals (the rate is then read from the step on) or on a decline (`declining`). There the
     residents came at a higher rate, and the finishers read long, not short: when the reasoning trace's

@@ -200,7 +200,7 @@ def test_a_kv_full_decode_pool_grows_with_its_queue_and_not_past_the_demand(
     99%, showed no rise; when the residents' Little's law at last counted the queue it read 4,587-token
     outputs where about 1,150 arrived and ordered 56 decode replicas (13.3 GPU-hours). Read as the KV
     the pool would hold admitting the arrivals (`planner_occupancy.saturated_demand`), the queue's
-    growth grows the pool with the demand before that."""
+    growth grows the pool from minute 12, and the overshoot peaks at 14 replicas."""
     spec = "poisson,rate_rps=30,duration_s=2400,lengths=azure,shift_to=reasoning,shift_start_s=600,shift_end_s=1800"
     config = SimConfig(seed=5)
     result = simulate(generate_from_spec(spec, seed=5), DopdPolicy(), config)
