@@ -82,7 +82,3 @@ class Derivation:
     decode_points: list[tuple[str, float, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     extra_tables: list[str] = field(default_factory=list)
-
-
-def decode_step_seconds(d: DecodeCoefficients, batch: float, total_ctx: float) -> float:
-    return d.a_seconds + d.b_seconds_per_context_token * total_ctx + d.c_seconds_per_sequence * batch

@@ -19,7 +19,6 @@ from profile_derivation.derivation import (
     MS,
     Derivation,
     ModelShape,
-    decode_step_seconds,
     kv_capacity_tokens,
 )
 
@@ -67,18 +66,12 @@ def derive_distserve(data: Path, model: str, tp: int, name: str, shape: ModelSha
 
     # error per regime, for the doc
     pct_small = [
-        abs(decode_step_seconds(decode, b, c) - s) / s
-        for b, c, s in zip(batches, ctxs, secs, strict=True)
-        if b < 95
+        abs(decode.step_seconds(b, c) - s) / s for b, c, s in zip(batches, ctxs, secs, strict=True) if b < 95
     ]
     pct_large = [
-        abs(decode_step_seconds(decode, b, c) - s) / s
-        for b, c, s in zip(batches, ctxs, secs, strict=True)
-        if b >= 95
+        abs(decode.step_seconds(b, c) - s) / s for b, c, s in zip(batches, ctxs, secs, strict=True) if b >= 95
     ]
-    all_pct = [
-        abs(decode_step_seconds(decode, b, c) - s) / s for b, c, s in zip(batches, ctxs, secs, strict=True)
-    ]
+    all_pct = [abs(decode.step_seconds(b, c) - s) / s for b, c, s in zip(batches, ctxs, secs, strict=True)]
     i_worst = int(np.argmax(all_pct))
     worst = (int(batches[i_worst]), ctxs[i_worst] / batches[i_worst])
     # the alternative: DistServe's small-batch set verbatim, extrapolated to large batches
@@ -91,7 +84,7 @@ def derive_distserve(data: Path, model: str, tp: int, name: str, shape: ModelSha
         (f"l={n}", prefill.batch_seconds([n]), prefill.batch_seconds([n])) for n in (128, 512, 1024, 2048)
     ]
     decode_points = [
-        (f"B={b}, ctx/seq={ctx}", source_ms(b, b * ctx) * MS, decode_step_seconds(decode, b, b * ctx))
+        (f"B={b}, ctx/seq={ctx}", source_ms(b, b * ctx) * MS, decode.step_seconds(b, b * ctx))
         for b in (1, 8, 32, 64, 94, 95, 128, 192, 256)
         for ctx in (256, 1024)
         if b * ctx <= cap

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from profile_derivation.derivation import Derivation, decode_step_seconds
+from profile_derivation.derivation import Derivation
 
 
 def _md1_p90_wait(rate: float, service: float, n: int = 200_000, seed: int = 0) -> float:
@@ -54,13 +54,13 @@ def figure1_anchor(d: Derivation) -> Figure1Anchor:
     ctx = prompt + output / 2
     per_seq = d.decode.b_seconds_per_context_token * ctx + d.decode.c_seconds_per_sequence
     b_max = int((tpot_slo - d.decode.a_seconds) // per_seq)
-    step_at_bmax = decode_step_seconds(d.decode, b_max, b_max * ctx)
+    step_at_bmax = d.decode.step_seconds(b_max, b_max * ctx)
     decode_saturated = b_max / (output * step_at_bmax)
     # with Poisson arrivals the in-flight count is ~Poisson(m); keep its P90 (normal approximation,
     # m + 1.2816 sqrt(m)) at b_max: solve for sqrt(m)
     z = 1.2816
     mean_inflight = ((-z + math.sqrt(z * z + 4 * b_max)) / 2) ** 2
-    step_mean = decode_step_seconds(d.decode, mean_inflight, mean_inflight * ctx)
+    step_mean = d.decode.step_seconds(mean_inflight, mean_inflight * ctx)
     decode_poisson = mean_inflight / (output * step_mean)
     return Figure1Anchor(t_p, capacity, prefill_goodput, b_max, decode_saturated, decode_poisson)
 

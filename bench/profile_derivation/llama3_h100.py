@@ -16,7 +16,6 @@ from profile_derivation.derivation import (
     MS,
     NS,
     Derivation,
-    decode_step_seconds,
     kv_capacity_tokens,
 )
 
@@ -208,7 +207,7 @@ def derive_llama3_8b_h100(data: Path) -> Derivation:
             for n in (1, 16, 64, 128, 256, 512, 768, 1024, 1536, 2048)
         ],
         decode_points=[
-            (f"B={b}, ctx/seq={c}", step(b, c), decode_step_seconds(decode, b, b * c))
+            (f"B={b}, ctx/seq={c}", step(b, c), decode.step_seconds(b, b * c))
             for b, c in grid
             if b in (1, 8, 32, 64, 128, 256) and c in (256, 1024, 4096)
         ],

@@ -18,7 +18,6 @@ from profile_derivation.derivation import (
     MS,
     Derivation,
     ModelShape,
-    decode_step_seconds,
     kv_capacity_tokens,
 )
 
@@ -95,7 +94,7 @@ def derive_splitwise(
     for r in rows:
         p, b, t = int(r["prompt_size"]), int(r["batch_size"]), int(r["token_size"])
         s = float(r["token_time"]) * MS
-        dec_raw.append(abs(decode_step_seconds(decode, b, total_ctx(p, b, t)) - s) / s)
+        dec_raw.append(abs(decode.step_seconds(b, total_ctx(p, b, t)) - s) / s)
     return SplitwiseFit(
         prefill=prefill,
         decode=decode,
@@ -150,7 +149,7 @@ def derivation_from_splitwise(data: Path, name: str, hardware: str, tp: int, sha
             (f"{b} x {p}", s, fit.prefill.batch_seconds([float(p)] * b)) for p, b, s in fit.prefill_medians
         ],
         decode_points=[
-            (f"B={b}, prompt={p}, gen={t}", s, decode_step_seconds(fit.decode, b, b * (p + t / 2)))
+            (f"B={b}, prompt={p}, gen={t}", s, fit.decode.step_seconds(b, b * (p + t / 2)))
             for p, b, t, s in fit.decode_medians
         ],
         notes=[

@@ -345,6 +345,14 @@ class DecodeCoefficients(ApiModel):
     )
     c_seconds_per_sequence: float = Field(..., ge=0, description="Cost per sequence in the batch, seconds.")
 
+    def step_seconds(self, batch_size: float, context_tokens: float) -> float:
+        """T for one step of `batch_size` sequences holding `context_tokens` of context in all."""
+        return (
+            self.a_seconds
+            + self.b_seconds_per_context_token * context_tokens
+            + self.c_seconds_per_sequence * batch_size
+        )
+
 
 class InlineProfile(ApiModel):
     """A per-replica performance profile given inline (DistServe's latency model)."""

@@ -45,12 +45,7 @@ class PerformanceProfile(InlineProfile):
 
     def decode_step_seconds(self, batch_size: float, mean_context_tokens: float) -> float:
         """Seconds for one decode step of `batch_size` sequences of mean context `mean_context_tokens`."""
-        d = self.decode
-        return (
-            d.a_seconds
-            + d.b_seconds_per_context_token * batch_size * mean_context_tokens
-            + d.c_seconds_per_sequence * batch_size
-        )
+        return self.decode.step_seconds(batch_size, batch_size * mean_context_tokens)
 
     @property
     def kv_transfer_seconds_per_token(self) -> float:
