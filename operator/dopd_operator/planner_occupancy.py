@@ -89,14 +89,20 @@ def saturated_demand(
     """The KV in use, scaled by the arrivals over the admissions where the queue for a decode slot grew
     since `previous` (module docstring): the pool admitted `rate_rps` less the queue's growth. The KV in
     use as read where the queue did not grow, or either count is unknown."""
-    if waiting is None or previous is None or previous.waiting is None or rate_rps <= 0:
-        return in_use_replicas
-    elapsed_s = (now - previous.time).total_seconds()
-    growth_rps = (waiting - previous.waiting) / elapsed_s if elapsed_s > 0 else 0.0
-    if growth_rps <= 0:
+    growth_rps = queue_growth_rps(previous, waiting, now)
+    if growth_rps <= 0 or rate_rps <= 0:
         return in_use_replicas
     admitted_rps = max(rate_rps - growth_rps, rate_rps / SATURATED_DEMAND_MAX_FACTOR)
     return in_use_replicas * rate_rps / admitted_rps
+
+
+def queue_growth_rps(previous: KvInUse | None, waiting: float | None, now: datetime) -> float:
+    """Sequences a second the queue for a decode slot grew by since `previous`; 0 where either count is
+    unknown (or no time passed)."""
+    if waiting is None or previous is None or previous.waiting is None:
+        return 0.0
+    elapsed_s = (now - previous.time).total_seconds()
+    return (waiting - previous.waiting) / elapsed_s if elapsed_s > 0 else 0.0
 
 
 def occupancy_trend(readings: list[KvInUse]) -> OccupancyTrend | None:
@@ -113,8 +119,7 @@ def occupancy_trend(readings: list[KvInUse]) -> OccupancyTrend | None:
     centred_s = times_s - np.mean(times_s)
     residuals = values - np.mean(values) - slope * centred_s
     noise = math.sqrt(float(residuals @ residuals) / (len(readings) - 2) / float(centred_s @ centred_s))
-    last, before = readings[-1], readings[-2]
-    grew = last.waiting is not None and before.waiting is not None and last.waiting > before.waiting
+    grew = queue_growth_rps(readings[-2], readings[-1].waiting, readings[-1].time) > 0
     return OccupancyTrend(float(values[-1]), slope, noise, grew)
 
 
