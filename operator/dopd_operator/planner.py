@@ -209,8 +209,13 @@ def plan(
     target = stabilize(target, current, history, spec, now, clamps, down_window)
     if occupancy_floor > target.decode and occupancy_reason is not None:
         # After the scale-down window, and not remembered by it: the floor lasts as long as the rise.
-        target = target.replace("decode", occupancy_floor)
-        reasons.append(occupancy_reason)
+        # Pending pods hold it as they hold the sizing: they are not capacity.
+        floored, floor_blocked = hold_unschedulable(
+            target.replace("decode", occupancy_floor), current, observation, clamps
+        )
+        if floored.decode > target.decode:
+            reasons.append(occupancy_reason)
+        target, blocked = floored, blocked or floor_blocked
     target = hold_while_saturated(target, current, decode_saturated(observation, base_profile), clamps)
     history.append(recommendation)
     if fresh:

@@ -163,6 +163,29 @@ def test_the_planner_orders_decode_replicas_as_the_kv_fills_before_the_lengths_s
     assert rising[-1].decode == 1
 
 
+def test_the_floor_adds_no_decode_replica_while_decode_pods_cannot_be_scheduled() -> None:
+    """Pending pods are not capacity (`safety.hold_unschedulable`): a KV filling behind decode pods the
+    cluster has no GPUs for orders nothing beyond them, and the decision says it is capacity-blocked. (On the
+    real cluster a saturated pool of unschedulable 8-GPU pods had grown from 5 to 6 decode replicas:
+    the floor was applied after the hold.)"""
+    spec = make_spec()
+    # two Ready replicas' KV filling by half a replica's worth a tick; a third replica is pending
+    state = PlannerState(decode_kv_in_use=readings(0.4, 0.9, 1.4))
+    observation = make_obs(
+        rate=20.0,
+        osl=220.0,
+        decode_obs=RoleObservation(current=3, ready=2, unschedulable=1),
+        decode_kv_usage=0.95,
+        decode_running=160.0,
+    )
+    decision = plan(spec, observation, None, state, T0 + 3 * INTERVAL)
+    assert decision.decode == 3
+    assert decision.capacity_blocked and "limited by CapacityBlocked" in decision.reasons[-1]
+    schedulable = observation.model_copy(update={"decode": RoleObservation(current=3, ready=2)})
+    placed = plan(spec, schedulable, None, state, T0 + 3 * INTERVAL)
+    assert placed.decode > 3 and any("decode KV in use rising" in r for r in placed.reasons)
+
+
 def test_a_prefill_backlog_puts_no_floor_and_an_unknown_queue_does_not_stop_it() -> None:
     """While more prompts wait for prefill than arrive in one TTFT objective (a cold start, a burst),
     the decode pool's input runs above the arrivals as prefill catches up and the KV rises with it. A
