@@ -49,6 +49,7 @@ bench: setup-python  ## run the benchmarks and rewrite docs/benchmarks/*.md
 	$(PY) bench/forecast_bench.py
 	$(PY) bench/worker_bench.py
 	$(PY) bench/sim_bench.py
+	$(PY) bench/held_out.py
 	$(PY) bench/capacity_bench.py
 	$(PY) bench/overload_bench.py
 	$(MAKE) cluster-build prometheus-install

@@ -26,6 +26,7 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,14 @@ import dopd_operator
 import dopd_sim
 from dopd_forecaster.datasets import AZURE_CONV_2023, MOONCAKE_SYNTHETIC, data_dir, data_path
 from dopd_operator.api import InlineProfile, ProfileSpec
-from dopd_sim.benchmark import Tuning, aggregated_static_row, dopd_row, run_suite_seed, static_peak_row
+from dopd_sim.benchmark import (
+    SUITE_POLICIES,
+    Tuning,
+    aggregated_static_row,
+    dopd_row,
+    run_suite_seed,
+    static_peak_row,
+)
 from dopd_sim.config import SimConfig, default_spec
 from dopd_sim.metrics import slo_met
 from dopd_sim.policies.base import Layout, Policy, TickInput
@@ -186,12 +194,19 @@ DEMO = Scenario("demo", "`dopd demo`: the first 20 min of the Azure trace at 8x"
 # ------------------------------------------------------------------------------------------ the runs
 
 
-def suite_job(scenario: Scenario, seed: int, quick: bool, tuning: Tuning | None) -> dict[str, Any]:
-    """One scenario and seed through dopd and the tuned baselines (a worker process runs this)."""
+def suite_job(
+    scenario: Scenario,
+    seed: int,
+    quick: bool,
+    tuning: Tuning | None,
+    policies: tuple[str, ...] = SUITE_POLICIES,
+) -> dict[str, Any]:
+    """One scenario and seed through dopd and the tuned baselines, or `policies` of them (a worker
+    process runs this)."""
     trace = scenario.trace(seed, quick)
     started = time.perf_counter()
     history_s = scenario.scored_from_s(quick)
-    rows, chosen = run_suite_seed(trace, SimConfig(seed=seed), tuning, score_from_s=history_s)
+    rows, chosen = run_suite_seed(trace, SimConfig(seed=seed), tuning, policies, score_from_s=history_s)
     return {
         "scenario": scenario.name,
         "seed": seed,
@@ -327,45 +342,65 @@ def run_everything(
     processes."""
     extras_run = set(EXTRAS) if extras is None else extras
     scenarios = [s for s in SCENARIOS if only is None or s.name in only]
-    raw: dict[str, Any] = {"suite": {s.name: [] for s in scenarios}}
+    submitted: list[tuple[str, Future[dict[str, Any]]]] = []
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        pending: dict[Future[dict[str, Any]], Scenario] = {
-            pool.submit(suite_job, s, seeds[0], quick, None): s for s in scenarios
-        }
-        submitted: list[tuple[str, Future[dict[str, Any]]]] = []
-        if "cold-start" in extras_run:
-            submitted += [("cold-start", pool.submit(cold_start_job, seed, quick)) for seed in seeds]
-        if "wrong-profile" in extras_run:
-            submitted += [
-                ("wrong-profile", pool.submit(wrong_profile_job, s, seed, quick))
-                for s in SCENARIOS
-                if s.name in WRONG_PROFILE_SCENARIOS
-                for seed in seeds
-            ]
-        if "demo" in extras_run:
-            submitted.append(("demo", pool.submit(demo_job, quick)))
-        while pending:
-            done = next(f for f in _as_completed(pending))
-            scenario = pending.pop(done)
-            result = done.result()
-            raw["suite"][scenario.name].append(result)
-            print(
-                f"{scenario.name} seed {result['seed']}: {result['requests']} requests in {result['wall_s']:.0f} s",
-                flush=True,
-            )
-            if result["seed"] == seeds[0]:
-                tuning = _tuning(result["tuning"])
-                for seed in seeds[1:]:
-                    pending[pool.submit(suite_job, scenario, seed, quick, tuning)] = scenario
+
+        def submit_extras() -> None:
+            if "cold-start" in extras_run:
+                submitted.extend(("cold-start", pool.submit(cold_start_job, seed, quick)) for seed in seeds)
+            if "wrong-profile" in extras_run:
+                submitted.extend(
+                    ("wrong-profile", pool.submit(wrong_profile_job, s, seed, quick))
+                    for s in SCENARIOS
+                    if s.name in WRONG_PROFILE_SCENARIOS
+                    for seed in seeds
+                )
+            if "demo" in extras_run:
+                submitted.append(("demo", pool.submit(demo_job, quick)))
+
+        raw: dict[str, Any] = {"suite": run_suite(pool, scenarios, seeds, quick, then=submit_extras)}
         for name, future in submitted:
             raw.setdefault(name, []).append(future.result())
-    for rows in raw["suite"].values():
-        rows.sort(key=lambda r: r["seed"])
     if "demo" in extras_run:
         raw["demo"] = raw["demo"][0]
     if extras is None:
         raw["speed"] = speed(quick)
     return raw
+
+
+def run_suite(
+    pool: ProcessPoolExecutor,
+    scenarios: Sequence[Scenario],
+    seeds: tuple[int, ...],
+    quick: bool,
+    policies: tuple[str, ...] = SUITE_POLICIES,
+    then: Callable[[], None] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Each scenario's seeds through `policies` (`suite_job`) on `pool`: its first seed before its others,
+    which reuse the first's tuning and calibration. `then` submits other work behind the first seeds.
+    Returns each scenario's results in seed order."""
+    results: dict[str, list[dict[str, Any]]] = {s.name: [] for s in scenarios}
+    pending: dict[Future[dict[str, Any]], Scenario] = {
+        pool.submit(suite_job, s, seeds[0], quick, None, policies): s for s in scenarios
+    }
+    if then is not None:
+        then()
+    while pending:
+        done = next(f for f in _as_completed(pending))
+        scenario = pending.pop(done)
+        result = done.result()
+        results[scenario.name].append(result)
+        print(
+            f"{scenario.name} seed {result['seed']}: {result['requests']} requests in {result['wall_s']:.0f} s",
+            flush=True,
+        )
+        if result["seed"] == seeds[0]:
+            tuning = _tuning(result["tuning"])
+            for seed in seeds[1:]:
+                pending[pool.submit(suite_job, scenario, seed, quick, tuning, policies)] = scenario
+    for rows in results.values():
+        rows.sort(key=lambda r: r["seed"])
+    return results
 
 
 def rerun(names: set[str], why: str, jobs: int) -> dict[str, Any]:
