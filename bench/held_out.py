@@ -70,7 +70,7 @@ HELD_OUT = (
 
 
 def write_page(raw: dict[str, Any]) -> None:
-    generated = render_results(raw, HELD_OUT, None)
+    generated = render_results(raw, HELD_OUT, None, RESULTS.relative_to(PAGE.parent).as_posix())
     existing = PAGE.read_text(encoding="utf-8") if PAGE.exists() else "# Held-out shapes\n"
     head = existing.split(MARKER)[0]
     PAGE.write_text(head.rstrip() + "\n\n" + MARKER + "\n\n" + generated, encoding="utf-8")

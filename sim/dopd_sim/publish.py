@@ -385,10 +385,14 @@ def render_readme(raw: dict[str, Any], scenarios: Sequence[ScenarioLike]) -> str
 
 
 def render_results(
-    raw: dict[str, Any], scenarios: Sequence[ScenarioLike], fidelity: dict[str, Any] | None
+    raw: dict[str, Any],
+    scenarios: Sequence[ScenarioLike],
+    fidelity: dict[str, Any] | None,
+    raw_link: str = "sim/results.json",
 ) -> str:
-    """Everything below the generated-results heading of docs/benchmarks/sim.md."""
-    lines = [_stamp(raw), "", "Raw numbers: [sim/results.json](sim/results.json).", ""]
+    """Everything below the generated-results heading of docs/benchmarks/sim.md (or of another page,
+    whose raw numbers are at `raw_link`, relative to it)."""
+    lines = [_stamp(raw), "", f"Raw numbers: [{raw_link}]({raw_link}).", ""]
     lines += ["### Headline", "", *_headline_rows(raw, scenarios), ""]
     lines += [
         "### Targets (computed from the numbers)",
