@@ -270,7 +270,12 @@ def hold_output_lengths(
     trace the windows at 110 rps read 202-213 tokens, the two after the jump to 190 rps read 190 (P90
     420 where the demand's is 460), and those were held when the slots filled a tick later; the pool,
     sized for outputs 10% short, was a decode replica short with every slot taken (steps 94.74% ->
-    94.91%, bursts 94.75% -> 94.86%, every other trace the same to the last digit).
+    94.91%, bursts 94.75% -> 94.86%, every other trace the same to the last digit). Nor are they sized
+    with: for as long, the lengths last measured before the step are. After a rise the new level's
+    short outputs finish first and its long ones later, so the windows read a mean below the demand's,
+    then a P90 above it: at a flat 20 rps after a step from 8 (a reasoning model's answers, P90 5000
+    tokens) they read a P90 of 3,979 to 6,443 tokens over three minutes, the decode sizing moved
+    between 13 and 21 replicas, and the scale-down window held the highest.
     """
     full = decode_slots_full(observation, profile)
     held = state.output_lengths_free_slots
@@ -322,9 +327,29 @@ def hold_output_lengths(
         )
         return observation, after, reason
     # A step in the arrivals within the window and the P90 output's generation: the finishers are not
-    # the steady mix (after a rise the new level's long outputs still decode), so not remembered.
+    # the steady mix (after a rise the new level's long outputs still decode), so neither remembered nor
+    # sized with: the lengths measured before the step are (the docstring's last paragraph).
     age_s = observation.arrival_level_age_seconds
     stepped = age_s is not None and age_s < seated_s
+    if stepped and held is not None and measured is not None:
+        reason = (
+            f"output lengths held at mean {held.mean:.0f}"
+            + (f"/P90 {held.p90:.0f}" if held.p90 is not None else "")
+            + f" tokens, as last measured before the arrivals stepped {age_s:.0f}s ago: until what arrived "
+            f"since has finished and left the window ({seated_s:.0f}s: the window and the P90 output's "
+            f"generation), the sequences finishing are the new level's shortest, not the demand's mix "
+            f"(this window's mean {measured:.0f}"
+            + (
+                f"/P90 {observation.output_tokens_p90:.0f}"
+                if observation.output_tokens_p90 is not None
+                else ""
+            )
+            + ")"
+        )
+        observation = observation.model_copy(
+            update={"output_tokens_mean": held.mean, "output_tokens_p90": held.p90}
+        )
+        return observation, after, reason
     if measured is not None and not stepped:
         after = after.model_copy(
             update={

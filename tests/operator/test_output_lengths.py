@@ -114,15 +114,17 @@ def test_long_outputs_seated_while_the_slots_were_full_keep_the_lengths_held_unt
 
 def test_lengths_measured_just_after_a_step_are_not_remembered_as_the_demands() -> None:
     """As on the steps trace: free slots at 110 rps measure 205-token outputs; the rate steps to 190
-    rps, and the windows after it read 190 (the new level's long outputs still decode). Those are sized
-    with while the slots are free, but not remembered: when the slots fill a tick later, the 205
-    measured before the step is held. A window clear of the step is remembered again."""
+    rps, and the windows after it read 190 (the new level's long outputs still decode). Those are
+    neither sized with nor remembered: the 205 measured before the step is, with free slots and when
+    the slots fill a tick later. A window clear of the step is sized with and remembered again."""
     state = PlannerState()
     _, state, _ = hold_output_lengths(SPEC, _tick(4, 0.5 * 4 * SLOTS, 205.0), state, PROFILE, T0)
     assert state.output_lengths_free_slots == OutputLengths(mean=205.0, p90=410.0)
     stepped = _tick(4, 0.8 * 4 * SLOTS, 190.0, arrival_level_age_seconds=30.0)
     sized, state, reason = hold_output_lengths(SPEC, stepped, state, PROFILE, T0 + timedelta(seconds=30))
-    assert (sized.output_tokens_mean, reason) == (190.0, None)  # the window's, this tick
+    assert (sized.output_tokens_mean, sized.output_tokens_p90) == (205.0, 410.0)
+    assert reason is not None and "as last measured before the arrivals stepped 30s ago" in reason
+    assert "this window's mean 190/P90 380" in reason
     assert state.output_lengths_free_slots == OutputLengths(mean=205.0, p90=410.0)
     full = _tick(4, 4 * SLOTS, 190.0, arrival_level_age_seconds=60.0)
     sized, state, reason = hold_output_lengths(SPEC, full, state, PROFILE, T0 + timedelta(seconds=60))
@@ -131,8 +133,32 @@ def test_lengths_measured_just_after_a_step_are_not_remembered_as_the_demands() 
     # free again, and the step far behind (past the window and the P90 output's generation)
     settled = _tick(6, 0.5 * 6 * SLOTS, 212.0, arrival_level_age_seconds=110.0)
     later = T0 + timedelta(seconds=300)
-    _, state, _ = hold_output_lengths(SPEC, settled, state, PROFILE, later)
+    sized, state, reason = hold_output_lengths(SPEC, settled, state, PROFILE, later)
+    assert (sized.output_tokens_mean, reason) == (212.0, None)
     assert state.output_lengths_free_slots == OutputLengths(mean=212.0, p90=424.0)
+
+
+def test_after_a_step_the_decode_pool_is_sized_for_the_lengths_measured_before_it() -> None:
+    """A reasoning model's answers (P90 twice the mean) at a steady rate, then a step up: the windows
+    after it read the new level's shortest answers first (a mean 15% short), then its longest (a P90
+    30% long). The decode pool is sized for the lengths measured before the step until what arrived
+    since has finished (the window and the P90 output's generation), where the windows' readings had
+    swung it a replica or more either way; then for the window's again."""
+    gap = {"tpot_mean_seconds": 0.02}  # the P90 output generates for 96 s: a 156 s hold
+    before = _tick(4, 0.5 * 4 * SLOTS, 2400.0, **gap)
+    state = plan(SPEC, before, None, PlannerState(), T0).state
+    steady = _tick(4, 0.5 * 4 * SLOTS, 2400.0, arrival_level_age_seconds=60.0, **gap)
+    expected = plan(SPEC, steady, None, state, T0 + timedelta(seconds=30)).raw_decode
+    for age_s, osl, p90 in ((30.0, 2040.0, 4080.0), (120.0, 2400.0, 6240.0)):
+        after = _tick(4, 0.5 * 4 * SLOTS, osl, arrival_level_age_seconds=age_s, osl_p90=p90, **gap)
+        decision = plan(SPEC, after, None, state, T0 + timedelta(seconds=age_s))
+        unheld = plan(SPEC, after, None, PlannerState(), T0 + timedelta(seconds=age_s))
+        assert decision.raw_decode == expected != unheld.raw_decode
+        assert any("as last measured before the arrivals stepped" in r for r in decision.reasons)
+    clear = _tick(4, 0.5 * 4 * SLOTS, 2040.0, arrival_level_age_seconds=170.0, **gap)
+    decision = plan(SPEC, clear, None, state, T0 + timedelta(seconds=170))
+    assert decision.raw_decode < expected
+    assert not any("output lengths held" in r for r in decision.reasons)
 
 
 @pytest.mark.parametrize(
