@@ -619,6 +619,12 @@ class PlannerStateStatus(ApiModel):
         description="When the decode pool's slots (or its KV cache) were last seen full: the output "
         "lengths stay held until what it seated then has finished.",
     )
+    arrivals_stepped_time: datetime | None = Field(
+        None,
+        description="When the arrivals last stepped to a new level, while the output lengths measured "
+        "since are not the demand's mix (the window and the P90 output's generation after it): the decode "
+        "pool is sized for those measured before the step until then.",
+    )
     output_lengths_held_since: datetime | None = Field(
         None,
         description="When the output lengths began to be held for full decode slots: a hold lasts one "

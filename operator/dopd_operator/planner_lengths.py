@@ -10,7 +10,7 @@ Pure; callers: `planner.plan`, `planner_corrections`.
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from dopd_operator.api import DisaggregatedModelSpec, OutputLengths
 from dopd_operator.lengths import MAX_P90_OVER_MEAN, LengthDistribution, length_bias
@@ -281,9 +281,16 @@ def hold_output_lengths(
     held = state.output_lengths_free_slots
     measured = observation.output_tokens_mean
     last_full = now if full else state.decode_slots_full_time
-    after = state.model_copy(update={"decode_slots_full_time": last_full, "output_lengths_held_since": None})
-    since_full_s = None if last_full is None else (now - last_full).total_seconds()
     seated_s = seated_while_full_seconds(spec, observation, held)
+    step_time = arrivals_step_time(observation, state, now, seated_s)
+    after = state.model_copy(
+        update={
+            "decode_slots_full_time": last_full,
+            "output_lengths_held_since": None,
+            "arrivals_stepped_time": step_time,
+        }
+    )
+    since_full_s = None if last_full is None else (now - last_full).total_seconds()
     if since_full_s is not None and since_full_s < seated_s:
         if held is None:
             return observation, after, None
@@ -329,7 +336,7 @@ def hold_output_lengths(
     # A step in the arrivals within the window and the P90 output's generation: the finishers are not
     # the steady mix (after a rise the new level's long outputs still decode), so neither remembered nor
     # sized with: the lengths measured before the step are (the docstring's last paragraph).
-    age_s = observation.arrival_level_age_seconds
+    age_s = None if step_time is None else (now - step_time).total_seconds()
     stepped = age_s is not None and age_s < seated_s
     if stepped and held is not None and measured is not None:
         reason = (
@@ -357,6 +364,21 @@ def hold_output_lengths(
             }
         )
     return observation, after, None
+
+
+def arrivals_step_time(
+    observation: Observation, state: PlannerState, now: datetime, seated_s: float
+) -> datetime | None:
+    """When the arrivals last stepped to a new level, while what arrived since may still be finishing
+    into the window (`seated_s`); None otherwise. The observation reports a step only while the arrival
+    trend's window spans it (two minutes), shorter than a long output's life: remembered past that."""
+    age_s = observation.arrival_level_age_seconds
+    if age_s is not None:
+        return now - timedelta(seconds=age_s)
+    stepped = state.arrivals_stepped_time
+    if stepped is None or (now - stepped).total_seconds() >= seated_s:
+        return None
+    return stepped
 
 
 def seated_while_full_seconds(

@@ -142,23 +142,28 @@ def test_after_a_step_the_decode_pool_is_sized_for_the_lengths_measured_before_i
     """A reasoning model's answers (P90 twice the mean) at a steady rate, then a step up: the windows
     after it read the new level's shortest answers first (a mean 15% short), then its longest (a P90
     30% long). The decode pool is sized for the lengths measured before the step until what arrived
-    since has finished (the window and the P90 output's generation), where the windows' readings had
-    swung it a replica or more either way; then for the window's again."""
+    since has finished (the window and the P90 output's generation: 156 s), where the windows' readings
+    had swung it a replica or more either way, and past the two minutes the observation reports the
+    step for; then for the window's again."""
     gap = {"tpot_mean_seconds": 0.02}  # the P90 output generates for 96 s: a 156 s hold
     before = _tick(4, 0.5 * 4 * SLOTS, 2400.0, **gap)
     state = plan(SPEC, before, None, PlannerState(), T0).state
     steady = _tick(4, 0.5 * 4 * SLOTS, 2400.0, arrival_level_age_seconds=60.0, **gap)
     expected = plan(SPEC, steady, None, state, T0 + timedelta(seconds=30)).raw_decode
-    for age_s, osl, p90 in ((30.0, 2040.0, 4080.0), (120.0, 2400.0, 6240.0)):
+    # the step 30 s ago, then 150 s ago where the trend window no longer spans it
+    for seconds, age_s, osl, p90 in ((30, 30.0, 2040.0, 4080.0), (150, None, 2400.0, 6240.0)):
         after = _tick(4, 0.5 * 4 * SLOTS, osl, arrival_level_age_seconds=age_s, osl_p90=p90, **gap)
-        decision = plan(SPEC, after, None, state, T0 + timedelta(seconds=age_s))
-        unheld = plan(SPEC, after, None, PlannerState(), T0 + timedelta(seconds=age_s))
+        decision = plan(SPEC, after, None, state, T0 + timedelta(seconds=seconds))
+        unheld = plan(SPEC, after, None, PlannerState(), T0 + timedelta(seconds=seconds))
         assert decision.raw_decode == expected != unheld.raw_decode
         assert any("as last measured before the arrivals stepped" in r for r in decision.reasons)
-    clear = _tick(4, 0.5 * 4 * SLOTS, 2040.0, arrival_level_age_seconds=170.0, **gap)
-    decision = plan(SPEC, clear, None, state, T0 + timedelta(seconds=170))
+        state = decision.state
+        assert state.arrivals_stepped_time == T0
+    clear = _tick(4, 0.5 * 4 * SLOTS, 2040.0, **gap)
+    decision = plan(SPEC, clear, None, state, T0 + timedelta(seconds=180))
     assert decision.raw_decode < expected
     assert not any("output lengths held" in r for r in decision.reasons)
+    assert decision.state.arrivals_stepped_time is None
 
 
 @pytest.mark.parametrize(
