@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from sim_bench import DOCS, SEEDS, Scenario, run_suite, stamp
+from sim_bench import DOCS, SEEDS, Scenario, add_run_arguments, run_suite, stamp
 
 from dopd_sim.publish import render_results
 
@@ -81,14 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--jobs", type=int, default=2, help="worker processes")
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        choices=range(2, len(SEEDS) + 1),
-        default=len(SEEDS),
-        help=f"seeds per shape (default {len(SEEDS)}; fewer is cheaper and says so on the page)",
-    )
+    add_run_arguments(parser)
     parser.add_argument("--render-only", action="store_true", help="rewrite the page from results.json")
     args = parser.parse_args()
     if args.render_only:

@@ -717,11 +717,8 @@ def write_outputs(raw: dict[str, Any]) -> None:
     print(f"wrote {page} and the README results block")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="2 seeds of 10-minute slices")
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """--jobs and --seeds, as this script and bench/held_out.py take them."""
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument(
         "--seeds",
@@ -730,6 +727,14 @@ def main() -> None:
         default=len(SEEDS),
         help=f"seeds per trace (default {len(SEEDS)}; fewer is cheaper and says so on the page)",
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="2 seeds of 10-minute slices")
+    add_run_arguments(parser)
     parser.add_argument("--only", help="comma-separated scenario names (a partial run; renders only those)")
     parser.add_argument("--fidelity", action="store_true", help="also run the real-worker fidelity check")
     parser.add_argument("--render-only", action="store_true", help="rewrite the pages from results.json")
