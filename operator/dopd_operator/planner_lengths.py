@@ -1,9 +1,10 @@
 """The lengths the planner sizes with, read from an observation: the output lengths raised to what the
 decode residents imply where the window is too short to see the long outputs finish
-(`resident_output_lengths`), held while the decode pool's slots are full (`hold_output_lengths`), and
-both lengths extrapolated along their rise over the lead time (`trending_lengths`), the outputs raised
-to what the residents' progress implies where the mix moves to longer answers (`seated_output_lengths`);
-and whether the prompts shorten (`lengths_declining`, for the scale-down window).
+(`resident_output_lengths`), held while the decode pool's slots are full and after a step in the
+arrivals (`hold_output_lengths`), and both lengths extrapolated along their rise over the lead time
+(`trending_lengths`), the outputs raised to what the residents' progress implies where the mix moves to
+longer answers (`seated_output_lengths`); and whether the prompts shorten (`lengths_declining`, for the
+scale-down window).
 Pure; callers: `planner.plan`, `planner_corrections`.
 """
 
@@ -344,7 +345,8 @@ def hold_output_lengths(
             + (f"/P90 {held.p90:.0f}" if held.p90 is not None else "")
             + f" tokens, as last measured before the arrivals stepped {age_s:.0f}s ago: until what arrived "
             f"since has finished and left the window ({seated_s:.0f}s: the window and the P90 output's "
-            f"generation), the sequences finishing are the new level's shortest, not the demand's mix "
+            f"generation), the sequences finishing are those the step sorted (after a rise the new level's "
+            "short answers first, its long ones later), not the demand's mix "
             f"(this window's mean {measured:.0f}"
             + (
                 f"/P90 {observation.output_tokens_p90:.0f}"
@@ -373,9 +375,7 @@ def arrivals_step_time(
     into the window (`seated_s`); None otherwise. The observation reports a step only while the arrival
     trend's window spans it (two minutes), shorter than a long output's life: remembered past that."""
     age_s = observation.arrival_level_age_seconds
-    if age_s is not None:
-        return now - timedelta(seconds=age_s)
-    stepped = state.arrivals_stepped_time
+    stepped = now - timedelta(seconds=age_s) if age_s is not None else state.arrivals_stepped_time
     if stepped is None or (now - stepped).total_seconds() >= seated_s:
         return None
     return stepped
