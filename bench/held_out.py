@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from sim_bench import DOCS, SEEDS, Scenario, add_run_arguments, run_suite, stamp
+from sim_bench import DOCS, SEEDS, Scenario, add_run_arguments, run_suite, stamp, write_generated
 
 from dopd_sim.publish import render_results
 
@@ -71,9 +71,7 @@ HELD_OUT = (
 
 def write_page(raw: dict[str, Any]) -> None:
     generated = render_results(raw, HELD_OUT, None, RESULTS.relative_to(PAGE.parent).as_posix())
-    existing = PAGE.read_text(encoding="utf-8") if PAGE.exists() else "# Held-out shapes\n"
-    head = existing.split(MARKER)[0]
-    PAGE.write_text(head.rstrip() + "\n\n" + MARKER + "\n\n" + generated, encoding="utf-8")
+    write_generated(PAGE, MARKER, generated, "# Held-out shapes\n")
     print(f"wrote {PAGE}")
 
 

@@ -697,14 +697,19 @@ def stamp() -> dict[str, Any]:
     }
 
 
+def write_generated(page: Path, marker: str, generated: str, new_page_head: str) -> None:
+    """Replace what follows `marker` in `page` (the generated results) with `generated`, keeping the
+    hand-written text above it (`new_page_head` where the page does not exist yet)."""
+    existing = page.read_text(encoding="utf-8") if page.exists() else new_page_head
+    head = existing.split(marker)[0]
+    page.write_text(head.rstrip() + "\n\n" + marker + "\n\n" + generated, encoding="utf-8")
+
+
 def write_outputs(raw: dict[str, Any]) -> None:
     fidelity_path = DOCS / "sim" / "fidelity.json"
     fid = json.loads(fidelity_path.read_text(encoding="utf-8")) if fidelity_path.exists() else None
-    generated = render_results(raw, SCENARIOS, fid)
     page = DOCS / "sim.md"
-    existing = page.read_text(encoding="utf-8") if page.exists() else "# Simulator benchmark\n"
-    head = existing.split(MARKER)[0]
-    page.write_text(head.rstrip() + "\n\n" + MARKER + "\n\n" + generated, encoding="utf-8")
+    write_generated(page, MARKER, render_results(raw, SCENARIOS, fid), "# Simulator benchmark\n")
     readme = ROOT / "README.md"
     text = readme.read_text(encoding="utf-8")
     before, _, rest = text.partition(README_BEGIN)

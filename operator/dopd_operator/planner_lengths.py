@@ -317,10 +317,10 @@ def hold_output_lengths(
                 "those were short of the demand's"
             )
             return observation, after, reason
+        observation, held_phrase = _sized_with(observation, held)
         reason = (
-            f"output lengths held at mean {held.mean:.0f}"
-            + (f"/P90 {held.p90:.0f}" if held.p90 is not None else "")
-            + " tokens, as last measured with free decode slots: the slots are full"
+            held_phrase
+            + ", as last measured with free decode slots: the slots are full"
             + (
                 ""
                 if full
@@ -330,33 +330,24 @@ def hold_output_lengths(
             + ", and the sequences finishing are those the join order admitted, not the demand's mix"
             + (f" (this window's mean {measured:.0f})" if measured is not None else "")
         )
-        observation = observation.model_copy(
-            update={"output_tokens_mean": held.mean, "output_tokens_p90": held.p90}
-        )
         return observation, after, reason
     # A step in the arrivals within the window and the P90 output's generation: the finishers are not
     # the steady mix (after a rise the new level's long outputs still decode), so neither remembered nor
     # sized with: the lengths measured before the step are (the docstring's last paragraph).
-    age_s = None if step_time is None else (now - step_time).total_seconds()
-    stepped = age_s is not None and age_s < seated_s
-    if stepped and held is not None and measured is not None:
+    stepped = step_time is not None  # within `seated_s` (`arrivals_step_time`)
+    if step_time is not None and held is not None and measured is not None:
+        window_p90 = observation.output_tokens_p90
+        observation, held_phrase = _sized_with(observation, held)
         reason = (
-            f"output lengths held at mean {held.mean:.0f}"
-            + (f"/P90 {held.p90:.0f}" if held.p90 is not None else "")
-            + f" tokens, as last measured before the arrivals stepped {age_s:.0f}s ago: until what arrived "
+            held_phrase
+            + f", as last measured before the arrivals stepped {(now - step_time).total_seconds():.0f}s "
+            "ago: until what arrived "
             f"since has finished and left the window ({seated_s:.0f}s: the window and the P90 output's "
             f"generation), the sequences finishing are those the step sorted (after a rise the new level's "
             "short answers first, its long ones later), not the demand's mix "
             f"(this window's mean {measured:.0f}"
-            + (
-                f"/P90 {observation.output_tokens_p90:.0f}"
-                if observation.output_tokens_p90 is not None
-                else ""
-            )
+            + (f"/P90 {window_p90:.0f}" if window_p90 is not None else "")
             + ")"
-        )
-        observation = observation.model_copy(
-            update={"output_tokens_mean": held.mean, "output_tokens_p90": held.p90}
         )
         return observation, after, reason
     if measured is not None and not stepped:
@@ -366,6 +357,18 @@ def hold_output_lengths(
             }
         )
     return observation, after, None
+
+
+def _sized_with(observation: Observation, held: OutputLengths) -> tuple[Observation, str]:
+    """The observation with the held output lengths in place of the window's, and the reason's opening
+    naming them."""
+    phrase = (
+        f"output lengths held at mean {held.mean:.0f}"
+        + (f"/P90 {held.p90:.0f}" if held.p90 is not None else "")
+        + " tokens"
+    )
+    update = {"output_tokens_mean": held.mean, "output_tokens_p90": held.p90}
+    return observation.model_copy(update=update), phrase
 
 
 def arrivals_step_time(
