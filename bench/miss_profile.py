@@ -1,15 +1,18 @@
 """Where a policy's SLO misses fall: by output length, and how many finished only after the last arrival.
 
-    python bench/miss_profile.py SCENARIO [--seed N] [--policy oracle|dopd|static-peak]
+    python bench/miss_profile.py SCENARIO [--seed N] [--policy oracle|dopd|static-peak] [--load-goes-on S]
 
 Runs one benchmark scenario and seed (`sim_bench.SCENARIOS`) as the suite runs it: the oracle at the
 calibration factors docs/benchmarks/sim/results.json recorded for that seed, dopd, or static-peak (held
 to the target the oracle was held to there). Prints the scored
 requests and misses per output-length band, and how many misses finished only after the trace's last
 arrival: requests a pool left waiting until the load stopped. The attainment target counts such a
-request as one miss, however long it waited; in a service whose load does not stop, it would still be
-waiting. On the reasoning trace the oracle's 1% is spent there (docs/benchmarks/sim.md, "Reading the
-results").
+request as one miss, however long it waited. Whether a layout leans on the load stopping shows with
+`--load-goes-on S`: the same requests, then S seconds more drawn from the scenario's law (a generated
+scenario with a `duration_s`), replayed and decided on by the policy (the oracle sees them), and the
+same requests and span scored (static-peak keeps the layout it was sized and raised to on the scenario
+itself). On the reasoning trace the oracle's 1% goes to long outputs, served in the trough when the
+load goes on (docs/benchmarks/sim.md, "Reading the results").
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import json
 from typing import Any
 
+import numpy as np
 from sim_bench import RESULTS, SCENARIOS, oracle_target, suite_entry
 
 from dopd_sim.benchmark import static_peak_run
@@ -25,7 +29,9 @@ from dopd_sim.config import SimConfig
 from dopd_sim.miss_profile import miss_profile
 from dopd_sim.policies.dopd import DopdPolicy
 from dopd_sim.policies.oracle import OraclePolicy
-from dopd_sim.run import simulate
+from dopd_sim.policies.static import StaticPolicy
+from dopd_sim.run import scored_span, simulate
+from dopd_sim.workload import continued_workload
 
 
 def _recorded_run(parser: argparse.ArgumentParser, name: str, seed: int) -> dict[str, Any]:
@@ -41,17 +47,38 @@ def main() -> None:
     parser.add_argument("scenario", choices=[s.name for s in SCENARIOS])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policy", choices=["oracle", "dopd", "static-peak"], default="oracle")
+    parser.add_argument(
+        "--load-goes-on",
+        type=float,
+        metavar="SECONDS",
+        help="run on past the scenario's span with more of its load, scoring the same requests",
+    )
     args = parser.parse_args()
     scenario = next(s for s in SCENARIOS if s.name == args.scenario)
     trace, config = scenario.trace(args.seed, False), SimConfig(seed=args.seed)
     score_from_s = scenario.scored_from_s(False)
+    score_until_s: float | None = None  # the scenario's own requests, its last one included
+    if args.load_goes_on is not None:
+        if scenario.rate_scale != 1.0 or scenario.duration_s is not None:
+            parser.error(f"{scenario.name} replays a cut of a trace file, which cannot go on")
+        try:
+            continued = continued_workload(scenario.source, args.seed, args.load_goes_on)
+        except ValueError as error:
+            parser.error(str(error))
     if args.policy == "static-peak":
         # As the suite runs it, held to the seed's target (the one the oracle was held to).
         goal = oracle_target(_recorded_run(parser, scenario.name, args.seed))
         trace, raised = static_peak_run(trace, config, score_from_s, goal)
-        score_from_s = 0.0  # the span it ran on is the scored one
         result, what = raised.result, f"static-peak {raised.setting}"
+        if args.load_goes_on is not None:  # that layout, run on with the load (the same rebasing)
+            score_until_s = float(np.nextafter(trace.duration_s, np.inf))
+            trace = scored_span(continued, score_from_s)
+            result = simulate(trace, StaticPolicy(*raised.layout), config, score_until_s=score_until_s)
+        score_from_s = 0.0  # the span it ran on is the scored one
     else:
+        if args.load_goes_on is not None:
+            score_until_s = float(np.nextafter(trace.duration_s, np.inf))
+            trace = continued
         if args.policy == "oracle":
             run = _recorded_run(parser, scenario.name, args.seed)
             prefill_scale, decode_scale = run["tuning"]["oracle_scales"]
@@ -59,8 +86,10 @@ def main() -> None:
             what = f"oracle at prefill x{prefill_scale:.2f}, decode x{decode_scale:.2f}"
         else:
             policy, what = DopdPolicy(), "dopd"
-        result = simulate(trace, policy, config, score_from_s=score_from_s)
-    profile = miss_profile(trace, result.ttft_s, result.tpot_s, config, score_from_s)
+        result = simulate(trace, policy, config, score_from_s=score_from_s, score_until_s=score_until_s)
+    profile = miss_profile(trace, result.ttft_s, result.tpot_s, config, score_from_s, score_until_s)
+    if args.load_goes_on is not None:
+        what += f", the load going on {args.load_goes_on:g} s past the span (replayed, not scored)"
     print(
         f"{scenario.name} seed {args.seed}, {what}: {result.summary.slo_attainment * 100:.2f}% attainment, "
         f"{result.summary.gpu_hours:.2f} GPU-hours; {profile.misses} of {profile.requests} scored requests missed"

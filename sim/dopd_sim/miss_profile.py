@@ -1,9 +1,10 @@
 """Where a run's SLO misses fall: by output length, and how many finished only after the last arrival.
 
 The attainment target counts a request a pool left waiting until the load stopped as one miss, however
-long it waited; in a service whose load does not stop it would still be waiting. `miss_profile` shows
-which requests a policy spent its misses on (`bench/miss_profile.py` runs it on a benchmark scenario:
-on the reasoning trace the oracle's 1% is long outputs left waiting until the arrivals end). Pure.
+long it waited. `miss_profile` shows which requests a policy spent its misses on (`bench/miss_profile.py`
+runs it on a benchmark scenario, also with the load going on past the scored span: on the reasoning
+trace the oracle's 1% is long outputs left waiting until the load falls, at the trace's end or in the
+next trough). Pure.
 """
 
 from __future__ import annotations
@@ -43,14 +44,17 @@ def miss_profile(
     tpot_s: npt.NDArray[np.float64],
     config: SimConfig,
     score_from_s: float = 0.0,
+    score_until_s: float | None = None,
 ) -> MissProfile:
-    """The misses among the requests arriving from `score_from_s` on, by output-length band, and those
-    finishing after the trace's last arrival (a request's finish: arrival + TTFT + TPOT per later token).
-    A request never served (NaN) is a miss that never finished."""
+    """The misses among the requests arriving in [`score_from_s`, `score_until_s`) (None: to the end), by
+    output-length band, and those finishing after the trace's last arrival (a request's finish: arrival
+    + TTFT + TPOT per later token). A request never served (NaN) is a miss that never finished."""
     slo = config.spec.slo
     arrival = np.asarray(trace.arrival_s, dtype=np.float64)
     outputs = np.asarray(trace.output_tokens, dtype=np.int64)
     scored = arrival >= score_from_s
+    if score_until_s is not None:
+        scored &= arrival < score_until_s
     missed = ~slo_met(ttft_s, tpot_s, slo.ttft_seconds, slo.tpot_seconds) & scored
     later_tokens = np.maximum(outputs - 1, 0)
     with np.errstate(invalid="ignore"):

@@ -6,6 +6,9 @@ has it in Prometheus: they are replayed and decided on like the rest (their arri
 the forecaster and the surge headroom read), and nothing in them is scored. Attainment, latencies,
 request counts and goodput are those of the requests arriving from then on, GPU-hours those held from
 then on to the trace's end; peak GPUs, scale actions and the timeline cover the whole replay.
+`score_until_s` does the same at the other end: the load going on past the scored span (a cluster does
+not stop at the end of a measurement), replayed and decided on, its requests and GPUs not scored
+(`bench/miss_profile.py --load-goes-on`).
 """
 
 from __future__ import annotations
@@ -32,12 +35,18 @@ class RunResult:
     tpot_s: np.ndarray
 
 
-def check_score_from(score_from_s: float, trace: Trace) -> None:
-    """Raise ValueError unless `score_from_s` leaves part of `trace` to score (0 always does)."""
+def check_score_from(score_from_s: float, trace: Trace, score_until_s: float | None = None) -> None:
+    """Raise ValueError unless [`score_from_s`, `score_until_s`) leaves part of `trace` to score (from 0
+    to the trace's end always does)."""
     if score_from_s < 0.0 or (score_from_s > 0.0 and score_from_s >= trace.duration_s):
         raise ValueError(
             f"score_from_s (--history-seconds) is {score_from_s:g} s, which leaves nothing to score in a "
             f"trace of {trace.duration_s:g} s: give at least 0 and less than the trace's span"
+        )
+    if score_until_s is not None and not score_from_s < score_until_s <= trace.duration_s:
+        raise ValueError(
+            f"score_until_s is {score_until_s:g} s: give more than score_from_s ({score_from_s:g} s) and at "
+            f"most the trace's span ({trace.duration_s:g} s)"
         )
 
 
@@ -55,10 +64,13 @@ def simulate(
     rate_scale: float = 1.0,
     *,
     score_from_s: float = 0.0,
+    score_until_s: float | None = None,
 ) -> RunResult:
     """Replay `trace` under `policy`; deterministic for a given (trace, policy, config). The summary
-    scores what arrives from `score_from_s` on (module docstring); the arrays cover every request."""
-    check_score_from(score_from_s, trace)
+    scores what arrives in [`score_from_s`, `score_until_s`) (None: to the end; module docstring); the
+    arrays cover every request."""
+    check_score_from(score_from_s, trace, score_until_s)
+    end_s = trace.duration_s if score_until_s is None else score_until_s
     started = time.perf_counter()
     sim = Simulator(trace, policy, config)
     sim.run()
@@ -66,13 +78,16 @@ def simulate(
     log = sim.log
     ttft = np.asarray(log.ttft_s, dtype=np.float64)
     tpot = np.asarray(log.tpot_s, dtype=np.float64)
-    scored = np.asarray(trace.arrival_s) >= score_from_s
+    arrivals = np.asarray(trace.arrival_s)
+    scored = arrivals >= score_from_s
+    if score_until_s is not None:
+        scored &= arrivals < score_until_s
     slo = config.spec.slo
     stats = summarize_latencies(ttft[scored], tpot[scored], slo.ttft_seconds, slo.tpot_seconds)
-    span = max(trace.duration_s - score_from_s, 1e-9)
+    span = max(end_s - score_from_s, 1e-9)
     # Cost is counted over the trace's span: a policy is not charged for draining after the last arrival
     # (nor credited for releasing replicas then).
-    gpu_seconds = sim.gpu_seconds(until_s=trace.duration_s, since_s=score_from_s)
+    gpu_seconds = sim.gpu_seconds(until_s=end_s, since_s=score_from_s)
     mean_gpus = gpu_seconds / span
     goodput = (stats["met"] or 0.0) / span
     requests = int(np.count_nonzero(scored))
@@ -104,14 +119,16 @@ def simulate(
         tpot_mean_s=stats["tpot_mean_s"],
         gpu_hours=gpu_seconds / 3600.0,
         mean_gpus=mean_gpus,
-        peak_gpus=sim.peak_gpus_within(score_from_s, trace.duration_s),
+        peak_gpus=sim.peak_gpus_within(score_from_s, end_s),
         scale_actions=sim.scale_actions,
-        duration_s=trace.duration_s,
+        duration_s=end_s,
         simulated_end_s=sim.end_s,
         wall_seconds=wall,
         layout=layout,
         timeline=[point.__dict__ for point in sim.timeline],
         scored_from_s=score_from_s,
-        prefix_cache_hit_rate=sim.prefix_cache_hit_rate(score_from_s, math.inf),
+        prefix_cache_hit_rate=sim.prefix_cache_hit_rate(
+            score_from_s, math.inf if score_until_s is None else score_until_s
+        ),
     )
     return RunResult(summary, ttft, tpot)

@@ -21,6 +21,16 @@ from dopd_sim.synthetic import (
 )
 
 
+def split_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """`KIND[,key=value...]` as its kind and its keys' values (as written)."""
+    kind, *pairs = [part.strip() for part in spec.split(",") if part.strip()]
+    args: dict[str, str] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        args[key.strip()] = value.strip()
+    return kind, args
+
+
 def generate_from_spec(spec: str, seed: int = 0) -> Trace:
     """`KIND[,key=value...]`, e.g. `diurnal,mean_rps=40,duration_s=7200,period_s=3600`,
     `gamma,rate_rps=20,cv=3,duration_s=600`, `step,rates=10/40/10,step_seconds=600`,
@@ -29,11 +39,7 @@ def generate_from_spec(spec: str, seed: int = 0) -> Trace:
     `lengths=azure|long-mix|code|reasoning`, and `shift_to=MIX,shift_start_s=S,shift_end_s=E` moves its
     requests from that mix to another between S and E seconds (`MixShift`). `chat,conversations_per_s=10,duration_s=1800` is multi-turn
     conversations with prompt block hashes (`conversations`: turns_mean, think_s, tenants)."""
-    kind, *pairs = [part.strip() for part in spec.split(",") if part.strip()]
-    args: dict[str, str] = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        args[key.strip()] = value.strip()
+    kind, args = split_spec(spec)
 
     def number(key: str, default: float) -> float:
         return float(args.pop(key, default))

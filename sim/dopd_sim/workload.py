@@ -8,7 +8,8 @@ third). Time compression (`Trace.scaled`) instead replays the same requests x ti
 compresses bursts and seasonality. Traces that carry prompt block hashes (Mooncake) are loaded as a
 `prefix_cache.PrefixTrace`, so the simulator can model the prefix cache; each superposed copy gets its own
 hash space (its own users), so copies share no prefixes and the cache hit rate stays the trace's own.
-A generated trace's law (`Trace.law`) is summed over the copies the same way.
+A generated trace's law (`Trace.law`) is summed over the copies the same way. `continued_workload`
+lets a generated load go on past its span (the same requests, then more drawn from the same law).
 Callers: cli, bench, tests.
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from dopd_forecaster.traces import ArrivalLaw, Trace, load_trace
 from dopd_sim.prefix_cache import PrefixTrace, read_mooncake_blocks
-from dopd_sim.trace_spec import generate_from_spec
+from dopd_sim.trace_spec import generate_from_spec, split_spec
 
 
 def scale_rate(trace: Trace, rate_scale: float, seed: int = 0) -> Trace:
@@ -104,3 +105,33 @@ def load_workload(
     if time_compression != 1.0:
         trace = trace.scaled(time_compression)
     return scale_rate(trace, rate_scale, seed=seed)
+
+
+def continued_workload(source: str, seed: int, extra_s: float) -> Trace:
+    """The generated trace `source` (a `synthetic:` spec with `duration_s`) at `seed`, its load going on
+    `extra_s` seconds past its last arrival: its own requests unchanged, then those a draw of the same
+    spec `extra_s` longer has after that arrival, under the longer draw's law (what the oracle reads).
+    Raises ValueError naming the fix for a trace file or a spec without `duration_s`."""
+    if not extra_s > 0:
+        raise ValueError(f"the load can only go on for more than 0 s, got {extra_s:g}")
+    spec = source.removeprefix("synthetic:")
+    kind, args = split_spec(spec)
+    if not source.startswith("synthetic:") or "duration_s" not in args:
+        raise ValueError(
+            f"{source!r} cannot go on past its span: give a synthetic: spec with duration_s (a trace file "
+            "ends where it ends, and a step spec ends after its last level)"
+        )
+    trace = generate_from_spec(spec, seed=seed)
+    if isinstance(trace, PrefixTrace):
+        raise ValueError(f"{source!r} carries prompt block hashes, which a continued trace does not join")
+    args["duration_s"] = f"{float(args['duration_s']) + extra_s:g}"
+    longer = generate_from_spec(",".join([kind, *(f"{k}={v}" for k, v in args.items())]), seed=seed)
+    after = np.asarray(longer.arrival_s) > trace.duration_s
+    return Trace(
+        np.concatenate([trace.arrival_s, longer.arrival_s[after]]),
+        np.concatenate([trace.input_tokens, longer.input_tokens[after]]),
+        np.concatenate([trace.output_tokens, longer.output_tokens[after]]),
+        trace.source,
+        trace.format,
+        law=longer.law,
+    )

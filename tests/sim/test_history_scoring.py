@@ -47,6 +47,32 @@ def test_only_the_requests_after_the_history_are_scored_and_the_gpus_after_it_pa
     )
 
 
+def test_a_load_going_on_past_the_scored_span_is_replayed_and_not_scored() -> None:
+    """`score_until_s`, the other end: the overloaded second half runs but neither its requests nor its
+    GPUs count, and an end outside (from, span] is refused naming the bounds."""
+    trace = load_workload(RISING, seed=3)
+    config = SimConfig(seed=3)
+    until_s = 150.0
+    whole = run(trace, StaticPolicy(1, 1), config)
+    first = run(trace, StaticPolicy(1, 1), config, score_until_s=until_s)
+    earlier = np.asarray(trace.arrival_s) < until_s
+    slo = config.spec.slo
+    met = slo_met(first.ttft_s, first.tpot_s, slo.ttft_seconds, slo.tpot_seconds)
+    assert first.summary.requests == int(np.count_nonzero(earlier)) < whole.summary.requests
+    assert first.summary.slo_attainment == pytest.approx(float(np.mean(met[earlier])))
+    assert first.summary.slo_attainment > whole.summary.slo_attainment
+    gpus = config.spec.prefill.gpus_per_replica + config.spec.decode.gpus_per_replica
+    assert first.summary.gpu_hours == pytest.approx(gpus * until_s / 3600.0)
+    # Both ends at once: the span between them.
+    middle = run(trace, StaticPolicy(1, 1), config, score_from_s=100.0, score_until_s=until_s)
+    between = (np.asarray(trace.arrival_s) >= 100.0) & earlier
+    assert middle.summary.requests == int(np.count_nonzero(between))
+    assert middle.summary.gpu_hours == pytest.approx(gpus * 50.0 / 3600.0)
+    for end_s in (100.0, trace.duration_s + 1.0):
+        with pytest.raises(ValueError, match="score_until_s"):
+            run(trace, StaticPolicy(1, 1), config, score_from_s=100.0, score_until_s=end_s)
+
+
 def test_a_history_as_long_as_the_trace_is_refused_naming_the_flag() -> None:
     trace = load_workload(RISING, seed=3)
     for past_s in (trace.duration_s, -1.0):

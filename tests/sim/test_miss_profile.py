@@ -1,5 +1,6 @@
 """Where a run's misses fall (`dopd_sim.miss_profile`): which requests a pool spent its misses on, and
-which it left waiting until the load stopped, a wait the attainment target counts as one miss."""
+which it left waiting until the load stopped, a wait the attainment target counts as one miss; and the
+load going on past a generated trace's span (`dopd_sim.workload.continued_workload`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dopd_sim.miss_profile import miss_profile
 from dopd_sim.policies.static import StaticPolicy
 from dopd_sim.run import simulate
 from dopd_sim.trace_spec import generate_from_spec
+from dopd_sim.workload import continued_workload, load_workload
 
 
 def _trace(arrival_s: list[float], output_tokens: list[int]) -> Trace:
@@ -91,3 +93,56 @@ def test_the_command_profiles_a_recorded_benchmark_seed(policy: str) -> None:
     assert sum(int(r[0]) for r in rows) == int(head.group(2))
     assert sum(int(r[1]) for r in rows) == int(head.group(1))
     assert "misses that finished only after the last arrival" in out
+
+
+def test_a_generated_load_goes_on_with_the_same_requests_then_more_of_its_law() -> None:
+    """The continued trace keeps every request of the scenario as generated (so a run scored on them
+    compares with the suite's), then draws on under the longer spec's law; a trace that cannot go on
+    (a step spec, a file) is refused naming what can."""
+    source = "synthetic:diurnal,mean_rps=20,duration_s=600,period_s=600,peak_to_trough=3,lengths=reasoning"
+    own = load_workload(source, seed=4)
+    continued = continued_workload(source, 4, 300.0)
+    n = len(own)
+    assert len(continued) > n
+    for column in ("arrival_s", "input_tokens", "output_tokens"):
+        assert np.array_equal(getattr(continued, column)[:n], getattr(own, column))
+    assert np.all(np.diff(continued.arrival_s) >= 0)
+    assert own.duration_s < continued.arrival_s[n] and continued.duration_s > 600.0 + 200.0
+    assert continued.law is not None and own.law is not None
+    # The law goes on: the next cycle's trough, then its rise.
+    assert continued.law.busiest_mean_rps(840.0, 840.0, 60.0) > continued.law.busiest_mean_rps(
+        600.0, 600.0, 60.0
+    )
+    for bad in ("synthetic:step,rates=4/8,step_seconds=60", "trace.csv"):
+        with pytest.raises(ValueError, match="duration_s"):
+            continued_workload(bad, 0, 60.0)
+
+
+def test_the_command_scores_the_same_requests_with_the_load_going_on() -> None:
+    """`--load-goes-on`: the oracle at the recorded factors on reasoning seed 0 with 5 more minutes of
+    load scores exactly the scenario's requests; a scenario that cannot go on is refused."""
+    script = Path(__file__).resolve().parents[2] / "bench" / "miss_profile.py"
+    own = load_workload(
+        "synthetic:diurnal,mean_rps=20,duration_s=1800,period_s=1800,peak_to_trough=3,lengths=reasoning",
+        seed=0,
+    )
+    out = subprocess.run(
+        [sys.executable, str(script), "reasoning", "--seed", "0", "--load-goes-on", "300"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
+    head = re.search(
+        r"the load going on 300 s past the span .*: ([\d.]+)% attainment.* (\d+) of (\d+) scored", out
+    )
+    assert head is not None, out
+    assert int(head.group(3)) == len(own)
+    refused = subprocess.run(
+        [sys.executable, str(script), "steps", "--load-goes-on", "300"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert refused.returncode == 2 and "duration_s" in refused.stderr
