@@ -3,8 +3,8 @@
 The attainment target counts a request a pool left waiting until the load stopped as one miss, however
 long it waited. `miss_profile` shows which requests a policy spent its misses on (`bench/miss_profile.py`
 runs it on a benchmark scenario, also with the load going on past the scored span: on the reasoning
-trace the oracle's 1% is long outputs left waiting until the load falls, at the trace's end or in the
-next trough). Pure.
+trace the oracle's 1% is long outputs passed over while timely ones arrive, served once the arrivals
+stop). Pure.
 """
 
 from __future__ import annotations
