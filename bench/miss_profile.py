@@ -11,7 +11,7 @@ requests and misses per output-length band, and how many misses finished only af
 arrival: requests a pool left waiting until the load stopped. The attainment target counts such a
 request as one miss, however long it waited. Whether a layout leans on the load stopping shows with
 `--load-goes-on S`: the same requests, then S seconds more drawn from the scenario's law (a generated
-scenario with a `duration_s`), replayed and decided on by the policy (the oracle sees them), and the
+scenario; a step scenario's last level goes on), replayed and decided on by the policy (the oracle sees them), and the
 same requests and span scored (static-peak keeps the layout it was sized and raised to on the scenario
 itself). On the reasoning trace the oracle's 1% goes to long outputs passed over while timely ones
 arrive: its attainment is the same with the load going on, and a third of those misses still wait 10
@@ -63,7 +63,7 @@ def main() -> None:
     score_until_s: float | None = None  # the scenario's own requests, its last one included
     if args.load_goes_on is not None:
         if scenario.rate_scale != 1.0 or scenario.duration_s is not None:
-            parser.error(f"{scenario.name} replays a cut of a trace file, which cannot go on")
+            parser.error(f"{scenario.name} replays a trace file, which cannot go on past its end")
         try:
             continued = continued_workload(scenario.source, args.seed, args.load_goes_on)
         except ValueError as error:

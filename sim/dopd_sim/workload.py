@@ -108,23 +108,30 @@ def load_workload(
 
 
 def continued_workload(source: str, seed: int, extra_s: float) -> Trace:
-    """The generated trace `source` (a `synthetic:` spec with `duration_s`) at `seed`, its load going on
-    `extra_s` seconds past its last arrival: its own requests unchanged, then those a draw of the same
-    spec `extra_s` longer has after that arrival, under the longer draw's law (what the oracle reads).
-    Raises ValueError naming the fix for a trace file or a spec without `duration_s`."""
+    """The generated trace `source` (a `synthetic:` spec with `duration_s`, or a step spec, whose last
+    level goes on) at `seed`, its load going on at least `extra_s` seconds past its last arrival: its own
+    requests unchanged, then those a draw of the spec that much longer has after that arrival, under the
+    longer draw's law (what the oracle reads). Raises ValueError naming the fix for a trace file or a
+    spec that cannot go on."""
     if not extra_s > 0:
         raise ValueError(f"the load can only go on for more than 0 s, got {extra_s:g}")
     spec = source.removeprefix("synthetic:")
     kind, args = split_spec(spec)
-    if not source.startswith("synthetic:") or "duration_s" not in args:
+    steps = kind == "step" and "rates" in args and "step_seconds" in args
+    if not source.startswith("synthetic:") or not ("duration_s" in args or steps):
         raise ValueError(
-            f"{source!r} cannot go on past its span: give a synthetic: spec with duration_s (a trace file "
-            "ends where it ends, and a step spec ends after its last level)"
+            f"{source!r} cannot go on past its span: give a synthetic: spec with duration_s, or a step "
+            "spec with its rates and step_seconds (a trace file ends where it ends)"
         )
     trace = generate_from_spec(spec, seed=seed)
     if isinstance(trace, PrefixTrace):
         raise ValueError(f"{source!r} carries prompt block hashes, which a continued trace does not join")
-    args["duration_s"] = f"{float(args['duration_s']) + extra_s:g}"
+    if steps:  # the last level goes on
+        levels = args["rates"].split("/")
+        more = math.ceil(extra_s / float(args["step_seconds"]))
+        args["rates"] = "/".join(levels + levels[-1:] * more)
+    else:
+        args["duration_s"] = f"{float(args['duration_s']) + extra_s:g}"
     longer = generate_from_spec(",".join([kind, *(f"{k}={v}" for k, v in args.items())]), seed=seed)
     after = np.asarray(longer.arrival_s) > trace.duration_s
     return Trace(

@@ -98,7 +98,7 @@ def test_the_command_profiles_a_recorded_benchmark_seed(policy: str) -> None:
 def test_a_generated_load_goes_on_with_the_same_requests_then_more_of_its_law() -> None:
     """The continued trace keeps every request of the scenario as generated (so a run scored on them
     compares with the suite's), then draws on under the longer spec's law; a trace that cannot go on
-    (a step spec, a file) is refused naming what can."""
+    (a file, a step spec without its steps) is refused naming what can; a step spec's last level goes on."""
     source = "synthetic:diurnal,mean_rps=20,duration_s=600,period_s=600,peak_to_trough=3,lengths=reasoning"
     own = load_workload(source, seed=4)
     continued = continued_workload(source, 4, 300.0)
@@ -113,14 +113,19 @@ def test_a_generated_load_goes_on_with_the_same_requests_then_more_of_its_law() 
     assert continued.law.busiest_mean_rps(840.0, 840.0, 60.0) > continued.law.busiest_mean_rps(
         600.0, 600.0, 60.0
     )
-    for bad in ("synthetic:step,rates=4/8,step_seconds=60", "trace.csv"):
+    # A step spec's last level goes on, in whole steps.
+    level = continued_workload("synthetic:step,rates=4/8,step_seconds=60", 1, 90.0)
+    assert level.law is not None and level.duration_s > 200.0
+    assert level.law.busiest_mean_rps(150.0, 150.0, 30.0) == pytest.approx(8.0)
+    for bad in ("synthetic:step,rates=4/8", "trace.csv"):
         with pytest.raises(ValueError, match="duration_s"):
             continued_workload(bad, 0, 60.0)
 
 
 def test_the_command_scores_the_same_requests_with_the_load_going_on() -> None:
     """`--load-goes-on`: the oracle at the recorded factors on reasoning seed 0 with 5 more minutes of
-    load scores exactly the scenario's requests; a scenario that cannot go on is refused."""
+    load scores exactly the scenario's requests; a scenario that cannot go on (chat's block hashes) is
+    refused."""
     script = Path(__file__).resolve().parents[2] / "bench" / "miss_profile.py"
     own = load_workload(
         "synthetic:diurnal,mean_rps=20,duration_s=1800,period_s=1800,peak_to_trough=3,lengths=reasoning",
@@ -139,10 +144,10 @@ def test_the_command_scores_the_same_requests_with_the_load_going_on() -> None:
     assert head is not None, out
     assert int(head.group(3)) == len(own)
     refused = subprocess.run(
-        [sys.executable, str(script), "steps", "--load-goes-on", "300"],
+        [sys.executable, str(script), "chat", "--load-goes-on", "300"],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    assert refused.returncode == 2 and "duration_s" in refused.stderr
+    assert refused.returncode == 2 and "block hashes" in refused.stderr
