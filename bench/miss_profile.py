@@ -1,11 +1,9 @@
 """Where a policy's SLO misses fall: by output length, and how many finished only after the last arrival.
 
-    python bench/miss_profile.py SCENARIO [--seed N] [--policy oracle|oracle-now|dopd|static-peak]
-                                 [--load-goes-on S]
+    python bench/miss_profile.py SCENARIO [--seed N] [--policy oracle|dopd|static-peak] [--load-goes-on S]
 
 Runs one benchmark scenario and seed (`sim_bench.SCENARIOS`) as the suite runs it: the oracle at the
-calibration factors docs/benchmarks/sim/results.json recorded for that seed (`oracle-now`: at those
-factors, knowing the load only up to now, `OraclePolicy(foresight=False)`), dopd, or static-peak (held
+calibration factors docs/benchmarks/sim/results.json recorded for that seed, dopd, or static-peak (held
 to the target the oracle was held to there). Prints the scored
 requests and misses per output-length band, and how many misses finished only after the trace's last
 arrival: requests a pool left waiting until the load stopped. The attainment target counts such a
@@ -49,7 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=[s.name for s in SCENARIOS])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--policy", choices=["oracle", "oracle-now", "dopd", "static-peak"], default="oracle")
+    parser.add_argument("--policy", choices=["oracle", "dopd", "static-peak"], default="oracle")
     parser.add_argument(
         "--load-goes-on",
         type=float,
@@ -82,14 +80,11 @@ def main() -> None:
         if args.load_goes_on is not None:
             score_until_s = float(np.nextafter(trace.duration_s, np.inf))
             trace = continued
-        if args.policy in ("oracle", "oracle-now"):
+        if args.policy == "oracle":
             run = _recorded_run(parser, scenario.name, args.seed)
             prefill_scale, decode_scale = run["tuning"]["oracle_scales"]
-            foresight = args.policy == "oracle"
-            policy: OraclePolicy | DopdPolicy = OraclePolicy(
-                trace, prefill_scale, decode_scale, foresight=foresight
-            )
-            what = f"{args.policy} at prefill x{prefill_scale:.2f}, decode x{decode_scale:.2f}"
+            policy: OraclePolicy | DopdPolicy = OraclePolicy(trace, prefill_scale, decode_scale)
+            what = f"oracle at prefill x{prefill_scale:.2f}, decode x{decode_scale:.2f}"
         else:
             policy, what = DopdPolicy(), "dopd"
         result = simulate(trace, policy, config, score_from_s=score_from_s, score_until_s=score_until_s)

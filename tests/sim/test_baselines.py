@@ -11,7 +11,6 @@ from sim_helpers import make_trace, toy_config, toy_profile
 
 from dopd_operator.planner_types import Observation
 from dopd_sim import search
-from dopd_sim.config import SimConfig
 from dopd_sim.metrics import IntervalAverages, slo_met
 from dopd_sim.peak import busiest_minute, static_peak_layout
 from dopd_sim.policies.base import Layout, TickInput
@@ -19,7 +18,7 @@ from dopd_sim.policies.dynamo_sla import DynamoSlaPolicy
 from dopd_sim.policies.oracle import OraclePolicy
 from dopd_sim.policies.sizing import busiest_window
 from dopd_sim.policies.static import StaticPolicy
-from dopd_sim.run import RunResult, simulate
+from dopd_sim.run import simulate
 from dopd_sim.search import oracle_calibration
 from dopd_sim.synthetic import gamma_bursty, steps
 
@@ -137,31 +136,3 @@ def test_the_oracle_sizes_a_generated_trace_for_its_law_not_its_draws_busiest_mi
     stepped = busiest_window(steps([20.0, 60.0], 300.0, seed=0), 200.0, 250.0, 60.0)
     assert stepped is not None
     assert stepped[0] == pytest.approx((50 * 20.0 + 10 * 60.0) / 60.0, abs=0.1)
-
-
-def _targets(result: RunResult, until_s: float) -> list[tuple[float, int, int]]:
-    return [
-        (p["time_s"], p["target_prefill"], p["target_decode"])
-        for p in result.summary.timeline
-        if p["time_s"] <= until_s
-    ]
-
-
-def test_the_oracle_without_foresight_decides_on_the_load_arrived_so_far() -> None:
-    """`oracle-now`: cut the trace just before a jump at 600 s and its decisions up to the cut are the same, where the oracle's
-    are not (it sizes for the jump ahead of it); and that jump, which nothing before it foretells,
-    costs it the requests the oracle serves."""
-    trace = steps([20.0, 20.0, 80.0], 300.0, seed=2)
-    config = SimConfig(seed=2)
-    cut = trace.window(0.0, 595.0)
-    now = simulate(trace, OraclePolicy(trace, foresight=False), config)
-    now_cut = simulate(cut, OraclePolicy(cut, foresight=False), config)
-    assert _targets(now, 570.0) == _targets(now_cut, 570.0)
-    ahead = simulate(trace, OraclePolicy(trace), config)
-    ahead_cut = simulate(cut, OraclePolicy(cut), config)
-    assert _targets(ahead, 570.0) != _targets(ahead_cut, 570.0)
-    slo = config.spec.slo
-    jump = trace.arrival_s >= 600.0
-    met_now = slo_met(now.ttft_s[jump], now.tpot_s[jump], slo.ttft_seconds, slo.tpot_seconds)
-    met_ahead = slo_met(ahead.ttft_s[jump], ahead.tpot_s[jump], slo.ttft_seconds, slo.tpot_seconds)
-    assert float(np.mean(met_ahead)) >= 0.99 > float(np.mean(met_now))

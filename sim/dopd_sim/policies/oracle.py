@@ -13,12 +13,6 @@ it, how that rate moves with the prefill pool's size) times per-role factors
 over a range wide enough not to confine it to the model's sizes, for the fewest replicas that still
 meet the attainment target. The factors it finds are the capacity model's calibration: 1.0 means the
 model, told the load exactly, sizes exactly. No forecast error, no stabilization, no step limits.
-
-With `foresight=False` (`oracle-now`) it knows the load only up to now: each tick sizes for the busiest
-window that has already arrived (the present as a perfect meter reads it, burstiness and lengths
-included), and keeps nothing for what comes. What it misses at the same factors is the price of not
-knowing the future: on a jump nothing foretells, what no policy that holds no headroom can avoid
-(`bench/miss_profile.py --policy oracle-now`).
 """
 
 from __future__ import annotations
@@ -81,7 +75,6 @@ class OraclePolicy:
     prefill_scale: float = 1.0
     decode_scale: float = 1.0
     name: str = "oracle"
-    foresight: bool = True  # False: sized for the load arrived so far only (module docstring)
     architecture: Architecture = "disaggregated"
     # per role, whether its factor changed any size from the model's own (rounded up, clamped): a factor
     # that changed none is the model's sizes, whatever its value (a pool of 1 stays 1 at x0.25)
@@ -144,10 +137,6 @@ class OraclePolicy:
         startup = lead - spec.scaling.interval_seconds
         end = now + lead
         window = config.window_seconds
-        if not self.foresight:  # the windows that end by now (before one has, the warm start holds)
-            if now < window:
-                return tick.current
-            return self._size(self._workload(now - window, now - window, window, tick), tick)
         grow = self._size(self._workload(now + startup, end, window, tick), tick)
         keep = self._size(self._workload(now, end, window, tick), tick)
         current = tick.current
