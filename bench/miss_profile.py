@@ -2,8 +2,9 @@
 
     python bench/miss_profile.py SCENARIO [--seed N] [--policy oracle|dopd|static-peak] [--load-goes-on S]
 
-Runs one benchmark scenario and seed (`sim_bench.SCENARIOS`) as the suite runs it: the oracle at the
-calibration factors docs/benchmarks/sim/results.json recorded for that seed, dopd, or static-peak (held
+Runs one benchmark scenario and seed (`sim_bench.SCENARIOS`, or a held-out shape of
+`held_out.HELD_OUT`) as its benchmark runs it: the oracle at the calibration factors its results.json
+(docs/benchmarks/sim/ or held-out/) recorded for that seed, dopd, or static-peak (held
 to the target the oracle was held to there). Prints the scored
 requests and misses per output-length band, and how many misses finished only after the trace's last
 arrival: requests a pool left waiting until the load stopped. The attainment target counts such a
@@ -23,6 +24,8 @@ import json
 from typing import Any
 
 import numpy as np
+from held_out import HELD_OUT
+from held_out import RESULTS as HELD_OUT_RESULTS
 from sim_bench import RESULTS, SCENARIOS, oracle_target, suite_entry
 
 from dopd_sim.benchmark import static_peak_run
@@ -36,16 +39,17 @@ from dopd_sim.workload import continued_workload
 
 
 def _recorded_run(parser: argparse.ArgumentParser, name: str, seed: int) -> dict[str, Any]:
-    """The suite's entry for `name` and `seed` in results.json (its tuning and rows)."""
+    """The benchmark's entry for `name` and `seed` in its results.json (its tuning and rows)."""
+    results = HELD_OUT_RESULTS if name in {s.name for s in HELD_OUT} else RESULTS
     try:
-        return suite_entry(json.loads(RESULTS.read_text(encoding="utf-8")), name, seed)
+        return suite_entry(json.loads(results.read_text(encoding="utf-8")), name, seed, results)
     except KeyError as missing:
         parser.error(str(missing.args[0]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scenario", choices=[s.name for s in SCENARIOS])
+    parser.add_argument("scenario", choices=[s.name for s in (*SCENARIOS, *HELD_OUT)])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policy", choices=["oracle", "dopd", "static-peak"], default="oracle")
     parser.add_argument(
@@ -55,7 +59,7 @@ def main() -> None:
         help="run on past the scenario's span with more of its load, scoring the same requests",
     )
     args = parser.parse_args()
-    scenario = next(s for s in SCENARIOS if s.name == args.scenario)
+    scenario = next(s for s in (*SCENARIOS, *HELD_OUT) if s.name == args.scenario)
     trace, config = scenario.trace(args.seed, False), SimConfig(seed=args.seed)
     score_from_s = scenario.scored_from_s(False)
     score_until_s: float | None = None  # the scenario's own requests, its last one included

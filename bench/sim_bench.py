@@ -467,12 +467,12 @@ def aggregated_row_job(
     return scenario.name, seed, row
 
 
-def suite_entry(raw: dict[str, Any], name: str, seed: int) -> dict[str, Any]:
-    """A suite seed's entry in results.json (`raw`): its tuning and rows. KeyError, naming the run, when
-    results.json holds none."""
+def suite_entry(raw: dict[str, Any], name: str, seed: int, path: Path = RESULTS) -> dict[str, Any]:
+    """A suite seed's entry in results.json (`raw`, read from `path`): its tuning and rows. KeyError,
+    naming the run, when it holds none."""
     entry = next((e for e in raw["suite"].get(name, []) if e["seed"] == seed), None)
     if entry is None:
-        raise KeyError(f"{RESULTS} holds no run of {name} seed {seed}: run bench/sim_bench.py first")
+        raise KeyError(f"{path} holds no run of {name} seed {seed}: run its benchmark first")
     return entry
 
 

@@ -16,6 +16,7 @@ Callers: cli, bench, tests.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -131,14 +132,42 @@ def continued_workload(source: str, seed: int, extra_s: float) -> Trace:
         more = math.ceil(extra_s / float(args["step_seconds"]))
         args["rates"] = "/".join(levels + levels[-1:] * more)
     else:
-        args["duration_s"] = f"{float(args['duration_s']) + extra_s:g}"
+        span_s = float(args["duration_s"])
+        if kind == "trend":  # the trend goes on at its slope
+            start, end = float(args.get("start_rps", "nan")), float(args.get("end_rps", "nan"))
+            later = start + (end - start) * (span_s + extra_s) / span_s
+            if not later >= 0:
+                raise ValueError(f"{source!r} falls to 0 rps within {extra_s:g} s more: let it go on less")
+            args["end_rps"] = f"{later!r}"
+        args["duration_s"] = f"{span_s + extra_s!r}"
     longer = generate_from_spec(",".join([kind, *(f"{k}={v}" for k, v in args.items())]), seed=seed)
-    after = np.asarray(longer.arrival_s) > trace.duration_s
+    if not _law_goes_on(trace.law, longer.law):
+        raise ValueError(
+            f"{source!r} draws a longer span from another law (its rate over the span moves with its "
+            "duration_s), so it cannot go on"
+        )
+    # Each draw is re-based to its own first arrival; the longer one's tail is moved into this one's time.
+    shift_s = (trace.law.start_s - longer.law.start_s) if trace.law and longer.law else 0.0
+    tail_s = np.asarray(longer.arrival_s) + shift_s
+    after = tail_s > trace.duration_s
     return Trace(
-        np.concatenate([trace.arrival_s, longer.arrival_s[after]]),
+        np.concatenate([trace.arrival_s, tail_s[after]]),
         np.concatenate([trace.input_tokens, longer.input_tokens[after]]),
         np.concatenate([trace.output_tokens, longer.output_tokens[after]]),
         trace.source,
         trace.format,
-        law=longer.law,
+        law=replace(longer.law, start_s=trace.law.start_s) if trace.law and longer.law else None,
+    )
+
+
+def _law_goes_on(law: ArrivalLaw | None, longer: ArrivalLaw | None) -> bool:
+    """Whether `longer` is `law` over `law`'s bins (and goes on past them), each in the time of its own
+    draw."""
+    if law is None or longer is None:
+        return law is longer
+    bins = len(law.rate_rps)
+    return (
+        (law.bin_s, law.gap_scv) == (longer.bin_s, longer.gap_scv)
+        and len(longer.rate_rps) >= bins
+        and bool(np.allclose(law.rate_rps, longer.rate_rps[:bins], rtol=1e-9, atol=1e-12))
     )

@@ -113,6 +113,14 @@ def test_a_generated_load_goes_on_with_the_same_requests_then_more_of_its_law() 
     assert continued.law.busiest_mean_rps(840.0, 840.0, 60.0) > continued.law.busiest_mean_rps(
         600.0, 600.0, 60.0
     )
+    # A trend goes on at its slope, and one that would fall below 0 rps is refused.
+    rising = continued_workload("synthetic:trend,start_rps=10,end_rps=40,duration_s=300", 2, 150.0)
+    assert rising.law is not None
+    assert rising.law.busiest_mean_rps(420.0, 420.0, 10.0) == pytest.approx(
+        10.0 + 30.0 * 425.0 / 300.0, rel=0.01
+    )
+    with pytest.raises(ValueError, match="falls to 0 rps"):
+        continued_workload("synthetic:trend,start_rps=40,end_rps=10,duration_s=300", 2, 150.0)
     # A step spec's last level goes on, in whole steps.
     level = continued_workload("synthetic:step,rates=4/8,step_seconds=60", 1, 90.0)
     assert level.law is not None and level.duration_s > 200.0
