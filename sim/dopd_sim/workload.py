@@ -112,8 +112,8 @@ def continued_workload(source: str, seed: int, extra_s: float) -> Trace:
     """The generated trace `source` (a `synthetic:` spec with `duration_s`, or a step spec, whose last
     level goes on) at `seed`, its load going on at least `extra_s` seconds past its last arrival: its own
     requests unchanged, then those a draw of the spec that much longer has after that arrival, under the
-    longer draw's law (what the oracle reads). Raises ValueError naming the fix for a trace file or a
-    spec that cannot go on."""
+    longer draw's law (what the oracle reads; over the span it must be this draw's law, else the spec
+    cannot go on). Raises ValueError naming the fix for a trace file or a spec that cannot go on."""
     if not extra_s > 0:
         raise ValueError(f"the load can only go on for more than 0 s, got {extra_s:g}")
     spec = source.removeprefix("synthetic:")
