@@ -73,14 +73,18 @@ def test_a_saturated_decode_pool_leaves_its_longest_outputs_waiting_until_the_lo
     assert longest.misses / longest.requests > 10 * shortest.misses / shortest.requests
 
 
-@pytest.mark.parametrize("policy", ["oracle", "static-peak"])
-def test_the_command_profiles_a_recorded_benchmark_seed(policy: str) -> None:
+@pytest.mark.parametrize(
+    ("scenario", "policy"),
+    [("reasoning", "oracle"), ("reasoning", "static-peak"), ("steps-reasoning", "oracle")],
+)
+def test_the_command_profiles_a_recorded_benchmark_seed(scenario: str, policy: str) -> None:
     """`bench/miss_profile.py` as the docs cite it: a recorded seed of the reasoning trace, the oracle
-    at the factors results.json holds and static-peak held to its target, each line of the table adding
-    up to the total it prints."""
+    at the factors results.json holds and static-peak held to its target, and a held-out shape's oracle
+    at the factors held-out/results.json holds, each line of the table adding up to the total it
+    prints."""
     script = Path(__file__).resolve().parents[2] / "bench" / "miss_profile.py"
     out = subprocess.run(
-        [sys.executable, str(script), "reasoning", "--seed", "0", "--policy", policy],
+        [sys.executable, str(script), scenario, "--seed", "0", "--policy", policy],
         capture_output=True,
         text=True,
         check=True,
