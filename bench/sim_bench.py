@@ -54,7 +54,7 @@ from dopd_sim.policies.dopd import DopdPolicy
 from dopd_sim.policies.reactive import ReactivePolicy
 from dopd_sim.publish import README_BEGIN, README_END, render_readme, render_results
 from dopd_sim.run import simulate
-from dopd_sim.workload import load_workload
+from dopd_sim.workload import continued_workload, load_workload
 
 ROOT = Path(__file__).resolve().parents[1]
 # The vendored traces (data/README.md); `main` checks both exist (`data_path`) before running anything.
@@ -76,6 +76,10 @@ class Scenario:
     # The trace's first seconds are the load's past (a cluster that has been serving): replayed and
     # decided on by every policy, not scored (`dopd_sim.run.simulate`).
     history_s: float = 0.0
+    # Seconds the load goes on past the trace (`dopd_sim.workload.continued_workload`): replayed and
+    # decided on by every policy, not scored, so a layout that falls behind at the end is not spared
+    # its backlog. 0: the trace ends the run (the suite's; docs/benchmarks/sim.md, "The trace's end").
+    goes_on_s: float = 0.0
 
     def trace(self, seed: int, quick: bool) -> Any:
         duration = 600.0 if quick else self.duration_s
@@ -84,6 +88,18 @@ class Scenario:
     def scored_from_s(self, quick: bool) -> float:
         """The history's length; half of a --quick run's 10-minute slice when there is one."""
         return min(self.history_s, 300.0) if quick else self.history_s
+
+    def run_trace(self, seed: int, quick: bool) -> tuple[Any, float | None]:
+        """What the policies run on, and where its scoring ends: the trace and None, or with the load
+        going on (not in a --quick run, whose slice is not the trace), the continued trace and the
+        trace's own end (its last request scored)."""
+        trace = self.trace(seed, quick)
+        if quick or not self.goes_on_s:
+            return trace, None
+        if self.rate_scale != 1.0 or self.duration_s is not None:
+            raise ValueError(f"{self.name} replays a trace file, which cannot go on past its end")
+        until = float(np.nextafter(trace.duration_s, np.inf))
+        return continued_workload(self.source, seed, self.goes_on_s), until
 
 
 # Real traces first, then the generated shapes. No scenario tells dopd its period: the forecaster finds
@@ -203,15 +219,20 @@ def suite_job(
 ) -> dict[str, Any]:
     """One scenario and seed through dopd and the tuned baselines, or `policies` of them (a worker
     process runs this)."""
-    trace = scenario.trace(seed, quick)
+    trace, until = scenario.run_trace(seed, quick)
     started = time.perf_counter()
     history_s = scenario.scored_from_s(quick)
-    rows, chosen = run_suite_seed(trace, SimConfig(seed=seed), tuning, policies, score_from_s=history_s)
+    rows, chosen = run_suite_seed(
+        trace, SimConfig(seed=seed), tuning, policies, score_from_s=history_s, score_until_s=until
+    )
+    arrivals = np.asarray(trace.arrival_s)
+    scored = (arrivals >= history_s) & (arrivals < (until if until is not None else np.inf))
     return {
         "scenario": scenario.name,
         "seed": seed,
-        "requests": int(np.count_nonzero(np.asarray(trace.arrival_s) >= history_s)),  # those scored
-        "duration_s": trace.duration_s,
+        "requests": int(np.count_nonzero(scored)),  # those scored
+        "duration_s": trace.duration_s if until is None else until,
+        "goes_on_s": scenario.goes_on_s if until is not None else 0.0,
         "rows": rows,
         "tuning": dataclasses.asdict(chosen),
         "wall_s": time.perf_counter() - started,

@@ -51,7 +51,7 @@ from dopd_sim.policies.base import Policy
 from dopd_sim.policies.dopd import DopdPolicy
 from dopd_sim.policies.dynamo_sla import DYNAMO_DEFAULT_INTERVAL_SECONDS, DynamoSlaPolicy, Predictor
 from dopd_sim.policies.reactive import ReactivePolicy
-from dopd_sim.run import RunResult, scored_span, simulate
+from dopd_sim.run import RunResult, fixed_layout_span, simulate
 from dopd_sim.search import best_static_layout, oracle_calibration
 
 REACTIVE_TARGETS = (0.6, 0.7, 0.8, 0.9)
@@ -166,10 +166,12 @@ def _row(result: RunResult, name: str, setting: str, **extra: Any) -> dict[str, 
     return row
 
 
-def dopd_row(trace: Trace, config: SimConfig, score_from_s: float = 0.0) -> dict[str, Any]:
+def dopd_row(
+    trace: Trace, config: SimConfig, score_from_s: float = 0.0, score_until_s: float | None = None
+) -> dict[str, Any]:
     """dopd's row of a suite seed (`run_suite_seed`), alone: the other rows do not depend on it."""
     policy = DopdPolicy()
-    result = simulate(trace, policy, config, score_from_s=score_from_s)
+    result = simulate(trace, policy, config, score_from_s=score_from_s, score_until_s=score_until_s)
     state = policy.state
     return _row(
         result,
@@ -179,22 +181,31 @@ def dopd_row(trace: Trace, config: SimConfig, score_from_s: float = 0.0) -> dict
 
 
 def static_peak_row(
-    trace: Trace, config: SimConfig, score_from_s: float = 0.0, goal: float | None = None
+    trace: Trace,
+    config: SimConfig,
+    score_from_s: float = 0.0,
+    goal: float | None = None,
+    score_until_s: float | None = None,
 ) -> dict[str, Any]:
     """static-peak's row of a suite seed (`run_suite_seed`), alone (`static_peak_run`)."""
-    raised = static_peak_run(trace, config, score_from_s, goal)[1]
+    raised = static_peak_run(trace, config, score_from_s, goal, score_until_s)[1]
     return _row(raised.result, "static-peak", raised.setting)
 
 
 def static_peak_run(
-    trace: Trace, config: SimConfig, score_from_s: float = 0.0, goal: float | None = None
+    trace: Trace,
+    config: SimConfig,
+    score_from_s: float = 0.0,
+    goal: float | None = None,
+    score_until_s: float | None = None,
 ) -> tuple[Trace, RaisedLayout]:
     """static-peak as a suite seed runs it: the fewest prefill and decode replicas that meet the target at
     the scored span's busiest minute (`peak.static_peak_layout`), run on the scored span alone (a fixed
-    layout learns nothing from a past), and raised where it misses `goal` over the span
-    (`peak.raise_static_peak`). Returns that span (its requests are the run's) and the raised layout."""
-    scored = scored_span(trace, score_from_s)
-    return scored, raise_static_peak(scored, config, static_peak_layout(scored, config), goal)
+    layout learns nothing from a past; with `score_until_s`, and on the load going on past it), and
+    raised where it misses `goal` over the span (`peak.raise_static_peak`). Returns what it ran on
+    (`run.fixed_layout_span`) and the raised layout."""
+    ran, sized_on, until = fixed_layout_span(trace, score_from_s, score_until_s)
+    return ran, raise_static_peak(ran, config, static_peak_layout(sized_on, config), goal, until)
 
 
 def aggregated_static_row(
@@ -203,6 +214,7 @@ def aggregated_static_row(
     score_from_s: float = 0.0,
     chunk_tokens: int | None = None,
     goal: float | None = None,
+    score_until_s: float | None = None,
 ) -> tuple[dict[str, Any], int]:
     """aggregated-static's row of a suite seed (`run_suite_seed`), alone, and its chunk size: the fewest
     colocated replicas that meet the target at the scored span's busiest minute (as static-peak is sized
@@ -211,16 +223,21 @@ def aggregated_static_row(
     Where that layout misses `goal` over the span (a peak longer than a minute builds a queue the
     minute alone does not show), it is raised, as a user who saw it fall behind would, to the fewest
     replicas, up to 1.5x, that meet it there; kept as sized where none does (the goal is out of a
-    colocated layout's reach)."""
-    scored = scored_span(trace, score_from_s)
+    colocated layout's reach). With `score_until_s` the load goes on past the span
+    (`run.fixed_layout_span`)."""
+    ran, sized_on, until = fixed_layout_span(trace, score_from_s, score_until_s)
     chunks = CHUNK_SIZES_TOKENS if chunk_tokens is None else (chunk_tokens,)
-    peak_replicas, chunk = aggregated_peak_layout(scored, config, chunks)
+    peak_replicas, chunk = aggregated_peak_layout(sized_on, config, chunks)
     chunked = dataclasses.replace(config, aggregated_token_budget=chunk)
-    runs = {peak_replicas: simulate(scored, FixedAggregatedPolicy(peak_replicas), chunked)}
+
+    def run(replicas: int) -> RunResult:
+        return simulate(ran, FixedAggregatedPolicy(replicas), chunked, score_until_s=until)
+
+    runs = {peak_replicas: run(peak_replicas)}
 
     def meets(replicas: int) -> bool:
         if replicas not in runs:
-            runs[replicas] = simulate(scored, FixedAggregatedPolicy(replicas), chunked)
+            runs[replicas] = run(replicas)
         return goal is None or runs[replicas].summary.slo_attainment >= goal - 1e-12
 
     replicas = peak_replicas
@@ -240,26 +257,41 @@ def run_suite_seed(
     policies: Sequence[str] = SUITE_POLICIES,
     oracle_iterations: int = 4,
     score_from_s: float = 0.0,
+    score_until_s: float | None = None,
 ) -> tuple[list[dict[str, Any]], Tuning]:
     """One trace and seed through dopd and the tuned baselines (module docstring). With `tuning` None
     the grids are searched here and the choices returned for the other seeds. With `score_from_s` the
     trace's first seconds are the load's past (`run.simulate`): every policy runs through them and is
     scored, tuned, calibrated and sized on the rest alone; the fixed layouts (static-peak,
     aggregated-static), which learn nothing from a past, are sized for the rest's busiest minute and run
-    on the rest alone (so a past busier than their layout leaves them no queue)."""
+    on the rest alone (so a past busier than their layout leaves them no queue). With `score_until_s`
+    the load goes on past the scored span: every policy runs on through it and is scored, calibrated
+    and sized on the span alone (the fixed layouts for its busiest minute)."""
     spec = config.spec
     lo = min(spec.prefill.min_replicas, spec.decode.min_replicas) or 1
     hi = max(spec.prefill.max_replicas, spec.decode.max_replicas)
     rows: list[dict[str, Any]] = []
 
     def run(policy: Policy, run_config: SimConfig = config) -> RunResult:
-        return simulate(trace, policy, run_config, score_from_s=score_from_s)
+        return simulate(trace, policy, run_config, score_from_s=score_from_s, score_until_s=score_until_s)
 
     if tuning is None:
-        found = oracle_calibration(trace, config, iterations=oracle_iterations, score_from_s=score_from_s)
+        found = oracle_calibration(
+            trace,
+            config,
+            iterations=oracle_iterations,
+            score_from_s=score_from_s,
+            score_until_s=score_until_s,
+        )
     else:  # from the first seed's calibration, in 5% steps
         found = oracle_calibration(
-            trace, config, iterations=0, start=tuning.oracle_scales, step=1.05, score_from_s=score_from_s
+            trace,
+            config,
+            iterations=0,
+            start=tuning.oracle_scales,
+            step=1.05,
+            score_from_s=score_from_s,
+            score_until_s=score_until_s,
         )
     target = found.target  # the spec's target, or that share of the ceiling where it is out of reach
     rows.append(
@@ -281,13 +313,13 @@ def run_suite_seed(
         )
     )
     if "dopd" in policies:
-        rows.append(dopd_row(trace, config, score_from_s))
+        rows.append(dopd_row(trace, config, score_from_s, score_until_s))
     if "static-peak" in policies:
-        rows.append(static_peak_row(trace, config, score_from_s, target))
+        rows.append(static_peak_row(trace, config, score_from_s, target, score_until_s))
     chunk = tuning.aggregated_chunk_tokens if tuning is not None else 0
     if "aggregated-static" in policies:
         row, chunk = aggregated_static_row(
-            trace, config, score_from_s, chunk if tuning is not None else None, target
+            trace, config, score_from_s, chunk if tuning is not None else None, target, score_until_s
         )
         rows.append(row)
     reactive_target = tuning.reactive_target if tuning is not None else 0.0

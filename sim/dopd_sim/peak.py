@@ -139,17 +139,23 @@ class RaisedLayout:
 
 
 def raise_static_peak(
-    trace: Trace, config: SimConfig, sized: tuple[int, int], goal: float | None
+    trace: Trace,
+    config: SimConfig,
+    sized: tuple[int, int],
+    goal: float | None,
+    score_until_s: float | None = None,
 ) -> RaisedLayout:
     """The busiest minute's layout run over the whole trace, and raised where it misses `goal` there, as
     a user who saw it fall behind would (and as aggregated-static is): a replica at a time to the role
     whose objective misses more (TTFT: prefill, TPOT: decode), each role up to 1.5x its size, until it
     meets; kept as sized where none does (the goal is out of a fixed layout's reach). A minute is not
     the span: a queue a longer peak builds, a prefix cache that starts cold (a chat trace's first
-    minutes at full rate), a dip in the hit rate."""
+    minutes at full rate), a dip in the hit rate. `score_until_s`: the load goes on past the scored
+    span (`run.simulate`)."""
 
     def run(layout: tuple[int, int]) -> RunResult:
-        return simulate(trace, StaticPolicy(layout[0], layout[1], name="static-peak"), config)
+        policy = StaticPolicy(layout[0], layout[1], name="static-peak")
+        return simulate(trace, policy, config, score_until_s=score_until_s)
 
     def meets(result: RunResult) -> bool:
         return goal is None or result.summary.slo_attainment >= goal - 1e-12

@@ -56,6 +56,20 @@ def scored_span(trace: Trace, score_from_s: float) -> Trace:
     return trace.window(score_from_s, math.inf) if score_from_s > 0 else trace
 
 
+def fixed_layout_span(
+    trace: Trace, score_from_s: float, score_until_s: float | None
+) -> tuple[Trace, Trace, float | None]:
+    """For a fixed layout, which learns nothing from a past: the span it runs on (`scored_span`), the
+    scored requests alone it is sized for (the same where the load does not go on past `score_until_s`),
+    and that end in the span's re-based time."""
+    ran = scored_span(trace, score_from_s)
+    if score_until_s is None:
+        return ran, ran, None
+    first = float(trace.arrival_s[int(np.searchsorted(trace.arrival_s, score_from_s, side="left"))])
+    until = score_until_s - first
+    return ran, ran.window(0.0, until), until
+
+
 def simulate(
     trace: Trace,
     policy: Policy,

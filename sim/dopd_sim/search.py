@@ -154,20 +154,22 @@ def oracle_calibration(
     start: tuple[float, float] = (1.0, 1.0),
     step: float = 2.0,
     score_from_s: float = 0.0,
+    score_until_s: float | None = None,
 ) -> OracleCalibration:
     """The smallest per-role factors on the capacity model's sizes at which the foresighted oracle still
     meets the attainment target: prefill first (decode ample), then decode. Each search brackets
     around `start` by multiplying or dividing by `step` within ORACLE_SCALE_RANGE, then bisects in log
     space `iterations` times (a search started from a known calibration, as for a trace's later seeds,
     can take a small step and no bisection). Runs score the requests arriving from `score_from_s` on
-    (`run.simulate`): the oracle is calibrated to the span the policies it bounds are scored on."""
+    (`run.simulate`), up to `score_until_s` where the load goes on past the scored span: the oracle is
+    calibrated to the span the policies it bounds are scored on."""
     from dopd_sim.policies.oracle import OraclePolicy
 
     resized: dict[tuple[float, float], dict[str, bool]] = {}  # per factors run, the roles they resized
 
     def run_with(prefill: float, decode: float) -> RunResult:
         policy = OraclePolicy(trace, prefill_scale=prefill, decode_scale=decode)
-        result = simulate(trace, policy, config, score_from_s=score_from_s)
+        result = simulate(trace, policy, config, score_from_s=score_from_s, score_until_s=score_until_s)
         resized[(prefill, decode)] = dict(policy.resized)
         return result
 
@@ -177,7 +179,11 @@ def oracle_calibration(
     widest = StaticPolicy(spec.prefill.max_replicas, spec.decode.max_replicas)
     ceiling = ceiling_attainment(
         run_with(_CEILING_SCALE, _CEILING_SCALE).summary.slo_attainment,
-        lambda: simulate(trace, widest, config, score_from_s=score_from_s).summary.slo_attainment,
+        lambda: (
+            simulate(
+                trace, widest, config, score_from_s=score_from_s, score_until_s=score_until_s
+            ).summary.slo_attainment
+        ),
         goal,
     )
     feasible = ceiling >= goal

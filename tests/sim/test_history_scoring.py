@@ -119,6 +119,32 @@ def test_the_command_line_scores_from_the_history() -> None:
     assert scored_data["gpu_hours"] < whole_data["gpu_hours"]
 
 
+def test_the_benchmark_runs_every_policy_on_with_the_load_going_on_and_scores_the_span() -> None:
+    """`run_suite_seed(score_until_s=...)`: a quiet span, then a load ten times as heavy that goes on
+    past it. Every policy runs on through it and is scored on the span's requests and GPU-hours alone;
+    static-peak is sized for the span's busiest minute (not the heavier load after it) and runs on."""
+    trace = load_workload("synthetic:step,rates=6/6/60,step_seconds=75", seed=4)
+    config = SimConfig(seed=4)
+    until_s = 150.0
+    policies = ("dopd", "static-peak", "aggregated-static")
+    rows, _ = run_suite_seed(
+        trace, config, None, policies=policies, oracle_iterations=1, score_until_s=until_s
+    )
+    whole, _ = run_suite_seed(trace, config, None, policies=("static-peak",), oracle_iterations=1)
+    scored = int(np.count_nonzero(np.asarray(trace.arrival_s) < until_s))
+    by_policy = {row["policy"]: row for row in rows}
+    assert set(by_policy) == {"oracle", *policies}
+    for row in rows:
+        assert row["requests"] == scored, row["policy"]
+        assert row["duration_s"] == until_s, row["policy"]
+    peak = by_policy["static-peak"]
+    whole_peak = next(row for row in whole if row["policy"] == "static-peak")
+    assert peak["mean_gpus"] < whole_peak["mean_gpus"]
+    assert peak["gpu_hours"] == pytest.approx(peak["mean_gpus"] * until_s / 3600.0)
+    assert peak["slo_attainment"] >= config.spec.slo.attainment_target
+    assert by_policy["oracle"]["slo_attainment"] >= by_policy["oracle"]["target"]
+
+
 # A busy past, a quiet present: what is scored is the quiet half.
 FALLING = "synthetic:step,rates=60/6,step_seconds=150"
 
