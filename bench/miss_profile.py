@@ -11,8 +11,9 @@ arrival: requests a pool left waiting until the load stopped. The attainment tar
 request as one miss, however long it waited. Whether a layout leans on the load stopping shows with
 `--load-goes-on S`: the same requests, then S seconds more drawn from the scenario's law (a generated
 scenario; a step scenario's last level goes on), replayed and decided on by the policy (the oracle sees them), and the
-same requests and span scored (static-peak keeps the layout it was sized and raised to on the scenario
-itself). On the reasoning trace the oracle's 1% goes to long outputs passed over while timely ones
+same requests and span scored (static-peak keeps the layout it was sized and raised to as its
+benchmark ran it). The held-out shapes' benchmark runs each with its load going on already
+(`Scenario.goes_on_s`); `--load-goes-on` sets how long. On the reasoning trace the oracle's 1% goes to long outputs passed over while timely ones
 arrive: its attainment is the same with the load going on, and a third of those misses still wait 10
 minutes after the span (docs/benchmarks/sim.md, "Reading the results").
 """
@@ -34,7 +35,7 @@ from dopd_sim.miss_profile import miss_profile
 from dopd_sim.policies.dopd import DopdPolicy
 from dopd_sim.policies.oracle import OraclePolicy
 from dopd_sim.policies.static import StaticPolicy
-from dopd_sim.run import scored_span, simulate
+from dopd_sim.run import fixed_layout_span, simulate
 from dopd_sim.workload import continued_workload
 
 
@@ -60,9 +61,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     scenario = next(s for s in (*SCENARIOS, *HELD_OUT) if s.name == args.scenario)
-    trace, config = scenario.trace(args.seed, False), SimConfig(seed=args.seed)
+    config = SimConfig(seed=args.seed)
     score_from_s = scenario.scored_from_s(False)
-    score_until_s: float | None = None  # the scenario's own requests, its last one included
+    # As its benchmark runs it: the trace, or with its load going on past it (held-out shapes).
+    trace, score_until_s = scenario.run_trace(args.seed, False)
     if args.load_goes_on is not None:
         if scenario.rate_scale != 1.0 or scenario.duration_s is not None:
             parser.error(f"{scenario.name} replays a trace file, which cannot go on past its end")
@@ -70,20 +72,22 @@ def main() -> None:
             continued = continued_workload(scenario.source, args.seed, args.load_goes_on)
         except ValueError as error:
             parser.error(str(error))
+        own_end_s = float(np.nextafter(scenario.trace(args.seed, False).duration_s, np.inf))
     if args.policy == "static-peak":
-        # As the suite runs it, held to the seed's target (the one the oracle was held to).
+        # As its benchmark runs it, held to the seed's target (the one the oracle was held to).
         goal = oracle_target(_recorded_run(parser, scenario.name, args.seed))
-        trace, raised = static_peak_run(trace, config, score_from_s, goal)
+        base, base_until_s = trace, score_until_s
+        trace, raised = static_peak_run(base, config, score_from_s, goal, base_until_s)
         result, what = raised.result, f"static-peak {raised.setting}"
         if args.load_goes_on is not None:  # that layout, run on with the load (the same rebasing)
-            score_until_s = float(np.nextafter(trace.duration_s, np.inf))
-            trace = scored_span(continued, score_from_s)
+            trace, _, score_until_s = fixed_layout_span(continued, score_from_s, own_end_s)
             result = simulate(trace, StaticPolicy(*raised.layout), config, score_until_s=score_until_s)
+        else:
+            score_until_s = fixed_layout_span(base, score_from_s, base_until_s)[2]
         score_from_s = 0.0  # the span it ran on is the scored one
     else:
         if args.load_goes_on is not None:
-            score_until_s = float(np.nextafter(trace.duration_s, np.inf))
-            trace = continued
+            trace, score_until_s = continued, own_end_s
         if args.policy == "oracle":
             run = _recorded_run(parser, scenario.name, args.seed)
             prefill_scale, decode_scale = run["tuning"]["oracle_scales"]
@@ -93,8 +97,9 @@ def main() -> None:
             policy, what = DopdPolicy(), "dopd"
         result = simulate(trace, policy, config, score_from_s=score_from_s, score_until_s=score_until_s)
     profile = miss_profile(trace, result.ttft_s, result.tpot_s, config, score_from_s, score_until_s)
-    if args.load_goes_on is not None:
-        what += f", the load going on {args.load_goes_on:g} s past the span (replayed, not scored)"
+    goes_on_s = args.load_goes_on if args.load_goes_on is not None else scenario.goes_on_s
+    if goes_on_s:
+        what += f", the load going on {goes_on_s:g} s past the span (replayed, not scored)"
     print(
         f"{scenario.name} seed {args.seed}, {what}: {result.summary.slo_attainment * 100:.2f}% attainment, "
         f"{result.summary.gpu_hours:.2f} GPU-hours; {profile.misses} of {profile.requests} scored requests missed"
