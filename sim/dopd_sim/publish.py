@@ -436,7 +436,7 @@ def _scenario_section(scenario: ScenarioLike, results: list[dict[str, Any]]) -> 
     goes_on_s = max(float(r.get("goes_on_s") or 0.0) for r in results)
     if goes_on_s > 0:
         note += (
-            f"; the load goes on {goes_on_s / 60:g} min past the trace, replayed and decided on by every "
+            f"; the load goes on {goes_on_s:g} s past the trace, replayed and decided on by every "
             "policy and not scored (the fixed layouts run on through it), so a layout that falls behind "
             "at the end keeps its backlog"
         )
