@@ -10,21 +10,22 @@ requests and misses per output-length band, and how many misses finished only af
 arrival: requests a pool left waiting until the load stopped. The attainment target counts such a
 request as one miss, however long it waited. Whether a layout leans on the load stopping shows with
 `--load-goes-on S`: the same requests, then S seconds more drawn from the scenario's law (a generated
-scenario; a step scenario's last level goes on), replayed and decided on by the policy (the oracle sees them), and the
-same requests and span scored (static-peak keeps the layout it was sized and raised to as its
-benchmark ran it). The held-out shapes' benchmark runs each with its load going on already
-(`Scenario.goes_on_s`); `--load-goes-on` sets how long. On the reasoning trace the oracle's 1% goes to long outputs passed over while timely ones
-arrive: its attainment is the same with the load going on, and a third of those misses still wait 10
-minutes after the span (docs/benchmarks/sim.md, "Reading the results").
+scenario; a step scenario's last level goes on; `Scenario.run_trace`), replayed and decided on by the
+policy (the oracle sees them), and the same requests and span scored (static-peak keeps the layout it
+was sized and raised to as its benchmark ran it). The held-out shapes' benchmark runs each with its
+load going on already (`Scenario.goes_on_s`); `--load-goes-on` sets how long. On the reasoning trace
+the oracle's 1% goes to long outputs passed over while timely ones arrive: its attainment is the same
+with the load going on, and a third of those misses still wait 10 minutes after the span
+(docs/benchmarks/sim.md, "Reading the results").
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any
 
-import numpy as np
 from held_out import HELD_OUT
 from held_out import RESULTS as HELD_OUT_RESULTS
 from sim_bench import RESULTS, SCENARIOS, oracle_target, suite_entry
@@ -36,7 +37,6 @@ from dopd_sim.policies.dopd import DopdPolicy
 from dopd_sim.policies.oracle import OraclePolicy
 from dopd_sim.policies.static import StaticPolicy
 from dopd_sim.run import fixed_layout_span, simulate
-from dopd_sim.workload import continued_workload
 
 
 def _recorded_run(parser: argparse.ArgumentParser, name: str, seed: int) -> dict[str, Any]:
@@ -63,20 +63,19 @@ def main() -> None:
     scenario = next(s for s in (*SCENARIOS, *HELD_OUT) if s.name == args.scenario)
     config = SimConfig(seed=args.seed)
     score_from_s = scenario.scored_from_s(False)
-    # As its benchmark runs it: the trace, or with its load going on past it (held-out shapes).
-    trace, score_until_s = scenario.run_trace(args.seed, False)
     if args.load_goes_on is not None:
-        if scenario.rate_scale != 1.0 or scenario.duration_s is not None:
-            parser.error(f"{scenario.name} replays a trace file, which cannot go on past its end")
-        try:
-            continued = continued_workload(scenario.source, args.seed, args.load_goes_on)
+        if not args.load_goes_on > 0:  # 0 would be the scenario's own run (`Scenario.run_trace`)
+            parser.error(f"--load-goes-on needs more than 0 s, got {args.load_goes_on:g}")
+        try:  # the scenario's own requests scored, its load going on as long as asked
+            longer = dataclasses.replace(scenario, goes_on_s=args.load_goes_on)
+            continued, own_end_s = longer.run_trace(args.seed, False)
         except ValueError as error:
             parser.error(str(error))
-        own_end_s = float(np.nextafter(scenario.trace(args.seed, False).duration_s, np.inf))
     if args.policy == "static-peak":
-        # As its benchmark runs it, held to the seed's target (the one the oracle was held to).
+        # As its benchmark runs it (a held-out shape with its load going on), held to the seed's target
+        # (the one the oracle was held to).
         goal = oracle_target(_recorded_run(parser, scenario.name, args.seed))
-        base, base_until_s = trace, score_until_s
+        base, base_until_s = scenario.run_trace(args.seed, False)
         trace, raised = static_peak_run(base, config, score_from_s, goal, base_until_s)
         result, what = raised.result, f"static-peak {raised.setting}"
         if args.load_goes_on is not None:  # that layout, run on with the load (the same rebasing)
@@ -88,6 +87,8 @@ def main() -> None:
     else:
         if args.load_goes_on is not None:
             trace, score_until_s = continued, own_end_s
+        else:  # as its benchmark runs it
+            trace, score_until_s = scenario.run_trace(args.seed, False)
         if args.policy == "oracle":
             run = _recorded_run(parser, scenario.name, args.seed)
             prefill_scale, decode_scale = run["tuning"]["oracle_scales"]
