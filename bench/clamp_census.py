@@ -51,8 +51,9 @@ def main() -> None:
         scenario = next(s for s in SCENARIOS if s.name == name)
         config = SimConfig(seed=args.seed)
         policy = _RecordingDopd()
+        trace, until = scenario.run_trace(args.seed, False)
         result = simulate(
-            scenario.trace(args.seed, False), policy, config, score_from_s=scenario.scored_from_s(False)
+            trace, policy, config, score_from_s=scenario.scored_from_s(False), score_until_s=until
         )
         effects = clamp_census(policy.clamps, config.spec.scaling.interval_seconds)
         print(

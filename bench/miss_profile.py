@@ -12,7 +12,7 @@ request as one miss, however long it waited. Whether a layout leans on the load 
 `--load-goes-on S`: the same requests, then S seconds more drawn from the scenario's law (a generated
 scenario; a step scenario's last level goes on; `Scenario.run_trace`), replayed and decided on by the
 policy (the oracle sees them), and the same requests and span scored (static-peak keeps the layout it
-was sized and raised to as its benchmark ran it). The held-out shapes' benchmark runs each with its
+was sized and raised to as its benchmark ran it). Both benchmarks run every generated shape with its
 load going on already (`Scenario.goes_on_s`); `--load-goes-on` sets how long. On the reasoning trace
 the oracle's 1% goes to long outputs passed over while timely ones arrive: its attainment is the same
 with the load going on, and a third of those misses still wait 10 minutes after the span

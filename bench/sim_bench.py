@@ -78,7 +78,7 @@ class Scenario:
     history_s: float = 0.0
     # Seconds the load goes on past the trace (`dopd_sim.workload.continued_workload`): replayed and
     # decided on by every policy, not scored, so a layout that falls behind at the end is not spared
-    # its backlog. 0: the trace ends the run (the suite's; docs/benchmarks/sim.md, "The trace's end").
+    # its backlog. 0: the trace ends the run (a trace file, or chat's block hashes, cannot go on).
     goes_on_s: float = 0.0
 
     def trace(self, seed: int, quick: bool) -> Any:
@@ -102,6 +102,10 @@ class Scenario:
         return continued_workload(self.source, seed, self.goes_on_s), until
 
 
+# Every generated shape's load goes on 10 minutes past its trace (`Scenario.goes_on_s`; docs/benchmarks/
+# sim.md, "The trace's end"): a reasoning answer's slack is minutes, so a backlog left at the end is
+# scored, not spared.
+GOES_ON_S = 600.0
 # Real traces first, then the generated shapes. No scenario tells dopd its period: the forecaster finds
 # seasons itself (with an hour of history it finds none of a 30-minute period), as for every policy.
 SCENARIOS = (
@@ -122,37 +126,44 @@ SCENARIOS = (
         "diurnal",
         "diurnal: mean 100 rps, peak/trough 3, one 1-hour period",
         "synthetic:diurnal,mean_rps=100,duration_s=3600,period_s=3600,peak_to_trough=3",
+        goes_on_s=GOES_ON_S,
     ),
     Scenario(
         "bursts",
         "bursts: 120 rps with 5-min surges at 2x, 4 an hour (random times), 30 min",
         "synthetic:bursts,base_rps=120,factor=2,burst_s=300,per_hour=4,duration_s=1800",
+        goes_on_s=GOES_ON_S,
     ),
     Scenario(
         "steps",
         "step changes: 80, 160, 110, 190, 100, 140 rps, 5 min each",
         "synthetic:step,rates=80/160/110/190/100/140,step_seconds=300",
+        goes_on_s=GOES_ON_S,
     ),
     Scenario(
         "trend",
         "slow trend: 50 rps rising linearly to 220 rps over 30 min",
         "synthetic:trend,start_rps=50,end_rps=220,duration_s=1800",
+        goes_on_s=GOES_ON_S,
     ),
     Scenario(
         "long-mix",
         "long-prompt mix: 15% long-document prompts (12k tokens), 80 rps, bursty (CV 2), 30 min",
         "synthetic:gamma,rate_rps=80,cv=2,duration_s=1800,lengths=long-mix",
+        goes_on_s=GOES_ON_S,
     ),
     Scenario(
         "code",
         "code completion: 2k-token prompts, 30-token outputs, 120 rps, bursty (CV 2), 30 min",
         "synthetic:gamma,rate_rps=120,cv=2,duration_s=1800,lengths=code",
+        goes_on_s=GOES_ON_S,
     ),
     Scenario(
         "reasoning",
         "reasoning: outputs of 2400 tokens on average (P90 5000, up to 16k) after 800-token prompts, "
         "10 rps rising to 30 and back over 30 min",
         "synthetic:diurnal,mean_rps=20,duration_s=1800,period_s=1800,peak_to_trough=3,lengths=reasoning",
+        goes_on_s=GOES_ON_S,
     ),
     Scenario(
         "chat",
@@ -166,6 +177,7 @@ SCENARIOS = (
         "conversation lengths over minutes 5-25, 30 min",
         "synthetic:gamma,rate_rps=120,cv=2,duration_s=1800,lengths=code,shift_to=azure,"
         "shift_start_s=300,shift_end_s=1500",
+        goes_on_s=GOES_ON_S,
     ),
     Scenario(
         "reasoning-shift",
@@ -173,6 +185,7 @@ SCENARIOS = (
         "a reasoning model's lengths (answers of 30 tokens to 2,400) over minutes 5-25, 30 min",
         "synthetic:poisson,rate_rps=12,duration_s=1800,lengths=code,shift_to=reasoning,"
         "shift_start_s=300,shift_end_s=1500",
+        goes_on_s=GOES_ON_S,
     ),
     # The two shapes whose first surge nothing foretells, after 30 minutes of the same kind of load, as
     # a cluster that has been serving has it: what dopd's surge headroom learns from, and what every
@@ -184,6 +197,7 @@ SCENARIOS = (
         "190, 100, 140 rps (scored), 5 min each",
         "synthetic:step,rates=140/100/190/110/160/80/80/160/110/190/100/140,step_seconds=300",
         history_s=1800.0,
+        goes_on_s=GOES_ON_S,
     ),
     Scenario(
         "bursts-history",
@@ -191,6 +205,7 @@ SCENARIOS = (
         "60 min, the last 30 scored",
         "synthetic:bursts,base_rps=120,factor=2,burst_s=300,per_hour=4,duration_s=3600",
         history_s=1800.0,
+        goes_on_s=GOES_ON_S,
     ),
 )
 # The cold start: a standing load a fresh DisaggregatedModel meets at minReplicas.
@@ -239,9 +254,14 @@ def suite_job(
     }
 
 
-def _attainment_after(result: Any, trace: Any, config: SimConfig, after_s: float) -> float:
+def _attainment_after(
+    result: Any, trace: Any, config: SimConfig, after_s: float, until_s: float | None
+) -> float:
+    """Attainment of the requests arriving from `after_s` to `until_s` (None: the trace's end)."""
     slo = config.spec.slo
     late = trace.arrival_s >= after_s
+    if until_s is not None:
+        late &= trace.arrival_s < until_s
     met = slo_met(result.ttft_s[late], result.tpot_s[late], slo.ttft_seconds, slo.tpot_seconds)
     return float(np.mean(met)) if len(met) else float("nan")
 
@@ -257,17 +277,17 @@ def _profiled_config(seed: int, factor: float) -> SimConfig:
 
 def wrong_profile_job(scenario: Scenario, seed: int, quick: bool) -> dict[str, Any]:
     """dopd from a cold start with the right profile and with each wrong one (module docstring)."""
-    trace = scenario.trace(seed, quick)
+    trace, until = scenario.run_trace(seed, quick)
     rows = []
     for factor in (1.0, *WRONG_PROFILE_FACTORS):
         config = _profiled_config(seed, factor)
         policy = DopdPolicy(cold_start=True)
-        result = simulate(trace, policy, config)
+        result = simulate(trace, policy, config, score_until_s=until)
         rows.append(
             {
                 "factor": factor,
                 "slo_attainment": result.summary.slo_attainment,
-                "attainment_after_healing": _attainment_after(result, trace, config, HEALING_SECONDS),
+                "attainment_after_healing": _attainment_after(result, trace, config, HEALING_SECONDS, until),
                 "gpu_hours": result.summary.gpu_hours,
                 "prefill_correction": policy.state.prefill_correction,
                 "decode_correction": policy.state.decode_correction,
@@ -299,7 +319,7 @@ def cold_start_job(seed: int, quick: bool) -> dict[str, Any]:
             "settled": f"{timeline[-1]['target_prefill']}P/{timeline[-1]['target_decode']}D",
             "ready_at_s": reached,
             "slo_attainment": result.summary.slo_attainment,
-            "attainment_after_5min": _attainment_after(result, trace, config, 300.0),
+            "attainment_after_5min": _attainment_after(result, trace, config, 300.0, None),
             "gpu_hours": result.summary.gpu_hours,
         }
     return out
@@ -467,14 +487,14 @@ ROW_POLICIES = ("dopd", "aggregated-static", "static-peak")
 
 def dopd_row_job(scenario: Scenario, seed: int) -> tuple[str, int, dict[str, Any]]:
     """dopd's row of one scenario and seed, as the suite runs it (a worker process runs this)."""
-    trace, config = scenario.trace(seed, False), SimConfig(seed=seed)
-    return scenario.name, seed, dopd_row(trace, config, scenario.scored_from_s(False))
+    (trace, until), config = scenario.run_trace(seed, False), SimConfig(seed=seed)
+    return scenario.name, seed, dopd_row(trace, config, scenario.scored_from_s(False), until)
 
 
 def static_peak_row_job(scenario: Scenario, seed: int, goal: float) -> tuple[str, int, dict[str, Any]]:
     """static-peak's row of one scenario and seed, as the suite runs it, held to the seed's `goal`."""
-    trace, config = scenario.trace(seed, False), SimConfig(seed=seed)
-    return scenario.name, seed, static_peak_row(trace, config, scenario.scored_from_s(False), goal)
+    (trace, until), config = scenario.run_trace(seed, False), SimConfig(seed=seed)
+    return scenario.name, seed, static_peak_row(trace, config, scenario.scored_from_s(False), goal, until)
 
 
 def aggregated_row_job(
@@ -483,8 +503,8 @@ def aggregated_row_job(
     """aggregated-static's row of one scenario and seed, as the suite runs it: at `chunk_tokens` (None:
     swept, as on a trace's first seed), sized to the seed's `goal` (the target the oracle was held to
     there)."""
-    trace, config = scenario.trace(seed, False), SimConfig(seed=seed)
-    row = aggregated_static_row(trace, config, scenario.scored_from_s(False), chunk_tokens, goal)[0]
+    (trace, until), config = scenario.run_trace(seed, False), SimConfig(seed=seed)
+    row = aggregated_static_row(trace, config, scenario.scored_from_s(False), chunk_tokens, goal, until)[0]
     return scenario.name, seed, row
 
 

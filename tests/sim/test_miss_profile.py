@@ -163,3 +163,31 @@ def test_the_command_scores_the_same_requests_with_the_load_going_on() -> None:
         check=False,
     )
     assert refused.returncode == 2 and "block hashes" in refused.stderr
+
+
+def test_every_benchmark_scenario_runs_on_its_own_requests_and_those_that_can_go_on_do() -> None:
+    """Both benchmarks run a scenario as `Scenario.run_trace` gives it: a generated shape's own
+    requests first, then its law going on, scored to its own end; only a trace file and chat's block
+    hashes, which cannot go on, end the run. A shape added that cannot go on fails here, not an hour
+    into `python bench/sim_bench.py`."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    try:
+        import held_out
+        import sim_bench
+    finally:
+        sys.path.pop(0)
+    for scenario in (*sim_bench.SCENARIOS, *held_out.HELD_OUT):
+        own = scenario.trace(1, False)
+        ran, until = scenario.run_trace(1, False)
+        if scenario.goes_on_s == 0:
+            assert until is None and ran is not None and len(ran) == len(own), scenario.name
+            assert scenario.source.startswith("synthetic:chat") or not scenario.source.startswith(
+                "synthetic:"
+            )
+            continue
+        n = len(own)
+        assert until is not None and own.arrival_s[-1] < until <= ran.arrival_s[n], scenario.name
+        assert np.array_equal(ran.arrival_s[:n], own.arrival_s), scenario.name
+        assert ran.duration_s >= own.duration_s + scenario.goes_on_s - 60.0, scenario.name
+        # and `--quick`'s 10-minute slice is not the trace, so it does not go on
+        assert scenario.run_trace(1, True)[1] is None
