@@ -202,7 +202,7 @@ def plan(
     history = [r for r in state.recommendations if r.time >= now - _longest_window(spec)]
     recommendation = Recommendation(time=now, prefill=target.prefill, decode=target.decode)
     down_window, window_reason = _scale_down_window(
-        spec, observation, forecast, history, shaped_at(observation.arrival_rate_rps or 0.0), now
+        spec, observation, forecast, history, shaped_at(observation.arrival_rate_rps or 0.0), now, lead_s
     )
     if window_reason is not None:
         reasons.append(window_reason)
@@ -278,9 +278,11 @@ def _scale_down_window(
     history: list[Recommendation],
     needed_now: Layout,
     now: datetime,
+    lead_s: float,
 ) -> tuple[float | None, str | None]:
     """The scale-down stabilization window for this tick: the spec's, the lead time when the forecaster
-    has been right, or one interval when it has and the load declines; and why.
+    has been right, or one interval when it has and the load declines; and why. `lead_s` is this tick's
+    lead time (`planner_load.lead_time_seconds`).
 
     "Right" is judged on what matters for releasing capacity: every layout recommended about one lead
     time ago (those recommendations were sized for the forecast of now) covers what the load observed
@@ -298,19 +300,18 @@ def _scale_down_window(
     then needed (bursts seed 0 97.2% -> 93.8%).
     """
     window = spec.scaling.scale_down.stabilization_seconds
-    lead = lead_time_seconds(spec, observation)
-    if forecast is None or window <= lead:
+    if forecast is None or window <= lead_s:
         return None, None
     interval = timedelta(seconds=spec.scaling.interval_seconds)
     due = [
         r
         for r in history
-        if now - timedelta(seconds=lead) - interval <= r.time <= now - timedelta(seconds=lead)
+        if now - timedelta(seconds=lead_s) - interval <= r.time <= now - timedelta(seconds=lead_s)
     ]
     if not due or any(r.prefill < needed_now.prefill or r.decode < needed_now.decode for r in due):
         return None, None
     held = (
-        f"the layouts recommended {lead:g}s ago cover the load observed now ({needed_now.prefill}P/"
+        f"the layouts recommended {lead_s:g}s ago cover the load observed now ({needed_now.prefill}P/"
         f"{needed_now.decode}D), so the forecasts held"
     )
     decline = declining(observation) or lengths_declining(observation)
@@ -320,7 +321,7 @@ def _scale_down_window(
             f"scale-down window {shortest:g}s instead of {window:g}s: {held}, and {decline}, so what "
             "was recommended for it earlier has passed"
         )
-    return lead, f"scale-down window {lead:g}s instead of {window:g}s: {held}"
+    return lead_s, f"scale-down window {lead_s:g}s instead of {window:g}s: {held}"
 
 
 def _longest_window(spec: DisaggregatedModelSpec) -> timedelta:
