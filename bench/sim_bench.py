@@ -240,12 +240,13 @@ def suite_job(
     rows, chosen = run_suite_seed(
         trace, SimConfig(seed=seed), tuning, policies, score_from_s=history_s, score_until_s=until
     )
-    arrivals = np.asarray(trace.arrival_s)
-    scored = (arrivals >= history_s) & (arrivals < (until if until is not None else np.inf))
+    scored = {row["requests"] for row in rows}  # every policy scores the same requests
+    if len(scored) != 1:
+        raise RuntimeError(f"{scenario.name} seed {seed}: the rows scored different requests ({scored})")
     return {
         "scenario": scenario.name,
         "seed": seed,
-        "requests": int(np.count_nonzero(scored)),  # those scored
+        "requests": scored.pop(),
         "duration_s": trace.duration_s if until is None else until,
         "goes_on_s": scenario.goes_on_s if until is not None else 0.0,
         "rows": rows,
