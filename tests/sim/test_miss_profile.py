@@ -4,6 +4,7 @@ load going on past a generated trace's span (`dopd_sim.workload.continued_worklo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import subprocess
@@ -166,28 +167,31 @@ def test_the_command_scores_the_same_requests_with_the_load_going_on() -> None:
 
 
 def test_every_benchmark_scenario_runs_on_its_own_requests_and_those_that_can_go_on_do() -> None:
-    """Both benchmarks run a scenario as `Scenario.run_trace` gives it: a generated shape's own
-    requests first, then its law going on, scored to its own end; only a trace file and chat's block
-    hashes, which cannot go on, end the run. A shape added that cannot go on fails here, not an hour
-    into `python bench/sim_bench.py`."""
+    """Both benchmarks run a scenario as `Scenario.run_trace` gives it: its own requests, and where its
+    load goes on (`goes_on_s`), then more of its law, scored to its own end. Every generated shape but
+    the chat's can go on, so a shape whose law cannot fails here, not an hour into a benchmark; only a
+    trace file and chat's block hashes end the run."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
     try:
         import held_out
         import sim_bench
     finally:
         sys.path.pop(0)
-    for scenario in (*sim_bench.SCENARIOS, *held_out.HELD_OUT):
-        own = scenario.trace(1, False)
+    going_on = 0
+    for as_run in (*sim_bench.SCENARIOS, *held_out.HELD_OUT):
+        own, scenario = as_run.trace(1, False), as_run
+        if as_run.goes_on_s == 0:
+            ran, until = as_run.run_trace(1, False)
+            assert until is None and len(ran) == len(own), as_run.name
+            if as_run.source.startswith("synthetic:chat") or not as_run.source.startswith("synthetic:"):
+                continue
+            scenario = dataclasses.replace(as_run, goes_on_s=sim_bench.GOES_ON_S)
+        going_on += 1
         ran, until = scenario.run_trace(1, False)
-        if scenario.goes_on_s == 0:
-            assert until is None and ran is not None and len(ran) == len(own), scenario.name
-            assert scenario.source.startswith("synthetic:chat") or not scenario.source.startswith(
-                "synthetic:"
-            )
-            continue
         n = len(own)
         assert until is not None and own.arrival_s[-1] < until <= ran.arrival_s[n], scenario.name
         assert np.array_equal(ran.arrival_s[:n], own.arrival_s), scenario.name
         assert ran.duration_s >= own.duration_s + scenario.goes_on_s - 60.0, scenario.name
         # and `--quick`'s 10-minute slice is not the trace, so it does not go on
         assert scenario.run_trace(1, True)[1] is None
+    assert going_on == len(sim_bench.SCENARIOS) - 3 + len(held_out.HELD_OUT) - 1  # all but 2 files, 2 chats
