@@ -78,7 +78,7 @@ class Scenario:
     history_s: float = 0.0
     # Seconds the load goes on past the trace (`dopd_sim.workload.continued_workload`): replayed and
     # decided on by every policy, not scored, so a layout that falls behind at the end is not spared
-    # its backlog. 0: the trace ends the run (a trace file, or chat's block hashes, cannot go on).
+    # its backlog. 0: the trace ends the run (as it must for a trace file or chat's block hashes).
     goes_on_s: float = 0.0
 
     def trace(self, seed: int, quick: bool) -> Any:
@@ -106,7 +106,7 @@ class Scenario:
 # (`Scenario.goes_on_s`; docs/benchmarks/sim.md, "The trace's end"): the two with a reasoning model's
 # answers, whose slack is minutes, and every held-out shape. The suite's other generated shapes read
 # the same to 0.03 point with it (seeds 0-1, docs/benchmarks/sim-history.md) and keep 0 until their
-# next full run, which it makes two hours long on two cores.
+# next full run (about two hours on two cores; the continuation adds a sixth).
 GOES_ON_S = 600.0
 # Real traces first, then the generated shapes. No scenario tells dopd its period: the forecaster finds
 # seasons itself (with an hour of history it finds none of a 30-minute period), as for every policy.
