@@ -65,8 +65,10 @@ def fixed_layout_span(
     ran = scored_span(trace, score_from_s)
     if score_until_s is None:
         return ran, ran, None
-    first = float(trace.arrival_s[int(np.searchsorted(trace.arrival_s, score_from_s, side="left"))])
-    until = score_until_s - first
+    # how far `ran`'s time base is from the trace's (0 where it is the trace itself): both end with the
+    # same request
+    shift_s = float(trace.arrival_s[-1] - ran.arrival_s[-1]) if len(ran) else 0.0
+    until = score_until_s - shift_s
     return ran, ran.window(0.0, until), until
 
 
