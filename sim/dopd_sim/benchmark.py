@@ -198,14 +198,15 @@ def static_peak_run(
     score_from_s: float = 0.0,
     goal: float | None = None,
     score_until_s: float | None = None,
-) -> tuple[Trace, RaisedLayout]:
+) -> tuple[Trace, RaisedLayout, float | None]:
     """static-peak as a suite seed runs it: the fewest prefill and decode replicas that meet the target at
     the scored span's busiest minute (`peak.static_peak_layout`), run on the scored span alone (a fixed
     layout learns nothing from a past; with `score_until_s`, and on the load going on past it), and
     raised where it misses `goal` over the span (`peak.raise_static_peak`). Returns what it ran on
-    (`run.fixed_layout_span`) and the raised layout."""
+    (`run.fixed_layout_span`), the raised layout, and where its scoring ended in the time of what it ran
+    on (None: that trace's end)."""
     ran, sized_on, until = fixed_layout_span(trace, score_from_s, score_until_s)
-    return ran, raise_static_peak(ran, config, static_peak_layout(sized_on, config), goal, until)
+    return ran, raise_static_peak(ran, config, static_peak_layout(sized_on, config), goal, until), until
 
 
 def aggregated_static_row(
