@@ -44,6 +44,7 @@ from dopd_sim.benchmark import (
     Tuning,
     aggregated_static_row,
     dopd_row,
+    reactive_row,
     run_suite_seed,
     static_peak_row,
 )
@@ -477,10 +478,11 @@ def provenance(now: dict[str, Any]) -> dict[str, Any]:
     return {key: now[key] for key in ("commit", "dirty", "date")}
 
 
-# The rows that depend on nothing else of their seed (no tuning searched there, no oracle), so they can be
-# rerun alone: dopd's (for a planner change) and aggregated-static's (sized at the seed's busiest minute,
-# at the first seed's chunk size).
-ROW_POLICIES = ("dopd", "aggregated-static", "static-peak")
+# The rows that depend on nothing else of their seed but the oracle's target, so they can be rerun alone:
+# dopd's (for a planner change), the fixed layouts' (sized at the seed's busiest minute; aggregated-static
+# at the first seed's chunk size) and reactive's (at the first seed's utilization target, which a rerun
+# searches again there first).
+ROW_POLICIES = ("dopd", "aggregated-static", "static-peak", "reactive")
 
 
 def dopd_row_job(scenario: Scenario, seed: int) -> tuple[str, int, dict[str, Any]]:
@@ -503,6 +505,16 @@ def aggregated_row_job(
     there)."""
     (trace, until), config = scenario.run_trace(seed, False), SimConfig(seed=seed)
     row = aggregated_static_row(trace, config, scenario.scored_from_s(False), chunk_tokens, goal, until)[0]
+    return scenario.name, seed, row
+
+
+def reactive_row_job(
+    scenario: Scenario, seed: int, utilization_target: float | None, goal: float
+) -> tuple[str, int, dict[str, Any]]:
+    """reactive's row of one scenario and seed, as the suite runs it: at `utilization_target` (None: the
+    grid, as on a trace's first seed), judged against the seed's `goal`."""
+    (trace, until), config = scenario.run_trace(seed, False), SimConfig(seed=seed)
+    row = reactive_row(trace, config, scenario.scored_from_s(False), utilization_target, goal, until)[0]
     return scenario.name, seed, row
 
 
@@ -546,19 +558,36 @@ def rerun_rows(policy: str, names: set[str], why: str, jobs: int) -> dict[str, A
     def goal(name: str, seed: int) -> float:
         return oracle_target(suite_entry(raw, name, seed))
 
+    def utilization(name: str, seed: int) -> float | None:
+        """reactive's target: searched again on the first seed (rerun first), reused on the others."""
+        first = raw["suite"][name][0]
+        return None if seed == first["seed"] else float(first["tuning"]["reactive_target"])
+
     with ProcessPoolExecutor(max_workers=jobs) as pool:
 
         def submit(scenario: Scenario, seed: int) -> Future[tuple[str, int, dict[str, Any]]]:
+            name = scenario.name
             if policy == "dopd":
                 return pool.submit(dopd_row_job, scenario, seed)
             if policy == "static-peak":
-                return pool.submit(static_peak_row_job, scenario, seed, goal(scenario.name, seed))
-            return pool.submit(
-                aggregated_row_job, scenario, seed, chunk(scenario.name, seed), goal(scenario.name, seed)
-            )
+                return pool.submit(static_peak_row_job, scenario, seed, goal(name, seed))
+            if policy == "reactive":
+                return pool.submit(
+                    reactive_row_job, scenario, seed, utilization(name, seed), goal(name, seed)
+                )
+            return pool.submit(aggregated_row_job, scenario, seed, chunk(name, seed), goal(name, seed))
 
-        futures = [submit(s, seed) for s in SCENARIOS if s.name in names for seed in seeds]
-        fresh = [future.result() for future in futures]
+        chosen = [s for s in SCENARIOS if s.name in names]
+        fresh: list[tuple[str, int, dict[str, Any]]] = []
+        if policy == "reactive":  # the first seeds choose the target the others run at
+            fresh = [future.result() for future in [submit(s, seeds[0]) for s in chosen]]
+            for name, _, row in fresh:
+                target = float(row["utilization_target"])
+                for entry in raw["suite"][name]:
+                    entry["tuning"]["reactive_target"] = target
+            seeds = seeds[1:]
+        futures = [submit(s, seed) for s in chosen for seed in seeds]
+        fresh += [future.result() for future in futures]
     return with_rows(raw, policy, fresh, why, stamp())
 
 

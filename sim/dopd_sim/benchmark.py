@@ -14,7 +14,7 @@ the best a competent user would get from it (docs/benchmarks/sim.md says how eac
   over the span, `static_peak_row`);
 - `aggregated-static`: the fewest colocated chunked-prefill replicas meeting it there (raised where they
   fall behind over the span), chunk size swept;
-- `reactive`: HPA with its utilization target picked by grid search;
+- `reactive`: HPA with its utilization target picked by grid search (`reactive_row`);
 - `dynamo-sla`: Dynamo's planner with its adjustment interval and load predictor picked by grid search.
 The grids, the colocated layout's chunk size and the oracle's full calibration are searched on the
 first seed; later seeds reuse the choices (`Tuning`; each seed's fixed layouts are sized for its own
@@ -251,6 +251,40 @@ def aggregated_static_row(
     return _row(runs[replicas], "aggregated-static", setting), chunk
 
 
+def _replica_bounds(config: SimConfig) -> tuple[int, int]:
+    """The bounds the autoscaling baselines scale each role within: the spec's, one range for both."""
+    spec = config.spec
+    return min(spec.prefill.min_replicas, spec.decode.min_replicas) or 1, max(
+        spec.prefill.max_replicas, spec.decode.max_replicas
+    )
+
+
+def reactive_row(
+    trace: Trace,
+    config: SimConfig,
+    score_from_s: float = 0.0,
+    utilization_target: float | None = None,
+    goal: float | None = None,
+    score_until_s: float | None = None,
+) -> tuple[dict[str, Any], float]:
+    """reactive's row of a suite seed (`run_suite_seed`), alone, and its utilization target: HPA per role
+    at `utilization_target`, or at the best of REACTIVE_TARGETS for `goal` (None: the sweep, on a trace's
+    first seed; `_better`), within the spec's replica bounds."""
+    lo, hi = _replica_bounds(config)
+    targets = REACTIVE_TARGETS if utilization_target is None else (utilization_target,)
+
+    def run(u: float) -> RunResult:
+        policy = ReactivePolicy(
+            min_replicas=lo, max_replicas=hi, prefill_utilization_target=u, decode_kv_target=u
+        )
+        return simulate(trace, policy, config, score_from_s=score_from_s, score_until_s=score_until_s)
+
+    target = config.spec.slo.attainment_target if goal is None else goal
+    chosen, result, tried = _best_of(targets, run, target)
+    setting = f"utilization target {chosen:g}"
+    return _row(result, "reactive", setting, grid=tried, utilization_target=chosen), float(chosen)
+
+
 def run_suite_seed(
     trace: Trace,
     config: SimConfig,
@@ -268,9 +302,7 @@ def run_suite_seed(
     on the rest alone (so a past busier than their layout leaves them no queue). With `score_until_s`
     the load goes on past the scored span: every policy runs on through it and is scored, calibrated
     and sized on the span alone (the fixed layouts for its busiest minute)."""
-    spec = config.spec
-    lo = min(spec.prefill.min_replicas, spec.decode.min_replicas) or 1
-    hi = max(spec.prefill.max_replicas, spec.decode.max_replicas)
+    lo, hi = _replica_bounds(config)
     rows: list[dict[str, Any]] = []
 
     def run(policy: Policy, run_config: SimConfig = config) -> RunResult:
@@ -325,17 +357,15 @@ def run_suite_seed(
         rows.append(row)
     reactive_target = tuning.reactive_target if tuning is not None else 0.0
     if "reactive" in policies:
-        targets = (reactive_target,) if tuning is not None else REACTIVE_TARGETS
-
-        def run_reactive(u: float) -> RunResult:
-            return run(
-                ReactivePolicy(
-                    min_replicas=lo, max_replicas=hi, prefill_utilization_target=u, decode_kv_target=u
-                )
-            )
-
-        reactive_target, result, tried = _best_of(targets, run_reactive, target)
-        rows.append(_row(result, "reactive", f"utilization target {reactive_target:g}", grid=tried))
+        row, reactive_target = reactive_row(
+            trace,
+            config,
+            score_from_s,
+            reactive_target if tuning is not None else None,
+            target,
+            score_until_s,
+        )
+        rows.append(row)
     dynamo = (tuning.dynamo_interval_s, tuning.dynamo_predictor) if tuning is not None else DYNAMO_CONFIGS[0]
     if "dynamo-sla" in policies:
         configs = (dynamo,) if tuning is not None else DYNAMO_CONFIGS

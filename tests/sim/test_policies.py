@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
-from sim_helpers import make_trace, toy_profile
+from hypothesis import given
+from hypothesis import strategies as st
+from sim_helpers import make_trace, toy_config, toy_profile
 
 from dopd_forecaster.traces import Trace
 from dopd_operator import planner, planner_occupancy
 from dopd_operator.planner_load import decode_saturated
+from dopd_operator.planner_types import Observation, RoleObservation
 from dopd_sim.cluster import Simulator
 from dopd_sim.config import SimConfig
 from dopd_sim.metrics import slo_met
@@ -16,7 +22,8 @@ from dopd_sim.policies import FIXED_POLICIES, POLICY_NAMES, make_policy
 from dopd_sim.policies.base import Layout, TickInput
 from dopd_sim.policies.dopd import DopdPolicy
 from dopd_sim.policies.dynamo_sla import best_decode_throughput_per_gpu
-from dopd_sim.policies.hpa import HpaBehavior, ratio_replicas
+from dopd_sim.policies.hpa import HpaBehavior, pods_metric_replicas, ratio_replicas
+from dopd_sim.policies.reactive import ReactivePolicy
 from dopd_sim.run import simulate
 from dopd_sim.synthetic import steps
 from dopd_sim.trace_spec import generate_from_spec
@@ -33,6 +40,71 @@ from dopd_sim.trace_spec import generate_from_spec
 )
 def test_hpa_ratio(current: int, ratio: float, expected: int) -> None:
     assert ratio_replicas(current, ratio) == expected
+
+
+@pytest.mark.parametrize(
+    ("current", "ready", "ratio", "expected"),
+    [
+        pytest.param(4, 4, 1.5, 6, id="none-starting-ceil-of-pods-times-ratio"),
+        pytest.param(4, 4, 1.05, 4, id="none-starting-within-tolerance"),
+        # 4 Ready at 1.0 busy against 0.7 (ratio 1/0.7) and 4 starting, counted at 0: the mean over all 8
+        # is 0.71 of the target, a scale-down, so HPA holds rather than order the scale-up again.
+        pytest.param(8, 4, 1 / 0.7, 8, id="starting-pods-already-cover-the-scale-up"),
+        # 4 Ready at twice the target, 2 starting at 0: 8 / 6 of the target over 6 pods -> 8.
+        pytest.param(6, 4, 2.0, 8, id="starting-pods-count-0-on-a-scale-up"),
+        # 4 Ready at half the target, 4 starting counted at the target: 0.75 over 8 pods -> 6, not 2.
+        pytest.param(8, 4, 0.5, 6, id="starting-pods-count-the-target-on-a-scale-down"),
+        pytest.param(5, 0, 3.0, 5, id="no-pod-reports-holds"),
+    ],
+)
+def test_hpa_pods_metric_counts_starting_pods_as_kubernetes_does(
+    current: int, ready: int, ratio: float, expected: int
+) -> None:
+    assert pods_metric_replicas(current, ready, ratio) == expected
+
+
+@given(
+    current=st.integers(1, 300),
+    ready=st.integers(1, 300),
+    ratio=st.floats(0.0, 20.0, allow_nan=False),
+)
+def test_hpa_never_orders_a_scale_up_its_starting_pods_already_make(
+    current: int, ready: int, ratio: float
+) -> None:
+    # Starting pods add no load yet; HPA counts them at 0 on a scale-up, so it never asks for more than
+    # the Ready pods' total load over the target (nor fewer than it has on a scale-up, nor more than
+    # it has on a scale-down).
+    ready = min(ready, current)
+    asked = pods_metric_replicas(current, ready, ratio)
+    if ratio > 1.0:
+        assert current <= asked <= max(current, math.ceil(ratio * ready - 1e-9))
+    else:
+        assert asked <= current
+
+
+def test_reactive_holds_while_the_scale_up_it_ordered_starts() -> None:
+    # The tick after ordering 4 -> 8 prefill replicas, the 4 Ready ones are still fully busy: HPA (and
+    # so `reactive`) holds 8 until the new ones serve, instead of 8 x 1.0 / 0.7 = 12, then 17, ...
+    profile = toy_profile()
+    starting = Observation(
+        prefill=RoleObservation(current=8, ready=4, pending=4),
+        decode=RoleObservation(current=2, ready=2),
+        prefill_queue_depth=0.0,
+    )
+    tick = TickInput(
+        30.0,
+        starting,
+        np.zeros(0),
+        np.zeros(0),
+        Layout(prefill=8, decode=2),
+        toy_config(profile),
+        profile,
+        prefill_utilization=1.0,
+    )
+    assert ReactivePolicy(prefill_utilization_target=0.7).decide(tick).prefill == 8
+    served = tick.observation.model_copy(update={"prefill": RoleObservation(current=8, ready=8)})
+    busy = dataclasses.replace(tick, observation=served)
+    assert ReactivePolicy(prefill_utilization_target=0.7).decide(busy).prefill == 12
 
 
 def test_hpa_scale_down_is_stabilized_and_scale_up_limited() -> None:

@@ -1,5 +1,6 @@
 """aggregated: colocated replicas doing both phases with chunked prefill (vLLM-like), scaled by HPA
-on KV usage and on queued prompts per replica, with HPA's default behaviors (see `hpa`).
+on KV usage, running sequences and queued prompts per replica, with HPA's default behaviors and its
+reading of pods still starting (see `hpa`).
 
 The chunk size (`SimConfig.aggregated_token_budget`, tokens per iteration shared by decode and prefill)
 is what trades TTFT against TPOT on a colocated replica; DistServe's argument for disaggregation is
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dopd_sim.policies.base import Architecture, Layout, TickInput
-from dopd_sim.policies.hpa import HpaBehavior, ratio_replicas
+from dopd_sim.policies.hpa import HpaBehavior, pods_metric_replicas, ratio_replicas
 
 
 @dataclass
@@ -29,17 +30,17 @@ class AggregatedPolicy:
 
     def decide(self, tick: TickInput) -> Layout:
         obs, current = tick.observation, tick.current.mixed
+        ready = obs.decode.ready  # the colocated pool's (observe: both roles read it when aggregated)
         desired = current
         if obs.decode_kv_usage is not None:
-            desired = ratio_replicas(current, obs.decode_kv_usage / self.kv_target)
+            desired = pods_metric_replicas(current, ready, obs.decode_kv_usage / self.kv_target)
         if obs.prefill_queue_depth is not None:
             per_replica = obs.prefill_queue_depth / max(current, 1)
             desired = max(desired, ratio_replicas(current, per_replica / self.queue_per_replica))
-        if obs.decode_running is not None:
-            running = obs.decode_running / max(current, 1)
-            desired = max(
-                desired, ratio_replicas(current, running / (tick.profile.max_batch_size * self.kv_target))
-            )
+        if obs.decode_running is not None and ready > 0:
+            running = obs.decode_running / ready
+            batch_target = tick.profile.max_batch_size * self.kv_target
+            desired = max(desired, pods_metric_replicas(current, ready, running / batch_target))
         return Layout(
             mixed=self._behavior.normalize(tick.now_s, current, desired, tick.config.interval_seconds)
         )
