@@ -44,6 +44,7 @@ from dopd_sim.benchmark import (
     Tuning,
     aggregated_static_row,
     dopd_row,
+    dynamo_row,
     reactive_row,
     run_suite_seed,
     static_peak_row,
@@ -476,9 +477,15 @@ def provenance(now: dict[str, Any]) -> dict[str, Any]:
 
 # The rows that depend on nothing else of their seed but the oracle's target, so they can be rerun alone:
 # dopd's (for a planner change), the fixed layouts' (sized at the seed's busiest minute; aggregated-static
-# at the first seed's chunk size) and reactive's (at the first seed's utilization target, which a rerun
-# searches again there first).
-ROW_POLICIES = ("dopd", "aggregated-static", "static-peak", "reactive")
+# at the first seed's chunk size), and the tuned autoscalers' (at the first seed's choice, which a rerun
+# searches again there first: TUNED_ROWS).
+ROW_POLICIES = ("dopd", "aggregated-static", "static-peak", "reactive", "dynamo-sla")
+# Per tuned policy, the fields of its first seed's row that are the trace's choice, and the `Tuning`
+# fields they set for the other seeds.
+TUNED_ROWS = {
+    "reactive": {"utilization_target": "reactive_target"},
+    "dynamo-sla": {"dynamo_interval_s": "dynamo_interval_s", "dynamo_predictor": "dynamo_predictor"},
+}
 
 
 def dopd_row_job(scenario: Scenario, seed: int) -> tuple[str, int, dict[str, Any]]:
@@ -504,13 +511,19 @@ def aggregated_row_job(
     return scenario.name, seed, row
 
 
-def reactive_row_job(
-    scenario: Scenario, seed: int, utilization_target: float | None, goal: float
+def tuned_row_job(
+    policy: str, scenario: Scenario, seed: int, tuning: Tuning | None, goal: float
 ) -> tuple[str, int, dict[str, Any]]:
-    """reactive's row of one scenario and seed, as the suite runs it: at `utilization_target` (None: the
-    grid, as on a trace's first seed), judged against the seed's `goal`."""
+    """A tuned autoscaler's row (TUNED_ROWS) of one scenario and seed, as the suite runs it: at the
+    choice in `tuning` (None: its grid, as on a trace's first seed), judged against the seed's `goal`."""
     (trace, until), config = scenario.run_trace(seed, False), SimConfig(seed=seed)
-    row = reactive_row(trace, config, scenario.scored_from_s(False), utilization_target, goal, until)[0]
+    scored_from = scenario.scored_from_s(False)
+    if policy == "reactive":
+        target = None if tuning is None else tuning.reactive_target
+        row = reactive_row(trace, config, scored_from, target, goal, until)[0]
+    else:
+        option = None if tuning is None else (tuning.dynamo_interval_s, tuning.dynamo_predictor)
+        row = dynamo_row(trace, config, scored_from, option, goal, until)[0]
     return scenario.name, seed, row
 
 
@@ -554,10 +567,10 @@ def rerun_rows(policy: str, names: set[str], why: str, jobs: int) -> dict[str, A
     def goal(name: str, seed: int) -> float:
         return oracle_target(suite_entry(raw, name, seed))
 
-    def utilization(name: str, seed: int) -> float | None:
-        """reactive's target: searched again on the first seed (rerun first), reused on the others."""
+    def tuning(name: str, seed: int) -> Tuning | None:
+        """A tuned policy's choice: searched again on the first seed (rerun first), reused on the others."""
         first = raw["suite"][name][0]
-        return None if seed == first["seed"] else float(first["tuning"]["reactive_target"])
+        return None if seed == first["seed"] else _tuning(first["tuning"])
 
     with ProcessPoolExecutor(max_workers=jobs) as pool:
 
@@ -567,20 +580,19 @@ def rerun_rows(policy: str, names: set[str], why: str, jobs: int) -> dict[str, A
                 return pool.submit(dopd_row_job, scenario, seed)
             if policy == "static-peak":
                 return pool.submit(static_peak_row_job, scenario, seed, goal(name, seed))
-            if policy == "reactive":
+            if policy in TUNED_ROWS:
                 return pool.submit(
-                    reactive_row_job, scenario, seed, utilization(name, seed), goal(name, seed)
+                    tuned_row_job, policy, scenario, seed, tuning(name, seed), goal(name, seed)
                 )
             return pool.submit(aggregated_row_job, scenario, seed, chunk(name, seed), goal(name, seed))
 
         chosen = [s for s in SCENARIOS if s.name in names]
         fresh: list[tuple[str, int, dict[str, Any]]] = []
-        if policy == "reactive":  # the first seeds choose the target the others run at
+        if policy in TUNED_ROWS:  # the first seeds choose what the others run at
             fresh = [future.result() for future in [submit(s, seeds[0]) for s in chosen]]
             for name, _, row in fresh:
-                target = float(row["utilization_target"])
                 for entry in raw["suite"][name]:
-                    entry["tuning"]["reactive_target"] = target
+                    entry["tuning"].update({key: row[field] for field, key in TUNED_ROWS[policy].items()})
             seeds = seeds[1:]
         futures = [submit(s, seed) for s in chosen for seed in seeds]
         fresh += [future.result() for future in futures]

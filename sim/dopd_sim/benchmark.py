@@ -15,7 +15,8 @@ the best a competent user would get from it (docs/benchmarks/sim.md says how eac
 - `aggregated-static`: the fewest colocated chunked-prefill replicas meeting it there (raised where they
   fall behind over the span), chunk size swept;
 - `reactive`: HPA with its utilization target picked by grid search (`reactive_row`);
-- `dynamo-sla`: Dynamo's planner with its adjustment interval and load predictor picked by grid search.
+- `dynamo-sla`: Dynamo's planner with its adjustment interval and load predictor picked by grid search
+  (`dynamo_row`).
 The grids, the colocated layout's chunk size and the oracle's full calibration are searched on the
 first seed; later seeds reuse the choices (`Tuning`; each seed's fixed layouts are sized for its own
 busiest minute, as a user deploys for the peak they see), the oracle's factors moved there in 5% steps
@@ -47,7 +48,6 @@ from dopd_sim.peak import (
 )
 from dopd_sim.policies import POLICY_NAMES, make_policy
 from dopd_sim.policies.aggregated import FixedAggregatedPolicy
-from dopd_sim.policies.base import Policy
 from dopd_sim.policies.dopd import DopdPolicy
 from dopd_sim.policies.dynamo_sla import DYNAMO_DEFAULT_INTERVAL_SECONDS, DynamoSlaPolicy, Predictor
 from dopd_sim.policies.reactive import ReactivePolicy
@@ -285,6 +285,36 @@ def reactive_row(
     return _row(result, "reactive", setting, grid=tried, utilization_target=chosen), float(chosen)
 
 
+def dynamo_row(
+    trace: Trace,
+    config: SimConfig,
+    score_from_s: float = 0.0,
+    option: tuple[float, Predictor] | None = None,
+    goal: float | None = None,
+    score_until_s: float | None = None,
+) -> tuple[dict[str, Any], tuple[float, Predictor]]:
+    """dynamo-sla's row of a suite seed (`run_suite_seed`), alone, and its (adjustment interval,
+    predictor): at `option`, or the best of DYNAMO_CONFIGS for `goal` (None: the sweep, on a trace's
+    first seed; `_better`), within the spec's replica bounds."""
+    lo, hi = _replica_bounds(config)
+    options = DYNAMO_CONFIGS if option is None else (option,)
+
+    def run(choice: tuple[float, Predictor]) -> RunResult:
+        interval, predictor = choice
+        policy = DynamoSlaPolicy(
+            min_replicas=lo, max_replicas=hi, adjustment_interval_s=interval, predictor=predictor
+        )
+        return simulate(trace, policy, config, score_from_s=score_from_s, score_until_s=score_until_s)
+
+    target = config.spec.slo.attainment_target if goal is None else goal
+    (interval, predictor), result, tried = _best_of(options, run, target)
+    setting = f"interval {interval:g} s, {predictor} predictor"
+    row = _row(
+        result, "dynamo-sla", setting, grid=tried, dynamo_interval_s=interval, dynamo_predictor=predictor
+    )
+    return row, (interval, predictor)
+
+
 def run_suite_seed(
     trace: Trace,
     config: SimConfig,
@@ -302,12 +332,7 @@ def run_suite_seed(
     on the rest alone (so a past busier than their layout leaves them no queue). With `score_until_s`
     the load goes on past the scored span: every policy runs on through it and is scored, calibrated
     and sized on the span alone (the fixed layouts for its busiest minute)."""
-    lo, hi = _replica_bounds(config)
     rows: list[dict[str, Any]] = []
-
-    def run(policy: Policy, run_config: SimConfig = config) -> RunResult:
-        return simulate(trace, policy, run_config, score_from_s=score_from_s, score_until_s=score_until_s)
-
     if tuning is None:
         found = oracle_calibration(
             trace,
@@ -368,20 +393,10 @@ def run_suite_seed(
         rows.append(row)
     dynamo = (tuning.dynamo_interval_s, tuning.dynamo_predictor) if tuning is not None else DYNAMO_CONFIGS[0]
     if "dynamo-sla" in policies:
-        configs = (dynamo,) if tuning is not None else DYNAMO_CONFIGS
-
-        def run_dynamo(option: tuple[float, Predictor]) -> RunResult:
-            interval, predictor = option
-            return run(
-                DynamoSlaPolicy(
-                    min_replicas=lo, max_replicas=hi, adjustment_interval_s=interval, predictor=predictor
-                )
-            )
-
-        dynamo, result, tried = _best_of(configs, run_dynamo, target)
-        rows.append(
-            _row(result, "dynamo-sla", f"interval {dynamo[0]:g} s, {dynamo[1]} predictor", grid=tried)
+        row, dynamo = dynamo_row(
+            trace, config, score_from_s, dynamo if tuning is not None else None, target, score_until_s
         )
+        rows.append(row)
     chosen = Tuning(
         reactive_target=reactive_target,
         dynamo_interval_s=dynamo[0],

@@ -229,6 +229,8 @@ class IntervalAverages:
     itl_mean_s: float | None  # mean TPOT over requests finished in the interval
     isl_mean: float | None  # over arrivals
     osl_mean: float | None  # over requests finished in the interval
+    # arrival to last token, over requests finished in the interval (the frontend's request duration)
+    request_duration_mean_s: float | None = None
 
 
 def interval_averages(log: RequestLog, trace: Trace, start_s: float, end_s: float) -> IntervalAverages:
@@ -242,6 +244,7 @@ def interval_averages(log: RequestLog, trace: Trace, start_s: float, end_s: floa
     last = bisect.bisect_left(log.finish_times, end_s)
     itl = [tpot for tpot in log.finish_tpot[first:last] if tpot > 0]  # one-token outputs have no ITL
     finished = log.finish_output_index[first:last]
+    durations = np.asarray(log.finish_times[first:last]) - trace.arrival_s[finished]
     return IntervalAverages(
         seconds=end_s - start_s,
         requests=hi - lo,
@@ -249,4 +252,5 @@ def interval_averages(log: RequestLog, trace: Trace, start_s: float, end_s: floa
         itl_mean_s=float(np.mean(itl)) if itl else None,
         isl_mean=float(np.mean(trace.input_tokens[lo:hi])) if hi > lo else None,
         osl_mean=float(np.mean(trace.output_tokens[finished])) if finished else None,
+        request_duration_mean_s=float(np.mean(durations)) if finished else None,
     )

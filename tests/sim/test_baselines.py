@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sim_helpers import make_trace, toy_config, toy_profile
 
-from dopd_operator.planner_types import Observation
+from dopd_operator.planner_types import Observation, RoleObservation
 from dopd_sim import search
 from dopd_sim.benchmark import REACTIVE_TARGETS, reactive_row
 from dopd_sim.metrics import IntervalAverages, slo_met
@@ -158,3 +158,31 @@ def test_reactive_is_tuned_on_the_first_seed_and_run_at_that_target_on_the_other
     again, same = reactive_row(trace, config, utilization_target=chosen)
     assert same == chosen and len(again["grid"]) == 1
     assert again["slo_attainment"] == row["slo_attainment"] and again["gpu_hours"] == row["gpu_hours"]
+
+
+def test_dynamo_reads_decode_concurrency_by_littles_law_over_the_workers_serving() -> None:
+    # Dynamo's planner expects the ITL of the interval's concurrency: requests x mean request duration /
+    # interval (180 x 10 s / 180 s = 10 sequences), over its registered decode workers, which a replica
+    # still starting is not (2 serving of 4 asked for: 5 each, whatever the running gauge says now).
+    profile = toy_profile(prefill_a=0.05, prefill_b=0.0, decode_a=0.01, decode_b=1e-3)
+    averages = IntervalAverages(180.0, 180, 0.05, 0.02, 100.0, 10.0, request_duration_mean_s=10.0)
+    for current in (2, 4):
+        observation = Observation(
+            arrival_rate_rps=1.0,
+            decode_running=40.0,
+            decode=RoleObservation(current=current, ready=2, pending=current - 2),
+        )
+        tick = TickInput(
+            180.0,
+            observation,
+            np.zeros(0),
+            np.zeros(0),
+            Layout(prefill=1, decode=current),
+            toy_config(profile),
+            profile,
+            averages=lambda seconds: averages,
+        )
+        policy = DynamoSlaPolicy(adjustment_interval_s=180.0)
+        policy.decide(tick)
+        expected_itl = profile.decode_step_seconds(5.0, 100.0 + 10.0 / 2)
+        assert policy.decode_correction == pytest.approx(0.02 / expected_itl)

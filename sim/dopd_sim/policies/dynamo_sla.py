@@ -6,8 +6,9 @@ the interval* from the frontend's histograms and counters: mean TTFT, mean ITL, 
 ISL and OSL (`TickInput.averages`; not the P90 the operator's Observation carries). Then, per its
 planner design doc ("Scaling Algorithm", steps 2-5):
 - correction factors: prefill = observed TTFT / expected TTFT (the profiled TTFT of one prompt of the
-  observed mean ISL); decode = observed ITL / expected ITL (the profiled step time at the observed
-  per-replica concurrency and context);
+  observed mean ISL); decode = observed ITL / expected ITL (the profiled step time at the interval's
+  per-worker concurrency, Little's law over the averages: requests x mean request duration / interval,
+  over the decode workers serving, which a replica still starting is not; and at the mean context);
 - the next interval's request count, ISL and OSL from its load predictor: `constant` (the last
   interval's value) or `arima` (fitted to the history of interval values; here dopd's own ARIMA from
   `dopd_forecaster`, as Dynamo uses pmdarima's);
@@ -125,10 +126,11 @@ class DynamoSlaPolicy:
         expected_ttft = profile.prefill_seconds(averages.isl_mean)
         if averages.ttft_mean_s is not None and expected_ttft > 0:
             self.prefill_correction = averages.ttft_mean_s / expected_ttft
-        obs = tick.observation
         context = averages.isl_mean + averages.osl_mean / 2
-        if averages.itl_mean_s is not None and obs.decode_running is not None and tick.current.decode > 0:
-            concurrency = max(obs.decode_running / tick.current.decode, 1.0)
+        workers = tick.observation.decode.ready
+        duration = averages.request_duration_mean_s
+        if averages.itl_mean_s is not None and duration is not None and workers > 0:
+            concurrency = max(averages.requests * duration / averages.seconds / workers, 1.0)
             expected_itl = profile.decode_step_seconds(concurrency, context)
             if expected_itl > 0 and averages.itl_mean_s > 0:
                 self.decode_correction = averages.itl_mean_s / expected_itl
