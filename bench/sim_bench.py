@@ -11,6 +11,7 @@ Llama-3-8B on H100 (`llama3-8b-h100`), SLO TTFT 1.5 s / TPOT 50 ms at P90, a 99%
     python bench/sim_bench.py --rerun mooncake --why "..."  # only those rows, stamped apart
     python bench/sim_bench.py --rerun-dopd steps,bursts --why "..."  # only dopd's rows there
     python bench/sim_bench.py --rerun-rows aggregated-static=steps --why "..."  # only that baseline's
+    python bench/sim_bench.py --rerun-rows reactive=steps --why "..."  # a tuned one's, its grid searched again
 
 Writes docs/benchmarks/sim/results.json (every run), the generated part of docs/benchmarks/sim.md and the
 README's results block (between its markers), both stamped with the commit they ran at. Met/not-met is
