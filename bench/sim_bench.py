@@ -105,11 +105,12 @@ class Scenario:
         return continued_workload(self.source, seed, self.goes_on_s), until
 
 
-# How long a shape's load goes on past its trace where a bound was measured to lean on the trace's end
-# (`Scenario.goes_on_s`; docs/benchmarks/sim.md, "The trace's end"): the two with a reasoning model's
-# answers, whose slack is minutes, and every held-out shape. The suite's other generated shapes read
-# the same to 0.03 point with it (seeds 0-1, docs/benchmarks/sim-history.md) and keep 0 until their
-# next full run (about two hours on two cores; the continuation adds a sixth).
+# How long a shape's load goes on past its trace (`Scenario.goes_on_s`; docs/benchmarks/sim.md, "The
+# trace's end"): first where a bound was measured to lean on the trace's end (the two with a reasoning
+# model's answers, whose slack is minutes, and every held-out shape), then, rerun a few at a time, the
+# suite's other generated shapes (which read the same to 0.03 point with it, seeds 0-1,
+# docs/benchmarks/sim-history.md): code, steps and trend since their rerun at that change. The rest keep
+# 0 until theirs (about 20 minutes a shape on two cores; the continuation adds a sixth).
 GOES_ON_S = 600.0
 # Real traces first, then the generated shapes. No scenario tells dopd its period: the forecaster finds
 # seasons itself (with an hour of history it finds none of a 30-minute period), as for every policy.
@@ -141,11 +142,13 @@ SCENARIOS = (
         "steps",
         "step changes: 80, 160, 110, 190, 100, 140 rps, 5 min each",
         "synthetic:step,rates=80/160/110/190/100/140,step_seconds=300",
+        goes_on_s=GOES_ON_S,
     ),
     Scenario(
         "trend",
         "slow trend: 50 rps rising linearly to 220 rps over 30 min",
         "synthetic:trend,start_rps=50,end_rps=220,duration_s=1800",
+        goes_on_s=GOES_ON_S,
     ),
     Scenario(
         "long-mix",
@@ -156,6 +159,7 @@ SCENARIOS = (
         "code",
         "code completion: 2k-token prompts, 30-token outputs, 120 rps, bursty (CV 2), 30 min",
         "synthetic:gamma,rate_rps=120,cv=2,duration_s=1800,lengths=code",
+        goes_on_s=GOES_ON_S,
     ),
     Scenario(
         "reasoning",
