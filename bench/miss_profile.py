@@ -13,8 +13,8 @@ request as one miss, however long it waited. Whether a layout leans on the load 
 scenario; a step scenario's last level goes on; `Scenario.run_trace`), replayed and decided on by the
 policy (the oracle sees them), and the same requests and span scored (static-peak keeps the layout it
 was sized and raised to as its benchmark ran it). The shapes whose benchmark runs them with their load
-going on already (`Scenario.goes_on_s`: every held-out shape that can, and the suite's two reasoning
-shapes) run so without it; `--load-goes-on` sets how long. On the reasoning trace
+going on already (`Scenario.goes_on_s`: every held-out shape that can, and the suite's reasoning,
+reasoning-shift, code, steps and trend) run so without it; `--load-goes-on` sets how long. On the reasoning trace
 the oracle's 1% goes to long outputs passed over while timely ones arrive: its attainment is the same
 with the load going on, and a third of those misses still wait 10 minutes after the span
 (docs/benchmarks/sim.md, "Reading the results").

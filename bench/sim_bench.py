@@ -109,8 +109,8 @@ class Scenario:
 # trace's end"): first where a bound was measured to lean on the trace's end (the two with a reasoning
 # model's answers, whose slack is minutes, and every held-out shape), then, rerun a few at a time, the
 # suite's other generated shapes (which read the same to 0.03 point with it, seeds 0-1,
-# docs/benchmarks/sim-history.md): code, steps and trend since their rerun at that change. The rest keep
-# 0 until theirs (about 20 minutes a shape on two cores; the continuation adds a sixth).
+# docs/benchmarks/sim-history.md): code, steps and trend since their rerun at 9b241d8. The rest keep
+# 0 until theirs (12-15 minutes a shape on two cores; the continuation adds a sixth).
 GOES_ON_S = 600.0
 # Real traces first, then the generated shapes. No scenario tells dopd its period: the forecaster finds
 # seasons itself (with an hour of history it finds none of a 30-minute period), as for every policy.
